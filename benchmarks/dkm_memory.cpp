@@ -1,0 +1,103 @@
+// Peak memory and step time of DKM forward+backward per engine, measured with edkm::MemoryMeter.
+//
+//   edkm_bench_dkm_memory --shapes 1024x4096,4096x4096 --bits 3 --device cpu --out benchmarks/results/dkm_memory_cpu
+//
+// Writes OUT.json and OUT.md. "overhead" is the peak above weight + W_soft + their gradients,
+// the memory that the clustering itself costs.
+#include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
+#include <edkm/edkm.h>
+
+#include <chrono>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#if defined(EDKM_WITH_CUDA)
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+namespace {
+
+std::vector<int64_t> parse_shape(const std::string& s) {
+  auto x = s.find('x');
+  if (x == std::string::npos) throw std::invalid_argument("shape must be RxC, got " + s);
+  return {std::stoll(s.substr(0, x)), std::stoll(s.substr(x + 1))};
+}
+
+void sync(const at::Device& d) {
+#if defined(EDKM_WITH_CUDA)
+  if (d.is_cuda()) c10::cuda::device_synchronize();
+#endif
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  CLI::App app{"edkm: DKM forward+backward peak memory per engine"};
+  std::string shapes = "1024x4096,4096x4096", device = "cpu", out = "benchmarks/results/dkm_memory_cpu", dtype = "fp32";
+  int64_t bits = 3, repeats = 1;
+  app.add_option("--shapes", shapes, "comma-separated RxC weight shapes");
+  app.add_option("--bits", bits)->check(CLI::Range(1, 8));
+  app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  app.add_option("--repeats", repeats, "timed repetitions after one warm-up");
+  app.add_option("--out", out, "output path without extension (.json and .md are written)");
+  CLI11_PARSE(app, argc, argv);
+
+  const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
+  const auto st = dtype == "bf16" ? at::kBFloat16 : dtype == "fp16" ? at::kHalf : at::kFloat;
+  nlohmann::json results = nlohmann::json::array();
+  std::vector<std::string> list;
+  std::stringstream ss(shapes);
+  for (std::string s; std::getline(ss, s, ',');) list.push_back(s);
+
+  edkm::ProgressBar bar(static_cast<int64_t>(list.size()), "dkm memory");
+  for (const auto& s : list) {
+    const auto shape = parse_shape(s);
+    auto opts = edkm::DKMOptions(bits).epsilon(0);  // all max_iter iterations: the worst case
+    auto w = (at::randn(shape, at::TensorOptions().dtype(at::kFloat)) * 0.02).to(st).to(dev);
+    auto c = edkm::functional::init_centroids(w, opts);
+    auto grad = at::randn(shape, w.options());
+    double best_s = 1e30;
+    int64_t peak = 0, overhead = 0;
+    const int64_t base = 4 * w.numel() * w.element_size();  // weight, W_soft, dW, dW_soft
+    for (int64_t r = 0; r <= repeats; ++r) {
+      auto wr = w.clone().requires_grad_(true);
+      sync(dev);
+      edkm::MemoryMeter meter;
+      const auto t0 = std::chrono::steady_clock::now();
+      auto y = edkm::functional::dkm_cluster(wr, c, opts).weight;
+      y.backward(grad);
+      sync(dev);
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      auto rep = meter.report();
+      const auto& f = dev.is_cuda() ? rep.cuda : rep.cpu;
+      if (r > 0) best_s = std::min(best_s, secs);
+      peak = std::max(peak, f.peak_delta() + 2 * w.numel() * w.element_size());  // + the weight and its grad held outside
+      overhead = peak - base;
+    }
+    results.push_back({{"shape", s}, {"bits", bits}, {"engine", "dense"}, {"device", device}, {"dtype", dtype},
+                       {"peak_bytes", peak}, {"overhead_bytes", overhead}, {"step_seconds", best_s}});
+    bar.tick(s);
+  }
+  bar.finish();
+
+  std::ofstream(out + ".json") << results.dump(2) << "\n";
+  std::ostringstream md;
+  md << "| shape | bits | engine | device | dtype | peak MiB | overhead MiB | fwd+bwd s |\n|---|---|---|---|---|---|---|---|\n";
+  for (const auto& r : results)
+    md << "| " << r["shape"].get<std::string>() << " | " << r["bits"] << " | " << r["engine"].get<std::string>()
+       << " | " << r["device"].get<std::string>() << " | " << r["dtype"].get<std::string>() << " | " << std::fixed
+       << std::setprecision(1) << r["peak_bytes"].get<double>() / (1 << 20) << " | "
+       << r["overhead_bytes"].get<double>() / (1 << 20) << " | " << std::setprecision(3)
+       << r["step_seconds"].get<double>() << " |\n";
+  std::ofstream(out + ".md") << md.str();
+  std::cout << md.str();
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "edkm_bench_dkm_memory: " << e.what() << "\n";
+  return 1;
+}

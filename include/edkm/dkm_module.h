@@ -1,0 +1,58 @@
+#pragma once
+// DKM as a torch::nn module: holds the centroids across steps and clusters a weight in forward.
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+
+#include "edkm/dkm.h"
+#include "edkm/export.h"
+#include "edkm/palette.h"
+
+namespace edkm {
+
+/// Clusters a weight with DKM. In training mode forward returns the soft-clustered weight
+/// (differentiable, centroids warm-started from the previous call and detached); in eval mode
+/// the hard-assigned one. Before `milestone` steps, or for tensors with at most
+/// `weight_threshold` elements, the weight passes through unchanged.
+///
+/// Example:
+///   edkm::DKM dkm(edkm::DKMOptions(3).weight_threshold(0));
+///   for (...) { auto w = dkm(linear->weight); auto y = at::linear(x, w, linear->bias); ...; dkm->step(); }
+///   edkm::Palette p = dkm->finalize(linear->weight);
+class EDKM_API DKMImpl : public torch::nn::Cloneable<DKMImpl> {
+ public:
+  explicit DKMImpl(DKMOptions options = {});
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  at::Tensor forward(const at::Tensor& weight);
+  /// Advances the step counter (milestones count these).
+  void step() { ++step_; }
+  int64_t current_step() const { return step_; }
+  void set_step(int64_t s) { step_ = s; }
+  /// Whether forward clusters `weight` at the current step.
+  bool active(const at::Tensor& weight) const;
+  /// Hard assignment of `weight` to the current centroids (initialising them if needed).
+  Palette finalize(const at::Tensor& weight);
+
+  /// G x K x d centroids (empty before the first clustering).
+  const at::Tensor& centroids() const { return centroids_; }
+  /// Per-row scale (empty unless per_channel_scale).
+  const at::Tensor& scale() const { return scale_; }
+  /// Iterations and inertia of the last training forward.
+  int64_t last_iterations() const { return last_iterations_; }
+  double last_inertia() const { return last_inertia_; }
+
+  DKMOptions options;
+
+ private:
+  void ensure_initialised(const at::Tensor& weight);
+  at::Tensor centroids_;
+  at::Tensor scale_;
+  int64_t step_ = 0;
+  int64_t last_iterations_ = 0;
+  double last_inertia_ = 0;
+};
+
+TORCH_MODULE(DKM);
+
+}  // namespace edkm

@@ -1,0 +1,9 @@
+#pragma once
+// edkm: train-time differentiable weight clustering (DKM) for LibTorch, with low memory.
+#include "edkm/dkm.h"
+#include "edkm/dkm_module.h"
+#include "edkm/kmeans.h"
+#include "edkm/memory.h"
+#include "edkm/palette.h"
+#include "edkm/progress.h"
+#include "edkm/version.h"

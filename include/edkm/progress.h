@@ -1,0 +1,40 @@
+#pragma once
+// A terminal progress bar with rate and ETA for long work (training steps, calibration).
+#include <chrono>
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+#include "edkm/export.h"
+
+namespace edkm {
+
+/// Draws `label [#####.....] 40/100 12.3 it/s ETA 4.9s` on `out`, redrawn in place on a terminal,
+/// or one line per 10% otherwise (logs stay readable).
+///
+/// Example:
+///   edkm::ProgressBar bar(steps, "finetune");
+///   for (int i = 0; i < steps; ++i) { ...; bar.tick("loss 0.12"); }
+class EDKM_API ProgressBar {
+ public:
+  ProgressBar(int64_t total, std::string label, std::ostream* out = nullptr);
+  ~ProgressBar();
+  /// Advances by `n` and redraws, with `note` after the ETA.
+  void tick(const std::string& note = {}, int64_t n = 1);
+  /// Draws the final state (also done by the destructor).
+  void finish();
+  /// Items per second so far.
+  double rate() const;
+
+ private:
+  void draw(bool final);
+  int64_t total_, done_ = 0;
+  std::string label_, note_;
+  std::ostream* out_;
+  bool tty_;
+  bool finished_ = false;
+  int last_decile_ = -1;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+};
+
+}  // namespace edkm

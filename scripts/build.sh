@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Configures and builds edkm into ${EDKM_BUILD_DIR:-build}; extra args go to cmake's configure step.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/env.sh"
+edkm_ensure_all
+root="$(cd "$here/.." && pwd)"
+build="${EDKM_BUILD_DIR:-$root/build}"
+export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+cmake -S "$root" -B "$build" -G Ninja \
+  -DCMAKE_BUILD_TYPE="${EDKM_BUILD_TYPE:-Release}" \
+  -DCMAKE_PREFIX_PATH="$EDKM_TORCH_PREFIX" \
+  -DEDKM_PYTHON="$EDKM_PYTHON" "$@" >/dev/null
+cmake --build "$build" -j"${EDKM_JOBS:-$(nproc)}"

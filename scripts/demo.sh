@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds edkm and runs the compression demo (tiny preset by default).
+# Arguments are passed to the demo, e.g.: scripts/demo.sh --preset small --bits 4
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+EDKM_BUILD_DIR="${EDKM_BUILD_DIR:-$here/../build}" bash "$here/build.sh" -DEDKM_BUILD_TESTS=OFF -DEDKM_BUILD_EXAMPLES=ON
+exec "${EDKM_BUILD_DIR:-$here/../build}/examples/edkm_compress" "$@"

@@ -1,0 +1,201 @@
+// Centroid initialisation: exact 1-D optimal k-means over the value histogram, and weighted
+// k-means++ seeding followed by weighted Lloyd iterations. Runs once per layer, on the CPU in fp64.
+#include <ATen/ops/_unique2.h>
+#include <ATen/ops/argmin.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/minimum.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/searchsorted.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/TensorOperators.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "dkm/internal.h"
+#include "edkm/kmeans.h"
+
+namespace edkm {
+namespace {
+
+// Prefix sums of a weighted, sorted 1-D histogram; cost(a, b) is the within-cluster sum of
+// squares of the values [a, b).
+struct Prefix {
+  std::vector<double> w, s1, s2;
+  explicit Prefix(const double* v, const double* c, int64_t u) : w(u + 1, 0), s1(u + 1, 0), s2(u + 1, 0) {
+    for (int64_t i = 0; i < u; ++i) {
+      w[i + 1] = w[i] + c[i];
+      s1[i + 1] = s1[i] + c[i] * v[i];
+      s2[i + 1] = s2[i] + c[i] * v[i] * v[i];
+    }
+  }
+  double cost(int64_t a, int64_t b) const {
+    const double n = w[b] - w[a];
+    if (n <= 0) return 0;
+    const double s = s1[b] - s1[a];
+    return std::max(0.0, (s2[b] - s2[a]) - s * s / n);
+  }
+  double mean(int64_t a, int64_t b) const { return (s1[b] - s1[a]) / (w[b] - w[a]); }
+};
+
+// dp_cur[m] = min_{j in [lo_j, m-1]} dp_prev[j] + cost(j, m); the optimal split is monotone in m,
+// so divide and conquer finds all of them in O(U log U) per cluster count.
+void solve_layer(const Prefix& p, const std::vector<double>& prev, std::vector<double>& cur,
+                 int32_t* split, int64_t lo, int64_t hi, int64_t opt_lo, int64_t opt_hi) {
+  if (lo > hi) return;
+  const int64_t mid = (lo + hi) / 2;
+  double best = std::numeric_limits<double>::infinity();
+  int64_t best_j = opt_lo;
+  for (int64_t j = opt_lo; j <= std::min(mid - 1, opt_hi); ++j) {
+    const double v = prev[j] + p.cost(j, mid);
+    if (v < best) best = v, best_j = j;
+  }
+  cur[mid] = best;
+  split[mid] = static_cast<int32_t>(best_j);
+  solve_layer(p, prev, cur, split, lo, mid - 1, opt_lo, best_j);
+  solve_layer(p, prev, cur, split, mid + 1, hi, best_j, opt_hi);
+}
+
+}  // namespace
+
+namespace kmeans {
+
+std::vector<double> optimal_1d(const double* values, const double* counts, int64_t u, int64_t k) {
+  TORCH_CHECK(u >= 1 && k >= 1, "edkm: optimal_1d needs at least one value and one cluster");
+  for (int64_t i = 1; i < u; ++i)
+    TORCH_CHECK(values[i] > values[i - 1], "edkm: optimal_1d needs strictly increasing values");
+  std::vector<double> centers;
+  if (u <= k) {  // every distinct value is its own centroid; the rest repeat the largest
+    centers.assign(values, values + u);
+    centers.resize(k, values[u - 1]);
+    return centers;
+  }
+  Prefix p(values, counts, u);
+  std::vector<double> prev(u + 1), cur(u + 1);
+  for (int64_t m = 0; m <= u; ++m) prev[m] = p.cost(0, m);
+  std::vector<int32_t> split(static_cast<size_t>(k) * (u + 1), 0);
+  for (int64_t c = 1; c < k; ++c) {
+    std::fill(cur.begin(), cur.end(), std::numeric_limits<double>::infinity());
+    // c + 1 clusters over a prefix of m values need m >= c + 1 and the last split j >= c.
+    solve_layer(p, prev, cur, split.data() + c * (u + 1), c + 1, u, c, u - 1);
+    std::swap(prev, cur);
+  }
+  std::vector<int64_t> bounds(k + 1);
+  bounds[k] = u;
+  for (int64_t c = k - 1; c >= 1; --c) bounds[c] = split[c * (u + 1) + bounds[c + 1]];
+  bounds[0] = 0;
+  centers.resize(k);
+  for (int64_t c = 0; c < k; ++c) centers[c] = p.mean(bounds[c], bounds[c + 1]);
+  return centers;
+}
+
+at::Tensor kmeans_plus_plus(const at::Tensor& x, const at::Tensor& weights, int64_t k, uint64_t seed) {
+  // x: n x d fp64 CPU, weights: n fp64 CPU
+  const int64_t n = x.size(0);
+  TORCH_CHECK(n >= 1, "edkm: k-means++ needs at least one point");
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<double> uni(0.0, 1.0);
+  auto pick = [&](const at::Tensor& mass) {
+    auto cdf = at::cumsum(mass, 0);
+    const double total = cdf[-1].item<double>();
+    if (!(total > 0)) return int64_t{-1};
+    auto r = at::scalar_tensor(uni(rng) * total, cdf.options()).reshape({1});
+    return std::min<int64_t>(at::searchsorted(cdf, r, /*out_int32=*/false, /*right=*/true).item<int64_t>(), n - 1);
+  };
+  std::vector<at::Tensor> centers;
+  centers.push_back(x[pick(weights)]);
+  auto min_d2 = (x - centers[0]).square().sum(1);
+  for (int64_t c = 1; c < k; ++c) {
+    int64_t i = pick(min_d2 * weights);
+    if (i < 0) {  // fewer distinct points than clusters: repeat the last centre
+      centers.push_back(centers.back());
+      continue;
+    }
+    centers.push_back(x[i]);
+    min_d2 = at::minimum(min_d2, (x - centers.back()).square().sum(1));
+  }
+  return at::stack(centers);
+}
+
+at::Tensor nearest(const at::Tensor& x, const at::Tensor& c) {
+  // argmin_j |x_i - c_j|^2 in chunks, never n x K at once for large n.
+  constexpr int64_t kChunk = 1 << 16;
+  auto out = at::empty({x.size(0)}, x.options().dtype(at::kLong));
+  auto c2 = c.square().sum(1);
+  for (int64_t s = 0; s < x.size(0); s += kChunk) {
+    auto xs = x.slice(0, s, std::min(x.size(0), s + kChunk));
+    auto d = c2.unsqueeze(0) - 2 * at::matmul(xs, c.t());
+    out.slice(0, s, s + xs.size(0)).copy_(at::argmin(d, 1));
+  }
+  return out;
+}
+
+at::Tensor lloyd(const at::Tensor& x, const at::Tensor& weights, at::Tensor c, int64_t max_iter) {
+  at::Tensor labels;
+  for (int64_t it = 0; it < max_iter; ++it) {
+    auto new_labels = nearest(x, c);
+    if (labels.defined() && at::equal(labels, new_labels)) break;
+    labels = new_labels;
+    auto mass = at::zeros({c.size(0)}, x.options()).index_add_(0, labels, weights);
+    auto sums = at::zeros_like(c).index_add_(0, labels, x * weights.unsqueeze(1));
+    auto filled = (mass > 0).unsqueeze(1);
+    c = at::where(filled, sums / mass.clamp_min(1e-300).unsqueeze(1), c);  // empty clusters stay
+  }
+  return c;
+}
+
+}  // namespace kmeans
+
+namespace functional {
+
+at::Tensor init_centroids(const at::Tensor& weight, const DKMOptions& options, const at::Tensor& scale) {
+  const auto l = ClusterLayout::of(weight, options);
+  detail::check_scale(scale, weight, l, options);
+  const int64_t K = options.n_clusters();
+  auto x = to_vectors(weight.detach().to(at::kDouble), l, scale.defined() ? scale.to(at::kDouble) : scale)
+               .to(at::kCPU)
+               .contiguous();  // G x n x d
+  std::vector<at::Tensor> per_group;
+  for (int64_t g = 0; g < l.groups; ++g) {
+    at::Tensor c;
+    if (l.cluster_dim == 1) {
+      auto [vals, inverse, counts] = at::_unique2(x[g].reshape({-1}), /*sorted=*/true, false, true);
+      auto cnt = counts.to(at::kDouble).contiguous();
+      vals = vals.contiguous();
+      const bool opt1d = options.init() == KMeansInit::kOptimal1D ||
+                         (options.init() == KMeansInit::kAuto && vals.numel() <= options.opt1d_max_unique());
+      if (opt1d) {
+        auto centers = kmeans::optimal_1d(vals.data_ptr<double>(), cnt.data_ptr<double>(), vals.numel(), K);
+        c = at::from_blob(centers.data(), {K, 1}, at::kDouble).clone();
+      } else {
+        auto v = vals.reshape({-1, 1});
+        c = kmeans::lloyd(v, cnt, kmeans::kmeans_plus_plus(v, cnt, K, options.seed() + g), options.init_max_iter());
+      }
+    } else {
+      auto w = at::ones({l.vectors}, x.options());
+      c = kmeans::lloyd(x[g], w, kmeans::kmeans_plus_plus(x[g], w, K, options.seed() + g), options.init_max_iter());
+    }
+    if (options.enforce_zero()) {  // the centroid nearest to zero moves to slot 0 and becomes 0
+      const int64_t z = c.square().sum(1).argmin().item<int64_t>();
+      auto first = c[0].clone();
+      c[z].copy_(first);
+      c[0].zero_();
+    }
+    per_group.push_back(c);
+  }
+  return at::stack(per_group).to(weight.device(), detail::compute_dtype(weight));
+}
+
+}  // namespace functional
+}  // namespace edkm

@@ -1,0 +1,182 @@
+// Counting CPU allocator and the RAII MemoryMeter.
+//
+// Peaks nest without per-allocation bookkeeping of every meter: a meter resets the global peak
+// counters when it starts, after handing the peak seen so far to its enclosing meter, so an
+// outer meter's peak is max(what it was handed, the global peak now).
+#include <ATen/Context.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/util/Exception.h>
+
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <sstream>
+#include <unordered_map>
+
+#include "edkm/memory.h"
+#if defined(EDKM_WITH_CUDA)
+#include <ATen/core/CachingHostAllocator.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+namespace edkm {
+namespace {
+
+std::atomic<int64_t> g_cpu_current{0};
+std::atomic<int64_t> g_cpu_peak{0};
+
+void raise_peak(std::atomic<int64_t>& peak, int64_t value) {
+  int64_t p = peak.load(std::memory_order_relaxed);
+  while (value > p && !peak.compare_exchange_weak(p, value, std::memory_order_relaxed)) {
+  }
+}
+
+// Wraps LibTorch's CPU allocator. The DataPtr keeps context == data (a "simple" data pointer,
+// as copy-on-write storage expects); the wrapped allocation lives in a side table.
+class CountingAllocator final : public c10::Allocator {
+ public:
+  explicit CountingAllocator(c10::Allocator* base) : base_(base) {}
+
+  c10::DataPtr allocate(size_t n) override {
+    c10::DataPtr inner = base_->allocate(n);
+    void* data = inner.get();
+    if (n == 0 || data == nullptr) return inner;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      live_.emplace(data, Entry{std::move(inner), n});
+    }
+    raise_peak(g_cpu_peak, g_cpu_current.fetch_add(static_cast<int64_t>(n)) + static_cast<int64_t>(n));
+    return {data, data, &CountingAllocator::release, c10::Device(c10::kCPU)};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+
+  static CountingAllocator* instance;
+
+ private:
+  struct Entry {
+    c10::DataPtr inner;
+    size_t bytes;
+  };
+  static void release(void* data) {
+    Entry e;
+    {
+      std::lock_guard<std::mutex> lock(instance->mu_);
+      auto it = instance->live_.find(data);
+      if (it == instance->live_.end()) return;
+      e = std::move(it->second);
+      instance->live_.erase(it);
+    }
+    g_cpu_current.fetch_sub(static_cast<int64_t>(e.bytes));
+    // e.inner frees the memory through the wrapped allocator when it goes out of scope
+  }
+
+  c10::Allocator* base_;
+  std::mutex mu_;
+  std::unordered_map<void*, Entry> live_;
+};
+CountingAllocator* CountingAllocator::instance = nullptr;
+
+std::mutex g_meter_mu;
+MemoryMeter* g_top = nullptr;
+
+bool cuda_present() {
+#if defined(EDKM_WITH_CUDA)
+  return c10::cuda::device_count() > 0;
+#else
+  return false;
+#endif
+}
+
+void read(int device, bool cuda, MemoryReport& r) {
+  r.cpu.current = g_cpu_current.load();
+  r.cpu.peak = g_cpu_peak.load();
+  r.has_cuda = cuda;
+#if defined(EDKM_WITH_CUDA)
+  if (cuda) {
+    auto s = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    const auto& a = s.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+    r.cuda.current = a.current;
+    r.cuda.peak = a.peak;
+    auto h = at::getHostAllocator(at::kCUDA)->get_stats();
+    r.pinned.current = h.active_bytes.current;
+    r.pinned.peak = h.active_bytes.peak;
+  }
+#endif
+}
+
+void reset_peaks(int device, bool cuda) {
+  g_cpu_peak.store(g_cpu_current.load());
+#if defined(EDKM_WITH_CUDA)
+  if (cuda) {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+    at::getHostAllocator(at::kCUDA)->reset_peak_stats();
+  }
+#endif
+}
+
+}  // namespace
+
+void install_cpu_memory_counter() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    CountingAllocator::instance = new CountingAllocator(c10::GetCPUAllocator());  // never freed: outlives tensors
+    c10::SetCPUAllocator(CountingAllocator::instance, /*priority=*/100);
+  });
+}
+
+int64_t cpu_bytes_in_use() { return g_cpu_current.load(); }
+
+MemoryMeter::MemoryMeter(int cuda_device) {
+  install_cpu_memory_counter();
+  has_cuda_ = cuda_present();
+#if defined(EDKM_WITH_CUDA)
+  device_ = cuda_device >= 0 ? cuda_device : (has_cuda_ ? c10::cuda::current_device() : 0);
+#else
+  device_ = cuda_device < 0 ? 0 : cuda_device;
+#endif
+  std::lock_guard<std::mutex> lock(g_meter_mu);
+  parent_ = g_top;
+  if (parent_ != nullptr) {  // hand every enclosing meter what it has seen so far
+    MemoryReport now;
+    read(device_, has_cuda_, now);
+    for (MemoryMeter* m = parent_; m != nullptr; m = m->parent_) {
+      m->carried_.cpu = std::max(m->carried_.cpu, now.cpu.peak);
+      m->carried_.cuda = std::max(m->carried_.cuda, now.cuda.peak);
+      m->carried_.pinned = std::max(m->carried_.pinned, now.pinned.peak);
+    }
+  }
+  reset_peaks(device_, has_cuda_);
+  read(device_, has_cuda_, start_);
+  g_top = this;
+}
+
+MemoryMeter::~MemoryMeter() {
+  std::lock_guard<std::mutex> lock(g_meter_mu);
+  if (g_top == this) g_top = parent_;
+}
+
+MemoryReport MemoryMeter::report() const {
+  MemoryReport r;
+  read(device_, has_cuda_, r);
+  r.cpu.start = start_.cpu.current;
+  r.cuda.start = start_.cuda.current;
+  r.pinned.start = start_.pinned.current;
+  r.cpu.peak = std::max(r.cpu.peak, carried_.cpu);
+  r.cuda.peak = std::max(r.cuda.peak, carried_.cuda);
+  r.pinned.peak = std::max(r.pinned.peak, carried_.pinned);
+  return r;
+}
+
+std::string MemoryReport::to_string() const {
+  std::ostringstream s;
+  auto mib = [](int64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
+  s << "cpu peak +" << mib(cpu.peak_delta()) << " MiB, now +" << mib(cpu.current_delta()) << " MiB";
+  if (has_cuda)
+    s << "; cuda peak +" << mib(cuda.peak_delta()) << " MiB, now +" << mib(cuda.current_delta())
+      << " MiB; pinned peak +" << mib(pinned.peak_delta()) << " MiB";
+  return s.str();
+}
+
+}  // namespace edkm

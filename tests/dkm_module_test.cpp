@@ -1,0 +1,60 @@
+// edkm/dkm_module.h: the DKM module (warm start, milestones, thresholds, eval, finalize).
+#include <edkm/dkm_module.h>
+
+#include "test_util.h"
+
+namespace edkm {
+namespace {
+
+TEST(DKMModule, WarmStartsFromDetachedCentroids) {
+  auto w = test::llm_like({32, 32}, 1).requires_grad_(true);
+  DKM dkm(DKMOptions(3).weight_threshold(0));
+  auto y1 = dkm(w);
+  auto c1 = dkm->centroids().clone();
+  EXPECT_FALSE(c1.requires_grad());
+  EXPECT_EQ(c1.sizes(), (std::vector<int64_t>{1, 8, 1}));
+  // The next forward starts from the stored centroids: equal to the functional form from them.
+  auto expect = functional::dkm_cluster(w, c1, dkm->options).weight;
+  auto y2 = dkm(w);
+  EXPECT_TRUE(at::allclose(y2, expect));
+  y2.sum().backward();
+  EXPECT_TRUE(w.grad().defined());
+}
+
+TEST(DKMModule, MilestoneAndThreshold) {
+  auto w = test::llm_like({16, 16}, 2);
+  DKM dkm(DKMOptions(2).milestone(2).weight_threshold(0));
+  EXPECT_TRUE(at::equal(dkm(w), w));
+  dkm->step();
+  EXPECT_TRUE(at::equal(dkm(w), w));
+  dkm->step();
+  EXPECT_FALSE(at::equal(dkm(w), w));
+  DKM small(DKMOptions(2));  // default threshold 2048 > 256 elements
+  EXPECT_TRUE(at::equal(small(w), w));
+}
+
+TEST(DKMModule, EvalIsHardAssignment) {
+  auto w = test::llm_like({32, 16}, 3);
+  DKM dkm(DKMOptions(2).weight_threshold(0));
+  dkm(w);
+  dkm->eval();
+  auto hard = dkm(w);
+  EXPECT_LE(std::get<0>(at::_unique(hard)).numel(), 4);
+  EXPECT_TRUE(at::equal(hard, dkm->finalize(w).decompress()));
+}
+
+TEST(DKMModule, PerChannelScaleIsComputedOnce) {
+  auto w = test::llm_like({8, 64}, 4);
+  DKM dkm(DKMOptions(2).weight_threshold(0).per_channel_scale(true));
+  dkm(w);
+  auto s = dkm->scale().clone();
+  EXPECT_EQ(s.numel(), 8);
+  dkm(w * 2);
+  EXPECT_TRUE(at::equal(s, dkm->scale()));
+  std::ostringstream os;
+  dkm->pretty_print(os);
+  EXPECT_NE(os.str().find("bits=2"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace edkm
