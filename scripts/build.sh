@@ -8,8 +8,13 @@ root="$(cd "$here/.." && pwd)"
 build="${EDKM_BUILD_DIR:-$root/build}"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
-cmake -S "$root" -B "$build" -G Ninja \
+mkdir -p "$build"
+# Configure output goes to a log (LibTorch's config prints harmless warnings); shown on failure.
+if ! cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_BUILD_TYPE="${EDKM_BUILD_TYPE:-Release}" \
   -DCMAKE_PREFIX_PATH="$EDKM_TORCH_PREFIX" \
-  -DEDKM_PYTHON="$EDKM_PYTHON" "$@" >/dev/null
+  -DEDKM_PYTHON="$EDKM_PYTHON" "$@" >"$build/configure.log" 2>&1; then
+  cat "$build/configure.log" >&2
+  exit 1
+fi
 cmake --build "$build" -j"${EDKM_JOBS:-$(nproc)}"

@@ -111,7 +111,8 @@ int main(int argc, char** argv) try {
     auto x = gen_inputs(-1);
     auto y = teacher.forward(x, [](size_t, const torch::nn::Linear& l) { return l->weight; });
     auto ys = student.forward(x, weight_of);
-    return ((ys - y).norm() / y.norm()).item<double>();
+    const at::Tensor rel = (ys - y).norm() / y.norm();
+    return rel.item<double>();
   };
 
   // Baseline: hard k-means (post-training palettization, no fine-tuning).

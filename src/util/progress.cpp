@@ -29,6 +29,7 @@ void ProgressBar::tick(const std::string& note, int64_t n) {
 void ProgressBar::finish() {
   if (finished_) return;
   finished_ = true;
+  if (!tty_ && last_decile_ == static_cast<int>(10 * done_ / total_)) return;  // already printed
   draw(true);
 }
 
