@@ -5,8 +5,8 @@
 // Writes OUT.json and OUT.md. "overhead" is the peak above weight + W_soft + their gradients,
 // the memory that the clustering itself costs.
 #include <ATen/ATen.h>
-#include <CLI/CLI.hpp>
 #include <edkm/edkm.h>
+#include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <fstream>
@@ -76,18 +76,26 @@ int main(int argc, char** argv) try {
       auto rep = meter.report();
       const auto& f = dev.is_cuda() ? rep.cuda : rep.cpu;
       if (r > 0) best_s = std::min(best_s, secs);
-      peak = std::max(peak, f.peak_delta() + 2 * w.numel() * w.element_size());  // + the weight and its grad held outside
+      peak =
+          std::max(peak, f.peak_delta() + 2 * w.numel() * w.element_size());  // + the weight and its grad held outside
       overhead = peak - base;
     }
-    results.push_back({{"shape", s}, {"bits", bits}, {"engine", "dense"}, {"device", device}, {"dtype", dtype},
-                       {"peak_bytes", peak}, {"overhead_bytes", overhead}, {"step_seconds", best_s}});
+    results.push_back({{"shape", s},
+                       {"bits", bits},
+                       {"engine", "dense"},
+                       {"device", device},
+                       {"dtype", dtype},
+                       {"peak_bytes", peak},
+                       {"overhead_bytes", overhead},
+                       {"step_seconds", best_s}});
     bar.tick(s);
   }
   bar.finish();
 
   std::ofstream(out + ".json") << results.dump(2) << "\n";
   std::ostringstream md;
-  md << "| shape | bits | engine | device | dtype | peak MiB | overhead MiB | fwd+bwd s |\n|---|---|---|---|---|---|---|---|\n";
+  md << "| shape | bits | engine | device | dtype | peak MiB | overhead MiB | fwd+bwd s "
+        "|\n|---|---|---|---|---|---|---|---|\n";
   for (const auto& r : results)
     md << "| " << r["shape"].get<std::string>() << " | " << r["bits"] << " | " << r["engine"].get<std::string>()
        << " | " << r["device"].get<std::string>() << " | " << r["dtype"].get<std::string>() << " | " << std::fixed

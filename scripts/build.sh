@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Configures and builds edkm into ${EDKM_BUILD_DIR:-build}; extra args go to cmake's configure step.
+# EDKM_TARGET builds one target only.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/env.sh"
@@ -17,4 +18,4 @@ if ! cmake -S "$root" -B "$build" -G Ninja \
   cat "$build/configure.log" >&2
   exit 1
 fi
-cmake --build "$build" -j"${EDKM_JOBS:-$(nproc)}"
+cmake --build "$build" -j"${EDKM_JOBS:-$(nproc)}" ${EDKM_TARGET:+--target "$EDKM_TARGET"}

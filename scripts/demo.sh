@@ -3,5 +3,5 @@
 # Arguments are passed to the demo, e.g.: scripts/demo.sh --preset small --bits 4
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-EDKM_BUILD_DIR="${EDKM_BUILD_DIR:-$here/../build}" bash "$here/build.sh" -DEDKM_BUILD_TESTS=OFF -DEDKM_BUILD_EXAMPLES=ON
+EDKM_TARGET=edkm_compress EDKM_BUILD_DIR="${EDKM_BUILD_DIR:-$here/../build}" bash "$here/build.sh" -DEDKM_BUILD_EXAMPLES=ON
 exec "${EDKM_BUILD_DIR:-$here/../build}/examples/edkm_compress" "$@"

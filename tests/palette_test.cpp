@@ -25,8 +25,8 @@ TEST(Palette, GroupedScaledAndVectors) {
   auto w = test::llm_like({16, 12}, 2);
   auto s = functional::channel_scale(w, ScaleScheme::kMinMax);
   for (int64_t d : {1, 2}) {
-    auto o = DKMOptions(2).granularity(Granularity::kPerGroupedChannel).group_size(4).cluster_dim(d)
-                 .per_channel_scale(true);
+    auto o =
+        DKMOptions(2).granularity(Granularity::kPerGroupedChannel).group_size(4).cluster_dim(d).per_channel_scale(true);
     auto c = functional::init_centroids(w, o, s);
     auto p = Palette::from_centroids(w, c, o, s);
     auto back = p.decompress();

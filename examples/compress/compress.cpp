@@ -8,10 +8,10 @@
 // needs no data set: the student starts as a copy of the teacher and learns to stay close to it
 // while its weights are clustered.
 #include <ATen/ATen.h>
-#include <CLI/CLI.hpp>
 #include <edkm/edkm.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adam.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <iomanip>

@@ -105,18 +105,18 @@ struct EDKM_API DKMOptions {
 
 /// What one differentiable clustering pass returns.
 struct DKMOutput {
-  at::Tensor weight;     ///< W_soft: shape and dtype of the input weight, differentiable
-  at::Tensor centroids;  ///< G x K x cluster_dim, fp32 (fp64 for fp64 weights), detached
+  at::Tensor weight;       ///< W_soft: shape and dtype of the input weight, differentiable
+  at::Tensor centroids;    ///< G x K x cluster_dim, fp32 (fp64 for fp64 weights), detached
   int64_t iterations = 0;  ///< iterations run (<= max_iter)
   double inertia = 0;      ///< sum_i min_j D_ij of the last iteration, summed over groups
 };
 
 /// Geometry of a weight under the options: groups (LUTs) and vectors per group.
 struct EDKM_API ClusterLayout {
-  int64_t groups = 1;        ///< G: number of LUTs
-  int64_t vectors = 0;       ///< n: vectors per group
-  int64_t cluster_dim = 1;   ///< d
-  int64_t rows = 0;          ///< output rows (dim 0)
+  int64_t groups = 1;       ///< G: number of LUTs
+  int64_t vectors = 0;      ///< n: vectors per group
+  int64_t cluster_dim = 1;  ///< d
+  int64_t rows = 0;         ///< output rows (dim 0)
   /// Checks `weight` against `options` (dtype, finiteness, divisibility, ...) and derives the layout.
   static ClusterLayout of(const at::Tensor& weight, const DKMOptions& options);
 };
@@ -128,25 +128,23 @@ EDKM_API at::Tensor channel_scale(const at::Tensor& weight, ScaleScheme scheme);
 
 /// Rearranges `weight` (divided by `scale` when defined) into G x n x d clustering vectors.
 /// Differentiable; the inverse is `from_vectors`.
-EDKM_API at::Tensor to_vectors(const at::Tensor& weight, const ClusterLayout& layout,
-                               const at::Tensor& scale = {});
+EDKM_API at::Tensor to_vectors(const at::Tensor& weight, const ClusterLayout& layout, const at::Tensor& scale = {});
 /// Inverse of `to_vectors`: G x n x d back to `shape` (multiplied by `scale` when defined).
-EDKM_API at::Tensor from_vectors(const at::Tensor& vectors, at::IntArrayRef shape,
-                                 const ClusterLayout& layout, const at::Tensor& scale = {});
+EDKM_API at::Tensor from_vectors(const at::Tensor& vectors, at::IntArrayRef shape, const ClusterLayout& layout,
+                                 const at::Tensor& scale = {});
 
 /// Initial centroids (G x K x d) of `weight` (divided by `scale` when defined) per options.init().
-EDKM_API at::Tensor init_centroids(const at::Tensor& weight, const DKMOptions& options,
-                                   const at::Tensor& scale = {});
+EDKM_API at::Tensor init_centroids(const at::Tensor& weight, const DKMOptions& options, const at::Tensor& scale = {});
 
 /// One differentiable clustering pass from `centroids` (G x K x d, treated as constants).
 /// `scale` (rows x 1) is required when options.per_channel_scale() is set.
-EDKM_API DKMOutput dkm_cluster(const at::Tensor& weight, const at::Tensor& centroids,
-                               const DKMOptions& options, const at::Tensor& scale = {});
+EDKM_API DKMOutput dkm_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
+                               const at::Tensor& scale = {});
 
 /// Hard assignment: the nearest centroid of every vector (G x n, uint8), with the
 /// prune_threshold bias towards centroid 0. Memory O(N), never N x K for cluster_dim == 1.
-EDKM_API at::Tensor assign(const at::Tensor& weight, const at::Tensor& centroids,
-                           const DKMOptions& options, const at::Tensor& scale = {});
+EDKM_API at::Tensor assign(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
+                           const at::Tensor& scale = {});
 
 }  // namespace functional
 }  // namespace edkm

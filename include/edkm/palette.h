@@ -15,9 +15,9 @@ namespace edkm {
 ///   auto p = edkm::Palette::from_centroids(weight, centroids, edkm::DKMOptions(3));
 ///   at::Tensor w = p.decompress();  // every value is one of the 8 LUT entries
 struct EDKM_API Palette {
-  at::Tensor lut;      ///< G x K x cluster_dim, in the weight's dtype
-  at::Tensor indices;  ///< G x n, uint8: the LUT entry of every vector
-  at::Tensor scale;    ///< rows x 1 per-channel scale (fp32), undefined when not used
+  at::Tensor lut;              ///< G x K x cluster_dim, in the weight's dtype
+  at::Tensor indices;          ///< G x n, uint8: the LUT entry of every vector
+  at::Tensor scale;            ///< rows x 1 per-channel scale (fp32), undefined when not used
   std::vector<int64_t> shape;  ///< shape of the weight
   at::ScalarType dtype = at::kFloat;
   int64_t bits = 0;

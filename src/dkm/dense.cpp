@@ -1,14 +1,14 @@
 // The dense DKM engine: plain autograd over G x n x K tensors. The ground truth of every other
 // engine and the baseline of every memory figure (memory O(T * N * K)).
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/scalar_tensor.h>
-#include <ATen/TensorOperators.h>
 #include <c10/util/Exception.h>
 
 #include <limits>
@@ -29,8 +29,8 @@ void check_centroids(const at::Tensor& centroids, const at::Tensor& weight, cons
   TORCH_CHECK(centroids.defined(), "edkm: the centroids tensor is undefined");
   TORCH_CHECK(at::isFloatingType(centroids.scalar_type()), "edkm: centroids must be floating point, got ",
               centroids.scalar_type());
-  TORCH_CHECK(centroids.dim() == 3 && centroids.size(0) == l.groups &&
-                  centroids.size(1) == options.n_clusters() && centroids.size(2) == l.cluster_dim,
+  TORCH_CHECK(centroids.dim() == 3 && centroids.size(0) == l.groups && centroids.size(1) == options.n_clusters() &&
+                  centroids.size(2) == l.cluster_dim,
               "edkm: centroids must have shape [groups=", l.groups, ", K=", options.n_clusters(),
               ", cluster_dim=", l.cluster_dim, "], got ", centroids.sizes());
   TORCH_CHECK(centroids.device() == weight.device(), "edkm: centroids are on ", centroids.device(),
@@ -38,25 +38,23 @@ void check_centroids(const at::Tensor& centroids, const at::Tensor& weight, cons
   TORCH_CHECK(at::isfinite(centroids).all().item<bool>(), "edkm: the centroids contain NaN or Inf");
 }
 
-void check_scale(const at::Tensor& scale, const at::Tensor& weight, const ClusterLayout& l,
-                 const DKMOptions& options) {
+void check_scale(const at::Tensor& scale, const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options) {
   if (options.per_channel_scale()) {
     TORCH_CHECK(scale.defined(), "edkm: per_channel_scale is set but no scale was given ",
                 "(compute it with edkm::functional::channel_scale)");
   }
   if (!scale.defined()) return;
-  TORCH_CHECK(scale.numel() == l.rows, "edkm: the scale must have one value per output row (", l.rows,
-              "), got shape ", scale.sizes());
-  TORCH_CHECK(scale.device() == weight.device(), "edkm: the scale is on ", scale.device(),
-              " but the weight is on ", weight.device());
+  TORCH_CHECK(scale.numel() == l.rows, "edkm: the scale must have one value per output row (", l.rows, "), got shape ",
+              scale.sizes());
+  TORCH_CHECK(scale.device() == weight.device(), "edkm: the scale is on ", scale.device(), " but the weight is on ",
+              weight.device());
   TORCH_CHECK(at::isfinite(scale).all().item<bool>() && (scale != 0).all().item<bool>(),
               "edkm: the scale must be finite and non-zero");
 }
 
 at::Tensor distances(const at::Tensor& x, const at::Tensor& c, const DKMOptions& options) {
   // x: G x n x d, c: G x K x d -> G x n x K
-  at::Tensor d = x.size(2) == 1 ? (x - c.transpose(1, 2)).square()
-                                 : (x.unsqueeze(2) - c.unsqueeze(1)).square().sum(-1);
+  at::Tensor d = x.size(2) == 1 ? (x - c.transpose(1, 2)).square() : (x.unsqueeze(2) - c.unsqueeze(1)).square().sum(-1);
   if (options.prune_threshold() > 0) {
     auto shift = at::zeros({c.size(1)}, d.options());
     shift.select(0, 0).fill_(options.prune_threshold());
@@ -79,7 +77,7 @@ DKMOutput dkm_cluster(const at::Tensor& weight, const at::Tensor& centroids, con
 
   const auto ct = detail::compute_dtype(weight);
   const at::Tensor x = to_vectors(weight.to(ct), l, scale.defined() ? scale.to(ct) : scale);  // G x n x d
-  at::Tensor c = centroids.detach().to(ct).clone();                                            // G x K x d
+  at::Tensor c = centroids.detach().to(ct).clone();                                           // G x K x d
   const int64_t K = options.n_clusters();
 
   at::Tensor zero_mask;  // K x 1: 0 for centroid 0 when it is pinned to zero
@@ -97,8 +95,8 @@ DKMOutput dkm_cluster(const at::Tensor& weight, const at::Tensor& centroids, con
     col0.select(0, 0).fill_(true);
     sparsity_block = nonzero.logical_and(col0);
   }
-  const double blocked = options.zero_threshold() > 0 ? 1.0 / options.zero_threshold()
-                                                      : std::numeric_limits<double>::infinity();
+  const double blocked =
+      options.zero_threshold() > 0 ? 1.0 / options.zero_threshold() : std::numeric_limits<double>::infinity();
 
   // Every group iterates on its own and stops on its own inertia test, as the reference's
   // sequential mode does per partition; a stopped group keeps its last attention and centroids.

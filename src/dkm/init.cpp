@@ -1,21 +1,21 @@
 // Centroid initialisation: exact 1-D optimal k-means over the value histogram, and weighted
 // k-means++ seeding followed by weighted Lloyd iterations. Runs once per layer, on the CPU in fp64.
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/_unique2.h>
 #include <ATen/ops/argmin.h>
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/from_blob.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/minimum.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
-#include <ATen/ops/equal.h>
-#include <ATen/ops/where.h>
-#include <ATen/ops/from_blob.h>
-#include <ATen/ops/scalar_tensor.h>
-#include <ATen/TensorOperators.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -51,8 +51,8 @@ struct Prefix {
 
 // dp_cur[m] = min_{j in [lo_j, m-1]} dp_prev[j] + cost(j, m); the optimal split is monotone in m,
 // so divide and conquer finds all of them in O(U log U) per cluster count.
-void solve_layer(const Prefix& p, const std::vector<double>& prev, std::vector<double>& cur,
-                 int32_t* split, int64_t lo, int64_t hi, int64_t opt_lo, int64_t opt_hi) {
+void solve_layer(const Prefix& p, const std::vector<double>& prev, std::vector<double>& cur, int32_t* split, int64_t lo,
+                 int64_t hi, int64_t opt_lo, int64_t opt_hi) {
   if (lo > hi) return;
   const int64_t mid = (lo + hi) / 2;
   double best = std::numeric_limits<double>::infinity();

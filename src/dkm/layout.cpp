@@ -1,11 +1,11 @@
 // Weight geometry: groups (one LUT each), clustering vectors, per-channel scale.
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/abs.h>
 #include <ATen/ops/amax.h>
 #include <ATen/ops/amin.h>
 #include <ATen/ops/isfinite.h>
-#include <ATen/ops/where.h>
 #include <ATen/ops/ones_like.h>
-#include <ATen/TensorOperators.h>
+#include <ATen/ops/where.h>
 #include <c10/util/Exception.h>
 
 #include "edkm/dkm.h"
@@ -33,8 +33,8 @@ ClusterLayout ClusterLayout::of(const at::Tensor& weight, const DKMOptions& opti
   }
   l.groups = l.rows / rows_per_group;
   const int64_t per_group = weight.numel() / l.groups;
-  TORCH_CHECK(per_group % l.cluster_dim == 0, "edkm: cluster_dim ", l.cluster_dim,
-              " does not divide the ", per_group, " elements of each group");
+  TORCH_CHECK(per_group % l.cluster_dim == 0, "edkm: cluster_dim ", l.cluster_dim, " does not divide the ", per_group,
+              " elements of each group");
   l.vectors = per_group / l.cluster_dim;
   TORCH_CHECK(l.vectors >= 1, "edkm: no vector to cluster");
   return l;
@@ -44,9 +44,10 @@ namespace functional {
 
 at::Tensor channel_scale(const at::Tensor& weight, ScaleScheme scheme) {
   TORCH_CHECK(weight.dim() >= 1 && weight.numel() > 0, "edkm: channel_scale needs a non-empty weight");
-  auto rows = weight.detach().reshape({weight.size(0), -1}).to(weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
-  at::Tensor s = scheme == ScaleScheme::kMinMax ? 0.5 * (rows.amax({1}, true) - rows.amin({1}, true))
-                                                : rows.abs().amax({1}, true);
+  auto rows =
+      weight.detach().reshape({weight.size(0), -1}).to(weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  at::Tensor s =
+      scheme == ScaleScheme::kMinMax ? 0.5 * (rows.amax({1}, true) - rows.amin({1}, true)) : rows.abs().amax({1}, true);
   return at::where(s > 0, s, at::ones_like(s));  // constant rows: scale 1, not a division by 0
 }
 

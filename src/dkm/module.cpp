@@ -1,5 +1,5 @@
-#include <ATen/ops/empty.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include <ostream>

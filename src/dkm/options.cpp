@@ -6,21 +6,23 @@
 
 namespace edkm {
 
-std::string to_string(Granularity g) {
-  return g == Granularity::kPerTensor ? "per_tensor" : "per_grouped_channel";
-}
+std::string to_string(Granularity g) { return g == Granularity::kPerTensor ? "per_tensor" : "per_grouped_channel"; }
 std::string to_string(ScaleScheme s) { return s == ScaleScheme::kMinMax ? "min_max" : "abs"; }
 std::string to_string(KMeansInit i) {
   switch (i) {
-    case KMeansInit::kAuto: return "auto";
-    case KMeansInit::kKMeansPlusPlus: return "kmeans++";
-    case KMeansInit::kOptimal1D: return "opt1d";
+    case KMeansInit::kAuto:
+      return "auto";
+    case KMeansInit::kKMeansPlusPlus:
+      return "kmeans++";
+    case KMeansInit::kOptimal1D:
+      return "opt1d";
   }
   return "?";
 }
 std::string to_string(Engine e) {
   switch (e) {
-    case Engine::kDense: return "dense";
+    case Engine::kDense:
+      return "dense";
   }
   return "?";
 }

@@ -1,8 +1,8 @@
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/_unique2.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/stack.h>
-#include <ATen/TensorOperators.h>
 #include <c10/util/Exception.h>
 
 #include "dkm/internal.h"
@@ -59,7 +59,10 @@ int64_t Palette::numel() const {
 }
 
 DKMOptions Palette::options() const {
-  return DKMOptions(bits).granularity(granularity).group_size(group_size).cluster_dim(cluster_dim)
+  return DKMOptions(bits)
+      .granularity(granularity)
+      .group_size(group_size)
+      .cluster_dim(cluster_dim)
       .per_channel_scale(scale.defined());
 }
 
@@ -67,16 +70,16 @@ at::Tensor Palette::decompress() const {
   TORCH_CHECK(lut.defined() && indices.defined(), "edkm: Palette is empty");
   TORCH_CHECK(lut.dim() == 3 && indices.dim() == 2 && lut.size(0) == indices.size(0),
               "edkm: Palette has inconsistent LUT ", lut.sizes(), " and indices ", indices.sizes());
-  TORCH_CHECK(indices.numel() * cluster_dim == numel(), "edkm: Palette indices (", indices.numel(),
-              " vectors of ", cluster_dim, ") do not cover the weight shape ", shape);
+  TORCH_CHECK(indices.numel() * cluster_dim == numel(), "edkm: Palette indices (", indices.numel(), " vectors of ",
+              cluster_dim, ") do not cover the weight shape ", shape);
   ClusterLayout l;
   l.groups = lut.size(0);
   l.vectors = indices.size(1);
   l.cluster_dim = cluster_dim;
   l.rows = shape.at(0);
   auto idx = indices.to(at::kLong);
-  TORCH_CHECK(idx.numel() == 0 || (idx.max().item<int64_t>() < lut.size(1)),
-              "edkm: Palette index out of range of the ", lut.size(1), "-entry LUT");
+  TORCH_CHECK(idx.numel() == 0 || (idx.max().item<int64_t>() < lut.size(1)), "edkm: Palette index out of range of the ",
+              lut.size(1), "-entry LUT");
   // G x n x d gather from G x K x d
   auto vec = lut.to(at::kFloat).gather(1, idx.to(lut.device()).unsqueeze(-1).expand({-1, -1, cluster_dim}));
   auto s = scale.defined() ? scale.to(lut.device()) : scale;

@@ -1,6 +1,6 @@
 // Host entry of the hard assignment: argument checks -> device guard -> stream -> dispatch.
-#include <ATen/ops/empty.h>
 #include <ATen/TensorOperators.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
 #include "dkm/internal.h"
@@ -29,8 +29,7 @@ at::Tensor assign(const at::Tensor& weight, const at::Tensor& centroids, const D
     }
     return out;
   }
-  auto x = to_vectors(weight.detach().to(at::kFloat), l, scale.defined() ? scale.to(at::kFloat) : scale)
-               .contiguous();
+  auto x = to_vectors(weight.detach().to(at::kFloat), l, scale.defined() ? scale.to(at::kFloat) : scale).contiguous();
   auto c = centroids.detach().to(at::kFloat).contiguous();
   auto out = at::empty({l.groups, l.vectors}, weight.options().dtype(at::kByte));
   kernels::AssignParams p;

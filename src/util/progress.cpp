@@ -10,8 +10,12 @@
 namespace edkm {
 
 ProgressBar::ProgressBar(int64_t total, std::string label, std::ostream* out)
-    : total_(total > 0 ? total : 1), label_(std::move(label)), out_(out ? out : &std::cerr),
-      tty_(out == nullptr && isatty(fileno(stderr))), start_(std::chrono::steady_clock::now()), last_draw_(start_) {}
+    : total_(total > 0 ? total : 1),
+      label_(std::move(label)),
+      out_(out ? out : &std::cerr),
+      tty_(out == nullptr && isatty(fileno(stderr))),
+      start_(std::chrono::steady_clock::now()),
+      last_draw_(start_) {}
 
 ProgressBar::~ProgressBar() { finish(); }
 
@@ -47,8 +51,8 @@ void ProgressBar::draw(bool final) {
   constexpr int kWidth = 24;
   const int filled = static_cast<int>(kWidth * std::min<int64_t>(done_, total_) / total_);
   std::ostringstream s;
-  s << label_ << " [" << std::string(filled, '#') << std::string(kWidth - filled, '.') << "] " << done_ << "/"
-    << total_ << " " << std::fixed << std::setprecision(1) << r << " it/s ETA " << eta << "s";
+  s << label_ << " [" << std::string(filled, '#') << std::string(kWidth - filled, '.') << "] " << done_ << "/" << total_
+    << " " << std::fixed << std::setprecision(1) << r << " it/s ETA " << eta << "s";
   if (!note_.empty()) s << "  " << note_;
   if (tty_)
     *out_ << "\r" << s.str() << "\033[K" << (final ? "\n" : "") << std::flush;

@@ -1,11 +1,11 @@
 // Small CLI over the dense engine for the parity test with coremltools:
 //   edkm_dkm_cli IN_DIR OUT_DIR
 // IN_DIR: spec.json (shape, options), weight.bin, centroids.bin (G x K x d), grad.bin (upstream
-// gradient), all raw little-endian float32 (or float64 with "dtype": "float64"). OUT_DIR: soft.bin (W_soft), dweight.bin, centroids.bin,
-// result.json (iterations, inertia).
+// gradient), all raw little-endian float32 (or float64 with "dtype": "float64"). OUT_DIR: soft.bin (W_soft),
+// dweight.bin, centroids.bin, result.json (iterations, inertia).
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
-#include <ATen/TensorOperators.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
 #include <edkm/dkm.h>
