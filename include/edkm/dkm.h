@@ -41,6 +41,9 @@ enum class KMeansInit : uint8_t {
 /// Which implementation computes the clustering. All compute the same values and gradients.
 enum class Engine : uint8_t {
   kDense,  ///< plain autograd over N x K tensors: the reference; memory O(T * N * K)
+  kTable,  ///< uniquification over the 65,536 bit patterns of 16-bit weights (per-tensor LUT,
+           ///< cluster_dim 1, no per-channel scale); memory O(N) + O(T * 65536 * K)
+  kAuto,   ///< kTable when the weight qualifies, else kDense
 };
 
 EDKM_API std::string to_string(Granularity g);
@@ -94,6 +97,8 @@ struct EDKM_API DKMOptions {
   TORCH_ARG(uint64_t, seed) = 0;
   /// Engine. Default kDense.
   TORCH_ARG(Engine, engine) = Engine::kDense;
+  /// Table engine on fp32 weights: cluster their bf16 rounding (identity in backward). Default false.
+  TORCH_ARG(bool, table_fp32_as_bf16) = false;
 
   // TORCH_ARG leaves the access at private:
  public:

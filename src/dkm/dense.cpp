@@ -12,7 +12,6 @@
 #include <c10/util/Exception.h>
 
 #include <limits>
-#include <optional>
 
 #include "dkm/internal.h"
 #include "edkm/dkm.h"
@@ -63,6 +62,73 @@ at::Tensor distances(const at::Tensor& x, const at::Tensor& c, const DKMOptions&
   return d;
 }
 
+at::Tensor sparsity_block(const at::Tensor& x, const DKMOptions& options) {
+  // prune_threshold == 0 with enforce_zero keeps the sparsity exact: only zero weights may pick
+  // centroid 0 (coremltools' keep_sparsity).
+  if (!(options.enforce_zero() && options.prune_threshold() == 0)) return {};
+  auto nonzero = (x.detach() != 0).any(-1, /*keepdim=*/true);  // G x n x 1
+  auto col0 = at::zeros({options.n_clusters()}, x.options().dtype(at::kBool));
+  col0.select(0, 0).fill_(true);
+  return nonzero.logical_and(col0);
+}
+
+at::Tensor attention(const at::Tensor& x, const at::Tensor& c, const DKMOptions& options, const at::Tensor& block,
+                     at::Tensor* distances_out) {
+  at::Tensor d = distances(x, c, options);  // G x n x K
+  if (block.defined()) {
+    const double blocked =
+        options.zero_threshold() > 0 ? 1.0 / options.zero_threshold() : std::numeric_limits<double>::infinity();
+    d = at::where(block, at::scalar_tensor(blocked, d.options()), d);
+  }
+  if (distances_out) *distances_out = d;
+  return at::softmax(-d / options.tau(), -1).clamp_min(options.zero_threshold());
+}
+
+Iterations run_iterations(const at::Tensor& x, at::Tensor c, const DKMOptions& options, const at::Tensor& mass) {
+  const int64_t G = x.size(0), K = options.n_clusters();
+  at::Tensor zero_mask;  // K x 1: 0 for centroid 0 when it is pinned to zero
+  if (options.enforce_zero()) {
+    zero_mask = at::ones({K, 1}, x.options().requires_grad(false));
+    zero_mask.select(0, 0).fill_(0.0);
+    c = c * zero_mask;
+  }
+  const at::Tensor block = sparsity_block(x, options);
+  const at::Tensor xm = mass.defined() ? x * mass : x;
+  // Every group iterates on its own and stops on its own inertia test, as the reference's
+  // sequential mode does per partition; a stopped group keeps its last attention and centroids.
+  Iterations it;
+  at::Tensor done = at::zeros({G}, x.options().dtype(at::kBool));
+  at::Tensor last = at::zeros({G}, x.options().requires_grad(false));  // 0 = no previous inertia
+  for (int64_t t = 0; t < options.max_iter(); ++t) {
+    at::Tensor d;
+    at::Tensor a = attention(x, c, options, block, &d);
+    at::Tensor am = mass.defined() ? a * mass : a;
+    at::Tensor c_new = at::bmm(a.transpose(1, 2), xm) / am.sum(1).unsqueeze(-1);  // G x K x d
+    if (zero_mask.defined()) c_new = c_new * zero_mask;
+    at::Tensor dmin = std::get<0>(d.detach().min(-1));                                   // G x n
+    at::Tensor cur = (mass.defined() ? dmin * mass.detach().squeeze(-1) : dmin).sum(1);  // G
+    at::Tensor c_in = c;
+    if (t > 0 && G > 1 && done.any().item<bool>()) {
+      auto keep = done.view({G, 1, 1});
+      a = at::where(keep, it.attention, a);
+      c_in = at::where(keep, it.attention_centroids, c_in);
+      c_new = at::where(keep, it.centroids, c_new);
+      cur = at::where(done, it.inertia, cur);
+    }
+    it.attention = a;
+    it.attention_centroids = c_in;
+    it.centroids = c_new;
+    c = c_new;
+    it.inertia = cur;
+    it.iterations = t + 1;
+    // The reference's test: a previous non-zero inertia within epsilon of this one.
+    done = done.logical_or(last.ne(0).logical_and((last - cur).abs() <= options.epsilon()));
+    if (done.all().item<bool>()) break;
+    last = cur;
+  }
+  return it;
+}
+
 }  // namespace detail
 
 namespace functional {
@@ -72,65 +138,18 @@ DKMOutput dkm_cluster(const at::Tensor& weight, const at::Tensor& centroids, con
   const auto l = ClusterLayout::of(weight, options);
   detail::check_centroids(centroids, weight, l, options);
   detail::check_scale(scale, weight, l, options);
-  TORCH_CHECK(options.engine() == Engine::kDense, "edkm: engine ", to_string(options.engine()),
-              " is not available in this build");
+  if (detail::resolve_engine(weight, l, options) == Engine::kTable)
+    return detail::table_cluster(weight, centroids, options);
 
   const auto ct = detail::compute_dtype(weight);
-  const at::Tensor x = to_vectors(weight.to(ct), l, scale.defined() ? scale.to(ct) : scale);  // G x n x d
-  at::Tensor c = centroids.detach().to(ct).clone();                                           // G x K x d
-  const int64_t K = options.n_clusters();
-
-  at::Tensor zero_mask;  // K x 1: 0 for centroid 0 when it is pinned to zero
-  if (options.enforce_zero()) {
-    zero_mask = at::ones({K, 1}, x.options().requires_grad(false));
-    zero_mask.select(0, 0).fill_(0.0);
-    c = c * zero_mask;
-  }
-  // prune_threshold == 0 with enforce_zero keeps the sparsity exact: only zero weights may pick
-  // centroid 0 (coremltools' keep_sparsity).
-  at::Tensor sparsity_block;  // G x n x K bool
-  if (options.enforce_zero() && options.prune_threshold() == 0) {
-    auto nonzero = (x.detach() != 0).any(-1, /*keepdim=*/true);  // G x n x 1
-    auto col0 = at::zeros({K}, x.options().dtype(at::kBool));
-    col0.select(0, 0).fill_(true);
-    sparsity_block = nonzero.logical_and(col0);
-  }
-  const double blocked =
-      options.zero_threshold() > 0 ? 1.0 / options.zero_threshold() : std::numeric_limits<double>::infinity();
-
-  // Every group iterates on its own and stops on its own inertia test, as the reference's
-  // sequential mode does per partition; a stopped group keeps its last attention and centroids.
-  const int64_t G = l.groups;
+  const at::Tensor s = scale.defined() ? scale.to(ct) : scale;
+  const at::Tensor x = to_vectors(weight.to(ct), l, s);  // G x n x d
+  auto it = detail::run_iterations(x, centroids.detach().to(ct).clone(), options, {});
   DKMOutput out;
-  at::Tensor attention, inertia;
-  at::Tensor done = at::zeros({G}, x.options().dtype(at::kBool));
-  at::Tensor last = at::zeros({G}, x.options().requires_grad(false));  // 0 = no previous inertia
-  for (int64_t t = 0; t < options.max_iter(); ++t) {
-    at::Tensor d = detail::distances(x, c, options);  // G x n x K
-    if (sparsity_block.defined()) d = at::where(sparsity_block, at::scalar_tensor(blocked, d.options()), d);
-    at::Tensor a = at::softmax(-d / options.tau(), -1).clamp_min(options.zero_threshold());
-    at::Tensor c_new = at::bmm(a.transpose(1, 2), x) / a.sum(1).unsqueeze(-1);  // G x K x d
-    if (zero_mask.defined()) c_new = c_new * zero_mask;
-    at::Tensor cur = std::get<0>(d.detach().min(-1)).sum(1);  // G
-    if (t > 0 && G > 1 && done.any().item<bool>()) {
-      auto keep = done.view({G, 1, 1});
-      a = at::where(keep, attention, a);
-      c_new = at::where(keep, c, c_new);
-      cur = at::where(done, inertia, cur);
-    }
-    attention = a;
-    c = c_new;
-    inertia = cur;
-    out.iterations = t + 1;
-    // The reference's test: a previous non-zero inertia within epsilon of this one.
-    done = done.logical_or(last.ne(0).logical_and((last - cur).abs() <= options.epsilon()));
-    if (done.all().item<bool>()) break;
-    last = cur;
-  }
-  out.inertia = inertia.sum().item<double>();
-  out.weight = from_vectors(at::bmm(attention, c), weight.sizes(), l, scale.defined() ? scale.to(ct) : scale)
-                   .to(weight.scalar_type());
-  out.centroids = c.detach();
+  out.weight = from_vectors(at::bmm(it.attention, it.centroids), weight.sizes(), l, s).to(weight.scalar_type());
+  out.centroids = it.centroids.detach();
+  out.iterations = it.iterations;
+  out.inertia = it.inertia.sum().item<double>();
   return out;
 }
 

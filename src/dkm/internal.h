@@ -15,4 +15,29 @@ void check_scale(const at::Tensor& scale, const at::Tensor& weight, const Cluste
 /// prune_threshold bias on centroid 0.
 at::Tensor distances(const at::Tensor& x, const at::Tensor& c, const DKMOptions& options);
 
+/// keep_sparsity mask (G x n x K bool): non-zero vectors may not pick centroid 0. Undefined
+/// unless enforce_zero with prune_threshold == 0.
+at::Tensor sparsity_block(const at::Tensor& x, const DKMOptions& options);
+/// A = max(softmax(-D / tau), zero_threshold) with D from `distances` and the sparsity block;
+/// D is returned through `distances_out` when given.
+at::Tensor attention(const at::Tensor& x, const at::Tensor& c, const DKMOptions& options, const at::Tensor& block,
+                     at::Tensor* distances_out = nullptr);
+
+/// The DKM iterations of DESIGN.md §1 on vectors x (G x n x d) from centroids c (G x K x d).
+/// `mass` (G x n x 1, optional) weights every vector: the table engine's counts.
+struct Iterations {
+  at::Tensor attention;            ///< G x n x K of the last iteration
+  at::Tensor attention_centroids;  ///< G x K x d the last attention was computed from
+  at::Tensor centroids;            ///< G x K x d after the last update
+  at::Tensor inertia;              ///< G, of the last iteration
+  int64_t iterations = 0;
+};
+Iterations run_iterations(const at::Tensor& x, at::Tensor c, const DKMOptions& options, const at::Tensor& mass);
+
+/// The engine that computes `weight` under `options` (kAuto resolved); throws when the
+/// requested engine cannot take this weight.
+Engine resolve_engine(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
+/// The table engine (table.cpp).
+DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options);
+
 }  // namespace edkm::detail

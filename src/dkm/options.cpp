@@ -37,7 +37,7 @@ void DKMOptions::validate() const {
   TORCH_CHECK(std::isfinite(prune_threshold_) && prune_threshold_ >= 0,
               "DKMOptions: prune_threshold must be >= 0, got ", prune_threshold_);
   TORCH_CHECK(cluster_dim_ >= 1, "DKMOptions: cluster_dim must be >= 1, got ", cluster_dim_);
-  TORCH_CHECK(cluster_dim_ == 1 || engine_ == Engine::kDense,
+  TORCH_CHECK(cluster_dim_ == 1 || engine_ != Engine::kTable,
               "DKMOptions: cluster_dim > 1 (vector clustering) needs the dense engine, got engine ",
               to_string(engine_));
   if (granularity_ == Granularity::kPerGroupedChannel) {

@@ -2,11 +2,7 @@
 // Shared math of the nearest-centroid kernels: one definition for the CPU and CUDA backends.
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define EDKM_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define EDKM_HOST_DEVICE inline
-#endif
+#include "kernels/host_device.h"
 
 namespace edkm::kernels {
 

@@ -1,0 +1,218 @@
+// The table engine (uniquification, index-free): DKM over the 65,536 bit patterns of a 16-bit
+// weight, weighted by how many weights carry each pattern (in fp64 when U x K <= 4M). No sort and no per-weight index
+// list: a weight's own bits index its table entry. Memory O(N) + O(T * U * K), U <= 65,536.
+//
+// Backward, exact per weight (DESIGN.md §2): with g_i = dL/dW_soft_i, G_b = sum_{bits(w_i)=b} g_i,
+// a_b = dh_b/dv_b at fixed centroids, e_b = d(sum_b G_b h_b)/dv_b through the small graph:
+//   dL/dw_i = g_i * a_b + (e_b - G_b * a_b) / n_b.
+#include <ATen/TensorOperators.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/nonzero.h>
+#include <ATen/ops/ones_like.h>
+#include <ATen/ops/zeros.h>
+#include <c10/util/Exception.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "dkm/internal.h"
+#include "kernels/table_math.h"
+#if defined(EDKM_WITH_CUDA)
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime.h>
+#endif
+
+namespace edkm::detail {
+namespace {
+
+using kernels::kTableSize;
+using kernels::WeightKind;
+
+// Why the table engine cannot take this weight ("" when it can).
+std::string table_unsupported(const at::Tensor& w, const ClusterLayout& l, const DKMOptions& o) {
+  const auto st = w.scalar_type();
+  if (st == at::kFloat && !o.table_fp32_as_bf16())
+    return "it needs a 16-bit weight (bfloat16 or float16), got float32; set table_fp32_as_bf16(true) to cluster "
+           "the weight's bf16 rounding";
+  if (st != at::kBFloat16 && st != at::kHalf && st != at::kFloat)
+    return std::string("it needs a 16-bit weight (bfloat16 or float16), got ") + c10::toString(st);
+  if (l.groups != 1) return "it needs a per-tensor LUT, got " + to_string(o.granularity()) + " granularity";
+  if (l.cluster_dim != 1) return "it needs cluster_dim 1";
+  if (o.per_channel_scale()) return "per-channel scaling changes the values row by row";
+  if (!w.is_cpu() && !w.is_cuda()) return "it runs on CPU and CUDA tensors only";
+  return "";
+}
+
+WeightKind kind_of(const at::Tensor& w) {
+  switch (w.scalar_type()) {
+    case at::kBFloat16:
+      return WeightKind::kBF16;
+    case at::kHalf:
+      return WeightKind::kFP16;
+    default:
+      return WeightKind::kFP32AsBF16;
+  }
+}
+
+void check_cuda(int rc, const char* what) {
+#if defined(EDKM_WITH_CUDA)
+  TORCH_CHECK(rc == 0, "edkm: table ", what, " CUDA kernel failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
+#endif
+}
+
+void* stream_of(const at::Tensor& t) {
+#if defined(EDKM_WITH_CUDA)
+  return at::cuda::getCurrentCUDAStream(t.device().index()).stream();
+#else
+  TORCH_CHECK(false, "edkm: this build of edkm has no CUDA kernels");
+#endif
+}
+
+at::Tensor histogram(const kernels::TableParams& p, const at::Tensor& w) {
+  auto counts = at::empty({kTableSize}, w.options().dtype(at::kLong));
+  if (w.is_cuda()) {
+#if defined(EDKM_WITH_CUDA)
+    check_cuda(kernels::table_histogram_cuda(p, counts.data_ptr<int64_t>(), stream_of(w)), "histogram");
+#endif
+  } else {
+    kernels::table_histogram_cpu(p, counts.data_ptr<int64_t>());
+  }
+  return counts;
+}
+
+// The value of every pattern, as float: patterns are bf16 (also for fp32 opted in) or fp16 words.
+at::Tensor pattern_values(WeightKind kind, const at::TensorOptions& opts) {
+  auto words = at::arange(kTableSize, opts.dtype(at::kInt)).to(at::kShort);  // 0..65535 as int16 bits
+  return words.view(kind == WeightKind::kFP16 ? at::kHalf : at::kBFloat16).to(at::kFloat);
+}
+
+// Expands a U-entry table to the 65,536 patterns (zero where no weight has the pattern).
+at::Tensor full_table(const at::Tensor& compact, const at::Tensor& uidx) {
+  return at::zeros({kTableSize}, compact.options().dtype(at::kFloat)).index_copy_(0, uidx, compact.to(at::kFloat));
+}
+
+class TableFunction : public torch::autograd::Function<TableFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& weight,
+                            const at::Tensor& centroids, const DKMOptions* options, DKMOutput* out) {
+    const auto w = weight.contiguous();
+    const kernels::TableParams p{w.data_ptr(), w.numel(), kind_of(w)};
+    auto counts = histogram(p, w);
+    auto values = pattern_values(p.kind, w.options());
+    auto uidx = at::nonzero(counts.gt(0).logical_and(at::isfinite(values))).flatten();
+    // The table is small: iterate it in fp64 (more accurate than the dense engine's fp32) unless
+    // U x K is large (8-bit LUTs over many distinct values), then in fp32.
+    const auto ct = uidx.numel() * options->n_clusters() <= (int64_t{1} << 22) ? at::kDouble : at::kFloat;
+    auto v = values.index_select(0, uidx).to(ct).detach().requires_grad_(true);  // U
+    auto nb = counts.index_select(0, uidx).to(ct);                               // U
+    const int64_t U = v.numel();
+    at::Tensor h;
+    Iterations it;
+    {
+      at::AutoGradMode grad_mode(true);  // the small graph over the table, kept for backward
+      it = run_iterations(v.view({1, U, 1}), centroids.detach().to(ct).clone(), *options, nb.view({1, U, 1}));
+      h = at::bmm(it.attention, it.centroids).view({U});
+    }
+    auto result = at::empty_like(w);
+    auto table = full_table(h.detach(), uidx);
+    if (w.is_cuda()) {
+#if defined(EDKM_WITH_CUDA)
+      check_cuda(kernels::table_gather_cuda(p, table.data_ptr<float>(), result.data_ptr(), stream_of(w)), "gather");
+#endif
+    } else {
+      kernels::table_gather_cpu(p, table.data_ptr<float>(), result.data_ptr());
+    }
+    ctx->save_for_backward({w});
+    ctx->saved_data["v"] = v;
+    ctx->saved_data["h"] = h;
+    ctx->saved_data["nb"] = nb;
+    ctx->saved_data["uidx"] = uidx;
+    ctx->saved_data["c_in"] = it.attention_centroids.detach();
+    ctx->saved_data["c_out"] = it.centroids.detach();
+    // what the attention needs to be recomputed in backward
+    ctx->saved_data["bits"] = options->bits();
+    ctx->saved_data["tau"] = options->tau();
+    ctx->saved_data["zero_threshold"] = options->zero_threshold();
+    ctx->saved_data["prune_threshold"] = options->prune_threshold();
+    ctx->saved_data["enforce_zero"] = options->enforce_zero();
+    out->centroids = it.centroids.detach();
+    out->iterations = it.iterations;
+    out->inertia = it.inertia.sum().item<double>();
+    return result;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto w = ctx->get_saved_variables()[0];
+    const auto v = ctx->saved_data["v"].toTensor(), h = ctx->saved_data["h"].toTensor();
+    const auto nb = ctx->saved_data["nb"].toTensor(), uidx = ctx->saved_data["uidx"].toTensor();
+    const auto options = DKMOptions(ctx->saved_data["bits"].toInt())
+                             .tau(ctx->saved_data["tau"].toDouble())
+                             .zero_threshold(ctx->saved_data["zero_threshold"].toDouble())
+                             .prune_threshold(ctx->saved_data["prune_threshold"].toDouble())
+                             .enforce_zero(ctx->saved_data["enforce_zero"].toBool());
+    const auto g = grads[0].to(w.scalar_type()).contiguous();
+    const kernels::TableParams p{w.data_ptr(), w.numel(), kind_of(w)};
+    auto sums = at::empty({kTableSize}, w.options().dtype(at::kDouble));
+    if (w.is_cuda()) {
+#if defined(EDKM_WITH_CUDA)
+      check_cuda(kernels::table_scatter_add_cuda(p, g.data_ptr(), sums.data_ptr<double>(), stream_of(w)), "scatter");
+#endif
+    } else {
+      kernels::table_scatter_add_cpu(p, g.data_ptr(), sums.data_ptr<double>());
+    }
+    const auto G = sums.index_select(0, uidx).to(v.scalar_type());
+    at::Tensor e, a;
+    {
+      at::AutoGradMode grad_mode(true);
+      e = torch::autograd::grad({h}, {v}, {G}, /*retain_graph=*/true)[0];
+      // a_b: the direct path only, centroids held fixed
+      auto v2 = v.detach().requires_grad_(true);
+      const int64_t U = v2.numel();
+      auto x = v2.view({1, U, 1});
+      auto att = attention(x, ctx->saved_data["c_in"].toTensor(), options, sparsity_block(x, options));
+      auto hd = at::bmm(att, ctx->saved_data["c_out"].toTensor()).view({U});
+      a = torch::autograd::grad({hd}, {v2}, {at::ones_like(hd)})[0];
+    }
+    auto slope = full_table(a, uidx), shift = full_table((e - G * a) / nb, uidx);
+    auto dw = at::empty_like(w);
+    if (w.is_cuda()) {
+#if defined(EDKM_WITH_CUDA)
+      check_cuda(kernels::table_backward_cuda(p, g.data_ptr(), slope.data_ptr<float>(), shift.data_ptr<float>(),
+                                              dw.data_ptr(), stream_of(w)),
+                 "backward");
+#endif
+    } else {
+      kernels::table_backward_cpu(p, g.data_ptr(), slope.data_ptr<float>(), shift.data_ptr<float>(), dw.data_ptr());
+    }
+    return {dw, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+Engine resolve_engine(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options) {
+  if (options.engine() == Engine::kDense) return Engine::kDense;
+  const std::string why = table_unsupported(weight, l, options);
+  if (options.engine() == Engine::kTable) {
+    TORCH_CHECK(why.empty(), "edkm: the table engine cannot cluster this weight: ", why);
+    return Engine::kTable;
+  }
+  return why.empty() ? Engine::kTable : Engine::kDense;
+}
+
+DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options) {
+#if defined(EDKM_WITH_CUDA)
+  std::optional<c10::cuda::CUDAGuard> guard;
+  if (weight.is_cuda()) guard.emplace(weight.device());
+#endif
+  DKMOutput out;
+  out.weight = TableFunction::apply(weight, centroids, &options, &out);
+  return out;
+}
+
+}  // namespace edkm::detail

@@ -1,0 +1,173 @@
+// The table engine (Engine::kTable): against the dense engine, its kernels' shared math, bad input.
+#include <edkm/dkm.h>
+
+#include <random>
+
+#include "kernels/table_math.h"
+#include "test_util.h"
+
+namespace edkm {
+namespace {
+
+using test::max_rel;
+
+// fp32 weights whose values are exactly bf16 values: the table engine (fp32 opt-in, rounding is
+// the identity) and the dense engine see identical inputs.
+at::Tensor bf16_valued(std::vector<int64_t> shape, uint64_t seed, bool heavy_tail) {
+  if (!heavy_tail) return test::llm_like(shape, seed, at::kBFloat16).to(at::kFloat);
+  std::mt19937_64 rng(seed);
+  std::student_t_distribution<double> t(3.0);
+  auto w = at::empty(shape, at::kDouble);
+  auto* p = w.data_ptr<double>();
+  for (int64_t i = 0; i < w.numel(); ++i) p[i] = 0.01 * t(rng);
+  return w.to(at::kBFloat16).to(at::kFloat);
+}
+
+struct Run {
+  at::Tensor out, grad, centroids;
+  int64_t iterations;
+};
+
+Run run(const at::Tensor& w, const at::Tensor& c, const at::Tensor& g, const DKMOptions& o) {
+  auto wr = w.clone().requires_grad_(true);
+  auto r = functional::dkm_cluster(wr, c, o);
+  (r.weight.to(g.scalar_type()) * g).sum().backward();
+  return {r.weight.detach(), wr.grad(), r.centroids, r.iterations};
+}
+
+// Within 1e-5 (relative) of the fp32 dense engine, or else at least as close to the fp64 dense
+// result as the fp32 dense engine is: at tau = 1e-4 fp32 rounding is amplified by 1/tau and two
+// correct fp32 implementations can differ by more than 1e-5 (see tests/parity).
+void expect_as_accurate(const at::Tensor& engine, const at::Tensor& dense32, const at::Tensor& dense64,
+                        const char* what) {
+  const double err = max_rel(engine, dense32);
+  if (err <= 1e-5) return;
+  const double floor = max_rel(dense32, dense64);
+  EXPECT_LE(max_rel(engine, dense64), std::max(1e-6, 1.25 * floor))
+      << what << ": " << err << " from fp32 dense, whose own error is " << floor;
+}
+
+TEST(TableEngine, EqualsDenseForBitsAndStopping) {
+  for (bool heavy : {false, true}) {
+    for (int64_t bits = 1; bits <= 8; ++bits) {
+      for (double eps : {0.0, 1e-4}) {
+        auto w = bf16_valued({128, 96}, 7 * bits + heavy, heavy);
+        auto g = test::llm_like({128, 96}, 100 + bits, at::kFloat) / 0.02;
+        auto o = DKMOptions(bits).epsilon(eps).max_iter(eps == 0 ? 3 : 10);
+        auto c = functional::init_centroids(w, o);
+        auto dense64 = run(w.to(at::kDouble), c.to(at::kDouble), g.to(at::kDouble), o);
+        auto dense = run(w, c, g, o);
+        auto table = run(w, c, g, DKMOptions(o).engine(Engine::kTable).table_fp32_as_bf16(true));
+        SCOPED_TRACE("bits " + std::to_string(bits) + " eps " + std::to_string(eps) + " heavy " +
+                     std::to_string(heavy));
+        EXPECT_EQ(table.iterations, dense.iterations);
+        expect_as_accurate(table.out, dense.out, dense64.out, "forward");
+        expect_as_accurate(table.centroids, dense.centroids, dense64.centroids, "centroids");
+        expect_as_accurate(table.grad, dense.grad, dense64.grad, "gradient");
+      }
+    }
+  }
+}
+
+TEST(TableEngine, EnforceZeroAndPruneThreshold) {
+  auto w = bf16_valued({64, 64}, 3, false);
+  w.masked_fill_(w.abs() < 0.005, 0.0);
+  auto g = test::llm_like({64, 64}, 4) / 0.02;
+  for (double prune : {0.0, 1e-7}) {
+    auto o = DKMOptions(3).enforce_zero(true).prune_threshold(prune).epsilon(0);
+    auto c = functional::init_centroids(w, o);
+    auto dense64 = run(w.to(at::kDouble), c.to(at::kDouble), g.to(at::kDouble), o);
+    auto dense = run(w, c, g, o);
+    auto table = run(w, c, g, DKMOptions(o).engine(Engine::kTable).table_fp32_as_bf16(true));
+    expect_as_accurate(table.out, dense.out, dense64.out, "forward");
+    expect_as_accurate(table.grad, dense.grad, dense64.grad, "gradient");
+  }
+}
+
+TEST(TableEngine, SixteenBitWeights) {
+  for (auto dt : {at::kBFloat16, at::kHalf}) {
+    auto w = test::llm_like({64, 128}, 5, dt);
+    auto g = test::llm_like({64, 128}, 6, dt);
+    auto o = DKMOptions(3);
+    auto c = functional::init_centroids(w, o);
+    auto dense = run(w, c, g, o);
+    auto table = run(w, c, g, DKMOptions(o).engine(Engine::kTable));
+    EXPECT_EQ(table.out.scalar_type(), dt);
+    EXPECT_EQ(table.grad.scalar_type(), dt);
+    // both round to the 16-bit type at the end: compare at its precision
+    EXPECT_LT(max_rel(table.out, dense.out), 1e-2);
+    EXPECT_LT(max_rel(table.grad, dense.grad), 2e-2);
+  }
+}
+
+TEST(TableEngine, AutoPicksTableWhenItCan) {
+  auto w = test::llm_like({64, 64}, 8, at::kBFloat16);
+  auto o = DKMOptions(2).engine(Engine::kAuto);
+  auto c = functional::init_centroids(w, o);
+  auto a = functional::dkm_cluster(w, c, o).weight;
+  auto t = functional::dkm_cluster(w, c, DKMOptions(o).engine(Engine::kTable)).weight;
+  EXPECT_TRUE(at::equal(a, t));
+  auto og = DKMOptions(o).granularity(Granularity::kPerGroupedChannel).group_size(16);  // auto -> dense
+  auto cg = functional::init_centroids(w, og);
+  EXPECT_TRUE(at::equal(functional::dkm_cluster(w, cg, og).weight,
+                        functional::dkm_cluster(w, cg, DKMOptions(og).engine(Engine::kDense)).weight));
+}
+
+TEST(TableEngine, BadInputNamesEngineAndDtype) {
+  auto w = test::llm_like({32, 32}, 9);
+  auto o = DKMOptions(2).engine(Engine::kTable);
+  auto c = functional::init_centroids(w, o);
+  auto expect_error = [&](const at::Tensor& weight, const at::Tensor& cent, const DKMOptions& opts,
+                          const std::string& what) {
+    try {
+      functional::dkm_cluster(weight, cent, opts);
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("table engine"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect_error(w, c, o, "float32");
+  expect_error(w.to(at::kDouble), c, o, "Double");
+  auto og = DKMOptions(o).granularity(Granularity::kPerGroupedChannel).group_size(8);
+  expect_error(w.to(at::kBFloat16), functional::init_centroids(w, og), og, "per-tensor");
+}
+
+TEST(TableKernels, SharedMathMatchesC10Conversions) {
+  for (uint32_t b = 0; b < 65536; ++b) {
+    const auto bits = static_cast<uint16_t>(b);
+    const float h = c10::Half(bits, c10::Half::from_bits());
+    const float k = kernels::fp16_bits_to_float(bits);
+    if (std::isnan(h)) {
+      EXPECT_TRUE(std::isnan(k));
+      continue;
+    }
+    ASSERT_EQ(h, k) << "fp16 pattern " << b;
+    ASSERT_EQ(kernels::float_to_fp16_bits(h), bits) << "fp16 round trip " << b;
+  }
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n(0, 1);
+  for (int i = 0; i < 100000; ++i) {
+    const float f = n(rng) * (i % 7 == 0 ? 1e-6f : 0.05f);
+    ASSERT_EQ(kernels::bf16_round_bits(f), c10::BFloat16(f).x) << f;
+    ASSERT_EQ(kernels::float_to_fp16_bits(f), c10::Half(f).x) << f;
+  }
+}
+
+TEST(TableKernels, CudaMatchesCpu) {
+  EDKM_SKIP_WITHOUT_GPU();
+  for (auto dt : {at::kBFloat16, at::kHalf}) {
+    auto w = test::llm_like({512, 384}, 10, dt);
+    auto g = test::llm_like({512, 384}, 11, dt);
+    auto o = DKMOptions(3).engine(Engine::kTable);
+    auto c = functional::init_centroids(w, o);
+    auto cpu = run(w, c, g, o);
+    auto gpu = run(w.cuda(), c.cuda(), g.cuda(), o);
+    EXPECT_LT(max_rel(gpu.out.cpu(), cpu.out), 1e-2);
+    EXPECT_LT(max_rel(gpu.grad.cpu(), cpu.grad), 2e-2);
+    EXPECT_EQ(gpu.iterations, cpu.iterations);
+  }
+}
+
+}  // namespace
+}  // namespace edkm
