@@ -37,12 +37,14 @@ void sync(const at::Device& d) {
 
 int main(int argc, char** argv) try {
   CLI::App app{"edkm: DKM forward+backward peak memory per engine"};
-  std::string shapes = "1024x4096,4096x4096", device = "cpu", out = "benchmarks/results/dkm_memory_cpu", dtype = "fp32";
+  std::string shapes = "1024x4096,4096x4096", device = "cpu", out = "benchmarks/results/dkm_memory_cpu", dtype = "fp32",
+              engines = "dense";
   int64_t bits = 3, repeats = 1;
   app.add_option("--shapes", shapes, "comma-separated RxC weight shapes");
   app.add_option("--bits", bits)->check(CLI::Range(1, 8));
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  app.add_option("--engines", engines, "comma-separated: dense, table (table on fp32 clusters the bf16 rounding)");
   app.add_option("--repeats", repeats, "timed repetitions after one warm-up");
   app.add_option("--out", out, "output path without extension (.json and .md are written)");
   CLI11_PARSE(app, argc, argv);
@@ -50,14 +52,20 @@ int main(int argc, char** argv) try {
   const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
   const auto st = dtype == "bf16" ? at::kBFloat16 : dtype == "fp16" ? at::kHalf : at::kFloat;
   nlohmann::json results = nlohmann::json::array();
-  std::vector<std::string> list;
-  std::stringstream ss(shapes);
-  for (std::string s; std::getline(ss, s, ',');) list.push_back(s);
+  auto split = [](const std::string& text) {
+    std::vector<std::string> parts;
+    std::stringstream ss(text);
+    for (std::string s; std::getline(ss, s, ',');) parts.push_back(s);
+    return parts;
+  };
+  const auto list = split(shapes), engine_list = split(engines);
 
-  edkm::ProgressBar bar(static_cast<int64_t>(list.size()), "dkm memory");
-  for (const auto& s : list) {
+  edkm::ProgressBar bar(static_cast<int64_t>(list.size() * engine_list.size()), "dkm memory");
+  for (const auto& s : list) for (const auto& engine : engine_list) {
+    if (engine != "dense" && engine != "table") throw std::invalid_argument("unknown engine " + engine);
     const auto shape = parse_shape(s);
     auto opts = edkm::DKMOptions(bits).epsilon(0);  // all max_iter iterations: the worst case
+    if (engine == "table") opts.engine(edkm::Engine::kTable).table_fp32_as_bf16(true);
     auto w = (at::randn(shape, at::TensorOptions().dtype(at::kFloat)) * 0.02).to(st).to(dev);
     auto c = edkm::functional::init_centroids(w, opts);
     auto grad = at::randn(shape, w.options());
@@ -82,13 +90,13 @@ int main(int argc, char** argv) try {
     }
     results.push_back({{"shape", s},
                        {"bits", bits},
-                       {"engine", "dense"},
+                       {"engine", engine},
                        {"device", device},
                        {"dtype", dtype},
                        {"peak_bytes", peak},
                        {"overhead_bytes", overhead},
                        {"step_seconds", best_s}});
-    bar.tick(s);
+    bar.tick(s + " " + engine);
   }
   bar.finish();
 
