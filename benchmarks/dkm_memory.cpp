@@ -61,43 +61,44 @@ int main(int argc, char** argv) try {
   const auto list = split(shapes), engine_list = split(engines);
 
   edkm::ProgressBar bar(static_cast<int64_t>(list.size() * engine_list.size()), "dkm memory");
-  for (const auto& s : list) for (const auto& engine : engine_list) {
-    if (engine != "dense" && engine != "table") throw std::invalid_argument("unknown engine " + engine);
-    const auto shape = parse_shape(s);
-    auto opts = edkm::DKMOptions(bits).epsilon(0);  // all max_iter iterations: the worst case
-    if (engine == "table") opts.engine(edkm::Engine::kTable).table_fp32_as_bf16(true);
-    auto w = (at::randn(shape, at::TensorOptions().dtype(at::kFloat)) * 0.02).to(st).to(dev);
-    auto c = edkm::functional::init_centroids(w, opts);
-    auto grad = at::randn(shape, w.options());
-    double best_s = 1e30;
-    int64_t peak = 0, overhead = 0;
-    const int64_t base = 4 * w.numel() * w.element_size();  // weight, W_soft, dW, dW_soft
-    for (int64_t r = 0; r <= repeats; ++r) {
-      auto wr = w.clone().requires_grad_(true);
-      sync(dev);
-      edkm::MemoryMeter meter;
-      const auto t0 = std::chrono::steady_clock::now();
-      auto y = edkm::functional::dkm_cluster(wr, c, opts).weight;
-      y.backward(grad);
-      sync(dev);
-      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      auto rep = meter.report();
-      const auto& f = dev.is_cuda() ? rep.cuda : rep.cpu;
-      if (r > 0) best_s = std::min(best_s, secs);
-      peak =
-          std::max(peak, f.peak_delta() + 2 * w.numel() * w.element_size());  // + the weight and its grad held outside
-      overhead = peak - base;
+  for (const auto& s : list)
+    for (const auto& engine : engine_list) {
+      if (engine != "dense" && engine != "table") throw std::invalid_argument("unknown engine " + engine);
+      const auto shape = parse_shape(s);
+      auto opts = edkm::DKMOptions(bits).epsilon(0);  // all max_iter iterations: the worst case
+      if (engine == "table") opts.engine(edkm::Engine::kTable).table_fp32_as_bf16(true);
+      auto w = (at::randn(shape, at::TensorOptions().dtype(at::kFloat)) * 0.02).to(st).to(dev);
+      auto c = edkm::functional::init_centroids(w, opts);
+      auto grad = at::randn(shape, w.options());
+      double best_s = 1e30;
+      int64_t peak = 0, overhead = 0;
+      const int64_t base = 4 * w.numel() * w.element_size();  // weight, W_soft, dW, dW_soft
+      for (int64_t r = 0; r <= repeats; ++r) {
+        auto wr = w.clone().requires_grad_(true);
+        sync(dev);
+        edkm::MemoryMeter meter;
+        const auto t0 = std::chrono::steady_clock::now();
+        auto y = edkm::functional::dkm_cluster(wr, c, opts).weight;
+        y.backward(grad);
+        sync(dev);
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        auto rep = meter.report();
+        const auto& f = dev.is_cuda() ? rep.cuda : rep.cpu;
+        if (r > 0) best_s = std::min(best_s, secs);
+        peak = std::max(peak,
+                        f.peak_delta() + 2 * w.numel() * w.element_size());  // + the weight and its grad held outside
+        overhead = peak - base;
+      }
+      results.push_back({{"shape", s},
+                         {"bits", bits},
+                         {"engine", engine},
+                         {"device", device},
+                         {"dtype", dtype},
+                         {"peak_bytes", peak},
+                         {"overhead_bytes", overhead},
+                         {"step_seconds", best_s}});
+      bar.tick(s + " " + engine);
     }
-    results.push_back({{"shape", s},
-                       {"bits", bits},
-                       {"engine", engine},
-                       {"device", device},
-                       {"dtype", dtype},
-                       {"peak_bytes", peak},
-                       {"overhead_bytes", overhead},
-                       {"step_seconds", best_s}});
-    bar.tick(s + " " + engine);
-  }
   bar.finish();
 
   std::ofstream(out + ".json") << results.dump(2) << "\n";
