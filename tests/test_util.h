@@ -20,6 +20,17 @@ inline bool has_gpu() {
 #define EDKM_SKIP_WITHOUT_GPU() \
   if (!::edkm::test::has_gpu()) GTEST_SKIP() << "no CUDA device"
 
+/// Expects `f` to throw a c10::Error whose message contains every one of `parts`.
+template <class F>
+void expect_error(F&& f, std::initializer_list<std::string> parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one naming: " << *parts.begin();
+  } catch (const c10::Error& e) {
+    for (const auto& part : parts) EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+  }
+}
+
 /// max |a - b| / max |b| (0 when both are zero).
 inline double max_rel(const at::Tensor& a, const at::Tensor& b) {
   auto a64 = a.detach().to(at::kDouble).cpu(), b64 = b.detach().to(at::kDouble).cpu();

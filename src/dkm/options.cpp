@@ -23,6 +23,10 @@ std::string to_string(Engine e) {
   switch (e) {
     case Engine::kDense:
       return "dense";
+    case Engine::kTable:
+      return "table";
+    case Engine::kAuto:
+      return "auto";
   }
   return "?";
 }

@@ -44,6 +44,9 @@ std::string table_unsupported(const at::Tensor& w, const ClusterLayout& l, const
   if (l.cluster_dim != 1) return "it needs cluster_dim 1";
   if (o.per_channel_scale()) return "per-channel scaling changes the values row by row";
   if (!w.is_cpu() && !w.is_cuda()) return "it runs on CPU and CUDA tensors only";
+#if !defined(EDKM_WITH_CUDA)
+  if (w.is_cuda()) return "this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)";
+#endif
   return "";
 }
 
@@ -58,19 +61,13 @@ WeightKind kind_of(const at::Tensor& w) {
   }
 }
 
+#if defined(EDKM_WITH_CUDA)  // CUDA weights reach the kernels only in builds that have them
 void check_cuda(int rc, const char* what) {
-#if defined(EDKM_WITH_CUDA)
   TORCH_CHECK(rc == 0, "edkm: table ", what, " CUDA kernel failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
-#endif
 }
 
-void* stream_of(const at::Tensor& t) {
-#if defined(EDKM_WITH_CUDA)
-  return at::cuda::getCurrentCUDAStream(t.device().index()).stream();
-#else
-  TORCH_CHECK(false, "edkm: this build of edkm has no CUDA kernels");
+void* stream_of(const at::Tensor& t) { return at::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 #endif
-}
 
 at::Tensor histogram(const kernels::TableParams& p, const at::Tensor& w) {
   auto counts = at::empty({kTableSize}, w.options().dtype(at::kLong));
