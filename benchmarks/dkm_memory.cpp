@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -39,12 +40,14 @@ int main(int argc, char** argv) try {
   CLI::App app{"edkm: DKM forward+backward peak memory per engine"};
   std::string shapes = "1024x4096,4096x4096", device = "cpu", out = "benchmarks/results/dkm_memory_cpu", dtype = "fp32",
               engines = "dense";
-  int64_t bits = 3, repeats = 1;
+  int64_t bits = 3, repeats = 1, group_size = 0;
   app.add_option("--shapes", shapes, "comma-separated RxC weight shapes");
   app.add_option("--bits", bits)->check(CLI::Range(1, 8));
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
-  app.add_option("--engines", engines, "comma-separated: dense, table (table on fp32 clusters the bf16 rounding)");
+  app.add_option("--engines", engines,
+                 "comma-separated: dense, table, streaming, auto (table on fp32 clusters the bf16 rounding)");
+  app.add_option("--group-size", group_size, "rows per LUT (per-grouped-channel); 0: one LUT per tensor");
   app.add_option("--repeats", repeats, "timed repetitions after one warm-up");
   app.add_option("--out", out, "output path without extension (.json and .md are written)");
   CLI11_PARSE(app, argc, argv);
@@ -63,10 +66,15 @@ int main(int argc, char** argv) try {
   edkm::ProgressBar bar(static_cast<int64_t>(list.size() * engine_list.size()), "dkm memory");
   for (const auto& s : list)
     for (const auto& engine : engine_list) {
-      if (engine != "dense" && engine != "table") throw std::invalid_argument("unknown engine " + engine);
+      const std::map<std::string, edkm::Engine> known{{"dense", edkm::Engine::kDense},
+                                                      {"table", edkm::Engine::kTable},
+                                                      {"streaming", edkm::Engine::kStreaming},
+                                                      {"auto", edkm::Engine::kAuto}};
+      if (!known.count(engine)) throw std::invalid_argument("unknown engine " + engine);
       const auto shape = parse_shape(s);
       auto opts = edkm::DKMOptions(bits).epsilon(0);  // all max_iter iterations: the worst case
-      if (engine == "table") opts.engine(edkm::Engine::kTable).table_fp32_as_bf16(true);
+      opts.engine(known.at(engine)).table_fp32_as_bf16(engine == "table");
+      if (group_size > 0) opts.granularity(edkm::Granularity::kPerGroupedChannel).group_size(group_size);
       auto w = (at::randn(shape, at::TensorOptions().dtype(at::kFloat)) * 0.02).to(st).to(dev);
       auto c = edkm::functional::init_centroids(w, opts);
       auto grad = at::randn(shape, w.options());
@@ -94,6 +102,7 @@ int main(int argc, char** argv) try {
                          {"engine", engine},
                          {"device", device},
                          {"dtype", dtype},
+                         {"group_size", group_size},
                          {"peak_bytes", peak},
                          {"overhead_bytes", overhead},
                          {"step_seconds", best_s}});
@@ -103,14 +112,25 @@ int main(int argc, char** argv) try {
 
   std::ofstream(out + ".json") << results.dump(2) << "\n";
   std::ostringstream md;
-  md << "| shape | bits | engine | device | dtype | peak MiB | overhead MiB | fwd+bwd s "
-        "|\n|---|---|---|---|---|---|---|---|\n";
-  for (const auto& r : results)
-    md << "| " << r["shape"].get<std::string>() << " | " << r["bits"] << " | " << r["engine"].get<std::string>()
-       << " | " << r["device"].get<std::string>() << " | " << r["dtype"].get<std::string>() << " | " << std::fixed
-       << std::setprecision(1) << r["peak_bytes"].get<double>() / (1 << 20) << " | "
-       << r["overhead_bytes"].get<double>() / (1 << 20) << " | " << std::setprecision(3)
-       << r["step_seconds"].get<double>() << " |\n";
+  md << "| shape | bits | LUTs | engine | device | dtype | peak MiB | overhead MiB | overhead / dense | fwd+bwd s "
+        "|\n|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const auto& r : results) {
+    std::string ratio = "-";  // against the dense row of the same shape, when measured
+    for (const auto& q : results)
+      if (q["engine"] == "dense" && q["shape"] == r["shape"] && q["overhead_bytes"].get<double>() > 0) {
+        std::ostringstream f;
+        f << std::fixed << std::setprecision(2)
+          << 100.0 * r["overhead_bytes"].get<double>() / q["overhead_bytes"].get<double>() << "%";
+        ratio = f.str();
+      }
+    const int64_t gs = r["group_size"].get<int64_t>();
+    md << "| " << r["shape"].get<std::string>() << " | " << r["bits"] << " | "
+       << (gs > 0 ? "per " + std::to_string(gs) + " rows" : std::string("per tensor")) << " | "
+       << r["engine"].get<std::string>() << " | " << r["device"].get<std::string>() << " | "
+       << r["dtype"].get<std::string>() << " | " << std::fixed << std::setprecision(1)
+       << r["peak_bytes"].get<double>() / (1 << 20) << " | " << r["overhead_bytes"].get<double>() / (1 << 20) << " | "
+       << ratio << " | " << std::setprecision(3) << r["step_seconds"].get<double>() << " |\n";
+  }
   std::ofstream(out + ".md") << md.str();
   std::cout << md.str();
   return 0;

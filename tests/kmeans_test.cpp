@@ -2,6 +2,7 @@
 #include <edkm/dkm.h>
 #include <edkm/kmeans.h>
 
+#include <algorithm>
 #include <random>
 
 #include "test_util.h"
@@ -68,6 +69,27 @@ TEST(KMeans, Optimal1DFewerValuesThanClusters) {
 TEST(KMeans, Optimal1DRejectsUnsortedValues) {
   std::vector<double> v{1, 0}, w{1, 1};
   EXPECT_THROW(kmeans::optimal_1d(v.data(), w.data(), 2, 1), c10::Error);
+}
+
+TEST(KMeans, Binned1DIsNearOptimalAndExactWhenItFits) {
+  std::mt19937_64 rng(5);
+  std::student_t_distribution<double> t(4.0);
+  std::vector<double> v(20000), w(20000);
+  for (auto& x : v) x = 0.02 * t(rng);
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  w.resize(v.size());
+  for (size_t i = 0; i < w.size(); ++i) w[i] = 1.0 + static_cast<double>(i % 3);
+  const auto u = static_cast<int64_t>(v.size());
+  for (int64_t k : {3, 8, 16}) {
+    const auto exact = kmeans::optimal_1d(v.data(), w.data(), u, k);
+    EXPECT_EQ(kmeans::binned_1d(v.data(), w.data(), u, k, u, 100), exact);  // fits: the exact DP
+    const auto binned = kmeans::binned_1d(v.data(), w.data(), u, k, 256, 100);
+    const double opt = sse(v, w, exact), got = sse(v, w, binned);
+    EXPECT_GE(got, opt * (1 - 1e-12));
+    EXPECT_LE(got, opt * 1.01) << "k " << k;  // within 1% of the optimum from 256 runs
+    EXPECT_TRUE(std::is_sorted(binned.begin(), binned.end()));
+  }
 }
 
 TEST(KMeans, PlusPlusIsSeededAndLloydImproves) {

@@ -9,7 +9,9 @@
 namespace edkm {
 namespace {
 
+using test::expect_as_accurate;
 using test::max_rel;
+using test::run;
 
 // fp32 weights whose values are exactly bf16 values: the table engine (fp32 opt-in, rounding is
 // the identity) and the dense engine see identical inputs.
@@ -21,30 +23,6 @@ at::Tensor bf16_valued(std::vector<int64_t> shape, uint64_t seed, bool heavy_tai
   auto* p = w.data_ptr<double>();
   for (int64_t i = 0; i < w.numel(); ++i) p[i] = 0.01 * t(rng);
   return w.to(at::kBFloat16).to(at::kFloat);
-}
-
-struct Run {
-  at::Tensor out, grad, centroids;
-  int64_t iterations;
-};
-
-Run run(const at::Tensor& w, const at::Tensor& c, const at::Tensor& g, const DKMOptions& o) {
-  auto wr = w.clone().requires_grad_(true);
-  auto r = functional::dkm_cluster(wr, c, o);
-  (r.weight.to(g.scalar_type()) * g).sum().backward();
-  return {r.weight.detach(), wr.grad(), r.centroids, r.iterations};
-}
-
-// Within 1e-5 (relative) of the fp32 dense engine, or else at least as close to the fp64 dense
-// result as the fp32 dense engine is: at tau = 1e-4 fp32 rounding is amplified by 1/tau and two
-// correct fp32 implementations can differ by more than 1e-5 (see tests/parity).
-void expect_as_accurate(const at::Tensor& engine, const at::Tensor& dense32, const at::Tensor& dense64,
-                        const char* what) {
-  const double err = max_rel(engine, dense32);
-  if (err <= 1e-5) return;
-  const double floor = max_rel(dense32, dense64);
-  EXPECT_LE(max_rel(engine, dense64), std::max(1e-6, 1.25 * floor))
-      << what << ": " << err << " from fp32 dense, whose own error is " << floor;
 }
 
 TEST(TableEngine, EqualsDenseForBitsAndStopping) {
@@ -103,6 +81,7 @@ TEST(TableEngine, SixteenBitWeights) {
 TEST(TableEngine, EngineNames) {
   EXPECT_EQ(to_string(Engine::kDense), "dense");
   EXPECT_EQ(to_string(Engine::kTable), "table");
+  EXPECT_EQ(to_string(Engine::kStreaming), "streaming");
   EXPECT_EQ(to_string(Engine::kAuto), "auto");
 }
 
@@ -113,10 +92,10 @@ TEST(TableEngine, AutoPicksTableWhenItCan) {
   auto a = functional::dkm_cluster(w, c, o).weight;
   auto t = functional::dkm_cluster(w, c, DKMOptions(o).engine(Engine::kTable)).weight;
   EXPECT_TRUE(at::equal(a, t));
-  auto og = DKMOptions(o).granularity(Granularity::kPerGroupedChannel).group_size(16);  // auto -> dense
+  auto og = DKMOptions(o).granularity(Granularity::kPerGroupedChannel).group_size(16);  // auto -> streaming
   auto cg = functional::init_centroids(w, og);
   EXPECT_TRUE(at::equal(functional::dkm_cluster(w, cg, og).weight,
-                        functional::dkm_cluster(w, cg, DKMOptions(og).engine(Engine::kDense)).weight));
+                        functional::dkm_cluster(w, cg, DKMOptions(og).engine(Engine::kStreaming)).weight));
 }
 
 TEST(TableEngine, BadInputNamesEngineAndDtype) {

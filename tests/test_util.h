@@ -1,6 +1,7 @@
 #pragma once
 // Shared helpers of the tests: seeded tensors, GPU skip, closeness.
 #include <ATen/ATen.h>
+#include <edkm/dkm.h>
 #include <gtest/gtest.h>
 
 #if defined(EDKM_WITH_CUDA)
@@ -37,6 +38,31 @@ inline double max_rel(const at::Tensor& a, const at::Tensor& b) {
   const double denom = b64.abs().max().item<double>();
   const double diff = (a64 - b64).abs().max().item<double>();
   return denom == 0 ? diff : diff / denom;
+}
+
+/// One clustering pass and its backward against the upstream gradient `g`.
+struct Run {
+  at::Tensor out, grad, centroids;
+  int64_t iterations;
+};
+inline Run run(const at::Tensor& w, const at::Tensor& c, const at::Tensor& g, const DKMOptions& o,
+               const at::Tensor& scale = {}) {
+  auto wr = w.clone().requires_grad_(true);
+  auto r = functional::dkm_cluster(wr, c, o, scale);
+  (r.weight.to(g.scalar_type()) * g).sum().backward();
+  return {r.weight.detach(), wr.grad(), r.centroids, r.iterations};
+}
+
+/// Within 1e-5 (relative) of the fp32 dense engine, or else at least as close to the fp64 dense
+/// result as the fp32 dense engine is: at tau = 1e-4 fp32 rounding is amplified by 1/tau and two
+/// correct fp32 implementations can differ by more than 1e-5 (see tests/parity).
+inline void expect_as_accurate(const at::Tensor& engine, const at::Tensor& dense32, const at::Tensor& dense64,
+                               const char* what) {
+  const double err = max_rel(engine, dense32);
+  if (err <= 1e-5) return;
+  const double floor = max_rel(dense32, dense64);
+  EXPECT_LE(max_rel(engine, dense64), std::max(1e-6, 1.25 * floor))
+      << what << ": " << err << " from fp32 dense, whose own error is " << floor;
 }
 
 /// Weights like a trained layer's: N(0, 0.02^2), seeded.

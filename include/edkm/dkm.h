@@ -32,18 +32,21 @@ enum class ScaleScheme : uint8_t {
 
 /// Centroid initialisation on the first step.
 enum class KMeansInit : uint8_t {
-  kAuto,            ///< kOptimal1D when cluster_dim == 1 and the distinct values fit
-                    ///< `opt1d_max_unique`, else kKMeansPlusPlus
+  kAuto,            ///< cluster_dim == 1: kOptimal1D when the distinct values fit `opt1d_max_unique`,
+                    ///< else the exact DP over that many runs of consecutive values refined by 1-D
+                    ///< Lloyd (kmeans::binned_1d); cluster_dim > 1: kKMeansPlusPlus
   kKMeansPlusPlus,  ///< weighted k-means++ seeding, then weighted Lloyd iterations
   kOptimal1D,       ///< exact 1-D optimal k-means over the value histogram (cluster_dim == 1)
 };
 
 /// Which implementation computes the clustering. All compute the same values and gradients.
 enum class Engine : uint8_t {
-  kDense,  ///< plain autograd over N x K tensors: the reference; memory O(T * N * K)
-  kTable,  ///< uniquification over the 65,536 bit patterns of 16-bit weights (per-tensor LUT,
-           ///< cluster_dim 1, no per-channel scale); memory O(N) + O(T * 65536 * K)
-  kAuto,   ///< kTable when the weight qualifies, else kDense
+  kDense,      ///< plain autograd over N x K tensors: the reference; memory O(T * N * K)
+  kTable,      ///< uniquification over the 65,536 bit patterns of 16-bit weights (per-tensor LUT,
+               ///< cluster_dim 1, no per-channel scale); memory O(N) + O(T * 65536 * K)
+  kStreaming,  ///< fused passes over the weights, backward recomputes the attention from the saved
+               ///< centroids: any dtype, granularity and scale, cluster_dim <= 16; memory O(N) + O(T * K * G)
+  kAuto,       ///< kTable when the weight qualifies, else kStreaming, else kDense
 };
 
 EDKM_API std::string to_string(Granularity g);

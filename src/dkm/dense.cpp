@@ -129,6 +129,28 @@ Iterations run_iterations(const at::Tensor& x, at::Tensor c, const DKMOptions& o
   return it;
 }
 
+Engine resolve_engine(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options) {
+  switch (options.engine()) {
+    case Engine::kDense:
+      return Engine::kDense;
+    case Engine::kTable: {
+      const std::string why = table_unsupported(weight, l, options);
+      TORCH_CHECK(why.empty(), "edkm: the table engine cannot cluster this weight: ", why);
+      return Engine::kTable;
+    }
+    case Engine::kStreaming: {
+      const std::string why = streaming_unsupported(weight, l, options);
+      TORCH_CHECK(why.empty(), "edkm: the streaming engine cannot cluster this weight: ", why);
+      return Engine::kStreaming;
+    }
+    case Engine::kAuto:
+      break;
+  }
+  if (table_unsupported(weight, l, options).empty()) return Engine::kTable;
+  if (streaming_unsupported(weight, l, options).empty()) return Engine::kStreaming;
+  return Engine::kDense;
+}
+
 }  // namespace detail
 
 namespace functional {
@@ -138,8 +160,14 @@ DKMOutput dkm_cluster(const at::Tensor& weight, const at::Tensor& centroids, con
   const auto l = ClusterLayout::of(weight, options);
   detail::check_centroids(centroids, weight, l, options);
   detail::check_scale(scale, weight, l, options);
-  if (detail::resolve_engine(weight, l, options) == Engine::kTable)
-    return detail::table_cluster(weight, centroids, options);
+  switch (detail::resolve_engine(weight, l, options)) {
+    case Engine::kTable:
+      return detail::table_cluster(weight, centroids, options);
+    case Engine::kStreaming:
+      return detail::stream_cluster(weight, centroids, options, scale, l);
+    default:
+      break;
+  }
 
   const auto ct = detail::compute_dtype(weight);
   const at::Tensor s = scale.defined() ? scale.to(ct) : scale;

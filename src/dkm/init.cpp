@@ -100,6 +100,53 @@ std::vector<double> optimal_1d(const double* values, const double* counts, int64
   return centers;
 }
 
+std::vector<double> binned_1d(const double* values, const double* counts, int64_t u, int64_t k, int64_t max_bins,
+                              int64_t max_iter) {
+  TORCH_CHECK(max_bins >= 1, "edkm: binned_1d needs max_bins >= 1, got ", max_bins);
+  if (u <= max_bins) return optimal_1d(values, counts, u, k);
+  Prefix p(values, counts, u);
+  // Runs of consecutive values, closed when they hold 2U/B values or span 2/B of the range, so
+  // that dense regions and sparse tails both keep resolution; at most B runs.
+  std::vector<double> bv, bc;  // weighted mean and total count of every run
+  const int64_t half = std::max<int64_t>(1, (max_bins - 1) / 2);
+  const int64_t max_count = (u + half - 1) / half;
+  const double max_span = (values[u - 1] - values[0]) / static_cast<double>(half);
+  auto close = [&](int64_t lo, int64_t hi) {
+    if (p.w[hi] - p.w[lo] <= 0) return;
+    const double m = p.mean(lo, hi);
+    if (!bv.empty() && !(m > bv.back())) {  // rounding: merge into the previous run
+      bc.back() += p.w[hi] - p.w[lo];
+      return;
+    }
+    bv.push_back(m);
+    bc.push_back(p.w[hi] - p.w[lo]);
+  };
+  int64_t lo = 0;
+  for (int64_t i = 1; i < u; ++i)
+    if (i - lo >= max_count || values[i] - values[lo] > max_span) {
+      close(lo, i);
+      lo = i;
+    }
+  close(lo, u);
+  auto centers = optimal_1d(bv.data(), bc.data(), static_cast<int64_t>(bv.size()), k);
+  // 1-D Lloyd: a centre's cluster is the run of values between the midpoints to its neighbours
+  // (ties go to the lower centre, as nearest() does).
+  std::vector<int64_t> bounds(static_cast<size_t>(k + 1)), prev;
+  for (int64_t it = 0; it < max_iter; ++it) {
+    bounds[0] = 0;
+    bounds[k] = u;
+    for (int64_t j = 1; j < k; ++j) {
+      const double mid = 0.5 * (centers[j - 1] + centers[j]);
+      bounds[j] = std::max(bounds[j - 1], static_cast<int64_t>(std::upper_bound(values, values + u, mid) - values));
+    }
+    if (bounds == prev) break;
+    prev = bounds;
+    for (int64_t j = 0; j < k; ++j)
+      if (p.w[bounds[j + 1]] - p.w[bounds[j]] > 0) centers[j] = p.mean(bounds[j], bounds[j + 1]);  // empty: stays
+  }
+  return centers;
+}
+
 at::Tensor kmeans_plus_plus(const at::Tensor& x, const at::Tensor& weights, int64_t k, uint64_t seed) {
   // x: n x d fp64 CPU, weights: n fp64 CPU
   const int64_t n = x.size(0);
@@ -177,6 +224,10 @@ at::Tensor init_centroids(const at::Tensor& weight, const DKMOptions& options, c
                          (options.init() == KMeansInit::kAuto && vals.numel() <= options.opt1d_max_unique());
       if (opt1d) {
         auto centers = kmeans::optimal_1d(vals.data_ptr<double>(), cnt.data_ptr<double>(), vals.numel(), K);
+        c = at::from_blob(centers.data(), {K, 1}, at::kDouble).clone();
+      } else if (options.init() == KMeansInit::kAuto) {  // too many values for the exact DP: binned
+        auto centers = kmeans::binned_1d(vals.data_ptr<double>(), cnt.data_ptr<double>(), vals.numel(), K,
+                                         options.opt1d_max_unique(), options.init_max_iter());
         c = at::from_blob(centers.data(), {K, 1}, at::kDouble).clone();
       } else {
         auto v = vals.reshape({-1, 1});

@@ -2,6 +2,8 @@
 // Internals shared by the DKM translation units (not installed).
 #include <ATen/core/Tensor.h>
 
+#include <string>
+
 #include "edkm/dkm.h"
 
 namespace edkm::detail {
@@ -37,7 +39,13 @@ Iterations run_iterations(const at::Tensor& x, at::Tensor c, const DKMOptions& o
 /// The engine that computes `weight` under `options` (kAuto resolved); throws when the
 /// requested engine cannot take this weight.
 Engine resolve_engine(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
+/// Why the table / streaming engine cannot take this weight ("" when it can).
+std::string table_unsupported(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
+std::string streaming_unsupported(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
 /// The table engine (table.cpp).
 DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options);
+/// The streaming engine (stream.cpp).
+DKMOutput stream_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
+                         const at::Tensor& scale, const ClusterLayout& l);
 
 }  // namespace edkm::detail

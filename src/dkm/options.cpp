@@ -25,6 +25,8 @@ std::string to_string(Engine e) {
       return "dense";
     case Engine::kTable:
       return "table";
+    case Engine::kStreaming:
+      return "streaming";
     case Engine::kAuto:
       return "auto";
   }
@@ -42,7 +44,7 @@ void DKMOptions::validate() const {
               "DKMOptions: prune_threshold must be >= 0, got ", prune_threshold_);
   TORCH_CHECK(cluster_dim_ >= 1, "DKMOptions: cluster_dim must be >= 1, got ", cluster_dim_);
   TORCH_CHECK(cluster_dim_ == 1 || engine_ != Engine::kTable,
-              "DKMOptions: cluster_dim > 1 (vector clustering) needs the dense engine, got engine ",
+              "DKMOptions: cluster_dim > 1 (vector clustering) needs the dense or streaming engine, got engine ",
               to_string(engine_));
   if (granularity_ == Granularity::kPerGroupedChannel) {
     TORCH_CHECK(group_size_ >= 1, "DKMOptions: per_grouped_channel granularity needs group_size >= 1, got ",

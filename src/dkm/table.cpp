@@ -32,7 +32,8 @@ namespace {
 using kernels::kTableSize;
 using kernels::WeightKind;
 
-// Why the table engine cannot take this weight ("" when it can).
+}  // namespace
+
 std::string table_unsupported(const at::Tensor& w, const ClusterLayout& l, const DKMOptions& o) {
   const auto st = w.scalar_type();
   if (st == at::kFloat && !o.table_fp32_as_bf16())
@@ -49,6 +50,8 @@ std::string table_unsupported(const at::Tensor& w, const ClusterLayout& l, const
 #endif
   return "";
 }
+
+namespace {
 
 WeightKind kind_of(const at::Tensor& w) {
   switch (w.scalar_type()) {
@@ -191,16 +194,6 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
 };
 
 }  // namespace
-
-Engine resolve_engine(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options) {
-  if (options.engine() == Engine::kDense) return Engine::kDense;
-  const std::string why = table_unsupported(weight, l, options);
-  if (options.engine() == Engine::kTable) {
-    TORCH_CHECK(why.empty(), "edkm: the table engine cannot cluster this weight: ", why);
-    return Engine::kTable;
-  }
-  return why.empty() ? Engine::kTable : Engine::kDense;
-}
 
 DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options) {
 #if defined(EDKM_WITH_CUDA)

@@ -1,0 +1,172 @@
+// The streaming engine (Engine::kStreaming): against the dense engine (forward, centroids and
+// weight gradients) for every bit width, granularity and option that changes the math; memory.
+#include <edkm/dkm.h>
+#include <edkm/memory.h>
+
+#include <random>
+
+#include "test_util.h"
+
+namespace edkm {
+namespace {
+
+using test::expect_as_accurate;
+using test::max_rel;
+using test::run;
+
+at::Tensor weights(std::vector<int64_t> shape, uint64_t seed, bool heavy_tail) {
+  if (!heavy_tail) return test::llm_like(shape, seed);
+  std::mt19937_64 rng(seed);
+  std::student_t_distribution<double> t(3.0);
+  auto w = at::empty(shape, at::kDouble);
+  auto* p = w.data_ptr<double>();
+  for (int64_t i = 0; i < w.numel(); ++i) p[i] = 0.01 * t(rng);
+  return w.to(at::kFloat);
+}
+
+// Streaming vs dense (fp32, and the fp64 ground truth) on the same weight, centroids, gradient.
+void expect_matches_dense(const at::Tensor& w, const at::Tensor& g, const DKMOptions& o, const at::Tensor& scale = {}) {
+  auto c = functional::init_centroids(w, o, scale);
+  auto dense64 =
+      run(w.to(at::kDouble), c.to(at::kDouble), g.to(at::kDouble), o, scale.defined() ? scale.to(at::kDouble) : scale);
+  auto dense = run(w, c, g, o, scale);
+  auto streaming = run(w, c, g, DKMOptions(o).engine(Engine::kStreaming), scale);
+  EXPECT_EQ(streaming.iterations, dense.iterations);
+  expect_as_accurate(streaming.out, dense.out, dense64.out, "forward");
+  expect_as_accurate(streaming.centroids, dense.centroids, dense64.centroids, "centroids");
+  expect_as_accurate(streaming.grad, dense.grad, dense64.grad, "gradient");
+}
+
+TEST(StreamingEngine, EqualsDenseForBitsGranularityAndStopping) {
+  for (bool grouped : {false, true}) {
+    for (bool heavy : {false, true}) {
+      for (int64_t bits = 1; bits <= 8; ++bits) {
+        for (double eps : {0.0, 1e-4}) {
+          auto w = weights({96, 64}, 11 * bits + heavy, heavy);
+          auto g = test::llm_like({96, 64}, 200 + bits) / 0.02;
+          auto o = DKMOptions(bits).epsilon(eps).max_iter(eps == 0 ? 3 : 6);
+          if (grouped) o.granularity(Granularity::kPerGroupedChannel).group_size(16);
+          SCOPED_TRACE("bits " + std::to_string(bits) + " eps " + std::to_string(eps) + " heavy " +
+                       std::to_string(heavy) + " grouped " + std::to_string(grouped));
+          expect_matches_dense(w, g, o);
+        }
+      }
+    }
+  }
+}
+
+// In fp64 both engines compute the same function to rounding: a sharp check of the math.
+TEST(StreamingEngine, Float64IdenticalToDense) {
+  for (auto o : {DKMOptions(3), DKMOptions(4).granularity(Granularity::kPerGroupedChannel).group_size(8),
+                 DKMOptions(2).enforce_zero(true).prune_threshold(0).epsilon(0),
+                 DKMOptions(3).cluster_dim(2).epsilon(0), DKMOptions(5).tau(1e-3).max_iter(6)}) {
+    auto w = test::llm_like({64, 48}, 21, at::kDouble);
+    w.masked_fill_(w.abs() < 0.004, 0.0);
+    auto g = test::llm_like({64, 48}, 22, at::kDouble) / 0.02;
+    auto c = functional::init_centroids(w, o);
+    auto dense = run(w, c, g, o);
+    auto streaming = run(w, c, g, DKMOptions(o).engine(Engine::kStreaming));
+    EXPECT_EQ(streaming.iterations, dense.iterations);
+    EXPECT_LT(max_rel(streaming.out, dense.out), 1e-9);
+    EXPECT_LT(max_rel(streaming.centroids, dense.centroids), 1e-9);
+    EXPECT_LT(max_rel(streaming.grad, dense.grad), 1e-9);
+  }
+}
+
+TEST(StreamingEngine, EnforceZeroPruneScaleAndVectors) {
+  auto w = test::llm_like({64, 64}, 31);
+  w.masked_fill_(w.abs() < 0.005, 0.0);
+  auto g = test::llm_like({64, 64}, 32) / 0.02;
+  for (double prune : {0.0, 1e-7}) {
+    SCOPED_TRACE("prune " + std::to_string(prune));
+    expect_matches_dense(w, g, DKMOptions(3).enforce_zero(true).prune_threshold(prune).epsilon(0));
+  }
+  {
+    SCOPED_TRACE("per-channel scale");
+    auto o = DKMOptions(3).per_channel_scale(true);
+    expect_matches_dense(w, g, o, functional::channel_scale(w, o.scale_scheme()));
+  }
+  for (int64_t d : {2, 4}) {
+    SCOPED_TRACE("cluster_dim " + std::to_string(d));
+    expect_matches_dense(w, g, DKMOptions(3).cluster_dim(d).epsilon(0));
+    expect_matches_dense(w, g,
+                         DKMOptions(2).cluster_dim(d).granularity(Granularity::kPerGroupedChannel).group_size(16));
+  }
+}
+
+TEST(StreamingEngine, SixteenBitWeightsKeepTheirDtype) {
+  for (auto dt : {at::kBFloat16, at::kHalf}) {
+    auto w = test::llm_like({64, 128}, 41, dt);
+    auto g = test::llm_like({64, 128}, 42, dt);
+    auto o = DKMOptions(3).granularity(Granularity::kPerGroupedChannel).group_size(16);
+    auto c = functional::init_centroids(w, o);
+    auto dense = run(w, c, g, o);
+    auto streaming = run(w, c, g, DKMOptions(o).engine(Engine::kStreaming));
+    EXPECT_EQ(streaming.out.scalar_type(), dt);
+    EXPECT_EQ(streaming.grad.scalar_type(), dt);
+    // both compute in fp32 and round to the 16-bit type once at the end
+    EXPECT_LT(max_rel(streaming.out, dense.out), 1e-2);
+    EXPECT_LT(max_rel(streaming.grad, dense.grad), 2e-2);
+    EXPECT_LT(max_rel(streaming.centroids, dense.centroids), 1e-5);
+  }
+}
+
+TEST(StreamingEngine, AutoPicksStreamingWhenTableCannot) {
+  auto w = test::llm_like({64, 64}, 51);  // fp32 without the table opt-in
+  auto o = DKMOptions(3).engine(Engine::kAuto);
+  auto c = functional::init_centroids(w, o);
+  EXPECT_TRUE(at::equal(functional::dkm_cluster(w, c, o).weight,
+                        functional::dkm_cluster(w, c, DKMOptions(o).engine(Engine::kStreaming)).weight));
+  auto ov = DKMOptions(2).cluster_dim(32).engine(Engine::kAuto);  // beyond streaming: dense
+  auto cv = functional::init_centroids(w, ov);
+  EXPECT_TRUE(at::equal(functional::dkm_cluster(w, cv, ov).weight,
+                        functional::dkm_cluster(w, cv, DKMOptions(ov).engine(Engine::kDense)).weight));
+}
+
+TEST(StreamingEngine, BadInputNamesTheEngine) {
+  auto w = test::llm_like({64, 64}, 52);
+  auto o = DKMOptions(2).cluster_dim(32).engine(Engine::kStreaming);
+  auto c = functional::init_centroids(w, DKMOptions(o).engine(Engine::kDense));
+  test::expect_error([&] { functional::dkm_cluster(w, c, o); }, {"streaming engine", "cluster_dim"});
+}
+
+// Forward + backward never holds an N x K tensor: at 8 bits (K = 256) on a 1 MiB weight the
+// dense engine needs ~N * K * 4 bytes per saved map; streaming stays within a few weight sizes.
+TEST(StreamingEngine, MemoryDoesNotGrowWithK) {
+  auto w = test::llm_like({512, 512}, 61).requires_grad_(true);
+  auto o = DKMOptions(8).engine(Engine::kStreaming);
+  auto c = functional::init_centroids(w, o);
+  const int64_t weight_bytes = w.numel() * 4;
+  int64_t peak = 0;
+  {
+    MemoryMeter meter;
+    auto r = functional::dkm_cluster(w, c, o);
+    r.weight.sum().backward();
+    peak = meter.report().cpu.peak_delta();
+  }
+  // W_soft + its gradient + the weight's gradient + small partials
+  EXPECT_LT(peak, 4 * weight_bytes) << "peak " << peak << " bytes for a " << weight_bytes << "-byte weight";
+  EXPECT_GT(peak, 0);
+}
+
+TEST(StreamingKernels, CudaMatchesCpu) {
+  EDKM_SKIP_WITHOUT_GPU();
+  for (auto dt : {at::kFloat, at::kBFloat16}) {
+    for (int64_t bits : {3, 8}) {
+      auto w = test::llm_like({512, 384}, 71, dt);
+      auto g = test::llm_like({512, 384}, 72, dt);
+      auto o = DKMOptions(bits).engine(Engine::kStreaming).granularity(Granularity::kPerGroupedChannel).group_size(64);
+      auto c = functional::init_centroids(w, o);
+      auto cpu = run(w, c, g, o);
+      auto gpu = run(w.cuda(), c.cuda(), g.cuda(), o);
+      EXPECT_EQ(gpu.iterations, cpu.iterations);
+      const double tol = dt == at::kFloat ? 1e-5 : 1e-2;
+      EXPECT_LT(max_rel(gpu.out.cpu(), cpu.out), tol);
+      EXPECT_LT(max_rel(gpu.centroids.cpu(), cpu.centroids), 1e-5);
+      EXPECT_LT(max_rel(gpu.grad.cpu(), cpu.grad), dt == at::kFloat ? 1e-4 : 2e-2);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace edkm
