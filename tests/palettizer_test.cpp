@@ -5,6 +5,8 @@
 #include <edkm/palettizer.h>
 #include <edkm/safetensors.h>
 #include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adam.h>
@@ -267,8 +269,11 @@ TEST_F(PalettizerTest, CompressedSizeIsBitsPerWeight) {
 
 // Train k steps, save model + optimizer + palettizer, rebuild everything fresh, load and
 // continue: the result equals an uninterrupted run, bitwise (CPU).
-TEST_F(PalettizerTest, ResumeEqualsUninterruptedRun) {
-  const int64_t total = 6, k = 3;
+class PalettizerResume : public PalettizerTest, public ::testing::WithParamInterface<int64_t> {};
+
+// k = 1: interrupted before the milestone (no centroids yet); k = 3: after it.
+TEST_P(PalettizerResume, EqualsUninterruptedRun) {
+  const int64_t total = 6, k = GetParam();
   auto make_opts = [] {
     return PalettizerOptions(DKMOptions(3).weight_threshold(0).milestone(2))
         .module_type("Embedding", DKMOptions(4).weight_threshold(0))
@@ -339,6 +344,64 @@ TEST_F(PalettizerTest, ResumeEqualsUninterruptedRun) {
   test::expect_error([&] { other.load_state(path("palettizer.safetensors")); }, {"saved with bits = 3", "with 4"});
   Palettizer fewer(d, PalettizerOptions(DKMOptions(3).weight_threshold(0)).module_name("head", std::nullopt));
   test::expect_error([&] { fewer.load_state(path("palettizer.safetensors")); }, {"holds 6 layers", "has 5"});
+}
+INSTANTIATE_TEST_SUITE_P(Interrupt, PalettizerResume, ::testing::Values(1, 3));
+
+// Conv2d layers too: selected by type, swapped in the scope, gradient to the Parameter, finalized.
+TEST_F(PalettizerTest, ClustersConvolutions) {
+  torch::manual_seed(6);
+  torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 8, 3)),
+                            torch::nn::Conv2d(torch::nn::Conv2dOptions(8, 4, 3)));
+  Palettizer pal(net, PalettizerOptions(std::nullopt).module_type("Conv2d", DKMOptions(2).weight_threshold(0)));
+  ASSERT_EQ(pal.layer_names(), (std::vector<std::string>{"0", "1"}));
+  auto conv = net[0]->as<torch::nn::Conv2dImpl>();
+  const auto x = test::llm_like({2, 3, 8, 8}, 1) * 50;
+  at::Tensor out;
+  {
+    auto clustered = pal.clustered();
+    EXPECT_FALSE(conv->weight.is_same(conv->named_parameters()["weight"]));
+    out = net->forward(x);
+  }
+  out.square().sum().backward();
+  EXPECT_TRUE(conv->weight.grad().defined());
+  EXPECT_GT(conv->weight.grad().abs().sum().item<double>(), 0);
+  pal.finalize();
+  EXPECT_LE(std::get<0>(at::_unique(conv->weight)).numel(), 4);
+  pal.save_compressed(path("conv.safetensors"));
+  torch::nn::Sequential fresh(torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 8, 3)),
+                              torch::nn::Conv2d(torch::nn::Conv2dOptions(8, 4, 3)));
+  load_compressed(*fresh, path("conv.safetensors"));
+  EXPECT_TRUE(at::equal(fresh->forward(x), net->forward(x)));
+}
+
+// The same recipe on a GPU: weights, centroids and the exported file round-trip.
+TEST_F(PalettizerTest, TrainsFinalizesAndExportsOnGpu) {
+  EDKM_SKIP_WITHOUT_GPU();
+  torch::manual_seed(7);
+  TinyLm model(64, 32, 96, 1);
+  model->to(at::kCUDA);
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
+  for (int64_t s = 0; s < 2; ++s) {
+    at::Tensor loss;
+    {
+      auto clustered = pal.clustered();
+      loss = model->forward(tokens(s, 64).cuda()).square().mean();
+    }
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+    pal.step();
+  }
+  EXPECT_TRUE(pal.dkm("head")->centroids().is_cuda());
+  pal.save_state(path("state.safetensors"));
+  pal.finalize();
+  pal.save_compressed(path("gpu.safetensors"));
+  TinyLm fresh(64, 32, 96, 1);
+  load_compressed(*fresh, path("gpu.safetensors"));
+  for (const auto& item : model->named_parameters()) {
+    EXPECT_TRUE(at::equal(item.value().cpu(), fresh->named_parameters()[item.key()])) << item.key();
+  }
 }
 
 }  // namespace
