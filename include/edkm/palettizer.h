@@ -120,6 +120,9 @@ class EDKM_API Palettizer {
   template <class M>
   Palettizer(const torch::nn::ModuleHolder<M>& model, PalettizerOptions options = {})
       : Palettizer(std::static_pointer_cast<torch::nn::Module>(model.ptr()), std::move(options)) {}
+  // Scopes point at their palettizer and the layers at the model's members: neither copied nor moved.
+  Palettizer(const Palettizer&) = delete;
+  Palettizer& operator=(const Palettizer&) = delete;
 
   /// RAII: while alive, each selected layer's `weight` member is its DKM output (soft-clustered
   /// when the model is in training mode, hard-assigned in eval mode; the weight itself before the
