@@ -1,9 +1,12 @@
 #pragma once
 // edkm: train-time differentiable weight clustering (DKM) for LibTorch, with low memory.
+#include "edkm/checkpoint.h"
 #include "edkm/dkm.h"
 #include "edkm/dkm_module.h"
 #include "edkm/kmeans.h"
 #include "edkm/memory.h"
 #include "edkm/palette.h"
+#include "edkm/palettizer.h"
 #include "edkm/progress.h"
+#include "edkm/safetensors.h"
 #include "edkm/version.h"

@@ -1,0 +1,203 @@
+#pragma once
+// Palettizer: DKM clustering of the layers of any torch::nn::Module inside the user's own loop.
+//
+// How the clustered weight reaches the forward (and the gradient the original weight).
+// LibTorch's Linear / Embedding / Conv forward read their `weight` member. The module keeps that
+// member and its registered Parameter as two handles of one tensor; the optimizer holds the
+// Parameter (model->parameters()). A `Palettizer::Scope` (from `palettizer.clustered()`) sets,
+// for each selected layer, the *member* to DKM(parameter) — a non-leaf tensor computed from the
+// Parameter — and restores the member to the Parameter when it ends. The Parameter itself stays
+// registered and untouched, so:
+//   - the forward run inside the scope uses the clustered weight;
+//   - backward (inside or after the scope) flows through DKM into Parameter.grad, exactly as if
+//     the forward had called edkm::functional::dkm_cluster on it by hand (tested);
+//   - the optimizer, state_dict, torch::save and model->parameters() see the original weights.
+// One scope = one DKM forward per layer (centroids move once), so open one per training step.
+// Do not call model->to() or replace the weight members while a scope is open.
+//
+// Example (the whole recipe; see examples/minimal_loop):
+//   edkm::Palettizer pal(model, edkm::PalettizerOptions(edkm::DKMOptions(3))
+//                                   .module_type("Embedding", edkm::DKMOptions(8))
+//                                   .module_name("head", std::nullopt));   // leave the head alone
+//   for (...) {
+//     at::Tensor loss;
+//     { auto clustered = pal.clustered(); loss = loss_fn(model->forward(x), y); }
+//     optimizer.zero_grad(); loss.backward(); optimizer.step(); pal.step();
+//   }
+//   pal.finalize();                                  // weights become LUT entries
+//   std::cout << pal.report().to_string();
+//   pal.save_compressed("model.edkm.safetensors");   // LUT + bit-packed indices
+//
+// Resume: torch::save(model), torch::save(optimizer) and pal.save_state(path) at step k; later
+// build the same model, optimizer and Palettizer, torch::load the first two, pal.load_state(path),
+// and continue: the results equal an uninterrupted run bitwise on CPU (tested).
+#include <ATen/core/Tensor.h>
+#include <torch/arg.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "edkm/checkpoint.h"
+#include "edkm/dkm.h"
+#include "edkm/dkm_module.h"
+#include "edkm/export.h"
+#include "edkm/palette.h"
+
+namespace edkm {
+
+/// Which layers a Palettizer clusters and with which options, like coremltools'
+/// DKMPalettizerConfig: a name pattern beats a module type, which beats the global options;
+/// std::nullopt ("none") excludes. The most specific configuration is used as a whole (options
+/// are not merged). A layer is clustered only when its weight has more elements than its
+/// options' `weight_threshold` (the size threshold).
+///
+/// Example:
+///   auto opts = edkm::PalettizerOptions(edkm::DKMOptions(3))             // Linear, Embedding, ...
+///                   .module_type("Embedding", edkm::DKMOptions(8))
+///                   .module_name(R"(layers\.0\..*)", edkm::DKMOptions(4))
+///                   .module_name("lm_head", std::nullopt);                 // not clustered
+struct EDKM_API PalettizerOptions {
+  /// Global options DKMOptions() (4 bits).
+  PalettizerOptions() : global_(DKMOptions()) {}
+  /* implicit */ PalettizerOptions(DKMOptions global) : global_(std::move(global)) {}
+  /// No global options: only the layers that type or name configurations select.
+  /* implicit */ PalettizerOptions(std::nullopt_t) : global_(std::nullopt) {}
+
+  /// Options of every layer of a supported type (Linear, Embedding, Conv1d, Conv2d) that no type
+  /// or name configuration covers; std::nullopt: such layers are not clustered. Default DKMOptions().
+  TORCH_ARG(std::optional<DKMOptions>, global);
+
+ public:
+  /// Options for every layer of `type`: "Linear", "Embedding", "Conv1d" or "Conv2d".
+  PalettizerOptions& module_type(const std::string& type, std::optional<DKMOptions> options);
+  /// Options for every layer whose module path (e.g. "layers.3.mlp.up") fully matches the
+  /// ECMAScript regular expression `pattern`; the first matching pattern wins.
+  PalettizerOptions& module_name(const std::string& pattern, std::optional<DKMOptions> options);
+
+  /// The options of a layer at `path` of `type` ("Linear", ...); std::nullopt when excluded.
+  std::optional<DKMOptions> resolve(const std::string& path, const std::string& type) const;
+
+  /// The module types the Palettizer can cluster.
+  static const std::vector<std::string>& supported_types();
+
+ private:
+  std::vector<std::pair<std::string, std::optional<DKMOptions>>> types_;
+  std::vector<std::pair<std::string, std::optional<DKMOptions>>> names_;
+};
+
+/// One row of the report.
+struct EDKM_API LayerReport {
+  std::string name;            ///< module path
+  std::vector<int64_t> shape;  ///< weight shape
+  int64_t bits = 0;
+  int64_t lut_size = 0;        ///< LUT entries: G * K * cluster_dim
+  int64_t unique_values = -1;  ///< distinct values of the hard-assigned weight (-1: not initialised yet)
+  std::string engine;          ///< engine computing the clustering
+  int64_t dense_bytes = 0;     ///< the weight as it is
+  int64_t packed_bytes = 0;    ///< bit-packed indices + LUT (+ scale) in the compressed format
+};
+
+/// Per-layer summary; `to_string()` prints it as a table.
+struct EDKM_API PalettizerReport {
+  std::vector<LayerReport> layers;
+  std::string to_string() const;
+};
+EDKM_API std::ostream& operator<<(std::ostream& os, const PalettizerReport& r);
+
+/// Clusters the selected layers of a module with DKM during the user's training loop.
+/// See the comment at the top of this header for how the forward and backward are wired.
+class EDKM_API Palettizer {
+ public:
+  /// Selects the layers of `model` (walking its submodules) per `options`; checks every selected
+  /// weight against its options now. Throws c10::Error naming the layer on a bad combination.
+  Palettizer(std::shared_ptr<torch::nn::Module> model, PalettizerOptions options = {});
+  template <class M>
+  Palettizer(const torch::nn::ModuleHolder<M>& model, PalettizerOptions options = {})
+      : Palettizer(std::static_pointer_cast<torch::nn::Module>(model.ptr()), std::move(options)) {}
+  // Scopes point at their palettizer and the layers at the model's members: neither copied nor moved.
+  Palettizer(const Palettizer&) = delete;
+  Palettizer& operator=(const Palettizer&) = delete;
+
+  /// RAII: while alive, each selected layer's `weight` member is its DKM output (soft-clustered
+  /// when the model is in training mode, hard-assigned in eval mode; the weight itself before the
+  /// layer's milestone). Restores the members when destroyed. Not nestable.
+  class EDKM_API Scope {
+   public:
+    Scope(Scope&& other) noexcept;
+    Scope& operator=(Scope&&) = delete;
+    Scope(const Scope&) = delete;
+    Scope& operator=(const Scope&) = delete;
+    ~Scope();
+
+   private:
+    friend class Palettizer;
+    explicit Scope(Palettizer* owner);
+    void restore() noexcept;
+    Palettizer* owner_ = nullptr;
+    size_t swapped_ = 0;
+  };
+
+  /// Opens a scope for one forward (one DKM pass per layer). After finalize() it swaps nothing:
+  /// the weights themselves are hard-assigned.
+  [[nodiscard]] Scope clustered();
+
+  /// Advances every layer's step counter (milestones count these). Call once per optimizer step.
+  void step();
+  int64_t current_step() const { return step_; }
+
+  /// Hard-assigns every selected weight to its nearest centroid and writes the result into the
+  /// model's parameters (their values become LUT entries). Returns the palettes by tensor name
+  /// ("<path>.weight").
+  const std::map<std::string, Palette>& finalize();
+  bool finalized() const { return finalized_; }
+  const std::map<std::string, Palette>& palettes() const { return palettes_; }
+
+  /// The finalized model as a compressed checkpoint: palettes of the selected weights, every
+  /// other parameter and buffer plainly. Requires finalize().
+  CompressedCheckpoint compressed_checkpoint() const;
+  /// save_compressed(path, compressed_checkpoint()).
+  void save_compressed(const std::string& path) const;
+
+  /// What the palettizer owns: step counters, centroids, scales, options (safetensors file,
+  /// written atomically). The model and optimizer are the user's: torch::save them alongside.
+  void save_state(const std::string& path) const;
+  /// Restores save_state's file into a palettizer built with the same options over the same model
+  /// architecture; throws c10::Error when the layers or their options differ.
+  void load_state(const std::string& path);
+
+  /// One row per selected layer.
+  PalettizerReport report() const;
+
+  /// Module paths of the selected layers, in module order.
+  std::vector<std::string> layer_names() const;
+  /// The DKM module of a selected layer.
+  DKM dkm(const std::string& layer) const;
+
+ private:
+  struct Layer {
+    std::string path;
+    std::string type;
+    std::shared_ptr<torch::nn::Module> module;
+    at::Tensor* member = nullptr;  // the `weight` member the forward reads
+    at::Tensor parameter;          // the registered Parameter (what the optimizer updates)
+    DKM dkm{nullptr};
+  };
+  const Layer& find(const std::string& layer) const;
+  std::string tensor_name(const Layer& l) const;
+
+  std::shared_ptr<torch::nn::Module> model_;
+  PalettizerOptions options_;
+  std::vector<Layer> layers_;
+  std::map<std::string, Palette> palettes_;
+  int64_t step_ = 0;
+  bool finalized_ = false;
+  bool scope_open_ = false;
+};
+
+}  // namespace edkm

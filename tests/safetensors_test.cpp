@@ -1,0 +1,160 @@
+// edkm/safetensors.h: round trips, atomic writes, and rejection of corrupt or hostile files.
+#include <edkm/safetensors.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+
+#include "temp_dir.h"
+#include "test_util.h"
+
+namespace edkm {
+namespace {
+
+struct SafetensorsTest : ::testing::Test {
+  test::TempDir tmp;
+  std::string path(const std::string& name) const { return tmp.path(name); }
+
+  // A file with an explicit header length field, header text and buffer.
+  std::string raw(const std::string& name, const std::string& header, const std::string& buffer,
+                  std::optional<uint64_t> length = std::nullopt) {
+    const uint64_t n = length.value_or(header.size());
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    bytes += header + buffer;
+    std::ofstream(path(name), std::ios::binary) << bytes;
+    return path(name);
+  }
+};
+
+std::string read_bytes(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), {}};
+}
+
+TEST_F(SafetensorsTest, RoundTripsEveryDtypeAndMetadata) {
+  SafetensorsFile f;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  f.tensors["f32"] = at::randn({3, 5}, gen);
+  f.tensors["f64"] = at::randn({4}, gen, at::kDouble);
+  f.tensors["bf16"] = at::randn({2, 3, 4}, gen).to(at::kBFloat16);
+  f.tensors["f16"] = at::randn({7}, gen).to(at::kHalf);
+  f.tensors["i64"] = at::arange(-5, 5, at::kLong);
+  f.tensors["i32"] = at::arange(0, 9, at::kInt).reshape({3, 3});
+  f.tensors["u8"] = at::arange(0, 256, at::kInt).to(at::kByte);
+  f.tensors["bool"] = at::randn({6}, gen) > 0;
+  f.tensors["strided"] = at::randn({4, 6}, gen).t();  // non-contiguous
+  f.tensors["scalar"] = at::scalar_tensor(3.5);
+  f.tensors["empty"] = at::empty({0, 3});
+  f.metadata = {{"format", "pt"}, {"note", "ünïcode \"quoted\""}};
+  save_safetensors(path("a.safetensors"), f);
+  auto back = load_safetensors(path("a.safetensors"));
+  EXPECT_EQ(back.metadata, f.metadata);
+  ASSERT_EQ(back.tensors.size(), f.tensors.size());
+  for (const auto& [name, t] : f.tensors) {
+    const auto& b = back.tensors.at(name);
+    EXPECT_EQ(b.scalar_type(), t.scalar_type()) << name;
+    EXPECT_EQ(b.sizes(), t.sizes()) << name;
+    EXPECT_TRUE(at::equal(b, t)) << name;
+  }
+  // 8-byte length, header padded to 8 bytes, then exactly the tensor bytes.
+  const std::string bytes = read_bytes(path("a.safetensors"));
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<uint8_t>(bytes[i]);
+  EXPECT_EQ(n % 8, 0u);
+  int64_t data = 0;
+  for (const auto& [name, t] : f.tensors) data += static_cast<int64_t>(t.nbytes());
+  EXPECT_EQ(static_cast<int64_t>(bytes.size()), 8 + static_cast<int64_t>(n) + data);
+}
+
+TEST_F(SafetensorsTest, WritesAtomically) {
+  SafetensorsFile f;
+  f.tensors["x"] = at::ones({16});
+  save_safetensors(path("x.safetensors"), f);
+  f.tensors["x"] = at::zeros({16});
+  save_safetensors(path("x.safetensors"), f);  // replaces the file
+  EXPECT_TRUE(at::equal(load_safetensors(path("x.safetensors")).tensors.at("x"), at::zeros({16})));
+  // A write that fails after the data went out (the final rename onto a directory) removes its
+  // temporary file; one refused up front leaves the old file as it was.
+  ASSERT_EQ(::mkdir(path("a_directory").c_str(), 0755), 0);
+  test::expect_error([&] { save_safetensors(path("a_directory"), f); }, {"renaming"});
+  f.tensors["bad"] = at::zeros({2}, at::kComplexFloat);
+  test::expect_error([&] { save_safetensors(path("x.safetensors"), f); }, {"no dtype"});
+  EXPECT_TRUE(at::equal(load_safetensors(path("x.safetensors")).tensors.at("x"), at::zeros({16})));
+  auto entries = tmp.entries();
+  std::sort(entries.begin(), entries.end());
+  EXPECT_EQ(entries, (std::vector<std::string>{"a_directory", "x.safetensors"}));
+  f.tensors.erase("bad");
+  test::expect_error([&] { save_safetensors(path("missing_dir/y.safetensors"), f); }, {"cannot create"});
+}
+
+TEST_F(SafetensorsTest, RejectsEveryTruncation) {
+  SafetensorsFile f;
+  f.tensors["a"] = at::arange(0, 10, at::kFloat);
+  f.tensors["b"] = at::arange(0, 3, at::kLong);
+  f.metadata["k"] = "v";
+  save_safetensors(path("full.safetensors"), f);
+  const std::string bytes = read_bytes(path("full.safetensors"));
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    std::ofstream(path("cut.safetensors"), std::ios::binary | std::ios::trunc) << bytes.substr(0, n);
+    EXPECT_THROW(load_safetensors(path("cut.safetensors")), c10::Error) << n << " bytes";
+  }
+}
+
+TEST_F(SafetensorsTest, RejectsHostileHeaders) {
+  const std::string ok = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  const std::string eight(8, '\0');
+  EXPECT_NO_THROW(load_safetensors(raw("ok", ok, eight)));
+  test::expect_error([&] { load_safetensors(raw("f", ok, eight, ~uint64_t{0})); }, {"header length", "exceeds"});
+  test::expect_error([&] { load_safetensors(raw("f", ok, eight, ok.size() + 9)); }, {"larger than", "truncated"});
+  test::expect_error([&] { load_safetensors(raw("f", "{not json at all", eight)); }, {"not valid JSON"});
+  test::expect_error([&] { load_safetensors(raw("f", "[1,2]   ", eight)); }, {"must be a JSON object"});
+  test::expect_error([&] { load_safetensors(raw("f", std::string(64, '[') + std::string(64, ']'), "")); },
+                     {"nested deeper"});
+  test::expect_error(
+      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", eight)); },
+      {"'a'", "past the 8-byte buffer"});
+  test::expect_error(
+      [&] {
+        load_safetensors(raw("f",
+                             R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                             R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                             eight));
+      },
+      {"overlaps"});
+  test::expect_error(
+      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight)); },
+      {"bytes 0..4", "belong to no tensor"});
+  test::expect_error(
+      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", eight)); },
+      {"cover 4 of the 8"});
+  test::expect_error(
+      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F33","shape":[2],"data_offsets":[0,8]}})", eight)); },
+      {"unsupported dtype 'F33'"});
+  test::expect_error(
+      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", eight)); },
+      {"needs 16 bytes", "span 8"});
+  test::expect_error(
+      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}})", eight)); },
+      {"reversed"});
+  test::expect_error(
+      [&] {
+        load_safetensors(
+            raw("f", R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", eight));
+      },
+      {"overflows"});
+  test::expect_error(
+      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight)); },
+      {"non-negative integer"});
+  test::expect_error(
+      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"extra":1}})", eight)); },
+      {"unknown field 'extra'"});
+  test::expect_error([&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[2]}})", eight)); },
+                     {"data_offsets"});
+  test::expect_error([&] { load_safetensors(raw("f", R"({"__metadata__":{"k":1}})", "")); },
+                     {"'k'", "must be a string"});
+  test::expect_error([&] { load_safetensors(path("does_not_exist")); }, {"cannot open"});
+}
+
+}  // namespace
+}  // namespace edkm
