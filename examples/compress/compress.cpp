@@ -64,7 +64,7 @@ std::string mib(int64_t b) {
 
 int main(int argc, char** argv) try {
   CLI::App app{"edkm compression demo: DKM fine-tuning of an MLP stack, then palettization"};
-  std::string preset = "tiny", granularity = "tensor";
+  std::string preset = "tiny", granularity = "tensor", engine = "auto";
   int64_t bits = 3, group_size = 16, steps = -1;
   double lr = 1e-4;
   uint64_t seed = 0;
@@ -72,6 +72,8 @@ int main(int argc, char** argv) try {
   app.add_option("--bits", bits, "bits per weight (1..8)")->check(CLI::Range(1, 8));
   app.add_option("--granularity", granularity, "tensor | grouped")->check(CLI::IsMember({"tensor", "grouped"}));
   app.add_option("--group-size", group_size, "output rows per LUT with --granularity grouped");
+  app.add_option("--engine", engine, "dense | table | streaming | auto (table needs 16-bit weights)")
+      ->check(CLI::IsMember({"dense", "table", "streaming", "auto"}));
   app.add_option("--steps", steps, "fine-tuning steps (default: the preset's)");
   app.add_option("--lr", lr, "Adam learning rate");
   app.add_option("--seed", seed, "random seed");
@@ -93,7 +95,11 @@ int main(int argc, char** argv) try {
     params.push_back(sl[i]->bias);
   }
 
-  auto options = edkm::DKMOptions(bits).weight_threshold(0);
+  const std::map<std::string, edkm::Engine> engines{{"dense", edkm::Engine::kDense},
+                                                    {"table", edkm::Engine::kTable},
+                                                    {"streaming", edkm::Engine::kStreaming},
+                                                    {"auto", edkm::Engine::kAuto}};
+  auto options = edkm::DKMOptions(bits).weight_threshold(0).engine(engines.at(engine));
   if (granularity == "grouped") options.granularity(edkm::Granularity::kPerGroupedChannel).group_size(group_size);
   std::vector<edkm::DKM> dkm;
   for (size_t i = 0; i < sl.size(); ++i) dkm.emplace_back(options);
@@ -173,7 +179,8 @@ int main(int argc, char** argv) try {
             << "  DKM fine-tuned, finalized           : " << dkm_err << "\n"
             << "weights: " << mib(dense_bytes) << " MiB fp16 -> " << mib(packed_bits / 8) << " MiB at " << bits
             << " bits + LUTs\n"
-            << "peak CPU memory of one training step (forward+backward, dense engine): " << mib(dkm_peak) << " MiB\n";
+            << "peak CPU memory of one training step (forward+backward, engine " << engine << "): " << mib(dkm_peak)
+            << " MiB\n";
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "edkm_compress: " << e.what() << "\n";
