@@ -17,8 +17,13 @@ if(NOT Torch_FOUND AND NOT Torch_DIR)
 endif()
 
 # A CUDA LibTorch needs nvcc at configure time; TORCH_CUDA_ARCH_LIST picks the targets (default 9.0).
-if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST} AND NOT TORCH_CUDA_ARCH_LIST)
-  set(ENV{TORCH_CUDA_ARCH_LIST} "9.0")
+# -DTORCH_CUDA_ARCH_LIST=... counts as well as the environment variable.
+if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+  if(TORCH_CUDA_ARCH_LIST)
+    set(ENV{TORCH_CUDA_ARCH_LIST} "${TORCH_CUDA_ARCH_LIST}")
+  else()
+    set(ENV{TORCH_CUDA_ARCH_LIST} "9.0")
+  endif()
 endif()
 find_package(Torch REQUIRED CONFIG)
 message(STATUS "edkm: LibTorch ${Torch_VERSION} at ${Torch_DIR}")

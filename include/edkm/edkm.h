@@ -1,9 +1,16 @@
 #pragma once
 // edkm: train-time differentiable weight clustering (DKM) for LibTorch, with low memory.
+#include "edkm/checkpoint.h"
+#include "edkm/distill.h"
 #include "edkm/dkm.h"
 #include "edkm/dkm_module.h"
+#include "edkm/glu.h"
+#include "edkm/host_pool.h"
 #include "edkm/kmeans.h"
+#include "edkm/local_attention.h"
 #include "edkm/memory.h"
+#include "edkm/padding.h"
 #include "edkm/palette.h"
 #include "edkm/progress.h"
+#include "edkm/prune.h"
 #include "edkm/version.h"
