@@ -103,10 +103,12 @@ TEST(Checkpoint, NestedCheckpointsInsideSequentials) {
   EXPECT_EQ(nested->parameters().size(), all.parameters().size());
 }
 
-TEST(Checkpoint, DropoutDrawsTheSameMasksInTheRecompute) {
+// Gradients of a dropout block: plain, checkpointed, checkpointed without restoring the RNG.
+void check_dropout_on(const at::Device& device) {
   torch::manual_seed(2);
   auto block = mlp_block(16, /*dropout=*/0.5);
-  auto x = at::randn({32, 16});
+  block->to(device);
+  auto x = at::randn({32, 16}, at::TensorOptions().device(device));
   auto run = [&](bool checkpointed, bool preserve) {
     torch::manual_seed(123);
     auto g = grads_of(
@@ -116,7 +118,7 @@ TEST(Checkpoint, DropoutDrawsTheSameMasksInTheRecompute) {
                               : block->forward(t);
         },
         x);
-    g.push_back(at::rand({4}));  // the RNG continues after backward as in the plain run
+    g.push_back(at::rand({4}, at::TensorOptions().device(device)));  // the RNG continues as in the plain run
     return g;
   };
   auto plain = run(false, true), ckpt = run(true, true);
@@ -124,6 +126,13 @@ TEST(Checkpoint, DropoutDrawsTheSameMasksInTheRecompute) {
   // the test can see a wrong mask: without restoring the state the gradients differ
   auto unpreserved = run(true, false);
   EXPECT_GT(test::max_rel(unpreserved[2], plain[2]), 1e-2);
+}
+
+TEST(Checkpoint, DropoutDrawsTheSameMasksInTheRecompute) { check_dropout_on(at::kCPU); }
+
+TEST(Checkpoint, CudaDropoutDrawsTheSameMasksInTheRecompute) {
+  EDKM_SKIP_WITHOUT_GPU();
+  check_dropout_on(at::kCUDA);
 }
 
 TEST(Checkpoint, AutocastStateIsRestoredInTheRecompute) {

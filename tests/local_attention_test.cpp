@@ -67,6 +67,18 @@ TEST(LocalAttention, Fp32ScaleAndTinySequences) {
   }
 }
 
+TEST(LocalAttention, CudaEqualsFullAttention) {
+  EDKM_SKIP_WITHOUT_GPU();
+  auto in = make_qkv(2, 2, 200, 32, 32, 7, at::kFloat);
+  QKV g{in.q.cuda(), in.k.cuda(), in.v.cuda()};
+  for (bool causal : {false, true}) {
+    auto l = functional::local_attention(g.q, g.k, g.v, LocalAttentionFuncOptions(17).causal(causal));
+    auto f = functional::masked_attention(g.q, g.k, g.v, functional::band_mask(200, 17, causal, at::kCUDA));
+    EXPECT_TRUE(l.is_cuda());
+    EXPECT_LT(test::max_rel(l, f), 1e-5) << causal;
+  }
+}
+
 TEST(LocalAttention, MemoryIsLinearInSequenceLength) {
   at::NoGradGuard no_grad;
   auto peak = [](int64_t n, bool local) {

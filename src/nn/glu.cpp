@@ -44,6 +44,21 @@ at::Tensor activate(const at::Tensor& gate, GLUActivation a) {
   TORCH_CHECK(false, "edkm: unknown GLUActivation");
 }
 
+// out = act(gate), written into `out`.
+void activate_out(at::Tensor& out, const at::Tensor& gate, GLUActivation a) {
+  switch (a) {
+    case GLUActivation::kGELU:
+      at::gelu_out(out, gate);
+      return;
+    case GLUActivation::kGELUTanh:
+      at::gelu_out(out, gate, "tanh");
+      return;
+    case GLUActivation::kSiLU:
+      at::silu_out(out, gate);
+      return;
+  }
+}
+
 // out = grad * act'(gate), written into `out` (a strided view of the input gradient).
 void activation_backward_out(at::Tensor& out, const at::Tensor& grad, const at::Tensor& gate, GLUActivation a) {
   switch (a) {
@@ -86,8 +101,11 @@ struct FusedGLUFunction : public torch::autograd::Function<FusedGLUFunction> {
     const at::Tensor x1 = x.narrow(-1, 0, h), x2 = x.narrow(-1, h, h);
     at::Tensor dx = at::empty_like(x);
     at::Tensor dx1 = dx.narrow(-1, 0, h), dx2 = dx.narrow(-1, h, h);
-    at::mul_out(dx1, grad, activate(x2, a));         // d/dx1 = grad * act(x2)
-    activation_backward_out(dx2, grad * x1, x2, a);  // d/dx2 = grad * x1 * act'(x2)
+    // Written in place into the two halves of dx: no temporary beyond dx itself.
+    activate_out(dx1, x2, a);  // d/dx1 = grad * act(x2)
+    dx1.mul_(grad);
+    at::mul_out(dx2, grad, x1);  // d/dx2 = grad * x1 * act'(x2)
+    activation_backward_out(dx2, dx2, x2, a);
     return {dx, at::Tensor()};
   }
 };
