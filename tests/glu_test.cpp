@@ -71,6 +71,22 @@ TEST(FusedGLU, KeepsOnlyItsOutputAfterForward) {
   }
 }
 
+TEST(FusedGLU, BackwardAllocatesOnlyTheInputGradient) {
+  const int64_t rows = 64, h = 1024, out_bytes = rows * h * 4;
+  auto g = at::randn({rows, h});
+  for (auto a : kAll) {
+    auto peak = [&](bool fused) {
+      auto x = at::randn({rows, 2 * h}).requires_grad_(true);
+      auto y = fused ? functional::fused_glu(x, a) : functional::glu_reference(x, a);
+      MemoryMeter m;
+      y.backward(g);
+      return m.report().cpu.peak_delta();
+    };
+    EXPECT_EQ(peak(true), 2 * out_bytes) << to_string(a);  // dx, [rows, 2h], and nothing else
+    EXPECT_GT(peak(false), 2 * out_bytes) << to_string(a);
+  }
+}
+
 TEST(FusedGLU, ModuleAndFeedForwardEqualUnfused) {
   torch::manual_seed(3);
   GLUFeedForward ff(GLUFeedForwardOptions(16, 40).activation(GLUActivation::kGELU).bias(true));
