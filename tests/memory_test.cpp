@@ -1,4 +1,5 @@
 // edkm/memory.h: the counting CPU allocator and MemoryMeter.
+#include <c10/core/CPUAllocator.h>
 #include <edkm/memory.h>
 
 #include <thread>
@@ -48,6 +49,17 @@ TEST(MemoryMeter, CountsOtherThreadsAndViewsDoNotAllocate) {
   auto v = t.view({32, 32}).transpose(0, 1);
   EXPECT_EQ(meter.report().cpu.current, before);
   EXPECT_FALSE(meter.report().to_string().empty());
+}
+
+TEST(MemoryMeter, RawAllocateAndDeallocateAreCounted) {
+  install_cpu_memory_counter();  // dropout's CPU kernel frees through raw_deallocate
+  c10::Allocator* a = c10::GetCPUAllocator();
+  ASSERT_NE(a->raw_deleter(), nullptr);
+  const int64_t before = cpu_bytes_in_use();
+  void* p = a->raw_allocate(4096);
+  EXPECT_EQ(cpu_bytes_in_use(), before + 4096);
+  a->raw_deallocate(p);
+  EXPECT_EQ(cpu_bytes_in_use(), before);
 }
 
 TEST(MemoryMeter, CudaTensorIsCountedExactly) {

@@ -51,6 +51,9 @@ class CountingAllocator final : public c10::Allocator {
     return {data, data, &CountingAllocator::release, c10::Device(c10::kCPU)};
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+  // Every non-empty allocation carries `release` (raw_allocate / raw_deallocate, used e.g. by
+  // dropout's kernels, need it).
+  c10::DeleterFnPtr raw_deleter() const override { return &CountingAllocator::release; }
 
   static CountingAllocator* instance;
 

@@ -1,0 +1,97 @@
+#pragma once
+// Knowledge distillation: KL on temperature-softened logits (scaled by T^2), MSE on hidden
+// states, and a teacher/student helper whose teacher runs under no-grad.
+//
+// Memory: the teacher's forward builds no autograd graph, so none of its activations are kept;
+// only its outputs live until the loss is computed.
+#include <ATen/core/Tensor.h>
+#include <torch/arg.h>
+#include <torch/nn/pimpl.h>
+
+#include <functional>
+#include <vector>
+
+#include "edkm/export.h"
+
+namespace edkm {
+namespace functional {
+
+/// T^2 * KL(softmax(teacher / T) || softmax(student / T)) over the last dim (classes), summed
+/// over classes and averaged over the rows (all other dims): PyTorch's kl_div "batchmean" on
+/// log-probabilities, times T^2 so gradient magnitudes do not shrink with T. The teacher's
+/// logits are treated as constants (no gradient flows to them).
+///
+/// Example:
+///   auto loss = edkm::functional::distillation_kl_loss(student_logits, teacher_logits, 2.0);
+EDKM_API at::Tensor distillation_kl_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
+                                         double temperature = 1.0);
+
+/// Mean squared error between hidden states of the same shape (teacher treated as constant).
+EDKM_API at::Tensor hidden_state_mse_loss(const at::Tensor& student_hidden, const at::Tensor& teacher_hidden);
+
+}  // namespace functional
+
+/// Options of Distiller.
+struct EDKM_API DistillerOptions {
+  /// Softmax temperature T of the KL term; > 0. Default 2.
+  TORCH_ARG(double, temperature) = 2.0;
+  /// Weight of the KL term against the hard-label cross entropy, in [0, 1]; used when labels are
+  /// given (else the KL term has weight 1). Default 0.5.
+  TORCH_ARG(double, alpha) = 0.5;
+  /// Weight of the hidden-state MSE (mean over the hidden-state pairs); >= 0. Default 0.
+  TORCH_ARG(double, hidden_weight) = 0.0;
+
+ public:
+  /// Throws on a temperature <= 0, alpha outside [0, 1] or a negative hidden_weight.
+  void validate() const;
+};
+
+/// What one distillation step computed.
+struct EDKM_API DistillationOutput {
+  at::Tensor loss;                          ///< the weighted total, differentiable for the student
+  at::Tensor kl_loss;                       ///< T^2-scaled KL
+  at::Tensor ce_loss;                       ///< hard-label cross entropy (undefined without labels)
+  at::Tensor hidden_loss;                   ///< mean hidden-state MSE (undefined without hidden states)
+  std::vector<at::Tensor> student_outputs;  ///< {logits, hidden states...}
+  std::vector<at::Tensor> teacher_outputs;  ///< {logits, hidden states...}, no autograd history
+};
+
+/// Runs a teacher and a student on the same input and computes the distillation loss. Each
+/// forward returns {logits [..., classes], hidden states...}; the i-th hidden states of both are
+/// compared when hidden_weight > 0. The teacher runs under at::NoGradGuard: no graph, no
+/// activations kept, no gradients to its parameters.
+///
+/// Example:
+///   edkm::Distiller distill = edkm::make_distiller(teacher, student, edkm::DistillerOptions().temperature(4));
+///   auto out = distill.step(x, labels);
+///   out.loss.backward();  // student gradients only
+class EDKM_API Distiller {
+ public:
+  using Forward = std::function<std::vector<at::Tensor>(const at::Tensor&)>;
+  Distiller(Forward teacher, Forward student, DistillerOptions options = {});
+
+  /// The teacher's outputs, computed under no-grad.
+  std::vector<at::Tensor> teacher_forward(const at::Tensor& input) const;
+  /// Teacher (no-grad) and student forward, and the losses. `labels`: class indices of the
+  /// logits' rows (optional).
+  DistillationOutput step(const at::Tensor& input, const at::Tensor& labels = {}) const;
+
+  const DistillerOptions& options() const { return options_; }
+
+ private:
+  Forward teacher_, student_;
+  DistillerOptions options_;
+};
+
+/// A Distiller over two modules whose forward(Tensor) returns the logits; puts the teacher in
+/// eval mode.
+template <typename Teacher, typename Student>
+Distiller make_distiller(torch::nn::ModuleHolder<Teacher> teacher, torch::nn::ModuleHolder<Student> student,
+                         DistillerOptions options = {}) {
+  teacher->eval();
+  return Distiller([teacher](const at::Tensor& x) mutable { return std::vector<at::Tensor>{teacher->forward(x)}; },
+                   [student](const at::Tensor& x) mutable { return std::vector<at::Tensor>{student->forward(x)}; },
+                   options);
+}
+
+}  // namespace edkm

@@ -1,0 +1,106 @@
+// edkm/distill.h: the losses equal PyTorch's formulations; the teacher never enters autograd.
+#include <edkm/distill.h>
+#include <edkm/memory.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+
+#include "test_util.h"
+
+namespace edkm {
+namespace {
+
+TEST(Distill, KlLossEqualsKlDivBatchmeanTimesTSquared) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(1);
+  const auto o = at::TensorOptions().dtype(at::kDouble);
+  auto s0 = at::randn({4, 3, 11}, gen, o) * 3, t = at::randn({4, 3, 11}, gen, o) * 3;
+  for (double T : {1.0, 2.0, 4.5}) {
+    auto s = s0.clone().requires_grad_(true), s_ref = s0.clone().requires_grad_(true);
+    auto loss = functional::distillation_kl_loss(s, t, T);
+    auto ref = at::kl_div(at::log_softmax(s_ref / T, -1), at::log_softmax(t / T, -1), at::Reduction::Sum,
+                          /*log_target=*/true) /
+               12.0 * (T * T);
+    EXPECT_LT(test::max_rel(loss, ref), 1e-14) << T;
+    loss.backward();
+    ref.backward();
+    EXPECT_LT(test::max_rel(s.grad(), s_ref.grad()), 1e-13) << T;
+  }
+  // zero when the distributions agree, positive otherwise
+  EXPECT_NEAR(functional::distillation_kl_loss(t, t, 2.0).item<double>(), 0.0, 1e-14);
+  EXPECT_GT(functional::distillation_kl_loss(s0, t, 2.0).item<double>(), 0.0);
+}
+
+TEST(Distill, HiddenMseEqualsMseLoss) {
+  auto s = at::randn({2, 5, 8}, at::kDouble).requires_grad_(true);
+  auto t = at::randn({2, 5, 8}, at::kDouble).requires_grad_(true);
+  auto l = functional::hidden_state_mse_loss(s, t);
+  EXPECT_LT(test::max_rel(l, (s - t).pow(2).mean()), 1e-14);
+  l.backward();
+  EXPECT_FALSE(t.grad().defined());  // teacher side is a constant
+  EXPECT_LT(test::max_rel(s.grad(), 2 * (s - t).detach() / s.numel()), 1e-14);
+}
+
+TEST(Distill, DistillerRunsTheTeacherWithoutAutograd) {
+  torch::manual_seed(2);
+  torch::nn::Sequential teacher(torch::nn::Linear(6, 32), torch::nn::ReLU(), torch::nn::Linear(32, 5));
+  torch::nn::Linear student(6, 5);
+  auto distill = make_distiller(teacher, student, DistillerOptions().temperature(3).alpha(0.7));
+  EXPECT_FALSE(teacher->is_training());
+  auto x = at::randn({8, 6});
+  auto labels = at::randint(0, 5, {8}, at::kLong);
+  auto out = distill.step(x, labels);
+  for (const auto& t : out.teacher_outputs) {
+    EXPECT_FALSE(t.requires_grad());
+    EXPECT_FALSE(t.grad_fn());
+  }
+  out.loss.backward();
+  for (const auto& p : teacher->parameters()) EXPECT_FALSE(p.grad().defined());
+  for (const auto& p : student->parameters()) EXPECT_TRUE(p.grad().defined());
+
+  // the plain formulation, by hand
+  auto t_logits = teacher->forward(x).detach();
+  auto s_logits = student->forward(x);
+  auto kl = at::kl_div(at::log_softmax(s_logits / 3, -1), at::log_softmax(t_logits / 3, -1), at::Reduction::Sum, true) /
+            8.0 * 9.0;
+  auto ce = at::cross_entropy_loss(s_logits, labels);
+  EXPECT_LT(test::max_rel(out.loss, 0.7 * kl + 0.3 * ce), 1e-6);
+  EXPECT_LT(test::max_rel(out.ce_loss, ce), 1e-6);
+}
+
+TEST(Distill, HiddenStatesAndTeacherKeepsNoActivations) {
+  torch::manual_seed(3);
+  torch::nn::Linear t1(16, 256), t2(256, 16), s1(16, 256), s2(256, 16);
+  auto fwd = [](torch::nn::Linear a, torch::nn::Linear b) {
+    return [a, b](const at::Tensor& x) mutable {
+      auto h = at::relu(a(x));
+      return std::vector<at::Tensor>{b(h), h};
+    };
+  };
+  Distiller d(fwd(t1, t2), fwd(s1, s2), DistillerOptions().hidden_weight(0.5));
+  auto x = at::randn({64, 16});
+  auto out = d.step(x);
+  auto s = fwd(s1, s2)(x);
+  auto expected = functional::distillation_kl_loss(s[0], out.teacher_outputs[0], 2.0) +
+                  0.5 * (s[1] - out.teacher_outputs[1]).pow(2).mean();
+  EXPECT_LT(test::max_rel(out.loss, expected), 1e-6);
+  EXPECT_FALSE(out.ce_loss.defined());
+  // the teacher's forward leaves only its outputs alive (no saved activations)
+  MemoryMeter m;
+  auto outs = d.teacher_forward(x);
+  EXPECT_EQ(m.report().cpu.current_delta(), (64 * 16 + 64 * 256) * 4);
+}
+
+TEST(Distill, BadInput) {
+  auto a = at::randn({2, 5}), b = at::randn({2, 4});
+  test::expect_error([&] { functional::distillation_kl_loss(a, b, 2.0); }, {"one shape"});
+  test::expect_error([&] { functional::distillation_kl_loss(a, a, 0.0); }, {"temperature must be positive"});
+  test::expect_error([&] { functional::hidden_state_mse_loss(a, b); }, {"one shape"});
+  auto f = [](const at::Tensor& x) { return std::vector<at::Tensor>{x}; };
+  test::expect_error([&] { Distiller(f, f, DistillerOptions().alpha(1.5)); }, {"alpha", "[0, 1]"});
+  test::expect_error([&] { Distiller(f, f, DistillerOptions().temperature(-1)); }, {"temperature"});
+  test::expect_error([&] { Distiller(f, f).step(a, at::zeros({3}, at::kLong)); }, {"labels"});
+  test::expect_error([&] { Distiller(f, f, DistillerOptions().hidden_weight(1)).step(a); }, {"hidden states"});
+}
+
+}  // namespace
+}  // namespace edkm

@@ -1,0 +1,153 @@
+// edkm/host_pool.h: blocks are reused by size class, statistics add up, tensors return their
+// block, pinned memory on a GPU machine.
+#include <edkm/host_pool.h>
+
+#include <cstring>
+#include <thread>
+
+#include "test_util.h"
+
+namespace edkm {
+namespace {
+
+TEST(HostMemoryPool, SizeClasses) {
+  EXPECT_EQ(HostMemoryPool::size_class(1), 512u);
+  EXPECT_EQ(HostMemoryPool::size_class(512), 512u);
+  EXPECT_EQ(HostMemoryPool::size_class(513), 1024u);
+  EXPECT_EQ(HostMemoryPool::size_class(1 << 20), size_t{1} << 20);
+  EXPECT_EQ(HostMemoryPool::size_class((1 << 20) + 1), (size_t{1} << 20) + (size_t{1} << 18));  // 2 MiB / 8 steps
+  for (size_t n : {size_t{3000}, size_t{5} << 20, size_t{123456789}}) {
+    const size_t c = HostMemoryPool::size_class(n);
+    EXPECT_GE(c, n);
+    EXPECT_LE(c, n + n / 4 + 512) << n;  // at most 25% slack above 1 MiB
+  }
+}
+
+TEST(HostMemoryPool, ReleasedBlocksAreReused) {
+  HostMemoryPool pool(HostMemoryPoolOptions().pinned(false));
+  EXPECT_FALSE(pool.pinned());
+  void* first = nullptr;
+  {
+    auto b = pool.allocate(100000);
+    ASSERT_TRUE(b);
+    first = b.data();
+    EXPECT_EQ(b.size(), 100000u);
+    EXPECT_EQ(b.capacity(), 131072u);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(b.data()) % 256, 0u);
+    std::memset(b.data(), 1, b.size());
+    auto s = pool.stats();
+    EXPECT_EQ(s.misses, 1);
+    EXPECT_EQ(s.in_use_bytes, 131072);
+    EXPECT_EQ(s.requested_bytes, 100000);
+    EXPECT_EQ(s.reserved_bytes, 131072);
+  }
+  auto s = pool.stats();
+  EXPECT_EQ(s.in_use_bytes, 0);
+  EXPECT_EQ(s.cached_bytes, 131072);
+  EXPECT_EQ(s.cached_blocks, 1);
+  auto again = pool.allocate(70000);  // same class: the same block
+  EXPECT_EQ(again.data(), first);
+  s = pool.stats();
+  EXPECT_EQ(s.hits, 1);
+  EXPECT_EQ(s.misses, 1);
+  EXPECT_EQ(s.reserved_bytes, 131072);
+  auto other = pool.allocate(1000);  // another class: a new block
+  EXPECT_NE(other.data(), first);
+  EXPECT_EQ(pool.stats().misses, 2);
+  EXPECT_EQ(pool.stats().peak_in_use_bytes, 131072 + 1024);
+  EXPECT_FALSE(pool.allocate(0));
+  // moves keep one owner
+  HostMemoryPool::Block moved = std::move(again);
+  EXPECT_FALSE(again);
+  EXPECT_EQ(moved.data(), first);
+  moved.release();
+  EXPECT_EQ(pool.stats().blocks_in_use, 1);
+  EXPECT_FALSE(pool.stats().to_string().empty());
+}
+
+TEST(HostMemoryPool, TensorsReturnTheirBlockWhenTheStorageDies) {
+  HostMemoryPool pool(HostMemoryPoolOptions().pinned(false));
+  at::Tensor t = pool.empty({256, 1024}, at::kFloat);
+  EXPECT_EQ(t.sizes(), (std::vector<int64_t>{256, 1024}));
+  EXPECT_TRUE(t.is_contiguous());
+  t.fill_(2.0);
+  const void* p = t.data_ptr();
+  auto view = t.narrow(0, 10, 5);  // a view keeps the storage alive
+  t.reset();
+  EXPECT_EQ(pool.stats().blocks_in_use, 1);
+  EXPECT_TRUE(view.eq(2.0).all().item<bool>());
+  view.reset();
+  EXPECT_EQ(pool.stats().blocks_in_use, 0);
+  auto u = pool.empty_like(at::empty({1024, 256}, at::kFloat));
+  EXPECT_EQ(u.data_ptr(), p);
+  EXPECT_EQ(pool.stats().hits, 1);
+  auto z = pool.empty({0, 3}, at::kFloat);
+  EXPECT_EQ(z.numel(), 0);
+}
+
+TEST(HostMemoryPool, CacheLimitEmptyCacheAndBlocksOutlivingThePool) {
+  HostMemoryPool pool(HostMemoryPoolOptions().pinned(false).max_cached_bytes(4096));
+  { auto a = pool.allocate(4096), b = pool.allocate(4096); }
+  auto s = pool.stats();  // one kept, one returned to the system
+  EXPECT_EQ(s.cached_bytes, 4096);
+  EXPECT_EQ(s.system_frees, 1);
+  EXPECT_EQ(s.reserved_bytes, 4096);
+  pool.empty_cache();
+  EXPECT_EQ(pool.stats().reserved_bytes, 0);
+  EXPECT_EQ(pool.stats().peak_reserved_bytes, 8192);
+  pool.reset_peak_stats();
+  EXPECT_EQ(pool.stats().peak_reserved_bytes, 0);
+
+  HostMemoryPool::Block survivor;
+  at::Tensor tensor;
+  {
+    HostMemoryPool scoped(HostMemoryPoolOptions().pinned(false));
+    survivor = scoped.allocate(10000);
+    tensor = scoped.empty({100}, at::kDouble);
+  }
+  std::memset(survivor.data(), 0, survivor.size());  // still valid
+  tensor.fill_(1.0);
+  survivor.release();
+  tensor.reset();  // freed, not cached (the pool is gone)
+}
+
+TEST(HostMemoryPool, ThreadSafe) {
+  HostMemoryPool pool(HostMemoryPoolOptions().pinned(false));
+  auto work = [&pool](int seed) {
+    for (int i = 0; i < 2000; ++i) {
+      auto b = pool.allocate(static_cast<size_t>(512 * (1 + (i * 7 + seed) % 5)));
+      static_cast<char*>(b.data())[0] = 1;
+    }
+  };
+  std::thread t1(work, 1), t2(work, 2);
+  t1.join();
+  t2.join();
+  auto s = pool.stats();
+  EXPECT_EQ(s.in_use_bytes, 0);
+  EXPECT_EQ(s.hits + s.misses, 4000);
+  EXPECT_LE(s.misses, 2 * 5);  // at most one block per class per thread
+  EXPECT_EQ(s.reserved_bytes, s.cached_bytes);
+}
+
+TEST(HostMemoryPool, PinnedOnAGpuMachine) {
+  EDKM_SKIP_WITHOUT_GPU();
+  HostMemoryPool pool;
+  EXPECT_TRUE(pool.pinned());
+  auto t = pool.empty({1 << 20}, at::kFloat);
+  EXPECT_TRUE(t.is_pinned());
+  auto d = at::randn({1 << 20}, at::TensorOptions().device(at::kCUDA));
+  t.copy_(d, /*non_blocking=*/true);
+  EXPECT_TRUE(t.to(at::kCUDA).equal(d));
+  EXPECT_TRUE(pool.allocate(64).pinned());
+}
+
+TEST(HostMemoryPool, BadInput) {
+  test::expect_error([] { HostMemoryPool(HostMemoryPoolOptions().alignment(100)); }, {"alignment", "100"});
+  test::expect_error([] { HostMemoryPool(HostMemoryPoolOptions().max_cached_bytes(-1)); }, {"max_cached_bytes"});
+  HostMemoryPool pool(HostMemoryPoolOptions().pinned(false));
+  test::expect_error([&] { pool.empty({2, -1}, at::kFloat); }, {"negative size"});
+  test::expect_error([&] { pool.empty_like(at::Tensor()); }, {"undefined"});
+}
+
+}  // namespace
+}  // namespace edkm
