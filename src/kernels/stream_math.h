@@ -200,8 +200,9 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
   const S* ish = static_cast<const S*>(p.inv_s_hist) + g * p.max_iter * int64_t(K);
   const S* gh = static_cast<const S*>(p.gamma_hist) + g * (p.max_iter + 1) * ckd;
   const S zt = static_cast<S>(p.zero_threshold);
-  if (p.pass == StreamPass::kGammaLast || p.pass == StreamPass::kReduce || p.pass == StreamPass::kGradInput)
-    for (int k = 0; k < d; ++k) gy[k] = load_value<S>(p.grad, base + k, p.kind);
+  const bool needs_grad =
+      p.pass == StreamPass::kGammaLast || p.pass == StreamPass::kReduce || p.pass == StreamPass::kGradInput;
+  for (int k = 0; k < d; ++k) gy[k] = needs_grad ? load_value<S>(p.grad, base + k, p.kind) : S(0);
 
   switch (p.pass) {
     case StreamPass::kStats: {
