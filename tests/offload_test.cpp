@@ -283,6 +283,7 @@ TEST(Offloader, DenseDkmGradientsAreBitwiseIdentical) {
   EXPECT_EQ(s.copies_avoided, s.tensors_offloaded - s.storages_copied) << s.to_string();
   EXPECT_GT(s.pool_hits, 0) << s.to_string();
   EXPECT_EQ(s.host_bytes, 0) << s.to_string();
+  EXPECT_LE(s.bytes_restored, s.bytes_offloaded) << s.to_string();  // at most one restore per storage
 }
 
 TEST(Offloader, TransformerBlockGradientsAreBitwiseIdentical) {
@@ -326,6 +327,10 @@ TEST(Offloader, ViewsOfAnOffloadedStorageAreNotCopiedAgain) {
   EXPECT_GE(s.host_bytes, 64 * 64 * 4) << s.to_string();  // one pool buffer (size class: <= 25% more)
   EXPECT_LE(s.host_bytes, 64 * 64 * 5) << s.to_string();
   EXPECT_TRUE(at::equal(torch::autograd::grad({loss}, {x})[0], ref));
+  // Backward restored the storage once; the four views shared it.
+  s = off->stats();
+  EXPECT_EQ(s.bytes_restored, 64 * 64 * 4) << s.to_string();
+  EXPECT_EQ(s.restores_shared, 3) << s.to_string();
 }
 
 TEST(Offloader, OneRestoreSharedByTheViewsOfAStorage) {

@@ -123,6 +123,13 @@ struct Offloader::State {
     std::mutex mu;              // guards what follows
     bool copy_pending = false;  // CUDA: the device-to-host copy was queued on a side stream
     std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> restored;  // device copy while in use
+    // One restore per storage: the device copy is held (`keep`) from the first unpack of a round
+    // until every live view of the storage has been unpacked in that round (or freed).
+    at::Tensor keep;
+    int64_t round = 0, live_views = 0, seen_in_round = 0;
+    void settle() {  // caller holds `mu`
+      if (seen_in_round >= live_views) keep.reset();
+    }
 #if defined(EDKM_WITH_CUDA)
     c10::cuda::CUDAEvent copied, restore_read;  // d2h done; last h2d read of `buffer` done
 #endif
@@ -145,6 +152,20 @@ struct Offloader::State {
     std::vector<int64_t> sizes, strides;
     int64_t offset = 0;
     at::ScalarType dtype = at::kFloat;
+    int64_t round_seen = -1;  // the host's restore round in which this view was last unpacked
+
+    void attach(std::shared_ptr<HostStorage> h) {
+      std::lock_guard<std::mutex> lock(h->mu);
+      ++h->live_views;
+      host = std::move(h);
+    }
+    ~Packed() {
+      if (!host) return;
+      std::lock_guard<std::mutex> lock(host->mu);
+      --host->live_views;
+      if (round_seen == host->round) --host->seen_in_round;
+      host->settle();
+    }
   };
 
   // Drops map entries whose source storage or host copy is gone (caller holds `mu`).
@@ -220,7 +241,7 @@ std::any Offloader::pack(const at::Tensor& tensor) {
         st.counters.copies_avoided.fetch_add(1);
         st.counters.bytes_not_copied.fetch_add(nbytes);
         st.counters.tensors_offloaded.fetch_add(1);
-        packed->host = std::move(host);
+        packed->attach(std::move(host));
         return packed;
       }
     }
@@ -273,14 +294,14 @@ std::any Offloader::pack(const at::Tensor& tensor) {
     st.by_storage.erase(key);  // a stale entry (the storage was written in place since)
     st.by_storage.emplace(key, State::Entry{storage.getWeakStorageImpl(), host});
   }
-  packed->host = std::move(host);
+  packed->attach(std::move(host));
   return packed;
 }
 
 at::Tensor Offloader::unpack(const std::any& value) {
   const auto* p = std::any_cast<std::shared_ptr<State::Packed>>(&value);
   TORCH_CHECK(p && *p, "Offloader::unpack: the value was not packed by an edkm::Offloader (or was moved from)");
-  const State::Packed& packed = **p;
+  State::Packed& packed = **p;
   state_->counters.tensors_unpacked.fetch_add(1);
   if (!packed.host) return packed.kept;
   auto& host = *packed.host;
@@ -292,6 +313,11 @@ at::Tensor Offloader::unpack(const std::any& value) {
       device_bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(host.device));
       device_bytes.set_(c10::Storage(std::move(impl)), 0, {host.nbytes}, {1});
       state_->counters.restores_shared.fetch_add(1);
+      if (packed.round_seen != host.round) {
+        packed.round_seen = host.round;
+        ++host.seen_in_round;
+      }
+      host.settle();
     }
   }
   if (!device_bytes.defined()) {
@@ -309,6 +335,11 @@ at::Tensor Offloader::unpack(const std::any& value) {
     }
     host.restored = device_bytes.storage().getWeakStorageImpl();
     state_->counters.bytes_restored.fetch_add(host.nbytes);
+    ++host.round;
+    packed.round_seen = host.round;
+    host.seen_in_round = 1;
+    host.keep = device_bytes;
+    host.settle();
   }
   auto out = at::empty({0}, at::TensorOptions().dtype(packed.dtype).device(host.device));
   out.set_(device_bytes.storage(), packed.offset, packed.sizes, packed.strides);
