@@ -2,11 +2,14 @@
 // The offloader (eDKM "marshaling"): saved-tensor hooks that move what autograd saves for
 // backward out of device memory into host memory, and bring it back in backward.
 //
-//  - Saved tensors of at least `min_bytes` are copied to host buffers; smaller ones stay.
+//  - Saved tensors of at least `min_bytes` are copied to host buffers; smaller ones stay. The
+//    whole storage of a saved view is copied (what the view would keep alive on the device).
 //  - De-dup by storage: when a tensor whose storage is already offloaded is saved (a view,
 //    a transpose, a slice, the same tensor saved twice), nothing is copied again; in backward it is
 //    rebuilt with its sizes / strides / offset on the restored storage. One device copy per
-//    storage on unpack, shared by all its views while any of them is alive.
+//    storage per backward: the restored copy is kept from the first unpack of one of its views
+//    until every live view has been unpacked (or freed), and shared by them.
+//  - A storage written in place after it was copied is copied again (version counter check).
 //  - CUDA: pinned host buffers, device-to-host copies on a side stream ordered by events.
 //  - Host-to-host mode (`host_to_host(true)`): CPU tensors are "offloaded" into pool buffers too
 //    (the saved reference to the original storage is dropped), so the whole path runs and is
