@@ -193,6 +193,58 @@ TEST(SavedTensorHooks, UnpackOnAnotherThreadUsesTheHooksCapturedAtPack) {
   EXPECT_TRUE(at::equal(grad, torch::autograd::grad({at::matmul(at::sigmoid(x), x).sum()}, {x})[0]));
 }
 
+// y = x^3 with a hand-written backward that saves x through ctx->save_for_backward.
+struct Cube : torch::autograd::Function<Cube> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
+    ctx->save_for_backward({x});
+    return x * x * x;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    auto x = ctx->get_saved_variables()[0];
+    return {3 * x * x * g[0]};
+  }
+};
+
+TEST(SavedTensorHooks, CustomAutogradFunctionsSaveThroughTheHooks) {
+  auto off = std::make_shared<edkm::Offloader>(h2h());
+  auto x = at::randn({32, 32}).requires_grad_(true);
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    loss = Cube::apply(x * 1.0).sum();
+  }
+  EXPECT_EQ(off->stats().tensors_offloaded, 1);
+  auto grad = torch::autograd::grad({loss}, {x})[0];
+  EXPECT_EQ(off->stats().tensors_unpacked, 1);
+  EXPECT_TRUE(at::equal(grad, 3 * x * x));
+}
+
+TEST(SavedTensorHooks, GuardsAreThreadLocal) {
+  std::vector<std::shared_ptr<edkm::Offloader>> offs;
+  std::vector<at::Tensor> grads(4);
+  for (int i = 0; i < 4; ++i) offs.push_back(std::make_shared<edkm::Offloader>(h2h()));
+  auto x = at::randn({48, 48}).requires_grad_(true);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      at::Tensor loss;
+      {
+        edkm::SavedTensorHooksGuard guard(offs[i]);
+        loss = at::matmul(at::sin(x), x.t()).sum() * (1 << i);  // powers of two: exact scaling
+      }
+      grads[i] = torch::autograd::grad({loss}, {x})[0];
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(edkm::current_saved_tensor_hooks(), nullptr);  // this thread never had a guard
+  auto ref = torch::autograd::grad({at::matmul(at::sin(x), x.t()).sum()}, {x})[0];
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(offs[i]->stats().tensors_packed, 3) << i;  // sin: x; mm: sin(x), x.t()
+    EXPECT_EQ(offs[i]->stats().tensors_unpacked, 3) << i;
+    EXPECT_TRUE(at::equal(grads[i], ref * (1 << i))) << i;
+  }
+}
+
 // ----------------------------------------------------------------------------------------------
 // Bad use
 
@@ -331,6 +383,26 @@ TEST(Offloader, ViewsOfAnOffloadedStorageAreNotCopiedAgain) {
   s = off->stats();
   EXPECT_EQ(s.bytes_restored, 64 * 64 * 4) << s.to_string();
   EXPECT_EQ(s.restores_shared, 3) << s.to_string();
+}
+
+TEST(Offloader, WithoutDedupEveryViewIsCopied) {
+  auto x = at::randn({64, 64}).requires_grad_(true);
+  auto off = std::make_shared<edkm::Offloader>(h2h().dedup(false));
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    auto y = x * 2;
+    loss = at::sin(y).sum() + at::sin(y.t()).sum() + at::sin(y.narrow(0, 8, 32)).sum();
+  }
+  const auto s = off->stats();
+  EXPECT_EQ(s.storages_copied, 3) << s.to_string();
+  EXPECT_EQ(s.copies_avoided, 0) << s.to_string();
+  EXPECT_EQ(s.bytes_offloaded, 3 * 64 * 64 * 4) << s.to_string();
+  auto grad = torch::autograd::grad({loss}, {x})[0];
+  auto y = x * 2;
+  auto ref =
+      torch::autograd::grad({at::sin(y).sum() + at::sin(y.t()).sum() + at::sin(y.narrow(0, 8, 32)).sum()}, {x})[0];
+  EXPECT_TRUE(at::equal(grad, ref));
 }
 
 TEST(Offloader, OneRestoreSharedByTheViewsOfAStorage) {
