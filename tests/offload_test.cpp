@@ -1,0 +1,500 @@
+// Tests of edkm/saved_tensor_hooks.h and edkm/offload.h: C++ saved-tensor hooks (nesting,
+// retain_graph, lifetime, errors, other threads) and the offloader (bitwise-identical gradients,
+// de-dup by storage, one restore per storage, pooling, GPU peak memory).
+#include <ATen/ATen.h>
+#include <edkm/dkm.h>
+#include <edkm/memory.h>
+#include <edkm/offload.h>
+#include <edkm/saved_tensor_hooks.h>
+#include <gtest/gtest.h>
+#include <torch/autograd.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+
+#include <atomic>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+
+#include "test_util.h"
+
+#if defined(EDKM_WITH_CUDA)
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+namespace {
+
+using edkm::test::expect_error;
+
+// Keeps the tensor; counts calls.
+struct CountingHooks : edkm::SavedTensorHooks {
+  std::atomic<int> packs{0}, unpacks{0};
+  std::any pack(const at::Tensor& t) override {
+    ++packs;
+    return t;
+  }
+  at::Tensor unpack(const std::any& p) override {
+    ++unpacks;
+    return std::any_cast<at::Tensor>(p);
+  }
+};
+
+edkm::OffloadOptions h2h() { return edkm::OffloadOptions().host_to_host(true).min_bytes(0); }
+
+// Output and input gradient of dense DKM (default options) against upstream gradient `g`.
+std::pair<at::Tensor, at::Tensor> dkm_step(const at::Tensor& w, const at::Tensor& c, const at::Tensor& g) {
+  auto wr = w.clone().requires_grad_(true);
+  auto out = edkm::functional::dkm_cluster(wr, c, edkm::DKMOptions(3)).weight;
+  out.backward(g);
+  return {out.detach(), wr.grad()};
+}
+
+// A pre-LayerNorm transformer block: softmax attention (4 heads) and a GELU MLP.
+struct Block {
+  torch::nn::LayerNorm ln1{torch::nn::LayerNormOptions({64})}, ln2{torch::nn::LayerNormOptions({64})};
+  torch::nn::Linear qkv{64, 192}, proj{64, 64}, up{64, 256}, down{256, 64};
+  std::vector<at::Tensor> parameters() {
+    std::vector<at::Tensor> p;
+    for (auto* m :
+         std::initializer_list<torch::nn::Module*>{ln1.get(), ln2.get(), qkv.get(), proj.get(), up.get(), down.get()})
+      for (auto& t : m->parameters()) p.push_back(t);
+    return p;
+  }
+  at::Tensor forward(const at::Tensor& x) {  // x: B x T x 64
+    const int64_t B = x.size(0), T = x.size(1), H = 4, D = 16;
+    auto parts = qkv(ln1(x)).view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4});  // 3 x B x H x T x D
+    auto q = parts[0], k = parts[1], v = parts[2];
+    auto att = at::softmax(at::matmul(q, k.transpose(-2, -1)) / 4.0, -1);
+    auto y = at::matmul(att, v).transpose(1, 2).reshape({B, T, 64});
+    auto h = x + proj(y);
+    return h + down(at::gelu(up(ln2(h))));
+  }
+};
+
+std::vector<at::Tensor> block_grads(Block& block, const at::Tensor& x, const at::Tensor& g) {
+  auto xr = x.clone().requires_grad_(true);
+  auto params = block.parameters();
+  params.push_back(xr);
+  auto out = block.forward(xr);
+  auto grads = torch::autograd::grad({out}, params, {g});
+  grads.push_back(out.detach());
+  return grads;
+}
+
+// ----------------------------------------------------------------------------------------------
+// Hooks
+
+TEST(SavedTensorHooks, EveryOpsSavedTensorGoesThroughPackAndUnpack) {
+  auto hooks = std::make_shared<CountingHooks>();
+  auto x = at::randn({8, 8}).requires_grad_(true);
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(hooks);
+    EXPECT_EQ(edkm::current_saved_tensor_hooks(), hooks);
+    loss = (at::sin(x) * x).sum();  // sin saves x; mul saves sin(x) and x
+  }
+  EXPECT_EQ(edkm::current_saved_tensor_hooks(), nullptr);
+  EXPECT_EQ(hooks->packs.load(), 3);
+  loss.backward();
+  EXPECT_EQ(hooks->unpacks.load(), 3);
+  EXPECT_TRUE(at::allclose(x.grad(), at::cos(x) * x + at::sin(x)));
+}
+
+TEST(SavedTensorHooks, NestedGuardsInnerWinsOuterRestoredNullDisables) {
+  auto outer = std::make_shared<CountingHooks>(), inner = std::make_shared<CountingHooks>();
+  auto x = at::randn({4}).requires_grad_(true);
+  std::vector<at::Tensor> keep;
+  {
+    edkm::SavedTensorHooksGuard g1(outer);
+    keep.push_back(at::sin(x));
+    {
+      edkm::SavedTensorHooksGuard g2(inner);
+      EXPECT_EQ(edkm::current_saved_tensor_hooks(), inner);
+      keep.push_back(at::sin(x));
+      keep.push_back(at::cos(x));
+      {
+        edkm::SavedTensorHooksGuard none(nullptr);
+        keep.push_back(at::sin(x));  // no hooks
+      }
+    }
+    EXPECT_EQ(edkm::current_saved_tensor_hooks(), outer);
+    keep.push_back(at::sin(x));
+  }
+  EXPECT_EQ(outer->packs.load(), 2);
+  EXPECT_EQ(inner->packs.load(), 2);
+  at::stack(keep).sum().backward();
+  EXPECT_EQ(outer->unpacks.load(), 2);
+  EXPECT_EQ(inner->unpacks.load(), 2);
+  EXPECT_TRUE(at::allclose(x.grad(), 4 * at::cos(x) - at::sin(x)));
+}
+
+TEST(SavedTensorHooks, RetainGraphUnpacksTwiceWithTheSameGradients) {
+  auto off = std::make_shared<edkm::Offloader>(h2h());
+  auto x = at::randn({32, 32}).requires_grad_(true);
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    loss = at::matmul(at::tanh(x), x.t()).pow(2).sum();
+  }
+  const auto packed = off->stats().tensors_packed;
+  auto g1 = torch::autograd::grad({loss}, {x}, {}, /*retain_graph=*/true)[0];
+  EXPECT_EQ(off->stats().tensors_unpacked, packed);
+  auto g2 = torch::autograd::grad({loss}, {x}, {}, /*retain_graph=*/false)[0];
+  EXPECT_EQ(off->stats().tensors_unpacked, 2 * packed);
+  EXPECT_TRUE(at::equal(g1, g2));
+  auto ref = torch::autograd::grad({at::matmul(at::tanh(x), x.t()).pow(2).sum()}, {x})[0];
+  EXPECT_TRUE(at::equal(g1, ref));
+}
+
+TEST(SavedTensorHooks, HookValuesAreFreedWithTheGraph) {
+  const int64_t before = edkm::live_saved_tensor_hook_values();
+  auto hooks = std::make_shared<CountingHooks>();
+  std::weak_ptr<CountingHooks> weak = hooks;
+  auto x = at::randn({16}).requires_grad_(true);
+  {
+    at::Tensor loss;
+    {
+      edkm::SavedTensorHooksGuard guard(std::move(hooks));
+      loss = (at::exp(x) * at::sin(x)).sum();
+    }
+    EXPECT_EQ(edkm::live_saved_tensor_hook_values(), before + 4);
+    EXPECT_FALSE(weak.expired());  // the graph keeps the hooks alive
+  }                                // graph destroyed without backward
+  EXPECT_EQ(edkm::live_saved_tensor_hook_values(), before);
+  EXPECT_TRUE(weak.expired());
+
+  // After a backward without retain_graph the saved values are freed too, and so is host memory.
+  auto off = std::make_shared<edkm::Offloader>(h2h());
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    loss = (at::exp(x) * at::sin(x)).sum();
+  }
+  EXPECT_GT(off->stats().host_bytes, 0);
+  loss.backward();
+  EXPECT_EQ(edkm::live_saved_tensor_hook_values(), before);
+  EXPECT_EQ(off->stats().host_bytes, 0);
+  EXPECT_GT(off->stats().pool_cached_bytes, 0);
+}
+
+TEST(SavedTensorHooks, UnpackOnAnotherThreadUsesTheHooksCapturedAtPack) {
+  auto off = std::make_shared<edkm::Offloader>(h2h());
+  auto x = at::randn({64, 64}).requires_grad_(true);
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    loss = at::matmul(at::sigmoid(x), x).sum();
+  }
+  at::Tensor grad;
+  std::thread worker([&] { grad = torch::autograd::grad({loss}, {x})[0]; });  // no guard on that thread
+  worker.join();
+  EXPECT_EQ(off->stats().tensors_unpacked, off->stats().tensors_packed);
+  EXPECT_TRUE(at::equal(grad, torch::autograd::grad({at::matmul(at::sigmoid(x), x).sum()}, {x})[0]));
+}
+
+// y = x^3 with a hand-written backward that saves x through ctx->save_for_backward.
+struct Cube : torch::autograd::Function<Cube> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
+    ctx->save_for_backward({x});
+    return x * x * x;
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list g) {
+    auto x = ctx->get_saved_variables()[0];
+    return {3 * x * x * g[0]};
+  }
+};
+
+TEST(SavedTensorHooks, CustomAutogradFunctionsSaveThroughTheHooks) {
+  auto off = std::make_shared<edkm::Offloader>(h2h());
+  auto x = at::randn({32, 32}).requires_grad_(true);
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    loss = Cube::apply(x * 1.0).sum();
+  }
+  EXPECT_EQ(off->stats().tensors_offloaded, 1);
+  auto grad = torch::autograd::grad({loss}, {x})[0];
+  EXPECT_EQ(off->stats().tensors_unpacked, 1);
+  EXPECT_TRUE(at::equal(grad, 3 * x * x));
+}
+
+TEST(SavedTensorHooks, GuardsAreThreadLocal) {
+  std::vector<std::shared_ptr<edkm::Offloader>> offs;
+  std::vector<at::Tensor> grads(4);
+  for (int i = 0; i < 4; ++i) offs.push_back(std::make_shared<edkm::Offloader>(h2h()));
+  auto x = at::randn({48, 48}).requires_grad_(true);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&, i] {
+      at::Tensor loss;
+      {
+        edkm::SavedTensorHooksGuard guard(offs[i]);
+        loss = at::matmul(at::sin(x), x.t()).sum() * (1 << i);  // powers of two: exact scaling
+      }
+      grads[i] = torch::autograd::grad({loss}, {x})[0];
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(edkm::current_saved_tensor_hooks(), nullptr);  // this thread never had a guard
+  auto ref = torch::autograd::grad({at::matmul(at::sin(x), x.t()).sum()}, {x})[0];
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(offs[i]->stats().tensors_packed, 3) << i;  // sin: x; mm: sin(x), x.t()
+    EXPECT_EQ(offs[i]->stats().tensors_unpacked, 3) << i;
+    EXPECT_TRUE(at::equal(grads[i], ref * (1 << i))) << i;
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Bad use
+
+struct ThrowingHooks : edkm::SavedTensorHooks {
+  bool throw_on_pack;
+  explicit ThrowingHooks(bool on_pack) : throw_on_pack(on_pack) {}
+  std::any pack(const at::Tensor& t) override {
+    if (throw_on_pack) throw std::runtime_error("boom in pack");
+    return t;
+  }
+  at::Tensor unpack(const std::any&) override { throw std::runtime_error("boom in unpack"); }
+};
+
+struct WrongShapeHooks : edkm::SavedTensorHooks {
+  std::any pack(const at::Tensor& t) override { return t; }
+  at::Tensor unpack(const std::any& p) override { return std::any_cast<at::Tensor>(p).flatten().narrow(0, 0, 1); }
+};
+
+TEST(SavedTensorHooks, ThrowingOrWrongHooksGiveClearErrors) {
+  const int64_t before = edkm::live_saved_tensor_hook_values();
+  auto x = at::randn({4, 4}).requires_grad_(true);
+  {
+    edkm::SavedTensorHooksGuard guard(std::make_shared<ThrowingHooks>(true));
+    expect_error([&] { (void)at::sin(x); }, {"pack hook failed", "boom in pack"});
+  }
+  EXPECT_EQ(edkm::live_saved_tensor_hook_values(), before);
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(std::make_shared<ThrowingHooks>(false));
+    loss = at::sin(x).sum();
+  }
+  expect_error([&] { loss.backward(); }, {"unpack hook failed", "boom in unpack"});
+  {
+    edkm::SavedTensorHooksGuard guard(std::make_shared<WrongShapeHooks>());
+    loss = at::sin(x).sum();
+  }
+  expect_error([&] { loss.backward(); }, {"unpack hook returned", "must match"});
+  loss = at::sin(x).sum();  // no hooks: ordinary autograd still works
+  loss.backward();
+  EXPECT_TRUE(at::allclose(x.grad(), at::cos(x)));
+}
+
+TEST(Offloader, BadUseGivesClearErrors) {
+  auto off = std::make_shared<edkm::Offloader>(h2h());
+  auto x = at::randn({16, 16}).requires_grad_(true);
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    loss = at::sin(x).sum();
+  }
+  loss.backward();
+  // The graph freed its saved tensors (and their host copies): a second backward is refused.
+  expect_error([&] { loss.backward(); }, {"backward through the graph a second time"});
+  expect_error([&] { off->unpack(std::any()); }, {"not packed by an edkm::Offloader"});
+  expect_error([&] { off->unpack(std::any(x)); }, {"not packed by an edkm::Offloader"});
+  expect_error([&] { edkm::Offloader(edkm::OffloadOptions().min_bytes(-1)); }, {"min_bytes"});
+  expect_error([&] { edkm::OffloadGuard(std::shared_ptr<edkm::Offloader>()); }, {"null offloader"});
+}
+
+// ----------------------------------------------------------------------------------------------
+// Offloader
+
+TEST(Offloader, DenseDkmGradientsAreBitwiseIdentical) {
+  auto w = edkm::test::llm_like({256, 128}, 1);
+  auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3));
+  auto g = edkm::test::llm_like({256, 128}, 2);
+  auto [out_ref, grad_ref] = dkm_step(w, c, g);
+  auto counting = std::make_shared<CountingHooks>();  // what autograd saves and unpacks in one step
+  {
+    edkm::SavedTensorHooksGuard guard(counting);
+    auto [out, grad] = dkm_step(w, c, g);
+    EXPECT_TRUE(at::equal(grad, grad_ref));
+  }
+  auto off = std::make_shared<edkm::Offloader>(h2h().min_bytes(4096));
+  for (int step = 0; step < 2; ++step) {  // the second step reuses the pool's buffers
+    edkm::SavedTensorHooksGuard guard(off);
+    auto [out, grad] = dkm_step(w, c, g);
+    EXPECT_TRUE(at::equal(out, out_ref));
+    EXPECT_TRUE(at::equal(grad, grad_ref));
+  }
+  const auto s = off->stats();
+  EXPECT_GT(s.tensors_offloaded, 0) << s.to_string();
+  EXPECT_GE(s.bytes_offloaded, 2 * 256 * 128 * 8 * 4) << s.to_string();  // at least one N x K fp32 per step
+  EXPECT_EQ(s.tensors_packed, 2 * counting->packs.load()) << s.to_string();
+  EXPECT_EQ(s.tensors_unpacked, 2 * counting->unpacks.load()) << s.to_string();
+  EXPECT_GT(s.storages_copied, 0) << s.to_string();
+  EXPECT_LT(s.storages_copied, s.tensors_offloaded) << s.to_string();  // de-dup of views
+  EXPECT_EQ(s.copies_avoided, s.tensors_offloaded - s.storages_copied) << s.to_string();
+  EXPECT_GT(s.pool_hits, 0) << s.to_string();
+  EXPECT_EQ(s.host_bytes, 0) << s.to_string();
+  EXPECT_LE(s.bytes_restored, s.bytes_offloaded) << s.to_string();  // at most one restore per storage
+}
+
+TEST(Offloader, TransformerBlockGradientsAreBitwiseIdentical) {
+  torch::manual_seed(0);
+  Block block;
+  auto x = at::randn({2, 16, 64}), g = at::randn({2, 16, 64});
+  auto ref = block_grads(block, x, g);
+  auto off = std::make_shared<edkm::Offloader>(h2h());
+  std::vector<at::Tensor> got;
+  {
+    edkm::OffloadGuard guard(off);
+    got = block_grads(block, x, g);
+  }
+  ASSERT_EQ(got.size(), ref.size());
+  for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(at::equal(got[i], ref[i])) << "gradient " << i;
+  const auto s = off->stats();
+  EXPECT_EQ(s.tensors_offloaded, s.tensors_packed) << s.to_string();
+  EXPECT_GT(s.copies_avoided, 0) << s.to_string();  // q, k, v are views of one qkv output
+  EXPECT_EQ(s.host_bytes, 0) << s.to_string();
+}
+
+TEST(Offloader, ViewsOfAnOffloadedStorageAreNotCopiedAgain) {
+  auto x = at::randn({64, 64}).requires_grad_(true);
+  auto forward = [&] {
+    auto y = x * 2;  // saves nothing (scalar); y's storage is saved below through four views
+    return at::sin(y).sum() + at::sin(y.t()).sum() + at::sin(y.view({4096})).sum() + at::sin(y.narrow(0, 8, 32)).sum();
+  };
+  auto ref = torch::autograd::grad({forward()}, {x})[0];
+  auto off = std::make_shared<edkm::Offloader>(h2h());
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    loss = forward();
+  }
+  auto s = off->stats();
+  EXPECT_EQ(s.tensors_offloaded, 4) << s.to_string();
+  EXPECT_EQ(s.storages_copied, 1) << s.to_string();
+  EXPECT_EQ(s.bytes_offloaded, 64 * 64 * 4) << s.to_string();
+  EXPECT_EQ(s.copies_avoided, 3) << s.to_string();
+  EXPECT_EQ(s.bytes_not_copied, 3 * 64 * 64 * 4) << s.to_string();
+  EXPECT_GE(s.host_bytes, 64 * 64 * 4) << s.to_string();  // one pool buffer (size class: <= 25% more)
+  EXPECT_LE(s.host_bytes, 64 * 64 * 5) << s.to_string();
+  EXPECT_TRUE(at::equal(torch::autograd::grad({loss}, {x})[0], ref));
+  // Backward restored the storage once; the four views shared it.
+  s = off->stats();
+  EXPECT_EQ(s.bytes_restored, 64 * 64 * 4) << s.to_string();
+  EXPECT_EQ(s.restores_shared, 3) << s.to_string();
+}
+
+TEST(Offloader, WithoutDedupEveryViewIsCopied) {
+  auto x = at::randn({64, 64}).requires_grad_(true);
+  auto off = std::make_shared<edkm::Offloader>(h2h().dedup(false));
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    auto y = x * 2;
+    loss = at::sin(y).sum() + at::sin(y.t()).sum() + at::sin(y.narrow(0, 8, 32)).sum();
+  }
+  const auto s = off->stats();
+  EXPECT_EQ(s.storages_copied, 3) << s.to_string();
+  EXPECT_EQ(s.copies_avoided, 0) << s.to_string();
+  EXPECT_EQ(s.bytes_offloaded, 3 * 64 * 64 * 4) << s.to_string();
+  auto grad = torch::autograd::grad({loss}, {x})[0];
+  auto y = x * 2;
+  auto ref =
+      torch::autograd::grad({at::sin(y).sum() + at::sin(y.t()).sum() + at::sin(y.narrow(0, 8, 32)).sum()}, {x})[0];
+  EXPECT_TRUE(at::equal(grad, ref));
+}
+
+TEST(Offloader, OneRestoreSharedByTheViewsOfAStorage) {
+  auto x = at::randn({32, 48}).requires_grad_(true);
+  auto ref = torch::autograd::grad({at::mm(x * 3, (x * 3).t()).sum()}, {x})[0];
+  auto off = std::make_shared<edkm::Offloader>(h2h());
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    auto y = x * 3;
+    loss = at::mm(y, y.t()).sum();  // MmBackward saves y and y.t(): one storage
+  }
+  auto grad = torch::autograd::grad({loss}, {x})[0];
+  const auto s = off->stats();
+  EXPECT_EQ(s.storages_copied, 1) << s.to_string();
+  EXPECT_EQ(s.copies_avoided, 1) << s.to_string();
+  EXPECT_EQ(s.bytes_restored, 32 * 48 * 4) << s.to_string();
+  EXPECT_EQ(s.restores_shared, 1) << s.to_string();
+  EXPECT_TRUE(at::equal(grad, ref));
+}
+
+TEST(Offloader, InPlaceWriteAfterSaveForcesANewCopy) {
+  auto x = at::randn({32, 32}).requires_grad_(true);
+  auto off = std::make_shared<edkm::Offloader>(h2h());
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    auto y = x * 1.5;
+    auto a = at::sin(y).sum();  // saves y (version 0)
+    y.mul_(2);                  // new contents, same storage
+    loss = a + at::sin(y.t()).sum();
+  }
+  const auto s = off->stats();
+  EXPECT_EQ(s.storages_copied, 2) << s.to_string();
+  EXPECT_EQ(s.copies_avoided, 0) << s.to_string();
+  // Each sin sees the values it was given: d/dx = 1.5 cos(1.5x) + 3 cos(3x).
+  auto grad = torch::autograd::grad({loss}, {x})[0];
+  EXPECT_TRUE(at::allclose(grad, 1.5 * at::cos(1.5 * x) + 3 * at::cos(3 * x), 1e-5, 1e-6));
+}
+
+TEST(Offloader, SmallTensorsAndCpuTensorsWithoutHostToHostAreKept) {
+  auto x = at::randn({16, 16}).requires_grad_(true);
+  auto off = std::make_shared<edkm::Offloader>(edkm::OffloadOptions());  // host_to_host off, 1 MiB threshold
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    loss = at::sin(x).sum();
+  }
+  auto small = std::make_shared<edkm::Offloader>(h2h().min_bytes(16 * 16 * 4 + 1));
+  at::Tensor loss2;
+  {
+    edkm::SavedTensorHooksGuard guard(small);
+    loss2 = at::sin(x).sum();
+  }
+  EXPECT_EQ(off->stats().tensors_packed, 1);
+  EXPECT_EQ(off->stats().tensors_offloaded, 0);
+  EXPECT_EQ(small->stats().tensors_offloaded, 0);
+  EXPECT_TRUE(at::equal(torch::autograd::grad({loss}, {x})[0], at::cos(x)));
+  EXPECT_TRUE(at::equal(torch::autograd::grad({loss2}, {x})[0], at::cos(x)));
+}
+
+TEST(Offloader, GpuPeakMemoryOfDenseDkmDrops) {
+  EDKM_SKIP_WITHOUT_GPU();
+#if defined(EDKM_WITH_CUDA)
+  auto w = edkm::test::llm_like({1024, 1024}, 3).cuda();
+  auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3));
+  auto g = edkm::test::llm_like({1024, 1024}, 4).cuda();
+  auto measure = [&](bool offload, at::Tensor* grad, edkm::OffloadStats* stats) {
+    auto off = std::make_shared<edkm::Offloader>();
+    c10::cuda::device_synchronize();
+    edkm::MemoryMeter meter;
+    {
+      std::optional<edkm::SavedTensorHooksGuard> guard;
+      if (offload) guard.emplace(off);
+      auto wr = w.clone().requires_grad_(true);
+      auto out = edkm::functional::dkm_cluster(wr, c, edkm::DKMOptions(3)).weight;
+      guard.reset();
+      out.backward(g);
+      *grad = wr.grad();
+    }
+    c10::cuda::device_synchronize();
+    *stats = off->stats();
+    return meter.report().cuda.peak_delta();
+  };
+  at::Tensor g_plain, g_off;
+  edkm::OffloadStats s_plain, s_off;
+  const int64_t plain = measure(false, &g_plain, &s_plain);
+  const int64_t offloaded = measure(true, &g_off, &s_off);
+  EXPECT_TRUE(at::equal(g_plain, g_off));
+  EXPECT_GT(s_off.bytes_offloaded, 0) << s_off.to_string();
+  EXPECT_LT(offloaded, plain) << s_off.to_string();
+#endif
+}
+
+}  // namespace
