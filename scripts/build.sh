@@ -8,6 +8,8 @@ edkm_ensure_all
 root="$(cd "$here/.." && pwd)"
 build="${EDKM_BUILD_DIR:-$root/build}"
 export CCACHE_DIR="${CCACHE_DIR:-$HOME/.cache/ccache}"
+# Paths relative to the source tree in ccache keys: fresh clones and worktrees share hits.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$root}"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 mkdir -p "$build"
 # Configure output goes to a log (LibTorch's config prints harmless warnings); shown on failure.
