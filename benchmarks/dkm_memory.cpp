@@ -6,13 +6,14 @@
 // the memory that the clustering itself costs.
 #include <ATen/ATen.h>
 #include <edkm/edkm.h>
+
 #include <CLI/CLI.hpp>
+#include "bench_util.h"
 
 #include <chrono>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
-#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -20,21 +21,9 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
-namespace {
-
-std::vector<int64_t> parse_shape(const std::string& s) {
-  auto x = s.find('x');
-  if (x == std::string::npos) throw std::invalid_argument("shape must be RxC, got " + s);
-  return {std::stoll(s.substr(0, x)), std::stoll(s.substr(x + 1))};
-}
-
-void sync(const at::Device& d) {
-#if defined(EDKM_WITH_CUDA)
-  if (d.is_cuda()) c10::cuda::device_synchronize();
-#endif
-}
-
-}  // namespace
+using edkm::bench::parse_shape;
+using edkm::bench::split;
+using edkm::bench::sync;
 
 int main(int argc, char** argv) try {
   CLI::App app{"edkm: DKM forward+backward peak memory per engine"};
@@ -55,25 +44,14 @@ int main(int argc, char** argv) try {
   const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
   const auto st = dtype == "bf16" ? at::kBFloat16 : dtype == "fp16" ? at::kHalf : at::kFloat;
   nlohmann::json results = nlohmann::json::array();
-  auto split = [](const std::string& text) {
-    std::vector<std::string> parts;
-    std::stringstream ss(text);
-    for (std::string s; std::getline(ss, s, ',');) parts.push_back(s);
-    return parts;
-  };
   const auto list = split(shapes), engine_list = split(engines);
 
   edkm::ProgressBar bar(static_cast<int64_t>(list.size() * engine_list.size()), "dkm memory");
   for (const auto& s : list)
     for (const auto& engine : engine_list) {
-      const std::map<std::string, edkm::Engine> known{{"dense", edkm::Engine::kDense},
-                                                      {"table", edkm::Engine::kTable},
-                                                      {"streaming", edkm::Engine::kStreaming},
-                                                      {"auto", edkm::Engine::kAuto}};
-      if (!known.count(engine)) throw std::invalid_argument("unknown engine " + engine);
       const auto shape = parse_shape(s);
       auto opts = edkm::DKMOptions(bits).epsilon(0);  // all max_iter iterations: the worst case
-      opts.engine(known.at(engine)).table_fp32_as_bf16(engine == "table");
+      opts.engine(edkm::engine_from_string(engine)).table_fp32_as_bf16(engine == "table");
       if (group_size > 0) opts.granularity(edkm::Granularity::kPerGroupedChannel).group_size(group_size);
       auto w = (at::randn(shape, at::TensorOptions().dtype(at::kFloat)) * 0.02).to(st).to(dev);
       auto c = edkm::functional::init_centroids(w, opts);

@@ -10,6 +10,8 @@
 #include <ATen/ATen.h>
 #include <edkm/edkm.h>
 
+#include "bench_util.h"
+
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <fstream>
@@ -23,19 +25,11 @@
 #include <c10/cuda/CUDAFunctions.h>
 #endif
 
+using edkm::bench::parse_shape;
+using edkm::bench::split;
+using edkm::bench::sync;
+
 namespace {
-
-std::vector<int64_t> parse_shape(const std::string& s) {
-  auto x = s.find('x');
-  if (x == std::string::npos) throw std::invalid_argument("shape must be RxC, got " + s);
-  return {std::stoll(s.substr(0, x)), std::stoll(s.substr(x + 1))};
-}
-
-void sync(const at::Device& d) {
-#if defined(EDKM_WITH_CUDA)
-  if (d.is_cuda()) c10::cuda::device_synchronize();
-#endif
-}
 
 nlohmann::json to_json(const edkm::OffloadStats& s) {
   return {{"tensors_packed", s.tensors_packed},
@@ -68,11 +62,7 @@ int main(int argc, char** argv) try {
 
   const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
   nlohmann::json results = nlohmann::json::array();
-  std::vector<std::string> list;
-  {
-    std::stringstream ss(shapes);
-    for (std::string s; std::getline(ss, s, ',');) list.push_back(s);
-  }
+  const auto list = split(shapes);
   edkm::ProgressBar bar(static_cast<int64_t>(list.size() * 2), "offload memory");
   for (const auto& s : list) {
     const auto shape = parse_shape(s);

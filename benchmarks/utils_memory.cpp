@@ -9,10 +9,12 @@
 // ("kept": what autograd saved for backward), and the best wall time of --repeats runs.
 #include <ATen/ATen.h>
 #include <edkm/edkm.h>
+
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
+#include "bench_util.h"
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -31,11 +33,7 @@ namespace {
 
 at::Device g_device(at::kCPU);
 
-void sync() {
-#if defined(EDKM_WITH_CUDA)
-  if (g_device.is_cuda()) c10::cuda::device_synchronize();
-#endif
-}
+void sync() { edkm::bench::sync(g_device); }
 
 const edkm::MemoryFigures& figures(const edkm::MemoryReport& r) { return g_device.is_cuda() ? r.cuda : r.cpu; }
 

@@ -60,6 +60,21 @@ at::Tensor tokens(int64_t step, int64_t vocab, int64_t n = 16) {
   return at::randint(0, vocab, {n}, gen, at::kLong);
 }
 
+// Steps [from, to) of the user's loop: clustered forward, backward, optimizer step, palettizer step.
+void train(TinyLm& model, torch::optim::Adam& opt, Palettizer& pal, int64_t from, int64_t to) {
+  for (int64_t s = from; s < to; ++s) {
+    at::Tensor loss;
+    {
+      auto clustered = pal.clustered();
+      loss = model->forward(tokens(s, 64)).square().mean();
+    }
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+    pal.step();
+  }
+}
+
 TEST(PalettizerOptions, NameBeatsTypeBeatsGlobal) {
   torch::manual_seed(0);
   TinyLm model(64, 32, 96, 2);
@@ -182,17 +197,7 @@ TEST_F(PalettizerTest, FinalizeExportReloadAndReport) {
           .module_name("layers.1.up", DKMOptions(3).weight_threshold(0).per_channel_scale(true));
   Palettizer pal(model, opts);
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
-  for (int64_t s = 0; s < 3; ++s) {
-    at::Tensor loss;
-    {
-      auto clustered = pal.clustered();
-      loss = model->forward(tokens(s, 64)).square().mean();
-    }
-    opt.zero_grad();
-    loss.backward();
-    opt.step();
-    pal.step();
-  }
+  train(model, opt, pal, 0, 3);
   const auto before = pal.report();
   const auto& palettes = pal.finalize();
   EXPECT_EQ(palettes.size(), 6u);
@@ -280,19 +285,6 @@ TEST_P(PalettizerResume, EqualsUninterruptedRun) {
         .module_name("layers.0.up", DKMOptions(3).weight_threshold(0).per_channel_scale(true))
         .module_name("layers.0.down",
                      DKMOptions(2).weight_threshold(0).granularity(Granularity::kPerGroupedChannel).group_size(8));
-  };
-  auto train = [](TinyLm& model, torch::optim::Adam& opt, Palettizer& pal, int64_t from, int64_t to) {
-    for (int64_t s = from; s < to; ++s) {
-      at::Tensor loss;
-      {
-        auto clustered = pal.clustered();
-        loss = model->forward(tokens(s, 64)).square().mean();
-      }
-      opt.zero_grad();
-      loss.backward();
-      opt.step();
-      pal.step();
-    }
   };
   // Uninterrupted.
   torch::manual_seed(5);

@@ -15,13 +15,7 @@ using test::max_rel;
 using test::run;
 
 at::Tensor weights(std::vector<int64_t> shape, uint64_t seed, bool heavy_tail) {
-  if (!heavy_tail) return test::llm_like(shape, seed);
-  std::mt19937_64 rng(seed);
-  std::student_t_distribution<double> t(3.0);
-  auto w = at::empty(shape, at::kDouble);
-  auto* p = w.data_ptr<double>();
-  for (int64_t i = 0; i < w.numel(); ++i) p[i] = 0.01 * t(rng);
-  return w.to(at::kFloat);
+  return heavy_tail ? test::student_t_like(shape, seed).to(at::kFloat) : test::llm_like(shape, seed);
 }
 
 // Streaming vs dense (fp32, and the fp64 ground truth) on the same weight, centroids, gradient.

@@ -17,12 +17,7 @@ using test::run;
 // the identity) and the dense engine see identical inputs.
 at::Tensor bf16_valued(std::vector<int64_t> shape, uint64_t seed, bool heavy_tail) {
   if (!heavy_tail) return test::llm_like(shape, seed, at::kBFloat16).to(at::kFloat);
-  std::mt19937_64 rng(seed);
-  std::student_t_distribution<double> t(3.0);
-  auto w = at::empty(shape, at::kDouble);
-  auto* p = w.data_ptr<double>();
-  for (int64_t i = 0; i < w.numel(); ++i) p[i] = 0.01 * t(rng);
-  return w.to(at::kBFloat16).to(at::kFloat);
+  return test::student_t_like(shape, seed).to(at::kBFloat16).to(at::kFloat);
 }
 
 TEST(TableEngine, EqualsDenseForBitsAndStopping) {

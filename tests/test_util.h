@@ -4,6 +4,8 @@
 #include <edkm/dkm.h>
 #include <gtest/gtest.h>
 
+#include <random>
+
 #if defined(EDKM_WITH_CUDA)
 #include <c10/cuda/CUDAFunctions.h>
 #endif
@@ -69,6 +71,16 @@ inline void expect_as_accurate(const at::Tensor& engine, const at::Tensor& dense
 inline at::Tensor llm_like(std::vector<int64_t> shape, uint64_t seed, at::ScalarType dtype = at::kFloat) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   return (at::randn(shape, gen, at::TensorOptions().dtype(at::kDouble)) * 0.02).to(dtype);
+}
+
+/// Heavy-tailed weights: 0.01 * Student-t(3), seeded, fp64.
+inline at::Tensor student_t_like(const std::vector<int64_t>& shape, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::student_t_distribution<double> t(3.0);
+  auto w = at::empty(shape, at::kDouble);
+  auto* p = w.data_ptr<double>();
+  for (int64_t i = 0; i < w.numel(); ++i) p[i] = 0.01 * t(rng);
+  return w;
 }
 
 }  // namespace edkm::test

@@ -95,11 +95,7 @@ int main(int argc, char** argv) try {
     params.push_back(sl[i]->bias);
   }
 
-  const std::map<std::string, edkm::Engine> engines{{"dense", edkm::Engine::kDense},
-                                                    {"table", edkm::Engine::kTable},
-                                                    {"streaming", edkm::Engine::kStreaming},
-                                                    {"auto", edkm::Engine::kAuto}};
-  auto options = edkm::DKMOptions(bits).weight_threshold(0).engine(engines.at(engine));
+  auto options = edkm::DKMOptions(bits).weight_threshold(0).engine(edkm::engine_from_string(engine));
   if (granularity == "grouped") options.granularity(edkm::Granularity::kPerGroupedChannel).group_size(group_size);
   std::vector<edkm::DKM> dkm;
   for (size_t i = 0; i < sl.size(); ++i) dkm.emplace_back(options);

@@ -53,6 +53,8 @@ EDKM_API std::string to_string(Granularity g);
 EDKM_API std::string to_string(ScaleScheme s);
 EDKM_API std::string to_string(KMeansInit i);
 EDKM_API std::string to_string(Engine e);
+/// Inverse of to_string(Engine): "dense", "table", "streaming", "auto"; throws c10::Error otherwise.
+EDKM_API Engine engine_from_string(const std::string& name);
 
 /// Options of DKM clustering. Defaults equal coremltools' DKMPalettizer.
 ///

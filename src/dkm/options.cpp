@@ -33,6 +33,12 @@ std::string to_string(Engine e) {
   return "?";
 }
 
+Engine engine_from_string(const std::string& name) {
+  for (Engine e : {Engine::kDense, Engine::kTable, Engine::kStreaming, Engine::kAuto})
+    if (to_string(e) == name) return e;
+  TORCH_CHECK(false, "edkm: unknown engine '", name, "' (dense, table, streaming, auto)");
+}
+
 void DKMOptions::validate() const {
   TORCH_CHECK(bits_ >= 1 && bits_ <= 8, "DKMOptions: bits must be in 1..8, got ", bits_);
   TORCH_CHECK(std::isfinite(tau_) && tau_ > 0, "DKMOptions: tau must be a positive finite number, got ", tau_);

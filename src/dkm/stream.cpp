@@ -248,18 +248,13 @@ DKMOutput stream_cluster(const at::Tensor& weight, const at::Tensor& centroids, 
 #endif
   // Per-element vectors without a scale are a view of the weight in its own dtype (no copy);
   // otherwise the vectors are formed in the compute dtype, as the dense engine does.
-  at::Tensor x;
-  if (l.cluster_dim == 1 && !scale.defined()) {
-    x = weight.contiguous().view({l.groups, l.vectors, 1});
-  } else {
-    const auto ct = compute_dtype(weight);
-    x = functional::to_vectors(weight.to(ct), l, scale.defined() ? scale.to(ct) : scale).contiguous();
-  }
+  const auto ct = compute_dtype(weight);
+  const at::Tensor s = scale.defined() ? scale.to(ct) : scale;
+  const at::Tensor x = l.cluster_dim == 1 && !s.defined() ? weight.contiguous().view({l.groups, l.vectors, 1})
+                                                          : functional::to_vectors(weight.to(ct), l, s).contiguous();
   DKMOutput out;
   auto y = StreamFunction::apply(x, centroids, &options, &out);
-  const auto ct = compute_dtype(weight);
-  out.weight =
-      functional::from_vectors(y, weight.sizes(), l, scale.defined() ? scale.to(ct) : scale).to(weight.scalar_type());
+  out.weight = functional::from_vectors(y, weight.sizes(), l, s).to(weight.scalar_type());
   return out;
 }
 
