@@ -1,12 +1,25 @@
 #pragma once
 // Internals shared by the DKM translation units (not installed).
 #include <ATen/core/Tensor.h>
+#include <ATen/core/ivalue.h>
 
+#include <memory>
 #include <string>
 
 #include "edkm/dkm.h"
 
+namespace edkm {
+class Communicator;  // edkm/distributed.h
+}  // namespace edkm
+
 namespace edkm::detail {
+
+/// Sharded clustering (src/distributed/sharded_dkm.cpp): sums `t` over the ranks of `comm` in
+/// place; a no-op without a communicator (the single-process engines).
+void shard_all_reduce(const std::shared_ptr<Communicator>& comm, at::Tensor& t);
+/// The communicator kept in an autograd context for backward (an IValue capsule; none -> None).
+c10::IValue comm_to_ivalue(const std::shared_ptr<Communicator>& comm);
+std::shared_ptr<Communicator> comm_from_ivalue(const c10::IValue& v);
 
 /// fp64 stays fp64; everything else is clustered in fp32.
 at::ScalarType compute_dtype(const at::Tensor& weight);
@@ -42,10 +55,14 @@ Engine resolve_engine(const at::Tensor& weight, const ClusterLayout& l, const DK
 /// Why the table / streaming engine cannot take this weight ("" when it can).
 std::string table_unsupported(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
 std::string streaming_unsupported(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
-/// The table engine (table.cpp).
-DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options);
-/// The streaming engine (stream.cpp).
+/// The table engine (table.cpp). With `comm`, `weight` is a row block of a weight sharded across
+/// its ranks: the counts (forward) and the gradient table (backward) are all-reduced.
+DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
+                        const std::shared_ptr<Communicator>& comm = nullptr);
+/// The streaming engine (stream.cpp). With `comm`, `weight` is a row block of a weight sharded
+/// across its ranks (per-tensor LUT): every reduction (forward and backward) is all-reduced.
 DKMOutput stream_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
-                         const at::Tensor& scale, const ClusterLayout& l);
+                         const at::Tensor& scale, const ClusterLayout& l,
+                         const std::shared_ptr<Communicator>& comm = nullptr);
 
 }  // namespace edkm::detail

@@ -65,20 +65,24 @@ void run_pass(const StreamParams& p, const at::Tensor& on) {
 // Everything a pass needs besides its mode: geometry, options, the saved history.
 struct Plan {
   StreamParams base;
-  at::Tensor partials;   // (G * chunks) x width, double
-  at::Tensor zero_mask;  // K x 1 of the compute type: 0 for centroid 0 under enforce_zero
+  at::Tensor partials;                 // (G * chunks) x width, double
+  at::Tensor zero_mask;                // K x 1 of the compute type: 0 for centroid 0 under enforce_zero
+  std::shared_ptr<Communicator> comm;  // sharded: sums over the ranks' row blocks
 
-  // Sums of a reducing pass per group: G x width.
+  // Sums of a reducing pass per group: G x width (over every rank's rows when sharded).
   at::Tensor reduce(StreamParams p, const at::Tensor& on) {
     p.partials = partials.data_ptr<double>();
     partials.zero_();
     run_pass(p, on);
-    return partials.view({p.groups, p.chunks, p.width}).sum(1);
+    auto sums = partials.view({p.groups, p.chunks, p.width}).sum(1);
+    shard_all_reduce(comm, sums);
+    return sums;
   }
 };
 
-Plan make_plan(const at::Tensor& x, const DKMOptions& o, at::ScalarType ct) {
+Plan make_plan(const at::Tensor& x, const DKMOptions& o, at::ScalarType ct, std::shared_ptr<Communicator> comm) {
   Plan plan;
+  plan.comm = std::move(comm);
   auto& p = plan.base;
   p.x = x.data_ptr();
   p.kind = value_kind(x.scalar_type());
@@ -106,9 +110,9 @@ class StreamFunction : public torch::autograd::Function<StreamFunction> {
  public:
   // x: G x n x d (any floating dtype, contiguous); centroids: G x K x d (constants).
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& centroids,
-                            const DKMOptions* options, DKMOutput* out) {
+                            const DKMOptions* options, DKMOutput* out, const std::shared_ptr<Communicator>* comm) {
     const auto ct = compute_dtype(x);
-    Plan plan = make_plan(x, *options, ct);
+    Plan plan = make_plan(x, *options, ct, *comm);
     const auto& b = plan.base;
     const int64_t G = b.groups, K = b.k, d = b.d, T = options->max_iter();
     auto c_hist = at::zeros({G, T + 1, K, d}, x.options().dtype(ct));
@@ -178,6 +182,7 @@ class StreamFunction : public torch::autograd::Function<StreamFunction> {
     ctx->saved_data["prune_threshold"] = options->prune_threshold();
     ctx->saved_data["enforce_zero"] = options->enforce_zero();
     ctx->saved_data["ran"] = ran;
+    ctx->saved_data["comm"] = comm_to_ivalue(*comm);
     return y;
   }
 
@@ -194,7 +199,7 @@ class StreamFunction : public torch::autograd::Function<StreamFunction> {
     const auto c_hist = ctx->saved_data["c_hist"].toTensor(), inv_s_hist = ctx->saved_data["inv_s_hist"].toTensor();
     const auto iters_t = ctx->saved_data["iters"].toTensor();
     const int64_t ran = ctx->saved_data["ran"].toInt();
-    Plan plan = make_plan(x, options, ct);
+    Plan plan = make_plan(x, options, ct, comm_from_ivalue(ctx->saved_data["comm"]));
     const auto& b = plan.base;
     const int64_t G = b.groups, K = b.k, d = b.d, T = options.max_iter();
     const auto gy = grads[0].to(x.scalar_type()).contiguous();
@@ -223,7 +228,7 @@ class StreamFunction : public torch::autograd::Function<StreamFunction> {
     p.pass = StreamPass::kGradInput;
     p.out = dx.data_ptr();
     run_pass(p, x);
-    return {dx, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -241,7 +246,7 @@ std::string streaming_unsupported(const at::Tensor& w, const ClusterLayout& l, c
 }
 
 DKMOutput stream_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
-                         const at::Tensor& scale, const ClusterLayout& l) {
+                         const at::Tensor& scale, const ClusterLayout& l, const std::shared_ptr<Communicator>& comm) {
 #if defined(EDKM_WITH_CUDA)
   std::optional<c10::cuda::CUDAGuard> guard;
   if (weight.is_cuda()) guard.emplace(weight.device());
@@ -253,7 +258,7 @@ DKMOutput stream_cluster(const at::Tensor& weight, const at::Tensor& centroids, 
   const at::Tensor x = l.cluster_dim == 1 && !s.defined() ? weight.contiguous().view({l.groups, l.vectors, 1})
                                                           : functional::to_vectors(weight.to(ct), l, s).contiguous();
   DKMOutput out;
-  auto y = StreamFunction::apply(x, centroids, &options, &out);
+  auto y = StreamFunction::apply(x, centroids, &options, &out, &comm);
   out.weight = functional::from_vectors(y, weight.sizes(), l, s).to(weight.scalar_type());
   return out;
 }

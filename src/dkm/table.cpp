@@ -98,10 +98,12 @@ at::Tensor full_table(const at::Tensor& compact, const at::Tensor& uidx) {
 class TableFunction : public torch::autograd::Function<TableFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& weight,
-                            const at::Tensor& centroids, const DKMOptions* options, DKMOutput* out) {
+                            const at::Tensor& centroids, const DKMOptions* options, DKMOutput* out,
+                            const std::shared_ptr<Communicator>* comm) {
     const auto w = weight.contiguous();
     const kernels::TableParams p{w.data_ptr(), w.numel(), kind_of(w)};
     auto counts = histogram(p, w);
+    shard_all_reduce(*comm, counts);  // sharded: the histogram of the whole weight
     auto values = pattern_values(p.kind, w.options());
     auto uidx = at::nonzero(counts.gt(0).logical_and(at::isfinite(values))).flatten();
     // The table is small: iterate it in fp64 (more accurate than the dense engine's fp32) unless
@@ -139,6 +141,7 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     ctx->saved_data["zero_threshold"] = options->zero_threshold();
     ctx->saved_data["prune_threshold"] = options->prune_threshold();
     ctx->saved_data["enforce_zero"] = options->enforce_zero();
+    ctx->saved_data["comm"] = comm_to_ivalue(*comm);
     out->centroids = it.centroids.detach();
     out->iterations = it.iterations;
     out->inertia = it.inertia.sum().item<double>();
@@ -165,6 +168,7 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     } else {
       kernels::table_scatter_add_cpu(p, g.data_ptr(), sums.data_ptr<double>());
     }
+    shard_all_reduce(comm_from_ivalue(ctx->saved_data["comm"]), sums);  // sharded: G of the whole weight
     const auto G = sums.index_select(0, uidx).to(v.scalar_type());
     at::Tensor e, a;
     {
@@ -189,19 +193,20 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     } else {
       kernels::table_backward_cpu(p, g.data_ptr(), slope.data_ptr<float>(), shift.data_ptr<float>(), dw.data_ptr());
     }
-    return {dw, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
-DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options) {
+DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
+                        const std::shared_ptr<Communicator>& comm) {
 #if defined(EDKM_WITH_CUDA)
   std::optional<c10::cuda::CUDAGuard> guard;
   if (weight.is_cuda()) guard.emplace(weight.device());
 #endif
   DKMOutput out;
-  out.weight = TableFunction::apply(weight, centroids, &options, &out);
+  out.weight = TableFunction::apply(weight, centroids, &options, &out, &comm);
   return out;
 }
 

@@ -1,0 +1,217 @@
+// ShardedOffloader: eDKM's sharding of saved tensors. Every rank runs the same computation; of each
+// saved storage a rank keeps only its 1/world block of bytes (host pool or device), and unpack
+// all-gathers the blocks into the whole storage, on which the saved view is rebuilt (as_strided
+// semantics via set_). De-dup by storage and one gather per storage per backward, as the offloader.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+
+#include <atomic>
+#include <mutex>
+#include <sstream>
+#include <unordered_map>
+
+#include "edkm/distributed.h"
+#include "edkm/host_pool.h"
+
+namespace edkm::dist {
+
+void ShardedOffloadOptions::validate() const {
+  TORCH_CHECK(min_bytes_ >= 0, "edkm: ShardedOffloadOptions::min_bytes must be >= 0, got ", min_bytes_);
+}
+
+std::string ShardedOffloadStats::to_string() const {
+  auto mib = [](int64_t b) { return std::to_string(static_cast<double>(b) / (1 << 20)) + " MiB"; };
+  std::ostringstream os;
+  os << "packed " << tensors_packed << " (sharded " << tensors_sharded << ", de-dup " << copies_avoided << "); "
+     << storages_sharded << " storages of " << mib(bytes_sharded) << " kept as blocks of " << mib(block_bytes)
+     << " now (peak " << mib(block_bytes_peak) << "); " << gathers << " all-gathers, " << restores_shared
+     << " restores shared";
+  return os.str();
+}
+
+namespace detail {
+
+struct ShardedOffloadState : std::enable_shared_from_this<ShardedOffloadState> {
+  ShardedOffloadState(std::shared_ptr<Communicator> c, ShardedOffloadOptions o)
+      : comm(std::move(c)), options(std::move(o)), pool(HostMemoryPoolOptions().pinned(options.pin_memory())) {}
+  std::shared_ptr<Communicator> comm;
+  ShardedOffloadOptions options;
+  HostMemoryPool pool;
+  std::atomic<int64_t> tensors_packed{0}, tensors_sharded{0}, storages_sharded{0}, copies_avoided{0}, bytes_sharded{0},
+      block_bytes{0}, block_bytes_peak{0}, gathers{0}, restores_shared{0};
+  std::mutex mu;  // guards by_storage
+
+  void add_block_bytes(int64_t b) {
+    const int64_t now = block_bytes.fetch_add(b) + b;
+    int64_t peak = block_bytes_peak.load();
+    while (now > peak && !block_bytes_peak.compare_exchange_weak(peak, now)) {
+    }
+  }
+
+  // This rank's block of one storage, shared by every saved view of it.
+  struct Shard {
+    std::shared_ptr<ShardedOffloadState> state;
+    at::Tensor block;  // chunk bytes (zero-padded past the storage end)
+    int64_t nbytes = 0, chunk = 0, version = 0;
+    at::Device device{at::kCPU};
+    std::mutex mu;  // guards what follows
+    // One gather per storage per backward: the whole storage is held from the first unpack of a
+    // round until every live view has been unpacked in that round (or freed).
+    at::Tensor keep;
+    int64_t round = 0, live_views = 0, seen_in_round = 0;
+    void settle() {
+      if (seen_in_round >= live_views) keep.reset();
+    }
+    ~Shard() { state->block_bytes.fetch_sub(block.defined() ? block.numel() : 0); }
+  };
+  struct Entry {
+    c10::weak_intrusive_ptr<c10::StorageImpl> source;  // pins the key's address (no ABA)
+    std::weak_ptr<Shard> shard;
+  };
+  std::unordered_map<const c10::StorageImpl*, Entry> by_storage;
+
+  struct Packed {
+    at::Tensor kept;  // defined when not sharded
+    std::shared_ptr<Shard> shard;
+    std::vector<int64_t> sizes, strides;
+    int64_t offset = 0;
+    at::ScalarType dtype = at::kFloat;
+    int64_t round_seen = -1;
+    void attach(std::shared_ptr<Shard> s) {
+      std::lock_guard<std::mutex> lock(s->mu);
+      ++s->live_views;
+      shard = std::move(s);
+    }
+    ~Packed() {
+      if (!shard) return;
+      std::lock_guard<std::mutex> lock(shard->mu);
+      --shard->live_views;
+      if (round_seen == shard->round) --shard->seen_in_round;
+      shard->settle();
+    }
+  };
+
+  void purge() {  // caller holds mu
+    for (auto it = by_storage.begin(); it != by_storage.end();)
+      it = it->second.source.expired() || it->second.shard.expired() ? by_storage.erase(it) : std::next(it);
+  }
+};
+
+}  // namespace detail
+
+using State = detail::ShardedOffloadState;
+
+ShardedOffloader::ShardedOffloader(std::shared_ptr<Communicator> comm, ShardedOffloadOptions options) {
+  TORCH_CHECK(comm != nullptr, "edkm: ShardedOffloader needs a communicator (dist::init_from_env())");
+  options.validate();
+  state_ = std::make_shared<State>(std::move(comm), std::move(options));
+}
+
+ShardedOffloader::~ShardedOffloader() = default;
+
+std::any ShardedOffloader::pack(const at::Tensor& tensor) {
+  auto& st = *state_;
+  st.tensors_packed.fetch_add(1);
+  auto packed = std::make_shared<State::Packed>();
+  const bool plain = tensor.defined() && (tensor.is_cpu() || tensor.is_cuda()) && tensor.layout() == at::kStrided &&
+                     !tensor.is_quantized() && !tensor.is_nested() && !tensor.is_conj() && !tensor.is_neg() &&
+                     tensor.has_storage() && !tensor.unsafeGetTensorImpl()->is_wrapped_number() && tensor.numel() > 0;
+  if (!plain || tensor.numel() * static_cast<int64_t>(tensor.element_size()) < st.options.min_bytes()) {
+    packed->kept = tensor;
+    return packed;
+  }
+  const c10::Storage& storage = tensor.storage();
+  const auto nbytes = static_cast<int64_t>(storage.nbytes());
+  const int64_t version = tensor._version();
+  packed->sizes = tensor.sizes().vec();
+  packed->strides = tensor.strides().vec();
+  packed->offset = tensor.storage_offset();
+  packed->dtype = tensor.scalar_type();
+  st.tensors_sharded.fetch_add(1);
+
+  std::lock_guard<std::mutex> lock(st.mu);
+  st.purge();
+  const c10::StorageImpl* key = storage.unsafeGetStorageImpl();
+  auto it = st.by_storage.find(key);
+  if (it != st.by_storage.end()) {
+    auto shard = it->second.shard.lock();
+    if (shard && shard->version == version && shard->nbytes == nbytes && shard->device == tensor.device()) {
+      st.copies_avoided.fetch_add(1);
+      packed->attach(std::move(shard));
+      return packed;
+    }
+  }
+  const int64_t world = st.comm->world_size(), rank = st.comm->rank();
+  auto shard = std::make_shared<State::Shard>();
+  shard->state = state_;
+  shard->nbytes = nbytes;
+  shard->chunk = (nbytes + world - 1) / world;
+  shard->version = version;
+  shard->device = tensor.device();
+  shard->block = st.options.to_host()
+                     ? st.pool.empty({shard->chunk}, at::kByte)
+                     : at::empty({shard->chunk}, at::TensorOptions().dtype(at::kByte).device(tensor.device()));
+  auto bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(tensor.device()));
+  bytes.set_(storage, 0, {nbytes}, {1});
+  const int64_t begin = std::min(nbytes, rank * shard->chunk), mine = std::min(nbytes, begin + shard->chunk) - begin;
+  if (mine > 0) shard->block.narrow(0, 0, mine).copy_(bytes.narrow(0, begin, mine));
+  if (mine < shard->chunk) shard->block.narrow(0, mine, shard->chunk - mine).zero_();
+  st.add_block_bytes(shard->chunk);
+  st.storages_sharded.fetch_add(1);
+  st.bytes_sharded.fetch_add(nbytes);
+  st.by_storage.erase(key);  // a stale entry (written in place since)
+  st.by_storage.emplace(key, State::Entry{storage.getWeakStorageImpl(), shard});
+  packed->attach(std::move(shard));
+  return packed;
+}
+
+at::Tensor ShardedOffloader::unpack(const std::any& value) {
+  const auto* p = std::any_cast<std::shared_ptr<State::Packed>>(&value);
+  TORCH_CHECK(p && *p, "edkm: ShardedOffloader::unpack: the value was not packed by a ShardedOffloader");
+  State::Packed& packed = **p;
+  if (!packed.shard) return packed.kept;
+  auto& shard = *packed.shard;
+  std::lock_guard<std::mutex> lock(shard.mu);
+  at::Tensor whole;
+  if (shard.keep.defined()) {
+    whole = shard.keep;
+    state_->restores_shared.fetch_add(1);
+    if (packed.round_seen != shard.round) {
+      packed.round_seen = shard.round;
+      ++shard.seen_in_round;
+    }
+  } else {
+    // Every rank reaches this gather for the same storage in the same order (the same graph).
+    whole = state_->comm->all_gather(shard.block.to(shard.device));
+    state_->gathers.fetch_add(1);
+    ++shard.round;
+    packed.round_seen = shard.round;
+    shard.seen_in_round = 1;
+    shard.keep = whole;
+  }
+  shard.settle();
+  auto out = at::empty({0}, at::TensorOptions().dtype(packed.dtype).device(shard.device));
+  out.set_(whole.storage(), packed.offset, packed.sizes, packed.strides);
+  return out;
+}
+
+ShardedOffloadStats ShardedOffloader::stats() const {
+  const auto& s = *state_;
+  ShardedOffloadStats out;
+  out.tensors_packed = s.tensors_packed;
+  out.tensors_sharded = s.tensors_sharded;
+  out.storages_sharded = s.storages_sharded;
+  out.copies_avoided = s.copies_avoided;
+  out.bytes_sharded = s.bytes_sharded;
+  out.block_bytes = s.block_bytes;
+  out.block_bytes_peak = s.block_bytes_peak;
+  out.gathers = s.gathers;
+  out.restores_shared = s.restores_shared;
+  return out;
+}
+
+int64_t ShardedOffloader::host_pool_reserved_bytes() const { return state_->pool.stats().reserved_bytes; }
+int64_t ShardedOffloader::host_pool_peak_reserved_bytes() const { return state_->pool.stats().peak_reserved_bytes; }
+
+}  // namespace edkm::dist
