@@ -71,7 +71,7 @@ struct Measurement {
 
 Measurement run_step(const StepInput& in, edkm::Engine engine, bool offload) {
   auto opts = in.options;
-  opts.engine(engine);
+  opts.engine(engine).table_fp32_as_bf16(engine == edkm::Engine::kTable);  // fp32: the table clusters the bf16 rounding
   std::shared_ptr<edkm::Offloader> off;
   if (offload)
     off = std::make_shared<edkm::Offloader>(
@@ -389,6 +389,9 @@ int main(int argc, char** argv) try {
   }
   chart.save(out + ".svg");
   return 0;
+} catch (const c10::Error& e) {
+  std::cerr << "edkm_bench_ablation: " << e.what_without_backtrace() << "\n";
+  return 1;
 } catch (const std::exception& e) {
   std::cerr << "edkm_bench_ablation: " << e.what() << "\n";
   return 1;

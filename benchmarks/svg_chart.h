@@ -12,7 +12,7 @@
 //   chart.categories = {"q_proj", "up_proj"};
 //   chart.series = {{"table", {1600, 4100}}, {"streaming", {5e5, 1e6}}};
 //   chart.save("benchmarks/results/ablation.svg");
-#include "bench_util.h"
+#include "results_io.h"
 
 #include <algorithm>
 #include <cmath>
