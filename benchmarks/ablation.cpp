@@ -307,8 +307,8 @@ int main(int argc, char** argv) try {
   md << "# eDKM memory ablation: LLaMA-7B decoder layer"
      << (scale > 1 ? " (shapes / " + std::to_string(scale) + ")" : "") << ", " << bits << " bits, " << dtype
      << ", forward+backward\n\nMachine: " << machine << ". Device: " << device
-     << (cpu ? " (device role = LibTorch's CPU allocator, host role = the offloader's host buffers)" : "")
-     << ". Every DKM iteration runs (max_iter " << max_iter << ", epsilon 0).\n\n";
+     << (cpu ? " (device role = LibTorch's CPU allocator, host role = the offloader's host buffers)" : "") << ", "
+     << at::get_num_threads() << " thread(s). Every DKM iteration runs (max_iter " << max_iter << ", epsilon 0).\n\n";
   auto table = [&](const nlohmann::json& list, bool with_matrix) {
     md << "| " << (with_matrix ? "matrix | shape | " : "") << "configuration | peak device MiB | overhead MiB | "
        << "peak host MiB | traffic MiB | step s | memory vs dense (peak) | memory vs dense (overhead) | time vs dense "

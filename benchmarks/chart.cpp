@@ -6,8 +6,9 @@
 //       --value step_seconds --title "step time" --y-label s --out chart.svg [--log]
 //
 // The rows are a JSON array of objects: the document itself, or its member `--rows`. Each row
-// gives one bar: its category (x axis; several keys joined with " "), its series (colour) and its
-// value (a number; rows without one are skipped).
+// gives one bar per --value key: its category (x axis; several keys joined with " "), its series
+// (colour: the --series key's value and/or the value key) and its value (a number; rows without
+// one are skipped).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
@@ -32,7 +33,8 @@ int main(int argc, char** argv) try {
   app.add_option("--rows", rows_key, "member holding the array of rows (default: the document is the array)");
   app.add_option("--category", category, "comma-separated keys naming a bar's x-axis category")->required();
   app.add_option("--series", series_key, "key naming a bar's series (colour); default: one series");
-  app.add_option("--value", value_key, "key of the bar's value")->required();
+  app.add_option("--value", value_key, "key of the bar's value; several (comma-separated): one series each")
+      ->required();
   app.add_option("--title", title);
   app.add_option("--y-label", y_label);
   app.add_option("--machine", machine, "machine line (default: the document's \"machine\", else EDKM_BENCH_MACHINE)");
@@ -54,24 +56,27 @@ int main(int argc, char** argv) try {
                                                                : edkm::bench::machine_name();
   chart.log_scale = log_scale;
   const auto keys = edkm::bench::split(category);
-  for (const auto& r : rows) {
-    if (!r.is_object() || !r.contains(value_key) || !r[value_key].is_number()) continue;
-    std::string cat;
-    for (const auto& k : keys) cat += (cat.empty() ? "" : " ") + (r.contains(k) ? text_of(r[k]) : std::string("?"));
-    const std::string ser = series_key.empty() ? value_key : (r.contains(series_key) ? text_of(r[series_key]) : "?");
-    auto c = std::find(chart.categories.begin(), chart.categories.end(), cat);
-    if (c == chart.categories.end()) {
-      chart.categories.push_back(cat);
-      for (auto& s : chart.series) s.values.push_back(std::nan(""));
-      c = chart.categories.end() - 1;
+  const auto values = edkm::bench::split(value_key);
+  for (const auto& r : rows)
+    for (const auto& vk : values) {
+      if (!r.is_object() || !r.contains(vk) || !r[vk].is_number()) continue;
+      std::string cat;
+      for (const auto& k : keys) cat += (cat.empty() ? "" : " ") + (r.contains(k) ? text_of(r[k]) : std::string("?"));
+      std::string ser = series_key.empty() ? vk : (r.contains(series_key) ? text_of(r[series_key]) : "?");
+      if (!series_key.empty() && values.size() > 1) ser += " " + vk;
+      auto c = std::find(chart.categories.begin(), chart.categories.end(), cat);
+      if (c == chart.categories.end()) {
+        chart.categories.push_back(cat);
+        for (auto& s : chart.series) s.values.push_back(std::nan(""));
+        c = chart.categories.end() - 1;
+      }
+      auto s = std::find_if(chart.series.begin(), chart.series.end(), [&](const auto& x) { return x.name == ser; });
+      if (s == chart.series.end()) {
+        chart.series.push_back({ser, std::vector<double>(chart.categories.size(), std::nan(""))});
+        s = chart.series.end() - 1;
+      }
+      s->values[static_cast<size_t>(c - chart.categories.begin())] = r[vk].get<double>();
     }
-    auto s = std::find_if(chart.series.begin(), chart.series.end(), [&](const auto& x) { return x.name == ser; });
-    if (s == chart.series.end()) {
-      chart.series.push_back({ser, std::vector<double>(chart.categories.size(), std::nan(""))});
-      s = chart.series.end() - 1;
-    }
-    s->values[static_cast<size_t>(c - chart.categories.begin())] = r[value_key].get<double>();
-  }
   if (chart.categories.empty()) throw std::runtime_error(json_path + ": no row has a numeric '" + value_key + "'");
   chart.save(out);
   return 0;
