@@ -296,9 +296,16 @@ int main(int argc, char** argv) try {
   }
 
   const std::string machine = edkm::bench::machine_name();
-  nlohmann::json doc = {{"benchmark", "ablation"}, {"machine", machine}, {"device", device},
-                        {"dtype", dtype},          {"bits", bits},       {"max_iter", max_iter},
-                        {"scale", scale},          {"rows", results},    {"layer", totals}};
+  nlohmann::json doc = {{"benchmark", "ablation"},
+                        {"machine", machine},
+                        {"device", device},
+                        {"dtype", dtype},
+                        {"bits", bits},
+                        {"max_iter", max_iter},
+                        {"threads", at::get_num_threads()},
+                        {"scale", scale},
+                        {"rows", results},
+                        {"layer", totals}};
   edkm::bench::write_file_atomic(out + ".json", doc.dump(2) + "\n");
 
   // Markdown: the layer first (the headline), then every matrix.
@@ -349,6 +356,49 @@ int main(int argc, char** argv) try {
           "once the offloader allocates from edkm::HostMemoryPool, it is the device role alone.\n";
   md << "\nNot in this table yet: eDKM's +uniquification, +sharding and combined rows (added with the offloader's "
         "uniquify option and the c10d sharded offloader).\n";
+
+  // The targets, checked on the layer figures (clustering overhead, dense / configuration).
+  md << "\n## Targets\n\n";
+  const nlohmann::json *dense_total = nullptr, *combined = nullptr;
+  for (const auto& t : totals) {
+    if (t["config"] == "dense") dense_total = &t;
+    if (t["config"] == "eDKM combined") combined = &t;
+  }
+  constexpr double kPaperCombined = 130;  // eDKM (arXiv 2309.00964): all techniques, ~130x less than dense
+  if (!dense_total) {
+    md << "- no dense row in this run: no ratios.\n";
+  } else {
+    const double dense_over = (*dense_total)["overhead_bytes"].get<double>();
+    double combined_ratio = 0;
+    if (combined) {
+      const double v = (*combined)["overhead_bytes"].get<double>();
+      combined_ratio = v > 0 ? dense_over / v : 1e300;
+      md << "- eDKM combined >= " << kPaperCombined << "x (paper, GPU): " << times(dense_over, v)
+         << (combined_ratio >= kPaperCombined ? " - met" : " - NOT met") << (cpu ? " (a CPU run)" : "") << ".\n";
+    } else {
+      md << "- eDKM combined >= " << kPaperCombined << "x (paper, GPU): not measured, the row is not in this "
+         << "build; the table and streaming rows are held to 10x the paper's figure instead.\n";
+    }
+    const double goal = 10 * (combined ? combined_ratio : kPaperCombined);
+    for (const auto& t : totals) {
+      const std::string name = t["config"].get<std::string>();
+      if (name != "table" && name != "streaming") continue;
+      const double v = t["overhead_bytes"].get<double>(), r = v > 0 ? dense_over / v : 1e300;
+      md << "- " << name << " >= 10x beyond " << (combined ? "eDKM combined" : "the paper's 130x") << " (" << std::fixed
+         << std::setprecision(0) << goal << "x): " << times(dense_over, v) << (r >= goal ? " - met" : " - NOT met")
+         << ".\n";
+      if (r < goal && name == "table")
+        md << "  Where the memory goes: the table engine's clustering memory is a fixed set of 65,536-entry "
+              "tables per iteration (T x 65,536 x K values and their gradients, ~"
+           << mib(v) << " MiB here), independent of the weight's size: against dense's N x K maps the ratio "
+           << "grows with N and falls short on small (--quick) shapes; the rest of its peak is the weight, "
+              "W_soft and their gradients, which every engine holds.\n";
+      if (r < goal && name == "streaming")
+        md << "  Where the memory goes: the streaming engine keeps only T x K centroids and per-chunk partial "
+              "sums (~"
+           << mib(v) << " MiB here); the rest of its peak is the weight, W_soft and their gradients.\n";
+    }
+  }
   edkm::bench::write_file_atomic(out + ".md", md.str());
   std::cout << md.str();
 

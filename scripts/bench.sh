@@ -9,7 +9,8 @@
 # older dkm_memory / offload_memory / utils_memory benchmarks (charts drawn from their JSON by
 # edkm_bench_chart). With a CUDA build and a GPU, the ablation and dkm_memory also run on cuda.
 # Environment: EDKM_BENCH_MACHINE names the machine in the results (default: this project's CI box,
-# "2-core x86-64 CPU, 24 GiB, no GPU"); OMP_NUM_THREADS as you like (default: all cores); the
+# "2-core x86-64 CPU, 24 GiB, no GPU"); OMP_NUM_THREADS (default 1: comparable, single-threaded
+# figures; spinning OpenMP workers on a busy 2-core machine make steps several times slower); the
 # build knobs of scripts/build.sh (EDKM_BUILD_DIR, EDKM_JOBS, ...). Full shapes need ~17 GB of free
 # memory (dense DKM on 11008x4096 at 3 bits) and take about 30 minutes on 2 cores.
 set -euo pipefail
@@ -24,6 +25,7 @@ for a in "$@"; do
   esac
 done
 build="${EDKM_BUILD_DIR:-$root/build}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 EDKM_BUILD_DIR="$build" EDKM_TARGET=edkm_bench_chart bash "$here/build.sh" -DEDKM_BUILD_BENCHMARKS=ON
 source "$here/env.sh"
 edkm_torch >/dev/null  # sets EDKM_PYTHON (build.sh installed whatever was missing)
@@ -43,6 +45,7 @@ if grep -q 'EDKM_WITH_CUDA' "$build/CMakeCache.txt" 2>/dev/null && command -v nv
   nvidia-smi -L >/dev/null 2>&1; then gpu=1; fi
 chart() { "$b/edkm_bench_chart" "$@"; }
 start=$SECONDS
+echo "bench.sh: OMP_NUM_THREADS=$OMP_NUM_THREADS, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 step() { echo; echo "=== $* ($((SECONDS - start)) s so far)"; }
 
 step "ablation: LLaMA-7B decoder layer, 3 bits, bf16"
