@@ -279,7 +279,7 @@ int main(int argc, char** argv) try {
   md << "# Kernel benchmarks (CPU)\n\nMachine: " << machine << ", " << at::get_num_threads()
      << " thread(s). Memory bandwidth measured in the same run (best of the copy / triad probes): " << std::fixed
      << std::setprecision(2) << g_bandwidth / 1e9
-     << " GB/s.\n\n| kernel | shape | time ms | GB/s | fraction of bandwidth | Gweights/s "
+     << " GB/s.\n\n| kernel | shape | time ms | GB/s | fraction of bandwidth | Mweights/s "
         "|\n|---|---|---|---|---|---|\n";
   for (const auto& r : rows) {
     md << "| " << r["kernel"].get<std::string>() << " | " << r["shape"].get<std::string>() << " | "
