@@ -140,19 +140,25 @@ edkm::DKMOptions engine_options(edkm::Engine e) {
   return edkm::DKMOptions(3).epsilon(0).engine(e);  // every iteration runs
 }
 
-void BM_TableEngine_ForwardBackward(benchmark::State& state) {
+/// Times forward+backward of `engine` on a seeded rows x g_cols bf16 weight; returns N.
+double time_forward_backward(benchmark::State& state, edkm::Engine engine, int64_t rows) {
   at::manual_seed(0);
-  const auto opts = engine_options(edkm::Engine::kTable);
-  auto w = (at::randn({g_rows, g_cols}) * 0.02).to(at::kBFloat16);
-  auto grad = at::randn({g_rows, g_cols}).to(at::kBFloat16);
+  const auto opts = engine_options(engine);
+  auto w = (at::randn({rows, g_cols}) * 0.02).to(at::kBFloat16);
+  auto grad = at::randn({rows, g_cols}).to(at::kBFloat16);
   auto c = edkm::functional::init_centroids(w, opts);
   for (auto _ : state) {
     auto wr = w.detach().requires_grad_(true);
     edkm::functional::dkm_cluster(wr, c, opts).weight.backward(grad);
     benchmark::DoNotOptimize(wr.grad().data_ptr());
   }
+  return static_cast<double>(w.numel());
+}
+
+void BM_TableEngine_ForwardBackward(benchmark::State& state) {
+  const double n = time_forward_backward(state, edkm::Engine::kTable, g_rows);
   // histogram + gather forward (2 + 4 bytes / weight), scatter-add + backward (4 + 6)
-  set_bandwidth_counters(state, 16.0 * w.numel());
+  set_bandwidth_counters(state, 16.0 * n);
 }
 
 void BM_Streaming_Forward(benchmark::State& state) {
@@ -170,17 +176,8 @@ void BM_Streaming_Forward(benchmark::State& state) {
 }
 
 void BM_Streaming_ForwardBackward(benchmark::State& state) {
-  at::manual_seed(0);
-  const auto opts = engine_options(edkm::Engine::kStreaming);
-  auto w = (at::randn({g_stream_rows, g_cols}) * 0.02).to(at::kBFloat16);
-  auto grad = at::randn({g_stream_rows, g_cols}).to(at::kBFloat16);
-  auto c = edkm::functional::init_centroids(w, opts);
-  for (auto _ : state) {
-    auto wr = w.detach().requires_grad_(true);
-    edkm::functional::dkm_cluster(wr, c, opts).weight.backward(grad);
-    benchmark::DoNotOptimize(wr.grad().data_ptr());
-  }
-  const double es = 2, n = static_cast<double>(w.numel()), T = static_cast<double>(opts.max_iter());
+  const double n = time_forward_backward(state, edkm::Engine::kStreaming, g_stream_rows);
+  const double es = 2, T = static_cast<double>(engine_options(edkm::Engine::kStreaming).max_iter());
   // forward: (T + 1) reads + 1 write; backward: (1 + (T - 1) + 1) passes reading w and g + 1 write
   set_bandwidth_counters(state, ((T + 1) * n + n + (T + 1) * 2 * n + n) * es);
   state.counters["weights_per_s"] = benchmark::Counter(n * state.iterations(), benchmark::Counter::kIsRate);
