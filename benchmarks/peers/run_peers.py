@@ -231,6 +231,23 @@ def main():
         md.append(f"| {r['side']} | {r['config']} | {r['matrix']} (x{r['multiplicity']}) | {r['shape']} | {r['dtype']} "
                   f"| {mib(step_peak(r))} | {mib(r['hwm_bytes'])} | {r['step_seconds']:.3f} | {mr} | {tr} | {ag} | "
                   f"{agd} |")
+    # the issue's target: lower peak memory and shorter step time than coremltools, every configuration
+    md += ["", "## Targets: below coremltools in memory and time (layer, against its best runnable configuration)",
+           ""]
+    why = {"dense": "the dense engine is the reference: it computes 16-bit weights in fp32 (tau = 1e-4 needs the "
+                    "precision), so its N x K maps take twice coremltools' bf16 maps",
+           "+marshaling": "on a CPU the offloader moves saved tensors host-to-host: nothing leaves the memory "
+                          "measured, and the copies cost time (on a GPU it frees device memory)"}
+    for t in layer.values():
+        if t["side"] != "edkm" or not base:
+            continue
+        mr, tr = t["step_peak_bytes"] / base["step_peak_bytes"], t["step_seconds"] / base["step_seconds"]
+        ok = mr < 1 and tr < 1
+        line = (f"- {t['config']}: memory {mr:.3f}x, time {tr:.3f}x of coremltools - "
+                f"{'met' if ok else 'NOT met'}")
+        if not ok and t["config"] in why:
+            line += f" ({why[t['config']]})"
+        md.append(line)
     md += ["", f"coremltools' eDKM options: {WHY_NOT}. Agreement is relative to coremltools' largest value; in "
                f"16-bit dtypes coremltools computes the distances and the softmax in the weight's dtype and edkm in "
                f"fp32, so they differ by that rounding; the fp32 rows show the two compute the same function."]
