@@ -73,16 +73,16 @@ inline std::string xml_escape(const std::string& s) {
   return out;
 }
 
-/// Short number for labels: 3 significant digits, k/M/G suffixes above 10^4.
+/// Short number for labels: 3 significant digits with k/M/G suffixes (1500 -> "1.5k").
 inline std::string short_number(double v) {
   if (!std::isfinite(v)) return std::isnan(v) ? "-" : "inf";
   const double a = std::fabs(v);
   char buf[32];
-  if (a >= 1e10)
+  if (a >= 1e9)
     std::snprintf(buf, sizeof buf, "%.3gG", v / 1e9);
-  else if (a >= 1e7)
+  else if (a >= 1e6)
     std::snprintf(buf, sizeof buf, "%.3gM", v / 1e6);
-  else if (a >= 1e4)
+  else if (a >= 1e3)
     std::snprintf(buf, sizeof buf, "%.3gk", v / 1e3);
   else
     std::snprintf(buf, sizeof buf, "%.3g", v);

@@ -122,6 +122,7 @@ def main():
     ap.add_argument("--chart", required=True, help="edkm_bench_chart binary")
     ap.add_argument("--quick", action="store_true", help="shapes / 8")
     ap.add_argument("--scale", type=int, default=0, help="divide the shapes by this (default 1, --quick 8)")
+    ap.add_argument("--matrices", default="", help="comma-separated subset of the layer's matrices (default: all)")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     ap.add_argument("--bits", type=int, default=3)
     ap.add_argument("--max-iter", type=int, default=3)
@@ -133,7 +134,13 @@ def main():
 
     # distinct shapes, with how many matrices of the layer have each
     shapes, count = [], {}
+    wanted = [m for m in args.matrices.split(",") if m]
+    unknown = set(wanted) - {name for name, _, _ in LAYER}
+    if unknown:
+        ap.error(f"--matrices: unknown {sorted(unknown)}; the layer has {[name for name, _, _ in LAYER]}")
     for name, r, c in LAYER:
+        if wanted and name not in wanted:
+            continue
         key = (r // scale, c // scale)
         if key not in count:
             shapes.append((name, *key))
