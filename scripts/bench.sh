@@ -12,7 +12,7 @@
 # "2-core x86-64 CPU, 24 GiB, no GPU"); OMP_NUM_THREADS (default 1: comparable, single-threaded
 # figures; spinning OpenMP workers on a busy 2-core machine make steps several times slower); the
 # build knobs of scripts/build.sh (EDKM_BUILD_DIR, EDKM_JOBS, ...). Full shapes need ~17 GB of free
-# memory (dense DKM on 11008x4096 at 3 bits) and take about 30 minutes on 2 cores.
+# memory (dense DKM on 11008x4096 at 3 bits) and take about 40 minutes on 2 cores (estimate).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
