@@ -61,6 +61,8 @@ step "peers: coremltools DKMPalettizer"
 if "$EDKM_PYTHON" -c "import coremltools.optimize.torch, safetensors" >/dev/null 2>&1; then
   "$EDKM_PYTHON" "$root/benchmarks/peers/run_peers.py" "${q[@]}" --ablation "$b/edkm_bench_ablation" \
     --chart "$b/edkm_bench_chart" --out "$out/peers_cpu"
+  [ "$gpu" = 1 ] && "$EDKM_PYTHON" "$root/benchmarks/peers/run_peers.py" "${q[@]}" --device cuda \
+    --ablation "$b/edkm_bench_ablation" --chart "$b/edkm_bench_chart" --out "$out/peers_cuda"
 else
   echo "skipped: coremltools / safetensors not importable by $EDKM_PYTHON"
 fi
