@@ -1,11 +1,13 @@
 #pragma once
-// Helpers shared by the benchmark programs: argument parsing and device synchronisation.
+// Helpers shared by the benchmark programs: argument parsing and device synchronisation (the
+// torch-free ones are in results_io.h).
 #include <ATen/core/Tensor.h>
 
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "results_io.h"
 
 #if defined(EDKM_WITH_CUDA)
 #include <c10/cuda/CUDAFunctions.h>
@@ -18,14 +20,6 @@ inline std::vector<int64_t> parse_shape(const std::string& s) {
   auto x = s.find('x');
   if (x == std::string::npos) throw std::invalid_argument("shape must be RxC, got " + s);
   return {std::stoll(s.substr(0, x)), std::stoll(s.substr(x + 1))};
-}
-
-/// "a,b,c" -> {"a", "b", "c"}.
-inline std::vector<std::string> split(const std::string& text, char sep = ',') {
-  std::vector<std::string> parts;
-  std::stringstream ss(text);
-  for (std::string s; std::getline(ss, s, sep);) parts.push_back(s);
-  return parts;
 }
 
 /// Waits for the device's queued work (no-op on the CPU).

@@ -1,0 +1,450 @@
+// eDKM's memory ablation on a LLaMA-7B decoder layer: one DKM forward+backward per weight matrix
+// (q, k, v, o 4096x4096; gate, up 11008x4096; down 4096x11008) at 3 bits, per configuration.
+//
+//   edkm_bench_ablation --device cpu --out benchmarks/results/ablation_cpu           # full shapes
+//   edkm_bench_ablation --quick --out benchmarks/results/quick/ablation_cpu          # shapes / 8
+//
+// Columns: peak device memory, peak host memory, device<->host traffic, step time, and the ratios
+// to the dense row. The matrices run one at a time, so the layer's peak is the maximum over its
+// matrices and its time the sum. Writes OUT.json, OUT.md and OUT.svg.
+//
+// Device and host on a CPU-only machine: everything is host memory there; the offloader runs in
+// host-to-host mode and the "device" role is played by LibTorch's CPU allocator (what
+// edkm::MemoryMeter counts), the "host" role by the offloader's host buffers (its statistics).
+//
+// Rows are entries of `configurations()`: the extension point. eDKM's +uniquification,
+// +sharding and combined rows are added there when the offloader's uniquify option and the c10d
+// sharded offloader land; they are not measured (nor imitated) here before that.
+//
+// For the peers comparison (benchmarks/peers/) the program can read its inputs from a
+// safetensors file (`--inputs`: <matrix>.weight, <matrix>.centroids, <matrix>.grad) and write
+// W_soft and dL/dW (`--save-output`); every row also records the process's VmRSS before its first
+// step and VmHWM after its last, which are meaningful when one process runs one row.
+#include <ATen/ATen.h>
+#include <edkm/edkm.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+
+#include "bench_util.h"
+#include "svg_chart.h"
+
+using edkm::bench::parse_shape;
+using edkm::bench::split;
+using edkm::bench::sync;
+
+namespace {
+
+struct Matrix {
+  std::string name;
+  int64_t rows, cols;
+};
+
+/// The seven weight matrices of a LLaMA-7B decoder layer.
+const std::vector<Matrix> kLlama7BLayer = {
+    {"q_proj", 4096, 4096},     {"k_proj", 4096, 4096},   {"v_proj", 4096, 4096},    {"o_proj", 4096, 4096},
+    {"gate_proj", 11008, 4096}, {"up_proj", 11008, 4096}, {"down_proj", 4096, 11008}};
+
+/// What one configuration is given: the weight, initial centroids, upstream gradient, options.
+struct StepInput {
+  at::Tensor weight, centroids, grad;  // weight and grad on the device; centroids G x K x 1
+  edkm::DKMOptions options;
+  at::Device device = at::kCPU;
+  int64_t min_bytes = int64_t{1} << 20;  // offloader threshold
+};
+
+/// One forward+backward, measured.
+struct Measurement {
+  int64_t device_peak = 0;             // bytes: the step's peak + the weight and upstream gradient held outside it
+  int64_t host_peak = 0;               // bytes in host buffers at most (offloading rows)
+  int64_t traffic = 0;                 // bytes device -> host + host -> device
+  double seconds = 0;                  // wall time of the step
+  bool host_in_device_figure = false;  // host buffers were allocated by the allocator the device figure counts
+  at::Tensor soft, dweight;            // W_soft and dL/dW (kept for --save-output)
+};
+
+Measurement run_step(const StepInput& in, edkm::Engine engine, bool offload) {
+  auto opts = in.options;
+  opts.engine(engine).table_fp32_as_bf16(engine == edkm::Engine::kTable);  // fp32: the table clusters the bf16 rounding
+  std::shared_ptr<edkm::Offloader> off;
+  if (offload)
+    off = std::make_shared<edkm::Offloader>(
+        edkm::OffloadOptions().min_bytes(in.min_bytes).host_to_host(in.device.is_cpu()));
+  auto w = in.weight.clone().requires_grad_(true);
+  const int64_t outside = 2 * w.numel() * w.element_size();  // the weight and the upstream gradient
+  Measurement m;
+  sync(in.device);
+  {
+    edkm::MemoryMeter meter;
+    const auto t0 = std::chrono::steady_clock::now();
+    at::Tensor y;
+    {
+      std::optional<edkm::SavedTensorHooksGuard> guard;
+      if (off) guard.emplace(off);
+      y = edkm::functional::dkm_cluster(w, in.centroids, opts).weight;
+    }
+    y.backward(in.grad);
+    sync(in.device);
+    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const auto rep = meter.report();
+    m.device_peak = (in.device.is_cuda() ? rep.cuda : rep.cpu).peak_delta() + outside;
+    m.soft = y.detach();
+  }
+  m.dweight = w.grad();
+  if (off) {
+    const auto st = off->stats();
+    m.host_peak = st.host_bytes_peak;
+    m.traffic = st.bytes_offloaded + st.bytes_restored;
+    if (in.device.is_cpu()) {
+      // Are the host buffers counted by the CPU allocator meter? Free the pool and look.
+      const int64_t cached = off->stats().pool_cached_bytes, before = edkm::cpu_bytes_in_use();
+      off->empty_pool();
+      m.host_in_device_figure = cached > 0 && before - edkm::cpu_bytes_in_use() >= cached;
+    }
+  }
+  return m;
+}
+
+/// One row of the ablation table.
+struct Configuration {
+  std::string name;  // as in the table
+  std::string what;  // one line: what it does
+  std::function<Measurement(const StepInput&)> step;
+};
+
+/// The rows, in table order. Extension point: eDKM's "+uniquification" (offloader uniquify),
+/// "+sharding" (c10d sharded offloader, run under torchrun) and "eDKM combined" rows go between
+/// "+marshaling" and "table" when those features land.
+std::vector<Configuration> configurations() {
+  using edkm::Engine;
+  return {
+      {"dense", "plain autograd over N x K maps (the reference)",
+       [](const StepInput& in) { return run_step(in, Engine::kDense, false); }},
+      {"+marshaling", "dense under edkm::Offloader: saved tensors to host, de-duplicated by storage",
+       [](const StepInput& in) { return run_step(in, Engine::kDense, true); }},
+      {"table", "table engine: 65,536-pattern uniquification, no index list",
+       [](const StepInput& in) { return run_step(in, Engine::kTable, false); }},
+      {"streaming", "streaming engine: fused passes, backward recomputes from saved centroids",
+       [](const StepInput& in) { return run_step(in, Engine::kStreaming, false); }},
+  };
+}
+
+std::string mib(double bytes) {
+  std::ostringstream f;
+  f << std::fixed << std::setprecision(bytes < 10 * (1 << 20) ? 2 : 1) << bytes / (1 << 20);
+  return f.str();
+}
+
+/// "123x" / "inf" for a ratio (dense / config) of memory figures.
+std::string times(double dense, double value) {
+  if (value <= 0) return dense > 0 ? "inf (0 B)" : "-";
+  std::ostringstream f;
+  const double r = dense / value;
+  f << std::fixed << std::setprecision(r < 10 ? 2 : r < 100 ? 1 : 0) << r << "x";
+  return f.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  CLI::App app{"edkm: eDKM memory ablation on a LLaMA-7B decoder layer (forward+backward per weight matrix)"};
+  std::string device = "cpu", dtype = "bf16", out = "benchmarks/results/ablation_cpu", matrices, configs, shape, inputs,
+              save_output;
+  int64_t bits = 3, repeats = 1, scale = 1, min_bytes = int64_t{1} << 20, max_iter = 3;
+  bool quick = false, no_warmup = false;
+  app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", dtype, "weight dtype (LLaMA checkpoints are bf16)")
+      ->check(CLI::IsMember({"bf16", "fp16", "fp32"}));
+  app.add_option("--bits", bits)->check(CLI::Range(1, 8));
+  app.add_option("--max-iter", max_iter, "DKM iterations (all run: epsilon = 0)")->check(CLI::Range(1, 100));
+  app.add_option("--matrices", matrices,
+                 "comma-separated subset of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
+                 "down_proj (default: all)");
+  app.add_option("--configs", configs, "comma-separated subset of the rows (default: all)");
+  app.add_option("--scale", scale, "divide every shape by this (1: the real shapes)")->check(CLI::Range(1, 4096));
+  app.add_flag("--quick", quick, "the shapes divided by 8 (unless --scale is given)");
+  app.add_option("--shape", shape, "RxC: one matrix of this shape instead of the layer (tests)");
+  app.add_option("--repeats", repeats, "timed repetitions (best time, highest peak)")->check(CLI::Range(1, 100));
+  app.add_flag("--no-warmup", no_warmup, "no untimed warm-up run before the timed ones");
+  app.add_option("--min-bytes", min_bytes, "offloader: saved tensors of at least this many bytes go to host");
+  app.add_option("--inputs", inputs, "safetensors with <matrix>.weight / .centroids / .grad (default: seeded)");
+  app.add_option("--save-output", save_output, "write <matrix>.<config>.soft / .dweight to this safetensors file");
+  app.add_option("--out", out, "output path without extension (.json, .md and .svg are written)");
+  CLI11_PARSE(app, argc, argv);
+  if (quick && scale == 1) scale = 8;
+
+  const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
+  const auto st = dtype == "bf16" ? at::kBFloat16 : dtype == "fp16" ? at::kHalf : at::kFloat;
+  std::vector<Matrix> layer;
+  if (!shape.empty()) {
+    const auto s = parse_shape(shape);
+    layer.push_back({"matrix", s[0], s[1]});
+  } else {
+    const auto wanted = split(matrices);
+    for (const auto& m : kLlama7BLayer)
+      if (matrices.empty() || std::count(wanted.begin(), wanted.end(), m.name))
+        layer.push_back({m.name, m.rows / scale, m.cols / scale});
+    TORCH_CHECK(!layer.empty(), "--matrices '", matrices, "' names none of the layer's matrices");
+  }
+  std::vector<Configuration> rows;
+  const auto wanted_configs = split(configs);
+  for (auto& c : configurations())
+    if (configs.empty() || std::count(wanted_configs.begin(), wanted_configs.end(), c.name)) rows.push_back(c);
+  TORCH_CHECK(!rows.empty(), "--configs '", configs, "' names none of the rows");
+
+  std::optional<edkm::SafetensorsFile> given;
+  if (!inputs.empty()) given = edkm::load_safetensors(inputs);
+  edkm::SafetensorsFile saved;
+  nlohmann::json results = nlohmann::json::array();
+  const int64_t rss_start = edkm::bench::proc_status_bytes("VmRSS");
+  edkm::ProgressBar bar(static_cast<int64_t>(layer.size() * rows.size()), "ablation");
+  for (size_t mi = 0; mi < layer.size(); ++mi) {
+    const auto& mat = layer[mi];
+    StepInput in;
+    in.device = dev;
+    in.min_bytes = min_bytes;
+    in.options = edkm::DKMOptions(bits).epsilon(0).max_iter(max_iter);  // every iteration runs: the worst case
+    if (given) {
+      auto get = [&](const std::string& what) {
+        auto it = given->tensors.find(mat.name + "." + what);
+        TORCH_CHECK(it != given->tensors.end(), inputs, " has no tensor ", mat.name, ".", what);
+        return it->second;
+      };
+      in.weight = get("weight").to(st).to(dev);
+      in.centroids = get("centroids").to(at::kFloat).to(dev);
+      in.grad = get("grad").to(st).to(dev);
+      TORCH_CHECK(in.grad.sizes() == in.weight.sizes(), mat.name, ".grad must have the weight's shape");
+    } else {
+      at::manual_seed(static_cast<uint64_t>(1000 + mi));
+      in.weight = (at::randn({mat.rows, mat.cols}) * 0.02).to(st).to(dev);
+      in.grad = at::randn({mat.rows, mat.cols}).to(st).to(dev);
+      in.centroids = edkm::functional::init_centroids(in.weight, in.options);
+    }
+    for (const auto& cfg : rows) {
+      Measurement best;
+      best.seconds = 1e300;
+      for (int64_t r = no_warmup ? 1 : 0; r <= repeats; ++r) {
+        auto m = cfg.step(in);
+        if (r == 0) continue;  // warm-up
+        best.seconds = std::min(best.seconds, m.seconds);
+        best.device_peak = std::max(best.device_peak, m.device_peak);
+        best.host_peak = std::max(best.host_peak, m.host_peak);
+        best.traffic = m.traffic;
+        best.host_in_device_figure = m.host_in_device_figure;
+        best.soft = m.soft, best.dweight = m.dweight;
+      }
+      const int64_t base = 4 * in.weight.numel() * in.weight.element_size();  // weight, W_soft, dW, dW_soft
+      results.push_back({{"matrix", mat.name},
+                         {"shape", std::to_string(mat.rows) + "x" + std::to_string(mat.cols)},
+                         {"config", cfg.name},
+                         {"what", cfg.what},
+                         {"device", device},
+                         {"dtype", dtype},
+                         {"bits", bits},
+                         {"device_peak_bytes", best.device_peak},
+                         {"overhead_bytes", std::max<int64_t>(0, best.device_peak - base)},
+                         {"host_peak_bytes", best.host_peak},
+                         {"traffic_bytes", best.traffic},
+                         {"host_in_device_figure", best.host_in_device_figure},
+                         {"step_seconds", best.seconds},
+                         {"rss_start_bytes", rss_start},
+                         {"hwm_bytes", edkm::bench::proc_status_bytes("VmHWM")}});
+      if (!save_output.empty()) {
+        saved.tensors[mat.name + "." + cfg.name + ".soft"] = best.soft.cpu();
+        saved.tensors[mat.name + "." + cfg.name + ".dweight"] = best.dweight.cpu();
+      }
+      bar.tick(mat.name + " " + cfg.name);
+    }
+  }
+  bar.finish();
+  if (!save_output.empty()) edkm::save_safetensors(save_output, saved);
+
+  // Layer totals: the matrices run one at a time, so peaks are maxima and times sums.
+  auto find = [&](const std::string& matrix, const std::string& config) -> const nlohmann::json* {
+    for (const auto& r : results)
+      if (r["matrix"] == matrix && r["config"] == config) return &r;
+    return nullptr;
+  };
+  nlohmann::json totals = nlohmann::json::array();
+  for (const auto& cfg : rows) {
+    int64_t dpk = 0, hpk = 0, traffic = 0, over = 0;
+    double secs = 0;
+    bool counted = false;
+    for (const auto& mat : layer) {
+      const auto* r = find(mat.name, cfg.name);
+      dpk = std::max(dpk, (*r)["device_peak_bytes"].get<int64_t>());
+      over = std::max(over, (*r)["overhead_bytes"].get<int64_t>());
+      hpk = std::max(hpk, (*r)["host_peak_bytes"].get<int64_t>());
+      traffic += (*r)["traffic_bytes"].get<int64_t>();
+      secs += (*r)["step_seconds"].get<double>();
+      counted = counted || (*r)["host_in_device_figure"].get<bool>();
+    }
+    totals.push_back({{"matrix", "layer"},
+                      {"config", cfg.name},
+                      {"device_peak_bytes", dpk},
+                      {"overhead_bytes", over},
+                      {"host_peak_bytes", hpk},
+                      {"traffic_bytes", traffic},
+                      {"host_in_device_figure", counted},
+                      {"step_seconds", secs}});
+  }
+
+  const std::string machine = edkm::bench::machine_name();
+  nlohmann::json doc = {{"benchmark", "ablation"},
+                        {"machine", machine},
+                        {"device", device},
+                        {"dtype", dtype},
+                        {"bits", bits},
+                        {"max_iter", max_iter},
+                        {"threads", at::get_num_threads()},
+                        {"scale", scale},
+                        {"rows", results},
+                        {"layer", totals}};
+  edkm::bench::write_file_atomic(out + ".json", doc.dump(2) + "\n");
+
+  // Markdown: the layer first (the headline), then every matrix.
+  std::ostringstream md;
+  const bool cpu = dev.is_cpu();
+  md << "# eDKM memory ablation: LLaMA-7B decoder layer"
+     << (scale > 1 ? " (shapes / " + std::to_string(scale) + ")" : "") << ", " << bits << " bits, " << dtype
+     << ", forward+backward\n\nMachine: " << machine << ". Device: " << device
+     << (cpu ? " (device role = LibTorch's CPU allocator, host role = the offloader's host buffers)" : "") << ", "
+     << at::get_num_threads() << " thread(s). Every DKM iteration runs (max_iter " << max_iter << ", epsilon 0).\n\n";
+  auto table = [&](const nlohmann::json& list, bool with_matrix) {
+    md << "| " << (with_matrix ? "matrix | shape | " : "") << "configuration | peak device MiB | overhead MiB | "
+       << "peak host MiB | traffic MiB | step s | memory vs dense (peak) | memory vs dense (overhead) | time vs dense "
+          "|\n|"
+       << (with_matrix ? "---|---|" : "") << "---|---|---|---|---|---|---|---|---|\n";
+    for (const auto& r : list) {
+      const nlohmann::json* d = nullptr;
+      for (const auto& q : list)
+        if (q["config"] == "dense" && q["matrix"] == r["matrix"]) d = &q;
+      auto ratio = [&](const char* key) {
+        return d ? times((*d)[key].get<double>(), r[key].get<double>()) : std::string("-");
+      };
+      std::ostringstream tr;
+      if (d)
+        tr << std::fixed << std::setprecision(2) << r["step_seconds"].get<double>() / (*d)["step_seconds"].get<double>()
+           << "x";
+      md << "| ";
+      if (with_matrix) md << r["matrix"].get<std::string>() << " | " << r["shape"].get<std::string>() << " | ";
+      md << r["config"].get<std::string>() << " | " << mib(r["device_peak_bytes"].get<double>())
+         << (r["host_in_device_figure"].get<bool>() ? " *" : "") << " | " << mib(r["overhead_bytes"].get<double>())
+         << " | " << mib(r["host_peak_bytes"].get<double>()) << " | " << mib(r["traffic_bytes"].get<double>()) << " | "
+         << std::fixed << std::setprecision(3) << r["step_seconds"].get<double>() << " | " << ratio("device_peak_bytes")
+         << " | " << ratio("overhead_bytes") << " | " << (d ? tr.str() : "-") << " |\n";
+    }
+  };
+  md << "## Layer (matrices run one at a time: peak = max over the matrices, time = sum)\n\n";
+  table(totals, false);
+  md << "\n## Per matrix\n\n";
+  table(results, true);
+  bool counted = false;
+  for (const auto& r : totals) counted = counted || r["host_in_device_figure"].get<bool>();
+  md << "\n`peak device` = the step's peak + the weight and upstream gradient held outside it; `overhead` = peak "
+        "device minus weight, W_soft and their gradients: what the clustering itself costs. Ratios are dense / "
+        "configuration (memory, x less) and configuration / dense (time).\n";
+  if (counted)
+    md << "\n\\* The offloader's host buffers are allocated by LibTorch's CPU allocator in this build, so on a CPU the "
+          "device-role figure of the offloading row includes them (it cannot fall below dense there); on a GPU, or "
+          "once the offloader allocates from edkm::HostMemoryPool, it is the device role alone.\n";
+  md << "\nNot in this table yet: eDKM's +uniquification, +sharding and combined rows (added with the offloader's "
+        "uniquify option and the c10d sharded offloader).\n";
+
+  // The targets, checked on the layer figures (clustering overhead, dense / configuration).
+  md << "\n## Targets\n\n";
+  const nlohmann::json *dense_total = nullptr, *combined = nullptr;
+  for (const auto& t : totals) {
+    if (t["config"] == "dense") dense_total = &t;
+    if (t["config"] == "eDKM combined") combined = &t;
+  }
+  constexpr double kPaperCombined = 130;  // eDKM (arXiv 2309.00964): all techniques, ~130x less than dense
+  if (!dense_total) {
+    md << "- no dense row in this run: no ratios.\n";
+  } else {
+    const double dense_over = (*dense_total)["overhead_bytes"].get<double>();
+    double combined_ratio = 0;
+    if (combined) {
+      const double v = (*combined)["overhead_bytes"].get<double>();
+      combined_ratio = v > 0 ? dense_over / v : 1e300;
+      md << std::fixed << std::setprecision(0) << "- eDKM combined >= " << kPaperCombined
+         << "x (paper, GPU): " << times(dense_over, v) << (combined_ratio >= kPaperCombined ? " - met" : " - NOT met")
+         << (cpu ? " (a CPU run)" : "") << ".\n";
+    } else {
+      md << std::fixed << std::setprecision(0) << "- eDKM combined >= " << kPaperCombined
+         << "x (paper, GPU): not measured, the row is not in this "
+         << "build; the table and streaming rows are held to 10x the paper's figure instead.\n";
+    }
+    const double goal = 10 * (combined ? combined_ratio : kPaperCombined);
+    for (const auto& t : totals) {
+      const std::string name = t["config"].get<std::string>();
+      if (name != "table" && name != "streaming") continue;
+      const double v = t["overhead_bytes"].get<double>(), r = v > 0 ? dense_over / v : 1e300;
+      md << "- " << name << " >= 10x beyond " << (combined ? "eDKM combined" : "the paper's 130x") << " (" << std::fixed
+         << std::setprecision(0) << goal << "x): " << times(dense_over, v) << (r >= goal ? " - met" : " - NOT met")
+         << ".\n";
+      if (r < goal && name == "table")
+        md << "  Where the memory goes: the table engine's clustering memory is a fixed set of 65,536-entry "
+              "tables per iteration (T x 65,536 x K values and their gradients, ~"
+           << mib(v) << " MiB here), independent of the weight's size: against dense's N x K maps the ratio "
+           << "grows with N and falls short on small (--quick) shapes; the rest of its peak is the weight, "
+              "W_soft and their gradients, which every engine holds.\n";
+      if (r < goal && name == "streaming")
+        md << "  Where the memory goes: the streaming engine keeps only T x K centroids and per-chunk partial "
+              "sums (~"
+           << mib(v) << " MiB here); the rest of its peak is the weight, W_soft and their gradients.\n";
+    }
+  }
+  edkm::bench::write_file_atomic(out + ".md", md.str());
+  std::cout << md.str();
+
+  // Chart: memory ratio to dense (overhead) per matrix, one bar per configuration, log scale.
+  edkm::bench::BarChart chart;
+  chart.title = "DKM forward+backward memory vs dense, LLaMA-7B layer" +
+                (scale > 1 ? std::string(" (shapes / ") + std::to_string(scale) + ")" : std::string()) + ", " +
+                std::to_string(bits) + " bits " + dtype;
+  chart.machine = machine + ", " + device;
+  chart.y_label = "x less clustering memory than dense";
+  chart.log_scale = true;
+  for (const auto& mat : layer) chart.categories.push_back(mat.name);
+  chart.categories.push_back("layer");
+  for (const auto& cfg : rows) {
+    if (cfg.name == "dense") continue;
+    edkm::bench::BarSeries s{cfg.name, {}};
+    auto add = [&](const nlohmann::json& r, const nlohmann::json& d) {
+      const double v = r["overhead_bytes"].get<double>(), dv = d["overhead_bytes"].get<double>();
+      s.values.push_back(v > 0 ? dv / v : dv / 1024);  // 0 B: drawn as if 1 KiB (a lower bound)
+    };
+    for (const auto& mat : layer) {
+      const auto *r = find(mat.name, cfg.name), *d = find(mat.name, "dense");
+      if (d)
+        add(*r, *d);
+      else
+        s.values.push_back(std::nan(""));
+    }
+    const nlohmann::json *tr = nullptr, *td = nullptr;
+    for (const auto& t : totals) {
+      if (t["config"] == cfg.name) tr = &t;
+      if (t["config"] == "dense") td = &t;
+    }
+    if (td)
+      add(*tr, *td);
+    else
+      s.values.push_back(std::nan(""));
+    chart.series.push_back(s);
+  }
+  chart.save(out + ".svg");
+  return 0;
+} catch (const c10::Error& e) {
+  std::cerr << "edkm_bench_ablation: " << e.what_without_backtrace() << "\n";
+  return 1;
+} catch (const std::exception& e) {
+  std::cerr << "edkm_bench_ablation: " << e.what() << "\n";
+  return 1;
+}

@@ -1,0 +1,316 @@
+// Kernel benchmarks (Google Benchmark): the table engine's kernels (65,536-bin histogram, gather,
+// scatter-add, backward) and the streaming engine's passes, each as achieved memory bandwidth and
+// as a fraction of the machine's memory bandwidth measured in the same run (copy and triad probes
+// over arrays far larger than the caches, run first).
+//
+//   edkm_bench_kernels [--quick] [--out benchmarks/results/kernels_cpu] [--benchmark_* flags]
+//
+// The table kernels are internal (src/kernels/, hidden visibility): this program calls them
+// directly through src/kernels/table_math.h (linked from the static library, or compiled in when
+// edkm is a shared library). The streaming passes run through the public engine
+// (edkm::functional::dkm_cluster with Engine::kStreaming): forward = T statistics passes + one
+// output pass, backward = one gamma pass + (T - 1) reduction passes + one input-gradient pass;
+// their bytes are the minimum those passes move (every pass reads the weight, the backward
+// passes the upstream gradient too, the output passes write one weight-sized array). The passes
+// evaluate K exponentials per weight and are compute-bound: their fraction is expected to be small.
+//
+// Writes OUT.json (rows: kernel, shape, seconds, bytes/s, fraction), OUT.md and OUT.svg.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+#include <edkm/edkm.h>
+
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "bench_util.h"
+#include "kernels/table_math.h"
+#include "svg_chart.h"
+
+namespace {
+
+namespace k = edkm::kernels;
+
+double g_bandwidth = 0;                     // bytes/s: the best probe so far
+int64_t g_rows = 11008, g_cols = 4096;      // table kernels' weight shape
+int64_t g_stream_rows = 1024;               // streaming passes' weight rows (x g_cols)
+constexpr int64_t kProbeFloats = 64 << 20;  // 256 MiB per probe array
+
+void set_bandwidth_counters(benchmark::State& state, double bytes_per_iteration) {
+  state.SetBytesProcessed(static_cast<int64_t>(bytes_per_iteration) * state.iterations());
+  if (g_bandwidth > 0)
+    state.counters["bw_fraction"] =
+        benchmark::Counter(bytes_per_iteration * state.iterations() / g_bandwidth, benchmark::Counter::kIsRate);
+}
+
+// --- bandwidth probes ------------------------------------------------------------------------
+
+void BM_Probe_Copy(benchmark::State& state) {
+  auto a = at::rand({kProbeFloats}), b = at::empty_like(a);
+  const float* src = a.data_ptr<float>();
+  float* dst = b.data_ptr<float>();
+  for (auto _ : state) {
+    at::parallel_for(0, kProbeFloats, 1 << 20, [&](int64_t lo, int64_t hi) {
+      std::memcpy(dst + lo, src + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+    });
+    benchmark::ClobberMemory();
+  }
+  const double bytes = 2.0 * kProbeFloats * sizeof(float);  // read + write
+  state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
+}
+
+void BM_Probe_Triad(benchmark::State& state) {
+  auto a = at::empty({kProbeFloats}), b = at::rand({kProbeFloats}), c = at::rand({kProbeFloats});
+  float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>(), *pc = c.data_ptr<float>();
+  for (auto _ : state) {
+    at::parallel_for(0, kProbeFloats, 1 << 20, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) pa[i] = pb[i] + 3.0f * pc[i];
+    });
+    benchmark::ClobberMemory();
+  }
+  const double bytes = 3.0 * kProbeFloats * sizeof(float);  // two reads + one write
+  state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
+}
+
+// --- table engine kernels (internal) -----------------------------------------------------------
+
+struct TableInputs {
+  at::Tensor w, grad, out, table, slope, shift, counts, sums;
+  k::TableParams p;
+  TableInputs() {
+    at::manual_seed(0);
+    w = (at::randn({g_rows, g_cols}) * 0.02).to(at::kBFloat16);
+    grad = at::randn({g_rows, g_cols}).to(at::kBFloat16);
+    out = at::empty_like(w);
+    table = at::randn({k::kTableSize});
+    slope = at::randn({k::kTableSize});
+    shift = at::randn({k::kTableSize});
+    counts = at::empty({k::kTableSize}, at::kLong);
+    sums = at::empty({k::kTableSize}, at::kDouble);
+    p.weight = w.data_ptr();
+    p.n = w.numel();
+    p.kind = k::WeightKind::kBF16;
+  }
+  double n() const { return static_cast<double>(p.n); }
+};
+
+void BM_Table_Histogram(benchmark::State& state) {
+  TableInputs in;
+  for (auto _ : state) {
+    k::table_histogram_cpu(in.p, in.counts.data_ptr<int64_t>());
+    benchmark::DoNotOptimize(in.counts.data_ptr<int64_t>());
+  }
+  set_bandwidth_counters(state, 2 * in.n());  // reads the weight
+}
+
+void BM_Table_Gather(benchmark::State& state) {
+  TableInputs in;
+  for (auto _ : state) {
+    k::table_gather_cpu(in.p, in.table.data_ptr<float>(), in.out.data_ptr());
+    benchmark::ClobberMemory();
+  }
+  set_bandwidth_counters(state, 4 * in.n());  // reads the weight, writes W_soft
+}
+
+void BM_Table_ScatterAdd(benchmark::State& state) {
+  TableInputs in;
+  for (auto _ : state) {
+    k::table_scatter_add_cpu(in.p, in.grad.data_ptr(), in.sums.data_ptr<double>());
+    benchmark::DoNotOptimize(in.sums.data_ptr<double>());
+  }
+  set_bandwidth_counters(state, 4 * in.n());  // reads the weight and the gradient
+}
+
+void BM_Table_Backward(benchmark::State& state) {
+  TableInputs in;
+  for (auto _ : state) {
+    k::table_backward_cpu(in.p, in.grad.data_ptr(), in.slope.data_ptr<float>(), in.shift.data_ptr<float>(),
+                          in.out.data_ptr());
+    benchmark::ClobberMemory();
+  }
+  set_bandwidth_counters(state, 6 * in.n());  // reads weight and gradient, writes dL/dw
+}
+
+// --- engines through the public API ------------------------------------------------------------
+
+edkm::DKMOptions engine_options(edkm::Engine e) {
+  return edkm::DKMOptions(3).epsilon(0).engine(e);  // every iteration runs
+}
+
+/// Times forward+backward of `engine` on a seeded rows x g_cols bf16 weight; returns N.
+double time_forward_backward(benchmark::State& state, edkm::Engine engine, int64_t rows) {
+  at::manual_seed(0);
+  const auto opts = engine_options(engine);
+  auto w = (at::randn({rows, g_cols}) * 0.02).to(at::kBFloat16);
+  auto grad = at::randn({rows, g_cols}).to(at::kBFloat16);
+  auto c = edkm::functional::init_centroids(w, opts);
+  for (auto _ : state) {
+    auto wr = w.detach().requires_grad_(true);
+    edkm::functional::dkm_cluster(wr, c, opts).weight.backward(grad);
+    benchmark::DoNotOptimize(wr.grad().data_ptr());
+  }
+  return static_cast<double>(w.numel());
+}
+
+void BM_TableEngine_ForwardBackward(benchmark::State& state) {
+  const double n = time_forward_backward(state, edkm::Engine::kTable, g_rows);
+  // histogram + gather forward (2 + 4 bytes / weight), scatter-add + backward (4 + 6)
+  set_bandwidth_counters(state, 16.0 * n);
+}
+
+void BM_Streaming_Forward(benchmark::State& state) {
+  at::manual_seed(0);
+  const auto opts = engine_options(edkm::Engine::kStreaming);
+  auto w = (at::randn({g_stream_rows, g_cols}) * 0.02).to(at::kBFloat16);
+  auto c = edkm::functional::init_centroids(w, opts);
+  for (auto _ : state) {
+    auto y = edkm::functional::dkm_cluster(w, c, opts).weight;
+    benchmark::DoNotOptimize(y.data_ptr());
+  }
+  const double es = 2, n = static_cast<double>(w.numel()), T = static_cast<double>(opts.max_iter());
+  set_bandwidth_counters(state, (T + 1) * n * es + n * es);  // T stats + 1 output pass read w; output writes
+  state.counters["weights_per_s"] = benchmark::Counter(n * state.iterations(), benchmark::Counter::kIsRate);
+}
+
+void BM_Streaming_ForwardBackward(benchmark::State& state) {
+  const double n = time_forward_backward(state, edkm::Engine::kStreaming, g_stream_rows);
+  const double es = 2, T = static_cast<double>(engine_options(edkm::Engine::kStreaming).max_iter());
+  // forward: (T + 1) reads + 1 write; backward: (1 + (T - 1) + 1) passes reading w and g + 1 write
+  set_bandwidth_counters(state, ((T + 1) * n + n + (T + 1) * 2 * n + n) * es);
+  state.counters["weights_per_s"] = benchmark::Counter(n * state.iterations(), benchmark::Counter::kIsRate);
+}
+
+/// Console output as usual, and every run kept for the JSON / Markdown / SVG.
+class CollectingReporter : public benchmark::ConsoleReporter {
+ public:
+  std::vector<Run> runs;
+  void ReportRuns(const std::vector<Run>& report) override {
+    for (const auto& r : report)
+      if (!r.error_occurred && r.run_type == Run::RT_Iteration) runs.push_back(r);
+    ConsoleReporter::ReportRuns(report);
+  }
+};
+
+double counter(const benchmark::BenchmarkReporter::Run& r, const std::string& name) {
+  auto it = r.counters.find(name);
+  return it == r.counters.end() ? 0.0 : it->second.value;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  // Our flags first (Google Benchmark rejects unknown ones).
+  std::string out = "benchmarks/results/kernels_cpu";
+  bool quick = false;
+  std::vector<char*> rest = {argv[0]};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick")
+      quick = true;
+    else if (a == "--out" && i + 1 < argc)
+      out = argv[++i];
+    else
+      rest.push_back(argv[i]);
+  }
+  if (quick) g_rows = 4096, g_stream_rows = 128;
+  const double min_time = quick ? 0.2 : 1.0;
+  const std::string shape = std::to_string(g_rows) + "x" + std::to_string(g_cols);
+  const std::string sshape = std::to_string(g_stream_rows) + "x" + std::to_string(g_cols);
+
+  // Registration order is run order: the probes first, so the kernels see the bandwidth.
+  std::vector<std::pair<std::string, std::string>> what;  // name -> shape
+  auto add = [&](const std::string& name, void (*fn)(benchmark::State&), const std::string& shp, double mt) {
+    benchmark::RegisterBenchmark(name.c_str(), fn)->MinTime(mt)->UseRealTime()->Unit(benchmark::kMillisecond);
+    what.emplace_back(name, shp);
+  };
+  const std::string pshape = std::to_string(kProbeFloats >> 20) + "M floats";
+  add("probe/copy", BM_Probe_Copy, pshape, min_time);
+  add("probe/triad", BM_Probe_Triad, pshape, min_time);
+  add("table/histogram", BM_Table_Histogram, shape + " bf16", min_time);
+  add("table/gather", BM_Table_Gather, shape + " bf16", min_time);
+  add("table/scatter_add", BM_Table_ScatterAdd, shape + " bf16", min_time);
+  add("table/backward", BM_Table_Backward, shape + " bf16", min_time);
+  add("table_engine/forward_backward", BM_TableEngine_ForwardBackward, shape + " bf16 3-bit", min_time);
+  add("streaming/forward", BM_Streaming_Forward, sshape + " bf16 3-bit", min_time);
+  add("streaming/forward_backward", BM_Streaming_ForwardBackward, sshape + " bf16 3-bit", min_time);
+
+  int bargc = static_cast<int>(rest.size());
+  benchmark::Initialize(&bargc, rest.data());
+  if (benchmark::ReportUnrecognizedArguments(bargc, rest.data())) return 2;
+
+  // The probes run in their own pass so that the kernels' fraction counters have the bandwidth.
+  CollectingReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter, "^probe/");
+  for (const auto& r : reporter.runs) g_bandwidth = std::max(g_bandwidth, counter(r, "bytes_per_second"));
+  std::cerr << "measured memory bandwidth: " << g_bandwidth / 1e9 << " GB/s (best probe)\n";
+  benchmark::RunSpecifiedBenchmarks(&reporter, "^(table|table_engine|streaming)/");
+  benchmark::Shutdown();
+
+  const std::string machine = edkm::bench::machine_name();
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& r : reporter.runs) {
+    const std::string name = r.benchmark_name();
+    std::string shp, kernel = name;
+    for (const auto& [n, s] : what)
+      if (name.rfind(n + "/", 0) == 0 || name == n) shp = s, kernel = n;  // drop "/min_time:.../real_time"
+    const double bps = counter(r, "bytes_per_second");
+    rows.push_back({{"kernel", kernel},
+                    {"shape", shp},
+                    {"seconds", r.GetAdjustedRealTime() / 1e3},  // the unit is ms
+                    {"iterations", r.iterations},
+                    {"bytes_per_second", bps},
+                    {"bandwidth_fraction", g_bandwidth > 0 ? bps / g_bandwidth : 0.0},
+                    {"weights_per_second", counter(r, "weights_per_s")}});
+  }
+  nlohmann::json doc = {{"benchmark", "kernels"},
+                        {"machine", machine},
+                        {"threads", at::get_num_threads()},
+                        {"bandwidth_bytes_per_second", g_bandwidth},
+                        {"rows", rows}};
+  edkm::bench::write_file_atomic(out + ".json", doc.dump(2) + "\n");
+
+  std::ostringstream md;
+  md << "# Kernel benchmarks (CPU)\n\nMachine: " << machine << ", " << at::get_num_threads()
+     << " thread(s). Memory bandwidth measured in the same run (best of the copy / triad probes): " << std::fixed
+     << std::setprecision(2) << g_bandwidth / 1e9
+     << " GB/s.\n\n| kernel | shape | time ms | GB/s | fraction of bandwidth | Mweights/s "
+        "|\n|---|---|---|---|---|---|\n";
+  for (const auto& r : rows) {
+    md << "| " << r["kernel"].get<std::string>() << " | " << r["shape"].get<std::string>() << " | "
+       << std::setprecision(3) << r["seconds"].get<double>() * 1e3 << " | " << std::setprecision(2)
+       << r["bytes_per_second"].get<double>() / 1e9 << " | " << std::setprecision(1)
+       << 100 * r["bandwidth_fraction"].get<double>() << "% | ";
+    const double wps = r["weights_per_second"].get<double>();
+    if (wps > 0)
+      md << std::setprecision(2) << wps / 1e6;
+    else
+      md << "-";
+    md << " |\n";
+  }
+  md << "\nBytes are the minimum each kernel must move (see benchmarks/kernels.cpp); the streaming passes are "
+        "compute-bound (K exponentials per weight per pass).\n";
+  edkm::bench::write_file_atomic(out + ".md", md.str());
+  std::cout << md.str();
+
+  edkm::bench::BarChart chart;
+  chart.title = "Kernels: achieved bandwidth as % of the measured memory bandwidth";
+  chart.machine = machine;
+  chart.y_label = "% of measured bandwidth";
+  edkm::bench::BarSeries s{"% of bandwidth", {}};
+  for (const auto& r : rows) {
+    chart.categories.push_back(r["kernel"].get<std::string>());
+    s.values.push_back(100 * r["bandwidth_fraction"].get<double>());
+  }
+  chart.series.push_back(s);
+  chart.save(out + ".svg");
+  return 0;
+} catch (const c10::Error& e) {
+  std::cerr << "edkm_bench_kernels: " << e.what_without_backtrace() << "\n";
+  return 1;
+} catch (const std::exception& e) {
+  std::cerr << "edkm_bench_kernels: " << e.what() << "\n";
+  return 1;
+}
