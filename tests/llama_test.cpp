@@ -19,8 +19,13 @@ using edkm::LlamaConfig;
 using edkm::LlamaForCausalLM;
 
 LlamaConfig small_config() {
-  return LlamaConfig::tiny().vocab_size(50).hidden_size(32).intermediate_size(48).num_attention_heads(4)
-      .num_key_value_heads(2).max_position_embeddings(64);
+  return LlamaConfig::tiny()
+      .vocab_size(50)
+      .hidden_size(32)
+      .intermediate_size(48)
+      .num_attention_heads(4)
+      .num_key_value_heads(2)
+      .max_position_embeddings(64);
 }
 
 at::Tensor tokens(int64_t b, int64_t t, int64_t vocab, uint64_t seed = 1) {
@@ -90,9 +95,8 @@ TEST(Llama, AttentionMatchesNaiveReference) {
   auto [cos, sin] = edkm::functional::rotary_cos_sin(cfg, t);
   const at::Tensor y = attn(x, cos, sin);
   const at::Tensor g = at::randn_like(y);
-  auto grads = torch::autograd::grad({y}, {x, attn->q_proj->weight, attn->k_proj->weight, attn->v_proj->weight,
-                                           attn->o_proj->weight},
-                                     {g});
+  auto grads = torch::autograd::grad(
+      {y}, {x, attn->q_proj->weight, attn->k_proj->weight, attn->v_proj->weight, attn->o_proj->weight}, {g});
 
   auto w = [&](const torch::nn::Linear& l) { return l->weight.detach().clone().requires_grad_(true); };
   at::Tensor wq = w(attn->q_proj), wk = w(attn->k_proj), wv = w(attn->v_proj), wo = w(attn->o_proj);
@@ -155,7 +159,8 @@ TEST(Llama, CausalLMLossAndCausality) {
   LlamaForCausalLM model(small_config());
   const at::Tensor x = tokens(2, 8, 50);
   const at::Tensor logits = model(x);
-  const at::Tensor ref = at::cross_entropy_loss(logits.narrow(1, 0, 7).reshape({-1, 50}), x.narrow(1, 1, 7).reshape(-1));
+  const at::Tensor ref =
+      at::cross_entropy_loss(logits.narrow(1, 0, 7).reshape({-1, 50}), x.narrow(1, 1, 7).reshape(-1));
   EXPECT_NEAR(edkm::functional::causal_lm_loss(logits, x).item<double>(), ref.item<double>(), 1e-6);
   // Changing the last token changes no earlier logits.
   at::Tensor x2 = x.clone();
@@ -296,7 +301,8 @@ TEST(LlamaIO, RejectsMalformedCheckpoints) {
   // Bad config: not JSON, missing key, wrong type, unsupported model, bad heads.
   write(d + "/config.json", "{\"hidden_size\": 32,");
   expect_error([&] { edkm::load_hf_llama(d); }, {"config.json", "not valid JSON"});
-  write(d + "/config.json", R"({"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4, "vocab_size": 50})");
+  write(d + "/config.json",
+        R"({"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4, "vocab_size": 50})");
   expect_error([&] { edkm::load_hf_llama(d); }, {"num_hidden_layers", "missing"});
   write(d + "/config.json", R"({"hidden_size": "32", "intermediate_size": 48, "num_attention_heads": 4,
     "num_hidden_layers": 2, "vocab_size": 50})");

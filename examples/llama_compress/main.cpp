@@ -9,16 +9,17 @@
 //       --checkpoint-activations --dtype bf16          # one step of the whole 7B stack, 3-bit
 //   edkm_llama_compress --help
 #include <ATen/ATen.h>
+#include <dirent.h>
 #include <edkm/edkm.h>
+#include <sys/stat.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
-#include <dirent.h>
-#include <sys/stat.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -335,8 +336,8 @@ int main(int argc, char** argv) try {
   edkm::LlamaForCausalLM model{nullptr};
   std::string source;
   if (!model_dir.empty()) {
-    model = edkm::load_hf_llama(model_dir, edkm::LlamaLoadOptions().dtype(dtype).num_layers(layers).checkpoint_layers(
-                                               checkpoint_activations));
+    model = edkm::load_hf_llama(
+        model_dir, edkm::LlamaLoadOptions().dtype(dtype).num_layers(layers).checkpoint_layers(checkpoint_activations));
     source = model_dir;
   } else {
     auto config = edkm::LlamaConfig::preset(preset).checkpoint_layers(checkpoint_activations);
@@ -373,32 +374,40 @@ int main(int argc, char** argv) try {
     const at::Tensor offs = starts.unsqueeze(1) + at::arange(seq_len, at::kLong).unsqueeze(0);
     return train_ids.index({offs}).to(device);
   };
-  auto params_of = [&]() {
+
+  // Plain training of `m` (no clustering): the pre-training, and the control run of the fine-tuning.
+  auto train_plain = [&](edkm::LlamaForCausalLM& m, int64_t n, double peak_lr, const std::string& kind, uint64_t stream,
+                         const std::string& label,
+                         const std::function<at::Tensor(const at::Tensor&, const at::Tensor&)>& loss_of) {
     std::vector<at::Tensor> ps;
-    for (auto& p : model->parameters()) ps.push_back(p);
-    return ps;
+    for (auto& p : m->parameters()) ps.push_back(p);
+    Optimizer opt(kind, ps, peak_lr, weight_decay);
+    edkm::ProgressBar bar(n, label);
+    const auto t0 = Clock::now();
+    double tok_s = 0;
+    for (int64_t s = 0; s < n; ++s) {
+      opt.set_lr(schedule(peak_lr, s, n));
+      const at::Tensor x = sample(s, stream);
+      const at::Tensor loss = loss_of(m(x), x);
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      tok_s = static_cast<double>((s + 1) * batch * seq_len) / seconds_since(t0);
+      bar.tick("loss " + fixed(loss.item<double>(), 3) + ", " + fixed(tok_s, 0) + " tok/s");
+    }
+    bar.finish();
+    return tok_s;
+  };
+  auto lm_loss = [](const at::Tensor& logits, const at::Tensor& x) {
+    return edkm::functional::causal_lm_loss(logits, x);
   };
 
   // 1. fp32 pre-training (the tiny demo has no checkpoint).
   double pretrain_tok_s = 0;
-  if (pretrain_steps > 0) {
-    Optimizer opt("adamw", params_of(), pretrain_lr, 0.0);
-    edkm::ProgressBar bar(pretrain_steps, "pretrain " + dtype_name);
-    const auto t0 = Clock::now();
-    for (int64_t s = 0; s < pretrain_steps; ++s) {
-      opt.set_lr(schedule(pretrain_lr, s, pretrain_steps));
-      const at::Tensor x = sample(s, 1);
-      const at::Tensor loss = edkm::functional::causal_lm_loss(model(x), x);
-      opt.zero_grad();
-      loss.backward();
-      opt.step();
-      pretrain_tok_s = static_cast<double>((s + 1) * batch * seq_len) / seconds_since(t0);
-      bar.tick("loss " + fixed(loss.item<double>(), 3) + ", " + fixed(pretrain_tok_s, 0) + " tok/s");
-    }
-    bar.finish();
-  }
+  if (pretrain_steps > 0)
+    pretrain_tok_s = train_plain(model, pretrain_steps, pretrain_lr, "adamw", 1, "pretrain " + dtype_name, lm_loss);
   if (!save_hf.empty()) {
-    edkm::save_hf_llama(model, save_hf);
+    edkm::save_hf_llama(model, save_hf);  // with its reference logits, for other tools to compare
     const at::Tensor x = eval_ids.narrow(0, 0, seq_len).unsqueeze(0);
     model->eval();
     at::NoGradGuard ng;
@@ -423,16 +432,20 @@ int main(int argc, char** argv) try {
   const auto pal_options = edkm::PalettizerOptions(dkm_options(bits))
                                .module_type("Embedding", head_options)
                                .module_name("lm_head", head_options);
-  std::vector<Layer> selected;
-  for (const auto& item : model->named_modules("", false)) {
-    const std::string type = item.value()->as<torch::nn::LinearImpl>() ? "Linear"
-                             : item.value()->as<torch::nn::EmbeddingImpl>() ? "Embedding"
-                                                                            : "";
-    if (type.empty()) continue;
-    if (auto o = pal_options.resolve(item.key(), type)) {
-      selected.push_back({item.key(), item.value()->named_parameters(false)["weight"], *o});
+  auto select_layers = [&](edkm::LlamaForCausalLM& m) {
+    std::vector<Layer> out;
+    for (const auto& item : m->named_modules("", false)) {
+      const std::string type = item.value()->as<torch::nn::LinearImpl>()      ? "Linear"
+                               : item.value()->as<torch::nn::EmbeddingImpl>() ? "Embedding"
+                                                                              : "";
+      if (type.empty()) continue;
+      if (auto o = pal_options.resolve(item.key(), type)) {
+        out.push_back({item.key(), item.value()->named_parameters(false)["weight"], *o});
+      }
     }
-  }
+    return out;
+  };
+  const std::vector<Layer> selected = select_layers(model);
 
   // 2. Held-out perplexity of the uncompressed model and of the post-training baselines.
   struct Row {
@@ -458,49 +471,77 @@ int main(int argc, char** argv) try {
     }
     return std::make_pair(all / static_cast<double>(clustered_numel), lin / static_cast<double>(linear_numel));
   };
-  auto rtn_bits = [](const Layer& l) { return static_cast<double>(l.weight.numel() * l.options.bits() + l.weight.size(0) * 32); };
-  std::map<std::string, double> kmeans_bits;
+  auto rtn_bits = [](const Layer& l) {
+    return static_cast<double>(l.weight.numel() * l.options.bits() + l.weight.size(0) * 32);
+  };
   const double dense_bits = dtype == at::kFloat ? 32 : 16;
   rows.push_back({dtype_name + " (uncompressed)", dense_bits, perplexity(model, eval_ids, seq_len, batch), dense_bits});
   std::cout << "perplexity " << rows.back().method << ": " << fixed(rows.back().eval.perplexity, 3) << "\n";
-  if (!skip_baselines) {
+  // The post-training baselines of a model: RTN and k-means at the same bits, each evaluated with
+  // the weights replaced, then the weights restored.
+  auto post_training_baselines = [&](edkm::LlamaForCausalLM& m, const std::string& prefix) {
+    const std::vector<Layer> layers = select_layers(m);
     std::vector<at::Tensor> originals;
-    for (const auto& l : selected) originals.push_back(l.weight.detach().clone());
-    auto evaluate_replaced = [&](const std::string& method, double bpw, auto&& replace) {
+    for (const auto& l : layers) originals.push_back(l.weight.detach().clone());
+    auto evaluate_replaced = [&](const std::string& method, std::pair<double, double> bpw, auto&& replace) {
       {
         at::NoGradGuard ng;
-        for (auto& l : selected) l.weight.copy_(replace(l));
+        for (const auto& l : layers) l.weight.copy_(replace(l));
       }
-      rows.push_back({method, bpw, perplexity(model, eval_ids, seq_len, batch)});
-      std::cout << "perplexity " << method << ": " << fixed(rows.back().eval.perplexity, 3) << "\n";
+      rows.push_back({prefix + method, bpw.first, perplexity(m, eval_ids, seq_len, batch), bpw.second});
+      std::cout << "perplexity " << rows.back().method << ": " << fixed(rows.back().eval.perplexity, 3) << "\n";
       at::NoGradGuard ng;
-      for (size_t i = 0; i < selected.size(); ++i) selected[i].weight.copy_(originals[i]);
+      for (size_t i = 0; i < layers.size(); ++i) layers[i].weight.copy_(originals[i]);
     };
     // RTN keeps a scale and an offset per row (2 x 16 bits).
-    const auto rtn = bits_of(rtn_bits);
-    evaluate_replaced(std::to_string(bits) + "-bit RTN (per-row min-max)", rtn.first,
+    evaluate_replaced(std::to_string(bits) + "-bit RTN (per-row min-max)", bits_of(rtn_bits),
                       [&](const Layer& l) { return round_to_nearest(l.weight.detach(), l.options.bits()); });
-    rows.back().linear_bits = rtn.second;
-    evaluate_replaced(std::to_string(bits) + "-bit k-means (post-training)", -1, [&](const Layer& l) {
-      const at::Tensor w = l.weight.detach();
-      const edkm::Palette p = edkm::Palette::from_centroids(w, edkm::functional::init_centroids(w, l.options), l.options);
-      kmeans_bits[l.name] = static_cast<double>(w.numel() * l.options.bits() +
-                                                p.lut.numel() * p.lut.element_size() * 8);  // LUT as the file stores it
-      return p.decompress();
-    });
-    const auto km = bits_of([&](const Layer& l) { return kmeans_bits.at(l.name); });
-    rows.back().bits_per_weight = km.first;
-    rows.back().linear_bits = km.second;
-  }
+    std::map<std::string, double> kmeans_bits;
+    for (const auto& l : layers) {  // the LUT as the file stores it
+      kmeans_bits[l.name] = static_cast<double>(l.weight.numel() * l.options.bits() +
+                                                (int64_t{1} << l.options.bits()) * l.weight.element_size() * 8 *
+                                                    (group_size > 0 ? l.weight.size(0) / group_size : 1));
+    }
+    evaluate_replaced(std::to_string(bits) + "-bit k-means (post-training)",
+                      bits_of([&](const Layer& l) { return kmeans_bits.at(l.name); }), [&](const Layer& l) {
+                        const at::Tensor w = l.weight.detach();
+                        return edkm::Palette::from_centroids(w, edkm::functional::init_centroids(w, l.options),
+                                                             l.options)
+                            .decompress();
+                      });
+  };
+  if (!skip_baselines) post_training_baselines(model, "");
 
-  // 3. DKM fine-tuning with every selected layer clustered.
+  // 3. DKM fine-tuning with every selected layer clustered, and its control: the uncompressed
+  // model trained the same steps on the same batches (the fine-tuning also continues training).
   edkm::LlamaForCausalLM teacher{nullptr};
   if (distill) {
     teacher = std::dynamic_pointer_cast<edkm::LlamaForCausalLMImpl>(model->clone());
     teacher->eval();
   }
+  // The fine-tuning loss: next-token cross entropy, mixed with KL to the teacher with --distill.
+  auto finetune_loss = [&](const at::Tensor& logits, const at::Tensor& x) {
+    at::Tensor loss = edkm::functional::causal_lm_loss(logits, x);
+    if (!distill) return loss;
+    at::Tensor t_logits;
+    {
+      at::NoGradGuard ng;
+      t_logits = teacher(x);
+    }
+    return distill_alpha * edkm::functional::distillation_kl_loss(logits, t_logits, distill_temperature) +
+           (1 - distill_alpha) * loss;
+  };
+  if (!skip_baselines && steps > 0) {
+    auto control = std::dynamic_pointer_cast<edkm::LlamaForCausalLMImpl>(model->clone());
+    edkm::LlamaForCausalLM control_model(control);
+    train_plain(control_model, steps, lr, optimizer, 2, "control " + dtype_name, finetune_loss);
+    rows.push_back({dtype_name + ", trained the same " + std::to_string(steps) + " steps (control)", dense_bits,
+                    perplexity(control_model, eval_ids, seq_len, batch), dense_bits});
+    std::cout << "perplexity " << rows.back().method << ": " << fixed(rows.back().eval.perplexity, 3) << "\n";
+    post_training_baselines(control_model, "control, then ");
+  }
   edkm::Palettizer palettizer(model, pal_options);
-  Optimizer opt(optimizer, params_of(), lr, weight_decay);
+  Optimizer opt(optimizer, model->parameters(), lr, weight_decay);
   edkm::ProgressBar bar(steps, "DKM fine-tune");
   int64_t step_peak_cpu = 0, step_peak_cuda = 0;
   double finetune_tok_s = 0, step_seconds = 0, last_loss = 0;
@@ -517,17 +558,7 @@ int main(int argc, char** argv) try {
       at::Tensor loss;
       {
         auto clustered = palettizer.clustered();
-        const at::Tensor logits = model(x);
-        loss = edkm::functional::causal_lm_loss(logits, x);
-        if (distill) {
-          at::Tensor t_logits;
-          {
-            at::NoGradGuard ng;
-            t_logits = teacher(x);
-          }
-          loss = distill_alpha * edkm::functional::distillation_kl_loss(logits, t_logits, distill_temperature) +
-                 (1 - distill_alpha) * loss;
-        }
+        loss = finetune_loss(model(x), x);
       }
       opt.zero_grad();
       loss.backward();
@@ -585,16 +616,17 @@ int main(int argc, char** argv) try {
   std::ostringstream facts;
   facts << "- clustered: " << selected.size() << " layers, " << clustered_numel << " weights (Linear at " << bits
         << " bits, embedding/head at "
-        << (embedding_bits ? std::to_string(embedding_bits) + " bits" + (embedding_dkm ? " by DKM" : " by k-means after fine-tuning")
+        << (embedding_bits ? std::to_string(embedding_bits) + " bits" +
+                                 (embedding_dkm ? " by DKM" : " by k-means after fine-tuning")
                            : "dense")
         << "); bits per weight include the LUTs (k-means, DKM) or the per-row scale and offset (RTN, 2 x 16 bits)\n"
-        << "- compressed file: " << file_bytes << " bytes for " << n_params << " parameters = "
-        << fixed(8.0 * static_cast<double>(file_bytes) / static_cast<double>(n_params), 3)
+        << "- compressed file: " << file_bytes << " bytes for " << n_params
+        << " parameters = " << fixed(8.0 * static_cast<double>(file_bytes) / static_cast<double>(n_params), 3)
         << " bits per parameter overall (norms stored plainly); reloaded model " << (same ? "matches" : "DIFFERS")
         << "\n"
-        << "- peak host memory (LibTorch CPU allocations): whole run " << mib(mem.cpu.peak) << ", one fine-tuning step "
-        << mib(step_peak_cpu) << (device.is_cuda() ? ", peak device memory of a step " + mib(step_peak_cuda) : "")
-        << "\n"
+        << "- peak host memory (LibTorch CPU allocations): whole run " << mib(mem.cpu.peak)
+        << ", during DKM fine-tuning " << mib(step_peak_cpu)
+        << (device.is_cuda() ? ", peak device memory of a step " + mib(step_peak_cuda) : "") << "\n"
         << "- throughput: pre-training " << fixed(pretrain_tok_s, 0) << " tok/s, DKM fine-tuning "
         << fixed(finetune_tok_s, 0) << " tok/s (last step " << fixed(step_seconds, 3) << " s), evaluation "
         << fixed(rows.back().eval.tokens_per_s, 0) << " tok/s\n"
@@ -610,7 +642,8 @@ int main(int argc, char** argv) try {
           << train_docs.size() << " training documents, " << eval_docs.size() << " held out, " << eval_ids.numel()
           << " held-out tokens evaluated, tokenizer " << tokenizer->name() << ", windows of " << seq_len
           << " tokens).\n\n"
-          << md.str() << "\n" << facts.str();
+          << md.str() << "\n"
+          << facts.str();
   edkm::write_text_file(out_dir + "/results.md", full_md.str());
   json j = {{"command", cmd.str()},
             {"model", source},

@@ -1,6 +1,7 @@
 #include "edkm/llama.h"
 
 #include <ATen/TensorOperators.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/cross_entropy_loss.h>
@@ -12,7 +13,6 @@
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <ATen/ops/silu.h>
 #include <ATen/ops/where.h>
-#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 #include <torch/nn/init.h>
 
@@ -160,8 +160,8 @@ void LlamaConfig::validate() const {
               "LlamaConfig: sizes must be positive (vocab ", vocab_size(), ", hidden ", hidden_size(), ", mlp ",
               intermediate_size(), ", layers ", num_hidden_layers(), ", heads ", num_attention_heads(), ", kv heads ",
               num_key_value_heads(), ", max positions ", max_position_embeddings(), ")");
-  TORCH_CHECK(head_dim() > 0 || hidden_size() % num_attention_heads() == 0, "LlamaConfig: hidden_size ",
-              hidden_size(), " is not a multiple of num_attention_heads ", num_attention_heads());
+  TORCH_CHECK(head_dim() > 0 || hidden_size() % num_attention_heads() == 0, "LlamaConfig: hidden_size ", hidden_size(),
+              " is not a multiple of num_attention_heads ", num_attention_heads());
   TORCH_CHECK(resolved_head_dim() % 2 == 0, "LlamaConfig: head_dim ", resolved_head_dim(),
               " must be even (rotary embedding)");
   TORCH_CHECK(num_attention_heads() % num_key_value_heads() == 0, "LlamaConfig: num_key_value_heads ",
@@ -210,8 +210,8 @@ at::Tensor apply_rotary_embedding(const at::Tensor& x, const at::Tensor& cos, co
 
 at::Tensor causal_gqa_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k.sizes() == v.sizes(),
-              "causal_gqa_attention: expected q [b, h, t, d] and k, v [b, kv, t, d]; got ", q.sizes(), ", ",
-              k.sizes(), ", ", v.sizes());
+              "causal_gqa_attention: expected q [b, h, t, d] and k, v [b, kv, t, d]; got ", q.sizes(), ", ", k.sizes(),
+              ", ", v.sizes());
   TORCH_CHECK(q.size(1) % k.size(1) == 0, "causal_gqa_attention: ", k.size(1), " kv heads do not divide ", q.size(1),
               " query heads");
   return at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, /*is_causal=*/true, std::nullopt,
@@ -349,8 +349,7 @@ at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor&
 LlamaModelImpl::LlamaModelImpl(LlamaConfig c) : config(std::move(c)) { reset(); }
 void LlamaModelImpl::reset() {
   config.validate();
-  embed_tokens =
-      register_module("embed_tokens", torch::nn::Embedding(config.vocab_size(), config.hidden_size()));
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(config.vocab_size(), config.hidden_size()));
   {
     at::NoGradGuard ng;
     embed_tokens->weight.normal_(0, 0.02);
@@ -364,8 +363,8 @@ void LlamaModelImpl::pretty_print(std::ostream& s) const {
     << ", layers=" << config.num_hidden_layers() << ")";
 }
 at::Tensor LlamaModelImpl::forward(const at::Tensor& tokens) {
-  TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == at::kLong, "LlamaModel: expected int64 tokens [batch, seq], got ",
-              tokens.scalar_type(), " ", tokens.sizes());
+  TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == at::kLong,
+              "LlamaModel: expected int64 tokens [batch, seq], got ", tokens.scalar_type(), " ", tokens.sizes());
   TORCH_CHECK(tokens.size(1) <= config.max_position_embeddings(), "LlamaModel: sequence of ", tokens.size(1),
               " tokens exceeds max_position_embeddings ", config.max_position_embeddings());
   at::Tensor x = embed_tokens(tokens);

@@ -60,8 +60,8 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
     for (const auto& [name, file] : j["weight_map"].items()) {
       TORCH_CHECK(file.is_string(), index, ": the shard of '", name, "' is not a string");
       const std::string f = file.get<std::string>();
-      TORCH_CHECK(!f.empty() && f.find('/') == std::string::npos && f != "." && f != "..", index,
-                  ": shard name '", f, "' of '", name, "' is not a file name in the checkpoint directory");
+      TORCH_CHECK(!f.empty() && f.find('/') == std::string::npos && f != "." && f != "..", index, ": shard name '", f,
+                  "' of '", name, "' is not a file name in the checkpoint directory");
       out[name] = f;
     }
     std::set<std::string> shards;
@@ -71,7 +71,8 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
     }
     return out;
   }
-  TORCH_CHECK(file_exists(single), "no weights in ", dir, ": expected model.safetensors or model.safetensors.index.json");
+  TORCH_CHECK(file_exists(single), "no weights in ", dir,
+              ": expected model.safetensors or model.safetensors.index.json");
   detail::OpenSafetensors file(single);
   for (const auto& [name, entry] : file.header().tensors) out[name] = "model.safetensors";
   return out;

@@ -90,8 +90,8 @@ std::string SentencePieceTokenizer::name() const {
 bool has_sentencepiece_trainer() { return true; }
 void train_sentencepiece(const std::string& text_file, const std::string& model_prefix, int64_t vocab_size,
                          const std::string& model_type) {
-  TORCH_CHECK(model_type == "bpe" || model_type == "unigram", "train_sentencepiece: model_type must be bpe or unigram, got ",
-              model_type);
+  TORCH_CHECK(model_type == "bpe" || model_type == "unigram",
+              "train_sentencepiece: model_type must be bpe or unigram, got ", model_type);
   TORCH_CHECK(vocab_size > 3, "train_sentencepiece: vocab_size must exceed 3, got ", vocab_size);
   const std::string args = "--input=" + text_file + " --model_prefix=" + model_prefix +
                            " --vocab_size=" + std::to_string(vocab_size) + " --model_type=" + model_type +
