@@ -159,17 +159,25 @@ class LeanAdamW {
       }
     }
     const double c1 = 1 - std::pow(0.9, t_), c2 = 1 - std::pow(0.999, t_);
+    // In chunks of 2^22 elements: the fp32 temporaries stay small next to a 131M-entry embedding.
+    constexpr int64_t kChunk = int64_t{1} << 22;
     for (size_t i = 0; i < params_.size(); ++i) {
       auto& p = params_[i];
       if (!p.grad().defined()) continue;
-      const at::Tensor g = p.grad().to(at::kFloat);
-      const at::Tensor m = m_[i].to(at::kFloat).mul_(0.9).add_(g, 0.1);
-      const at::Tensor v = v_[i].to(at::kFloat).mul_(0.999).addcmul_(g, g, 0.001);
-      m_[i].copy_(m);
-      v_[i].copy_(v);
-      at::Tensor update = (m / c1) / ((v / c2).sqrt_() + 1e-8);
-      if (wd_ > 0) update.add_(p.to(at::kFloat), wd_);
-      p.sub_((update * lr_).to(p.scalar_type()));
+      TORCH_CHECK(p.is_contiguous() && p.grad().is_contiguous(), "adamw-bf16 expects contiguous parameters");
+      const at::Tensor pf = p.view({-1}), gf = p.grad().view({-1}), mf = m_[i].view({-1}), vf = v_[i].view({-1});
+      for (int64_t off = 0; off < pf.numel(); off += kChunk) {
+        const int64_t n = std::min(kChunk, pf.numel() - off);
+        const at::Tensor g = gf.narrow(0, off, n).to(at::kFloat);
+        const at::Tensor m = mf.narrow(0, off, n).to(at::kFloat).mul_(0.9).add_(g, 0.1);
+        const at::Tensor v = vf.narrow(0, off, n).to(at::kFloat).mul_(0.999).addcmul_(g, g, 0.001);
+        mf.narrow(0, off, n).copy_(m);
+        vf.narrow(0, off, n).copy_(v);
+        at::Tensor w = pf.narrow(0, off, n);
+        at::Tensor update = (m / c1).div_((v / c2).sqrt_().add_(1e-8));
+        if (wd_ > 0) update.add_(w.to(at::kFloat), wd_);
+        w.sub_((update * lr_).to(w.scalar_type()));
+      }
     }
   }
   static constexpr int kStateBytesPerParam = 4;
@@ -541,14 +549,15 @@ int main(int argc, char** argv) try {
     post_training_baselines(control_model, "control, then ");
   }
   edkm::Palettizer palettizer(model, pal_options);
-  Optimizer opt(optimizer, model->parameters(), lr, weight_decay);
+  std::optional<Optimizer> opt(std::in_place, optimizer, model->parameters(), lr, weight_decay);
+  const int state_bytes_per_param = opt->state_bytes_per_param;
   edkm::ProgressBar bar(steps, "DKM fine-tune");
   int64_t step_peak_cpu = 0, step_peak_cuda = 0;
   double finetune_tok_s = 0, step_seconds = 0, last_loss = 0;
   std::optional<edkm::OffloadStats> offload_stats;
   const auto t_ft = Clock::now();
   for (int64_t s = 0; s < steps; ++s) {
-    opt.set_lr(schedule(lr, s, steps));
+    opt->set_lr(schedule(lr, s, steps));
     const at::Tensor x = sample(s, 2);
     const auto t_step = Clock::now();
     edkm::MemoryMeter meter;
@@ -560,12 +569,12 @@ int main(int argc, char** argv) try {
         auto clustered = palettizer.clustered();
         loss = finetune_loss(model(x), x);
       }
-      opt.zero_grad();
+      opt->zero_grad();
       loss.backward();
       if (off) offload_stats = off->stats();
       last_loss = loss.item<double>();
     }
-    opt.step();
+    opt->step();
     palettizer.step();
     const auto report = meter.report();
     step_peak_cpu = std::max(step_peak_cpu, report.cpu.peak);
@@ -575,6 +584,10 @@ int main(int argc, char** argv) try {
     bar.tick("loss " + fixed(last_loss, 3) + ", " + fixed(finetune_tok_s, 0) + " tok/s");
   }
   bar.finish();
+  // Free the optimizer state, the gradients and the teacher before finalizing and exporting.
+  opt.reset();
+  for (auto& p : model->parameters()) p.mutable_grad() = at::Tensor();
+  teacher = nullptr;
   palettizer.finalize();
   const auto report = palettizer.report();
   std::map<std::string, double> packed_bits;
@@ -589,6 +602,7 @@ int main(int argc, char** argv) try {
   palettizer.save_compressed(compressed);
   edkm::write_text_file(out_dir + "/config.json", config.to_json());
   edkm::LlamaForCausalLM reloaded(config);
+  reloaded->to(dtype);
   edkm::load_compressed(*reloaded, compressed);
   reloaded->to(device);
   bool same = false;
@@ -630,7 +644,7 @@ int main(int argc, char** argv) try {
         << "- throughput: pre-training " << fixed(pretrain_tok_s, 0) << " tok/s, DKM fine-tuning "
         << fixed(finetune_tok_s, 0) << " tok/s (last step " << fixed(step_seconds, 3) << " s), evaluation "
         << fixed(rows.back().eval.tokens_per_s, 0) << " tok/s\n"
-        << "- optimizer " << optimizer << ": " << opt.state_bytes_per_param << " bytes of state per parameter\n"
+        << "- optimizer " << optimizer << ": " << state_bytes_per_param << " bytes of state per parameter\n"
         << "- total time " << fixed(total_s, 1) << " s\n";
   if (offload_stats) facts << "- offload: " << offload_stats->to_string() << "\n";
   std::cout << "\n" << report.to_string() << "\n" << md.str() << "\n" << facts.str();
@@ -664,7 +678,7 @@ int main(int argc, char** argv) try {
             {"distill", distill},
             {"embedding_dkm", embedding_dkm},
             {"optimizer", optimizer},
-            {"optimizer_state_bytes_per_param", opt.state_bytes_per_param},
+            {"optimizer_state_bytes_per_param", state_bytes_per_param},
             {"compressed_file_bytes", file_bytes},
             {"reloaded_matches", same},
             {"peak_host_bytes", mem.cpu.peak},

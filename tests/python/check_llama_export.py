@@ -1,8 +1,8 @@
 """Checks what edkm_llama_compress wrote (argument: its test directory with out/ and hf/).
 
 Default: the compressed model opens with the Python `safetensors` package, the decoder's Linear
-weights are 3-bit palettes and the embedding/head 8-bit ones, and results.json holds the four
-compared methods. With --transformers: Hugging Face `transformers` loads the exported hf/
+weights are 3-bit palettes and the embedding/head 8-bit ones, and results.json holds the seven
+compared rows. With --transformers: Hugging Face `transformers` loads the exported hf/
 checkpoint and reproduces edkm's logits (exit 77 when transformers is not installed).
 """
 import json
@@ -44,7 +44,9 @@ def main() -> int:
     assert "model.norm.weight" in names and "lm_head.weight.indices" in names, sorted(names)
     results = json.load(open(f"{root}/out/results.json"))
     methods = [r["method"] for r in results["results"]]
-    assert len(methods) == 4 and results["reloaded_matches"], results
+    assert results["reloaded_matches"], results
+    assert len(methods) == 7 and methods[-1].startswith("3-bit DKM"), methods  # fp32, RTN, k-means, control x 3, DKM
+    assert all(r["perplexity"] > 1 for r in results["results"]), results
     print("export OK:", len(palettes), "palettes;", ", ".join(f"{r['method']}: {r['perplexity']:.2f}" for r in results["results"]))
     return 0
 
