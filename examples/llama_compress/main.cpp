@@ -284,7 +284,8 @@ int main(int argc, char** argv) try {
       ->check(CLI::IsMember({"adamw", "adamw-bf16", "sgd"}))
       ->capture_default_str();
   app.add_option("--eval-tokens", eval_tokens, "held-out tokens evaluated (0: all)")->capture_default_str();
-  app.add_flag("--skip-baselines", skip_baselines, "do not evaluate RTN and post-training k-means");
+  app.add_flag("--skip-baselines", skip_baselines,
+               "do not run the baselines (RTN, post-training k-means, the fp32 control run)");
   app.add_option("--dtype", dtype_name, "parameter dtype: fp32 | bf16")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
