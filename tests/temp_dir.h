@@ -1,5 +1,5 @@
 #pragma once
-// A temporary directory for a test, removed with its files (and empty subdirectories) at the end. POSIX calls rather
+// A temporary directory for a test, removed with everything in it at the end. POSIX calls rather
 // than std::filesystem: libtorch.so exports its own std::filesystem symbols, which crash when they interpose on the
 // libstdc++ ones.
 #include <dirent.h>
@@ -24,25 +24,17 @@ class TempDir {
     if (!::mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed for " + tmpl);
     path_ = buf.data();
   }
-  ~TempDir() {
-    if (DIR* d = ::opendir(path_.c_str())) {
-      while (dirent* e = ::readdir(d)) {
-        const std::string name = e->d_name;
-        const std::string p = path_ + "/" + name;
-        if (name != "." && name != ".." && ::unlink(p.c_str()) != 0) ::rmdir(p.c_str());
-      }
-      ::closedir(d);
-    }
-    ::rmdir(path_.c_str());
-  }
+  ~TempDir() { remove_tree(path_); }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
 
   std::string path(const std::string& name) const { return path_ + "/" + name; }
   /// Names of the entries in the directory.
-  std::vector<std::string> entries() const {
+  std::vector<std::string> entries() const { return entries_of(path_); }
+  /// Names of the entries in any directory.
+  static std::vector<std::string> entries_of(const std::string& dir) {
     std::vector<std::string> out;
-    if (DIR* d = ::opendir(path_.c_str())) {
+    if (DIR* d = ::opendir(dir.c_str())) {
       while (dirent* e = ::readdir(d)) {
         const std::string name = e->d_name;
         if (name != "." && name != "..") out.push_back(name);
@@ -53,6 +45,18 @@ class TempDir {
   }
 
  private:
+  static void remove_tree(const std::string& dir) {
+    for (const auto& name : entries_of(dir)) {
+      const std::string p = dir + "/" + name;
+      struct stat st {};
+      if (::lstat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        remove_tree(p);
+      } else {
+        ::unlink(p.c_str());
+      }
+    }
+    ::rmdir(dir.c_str());
+  }
   std::string path_;
 };
 

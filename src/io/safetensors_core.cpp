@@ -221,9 +221,12 @@ void write_all(int fd, const void* data, uint64_t n, const std::string& path) {
 
 }  // namespace
 
-void write_file(const std::string& path, const std::vector<TensorBytes>& tensors,
-                const std::map<std::string, std::string>& metadata) {
-  const std::string header = serialize_header(tensors, metadata);
+namespace {
+
+// Runs `body(fd, tmp)` on a new temporary file next to `path`, then fsync, rename, fsync of the
+// directory. On failure the destination is untouched and the temporary removed.
+template <class Body>
+void write_atomic(const std::string& path, Body&& body) {
   const auto slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   static std::atomic<uint64_t> counter{0};
@@ -232,12 +235,7 @@ void write_file(const std::string& path, const std::vector<TensorBytes>& tensors
     Fd f;
     f.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (f.fd < 0) fail("cannot create " + tmp + ": " + std::strerror(errno));
-    uint8_t len[8];
-    uint64_t n = header.size();
-    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
-    write_all(f.fd, len, 8, tmp);
-    write_all(f.fd, header.data(), header.size(), tmp);
-    for (const auto& t : tensors) write_all(f.fd, t.data, t.nbytes, tmp);
+    body(f.fd, tmp);
     if (::fsync(f.fd) != 0) fail("fsync of " + tmp + " failed: " + std::strerror(errno));
     if (::close(f.fd) != 0) {
       f.fd = -1;
@@ -254,6 +252,25 @@ void write_file(const std::string& path, const std::vector<TensorBytes>& tensors
   Fd d;
   d.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (d.fd >= 0) ::fsync(d.fd);  // the rename is durable once the directory is
+}
+
+}  // namespace
+
+void write_file(const std::string& path, const std::vector<TensorBytes>& tensors,
+                const std::map<std::string, std::string>& metadata) {
+  const std::string header = serialize_header(tensors, metadata);
+  write_atomic(path, [&](int fd, const std::string& tmp) {
+    uint8_t len[8];
+    uint64_t n = header.size();
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
+    write_all(fd, len, 8, tmp);
+    write_all(fd, header.data(), header.size(), tmp);
+    for (const auto& t : tensors) write_all(fd, t.data, t.nbytes, tmp);
+  });
+}
+
+void write_bytes(const std::string& path, const void* data, uint64_t nbytes) {
+  write_atomic(path, [&](int fd, const std::string& tmp) { write_all(fd, data, nbytes, tmp); });
 }
 
 uint64_t packed_bytes(uint64_t count, int bits) {

@@ -74,6 +74,9 @@ std::string serialize_header(const std::vector<TensorBytes>& tensors,
 void write_file(const std::string& path, const std::vector<TensorBytes>& tensors,
                 const std::map<std::string, std::string>& metadata);
 
+/// Writes `nbytes` bytes to `path` atomically, as write_file does.
+void write_bytes(const std::string& path, const void* data, uint64_t nbytes);
+
 /// Bytes of `count` indices packed at `bits` bits each: ceil(count * bits / 8).
 uint64_t packed_bytes(uint64_t count, int bits);
 /// Packs `count` indices (each < 2^bits) LSB-first: index i occupies bits [i*bits, (i+1)*bits)

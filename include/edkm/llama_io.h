@@ -1,0 +1,75 @@
+#pragma once
+// Hugging Face LLaMA checkpoints: a directory with config.json and the weights in
+// model.safetensors, or in shards listed by model.safetensors.index.json ({"weight_map":
+// {"<tensor>": "<shard file>"}}); BF16, F16 or F32 tensors. Reading is strict: every parameter
+// must be present with its shape, no unknown tensor may be left over (the rotary tables
+// "*.rotary_emb.inv_freq" of old exports are skipped), every shard the index names must exist,
+// and each file is validated before a byte of data is read; errors are c10::Error naming the file
+// and the tensor. Writing produces what Hugging Face's save_pretrained writes (config.json, one
+// file or shards + index), each file atomically.
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+#include <torch/arg.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "edkm/export.h"
+#include "edkm/llama.h"
+
+namespace edkm {
+
+/// Options of load_hf_llama.
+struct EDKM_API LlamaLoadOptions {
+  /// dtype of the model's parameters (the file's tensors are converted). Default fp32.
+  TORCH_ARG(at::ScalarType, dtype) = at::kFloat;
+  /// Replace the config's num_hidden_layers by this many (the first ones; the tensors of the other
+  /// layers are skipped); 0: all. Default 0.
+  TORCH_ARG(int64_t, num_layers) = 0;
+  /// Run-time switches copied into the config (see LlamaConfig). Defaults true / false.
+  TORCH_ARG(bool, fused_swiglu) = true;
+  TORCH_ARG(bool, checkpoint_layers) = false;
+};
+
+/// Options of save_hf_llama.
+struct EDKM_API LlamaSaveOptions {
+  /// dtype of the written tensors; std::nullopt: the parameters' own. Default std::nullopt.
+  TORCH_ARG(std::optional<at::ScalarType>, dtype) = std::nullopt;
+  /// Largest shard in bytes: more tensors than fit are split over model-0000i-of-0000n.safetensors
+  /// with an index; one file (model.safetensors) when everything fits. Default 5 GB (as
+  /// Hugging Face).
+  TORCH_ARG(int64_t, max_shard_bytes) = 5'000'000'000;
+};
+
+/// Reads config.json of a checkpoint directory.
+///
+/// Example:
+///   auto config = edkm::load_hf_llama_config("/models/llama-2-7b-hf");
+EDKM_API LlamaConfig load_hf_llama_config(const std::string& dir);
+
+/// Builds the model of `dir`'s config.json and loads its weights.
+///
+/// Example:
+///   auto model = edkm::load_hf_llama("/models/llama-2-7b-hf", edkm::LlamaLoadOptions().dtype(at::kBFloat16));
+///   auto logits = model(tokens);
+EDKM_API LlamaForCausalLM load_hf_llama(const std::string& dir, const LlamaLoadOptions& options = {});
+
+/// Loads the weights of `dir` into an existing model (strict, see the top of this header).
+EDKM_API void load_hf_llama_weights(LlamaForCausalLM& model, const std::string& dir);
+
+/// Writes `model` as a Hugging Face checkpoint directory (created if missing).
+///
+/// Example:
+///   edkm::save_hf_llama(model, "out/llama", edkm::LlamaSaveOptions().dtype(at::kBFloat16));
+EDKM_API void save_hf_llama(const LlamaForCausalLM& model, const std::string& dir,
+                            const LlamaSaveOptions& options = {});
+
+/// mkdir -p: creates `dir` and its missing parents; throws c10::Error when it cannot.
+EDKM_API void make_directories(const std::string& dir);
+/// Writes `content` to `path` atomically (temporary file, fsync, rename).
+EDKM_API void write_text_file(const std::string& path, const std::string& content);
+/// Reads a whole file; throws c10::Error when it cannot be read.
+EDKM_API std::string read_text_file(const std::string& path);
+
+}  // namespace edkm
