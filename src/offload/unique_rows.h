@@ -1,0 +1,31 @@
+#pragma once
+// Repeated rows of a byte buffer (the offloader's "uniquify"): U distinct rows and a 16-bit index
+// per row, found by a 64-bit hash per row and verified bitwise. Device-generic (ATen ops), with
+// temporaries bounded by processing rows in chunks.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace edkm::detail {
+
+/// The most distinct rows a 16-bit index can address.
+constexpr int64_t kMaxUniqueRows = int64_t{1} << 16;
+
+struct UniqueRows {
+  at::Tensor table;  ///< U x row_bytes uint8: the distinct rows, in order of first occurrence
+  at::Tensor index;  ///< rows int16: (label - 32768), label in [0, U), first occurrence order
+  int64_t unique = 0;
+};
+
+/// The distinct rows of `bytes` (a contiguous uint8 tensor of rows x row_bytes bytes), when there
+/// are at most kMaxUniqueRows of them and storing them with the index takes at most half of
+/// `bytes`; otherwise (or on a hash collision) nothing. Labels are numbered in order of first
+/// occurrence, so two buffers with the same row structure get equal indices.
+std::optional<UniqueRows> find_unique_rows(const at::Tensor& bytes, int64_t row_bytes);
+
+/// The rows back: table.index_select(index) as `rows * row_bytes` uint8 bytes on the table's
+/// device (`index` on that device too).
+at::Tensor expand_unique_rows(const at::Tensor& table, const at::Tensor& index, int64_t row_bytes);
+
+}  // namespace edkm::detail
