@@ -267,7 +267,8 @@ struct Offloader::State {
   at::Tensor restore(HostStorage& h) {
     at::Tensor out;
     if (h.index) {
-      out = detail::expand_unique_rows(to_device(h.data, h.device), to_device(h.index->buffer, h.device), h.row_bytes);
+      out = detail::expand_unique_rows(to_device(h.data, h.device),
+                                       to_device(h.index->buffer, h.device).view(at::kShort), h.row_bytes);
     } else {
       out = to_device(h.data, h.device);
     }
@@ -288,7 +289,7 @@ struct Offloader::State {
     const int64_t rows = u->index.numel();
     h.row_bytes = row_bytes;
     h.data = acquire(u->table.numel());
-    copy_to_host(h.data, u->table);
+    copy_to_host(h.data, u->table.view({-1}));
     int64_t stored = u->table.numel();
     h.index = shared_index(*u, rows);
     if (!h.index) {

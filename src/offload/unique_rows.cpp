@@ -34,8 +34,8 @@ void for_chunks(int64_t rows, F&& f) {
   for (int64_t begin = 0; begin < rows; begin += kChunkRows) f(begin, std::min(kChunkRows, rows - begin));
 }
 
-// A 64-bit hash per row of `words` (rows x W integers): multiply-xorshift over the words. Equal
-// rows hash equally; different rows rarely do (checked by the caller anyway).
+}  // namespace
+
 at::Tensor hash_rows(const at::Tensor& words) {
   const int64_t rows = words.size(0), width = words.size(1);
   auto h = at::empty({rows}, words.options().dtype(at::kLong));
@@ -44,14 +44,12 @@ at::Tensor hash_rows(const at::Tensor& words) {
     auto x = at::full({n}, static_cast<int64_t>(0x243F6A8885A308D3LL), h.options());
     for (int64_t j = 0; j < width; ++j) {
       x = (x ^ w.select(1, j).to(at::kLong)) * static_cast<int64_t>(0x9E3779B97F4A7C15ULL);
-      x = x ^ at::bitwise_right_shift(x, 29);
+      x = x ^ (at::bitwise_right_shift(x, 29) & ((int64_t{1} << 35) - 1));  // logical shift: bijective
     }
     h.narrow(0, begin, n).copy_(x);
   });
   return h;
 }
-
-}  // namespace
 
 std::optional<UniqueRows> find_unique_rows(const at::Tensor& bytes, int64_t row_bytes) {
   const int64_t nbytes = bytes.numel();
@@ -115,7 +113,7 @@ std::optional<UniqueRows> find_unique_rows(const at::Tensor& bytes, int64_t row_
   UniqueRows out;
   out.unique = unique;
   const at::Tensor table_words = words.index_select(0, reps);  // U x W
-  out.index = at::empty({rows}, h.options().dtype(at::kShort));
+  out.index = at::empty({rows}, long_opts.dtype(at::kShort));
   bool same = true;
   for_chunks(rows, [&](int64_t begin, int64_t n) {
     if (!same) return;

@@ -24,6 +24,11 @@ struct UniqueRows {
 /// occurrence, so two buffers with the same row structure get equal indices.
 std::optional<UniqueRows> find_unique_rows(const at::Tensor& bytes, int64_t row_bytes);
 
+/// A 64-bit hash per row of `words` (rows x W integers, int64 out), streaming over the words:
+/// h = F(...F(F(seed ^ w0) ^ w1)...), F a bijective multiply-xorshift. Equal rows hash equally;
+/// different rows rarely do, and callers verify.
+at::Tensor hash_rows(const at::Tensor& words);
+
 /// The rows back: table.index_select(index) as `rows * row_bytes` uint8 bytes on the table's
 /// device (`index` on that device too).
 at::Tensor expand_unique_rows(const at::Tensor& table, const at::Tensor& index, int64_t row_bytes);
