@@ -348,18 +348,24 @@ TEST(Offloader, TransformerBlockGradientsAreBitwiseIdentical) {
   Block block;
   auto x = at::randn({2, 16, 64}), g = at::randn({2, 16, 64});
   auto ref = block_grads(block, x, g);
-  auto off = std::make_shared<edkm::Offloader>(h2h());
-  std::vector<at::Tensor> got;
-  {
-    edkm::OffloadGuard guard(off);
-    got = block_grads(block, x, g);
+  for (const int64_t prefetch : {0, 1, 2}) {
+    for (const bool uniquify : {false, true}) {
+      auto off = std::make_shared<edkm::Offloader>(h2h().prefetch(prefetch).uniquify(uniquify));
+      std::vector<at::Tensor> got;
+      {
+        edkm::OffloadGuard guard(off);
+        got = block_grads(block, x, g);
+      }
+      ASSERT_EQ(got.size(), ref.size());
+      for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(at::equal(got[i], ref[i])) << "gradient " << i;
+      const auto s = off->stats();
+      EXPECT_EQ(s.tensors_offloaded, s.tensors_packed) << s.to_string();
+      EXPECT_GT(s.copies_avoided, 0) << s.to_string();  // q, k, v are views of one qkv output
+      EXPECT_EQ(s.host_bytes, 0) << s.to_string();
+      EXPECT_EQ(s.prefetch_hits > 0, prefetch > 0) << s.to_string();
+      EXPECT_EQ(s.tensors_uniquified, 0) << s.to_string();  // activations of random inputs: no repeated rows
+    }
   }
-  ASSERT_EQ(got.size(), ref.size());
-  for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(at::equal(got[i], ref[i])) << "gradient " << i;
-  const auto s = off->stats();
-  EXPECT_EQ(s.tensors_offloaded, s.tensors_packed) << s.to_string();
-  EXPECT_GT(s.copies_avoided, 0) << s.to_string();  // q, k, v are views of one qkv output
-  EXPECT_EQ(s.host_bytes, 0) << s.to_string();
 }
 
 // Activation checkpointing composes with the offloader: the recompute in backward saves its
@@ -546,29 +552,6 @@ TEST(Offloader, PrefetchAndUniquifyKeepDenseDkmBitwise) {
   }
 }
 
-TEST(Offloader, PrefetchAndUniquifyKeepTheTransformerBlockBitwise) {
-  torch::manual_seed(2);
-  Block block;
-  auto x = at::randn({2, 16, 64}), g = at::randn({2, 16, 64});
-  auto ref = block_grads(block, x, g);
-  for (const int64_t prefetch : {0, 2}) {
-    for (const bool uniquify : {false, true}) {
-      auto off = std::make_shared<edkm::Offloader>(h2h().prefetch(prefetch).uniquify(uniquify));
-      std::vector<at::Tensor> got;
-      {
-        edkm::OffloadGuard guard(off);
-        got = block_grads(block, x, g);
-      }
-      ASSERT_EQ(got.size(), ref.size());
-      for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(at::equal(got[i], ref[i])) << "gradient " << i;
-      const auto s = off->stats();
-      if (prefetch > 0) EXPECT_GT(s.prefetch_hits, 0) << s.to_string();
-      EXPECT_EQ(s.tensors_uniquified, 0) << s.to_string();  // activations of random inputs: no repeated rows
-      EXPECT_EQ(s.host_bytes, 0) << s.to_string();
-    }
-  }
-}
-
 // R x K maps that are functions of a column of R values with U distinct ones: stored as U rows and
 // one index list shared by both saved storages; exact byte counts; restored bitwise.
 TEST(Offloader, UniquifyStoresDistinctRowsAndSharesTheIndexList) {
@@ -742,6 +725,39 @@ TEST(Offloader, TwoOffloadersShareAHostMemoryPool) {
   auto own = std::make_shared<edkm::Offloader>(h2h().pin_memory(false).pool_max_cached_bytes(1234));
   EXPECT_FALSE(own->pool()->pinned());
   EXPECT_EQ(own->pool()->options().max_cached_bytes(), 1234);
+}
+
+// CUDA: pinned pool, copies and prefetches on side streams, uniquify on the device; gradients
+// bitwise those without the offloader, prefetches hit, bf16 maps uniquified, nothing left behind.
+TEST(Offloader, GpuPrefetchAndUniquifyKeepDenseDkmBitwise) {
+  EDKM_SKIP_WITHOUT_GPU();
+#if defined(EDKM_WITH_CUDA)
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    auto w = edkm::test::llm_like({1024, 512}, 7).to(dtype).cuda();
+    auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3));
+    auto g = edkm::test::llm_like({1024, 512}, 8).to(dtype).cuda();
+    auto [out_ref, grad_ref] = dkm_step(w, c, g);
+    auto off = std::make_shared<edkm::Offloader>(edkm::OffloadOptions().min_bytes(4096).prefetch(2).uniquify(true));
+    EXPECT_TRUE(off->pool()->pinned());
+    for (int step = 0; step < 2; ++step) {
+      edkm::SavedTensorHooksGuard guard(off);
+      auto [out, grad] = dkm_step(w, c, g);
+      EXPECT_TRUE(at::equal(out, out_ref));
+      EXPECT_TRUE(at::equal(grad, grad_ref));
+    }
+    c10::cuda::device_synchronize();
+    const auto s = off->stats();
+    EXPECT_GT(s.prefetch_hits, 0) << s.to_string();
+    EXPECT_EQ(s.host_bytes, 0) << s.to_string();
+    EXPECT_EQ(s.pool.in_use_bytes, 0) << s.to_string();
+    if (dtype == at::kBFloat16) {
+      EXPECT_GT(s.tensors_uniquified, 0) << s.to_string();
+      EXPECT_GE(s.uniquify_bytes_before, 8 * s.uniquify_bytes_after) << s.to_string();
+    } else {
+      EXPECT_EQ(s.tensors_uniquified, 0) << s.to_string();
+    }
+  }
+#endif
 }
 
 TEST(Offloader, GpuPeakMemoryOfDenseDkmDrops) {
