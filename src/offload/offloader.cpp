@@ -13,7 +13,9 @@
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <tuple>
 #include <unordered_map>
+#include <utility>
 
 #include "edkm/offload.h"
 #include "offload/unique_rows.h"
@@ -121,6 +123,7 @@ struct Offloader::State {
   struct IndexList {
     std::shared_ptr<State> state;
     HostBuffer buffer;  // rows x int16
+    at::Tensor reps;    // U int64 on the CPU: the first row of each label
     int64_t rows = 0, unique = 0;
     ~IndexList() { state->release(buffer); }
   };
@@ -276,54 +279,66 @@ struct Offloader::State {
     return out;
   }
 
-  // Stores `h`'s storage bytes `source` on the host, uniquified when asked and worth it.
+  // Stores `h`'s storage bytes `source` on the host, uniquified when asked and worth it
+  // (caller holds `mu`).
   void store(HostStorage& h, const at::Tensor& source, int64_t row_bytes) {
-    std::optional<detail::UniqueRows> u;
-    if (options.uniquify() && row_bytes > 0) u = detail::find_unique_rows(source, row_bytes);
-    if (!u) {
+    std::shared_ptr<IndexList> list;
+    at::Tensor table;
+    if (options.uniquify() && row_bytes > 0) {
+      // Rows that fit an index list already made (the other N x K maps of the same weight) only
+      // need their representatives: no hashing, and the list is shared.
+      std::tie(list, table) = fit_index_list(source, row_bytes);
+      if (list) {
+        counters.index_lists_shared.fetch_add(1);
+      } else if (auto u = detail::find_unique_rows(source, row_bytes)) {
+        const int64_t rows = u->index.numel();
+        list = std::make_shared<IndexList>();
+        list->state = h.state;
+        list->rows = rows;
+        list->unique = u->unique;
+        list->reps = u->reps.cpu();
+        list->buffer = acquire(rows * 2);
+        copy_to_host(list->buffer, u->index.view(at::kByte));
+        counters.bytes_offloaded.fetch_add(rows * 2);
+        counters.uniquify_bytes_after.fetch_add(rows * 2);
+        index_lists.push_back(list);
+        table = u->table;
+      }
+    }
+    if (!list) {
       h.data = acquire(h.nbytes);
       copy_to_host(h.data, source);
       counters.bytes_offloaded.fetch_add(h.nbytes);
       return;
     }
-    const int64_t rows = u->index.numel();
     h.row_bytes = row_bytes;
-    h.data = acquire(u->table.numel());
-    copy_to_host(h.data, u->table.view({-1}));
-    int64_t stored = u->table.numel();
-    h.index = shared_index(*u, rows);
-    if (!h.index) {
-      auto list = std::make_shared<IndexList>();
-      list->state = h.state;
-      list->rows = rows;
-      list->unique = u->unique;
-      list->buffer = acquire(rows * 2);
-      copy_to_host(list->buffer, u->index.view(at::kByte));
-      stored += rows * 2;
-      index_lists.push_back(list);
-      h.index = std::move(list);
-    } else {
-      counters.index_lists_shared.fetch_add(1);
-    }
-    counters.bytes_offloaded.fetch_add(stored);
+    h.index = std::move(list);
+    h.data = acquire(table.numel());
+    copy_to_host(h.data, table.view({-1}));
+    counters.bytes_offloaded.fetch_add(table.numel());
     counters.tensors_uniquified.fetch_add(1);
     counters.uniquify_bytes_before.fetch_add(h.nbytes);
-    counters.uniquify_bytes_after.fetch_add(stored);
+    counters.uniquify_bytes_after.fetch_add(table.numel());
   }
 
-  // A live index list equal to `u.index` (caller holds `mu`), or null.
-  std::shared_ptr<IndexList> shared_index(const detail::UniqueRows& u, int64_t rows) {
+  // A live index list that the rows of `source` fit, most recent first, and the rows' table
+  // (caller holds `mu`); or nulls.
+  std::pair<std::shared_ptr<IndexList>, at::Tensor> fit_index_list(const at::Tensor& source, int64_t row_bytes) {
     index_lists.erase(std::remove_if(index_lists.begin(), index_lists.end(), [](auto& w) { return w.expired(); }),
                       index_lists.end());
-    at::Tensor host_index;  // the new index on the host, to compare with the stored ones
-    for (const auto& weak : index_lists) {
-      auto list = weak.lock();
-      if (!list || list->rows != rows || list->unique != u.unique) continue;
-      if (!host_index.defined()) host_index = u.index.is_cpu() ? u.index : u.index.cpu();
-      list->buffer.wait_copies();
-      if (at::equal(list->buffer.bytes.view(at::kShort), host_index)) return list;
+    const int64_t rows = source.numel() / row_bytes;
+    for (auto it = index_lists.rbegin(); it != index_lists.rend(); ++it) {
+      auto list = it->lock();
+      // The same saving test as a new list (U rows + the index in at most half the bytes).
+      if (!list || list->rows != rows || source.numel() % row_bytes != 0 ||
+          list->unique * row_bytes + 2 * rows > source.numel() / 2)
+        continue;
+      list->buffer.wait_copies();  // CUDA: the index is read on the host, or copied from it
+      const auto index = list->buffer.bytes.view(at::kShort).to(source.device());
+      if (auto table = detail::rows_by_index(source, row_bytes, index, list->reps.to(source.device())))
+        return {std::move(list), std::move(*table)};
     }
-    return nullptr;
+    return {nullptr, at::Tensor()};
   }
 
   // Drops map entries whose source storage or host copy is gone (caller holds `mu`).

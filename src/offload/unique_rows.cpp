@@ -124,7 +124,25 @@ std::optional<UniqueRows> find_unique_rows(const at::Tensor& bytes, int64_t row_
   });
   if (!same) return std::nullopt;
   out.table = table_words.view(at::kByte).view({unique, row_bytes});
+  out.reps = reps;
   return out;
+}
+
+std::optional<at::Tensor> rows_by_index(const at::Tensor& bytes, int64_t row_bytes, const at::Tensor& index,
+                                        const at::Tensor& reps) {
+  const int64_t rows = index.numel();
+  if (row_bytes <= 0 || bytes.numel() != rows * row_bytes) return std::nullopt;
+  const auto wt = word_type(row_bytes);
+  const at::Tensor words = bytes.view(wt).view({rows, row_bytes / static_cast<int64_t>(c10::elementSize(wt))});
+  const at::Tensor table_words = words.index_select(0, reps);
+  bool same = true;
+  for_chunks(rows, [&](int64_t begin, int64_t n) {
+    if (same)
+      same = at::equal(table_words.index_select(0, index.narrow(0, begin, n).to(at::kInt) + 32768),
+                       words.narrow(0, begin, n));
+  });
+  if (!same) return std::nullopt;
+  return table_words.view(at::kByte).view({-1, row_bytes});
 }
 
 at::Tensor expand_unique_rows(const at::Tensor& table, const at::Tensor& index, int64_t row_bytes) {

@@ -15,6 +15,7 @@ constexpr int64_t kMaxUniqueRows = int64_t{1} << 16;
 struct UniqueRows {
   at::Tensor table;  ///< U x row_bytes uint8: the distinct rows, in order of first occurrence
   at::Tensor index;  ///< rows int16: (label - 32768), label in [0, U), first occurrence order
+  at::Tensor reps;   ///< U int64: the row where each label first occurs
   int64_t unique = 0;
 };
 
@@ -23,6 +24,13 @@ struct UniqueRows {
 /// `bytes`; otherwise (or on a hash collision) nothing. Labels are numbered in order of first
 /// occurrence, so two buffers with the same row structure get equal indices.
 std::optional<UniqueRows> find_unique_rows(const at::Tensor& bytes, int64_t row_bytes);
+
+/// The rows of `bytes` as `table` rows picked by an existing index (rows int16, as in UniqueRows)
+/// with representatives `reps` (U int64), when every row equals the row of its label's
+/// representative bit for bit (rows that fit an index list already made need no hashing); else
+/// nothing. `index` and `reps` on the device of `bytes`.
+std::optional<at::Tensor> rows_by_index(const at::Tensor& bytes, int64_t row_bytes, const at::Tensor& index,
+                                        const at::Tensor& reps);
 
 /// A 64-bit hash per row of `words` (rows x W integers, int64 out), streaming over the words:
 /// h = F(...F(F(seed ^ w0) ^ w1)...), F a bijective multiply-xorshift. Equal rows hash equally;
