@@ -25,6 +25,10 @@
 //    (every row is a function of one weight value, and a bf16/fp16 weight has at most 65,536 of
 //    them), is stored as its U distinct rows plus a 16-bit index per row. Storages with the same
 //    row structure share one index list. Restored bitwise identical. See OffloadOptions::uniquify.
+//    In dense DKM it catches every N x K map (the distances' input of square, the softmax output,
+//    the clamp's input: 9 storages in a 3-iteration step), not the N-element ones (the weight in
+//    fp32, A @ C), whose one "row" is the whole weight. It lowers host memory and traffic, not the
+//    device peak (that is forward's temporaries and backward's working set).
 //  - Host-to-host mode (`host_to_host(true)`): CPU tensors are "offloaded" into pool buffers too
 //    (the saved reference to the original storage is dropped), so the whole path runs and is
 //    tested on machines without a GPU. Measuring it: HostMemoryPool allocates with aligned_alloc
@@ -87,7 +91,9 @@ struct EDKM_API OffloadOptions {
   /// U <= 65,536 distinct bit patterns and U rows + a 16-bit index per row take at most half the
   /// bytes, the U rows and the index are stored instead (rows are found by a 64-bit hash per row
   /// and verified bitwise; a hash collision, too many distinct rows or too small a saving keep the
-  /// plain copy). Storages with the same row structure (the same index list, checked) share it.
+  /// plain copy). A storage whose rows fit an index list already held (every row equal, bit for
+  /// bit, to the row of its label's first occurrence) reuses that list without hashing: all the
+  /// N x K maps of one weight share one list, as in eDKM. Unpack = index_select of the U rows.
   /// Catches the N x K maps of dense DKM on bf16/fp16 weights (distances, attention: 16x less
   /// for K = 8 fp32); on fp32 weights (millions of distinct values) it finds nothing and costs a
   /// hash pass over a sample of rows per storage. Default false.
