@@ -526,9 +526,17 @@ TEST(Offloader, PrefetchAndUniquifyKeepDenseDkmBitwise) {
           EXPECT_TRUE(at::equal(out, out_ref)) << what;
           EXPECT_TRUE(at::equal(grad, grad_ref)) << what;
         }
-        const auto s = off->stats();
+        auto s = off->stats();
         EXPECT_EQ(s.host_bytes, 0) << what << ": " << s.to_string();
         EXPECT_EQ(s.pool.in_use_bytes, 0) << what << ": " << s.to_string();
+        {  // a graph freed without backward leaves nothing either
+          edkm::SavedTensorHooksGuard guard(off);
+          auto wr = w.clone().requires_grad_(true);
+          (void)edkm::functional::dkm_cluster(wr, c, edkm::DKMOptions(3)).weight;
+        }
+        EXPECT_EQ(off->stats().host_bytes, 0) << what;
+        EXPECT_EQ(off->stats().pool.in_use_bytes, 0) << what;
+        s = off->stats();
         if (prefetch == 0) {
           EXPECT_EQ(s.prefetches, 0) << what;
         } else {
