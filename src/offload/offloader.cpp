@@ -456,14 +456,12 @@ void Offloader::State::prefetch_after(const HostStorage& current, int64_t curren
 #if defined(EDKM_WITH_CUDA)
       const c10::cuda::CUDAGuard device_guard(h->device);
       if (options.async()) {
-        auto current_stream = c10::cuda::getCurrentCUDAStream();
         auto side = c10::cuda::getStreamFromPool(false, h->device.index());
         {
           const c10::cuda::CUDAStreamGuard stream_guard(side);  // allocation, copies and expansion on `side`
           h->prefetched = restore(*h);
         }
         h->prefetch_ready.record(side);
-        (void)current_stream;
       } else {
         h->prefetched = restore(*h);
       }
