@@ -141,6 +141,29 @@ TEST(HostMemoryPool, PinnedOnAGpuMachine) {
   EXPECT_TRUE(pool.allocate(64).pinned());
 }
 
+TEST(HostMemoryPool, ReusedFlagAndWrap) {
+  HostMemoryPool pool(HostMemoryPoolOptions().pinned(false));
+  auto first = pool.allocate(3000);
+  EXPECT_FALSE(first.reused());
+  void* p = first.data();
+  at::Tensor t = HostMemoryPool::wrap(std::move(first), {750}, at::kFloat);  // 3000 bytes
+  EXPECT_FALSE(first);                                                       // moved into the tensor
+  EXPECT_EQ(t.data_ptr(), p);
+  EXPECT_EQ(t.numel(), 750);
+  t.fill_(3.0);
+  EXPECT_EQ(pool.stats().blocks_in_use, 1);
+  t.reset();  // the block goes back with the storage
+  EXPECT_EQ(pool.stats().blocks_in_use, 0);
+  auto again = pool.allocate(2500);  // same class: from the free list
+  EXPECT_TRUE(again.reused());
+  EXPECT_EQ(again.data(), p);
+  HostMemoryPool::Block moved = std::move(again);
+  EXPECT_TRUE(moved.reused());
+  EXPECT_FALSE(again.reused());
+  test::expect_error([&] { HostMemoryPool::wrap(std::move(moved), {1000}, at::kFloat); }, {"wrap", "needs 4000"});
+  EXPECT_EQ(HostMemoryPool::wrap(HostMemoryPool::Block(), {0}, at::kFloat).numel(), 0);
+}
+
 TEST(HostMemoryPool, BadInput) {
   test::expect_error([] { HostMemoryPool(HostMemoryPoolOptions().alignment(100)); }, {"alignment", "100"});
   test::expect_error([] { HostMemoryPool(HostMemoryPoolOptions().max_cached_bytes(-1)); }, {"max_cached_bytes"});

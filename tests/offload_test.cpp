@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "offload/unique_rows.h"
 #include "test_util.h"
 
 #if defined(EDKM_WITH_CUDA)
@@ -302,6 +303,9 @@ TEST(Offloader, BadUseGivesClearErrors) {
   expect_error([&] { off->unpack(std::any()); }, {"not packed by an edkm::Offloader"});
   expect_error([&] { off->unpack(std::any(x)); }, {"not packed by an edkm::Offloader"});
   expect_error([&] { edkm::Offloader(edkm::OffloadOptions().min_bytes(-1)); }, {"min_bytes"});
+  expect_error([&] { edkm::Offloader(edkm::OffloadOptions().prefetch(-1)); }, {"prefetch must be >= 0"});
+  expect_error([&] { edkm::Offloader(edkm::OffloadOptions().prefetch_max_bytes(-2)); }, {"prefetch_max_bytes"});
+  expect_error([&] { edkm::Offloader(edkm::OffloadOptions().pool_max_cached_bytes(-1)); }, {"pool_max_cached_bytes"});
   expect_error([&] { edkm::OffloadGuard(std::shared_ptr<edkm::Offloader>()); }, {"null offloader"});
 }
 
@@ -344,18 +348,24 @@ TEST(Offloader, TransformerBlockGradientsAreBitwiseIdentical) {
   Block block;
   auto x = at::randn({2, 16, 64}), g = at::randn({2, 16, 64});
   auto ref = block_grads(block, x, g);
-  auto off = std::make_shared<edkm::Offloader>(h2h());
-  std::vector<at::Tensor> got;
-  {
-    edkm::OffloadGuard guard(off);
-    got = block_grads(block, x, g);
+  for (const int64_t prefetch : {0, 1, 2}) {
+    for (const bool uniquify : {false, true}) {
+      auto off = std::make_shared<edkm::Offloader>(h2h().prefetch(prefetch).uniquify(uniquify));
+      std::vector<at::Tensor> got;
+      {
+        edkm::OffloadGuard guard(off);
+        got = block_grads(block, x, g);
+      }
+      ASSERT_EQ(got.size(), ref.size());
+      for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(at::equal(got[i], ref[i])) << "gradient " << i;
+      const auto s = off->stats();
+      EXPECT_EQ(s.tensors_offloaded, s.tensors_packed) << s.to_string();
+      EXPECT_GT(s.copies_avoided, 0) << s.to_string();  // q, k, v are views of one qkv output
+      EXPECT_EQ(s.host_bytes, 0) << s.to_string();
+      EXPECT_EQ(s.prefetch_hits > 0, prefetch > 0) << s.to_string();
+      EXPECT_EQ(s.tensors_uniquified, 0) << s.to_string();  // activations of random inputs: no repeated rows
+    }
   }
-  ASSERT_EQ(got.size(), ref.size());
-  for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(at::equal(got[i], ref[i])) << "gradient " << i;
-  const auto s = off->stats();
-  EXPECT_EQ(s.tensors_offloaded, s.tensors_packed) << s.to_string();
-  EXPECT_GT(s.copies_avoided, 0) << s.to_string();  // q, k, v are views of one qkv output
-  EXPECT_EQ(s.host_bytes, 0) << s.to_string();
 }
 
 // Activation checkpointing composes with the offloader: the recompute in backward saves its
@@ -492,6 +502,270 @@ TEST(Offloader, SmallTensorsAndCpuTensorsWithoutHostToHostAreKept) {
   EXPECT_EQ(small->stats().tensors_offloaded, 0);
   EXPECT_TRUE(at::equal(torch::autograd::grad({loss}, {x})[0], at::cos(x)));
   EXPECT_TRUE(at::equal(torch::autograd::grad({loss2}, {x})[0], at::cos(x)));
+}
+
+// ----------------------------------------------------------------------------------------------
+// Prefetch, uniquify, shared pool
+
+// Dense DKM (fp32 and bf16 weights) with every combination of prefetch and uniquify: output and
+// weight gradient bitwise those without the offloader; prefetches hit; nothing is left behind.
+TEST(Offloader, PrefetchAndUniquifyKeepDenseDkmBitwise) {
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    auto w = edkm::test::llm_like({512, 128}, 5).to(dtype);
+    auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3));
+    auto g = edkm::test::llm_like({512, 128}, 6).to(dtype);
+    auto [out_ref, grad_ref] = dkm_step(w, c, g);
+    for (const int64_t prefetch : {0, 1, 3}) {
+      for (const bool uniquify : {false, true}) {
+        const std::string what =
+            std::string(c10::toString(dtype)) + " prefetch " + std::to_string(prefetch) + (uniquify ? " uniquify" : "");
+        auto off = std::make_shared<edkm::Offloader>(h2h().min_bytes(4096).prefetch(prefetch).uniquify(uniquify));
+        for (int step = 0; step < 2; ++step) {
+          edkm::SavedTensorHooksGuard guard(off);
+          auto [out, grad] = dkm_step(w, c, g);
+          EXPECT_TRUE(at::equal(out, out_ref)) << what;
+          EXPECT_TRUE(at::equal(grad, grad_ref)) << what;
+        }
+        auto s = off->stats();
+        EXPECT_EQ(s.host_bytes, 0) << what << ": " << s.to_string();
+        EXPECT_EQ(s.pool.in_use_bytes, 0) << what << ": " << s.to_string();
+        {  // a graph freed without backward leaves nothing either
+          edkm::SavedTensorHooksGuard guard(off);
+          auto wr = w.clone().requires_grad_(true);
+          (void)edkm::functional::dkm_cluster(wr, c, edkm::DKMOptions(3)).weight;
+        }
+        EXPECT_EQ(off->stats().host_bytes, 0) << what;
+        EXPECT_EQ(off->stats().pool.in_use_bytes, 0) << what;
+        s = off->stats();
+        if (prefetch == 0) {
+          EXPECT_EQ(s.prefetches, 0) << what;
+        } else {
+          // Backward of DKM unpacks in reverse pack order but for the weight, used by every
+          // iteration: most restores are prefetched.
+          EXPECT_GE(s.prefetch_hits, s.storages_copied / 2) << what << ": " << s.to_string();
+          EXPECT_EQ(s.prefetches, s.prefetch_hits + s.prefetch_wasted) << what << ": " << s.to_string();
+          EXPECT_LE(s.prefetch_wasted, 2 * prefetch) << what << ": " << s.to_string();  // per step, at the end
+        }
+        if (!uniquify || dtype == at::kFloat) {
+          // fp32 weights: every row of the N x K maps is different; nothing is uniquified.
+          EXPECT_EQ(s.tensors_uniquified, 0) << what << ": " << s.to_string();
+        } else {
+          // bf16: the N x K maps (distances, attention) are stored as distinct rows + one index list.
+          EXPECT_GE(s.tensors_uniquified, 2 * 4) << what << ": " << s.to_string();
+          EXPECT_GT(s.index_lists_shared, 0) << what << ": " << s.to_string();
+          EXPECT_GE(s.uniquify_bytes_before, 8 * s.uniquify_bytes_after) << what << ": " << s.to_string();
+        }
+      }
+    }
+  }
+}
+
+// R x K maps that are functions of a column of R values with U distinct ones: stored as U rows and
+// one index list shared by both saved storages; exact byte counts; restored bitwise.
+TEST(Offloader, UniquifyStoresDistinctRowsAndSharesTheIndexList) {
+  const int64_t R = 4 * 65536 + 1000, K = 8;  // more rows than the first sample: the later ones add values
+  auto v = at::randint(0, 300, {R, 1}, at::TensorOptions().dtype(at::kLong));
+  v.narrow(0, R - 50, 50).copy_(at::arange(1000, 1050).view({50, 1}));  // 50 values seen only at the end
+  auto x = (v.to(at::kFloat) * 0.01).requires_grad_(true);
+  auto c = at::linspace(-1, 3, K).view({1, K});
+  const int64_t U = std::get<0>(at::_unique2(v)).numel();
+  ASSERT_EQ(U, 350);
+  auto forward = [&] {
+    auto d = x - c;                          // R x K, rows repeat with v
+    return (at::exp(d) + at::sin(d)).sum();  // exp saves its result, sin saves d
+  };
+  auto ref = torch::autograd::grad({forward()}, {x})[0];
+  auto off = std::make_shared<edkm::Offloader>(h2h().min_bytes(1 << 20).uniquify(true));
+  edkm::MemoryMeter meter;
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(off);
+    loss = forward();
+  }
+  auto s = off->stats();
+  EXPECT_EQ(s.tensors_uniquified, 2) << s.to_string();
+  EXPECT_EQ(s.index_lists_shared, 1) << s.to_string();
+  EXPECT_EQ(s.uniquify_bytes_before, 2 * R * K * 4) << s.to_string();
+  EXPECT_EQ(s.uniquify_bytes_after, 2 * U * K * 4 + R * 2) << s.to_string();  // two tables, one index
+  EXPECT_EQ(s.bytes_offloaded, s.uniquify_bytes_after) << s.to_string();
+  EXPECT_TRUE(at::equal(torch::autograd::grad({loss}, {x})[0], ref));
+  s = off->stats();
+  EXPECT_EQ(s.bytes_restored, 2 * (U * K * 4 + R * 2)) << s.to_string();
+  EXPECT_EQ(s.host_bytes, 0) << s.to_string();
+  loss = at::Tensor();
+  EXPECT_EQ(meter.report().cpu.current_delta(), 0);  // no restored copy or uniquify temporary left
+}
+
+TEST(Offloader, UniquifyKeepsPlainCopiesWhenRowsDoNotRepeatEnough) {
+  auto run = [](const at::Tensor& x, int64_t min_bytes) {
+    auto xr = x.clone().requires_grad_(true);
+    auto off = std::make_shared<edkm::Offloader>(h2h().min_bytes(min_bytes).uniquify(true));
+    at::Tensor loss;
+    {
+      edkm::SavedTensorHooksGuard guard(off);
+      loss = at::sin(xr * 1.0).sum();  // sin saves its input
+    }
+    auto grad = torch::autograd::grad({loss}, {xr})[0];
+    EXPECT_TRUE(at::equal(grad, at::cos(x)));
+    return off->stats();
+  };
+  // All rows distinct.
+  auto s = run(at::randn({100000, 8}), 0);
+  EXPECT_EQ(s.storages_copied, 1) << s.to_string();
+  EXPECT_EQ(s.tensors_uniquified, 0) << s.to_string();
+  // 70,000 distinct rows of 64 values: more than a 16-bit index addresses.
+  auto many = at::arange(70000, at::kFloat).repeat({3}).view({-1, 1}).expand({-1, 64}).contiguous();
+  s = run(many, 0);
+  EXPECT_EQ(s.tensors_uniquified, 0) << s.to_string();
+  // Repeated rows, but below min_bytes: kept as it is.
+  auto few = at::ones({1000, 8});
+  s = run(few, 1000 * 8 * 4 + 1);
+  EXPECT_EQ(s.tensors_offloaded, 0) << s.to_string();
+  EXPECT_EQ(s.tensors_uniquified, 0) << s.to_string();
+  // Repeated rows of 16 values, 40 distinct ones over 4,000 rows: saving 8x, uniquified.
+  auto rep = at::arange(40, at::kFloat).repeat({100}).view({-1, 1}).expand({-1, 16}).contiguous();
+  s = run(rep, 0);
+  EXPECT_EQ(s.tensors_uniquified, 1) << s.to_string();
+  EXPECT_EQ(s.uniquify_bytes_after, 40 * 16 * 4 + 4000 * 2) << s.to_string();
+}
+
+// Two different rows with the same 64-bit hash (constructed from the hash's streaming form):
+// the verification catches it and the plain copy is kept; without the collision the rows are found.
+TEST(Offloader, UniquifyFallsBackOnAHashCollision) {
+  auto h1 = [](int64_t w) { return edkm::detail::hash_rows(at::full({1, 1}, w, at::kLong)).item<int64_t>(); };
+  const int64_t a0 = 12345, a1 = -987654321, b0 = 777;
+  const int64_t b1 = h1(a0) ^ a1 ^ h1(b0);  // F(F(s ^ a0) ^ a1) = F(F(s ^ b0) ^ b1)
+  auto rows = at::tensor({a0, a1, b0, b1}, at::kLong).view({2, 2});
+  auto h = edkm::detail::hash_rows(rows);
+  ASSERT_EQ(h[0].item<int64_t>(), h[1].item<int64_t>());  // a collision indeed
+  auto data = rows.repeat({50000, 1});                    // 100,000 rows of 16 bytes, 2 distinct
+  EXPECT_FALSE(edkm::detail::find_unique_rows(data.view(at::kByte).view({-1}), 16).has_value());
+  auto fine = at::tensor({a0, a1, b0, b1 + 1}, at::kLong).view({2, 2}).repeat({50000, 1});
+  auto u = edkm::detail::find_unique_rows(fine.view(at::kByte).view({-1}), 16);
+  ASSERT_TRUE(u.has_value());
+  EXPECT_EQ(u->unique, 2);
+  EXPECT_TRUE(at::equal(edkm::detail::expand_unique_rows(u->table, u->index, 16), fine.view(at::kByte).view({-1})));
+}
+
+// Unpacks in pack order (not the usual reverse): the offloader learns the direction; prefetched
+// copies that are never used are freed with their saved values; the byte bound holds.
+TEST(Offloader, PrefetchFollowsTheUnpackOrderAndFreesUnusedCopies) {
+  auto off = std::make_shared<edkm::Offloader>(h2h().prefetch(1));
+  std::vector<at::Tensor> ts;
+  std::vector<std::any> packed;
+  for (int i = 0; i < 8; ++i) ts.push_back(at::randn({64, 64}));
+  edkm::MemoryMeter meter;
+  for (auto& t : ts) packed.push_back(off->pack(t));
+  for (int i = 0; i < 8; ++i) EXPECT_TRUE(at::equal(off->unpack(packed[i]), ts[i])) << i;
+  auto s = off->stats();
+  EXPECT_GE(s.prefetch_hits, 4) << s.to_string();  // after a few votes the direction is forward
+  EXPECT_EQ(s.bytes_restored, (8 + s.prefetch_wasted) * 64 * 64 * 4) << s.to_string();
+  packed.clear();
+  s = off->stats();
+  EXPECT_EQ(s.prefetches, s.prefetch_hits + s.prefetch_wasted) << s.to_string();
+  EXPECT_EQ(s.host_bytes, 0) << s.to_string();
+  EXPECT_EQ(meter.report().cpu.current_delta(), 0);  // no restored or prefetched copy left
+
+  // A graph freed without backward after a partial unpack: its prefetched copy is freed, counted wasted.
+  auto off2 = std::make_shared<edkm::Offloader>(h2h().prefetch(2));
+  for (auto& t : ts) packed.push_back(off2->pack(t));
+  (void)off2->unpack(packed.back());  // prefetches the two packed before it
+  EXPECT_EQ(off2->stats().prefetches, 2);
+  packed.clear();
+  s = off2->stats();
+  EXPECT_EQ(s.prefetch_wasted, 2) << s.to_string();
+  EXPECT_EQ(s.host_bytes, 0) << s.to_string();
+  EXPECT_EQ(meter.report().cpu.current_delta(), 0);
+
+  // A byte bound below one storage: no prefetch at all.
+  auto off3 = std::make_shared<edkm::Offloader>(h2h().prefetch(4).prefetch_max_bytes(64 * 64 * 4 - 1));
+  for (auto& t : ts) packed.push_back(off3->pack(t));
+  for (int i = 7; i >= 0; --i) EXPECT_TRUE(at::equal(off3->unpack(packed[i]), ts[i])) << i;
+  EXPECT_EQ(off3->stats().prefetches, 0);
+  packed.clear();
+}
+
+// A prefetched storage is restored once: its views share the prefetched copy.
+TEST(Offloader, PrefetchedStorageIsSharedByItsViews) {
+  auto off = std::make_shared<edkm::Offloader>(h2h().prefetch(1));
+  auto a = at::randn({32, 32}), b = at::randn({32, 32});
+  auto pa = off->pack(a), pb = off->pack(b), pbt = off->pack(b.t());
+  auto ub = off->unpack(pb);  // prefetches a
+  auto ua = off->unpack(pa);
+  auto ubt = off->unpack(pbt);
+  const auto s = off->stats();
+  EXPECT_EQ(s.prefetch_hits, 1) << s.to_string();
+  EXPECT_EQ(s.restores_shared, 1) << s.to_string();
+  EXPECT_EQ(s.bytes_restored, 2 * 32 * 32 * 4) << s.to_string();
+  EXPECT_EQ(ubt.data_ptr(), ub.data_ptr());
+  EXPECT_TRUE(at::equal(ua, a) && at::equal(ub, b) && at::equal(ubt, b.t()));
+}
+
+// Two offloaders on one pool: the second reuses the blocks the first gave back.
+TEST(Offloader, TwoOffloadersShareAHostMemoryPool) {
+  auto pool = std::make_shared<edkm::HostMemoryPool>(edkm::HostMemoryPoolOptions().pinned(false));
+  auto first = std::make_shared<edkm::Offloader>(h2h().pool(pool));
+  auto second = std::make_shared<edkm::Offloader>(h2h().pool(pool));
+  EXPECT_EQ(first->pool(), pool);
+  EXPECT_EQ(second->pool(), pool);
+  auto x = at::randn({128, 128}).requires_grad_(true);
+  auto step = [&](const std::shared_ptr<edkm::Offloader>& off) {
+    at::Tensor loss;
+    {
+      edkm::SavedTensorHooksGuard guard(off);
+      loss = at::matmul(at::tanh(x), x.t()).sum();
+    }
+    return torch::autograd::grad({loss}, {x})[0];
+  };
+  auto g1 = step(first), g2 = step(second);
+  EXPECT_TRUE(at::equal(g1, g2));
+  const auto s1 = first->stats(), s2 = second->stats();
+  EXPECT_EQ(s1.pool_hits, 0) << s1.to_string();
+  EXPECT_GT(s1.pool_misses, 0) << s1.to_string();
+  EXPECT_EQ(s2.pool_misses, 0) << s2.to_string();  // every block came from the first offloader's
+  EXPECT_EQ(s2.pool_hits, s1.pool_misses) << s2.to_string();
+  EXPECT_EQ(s2.pool.hits, pool->stats().hits);
+  EXPECT_EQ(pool->stats().in_use_bytes, 0);
+  EXPECT_GT(s2.pool_cached_bytes, 0);
+  second->empty_pool();
+  EXPECT_EQ(pool->stats().cached_bytes, 0);
+  // The owned pool follows pin_memory and pool_max_cached_bytes.
+  auto own = std::make_shared<edkm::Offloader>(h2h().pin_memory(false).pool_max_cached_bytes(1234));
+  EXPECT_FALSE(own->pool()->pinned());
+  EXPECT_EQ(own->pool()->options().max_cached_bytes(), 1234);
+}
+
+// CUDA: pinned pool, copies and prefetches on side streams, uniquify on the device; gradients
+// bitwise those without the offloader, prefetches hit, bf16 maps uniquified, nothing left behind.
+TEST(Offloader, GpuPrefetchAndUniquifyKeepDenseDkmBitwise) {
+  EDKM_SKIP_WITHOUT_GPU();
+#if defined(EDKM_WITH_CUDA)
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    auto w = edkm::test::llm_like({1024, 512}, 7).to(dtype).cuda();
+    auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3));
+    auto g = edkm::test::llm_like({1024, 512}, 8).to(dtype).cuda();
+    auto [out_ref, grad_ref] = dkm_step(w, c, g);
+    auto off = std::make_shared<edkm::Offloader>(edkm::OffloadOptions().min_bytes(4096).prefetch(2).uniquify(true));
+    EXPECT_TRUE(off->pool()->pinned());
+    for (int step = 0; step < 2; ++step) {
+      edkm::SavedTensorHooksGuard guard(off);
+      auto [out, grad] = dkm_step(w, c, g);
+      EXPECT_TRUE(at::equal(out, out_ref));
+      EXPECT_TRUE(at::equal(grad, grad_ref));
+    }
+    c10::cuda::device_synchronize();
+    const auto s = off->stats();
+    EXPECT_GT(s.prefetch_hits, 0) << s.to_string();
+    EXPECT_EQ(s.host_bytes, 0) << s.to_string();
+    EXPECT_EQ(s.pool.in_use_bytes, 0) << s.to_string();
+    if (dtype == at::kBFloat16) {
+      EXPECT_GT(s.tensors_uniquified, 0) << s.to_string();
+      EXPECT_GE(s.uniquify_bytes_before, 8 * s.uniquify_bytes_after) << s.to_string();
+    } else {
+      EXPECT_EQ(s.tensors_uniquified, 0) << s.to_string();
+    }
+  }
+#endif
 }
 
 TEST(Offloader, GpuPeakMemoryOfDenseDkmDrops) {

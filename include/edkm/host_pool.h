@@ -86,6 +86,8 @@ class EDKM_API HostMemoryPool {
     size_t capacity() const { return capacity_; }
     /// Page-locked memory.
     bool pinned() const;
+    /// Whether the block came from the pool's free lists (a hit) rather than from the system.
+    bool reused() const { return reused_; }
     explicit operator bool() const { return data_ != nullptr; }
     /// Returns the block to the pool now (no-op when empty).
     void release();
@@ -95,6 +97,7 @@ class EDKM_API HostMemoryPool {
     std::shared_ptr<detail::HostPoolState> pool_;
     void* data_ = nullptr;
     size_t size_ = 0, capacity_ = 0;
+    bool reused_ = false;
   };
 
   explicit HostMemoryPool(HostMemoryPoolOptions options = {});
@@ -110,6 +113,10 @@ class EDKM_API HostMemoryPool {
   at::Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype);
   /// empty(src.sizes(), src.scalar_type()).
   at::Tensor empty_like(const at::Tensor& src);
+  /// A contiguous CPU tensor of `sizes` and `dtype` over `block` (a block of this or another pool,
+  /// at least that large; empty only for zero elements): the block returns to its pool when the
+  /// tensor's storage dies. What `empty` does after `allocate`; use it to see `block.reused()`.
+  static at::Tensor wrap(Block block, at::IntArrayRef sizes, at::ScalarType dtype);
   /// Returns every cached block to the system.
   void empty_cache();
   HostPoolStats stats() const;

@@ -10,18 +10,40 @@
 //    storage per backward: the restored copy is kept from the first unpack of one of its views
 //    until every live view has been unpacked (or freed), and shared by them.
 //  - A storage written in place after it was copied is copied again (version counter check).
-//  - CUDA: pinned host buffers, device-to-host copies on a side stream ordered by events.
+//  - Host buffers come from an edkm::HostMemoryPool (pinned when a GPU is present): one the
+//    offloader owns (built from `pin_memory` and `pool_max_cached_bytes`), or yours through
+//    `pool(...)`, which several offloaders may share. The pool's own statistics are in `stats().pool`.
+//  - CUDA: device-to-host copies on a side stream ordered by events.
+//  - Prefetch in backward (`prefetch(n)`, default 1): when a storage is restored, the next `n`
+//    storages backward is expected to need are restored ahead of time (on CUDA: host-to-device
+//    copies on a side stream; the consumer's stream waits on an event). The guess is reverse pack
+//    order, and follows pack order instead when unpacks arrive that way. Prefetched copies not
+//    consumed are freed when their storage is freed or when newer prefetches need the room
+//    (counted as `prefetch_wasted`). Still one device copy per storage.
+//  - Uniquify (`uniquify(true)`, eDKM's "uniquification"): a saved storage whose rows (the
+//    innermost dimension of its layout) repeat, as in the N x K maps of DKM on 16-bit weights
+//    (every row is a function of one weight value, and a bf16/fp16 weight has at most 65,536 of
+//    them), is stored as its U distinct rows plus a 16-bit index per row. Storages with the same
+//    row structure share one index list. Restored bitwise identical. See OffloadOptions::uniquify.
+//    In dense DKM it catches every N x K map (the distances' input of square, the softmax output,
+//    the clamp's input: 9 storages in a 3-iteration step), not the N-element ones (the weight in
+//    fp32, A @ C), whose one "row" is the whole weight. It lowers host memory and traffic, not the
+//    device peak (that is forward's temporaries and backward's working set).
 //  - Host-to-host mode (`host_to_host(true)`): CPU tensors are "offloaded" into pool buffers too
 //    (the saved reference to the original storage is dropped), so the whole path runs and is
-//    tested on machines without a GPU.
-//  - Host buffers come from a size-class pool owned by the offloader and are reused.
+//    tested on machines without a GPU. Measuring it: HostMemoryPool allocates with aligned_alloc
+//    (cudaHostAlloc with a GPU), not through LibTorch's CPU allocator, so edkm::MemoryMeter's
+//    `cpu` figure does not count pool bytes. In this mode the `cpu` figure therefore plays the
+//    part of device memory (what stays saved, the restored copies, the uniquify work) and the pool
+//    (`stats().pool`, `host_bytes`) the part of host memory: a drop of the `cpu` peak on CPU is the
+//    drop the offloader gives a GPU's peak (benchmarks/offload_memory.cpp reports both).
 //
 // Example:
-//   auto off = std::make_shared<edkm::Offloader>(edkm::OffloadOptions().min_bytes(1 << 20));
+//   auto off = std::make_shared<edkm::Offloader>(edkm::OffloadOptions().min_bytes(1 << 20).uniquify(true));
 //   {
 //     edkm::SavedTensorHooksGuard guard(off);
 //     auto out = edkm::functional::dkm_cluster(w, c, edkm::DKMOptions(3)).weight;
-//     out.backward(grad);  // saved tensors are restored from host memory here
+//     out.backward(grad);  // saved tensors are restored (and prefetched) from host memory here
 //   }
 //   std::cout << off->stats().to_string() << "\n";
 #include <ATen/core/Tensor.h>
@@ -34,6 +56,7 @@
 #include <string>
 
 #include "edkm/export.h"
+#include "edkm/host_pool.h"
 #include "edkm/saved_tensor_hooks.h"
 
 namespace edkm {
@@ -46,12 +69,35 @@ struct EDKM_API OffloadOptions {
   TORCH_ARG(bool, host_to_host) = false;
   /// Reuse an already offloaded storage for its views. Default true.
   TORCH_ARG(bool, dedup) = true;
-  /// CUDA: host buffers are pinned (page-locked) memory. Default true.
+  /// Host buffers are pinned (page-locked) memory when a GPU is present: the owned pool's
+  /// HostMemoryPoolOptions::pinned (ignored with `pool`). Default true.
   TORCH_ARG(bool, pin_memory) = true;
-  /// CUDA: copy to host on a side stream (ordered with events) instead of the current stream.
+  /// CUDA: copies to host and prefetches on a side stream (ordered with events) instead of the
+  /// current stream. Default true.
   TORCH_ARG(bool, async) = true;
-  /// Free host buffers the pool keeps for reuse, at most. Default 4 GiB.
+  /// Free host buffers the owned pool keeps for reuse, at most (HostMemoryPoolOptions::
+  /// max_cached_bytes: 0 = no limit; ignored with `pool`). Default 4 GiB.
   TORCH_ARG(int64_t, pool_max_cached_bytes) = int64_t{4} << 30;
+  /// The host memory pool to take buffers from; null: the offloader makes and owns one. Share
+  /// one pool between offloaders to reuse buffers across them. Default null.
+  TORCH_ARG(std::shared_ptr<HostMemoryPool>, pool) = nullptr;
+  /// Storages restored ahead of time in backward, at most, beyond the one being unpacked
+  /// (0: no prefetch). Default 1.
+  TORCH_ARG(int64_t, prefetch) = 1;
+  /// Bytes of prefetched, not yet consumed device copies, at most (0: no byte bound). Default 0.
+  TORCH_ARG(int64_t, prefetch_max_bytes) = 0;
+  /// Store repeated rows once: a saved storage of >= min_bytes that a saved tensor of >= 2
+  /// dimensions covers densely is split into rows along its innermost dimension; when they have
+  /// U <= 65,536 distinct bit patterns and U rows + a 16-bit index per row take at most half the
+  /// bytes, the U rows and the index are stored instead (rows are found by a 64-bit hash per row
+  /// and verified bitwise; a hash collision, too many distinct rows or too small a saving keep the
+  /// plain copy). A storage whose rows fit an index list already held (every row equal, bit for
+  /// bit, to the row of its label's first occurrence) reuses that list without hashing: all the
+  /// N x K maps of one weight share one list, as in eDKM. Unpack = index_select of the U rows.
+  /// Catches the N x K maps of dense DKM on bf16/fp16 weights (distances, attention: 16x less
+  /// for K = 8 fp32); on fp32 weights (millions of distinct values) it finds nothing and costs a
+  /// hash pass over a sample of rows per storage. Default false.
+  TORCH_ARG(bool, uniquify) = false;
 
   // TORCH_ARG leaves the access at private:
  public:
@@ -61,20 +107,28 @@ struct EDKM_API OffloadOptions {
 
 /// What an offloader did since it was made (or since reset_stats()). Bytes are storage bytes.
 struct EDKM_API OffloadStats {
-  int64_t tensors_packed = 0;     ///< saved tensors seen by pack
-  int64_t tensors_offloaded = 0;  ///< of those, stored in host memory (copied or de-duplicated)
-  int64_t tensors_unpacked = 0;   ///< unpack calls (retain_graph counts each backward)
-  int64_t storages_copied = 0;    ///< storages copied to host
-  int64_t bytes_offloaded = 0;    ///< bytes copied to host (device -> host traffic)
-  int64_t copies_avoided = 0;     ///< saved tensors whose storage was already on the host (de-dup)
-  int64_t bytes_not_copied = 0;   ///< their storage bytes, not copied again
-  int64_t bytes_restored = 0;     ///< bytes copied back (host -> device traffic)
-  int64_t restores_shared = 0;    ///< unpacks served by a device copy already restored for a view
-  int64_t host_bytes = 0;         ///< host buffer bytes held now by saved tensors
-  int64_t host_bytes_peak = 0;    ///< highest host_bytes
-  int64_t pool_hits = 0;          ///< host buffers reused from the pool
-  int64_t pool_misses = 0;        ///< host buffers newly allocated
-  int64_t pool_cached_bytes = 0;  ///< free host buffer bytes kept by the pool now
+  int64_t tensors_packed = 0;         ///< saved tensors seen by pack
+  int64_t tensors_offloaded = 0;      ///< of those, stored in host memory (copied or de-duplicated)
+  int64_t tensors_unpacked = 0;       ///< unpack calls (retain_graph counts each backward)
+  int64_t storages_copied = 0;        ///< storages copied to host
+  int64_t bytes_offloaded = 0;        ///< bytes copied to host (device -> host traffic)
+  int64_t copies_avoided = 0;         ///< saved tensors whose storage was already on the host (de-dup)
+  int64_t bytes_not_copied = 0;       ///< their storage bytes, not copied again
+  int64_t bytes_restored = 0;         ///< bytes copied back (host -> device traffic)
+  int64_t restores_shared = 0;        ///< unpacks served by a device copy already restored for a view
+  int64_t host_bytes = 0;             ///< host buffer bytes held now by saved tensors
+  int64_t host_bytes_peak = 0;        ///< highest host_bytes
+  int64_t pool_hits = 0;              ///< host buffers of this offloader reused from the pool
+  int64_t pool_misses = 0;            ///< host buffers of this offloader newly allocated by the pool
+  int64_t pool_cached_bytes = 0;      ///< free host buffer bytes kept by the pool now (= pool.cached_bytes)
+  int64_t prefetches = 0;             ///< storages restored ahead of time in backward
+  int64_t prefetch_hits = 0;          ///< unpacks that found their storage already prefetched
+  int64_t prefetch_wasted = 0;        ///< prefetched copies freed without being used
+  int64_t tensors_uniquified = 0;     ///< storages stored as distinct rows + index
+  int64_t uniquify_bytes_before = 0;  ///< their storage bytes
+  int64_t uniquify_bytes_after = 0;   ///< what was stored for them: rows + the index lists made
+  int64_t index_lists_shared = 0;     ///< uniquified storages that reused an index list
+  HostPoolStats pool;                 ///< the host memory pool's own statistics (shared pools: all users)
   std::string to_string() const;
 };
 
@@ -94,8 +148,10 @@ class EDKM_API Offloader : public SavedTensorHooks {
   OffloadStats stats() const;
   /// Zeroes the counters (host_bytes, host_bytes_peak and pool_cached_bytes stay current).
   void reset_stats();
-  /// Frees the host buffers the pool keeps for reuse.
+  /// Frees the host buffers the pool keeps for reuse (of a shared pool: everybody's).
   void empty_pool();
+  /// The host memory pool the buffers come from.
+  const std::shared_ptr<HostMemoryPool>& pool() const;
 
   struct State;
 

@@ -119,8 +119,13 @@ std::string HostPoolStats::to_string() const {
 HostMemoryPool::Block::~Block() { release(); }
 
 HostMemoryPool::Block::Block(Block&& other) noexcept
-    : pool_(std::move(other.pool_)), data_(other.data_), size_(other.size_), capacity_(other.capacity_) {
+    : pool_(std::move(other.pool_)),
+      data_(other.data_),
+      size_(other.size_),
+      capacity_(other.capacity_),
+      reused_(other.reused_) {
   other.data_ = nullptr;
+  other.reused_ = false;
   other.size_ = other.capacity_ = 0;
 }
 
@@ -131,8 +136,10 @@ HostMemoryPool::Block& HostMemoryPool::Block::operator=(Block&& other) noexcept 
     data_ = other.data_;
     size_ = other.size_;
     capacity_ = other.capacity_;
+    reused_ = other.reused_;
     other.data_ = nullptr;
     other.size_ = other.capacity_ = 0;
+    other.reused_ = false;
   }
   return *this;
 }
@@ -143,6 +150,7 @@ void HostMemoryPool::Block::release() {
   if (data_ != nullptr) pool_->give_back(data_, size_, capacity_);
   data_ = nullptr;
   size_ = capacity_ = 0;
+  reused_ = false;
   pool_.reset();
 }
 
@@ -208,21 +216,35 @@ HostMemoryPool::Block HostMemoryPool::allocate(size_t bytes) {
   b.data_ = p;
   b.size_ = bytes;
   b.capacity_ = cap;
+  b.reused_ = hit;
   return b;
 }
 
-at::Tensor HostMemoryPool::empty(at::IntArrayRef sizes, at::ScalarType dtype) {
+namespace {
+int64_t checked_numel(at::IntArrayRef sizes, const char* what) {
   int64_t numel = 1;
   for (int64_t s : sizes) {
-    TORCH_CHECK(s >= 0, "edkm: HostMemoryPool::empty: negative size in ", sizes);
+    TORCH_CHECK(s >= 0, "edkm: HostMemoryPool::", what, ": negative size in ", sizes);
     numel *= s;
   }
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
-  auto block = std::make_shared<Block>(allocate(bytes));
-  void* data = block->data();
+  return numel;
+}
+}  // namespace
+
+at::Tensor HostMemoryPool::empty(at::IntArrayRef sizes, at::ScalarType dtype) {
+  const int64_t numel = checked_numel(sizes, "empty");
+  return wrap(allocate(static_cast<size_t>(numel) * c10::elementSize(dtype)), sizes, dtype);
+}
+
+at::Tensor HostMemoryPool::wrap(Block block, at::IntArrayRef sizes, at::ScalarType dtype) {
+  const size_t bytes = static_cast<size_t>(checked_numel(sizes, "wrap")) * c10::elementSize(dtype);
+  TORCH_CHECK(block.size() >= bytes, "edkm: HostMemoryPool::wrap: the block has ", block.size(), " bytes but ", sizes,
+              " x ", dtype, " needs ", bytes);
+  auto owner = std::make_shared<Block>(std::move(block));
+  void* data = owner->data();
   static char empty_storage;  // a non-null address for zero-element tensors
   return at::from_blob(
-      data ? data : &empty_storage, sizes, [block](void*) { block->release(); },
+      data ? data : &empty_storage, sizes, [owner](void*) { owner->release(); },
       at::TensorOptions().dtype(dtype).device(at::kCPU));
 }
 

@@ -1,18 +1,24 @@
-// The offloader: saved tensors to host memory, de-duplicated by storage, restored once per storage.
+// The offloader: saved tensors to host memory (a HostMemoryPool), de-duplicated by storage,
+// optionally uniquified, restored once per storage and prefetched in backward.
 #include <ATen/ops/empty.h>
+#include <ATen/ops/equal.h>
 #include <c10/core/Storage.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <iomanip>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <sstream>
+#include <tuple>
 #include <unordered_map>
+#include <utility>
 
 #include "edkm/offload.h"
-#include "offload/host_buffer_pool.h"
+#include "offload/unique_rows.h"
 
 #if defined(EDKM_WITH_CUDA)
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -23,70 +29,20 @@
 
 namespace edkm {
 
-// ---------------------------------------------------------------------------------------------
-// Pool
-
-namespace detail {
-
-int64_t HostBufferPool::size_class(int64_t bytes) {
-  constexpr int64_t kMin = 4096;
-  if (bytes <= kMin) return kMin;
-  int64_t p = kMin;
-  while (p < bytes) p <<= 1;   // p: the power of two >= bytes
-  const int64_t step = p / 8;  // quarter steps between p/2 and p
-  return (bytes + step - 1) / step * step;
-}
-
-at::Tensor HostBufferPool::acquire(int64_t bytes, bool pinned, bool* hit) {
-  const int64_t size = size_class(bytes);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = free_.find({size, pinned});
-    if (it != free_.end() && !it->second.empty()) {
-      at::Tensor buffer = std::move(it->second.back());
-      it->second.pop_back();
-      cached_bytes_ -= size;
-      *hit = true;
-      return buffer;
-    }
-  }
-  *hit = false;
-  return at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(pinned));
-}
-
-void HostBufferPool::release(at::Tensor buffer, bool pinned) {
-  const int64_t size = buffer.numel();
-  std::lock_guard<std::mutex> lock(mu_);
-  if (cached_bytes_ + size > max_cached_bytes_) return;  // freed when `buffer` goes
-  cached_bytes_ += size;
-  free_[{size, pinned}].push_back(std::move(buffer));
-}
-
-void HostBufferPool::clear() {
-  decltype(free_) dropped;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    dropped.swap(free_);
-    cached_bytes_ = 0;
-  }
-}
-
-int64_t HostBufferPool::cached_bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return cached_bytes_;
-}
-
-}  // namespace detail
-
-// ---------------------------------------------------------------------------------------------
-// State
-
 namespace {
 
 struct Counters {
   std::atomic<int64_t> tensors_packed{0}, tensors_offloaded{0}, tensors_unpacked{0}, storages_copied{0},
       bytes_offloaded{0}, copies_avoided{0}, bytes_not_copied{0}, bytes_restored{0}, restores_shared{0}, host_bytes{0},
-      host_bytes_peak{0}, pool_hits{0}, pool_misses{0};
+      host_bytes_peak{0}, pool_hits{0}, pool_misses{0}, prefetches{0}, prefetch_hits{0}, prefetch_wasted{0},
+      tensors_uniquified{0}, uniquify_bytes_before{0}, uniquify_bytes_after{0}, index_lists_shared{0};
+
+  void add_host_bytes(int64_t n) {
+    const int64_t now = host_bytes.fetch_add(n) + n;
+    int64_t peak = host_bytes_peak.load();
+    while (now > peak && !host_bytes_peak.compare_exchange_weak(peak, now)) {
+    }
+  }
 };
 
 // A uint8 tensor over the whole of `storage` (keeps it alive).
@@ -96,33 +52,114 @@ at::Tensor storage_bytes(const c10::Storage& storage, const at::Device& device) 
   return t;
 }
 
+at::Tensor empty_bytes(int64_t n, const at::Device& device) {
+  return at::empty({n}, at::TensorOptions().dtype(at::kByte).device(device));
+}
+
+// Bytes of one row for uniquify: the saved tensor covers its whole storage densely (any
+// permutation of a contiguous layout), so the storage is rows of its innermost dimension (the
+// one of stride 1). 0 when that does not hold.
+int64_t row_bytes_of(const at::Tensor& t, int64_t storage_nbytes) {
+  if (t.dim() < 2 || t.storage_offset() != 0 || !t.is_non_overlapping_and_dense() ||
+      t.numel() * static_cast<int64_t>(t.element_size()) != storage_nbytes)
+    return 0;
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.stride(d) == 1 && t.size(d) > 1) return t.size(d) * static_cast<int64_t>(t.element_size());
+  return 0;
+}
+
 }  // namespace
 
-struct Offloader::State {
-  explicit State(const OffloadOptions& o) : options(o), pool(o.pool_max_cached_bytes()) {}
-  OffloadOptions options;
-  Counters counters;
-  detail::HostBufferPool pool;
-  std::mutex mu;  // guards `by_storage`
+// ---------------------------------------------------------------------------------------------
+// State
 
+struct Offloader::State {
+  explicit State(const OffloadOptions& o) : options(o), pool(o.pool()) {
+    if (!pool)
+      pool = std::make_shared<HostMemoryPool>(
+          HostMemoryPoolOptions().pinned(o.pin_memory()).max_cached_bytes(o.pool_max_cached_bytes()));
+  }
+  OffloadOptions options;
+  std::shared_ptr<HostMemoryPool> pool;
+  Counters counters;
+
+  // A host buffer from the pool and the CUDA events of the copies that write and read it.
+  struct HostBuffer {
+    at::Tensor bytes;  // uint8, exactly the bytes stored
+    int64_t capacity = 0;
+    bool pinned = false;
+    bool copy_pending = false;  // CUDA: the device-to-host copy was queued on a side stream
+#if defined(EDKM_WITH_CUDA)
+    c10::cuda::CUDAEvent copied, last_read;  // d2h done; last h2d read done
+#endif
+    // Stream `s` may read the buffer: after the copy to host, and recorded as its last reader.
+    template <class Stream>
+    void before_read(const Stream& s) {
+#if defined(EDKM_WITH_CUDA)
+      if (copy_pending) copied.block(s);
+      last_read.block(s);  // earlier readers on other streams are done before this one records
+#else
+      (void)s;
+#endif
+    }
+    template <class Stream>
+    void after_read(const Stream& s) {
+#if defined(EDKM_WITH_CUDA)
+      last_read.record(s);
+#else
+      (void)s;
+#endif
+    }
+    // No copy may still write or read it (before it goes back to the pool, or is compared).
+    void wait_copies() {
+#if defined(EDKM_WITH_CUDA)
+      if (copy_pending) copied.synchronize();
+      last_read.synchronize();
+#endif
+    }
+  };
+
+  // A 16-bit index list of uniquified storages, shared by those with the same row structure.
+  struct IndexList {
+    std::shared_ptr<State> state;
+    HostBuffer buffer;  // rows x int16
+    at::Tensor reps;    // U int64 on the CPU: the first row of each label
+    int64_t rows = 0, unique = 0;
+    ~IndexList() { state->release(buffer); }
+  };
+
+  std::mutex mu;  // guards by_storage, order, index_lists, the prefetch direction
   struct HostStorage;
   struct Entry {
     c10::weak_intrusive_ptr<c10::StorageImpl> source;  // pins the StorageImpl address: no ABA on the key
     std::weak_ptr<HostStorage> host;
   };
   std::unordered_map<const c10::StorageImpl*, Entry> by_storage;
+  std::map<int64_t, std::weak_ptr<HostStorage>> order;  // live host copies by pack sequence
+  int64_t next_seq = 0;
+  std::vector<std::weak_ptr<IndexList>> index_lists;
+  int64_t last_restored_seq = -1;
+  int direction_score = -2;           // <= 0: backward runs in reverse pack order (the usual case)
+  std::weak_ptr<HostStorage> cursor;  // where prefetching continues from (see prefetch_after)
+
+  std::mutex prefetch_mu;                             // guards `prefetched`; taken before any HostStorage::mu
+  std::deque<std::weak_ptr<HostStorage>> prefetched;  // outstanding prefetches, oldest first
 
   // The host copy of one storage, shared by every saved tensor (view) of it.
   struct HostStorage {
     std::shared_ptr<State> state;
-    at::Tensor buffer;  // pool buffer (>= nbytes)
-    bool pinned = false;
-    int64_t nbytes = 0;
+    HostBuffer data;                   // the storage bytes, or its distinct rows when uniquified
+    std::shared_ptr<IndexList> index;  // uniquified: the row -> distinct row index
+    int64_t row_bytes = 0;             // uniquified: bytes per row
+    int64_t nbytes = 0, seq = 0;
     at::Device device{at::kCPU};
     int64_t version = 0;
-    std::mutex mu;              // guards what follows
-    bool copy_pending = false;  // CUDA: the device-to-host copy was queued on a side stream
+    std::mutex mu;                                                      // guards what follows
     std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> restored;  // device copy while in use
+    at::Tensor prefetched;  // a device copy restored ahead of time, not yet used
+#if defined(EDKM_WITH_CUDA)
+    c10::cuda::CUDAEvent prefetch_ready;
+#endif
     // One restore per storage: the device copy is held (`keep`) from the first unpack of a round
     // until every live view of the storage has been unpacked in that round (or freed).
     at::Tensor keep;
@@ -130,18 +167,13 @@ struct Offloader::State {
     void settle() {  // caller holds `mu`
       if (seen_in_round >= live_views) keep.reset();
     }
-#if defined(EDKM_WITH_CUDA)
-    c10::cuda::CUDAEvent copied, restore_read;  // d2h done; last h2d read of `buffer` done
-#endif
+    bool restored_alive() const { return restored && !restored->expired(); }
+    int64_t restore_bytes() const { return data.bytes.numel() + (index ? index->buffer.bytes.numel() : 0); }
 
     ~HostStorage() {
-#if defined(EDKM_WITH_CUDA)
-      // The buffer goes back to the pool: no copy may still write or read it.
-      if (copy_pending) copied.synchronize();
-      restore_read.synchronize();
-#endif
-      state->counters.host_bytes.fetch_sub(buffer.numel());
-      state->pool.release(std::move(buffer), pinned);
+      if (prefetched.defined()) state->counters.prefetch_wasted.fetch_add(1);
+      prefetched.reset();
+      state->release(data);
     }
   };
 
@@ -168,19 +200,279 @@ struct Offloader::State {
     }
   };
 
+  HostBuffer acquire(int64_t nbytes) {
+    auto block = pool->allocate(static_cast<size_t>(nbytes));
+    (block.reused() ? counters.pool_hits : counters.pool_misses).fetch_add(1);
+    HostBuffer b;
+    b.capacity = static_cast<int64_t>(block.capacity());
+    b.pinned = block.pinned();
+    b.bytes = HostMemoryPool::wrap(std::move(block), {nbytes}, at::kByte);
+    counters.add_host_bytes(b.capacity);
+    return b;
+  }
+
+  void release(HostBuffer& b) {
+    if (!b.bytes.defined()) return;
+    b.wait_copies();
+    counters.host_bytes.fetch_sub(b.capacity);
+    b.bytes.reset();  // the block goes back to the pool
+  }
+
+  // Copies `src` (device bytes) into `dst` (CUDA: on a side stream when async and pinned).
+  void copy_to_host(HostBuffer& dst, const at::Tensor& src) {
+    if (src.is_cuda()) {
+#if defined(EDKM_WITH_CUDA)
+      const c10::cuda::CUDAGuard device_guard(src.device());
+      if (options.async() && dst.pinned) {
+        // The side stream waits for the producer of `src`, copies, and records `copied`.
+        auto current = c10::cuda::getCurrentCUDAStream();
+        auto side = c10::cuda::getStreamFromPool(false, src.device().index());
+        c10::cuda::CUDAEvent produced;
+        produced.record(current);
+        produced.block(side);
+        {
+          const c10::cuda::CUDAStreamGuard stream_guard(side);
+          dst.bytes.copy_(src, /*non_blocking=*/true);
+        }
+        dst.copied.record(side);
+        dst.copy_pending = true;
+        // The caching allocator must not reuse the source memory before the side stream has read
+        // it, even if the tensor is freed right after pack (that is the point of offloading).
+        c10::cuda::CUDACachingAllocator::recordStream(src.storage().data_ptr(), side);
+      } else {
+        dst.bytes.copy_(src);
+      }
+#else
+      TORCH_CHECK(false, "Offloader: a CUDA tensor was saved but edkm was built without CUDA");
+#endif
+    } else {
+      dst.bytes.copy_(src);
+    }
+  }
+
+  // Host buffer -> a new device tensor of its bytes, on the current stream.
+  static at::Tensor to_device(HostBuffer& b, const at::Device& device) {
+    auto out = empty_bytes(b.bytes.numel(), device);
+    if (device.is_cuda()) {
+#if defined(EDKM_WITH_CUDA)
+      auto stream = c10::cuda::getCurrentCUDAStream();
+      b.before_read(stream);
+      out.copy_(b.bytes, /*non_blocking=*/b.pinned);
+      b.after_read(stream);
+#endif
+    } else {
+      out.copy_(b.bytes);
+    }
+    return out;
+  }
+
+  // The storage's bytes on its device, on the current stream (caller holds h.mu).
+  at::Tensor restore(HostStorage& h) {
+    at::Tensor out;
+    if (h.index) {
+      out = detail::expand_unique_rows(to_device(h.data, h.device),
+                                       to_device(h.index->buffer, h.device).view(at::kShort), h.row_bytes);
+    } else {
+      out = to_device(h.data, h.device);
+    }
+    counters.bytes_restored.fetch_add(h.restore_bytes());
+    return out;
+  }
+
+  // Stores `h`'s storage bytes `source` on the host, uniquified when asked and worth it
+  // (caller holds `mu`).
+  void store(HostStorage& h, const at::Tensor& source, int64_t row_bytes) {
+    std::shared_ptr<IndexList> list;
+    at::Tensor table;
+    if (options.uniquify() && row_bytes > 0) {
+      // Rows that fit an index list already made (the other N x K maps of the same weight) only
+      // need their representatives: no hashing, and the list is shared.
+      std::tie(list, table) = fit_index_list(source, row_bytes);
+      if (list) {
+        counters.index_lists_shared.fetch_add(1);
+      } else if (auto u = detail::find_unique_rows(source, row_bytes)) {
+        const int64_t rows = u->index.numel();
+        list = std::make_shared<IndexList>();
+        list->state = h.state;
+        list->rows = rows;
+        list->unique = u->unique;
+        list->reps = u->reps.cpu();
+        list->buffer = acquire(rows * 2);
+        copy_to_host(list->buffer, u->index.view(at::kByte));
+        counters.bytes_offloaded.fetch_add(rows * 2);
+        counters.uniquify_bytes_after.fetch_add(rows * 2);
+        index_lists.push_back(list);
+        table = u->table;
+      }
+    }
+    if (!list) {
+      h.data = acquire(h.nbytes);
+      copy_to_host(h.data, source);
+      counters.bytes_offloaded.fetch_add(h.nbytes);
+      return;
+    }
+    h.row_bytes = row_bytes;
+    h.index = std::move(list);
+    h.data = acquire(table.numel());
+    copy_to_host(h.data, table.view({-1}));
+    counters.bytes_offloaded.fetch_add(table.numel());
+    counters.tensors_uniquified.fetch_add(1);
+    counters.uniquify_bytes_before.fetch_add(h.nbytes);
+    counters.uniquify_bytes_after.fetch_add(table.numel());
+  }
+
+  // A live index list that the rows of `source` fit, most recent first, and the rows' table
+  // (caller holds `mu`); or nulls.
+  std::pair<std::shared_ptr<IndexList>, at::Tensor> fit_index_list(const at::Tensor& source, int64_t row_bytes) {
+    index_lists.erase(std::remove_if(index_lists.begin(), index_lists.end(), [](auto& w) { return w.expired(); }),
+                      index_lists.end());
+    const int64_t rows = source.numel() / row_bytes;
+    for (auto it = index_lists.rbegin(); it != index_lists.rend(); ++it) {
+      auto list = it->lock();
+      // The same saving test as a new list (U rows + the index in at most half the bytes).
+      if (!list || list->rows != rows || source.numel() % row_bytes != 0 ||
+          list->unique * row_bytes + 2 * rows > source.numel() / 2)
+        continue;
+      list->buffer.wait_copies();  // CUDA: the index is read on the host, or copied from it
+      const auto index = list->buffer.bytes.view(at::kShort).to(source.device());
+      if (auto table = detail::rows_by_index(source, row_bytes, index, list->reps.to(source.device())))
+        return {std::move(list), std::move(*table)};
+    }
+    return {nullptr, at::Tensor()};
+  }
+
   // Drops map entries whose source storage or host copy is gone (caller holds `mu`).
   void purge() {
     for (auto it = by_storage.begin(); it != by_storage.end();)
       it = it->second.source.expired() || it->second.host.expired() ? by_storage.erase(it) : std::next(it);
+    for (auto it = order.begin(); it != order.end();) it = it->second.expired() ? order.erase(it) : std::next(it);
   }
 
-  void add_host_bytes(int64_t n) {
-    const int64_t now = counters.host_bytes.fetch_add(n) + n;
-    int64_t peak = counters.host_bytes_peak.load();
-    while (now > peak && !counters.host_bytes_peak.compare_exchange_weak(peak, now)) {
+  // Restores ahead of time the storages backward is expected to need after `current`.
+  void prefetch_after(const HostStorage& current, int64_t current_round);
+  // Frees the oldest outstanding prefetches until `incoming` more bytes fit (caller holds prefetch_mu).
+  bool make_room(int64_t incoming);
+};
+
+bool Offloader::State::make_room(int64_t incoming) {
+  const int64_t max_count = options.prefetch(), max_bytes = options.prefetch_max_bytes();
+  if (max_bytes > 0 && incoming > max_bytes) return false;
+  for (;;) {
+    int64_t count = 0, bytes = 0;
+    std::vector<std::shared_ptr<HostStorage>> live;
+    for (auto it = prefetched.begin(); it != prefetched.end();) {
+      auto h = it->lock();
+      bool outstanding = false;
+      if (h) {
+        std::lock_guard<std::mutex> lock(h->mu);
+        outstanding = h->prefetched.defined();
+        if (outstanding) bytes += h->nbytes;
+      }
+      if (!outstanding) {
+        it = prefetched.erase(it);
+        continue;
+      }
+      ++count;
+      live.push_back(std::move(h));
+      ++it;
+    }
+    if (count < max_count && (max_bytes == 0 || bytes + incoming <= max_bytes)) return true;
+    if (live.empty()) return false;
+    {  // a guess that was not used (yet): the oldest goes
+      std::lock_guard<std::mutex> lock(live.front()->mu);
+      if (live.front()->prefetched.defined()) {
+        live.front()->prefetched.reset();
+        counters.prefetch_wasted.fetch_add(1);
+      }
+    }
+    prefetched.pop_front();
+  }
+}
+
+void Offloader::State::prefetch_after(const HostStorage& current, int64_t current_round) {
+  const int64_t want = options.prefetch();
+  std::vector<std::shared_ptr<HostStorage>> candidates;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    // Learn the direction from the order of first unpacks (restores) of storages.
+    if (last_restored_seq >= 0 && last_restored_seq != current.seq)
+      direction_score = std::clamp(direction_score + (current.seq < last_restored_seq ? -1 : 1), -4, 4);
+    last_restored_seq = current.seq;
+    const bool reverse = direction_score <= 0;
+    // The walk in `order`, from `from`, over storages not restored yet in this backward.
+    auto step = [&](std::map<int64_t, std::weak_ptr<HostStorage>>::iterator it) -> std::shared_ptr<HostStorage> {
+      while (true) {
+        if (reverse) {
+          if (it == order.begin()) return nullptr;
+          --it;
+        } else if (++it == order.end()) {
+          return nullptr;
+        }
+        auto h = it->second.lock();
+        if (!h || h->device != current.device) continue;
+        std::lock_guard<std::mutex> hl(h->mu);
+        if (h->round < current_round && h->live_views > 0) return h;
+      }
+    };
+    // The cursor: the last storage restored in sequence. An unpack that is not the next one after
+    // it (a storage used again out of order, like the weight in every DKM iteration) leaves it where
+    // it is; a new backward (the cursor's storage not restored in it) starts from the unpacked one.
+    auto cur = cursor.lock();
+    int64_t cursor_round = -1;
+    if (cur) {
+      std::lock_guard<std::mutex> hl(cur->mu);
+      cursor_round = cur->round;
+    }
+    if (cur && cur.get() != &current && cursor_round == current_round) {
+      auto next = step(order.find(cur->seq));
+      const int64_t next_seq = next ? next->seq : -1;
+      // Restored in this backward already, so the walk skips it: is it next to the cursor?
+      const bool adjacent = reverse ? (current.seq < cur->seq && current.seq > next_seq)
+                                    : (current.seq > cur->seq && (next_seq < 0 || current.seq < next_seq));
+      if (adjacent) cursor = order[current.seq];
+    } else {
+      cursor = order[current.seq];
+    }
+    auto from = cursor.lock();
+    if (!from) return;
+    auto it = order.find(from->seq);
+    while (it != order.end() && static_cast<int64_t>(candidates.size()) < want) {
+      auto h = step(it);
+      if (!h) break;
+      it = order.find(h->seq);
+      candidates.push_back(std::move(h));
     }
   }
-};
+  std::lock_guard<std::mutex> lock(prefetch_mu);
+  for (auto& h : candidates) {
+    {
+      std::lock_guard<std::mutex> hl(h->mu);
+      if (h->prefetched.defined() || h->restored_alive()) continue;
+    }
+    if (!make_room(h->nbytes)) continue;
+    std::lock_guard<std::mutex> hl(h->mu);
+    if (h->prefetched.defined() || h->restored_alive()) continue;
+    if (h->device.is_cuda()) {
+#if defined(EDKM_WITH_CUDA)
+      const c10::cuda::CUDAGuard device_guard(h->device);
+      if (options.async()) {
+        auto side = c10::cuda::getStreamFromPool(false, h->device.index());
+        {
+          const c10::cuda::CUDAStreamGuard stream_guard(side);  // allocation, copies and expansion on `side`
+          h->prefetched = restore(*h);
+        }
+        h->prefetch_ready.record(side);
+      } else {
+        h->prefetched = restore(*h);
+      }
+#endif
+    } else {
+      h->prefetched = restore(*h);
+    }
+    counters.prefetches.fetch_add(1);
+    prefetched.push_back(h);
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -188,6 +480,10 @@ void OffloadOptions::validate() const {
   TORCH_CHECK(min_bytes_ >= 0, "OffloadOptions: min_bytes must be >= 0, got ", min_bytes_);
   TORCH_CHECK(pool_max_cached_bytes_ >= 0, "OffloadOptions: pool_max_cached_bytes must be >= 0, got ",
               pool_max_cached_bytes_);
+  TORCH_CHECK(prefetch_ >= 0, "OffloadOptions: prefetch must be >= 0 (storages restored ahead; 0 = off), got ",
+              prefetch_);
+  TORCH_CHECK(prefetch_max_bytes_ >= 0, "OffloadOptions: prefetch_max_bytes must be >= 0 (0 = no bound), got ",
+              prefetch_max_bytes_);
 }
 
 std::string OffloadStats::to_string() const {
@@ -196,9 +492,11 @@ std::string OffloadStats::to_string() const {
   s << std::fixed << std::setprecision(1) << "packed " << tensors_packed << " (offloaded " << tensors_offloaded
     << "), unpacked " << tensors_unpacked << "; copied " << storages_copied << " storages, " << mib(bytes_offloaded)
     << " MiB to host; de-dup avoided " << copies_avoided << " copies, " << mib(bytes_not_copied) << " MiB; restored "
-    << mib(bytes_restored) << " MiB (" << restores_shared << " shared); host " << mib(host_bytes) << " MiB (peak "
-    << mib(host_bytes_peak) << "); pool " << pool_hits << " hits, " << pool_misses << " misses, "
-    << mib(pool_cached_bytes) << " MiB cached";
+    << mib(bytes_restored) << " MiB (" << restores_shared << " shared); prefetched " << prefetches << " ("
+    << prefetch_hits << " hits, " << prefetch_wasted << " wasted); uniquified " << tensors_uniquified << " ("
+    << mib(uniquify_bytes_before) << " -> " << mib(uniquify_bytes_after) << " MiB, " << index_lists_shared
+    << " shared index lists); host " << mib(host_bytes) << " MiB (peak " << mib(host_bytes_peak) << "); pool "
+    << pool_hits << " hits, " << pool_misses << " misses, " << mib(pool_cached_bytes) << " MiB cached";
   return s.str();
 }
 
@@ -252,44 +550,11 @@ std::any Offloader::pack(const at::Tensor& tensor) {
   host->nbytes = nbytes;
   host->device = tensor.device();
   host->version = version;
-  host->pinned = tensor.is_cuda() && options_.pin_memory();
-  bool hit = false;
-  host->buffer = st.pool.acquire(nbytes, host->pinned, &hit);
-  (hit ? st.counters.pool_hits : st.counters.pool_misses).fetch_add(1);
-  st.add_host_bytes(host->buffer.numel());
-  auto source = storage_bytes(storage, tensor.device());
-  auto dst = host->buffer.narrow(0, 0, nbytes);
-  if (tensor.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-    const c10::cuda::CUDAGuard device_guard(tensor.device());
-    if (options_.async() && host->pinned) {
-      // The side stream waits for the producer of `tensor`, copies, and records `copied`.
-      auto current = c10::cuda::getCurrentCUDAStream();
-      auto side = c10::cuda::getStreamFromPool(false, tensor.device().index());
-      c10::cuda::CUDAEvent produced;
-      produced.record(current);
-      produced.block(side);
-      {
-        const c10::cuda::CUDAStreamGuard stream_guard(side);
-        dst.copy_(source, /*non_blocking=*/true);
-      }
-      host->copied.record(side);
-      host->copy_pending = true;
-      // The caching allocator must not reuse the source memory before the side stream has read it,
-      // even if the tensor is freed right after pack (that is the point of offloading).
-      c10::cuda::CUDACachingAllocator::recordStream(source.storage().data_ptr(), side);
-    } else {
-      dst.copy_(source);
-    }
-#else
-    TORCH_CHECK(false, "Offloader: a CUDA tensor was saved but edkm was built without CUDA");
-#endif
-  } else {
-    dst.copy_(source);
-  }
+  host->seq = st.next_seq++;
+  st.store(*host, storage_bytes(storage, tensor.device()), row_bytes_of(tensor, nbytes));
   st.counters.storages_copied.fetch_add(1);
-  st.counters.bytes_offloaded.fetch_add(nbytes);
   st.counters.tensors_offloaded.fetch_add(1);
+  st.order.emplace(host->seq, host);
   if (options_.dedup()) {
     st.by_storage.erase(key);  // a stale entry (the storage was written in place since)
     st.by_storage.emplace(key, State::Entry{storage.getWeakStorageImpl(), host});
@@ -302,45 +567,58 @@ at::Tensor Offloader::unpack(const std::any& value) {
   const auto* p = std::any_cast<std::shared_ptr<State::Packed>>(&value);
   TORCH_CHECK(p && *p, "Offloader::unpack: the value was not packed by an edkm::Offloader (or was moved from)");
   State::Packed& packed = **p;
-  state_->counters.tensors_unpacked.fetch_add(1);
+  auto& st = *state_;
+  st.counters.tensors_unpacked.fetch_add(1);
   if (!packed.host) return packed.kept;
   auto& host = *packed.host;
-  TORCH_CHECK(host.buffer.defined(), "Offloader::unpack: the host copy of this saved tensor was freed");
-  std::lock_guard<std::mutex> lock(host.mu);
+  TORCH_CHECK(host.data.bytes.defined(), "Offloader::unpack: the host copy of this saved tensor was freed");
   at::Tensor device_bytes;
-  if (host.restored) {
-    if (auto impl = host.restored->lock()) {
-      device_bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(host.device));
-      device_bytes.set_(c10::Storage(std::move(impl)), 0, {host.nbytes}, {1});
-      state_->counters.restores_shared.fetch_add(1);
-      if (packed.round_seen != host.round) {
-        packed.round_seen = host.round;
-        ++host.seen_in_round;
+  int64_t new_round = 0;  // > 0: this unpack started a restore round of its storage
+  {
+    std::lock_guard<std::mutex> lock(host.mu);
+    if (host.restored) {
+      if (auto impl = host.restored->lock()) {
+        device_bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(host.device));
+        device_bytes.set_(c10::Storage(std::move(impl)), 0, {host.nbytes}, {1});
+        st.counters.restores_shared.fetch_add(1);
+        if (packed.round_seen != host.round) {
+          packed.round_seen = host.round;
+          ++host.seen_in_round;
+        }
+        host.settle();
       }
+    }
+    if (!device_bytes.defined()) {
+      if (host.prefetched.defined()) {
+        device_bytes = std::move(host.prefetched);
+        host.prefetched = at::Tensor();
+        st.counters.prefetch_hits.fetch_add(1);
+#if defined(EDKM_WITH_CUDA)
+        if (host.device.is_cuda()) {
+          // Restored on a side stream: this stream waits for it, and the allocator keeps its
+          // memory until this stream is done with it.
+          auto stream = c10::cuda::getCurrentCUDAStream(host.device.index());
+          host.prefetch_ready.block(stream);
+          c10::cuda::CUDACachingAllocator::recordStream(device_bytes.storage().data_ptr(), stream);
+        }
+#endif
+      } else {
+#if defined(EDKM_WITH_CUDA)
+        std::optional<c10::cuda::CUDAGuard> device_guard;
+        if (host.device.is_cuda()) device_guard.emplace(host.device);
+#endif
+        device_bytes = st.restore(host);
+      }
+      host.restored = device_bytes.storage().getWeakStorageImpl();
+      ++host.round;
+      new_round = host.round;
+      packed.round_seen = host.round;
+      host.seen_in_round = 1;
+      host.keep = device_bytes;
       host.settle();
     }
   }
-  if (!device_bytes.defined()) {
-    device_bytes = at::empty({host.nbytes}, at::TensorOptions().dtype(at::kByte).device(host.device));
-    auto src = host.buffer.narrow(0, 0, host.nbytes);
-    if (host.device.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-      const c10::cuda::CUDAGuard device_guard(host.device);
-      if (host.copy_pending) host.copied.block(c10::cuda::getCurrentCUDAStream());  // after the copy to host
-      device_bytes.copy_(src, /*non_blocking=*/host.pinned);
-      host.restore_read.record(c10::cuda::getCurrentCUDAStream());
-#endif
-    } else {
-      device_bytes.copy_(src);
-    }
-    host.restored = device_bytes.storage().getWeakStorageImpl();
-    state_->counters.bytes_restored.fetch_add(host.nbytes);
-    ++host.round;
-    packed.round_seen = host.round;
-    host.seen_in_round = 1;
-    host.keep = device_bytes;
-    host.settle();
-  }
+  if (new_round > 0 && options_.prefetch() > 0) st.prefetch_after(host, new_round);
   auto out = at::empty({0}, at::TensorOptions().dtype(packed.dtype).device(host.device));
   out.set_(device_bytes.storage(), packed.offset, packed.sizes, packed.strides);
   return out;
@@ -362,20 +640,31 @@ OffloadStats Offloader::stats() const {
   s.host_bytes_peak = c.host_bytes_peak;
   s.pool_hits = c.pool_hits;
   s.pool_misses = c.pool_misses;
-  s.pool_cached_bytes = state_->pool.cached_bytes();
+  s.prefetches = c.prefetches;
+  s.prefetch_hits = c.prefetch_hits;
+  s.prefetch_wasted = c.prefetch_wasted;
+  s.tensors_uniquified = c.tensors_uniquified;
+  s.uniquify_bytes_before = c.uniquify_bytes_before;
+  s.uniquify_bytes_after = c.uniquify_bytes_after;
+  s.index_lists_shared = c.index_lists_shared;
+  s.pool = state_->pool->stats();
+  s.pool_cached_bytes = s.pool.cached_bytes;
   return s;
 }
 
 void Offloader::reset_stats() {
   auto& c = state_->counters;
-  for (auto* a :
-       {&c.tensors_packed, &c.tensors_offloaded, &c.tensors_unpacked, &c.storages_copied, &c.bytes_offloaded,
-        &c.copies_avoided, &c.bytes_not_copied, &c.bytes_restored, &c.restores_shared, &c.pool_hits, &c.pool_misses})
+  for (auto* a : {&c.tensors_packed, &c.tensors_offloaded, &c.tensors_unpacked, &c.storages_copied, &c.bytes_offloaded,
+                  &c.copies_avoided, &c.bytes_not_copied, &c.bytes_restored, &c.restores_shared, &c.pool_hits,
+                  &c.pool_misses, &c.prefetches, &c.prefetch_hits, &c.prefetch_wasted, &c.tensors_uniquified,
+                  &c.uniquify_bytes_before, &c.uniquify_bytes_after, &c.index_lists_shared})
     a->store(0);
   c.host_bytes_peak.store(c.host_bytes.load());
 }
 
-void Offloader::empty_pool() { state_->pool.clear(); }
+void Offloader::empty_pool() { state_->pool->empty_cache(); }
+
+const std::shared_ptr<HostMemoryPool>& Offloader::pool() const { return state_->pool; }
 
 OffloadGuard::OffloadGuard(OffloadOptions options) : OffloadGuard(std::make_shared<Offloader>(std::move(options))) {}
 

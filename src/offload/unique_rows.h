@@ -1,0 +1,44 @@
+#pragma once
+// Repeated rows of a byte buffer (the offloader's "uniquify"): U distinct rows and a 16-bit index
+// per row, found by a 64-bit hash per row and verified bitwise. Device-generic (ATen ops), with
+// temporaries bounded by processing rows in chunks.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace edkm::detail {
+
+/// The most distinct rows a 16-bit index can address.
+constexpr int64_t kMaxUniqueRows = int64_t{1} << 16;
+
+struct UniqueRows {
+  at::Tensor table;  ///< U x row_bytes uint8: the distinct rows, in order of first occurrence
+  at::Tensor index;  ///< rows int16: (label - 32768), label in [0, U), first occurrence order
+  at::Tensor reps;   ///< U int64: the row where each label first occurs
+  int64_t unique = 0;
+};
+
+/// The distinct rows of `bytes` (a contiguous uint8 tensor of rows x row_bytes bytes), when there
+/// are at most kMaxUniqueRows of them and storing them with the index takes at most half of
+/// `bytes`; otherwise (or on a hash collision) nothing. Labels are numbered in order of first
+/// occurrence, so two buffers with the same row structure get equal indices.
+std::optional<UniqueRows> find_unique_rows(const at::Tensor& bytes, int64_t row_bytes);
+
+/// The rows of `bytes` as `table` rows picked by an existing index (rows int16, as in UniqueRows)
+/// with representatives `reps` (U int64), when every row equals the row of its label's
+/// representative bit for bit (rows that fit an index list already made need no hashing); else
+/// nothing. `index` and `reps` on the device of `bytes`.
+std::optional<at::Tensor> rows_by_index(const at::Tensor& bytes, int64_t row_bytes, const at::Tensor& index,
+                                        const at::Tensor& reps);
+
+/// A 64-bit hash per row of `words` (rows x W integers, int64 out), streaming over the words:
+/// h = F(...F(F(seed ^ w0) ^ w1)...), F a bijective multiply-xorshift. Equal rows hash equally;
+/// different rows rarely do, and callers verify.
+at::Tensor hash_rows(const at::Tensor& words);
+
+/// The rows back: table.index_select(index) as `rows * row_bytes` uint8 bytes on the table's
+/// device (`index` on that device too).
+at::Tensor expand_unique_rows(const at::Tensor& table, const at::Tensor& index, int64_t row_bytes);
+
+}  // namespace edkm::detail
