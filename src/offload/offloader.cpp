@@ -56,18 +56,6 @@ at::Tensor empty_bytes(int64_t n, const at::Device& device) {
   return at::empty({n}, at::TensorOptions().dtype(at::kByte).device(device));
 }
 
-// Bytes of one row for uniquify: the saved tensor covers its whole storage densely (any
-// permutation of a contiguous layout), so the storage is rows of its innermost dimension (the
-// one of stride 1). 0 when that does not hold.
-int64_t row_bytes_of(const at::Tensor& t, int64_t storage_nbytes) {
-  if (t.dim() < 2 || t.storage_offset() != 0 || !t.is_non_overlapping_and_dense() ||
-      t.numel() * static_cast<int64_t>(t.element_size()) != storage_nbytes)
-    return 0;
-  for (int64_t d = 0; d < t.dim(); ++d)
-    if (t.stride(d) == 1 && t.size(d) > 1) return t.size(d) * static_cast<int64_t>(t.element_size());
-  return 0;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -330,8 +318,7 @@ struct Offloader::State {
     for (auto it = index_lists.rbegin(); it != index_lists.rend(); ++it) {
       auto list = it->lock();
       // The same saving test as a new list (U rows + the index in at most half the bytes).
-      if (!list || list->rows != rows || source.numel() % row_bytes != 0 ||
-          list->unique * row_bytes + 2 * rows > source.numel() / 2)
+      if (!list || list->rows != rows || !detail::uniquify_worth_it(list->unique, rows, row_bytes, source.numel()))
         continue;
       list->buffer.wait_copies();  // CUDA: the index is read on the host, or copied from it
       const auto index = list->buffer.bytes.view(at::kShort).to(source.device());
@@ -551,7 +538,7 @@ std::any Offloader::pack(const at::Tensor& tensor) {
   host->device = tensor.device();
   host->version = version;
   host->seq = st.next_seq++;
-  st.store(*host, storage_bytes(storage, tensor.device()), row_bytes_of(tensor, nbytes));
+  st.store(*host, storage_bytes(storage, tensor.device()), detail::uniquify_row_bytes(tensor, nbytes));
   st.counters.storages_copied.fetch_add(1);
   st.counters.tensors_offloaded.fetch_add(1);
   st.order.emplace(host->seq, host);
