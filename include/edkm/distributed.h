@@ -181,6 +181,7 @@ struct EDKM_API ShardedOffloadStats {
   int64_t bytes_sharded = 0;          ///< whole-storage bytes of the storages kept as blocks
   int64_t block_bytes = 0;            ///< bytes this rank keeps now (its blocks; uniquify: + tables, index blocks)
   int64_t block_bytes_peak = 0;       ///< highest block_bytes
+  int64_t bytes_stored = 0;           ///< bytes pack copied into this rank's blocks (its device -> host traffic)
   int64_t gathers = 0;                ///< all-gathers run by unpack
   int64_t bytes_gathered = 0;         ///< bytes those all-gathers returned to this rank (its receive traffic)
   int64_t restores_shared = 0;        ///< unpacks served by a storage already gathered

@@ -47,11 +47,12 @@ struct ShardedOffloadState : std::enable_shared_from_this<ShardedOffloadState> {
   ShardedOffloadOptions options;
   HostMemoryPool pool;
   std::atomic<int64_t> tensors_packed{0}, tensors_sharded{0}, storages_sharded{0}, copies_avoided{0}, bytes_sharded{0},
-      block_bytes{0}, block_bytes_peak{0}, gathers{0}, bytes_gathered{0}, restores_shared{0}, tensors_uniquified{0},
-      uniquify_bytes_before{0}, index_lists_shared{0};
+      block_bytes{0}, block_bytes_peak{0}, bytes_stored{0}, gathers{0}, bytes_gathered{0}, restores_shared{0},
+      tensors_uniquified{0}, uniquify_bytes_before{0}, index_lists_shared{0};
   std::mutex mu;  // guards by_storage, index_lists
 
   void add_block_bytes(int64_t b) {
+    bytes_stored.fetch_add(b);
     const int64_t now = block_bytes.fetch_add(b) + b;
     int64_t peak = block_bytes_peak.load();
     while (now > peak && !block_bytes_peak.compare_exchange_weak(peak, now)) {
@@ -301,6 +302,7 @@ ShardedOffloadStats ShardedOffloader::stats() const {
   out.block_bytes = s.block_bytes;
   out.block_bytes_peak = s.block_bytes_peak;
   out.gathers = s.gathers;
+  out.bytes_stored = s.bytes_stored;
   out.bytes_gathered = s.bytes_gathered;
   out.restores_shared = s.restores_shared;
   out.tensors_uniquified = s.tensors_uniquified;
