@@ -13,10 +13,10 @@
 #include <atomic>
 #include <mutex>
 #include <sstream>
-#include <unordered_map>
 
 #include "edkm/distributed.h"
 #include "edkm/host_pool.h"
+#include "offload/storage_registry.h"
 #include "offload/unique_rows.h"
 
 namespace edkm::dist {
@@ -78,50 +78,18 @@ struct ShardedOffloadState : std::enable_shared_from_this<ShardedOffloadState> {
   };
   std::vector<std::weak_ptr<IndexList>> index_lists;
 
-  // This rank's block of one storage, shared by every saved view of it.
-  struct Shard {
+  // This rank's block of one storage, shared by every saved view of it. One gather per storage
+  // per backward (KeptStorage's rounds).
+  struct Shard : edkm::detail::KeptStorage {
     std::shared_ptr<ShardedOffloadState> state;
     at::Tensor block;                  // chunk bytes (zero-padded past the storage end); uniquified: the U x row table
     std::shared_ptr<IndexList> index;  // uniquified: the row -> distinct row index (this rank's block)
     int64_t row_bytes = 0;             // uniquified: bytes per row
-    int64_t nbytes = 0, chunk = 0, version = 0;
-    at::Device device{at::kCPU};
-    std::mutex mu;  // guards what follows
-    // One gather per storage per backward: the whole storage is held from the first unpack of a
-    // round until every live view has been unpacked in that round (or freed).
-    at::Tensor keep;
-    int64_t round = 0, live_views = 0, seen_in_round = 0;
-    void settle() {
-      if (seen_in_round >= live_views) keep.reset();
-    }
+    int64_t chunk = 0;
     ~Shard() { state->block_bytes.fetch_sub(block.defined() ? block.numel() : 0); }
   };
-  struct Entry {
-    c10::weak_intrusive_ptr<c10::StorageImpl> source;  // pins the key's address (no ABA)
-    std::weak_ptr<Shard> shard;
-  };
-  std::unordered_map<const c10::StorageImpl*, Entry> by_storage;
-
-  struct Packed {
-    at::Tensor kept;  // defined when not sharded
-    std::shared_ptr<Shard> shard;
-    std::vector<int64_t> sizes, strides;
-    int64_t offset = 0;
-    at::ScalarType dtype = at::kFloat;
-    int64_t round_seen = -1;
-    void attach(std::shared_ptr<Shard> s) {
-      std::lock_guard<std::mutex> lock(s->mu);
-      ++s->live_views;
-      shard = std::move(s);
-    }
-    ~Packed() {
-      if (!shard) return;
-      std::lock_guard<std::mutex> lock(shard->mu);
-      --shard->live_views;
-      if (round_seen == shard->round) --shard->seen_in_round;
-      shard->settle();
-    }
-  };
+  edkm::detail::StorageRegistry<Shard> by_storage;
+  using Packed = edkm::detail::SavedView<Shard>;
 
   // Keeps `bytes` (the storage, uint8 on its device) in `shard` as distinct rows + an index block
   // when its rows repeat enough; false (nothing kept) otherwise. Every rank reaches the same
@@ -177,11 +145,6 @@ struct ShardedOffloadState : std::enable_shared_from_this<ShardedOffloadState> {
     uniquify_bytes_before.fetch_add(nbytes);
     return true;
   }
-
-  void purge() {  // caller holds mu
-    for (auto it = by_storage.begin(); it != by_storage.end();)
-      it = it->second.source.expired() || it->second.shard.expired() ? by_storage.erase(it) : std::next(it);
-  }
 };
 
 }  // namespace detail
@@ -200,42 +163,29 @@ std::any ShardedOffloader::pack(const at::Tensor& tensor) {
   auto& st = *state_;
   st.tensors_packed.fetch_add(1);
   auto packed = std::make_shared<State::Packed>();
-  const bool plain = tensor.defined() && (tensor.is_cpu() || tensor.is_cuda()) && tensor.layout() == at::kStrided &&
-                     !tensor.is_quantized() && !tensor.is_nested() && !tensor.is_conj() && !tensor.is_neg() &&
-                     tensor.has_storage() && !tensor.unsafeGetTensorImpl()->is_wrapped_number() && tensor.numel() > 0;
+  const bool plain = edkm::detail::storage_backed(tensor) && (tensor.is_cpu() || tensor.is_cuda());
   if (!plain || tensor.numel() * static_cast<int64_t>(tensor.element_size()) < st.options.min_bytes()) {
     packed->kept = tensor;
     return packed;
   }
   const c10::Storage& storage = tensor.storage();
   const auto nbytes = static_cast<int64_t>(storage.nbytes());
-  const int64_t version = tensor._version();
-  packed->sizes = tensor.sizes().vec();
-  packed->strides = tensor.strides().vec();
-  packed->offset = tensor.storage_offset();
-  packed->dtype = tensor.scalar_type();
+  packed->describe(tensor);
   st.tensors_sharded.fetch_add(1);
 
   std::lock_guard<std::mutex> lock(st.mu);
-  st.purge();
-  const c10::StorageImpl* key = storage.unsafeGetStorageImpl();
-  auto it = st.by_storage.find(key);
-  if (it != st.by_storage.end()) {
-    auto shard = it->second.shard.lock();
-    if (shard && shard->version == version && shard->nbytes == nbytes && shard->device == tensor.device()) {
-      st.copies_avoided.fetch_add(1);
-      packed->attach(std::move(shard));
-      return packed;
-    }
+  if (auto shard = st.by_storage.find(tensor, nbytes)) {
+    st.copies_avoided.fetch_add(1);
+    packed->attach(std::move(shard));
+    return packed;
   }
   const int64_t world = st.comm->world_size(), rank = st.comm->rank();
   auto shard = std::make_shared<State::Shard>();
   shard->state = state_;
   shard->nbytes = nbytes;
-  shard->version = version;
+  shard->version = tensor._version();
   shard->device = tensor.device();
-  auto bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(tensor.device()));
-  bytes.set_(storage, 0, {nbytes}, {1});
+  const auto bytes = edkm::detail::storage_bytes(storage, tensor.device());
   const int64_t row_bytes = st.options.uniquify() ? edkm::detail::uniquify_row_bytes(tensor, nbytes) : 0;
   if (row_bytes == 0 || !st.uniquify(*shard, bytes, row_bytes)) {
     shard->chunk = (nbytes + world - 1) / world;
@@ -247,8 +197,7 @@ std::any ShardedOffloader::pack(const at::Tensor& tensor) {
   }
   st.storages_sharded.fetch_add(1);
   st.bytes_sharded.fetch_add(nbytes);
-  st.by_storage.erase(key);  // a stale entry (written in place since)
-  st.by_storage.emplace(key, State::Entry{storage.getWeakStorageImpl(), shard});
+  st.by_storage.add(storage, shard);
   packed->attach(std::move(shard));
   return packed;
 }
@@ -257,17 +206,14 @@ at::Tensor ShardedOffloader::unpack(const std::any& value) {
   const auto* p = std::any_cast<std::shared_ptr<State::Packed>>(&value);
   TORCH_CHECK(p && *p, "edkm: ShardedOffloader::unpack: the value was not packed by a ShardedOffloader");
   State::Packed& packed = **p;
-  if (!packed.shard) return packed.kept;
-  auto& shard = *packed.shard;
+  if (!packed.storage) return packed.kept;
+  auto& shard = *packed.storage;
   std::lock_guard<std::mutex> lock(shard.mu);
   at::Tensor whole;
   if (shard.keep.defined()) {
     whole = shard.keep;
     state_->restores_shared.fetch_add(1);
-    if (packed.round_seen != shard.round) {
-      packed.round_seen = shard.round;
-      ++shard.seen_in_round;
-    }
+    shard.seen(packed.round_seen);
   } else {
     // Every rank reaches this gather for the same storage in the same order (the same graph).
     if (shard.index) {
@@ -280,15 +226,9 @@ at::Tensor ShardedOffloader::unpack(const std::any& value) {
       state_->bytes_gathered.fetch_add(whole.numel());
     }
     state_->gathers.fetch_add(1);
-    ++shard.round;
-    packed.round_seen = shard.round;
-    shard.seen_in_round = 1;
-    shard.keep = whole;
+    shard.start_round(packed.round_seen, whole);
   }
-  shard.settle();
-  auto out = at::empty({0}, at::TensorOptions().dtype(packed.dtype).device(shard.device));
-  out.set_(whole.storage(), packed.offset, packed.sizes, packed.strides);
-  return out;
+  return packed.view_on(whole);
 }
 
 ShardedOffloadStats ShardedOffloader::stats() const {
