@@ -467,12 +467,24 @@ int main(int argc, char** argv) try {
          << "x (paper, GPU): not measured (the row needs torchrun with several ranks); the table and streaming "
          << "rows are held to 10x the paper's figure instead.\n";
     }
-    const double goal = 10 * (combined ? combined_ratio : kPaperCombined);
+    // Saved tensors alone: what a rank keeps of them (eDKM combined's host column) against all of them
+    // (+marshaling's host column: every saved storage once, de-duplicated).
+    const nlohmann::json* marshaling = nullptr;
+    for (const auto& t : totals)
+      if (t["config"] == "+marshaling") marshaling = &t;
+    if (combined && marshaling)
+      md << "- eDKM combined, saved tensors only (what a rank keeps of them vs all of them, +marshaling's host "
+            "column): "
+         << times((*marshaling)["host_peak_bytes"].get<double>(), (*combined)["host_peak_bytes"].get<double>())
+         << " less.\n";
+    // The engines are held to 10x beyond the better of the paper's figure and the measured one.
+    const double goal = 10 * std::max(kPaperCombined, combined_ratio);
     for (const auto& t : totals) {
       const std::string name = t["config"].get<std::string>();
       if (name != "table" && name != "streaming") continue;
       const double v = t["overhead_bytes"].get<double>(), r = v > 0 ? dense_over / v : 1e300;
-      md << "- " << name << " >= 10x beyond " << (combined ? "eDKM combined" : "the paper's 130x") << " (" << std::fixed
+      md << "- " << name << " >= 10x beyond "
+         << (combined_ratio > kPaperCombined ? "eDKM combined (measured)" : "eDKM's 130x") << " (" << std::fixed
          << std::setprecision(0) << goal << "x): " << times(dense_over, v) << (r >= goal ? " - met" : " - NOT met")
          << ".\n";
       if (r < goal && name == "table")
