@@ -15,6 +15,8 @@
 //  - `dist::ShardedOffloader`: eDKM's sharding for the dense engine. Every rank computes the same
 //    dense DKM on the whole weight; of every tensor autograd saves, a rank keeps only its 1/world
 //    block of the storage bytes, and backward all-gathers the blocks (bitwise the same tensor).
+//    With `uniquify(true)` (eDKM combined) a storage of repeated rows keeps its distinct rows on
+//    every rank and this rank's block of the 16-bit index list.
 //  - `dist::all_reduce_gradients`: the gradient average of a DDP-style loop.
 //  - A rank that dies or never joins: every other rank gets a c10::Error naming the timeout,
 //    never a hang.
