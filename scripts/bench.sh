@@ -13,6 +13,11 @@
 # figures; spinning OpenMP workers on a busy 2-core machine make steps several times slower); the
 # build knobs of scripts/build.sh (EDKM_BUILD_DIR, EDKM_JOBS, ...). Full shapes need ~17 GB of free
 # memory (dense DKM on 11008x4096 at 3 bits) and take about 40 minutes on 2 cores (estimate).
+# The ablation runs under torchrun (found next to EDKM_PYTHON or on PATH) for its sharded rows
+# (+sharding, eDKM combined): 4 ranks with --quick; 2 ranks at full shapes, on the 4096x4096
+# matrices only (EDKM_ABLATION_MATRICES overrides): rank 0 runs dense alone, and 11008x4096 dense
+# needs ~17 GB a process, more than two ranks of it fit in 24 GiB. Without torchrun it runs in one
+# process and lists the sharded rows as "needs torchrun".
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -20,7 +25,7 @@ quick=0
 for a in "$@"; do
   case "$a" in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $a (use --quick)" >&2; exit 2 ;;
   esac
 done
@@ -49,7 +54,16 @@ echo "bench.sh: OMP_NUM_THREADS=$OMP_NUM_THREADS, load: $(cut -d' ' -f1-3 /proc/
 step() { echo; echo "=== $* ($((SECONDS - start)) s so far)"; }
 
 step "ablation: LLaMA-7B decoder layer, 3 bits, bf16"
-"$b/edkm_bench_ablation" "${q[@]}" --device cpu --out "$out/ablation_cpu" $([ "$quick" = 1 ] || echo --no-warmup)
+torchrun="$(dirname "$EDKM_PYTHON")/torchrun"
+[ -x "$torchrun" ] || torchrun="$(command -v torchrun || true)"
+if [ "$quick" = 1 ]; then ranks=4 abl=(); else ranks=2 abl=(--no-warmup --matrices "${EDKM_ABLATION_MATRICES:-q_proj,k_proj,v_proj,o_proj}"); fi
+if [ -n "$torchrun" ]; then
+  "$torchrun" --standalone --no-python --nproc-per-node "$ranks" \
+    "$b/edkm_bench_ablation" "${q[@]}" "${abl[@]}" --device cpu --out "$out/ablation_cpu"
+else
+  echo "bench.sh: torchrun not found: the ablation's sharded rows are not measured"
+  "$b/edkm_bench_ablation" "${q[@]}" "${abl[@]}" --device cpu --out "$out/ablation_cpu"
+fi
 [ "$gpu" = 1 ] && "$b/edkm_bench_ablation" "${q[@]}" --device cuda --out "$out/ablation_cuda"
 
 if [ -x "$b/edkm_bench_kernels" ]; then

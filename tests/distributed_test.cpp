@@ -169,6 +169,34 @@ TEST(ShardedOffloader, WorldOfOneIsBitwiseAndDeduplicates) {
   }
 }
 
+TEST(ShardedOffloader, WorldOfOneUniquifyIsBitwiseAndKeepsLess) {
+  auto comm = dist::world_of_one();
+  const auto w = test::llm_like({256, 64}, 2, at::kBFloat16);
+  const auto g = test::llm_like({256, 64}, 3, at::kBFloat16);
+  const auto o = DKMOptions(3).epsilon(0).max_iter(3);
+  const auto c = functional::init_centroids(w, o);
+  const auto ref = test::run(w, c, g, o);
+  dist::ShardedOffloadStats kept[2];
+  for (bool uniquify : {false, true}) {
+    auto off = std::make_shared<dist::ShardedOffloader>(
+        comm, dist::ShardedOffloadOptions().min_bytes(1024).uniquify(uniquify));
+    test::Run got;
+    {
+      SavedTensorHooksGuard guard(off);
+      got = test::run(w, c, g, o);
+    }
+    EXPECT_TRUE(at::equal(got.out, ref.out));
+    EXPECT_TRUE(at::equal(got.centroids, ref.centroids));
+    EXPECT_TRUE(at::equal(got.grad, ref.grad));
+    kept[uniquify] = off->stats();
+    EXPECT_EQ(kept[uniquify].block_bytes, 0) << kept[uniquify].to_string();
+  }
+  EXPECT_EQ(kept[0].tensors_uniquified, 0);
+  EXPECT_GT(kept[1].tensors_uniquified, 0) << kept[1].to_string();
+  EXPECT_GT(kept[1].index_lists_shared, 0) << kept[1].to_string();
+  EXPECT_LT(kept[1].block_bytes_peak, kept[0].block_bytes_peak) << kept[1].to_string() << " vs " << kept[0].to_string();
+}
+
 TEST(AllReduceGradients, WorldOfOneLeavesGradientsAlone) {
   auto comm = dist::world_of_one();
   auto a = at::ones({3}).requires_grad_(true), b = at::ones({2}, at::kDouble).requires_grad_(true);

@@ -82,6 +82,41 @@ void check_sharded_offloader(const std::shared_ptr<edkm::Communicator>& comm) {
   if (my_rank == 0) std::cout << "ShardedOffloader: " << s.to_string() << "\n";
 }
 
+// eDKM combined: bf16 dense DKM under ShardedOffloader(uniquify) is bitwise the plain run, and a
+// rank keeps fewer bytes than with sharding alone (the N x K maps as distinct rows + index blocks).
+void check_sharded_uniquify(const std::shared_ptr<edkm::Communicator>& comm) {
+  const auto w = edkm::test::llm_like({256, 64}, 12, at::kBFloat16);
+  const auto r = edkm::test::llm_like({256, 64}, 13, at::kBFloat16);
+  const auto o = edkm::DKMOptions(3).epsilon(0).max_iter(3);
+  const auto c = edkm::functional::init_centroids(w, o);
+  const auto ref = edkm::test::run(w, c, r, o);
+  edkm::dist::ShardedOffloadStats kept[2];
+  for (bool uniquify : {false, true}) {
+    auto off = std::make_shared<edkm::dist::ShardedOffloader>(
+        comm, edkm::dist::ShardedOffloadOptions().min_bytes(1024).uniquify(uniquify));
+    edkm::test::Run got;
+    {
+      edkm::SavedTensorHooksGuard guard(off);
+      got = edkm::test::run(w, c, r, o);
+    }
+    const std::string name = uniquify ? "bf16 dense+ShardedOffloader(uniquify)" : "bf16 dense+ShardedOffloader";
+    expect(at::equal(got.out, ref.out), name + ": clustered weight not bitwise equal");
+    expect(at::equal(got.centroids, ref.centroids), name + ": centroids not bitwise equal");
+    expect(at::equal(got.grad, ref.grad), name + ": gradient not bitwise equal");
+    kept[uniquify] = off->stats();
+    expect(kept[uniquify].block_bytes == 0, name + ": bytes still held after backward: " + kept[uniquify].to_string());
+  }
+  expect(kept[1].tensors_uniquified > 0 && kept[1].index_lists_shared > 0,
+         "ShardedOffloader(uniquify): no N x K map uniquified / no index list shared: " + kept[1].to_string());
+  expect(kept[0].tensors_uniquified == 0, "ShardedOffloader: uniquified without the option");
+  expect(kept[1].block_bytes_peak < kept[0].block_bytes_peak,
+         "ShardedOffloader(uniquify): a rank kept no fewer bytes than with sharding alone: " + kept[1].to_string() +
+             " vs " + kept[0].to_string());
+  if (my_rank == 0)
+    std::cout << "ShardedOffloader: " << kept[0].to_string() << "\nShardedOffloader(uniquify): " << kept[1].to_string()
+              << "\n";
+}
+
 // DDP-style: replicated weight, each rank its own loss; after all_reduce_gradients (average) every
 // rank holds d(mean of the ranks' losses)/dw.
 void check_replicated(const std::shared_ptr<edkm::Communicator>& comm) {
@@ -137,6 +172,7 @@ int run_check() {
                 edkm::DKMOptions(2).engine(edkm::Engine::kStreaming).per_channel_scale(true).cluster_dim(2), true,
                 "streaming fp32 scaled cluster_dim 2");
   check_sharded_offloader(comm);
+  check_sharded_uniquify(comm);
   check_replicated(comm);
   comm->barrier();
   std::cout << "[rank " << my_rank << " of " << comm->world_size() << "] " << (failures ? "FAILED" : "all equal")

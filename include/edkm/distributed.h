@@ -15,6 +15,8 @@
 //  - `dist::ShardedOffloader`: eDKM's sharding for the dense engine. Every rank computes the same
 //    dense DKM on the whole weight; of every tensor autograd saves, a rank keeps only its 1/world
 //    block of the storage bytes, and backward all-gathers the blocks (bitwise the same tensor).
+//    With `uniquify(true)` (eDKM combined) a storage of repeated rows keeps its distinct rows on
+//    every rank and this rank's block of the 16-bit index list.
 //  - `dist::all_reduce_gradients`: the gradient average of a DDP-style loop.
 //  - A rank that dies or never joins: every other rank gets a c10::Error naming the timeout,
 //    never a hang.
@@ -159,6 +161,14 @@ struct EDKM_API ShardedOffloadOptions {
   TORCH_ARG(bool, to_host) = true;
   /// Host pool buffers are pinned (CUDA). Default true.
   TORCH_ARG(bool, pin_memory) = true;
+  /// eDKM combined (uniquification + sharding): a saved storage whose rows repeat (the N x K maps
+  /// of dense DKM on bf16/fp16 weights; the test of OffloadOptions::uniquify) keeps its U distinct
+  /// rows whole on every rank and only this rank's 1/world block of the 16-bit index list (the
+  /// index list split across the ranks); storages with the same row structure share one list (the
+  /// fit is checked on every rank's block and agreed with a 1-element all-reduce). Unpack
+  /// all-gathers the index blocks and expands the rows, bitwise. Storages that do not uniquify
+  /// are sharded as usual. Default false.
+  TORCH_ARG(bool, uniquify) = false;
 
  public:
   void validate() const;
@@ -166,15 +176,20 @@ struct EDKM_API ShardedOffloadOptions {
 
 /// What a ShardedOffloader did (bytes are storage bytes).
 struct EDKM_API ShardedOffloadStats {
-  int64_t tensors_packed = 0;    ///< saved tensors seen by pack
-  int64_t tensors_sharded = 0;   ///< of those, kept as blocks (copied or de-duplicated)
-  int64_t storages_sharded = 0;  ///< storages split into blocks
-  int64_t copies_avoided = 0;    ///< saved tensors whose storage was already kept (de-dup by storage)
-  int64_t bytes_sharded = 0;     ///< whole-storage bytes of the storages kept as blocks
-  int64_t block_bytes = 0;       ///< bytes this rank keeps now (its blocks)
-  int64_t block_bytes_peak = 0;  ///< highest block_bytes
-  int64_t gathers = 0;           ///< all-gathers run by unpack
-  int64_t restores_shared = 0;   ///< unpacks served by a storage already gathered
+  int64_t tensors_packed = 0;         ///< saved tensors seen by pack
+  int64_t tensors_sharded = 0;        ///< of those, kept as blocks (copied or de-duplicated)
+  int64_t storages_sharded = 0;       ///< storages split into blocks
+  int64_t copies_avoided = 0;         ///< saved tensors whose storage was already kept (de-dup by storage)
+  int64_t bytes_sharded = 0;          ///< whole-storage bytes of the storages kept as blocks
+  int64_t block_bytes = 0;            ///< bytes this rank keeps now (its blocks; uniquify: + tables, index blocks)
+  int64_t block_bytes_peak = 0;       ///< highest block_bytes
+  int64_t bytes_stored = 0;           ///< bytes pack copied into this rank's blocks (its device -> host traffic)
+  int64_t gathers = 0;                ///< all-gathers run by unpack
+  int64_t bytes_gathered = 0;         ///< bytes those all-gathers returned to this rank (its receive traffic)
+  int64_t restores_shared = 0;        ///< unpacks served by a storage already gathered
+  int64_t tensors_uniquified = 0;     ///< uniquify: storages kept as distinct rows + an index block
+  int64_t uniquify_bytes_before = 0;  ///< their whole-storage bytes
+  int64_t index_lists_shared = 0;     ///< of those, storages that reused an index list already kept
   std::string to_string() const;
 };
 

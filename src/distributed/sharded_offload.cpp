@@ -2,17 +2,22 @@
 // saved storage a rank keeps only its 1/world block of bytes (host pool or device), and unpack
 // all-gathers the blocks into the whole storage, on which the saved view is rebuilt (as_strided
 // semantics via set_). De-dup by storage and one gather per storage per backward, as the offloader.
+// With uniquify, a storage of repeated rows keeps its distinct rows whole and this rank's block of
+// the 16-bit index list (offload/unique_rows.h, the offloader's uniquify).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <atomic>
 #include <mutex>
 #include <sstream>
-#include <unordered_map>
 
 #include "edkm/distributed.h"
 #include "edkm/host_pool.h"
+#include "offload/storage_registry.h"
+#include "offload/unique_rows.h"
 
 namespace edkm::dist {
 
@@ -25,8 +30,11 @@ std::string ShardedOffloadStats::to_string() const {
   std::ostringstream os;
   os << "packed " << tensors_packed << " (sharded " << tensors_sharded << ", de-dup " << copies_avoided << "); "
      << storages_sharded << " storages of " << mib(bytes_sharded) << " kept as blocks of " << mib(block_bytes)
-     << " now (peak " << mib(block_bytes_peak) << "); " << gathers << " all-gathers, " << restores_shared
-     << " restores shared";
+     << " now (peak " << mib(block_bytes_peak) << "); " << gathers << " all-gathers of " << mib(bytes_gathered) << ", "
+     << restores_shared << " restores shared";
+  if (tensors_uniquified > 0)
+    os << "; uniquified " << tensors_uniquified << " of " << mib(uniquify_bytes_before) << " (" << index_lists_shared
+       << " sharing an index list)";
   return os.str();
 }
 
@@ -39,62 +47,103 @@ struct ShardedOffloadState : std::enable_shared_from_this<ShardedOffloadState> {
   ShardedOffloadOptions options;
   HostMemoryPool pool;
   std::atomic<int64_t> tensors_packed{0}, tensors_sharded{0}, storages_sharded{0}, copies_avoided{0}, bytes_sharded{0},
-      block_bytes{0}, block_bytes_peak{0}, gathers{0}, restores_shared{0};
-  std::mutex mu;  // guards by_storage
+      block_bytes{0}, block_bytes_peak{0}, bytes_stored{0}, gathers{0}, bytes_gathered{0}, restores_shared{0},
+      tensors_uniquified{0}, uniquify_bytes_before{0}, index_lists_shared{0};
+  std::mutex mu;  // guards by_storage, index_lists
 
   void add_block_bytes(int64_t b) {
+    bytes_stored.fetch_add(b);
     const int64_t now = block_bytes.fetch_add(b) + b;
     int64_t peak = block_bytes_peak.load();
     while (now > peak && !block_bytes_peak.compare_exchange_weak(peak, now)) {
     }
   }
 
-  // This rank's block of one storage, shared by every saved view of it.
-  struct Shard {
+  // Bytes kept by this rank: the host pool or the tensor's device.
+  at::Tensor keep_bytes(int64_t n, const at::Device& device) {
+    return options.to_host() ? pool.empty({n}, at::kByte)
+                             : at::empty({n}, at::TensorOptions().dtype(at::kByte).device(device));
+  }
+
+  // Uniquify: a 16-bit index list of `rows` rows, of which this rank keeps rows
+  // [rank * chunk_rows, ...) (zero-padded to chunk_rows); shared by storages of the same row structure.
+  struct IndexList {
     std::shared_ptr<ShardedOffloadState> state;
-    at::Tensor block;  // chunk bytes (zero-padded past the storage end)
-    int64_t nbytes = 0, chunk = 0, version = 0;
-    at::Device device{at::kCPU};
-    std::mutex mu;  // guards what follows
-    // One gather per storage per backward: the whole storage is held from the first unpack of a
-    // round until every live view has been unpacked in that round (or freed).
-    at::Tensor keep;
-    int64_t round = 0, live_views = 0, seen_in_round = 0;
-    void settle() {
-      if (seen_in_round >= live_views) keep.reset();
-    }
+    at::Tensor block;  // chunk_rows int16 labels (label - 32768), as bytes
+    at::Tensor reps;   // U int64 on the CPU: the first row of each label
+    int64_t rows = 0, unique = 0, chunk_rows = 0;
+    int64_t begin(int64_t rank) const { return std::min(rows, rank * chunk_rows); }
+    int64_t mine(int64_t rank) const { return std::min(rows, begin(rank) + chunk_rows) - begin(rank); }
+    ~IndexList() { state->block_bytes.fetch_sub(block.defined() ? block.numel() : 0); }
+  };
+  std::vector<std::weak_ptr<IndexList>> index_lists;
+
+  // This rank's block of one storage, shared by every saved view of it. One gather per storage
+  // per backward (KeptStorage's rounds).
+  struct Shard : edkm::detail::KeptStorage {
+    std::shared_ptr<ShardedOffloadState> state;
+    at::Tensor block;                  // chunk bytes (zero-padded past the storage end); uniquified: the U x row table
+    std::shared_ptr<IndexList> index;  // uniquified: the row -> distinct row index (this rank's block)
+    int64_t row_bytes = 0;             // uniquified: bytes per row
+    int64_t chunk = 0;
     ~Shard() { state->block_bytes.fetch_sub(block.defined() ? block.numel() : 0); }
   };
-  struct Entry {
-    c10::weak_intrusive_ptr<c10::StorageImpl> source;  // pins the key's address (no ABA)
-    std::weak_ptr<Shard> shard;
-  };
-  std::unordered_map<const c10::StorageImpl*, Entry> by_storage;
+  edkm::detail::StorageRegistry<Shard> by_storage;
+  using Packed = edkm::detail::SavedView<Shard>;
 
-  struct Packed {
-    at::Tensor kept;  // defined when not sharded
-    std::shared_ptr<Shard> shard;
-    std::vector<int64_t> sizes, strides;
-    int64_t offset = 0;
-    at::ScalarType dtype = at::kFloat;
-    int64_t round_seen = -1;
-    void attach(std::shared_ptr<Shard> s) {
-      std::lock_guard<std::mutex> lock(s->mu);
-      ++s->live_views;
-      shard = std::move(s);
+  // Keeps `bytes` (the storage, uint8 on its device) in `shard` as distinct rows + an index block
+  // when its rows repeat enough; false (nothing kept) otherwise. Every rank reaches the same
+  // decision: the data are equal on every rank, and the fit to a kept list is all-reduced.
+  // Caller holds mu.
+  bool uniquify(Shard& shard, const at::Tensor& bytes, int64_t row_bytes) {
+    const int64_t nbytes = bytes.numel(), rows = nbytes / row_bytes, world = comm->world_size(), rank = comm->rank();
+    index_lists.erase(std::remove_if(index_lists.begin(), index_lists.end(), [](auto& w) { return w.expired(); }),
+                      index_lists.end());
+    std::shared_ptr<IndexList> list;
+    at::Tensor table;
+    for (auto it = index_lists.rbegin(); it != index_lists.rend() && !list; ++it) {
+      auto candidate = it->lock();
+      if (!candidate || candidate->rows != rows ||
+          !edkm::detail::uniquify_worth_it(candidate->unique, rows, row_bytes, nbytes))
+        continue;
+      const auto labels = candidate->block.view(at::kShort).narrow(0, 0, candidate->mine(rank)).to(bytes.device());
+      auto fit = edkm::detail::rows_by_index(bytes, row_bytes, labels, candidate->reps.to(bytes.device()),
+                                             candidate->begin(rank));
+      auto agreed = at::full({1}, fit ? 1 : 0, at::kLong);
+      comm->all_reduce_sum(agreed);
+      if (agreed.item<int64_t>() == world) {
+        list = std::move(candidate);
+        table = std::move(*fit);
+        index_lists_shared.fetch_add(1);
+      }
     }
-    ~Packed() {
-      if (!shard) return;
-      std::lock_guard<std::mutex> lock(shard->mu);
-      --shard->live_views;
-      if (round_seen == shard->round) --shard->seen_in_round;
-      shard->settle();
+    if (!list) {
+      auto u = edkm::detail::find_unique_rows(bytes, row_bytes);
+      if (!u) return false;
+      list = std::make_shared<IndexList>();
+      list->state = shared_from_this();
+      list->rows = rows;
+      list->unique = u->unique;
+      list->chunk_rows = (rows + world - 1) / world;
+      list->reps = u->reps.cpu();
+      list->block = keep_bytes(2 * list->chunk_rows, bytes.device());
+      const int64_t begin = list->begin(rank), mine = list->mine(rank);
+      auto labels = list->block.view(at::kShort);
+      if (mine > 0) labels.narrow(0, 0, mine).copy_(u->index.narrow(0, begin, mine));
+      if (mine < list->chunk_rows) labels.narrow(0, mine, list->chunk_rows - mine).zero_();
+      add_block_bytes(list->block.numel());
+      index_lists.push_back(list);
+      table = std::move(u->table);
     }
-  };
-
-  void purge() {  // caller holds mu
-    for (auto it = by_storage.begin(); it != by_storage.end();)
-      it = it->second.source.expired() || it->second.shard.expired() ? by_storage.erase(it) : std::next(it);
+    shard.index = std::move(list);
+    shard.row_bytes = row_bytes;
+    shard.chunk = table.numel();
+    shard.block = keep_bytes(shard.chunk, bytes.device());
+    shard.block.copy_(table.view({-1}));
+    add_block_bytes(shard.chunk);
+    tensors_uniquified.fetch_add(1);
+    uniquify_bytes_before.fetch_add(nbytes);
+    return true;
   }
 };
 
@@ -114,54 +163,41 @@ std::any ShardedOffloader::pack(const at::Tensor& tensor) {
   auto& st = *state_;
   st.tensors_packed.fetch_add(1);
   auto packed = std::make_shared<State::Packed>();
-  const bool plain = tensor.defined() && (tensor.is_cpu() || tensor.is_cuda()) && tensor.layout() == at::kStrided &&
-                     !tensor.is_quantized() && !tensor.is_nested() && !tensor.is_conj() && !tensor.is_neg() &&
-                     tensor.has_storage() && !tensor.unsafeGetTensorImpl()->is_wrapped_number() && tensor.numel() > 0;
+  const bool plain = edkm::detail::storage_backed(tensor) && (tensor.is_cpu() || tensor.is_cuda());
   if (!plain || tensor.numel() * static_cast<int64_t>(tensor.element_size()) < st.options.min_bytes()) {
     packed->kept = tensor;
     return packed;
   }
   const c10::Storage& storage = tensor.storage();
   const auto nbytes = static_cast<int64_t>(storage.nbytes());
-  const int64_t version = tensor._version();
-  packed->sizes = tensor.sizes().vec();
-  packed->strides = tensor.strides().vec();
-  packed->offset = tensor.storage_offset();
-  packed->dtype = tensor.scalar_type();
+  packed->describe(tensor);
   st.tensors_sharded.fetch_add(1);
 
   std::lock_guard<std::mutex> lock(st.mu);
-  st.purge();
-  const c10::StorageImpl* key = storage.unsafeGetStorageImpl();
-  auto it = st.by_storage.find(key);
-  if (it != st.by_storage.end()) {
-    auto shard = it->second.shard.lock();
-    if (shard && shard->version == version && shard->nbytes == nbytes && shard->device == tensor.device()) {
-      st.copies_avoided.fetch_add(1);
-      packed->attach(std::move(shard));
-      return packed;
-    }
+  if (auto shard = st.by_storage.find(tensor, nbytes)) {
+    st.copies_avoided.fetch_add(1);
+    packed->attach(std::move(shard));
+    return packed;
   }
   const int64_t world = st.comm->world_size(), rank = st.comm->rank();
   auto shard = std::make_shared<State::Shard>();
   shard->state = state_;
   shard->nbytes = nbytes;
-  shard->chunk = (nbytes + world - 1) / world;
-  shard->version = version;
+  shard->version = tensor._version();
   shard->device = tensor.device();
-  shard->block = st.options.to_host()
-                     ? st.pool.empty({shard->chunk}, at::kByte)
-                     : at::empty({shard->chunk}, at::TensorOptions().dtype(at::kByte).device(tensor.device()));
-  auto bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(tensor.device()));
-  bytes.set_(storage, 0, {nbytes}, {1});
-  const int64_t begin = std::min(nbytes, rank * shard->chunk), mine = std::min(nbytes, begin + shard->chunk) - begin;
-  if (mine > 0) shard->block.narrow(0, 0, mine).copy_(bytes.narrow(0, begin, mine));
-  if (mine < shard->chunk) shard->block.narrow(0, mine, shard->chunk - mine).zero_();
-  st.add_block_bytes(shard->chunk);
+  const auto bytes = edkm::detail::storage_bytes(storage, tensor.device());
+  const int64_t row_bytes = st.options.uniquify() ? edkm::detail::uniquify_row_bytes(tensor, nbytes) : 0;
+  if (row_bytes == 0 || !st.uniquify(*shard, bytes, row_bytes)) {
+    shard->chunk = (nbytes + world - 1) / world;
+    shard->block = st.keep_bytes(shard->chunk, tensor.device());
+    const int64_t begin = std::min(nbytes, rank * shard->chunk), mine = std::min(nbytes, begin + shard->chunk) - begin;
+    if (mine > 0) shard->block.narrow(0, 0, mine).copy_(bytes.narrow(0, begin, mine));
+    if (mine < shard->chunk) shard->block.narrow(0, mine, shard->chunk - mine).zero_();
+    st.add_block_bytes(shard->chunk);
+  }
   st.storages_sharded.fetch_add(1);
   st.bytes_sharded.fetch_add(nbytes);
-  st.by_storage.erase(key);  // a stale entry (written in place since)
-  st.by_storage.emplace(key, State::Entry{storage.getWeakStorageImpl(), shard});
+  st.by_storage.add(storage, shard);
   packed->attach(std::move(shard));
   return packed;
 }
@@ -170,30 +206,29 @@ at::Tensor ShardedOffloader::unpack(const std::any& value) {
   const auto* p = std::any_cast<std::shared_ptr<State::Packed>>(&value);
   TORCH_CHECK(p && *p, "edkm: ShardedOffloader::unpack: the value was not packed by a ShardedOffloader");
   State::Packed& packed = **p;
-  if (!packed.shard) return packed.kept;
-  auto& shard = *packed.shard;
+  if (!packed.storage) return packed.kept;
+  auto& shard = *packed.storage;
   std::lock_guard<std::mutex> lock(shard.mu);
   at::Tensor whole;
   if (shard.keep.defined()) {
     whole = shard.keep;
     state_->restores_shared.fetch_add(1);
-    if (packed.round_seen != shard.round) {
-      packed.round_seen = shard.round;
-      ++shard.seen_in_round;
-    }
+    shard.seen(packed.round_seen);
   } else {
     // Every rank reaches this gather for the same storage in the same order (the same graph).
-    whole = state_->comm->all_gather(shard.block.to(shard.device));
+    if (shard.index) {
+      const auto labels = state_->comm->all_gather(shard.index->block.to(shard.device));
+      state_->bytes_gathered.fetch_add(labels.numel());
+      whole = edkm::detail::expand_unique_rows(
+          shard.block.to(shard.device), labels.view(at::kShort).narrow(0, 0, shard.index->rows), shard.row_bytes);
+    } else {
+      whole = state_->comm->all_gather(shard.block.to(shard.device));
+      state_->bytes_gathered.fetch_add(whole.numel());
+    }
     state_->gathers.fetch_add(1);
-    ++shard.round;
-    packed.round_seen = shard.round;
-    shard.seen_in_round = 1;
-    shard.keep = whole;
+    shard.start_round(packed.round_seen, whole);
   }
-  shard.settle();
-  auto out = at::empty({0}, at::TensorOptions().dtype(packed.dtype).device(shard.device));
-  out.set_(whole.storage(), packed.offset, packed.sizes, packed.strides);
-  return out;
+  return packed.view_on(whole);
 }
 
 ShardedOffloadStats ShardedOffloader::stats() const {
@@ -207,7 +242,12 @@ ShardedOffloadStats ShardedOffloader::stats() const {
   out.block_bytes = s.block_bytes;
   out.block_bytes_peak = s.block_bytes_peak;
   out.gathers = s.gathers;
+  out.bytes_stored = s.bytes_stored;
+  out.bytes_gathered = s.bytes_gathered;
   out.restores_shared = s.restores_shared;
+  out.tensors_uniquified = s.tensors_uniquified;
+  out.uniquify_bytes_before = s.uniquify_bytes_before;
+  out.index_lists_shared = s.index_lists_shared;
   return out;
 }
 

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "edkm/offload.h"
+#include "offload/storage_registry.h"
 #include "offload/unique_rows.h"
 
 #if defined(EDKM_WITH_CUDA)
@@ -45,27 +46,8 @@ struct Counters {
   }
 };
 
-// A uint8 tensor over the whole of `storage` (keeps it alive).
-at::Tensor storage_bytes(const c10::Storage& storage, const at::Device& device) {
-  auto t = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(device));
-  t.set_(storage, 0, {static_cast<int64_t>(storage.nbytes())}, {1});
-  return t;
-}
-
 at::Tensor empty_bytes(int64_t n, const at::Device& device) {
   return at::empty({n}, at::TensorOptions().dtype(at::kByte).device(device));
-}
-
-// Bytes of one row for uniquify: the saved tensor covers its whole storage densely (any
-// permutation of a contiguous layout), so the storage is rows of its innermost dimension (the
-// one of stride 1). 0 when that does not hold.
-int64_t row_bytes_of(const at::Tensor& t, int64_t storage_nbytes) {
-  if (t.dim() < 2 || t.storage_offset() != 0 || !t.is_non_overlapping_and_dense() ||
-      t.numel() * static_cast<int64_t>(t.element_size()) != storage_nbytes)
-    return 0;
-  for (int64_t d = 0; d < t.dim(); ++d)
-    if (t.stride(d) == 1 && t.size(d) > 1) return t.size(d) * static_cast<int64_t>(t.element_size());
-  return 0;
 }
 
 }  // namespace
@@ -130,11 +112,7 @@ struct Offloader::State {
 
   std::mutex mu;  // guards by_storage, order, index_lists, the prefetch direction
   struct HostStorage;
-  struct Entry {
-    c10::weak_intrusive_ptr<c10::StorageImpl> source;  // pins the StorageImpl address: no ABA on the key
-    std::weak_ptr<HostStorage> host;
-  };
-  std::unordered_map<const c10::StorageImpl*, Entry> by_storage;
+  detail::StorageRegistry<HostStorage> by_storage;
   std::map<int64_t, std::weak_ptr<HostStorage>> order;  // live host copies by pack sequence
   int64_t next_seq = 0;
   std::vector<std::weak_ptr<IndexList>> index_lists;
@@ -146,27 +124,20 @@ struct Offloader::State {
   std::deque<std::weak_ptr<HostStorage>> prefetched;  // outstanding prefetches, oldest first
 
   // The host copy of one storage, shared by every saved tensor (view) of it.
-  struct HostStorage {
+  struct HostStorage : detail::KeptStorage {
     std::shared_ptr<State> state;
     HostBuffer data;                   // the storage bytes, or its distinct rows when uniquified
     std::shared_ptr<IndexList> index;  // uniquified: the row -> distinct row index
     int64_t row_bytes = 0;             // uniquified: bytes per row
-    int64_t nbytes = 0, seq = 0;
-    at::Device device{at::kCPU};
-    int64_t version = 0;
-    std::mutex mu;                                                      // guards what follows
+    int64_t seq = 0;
+    // Under `mu`:
     std::optional<c10::weak_intrusive_ptr<c10::StorageImpl>> restored;  // device copy while in use
     at::Tensor prefetched;  // a device copy restored ahead of time, not yet used
 #if defined(EDKM_WITH_CUDA)
     c10::cuda::CUDAEvent prefetch_ready;
 #endif
     // One restore per storage: the device copy is held (`keep`) from the first unpack of a round
-    // until every live view of the storage has been unpacked in that round (or freed).
-    at::Tensor keep;
-    int64_t round = 0, live_views = 0, seen_in_round = 0;
-    void settle() {  // caller holds `mu`
-      if (seen_in_round >= live_views) keep.reset();
-    }
+    // until every live view of the storage has been unpacked in that round (KeptStorage).
     bool restored_alive() const { return restored && !restored->expired(); }
     int64_t restore_bytes() const { return data.bytes.numel() + (index ? index->buffer.bytes.numel() : 0); }
 
@@ -178,27 +149,7 @@ struct Offloader::State {
   };
 
   // What pack returns: the host copy and where the tensor sits in its storage, or the tensor.
-  struct Packed {
-    at::Tensor kept;  // defined when not offloaded
-    std::shared_ptr<HostStorage> host;
-    std::vector<int64_t> sizes, strides;
-    int64_t offset = 0;
-    at::ScalarType dtype = at::kFloat;
-    int64_t round_seen = -1;  // the host's restore round in which this view was last unpacked
-
-    void attach(std::shared_ptr<HostStorage> h) {
-      std::lock_guard<std::mutex> lock(h->mu);
-      ++h->live_views;
-      host = std::move(h);
-    }
-    ~Packed() {
-      if (!host) return;
-      std::lock_guard<std::mutex> lock(host->mu);
-      --host->live_views;
-      if (round_seen == host->round) --host->seen_in_round;
-      host->settle();
-    }
-  };
+  using Packed = detail::SavedView<HostStorage>;
 
   HostBuffer acquire(int64_t nbytes) {
     auto block = pool->allocate(static_cast<size_t>(nbytes));
@@ -330,8 +281,7 @@ struct Offloader::State {
     for (auto it = index_lists.rbegin(); it != index_lists.rend(); ++it) {
       auto list = it->lock();
       // The same saving test as a new list (U rows + the index in at most half the bytes).
-      if (!list || list->rows != rows || source.numel() % row_bytes != 0 ||
-          list->unique * row_bytes + 2 * rows > source.numel() / 2)
+      if (!list || list->rows != rows || !detail::uniquify_worth_it(list->unique, rows, row_bytes, source.numel()))
         continue;
       list->buffer.wait_copies();  // CUDA: the index is read on the host, or copied from it
       const auto index = list->buffer.bytes.view(at::kShort).to(source.device());
@@ -343,8 +293,7 @@ struct Offloader::State {
 
   // Drops map entries whose source storage or host copy is gone (caller holds `mu`).
   void purge() {
-    for (auto it = by_storage.begin(); it != by_storage.end();)
-      it = it->second.source.expired() || it->second.host.expired() ? by_storage.erase(it) : std::next(it);
+    by_storage.purge();
     for (auto it = order.begin(); it != order.end();) it = it->second.expired() ? order.erase(it) : std::next(it);
   }
 
@@ -511,37 +460,26 @@ std::any Offloader::pack(const at::Tensor& tensor) {
   auto& st = *state_;
   st.counters.tensors_packed.fetch_add(1);
   auto packed = std::make_shared<State::Packed>();
-  const bool device_ok = tensor.defined() && (tensor.is_cuda() || (tensor.is_cpu() && options_.host_to_host()));
-  const bool plain = device_ok && tensor.layout() == at::kStrided && !tensor.is_quantized() && !tensor.is_nested() &&
-                     !tensor.is_conj() && !tensor.is_neg() && tensor.has_storage() &&
-                     !tensor.unsafeGetTensorImpl()->is_wrapped_number() && tensor.numel() > 0;
+  const bool plain =
+      detail::storage_backed(tensor) && (tensor.is_cuda() || (tensor.is_cpu() && options_.host_to_host()));
   if (!plain || tensor.numel() * static_cast<int64_t>(tensor.element_size()) < options_.min_bytes()) {
     packed->kept = tensor;
     return packed;
   }
   const c10::Storage& storage = tensor.storage();
   const auto nbytes = static_cast<int64_t>(storage.nbytes());
-  const int64_t version = tensor._version();
-  packed->sizes = tensor.sizes().vec();
-  packed->strides = tensor.strides().vec();
-  packed->offset = tensor.storage_offset();
-  packed->dtype = tensor.scalar_type();
+  packed->describe(tensor);
 
   std::lock_guard<std::mutex> lock(st.mu);
   st.purge();
-  const c10::StorageImpl* key = storage.unsafeGetStorageImpl();
   if (options_.dedup()) {
-    auto it = st.by_storage.find(key);
-    if (it != st.by_storage.end()) {
-      auto host = it->second.host.lock();
-      // Same storage, same contents (no in-place write since the copy), same size: reuse.
-      if (host && host->version == version && host->nbytes == nbytes && host->device == tensor.device()) {
-        st.counters.copies_avoided.fetch_add(1);
-        st.counters.bytes_not_copied.fetch_add(nbytes);
-        st.counters.tensors_offloaded.fetch_add(1);
-        packed->attach(std::move(host));
-        return packed;
-      }
+    // Same storage, same contents (no in-place write since the copy), same size: reuse.
+    if (auto host = st.by_storage.find(tensor, nbytes)) {
+      st.counters.copies_avoided.fetch_add(1);
+      st.counters.bytes_not_copied.fetch_add(nbytes);
+      st.counters.tensors_offloaded.fetch_add(1);
+      packed->attach(std::move(host));
+      return packed;
     }
   }
 
@@ -549,16 +487,13 @@ std::any Offloader::pack(const at::Tensor& tensor) {
   host->state = state_;
   host->nbytes = nbytes;
   host->device = tensor.device();
-  host->version = version;
+  host->version = tensor._version();
   host->seq = st.next_seq++;
-  st.store(*host, storage_bytes(storage, tensor.device()), row_bytes_of(tensor, nbytes));
+  st.store(*host, detail::storage_bytes(storage, tensor.device()), detail::uniquify_row_bytes(tensor, nbytes));
   st.counters.storages_copied.fetch_add(1);
   st.counters.tensors_offloaded.fetch_add(1);
   st.order.emplace(host->seq, host);
-  if (options_.dedup()) {
-    st.by_storage.erase(key);  // a stale entry (the storage was written in place since)
-    st.by_storage.emplace(key, State::Entry{storage.getWeakStorageImpl(), host});
-  }
+  if (options_.dedup()) st.by_storage.add(storage, host);  // replaces a stale entry (written in place since)
   packed->attach(std::move(host));
   return packed;
 }
@@ -569,8 +504,8 @@ at::Tensor Offloader::unpack(const std::any& value) {
   State::Packed& packed = **p;
   auto& st = *state_;
   st.counters.tensors_unpacked.fetch_add(1);
-  if (!packed.host) return packed.kept;
-  auto& host = *packed.host;
+  if (!packed.storage) return packed.kept;
+  auto& host = *packed.storage;
   TORCH_CHECK(host.data.bytes.defined(), "Offloader::unpack: the host copy of this saved tensor was freed");
   at::Tensor device_bytes;
   int64_t new_round = 0;  // > 0: this unpack started a restore round of its storage
@@ -581,11 +516,7 @@ at::Tensor Offloader::unpack(const std::any& value) {
         device_bytes = at::empty({0}, at::TensorOptions().dtype(at::kByte).device(host.device));
         device_bytes.set_(c10::Storage(std::move(impl)), 0, {host.nbytes}, {1});
         st.counters.restores_shared.fetch_add(1);
-        if (packed.round_seen != host.round) {
-          packed.round_seen = host.round;
-          ++host.seen_in_round;
-        }
-        host.settle();
+        host.seen(packed.round_seen);
       }
     }
     if (!device_bytes.defined()) {
@@ -610,18 +541,12 @@ at::Tensor Offloader::unpack(const std::any& value) {
         device_bytes = st.restore(host);
       }
       host.restored = device_bytes.storage().getWeakStorageImpl();
-      ++host.round;
+      host.start_round(packed.round_seen, device_bytes);
       new_round = host.round;
-      packed.round_seen = host.round;
-      host.seen_in_round = 1;
-      host.keep = device_bytes;
-      host.settle();
     }
   }
   if (new_round > 0 && options_.prefetch() > 0) st.prefetch_after(host, new_round);
-  auto out = at::empty({0}, at::TensorOptions().dtype(packed.dtype).device(host.device));
-  out.set_(device_bytes.storage(), packed.offset, packed.sizes, packed.strides);
-  return out;
+  return packed.view_on(device_bytes);
 }
 
 OffloadStats Offloader::stats() const {

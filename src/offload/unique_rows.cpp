@@ -129,20 +129,30 @@ std::optional<UniqueRows> find_unique_rows(const at::Tensor& bytes, int64_t row_
 }
 
 std::optional<at::Tensor> rows_by_index(const at::Tensor& bytes, int64_t row_bytes, const at::Tensor& index,
-                                        const at::Tensor& reps) {
-  const int64_t rows = index.numel();
-  if (row_bytes <= 0 || bytes.numel() != rows * row_bytes) return std::nullopt;
+                                        const at::Tensor& reps, int64_t first_row) {
+  if (row_bytes <= 0 || bytes.numel() % row_bytes != 0) return std::nullopt;
+  const int64_t rows = bytes.numel() / row_bytes, covered = index.numel();
+  if (first_row < 0 || first_row + covered > rows) return std::nullopt;
   const auto wt = word_type(row_bytes);
   const at::Tensor words = bytes.view(wt).view({rows, row_bytes / static_cast<int64_t>(c10::elementSize(wt))});
   const at::Tensor table_words = words.index_select(0, reps);
   bool same = true;
-  for_chunks(rows, [&](int64_t begin, int64_t n) {
+  for_chunks(covered, [&](int64_t begin, int64_t n) {
     if (same)
       same = at::equal(table_words.index_select(0, index.narrow(0, begin, n).to(at::kInt) + 32768),
-                       words.narrow(0, begin, n));
+                       words.narrow(0, first_row + begin, n));
   });
   if (!same) return std::nullopt;
   return table_words.view(at::kByte).view({-1, row_bytes});
+}
+
+int64_t uniquify_row_bytes(const at::Tensor& t, int64_t storage_nbytes) {
+  if (t.dim() < 2 || t.storage_offset() != 0 || !t.is_non_overlapping_and_dense() ||
+      t.numel() * static_cast<int64_t>(t.element_size()) != storage_nbytes)
+    return 0;
+  for (int64_t d = 0; d < t.dim(); ++d)
+    if (t.stride(d) == 1 && t.size(d) > 1) return t.size(d) * static_cast<int64_t>(t.element_size());
+  return 0;
 }
 
 at::Tensor expand_unique_rows(const at::Tensor& table, const at::Tensor& index, int64_t row_bytes) {
