@@ -4,7 +4,7 @@
 // gradient), all raw little-endian float32 (or float64 with "dtype": "float64"). OUT_DIR: soft.bin (W_soft),
 // dweight.bin, centroids.bin, result.json (iterations, inertia).
 #include <ATen/TensorOperators.h>
-#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
@@ -59,7 +59,8 @@ int main(int argc, char** argv) try {
       .per_channel_scale(spec.value("per_channel_scale", false));
   if (spec.value("group_size", int64_t{0}) > 0)
     o.granularity(edkm::Granularity::kPerGroupedChannel).group_size(spec.at("group_size").get<int64_t>());
-  const auto layout = edkm::ClusterLayout::of(at::empty(shape), o);
+  // Zeros, not empty: the layout checks that the weight is finite, and uninitialised memory may not be.
+  const auto layout = edkm::ClusterLayout::of(at::zeros(shape), o);
   auto w = read_raw(in + "/weight.bin", shape).requires_grad_(true);
   auto c = read_raw(in + "/centroids.bin", {layout.groups, o.n_clusters(), o.cluster_dim()});
   auto g = read_raw(in + "/grad.bin", shape);
