@@ -4,10 +4,10 @@
 // gradient), all raw little-endian float32 (or float64 with "dtype": "float64"). OUT_DIR: soft.bin (W_soft),
 // dweight.bin, centroids.bin, result.json (iterations, inertia).
 #include <ATen/TensorOperators.h>
-#include <ATen/ops/zeros.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 #include <edkm/dkm.h>
 
 #include <fstream>
