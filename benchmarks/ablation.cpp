@@ -40,9 +40,9 @@
 #include "bench_util.h"
 #include "svg_chart.h"
 
+using edkm::bench::measured_dkm_step;
 using edkm::bench::parse_shape;
 using edkm::bench::split;
-using edkm::bench::sync;
 
 namespace {
 
@@ -104,27 +104,13 @@ Measurement run_step(const StepInput& in, edkm::Engine engine, Saved saved = Sav
                                                                     .uniquify(saved == Saved::kShardUnique));
     in.comm->barrier();  // every rank starts the step together
   }
-  auto w = in.weight.clone().requires_grad_(true);
-  const int64_t outside = 2 * w.numel() * w.element_size();  // the weight and the upstream gradient
+  const int64_t outside = 2 * in.weight.numel() * in.weight.element_size();  // the weight and the upstream gradient
+  const auto step = measured_dkm_step(in.weight, in.centroids, opts, in.grad, hooks);
   Measurement m;
-  sync(in.device);
-  {
-    edkm::MemoryMeter meter;
-    const auto t0 = std::chrono::steady_clock::now();
-    at::Tensor y;
-    {
-      std::optional<edkm::SavedTensorHooksGuard> guard;
-      if (hooks) guard.emplace(hooks);
-      y = edkm::functional::dkm_cluster(w, in.centroids, opts).weight;
-    }
-    y.backward(in.grad);
-    sync(in.device);
-    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const auto rep = meter.report();
-    m.device_peak = (in.device.is_cuda() ? rep.cuda : rep.cpu).peak_delta() + outside;
-    m.soft = y.detach();
-  }
-  m.dweight = w.grad();
+  m.seconds = step.seconds;
+  m.device_peak = (in.device.is_cuda() ? step.memory.cuda : step.memory.cpu).peak_delta() + outside;
+  m.soft = step.soft;
+  m.dweight = step.weight.grad();
   if (off) {
     const auto st = off->stats();
     m.host_peak = st.host_bytes_peak;

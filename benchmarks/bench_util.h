@@ -2,7 +2,13 @@
 // Helpers shared by the benchmark programs: argument parsing and device synchronisation (the
 // torch-free ones are in results_io.h).
 #include <ATen/core/Tensor.h>
+#include <edkm/dkm.h>
+#include <edkm/memory.h>
+#include <edkm/saved_tensor_hooks.h>
 
+#include <chrono>
+#include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -29,6 +35,37 @@ inline void sync(const at::Device& d) {
 #else
   (void)d;
 #endif
+}
+
+/// One measured DKM forward+backward (`measured_dkm_step`).
+struct DkmStep {
+  at::Tensor weight;          ///< the leaf the step ran on: weight.grad() is dL/dW
+  at::Tensor soft;            ///< W_soft, detached
+  double seconds = 0;         ///< wall time, the device synchronised before the clock stops
+  edkm::MemoryReport memory;  ///< memory over the step
+};
+
+/// A fresh leaf copy of `weight`, the DKM forward under `hooks` (saved-tensor hooks, none when
+/// null) and the backward of `grad`, timed and metered.
+inline DkmStep measured_dkm_step(const at::Tensor& weight, const at::Tensor& centroids, const edkm::DKMOptions& options,
+                                 const at::Tensor& grad,
+                                 const std::shared_ptr<edkm::SavedTensorHooks>& hooks = nullptr) {
+  DkmStep step;
+  step.weight = weight.clone().requires_grad_(true);
+  sync(weight.device());
+  edkm::MemoryMeter meter;
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    std::optional<edkm::SavedTensorHooksGuard> guard;
+    if (hooks) guard.emplace(hooks);
+    step.soft = edkm::functional::dkm_cluster(step.weight, centroids, options).weight;
+  }
+  step.soft.backward(grad);
+  sync(weight.device());
+  step.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  step.memory = meter.report();
+  step.soft = step.soft.detach();
+  return step;
 }
 
 }  // namespace edkm::bench

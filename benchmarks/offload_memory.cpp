@@ -25,9 +25,9 @@
 
 #include "bench_util.h"
 
+using edkm::bench::measured_dkm_step;
 using edkm::bench::parse_shape;
 using edkm::bench::split;
-using edkm::bench::sync;
 
 namespace {
 
@@ -111,20 +111,10 @@ int main(int argc, char** argv) try {
             off->reset_stats();
             off->pool()->reset_peak_stats();
           }
-          auto wr = w.clone().requires_grad_(true);
-          sync(dev);
-          edkm::MemoryMeter meter;
-          const auto t0 = std::chrono::steady_clock::now();
-          {
-            std::optional<edkm::SavedTensorHooksGuard> guard;
-            if (offload) guard.emplace(off);
-            auto y = edkm::functional::dkm_cluster(wr, c, opts).weight;
-            guard.reset();
-            y.backward(grad);
-          }
-          sync(dev);
-          const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          const auto rep = meter.report();
+          const auto step = measured_dkm_step(w, c, opts, grad, offload ? off : nullptr);
+          const auto& wr = step.weight;
+          const double secs = step.seconds;
+          const auto& rep = step.memory;
           if (r > 0 || repeats == 0) best_s = std::min(best_s, secs);
           peak = std::max(peak, (dev.is_cuda() ? rep.cuda : rep.cpu).peak_delta());
           pinned_peak = std::max(pinned_peak, rep.pinned.peak_delta());

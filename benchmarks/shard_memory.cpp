@@ -52,18 +52,10 @@ nlohmann::json measure(edkm::Communicator& comm, const std::shared_ptr<edkm::Com
     for (const bool sharded : {false, true}) {
       auto off = std::make_shared<edkm::dist::ShardedOffloader>(shared);
       comm.barrier();
-      auto wr = w.clone().requires_grad_(true);
-      edkm::MemoryMeter meter;
-      const auto t0 = std::chrono::steady_clock::now();
-      {
-        std::optional<edkm::SavedTensorHooksGuard> guard;
-        if (sharded) guard.emplace(off);
-        auto y = edkm::functional::dkm_cluster(wr, c, opts).weight;
-        guard.reset();
-        y.backward(grad);
-      }
-      const double secs = seconds_since(t0);
-      const auto rep = meter.report();
+      const auto step = edkm::bench::measured_dkm_step(w, c, opts, grad, sharded ? off : nullptr);
+      const auto& wr = step.weight;
+      const double secs = step.seconds;
+      const auto& rep = step.memory;
       if (!sharded) reference = wr.grad();
       const std::string key = sharded ? "dense_sharded" : "dense_plain";
       row[key] = {{"shape", dense_shape},
