@@ -361,7 +361,7 @@ int main(int argc, char** argv) try {
                         {"not_measured_needs_torchrun", needs_torchrun},
                         {"rows", results},
                         {"layer", totals}};
-  edkm::bench::write_file_atomic(out + ".json", doc.dump(2) + "\n");
+  edkm::write_text_file(out + ".json", doc.dump(2) + "\n");
 
   // Markdown: the layer first (the headline), then every matrix.
   std::ostringstream md;
@@ -485,7 +485,7 @@ int main(int argc, char** argv) try {
            << mib(v) << " MiB here); the rest of its peak is the weight, W_soft and their gradients.\n";
     }
   }
-  edkm::bench::write_file_atomic(out + ".md", md.str());
+  edkm::write_text_file(out + ".md", md.str());
   std::cout << md.str();
 
   // Chart: memory ratio to dense (overhead) per matrix, one bar per configuration, log scale.

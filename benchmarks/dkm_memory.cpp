@@ -88,7 +88,7 @@ int main(int argc, char** argv) try {
     }
   bar.finish();
 
-  std::ofstream(out + ".json") << results.dump(2) << "\n";
+  edkm::write_text_file(out + ".json", results.dump(2) + "\n");
   std::ostringstream md;
   md << "| shape | bits | LUTs | engine | device | dtype | peak MiB | overhead MiB | overhead / dense | fwd+bwd s "
         "|\n|---|---|---|---|---|---|---|---|---|---|\n";
@@ -109,7 +109,7 @@ int main(int argc, char** argv) try {
        << r["peak_bytes"].get<double>() / (1 << 20) << " | " << r["overhead_bytes"].get<double>() / (1 << 20) << " | "
        << ratio << " | " << std::setprecision(3) << r["step_seconds"].get<double>() << " |\n";
   }
-  std::ofstream(out + ".md") << md.str();
+  edkm::write_text_file(out + ".md", md.str());
   std::cout << md.str();
   return 0;
 } catch (const std::exception& e) {

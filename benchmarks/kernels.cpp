@@ -270,7 +270,7 @@ int main(int argc, char** argv) try {
                         {"threads", at::get_num_threads()},
                         {"bandwidth_bytes_per_second", g_bandwidth},
                         {"rows", rows}};
-  edkm::bench::write_file_atomic(out + ".json", doc.dump(2) + "\n");
+  edkm::write_text_file(out + ".json", doc.dump(2) + "\n");
 
   std::ostringstream md;
   md << "# Kernel benchmarks (CPU)\n\nMachine: " << machine << ", " << at::get_num_threads()
@@ -292,7 +292,7 @@ int main(int argc, char** argv) try {
   }
   md << "\nBytes are the minimum each kernel must move (see benchmarks/kernels.cpp); the streaming passes are "
         "compute-bound (K exponentials per weight per pass).\n";
-  edkm::bench::write_file_atomic(out + ".md", md.str());
+  edkm::write_text_file(out + ".md", md.str());
   std::cout << md.str();
 
   edkm::bench::BarChart chart;

@@ -140,7 +140,7 @@ int main(int argc, char** argv) try {
   }
   bar.finish();
 
-  std::ofstream(out + ".json") << results.dump(2) << "\n";
+  edkm::write_text_file(out + ".json", results.dump(2) + "\n");
   auto mib = [](const nlohmann::json& v) { return v.get<double>() / (1 << 20); };
   std::ostringstream md;
   md << std::fixed
@@ -178,7 +178,7 @@ int main(int argc, char** argv) try {
       md << " | - | - | - | - | - | - | - | - |\n";
     }
   }
-  std::ofstream(out + ".md") << md.str();
+  edkm::write_text_file(out + ".md", md.str());
   std::cout << md.str();
   return 0;
 } catch (const std::exception& e) {

@@ -1,8 +1,7 @@
 #pragma once
-// Torch-free helpers of the benchmark programs: lists, atomic result files, process memory
-// figures, the machine's name.
-#include <fcntl.h>
-#include <unistd.h>
+// Torch-free helpers of the benchmark programs: lists, process memory figures, the machine's
+// name. Result files are written with edkm::write_text_file (edkm/file_io.h: atomic).
+#include <edkm/file_io.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -21,24 +20,6 @@ inline std::vector<std::string> split(const std::string& text, char sep = ',') {
   std::stringstream ss(text);
   for (std::string s; std::getline(ss, s, sep);) parts.push_back(s);
   return parts;
-}
-
-/// Writes `content` to `path` atomically: a temporary file in the same folder, fsync, rename.
-inline void write_file_atomic(const std::string& path, const std::string& content) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw std::runtime_error("cannot create " + tmp);
-  size_t done = 0;
-  while (done < content.size()) {
-    const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n <= 0) {
-      ::close(fd);
-      throw std::runtime_error("write failed: " + tmp);
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) throw std::runtime_error("fsync/close failed: " + tmp);
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
 }
 
 /// A field of /proc/self/status in bytes ("VmRSS", "VmHWM"); -1 where /proc is unavailable.

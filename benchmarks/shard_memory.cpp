@@ -147,16 +147,16 @@ int main(int argc, char** argv) try {
       if (!in) throw std::runtime_error("cannot read " + f);
       rows.push_back(nlohmann::json::parse(in));
     }
-    std::ofstream(out + ".json") << rows.dump(2) << "\n";
+    edkm::write_text_file(out + ".json", rows.dump(2) + "\n");
     const auto md = markdown(rows);
-    std::ofstream(out + ".md") << md;
+    edkm::write_text_file(out + ".md", md);
     std::cout << md;
     return 0;
   }
   auto comm = edkm::dist::init_from_env(edkm::dist::DistOptions().allow_world_of_one(true).timeout_s(600));
   const auto row = measure(*comm, comm, dense_shape, engine_shape, bits);
   if (comm->rank() == 0) {
-    std::ofstream(out + ".json") << row.dump(2) << "\n";
+    edkm::write_text_file(out + ".json", row.dump(2) + "\n");
     std::cout << row.dump(2) << "\n";
   }
   comm->barrier();

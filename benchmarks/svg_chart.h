@@ -186,6 +186,6 @@ inline std::string BarChart::to_svg() const {
   return o.str();
 }
 
-inline void BarChart::save(const std::string& path) const { write_file_atomic(path, to_svg()); }
+inline void BarChart::save(const std::string& path) const { edkm::write_text_file(path, to_svg()); }
 
 }  // namespace edkm::bench

@@ -424,7 +424,7 @@ int main(int argc, char** argv) try {
   if (want("chunked")) bench_chunked(32768 / s, 256, 2048 / s, repeats);
   if (want("host_pool")) bench_host_pool(quick ? 2 : 20, repeats);
 
-  std::ofstream(out + ".json") << g_results.dump(2) << "\n";
+  edkm::write_text_file(out + ".json", g_results.dump(2) + "\n");
   std::ostringstream md;
   auto mib = [](int64_t b) {
     std::ostringstream o;
@@ -448,7 +448,7 @@ int main(int argc, char** argv) try {
     if (!r["note"].get<std::string>().empty())
       md << "- " << r["utility"].get<std::string>() << " (" << r["config"].get<std::string>()
          << "): " << r["note"].get<std::string>() << "\n";
-  std::ofstream(out + ".md") << md.str();
+  edkm::write_text_file(out + ".md", md.str());
   std::cout << md.str();
   return 0;
 } catch (const std::exception& e) {

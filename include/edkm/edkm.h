@@ -5,6 +5,7 @@
 #include "edkm/distill.h"
 #include "edkm/dkm.h"
 #include "edkm/dkm_module.h"
+#include "edkm/file_io.h"
 #include "edkm/glu.h"
 #include "edkm/host_pool.h"
 #include "edkm/kmeans.h"

@@ -16,6 +16,7 @@
 #include <string>
 
 #include "edkm/export.h"
+#include "edkm/file_io.h"  // make_directories, write_text_file, read_text_file
 #include "edkm/llama.h"
 
 namespace edkm {
@@ -64,12 +65,5 @@ EDKM_API void load_hf_llama_weights(LlamaForCausalLM& model, const std::string& 
 ///   edkm::save_hf_llama(model, "out/llama", edkm::LlamaSaveOptions().dtype(at::kBFloat16));
 EDKM_API void save_hf_llama(const LlamaForCausalLM& model, const std::string& dir,
                             const LlamaSaveOptions& options = {});
-
-/// mkdir -p: creates `dir` and its missing parents; throws c10::Error when it cannot.
-EDKM_API void make_directories(const std::string& dir);
-/// Writes `content` to `path` atomically (temporary file, fsync, rename).
-EDKM_API void write_text_file(const std::string& path, const std::string& content);
-/// Reads a whole file; throws c10::Error when it cannot be read.
-EDKM_API std::string read_text_file(const std::string& path);
 
 }  // namespace edkm

@@ -4,10 +4,7 @@
 #include <c10/util/Exception.h>
 #include <sys/stat.h>
 
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -79,34 +76,6 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
 }
 
 }  // namespace
-
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in, "cannot open ", path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  TORCH_CHECK(!in.bad(), "reading ", path, " failed");
-  return s.str();
-}
-
-void make_directories(const std::string& dir) {
-  for (size_t at = 1; at <= dir.size(); ++at) {
-    if (at < dir.size() && dir[at] != '/') continue;
-    const std::string part = dir.substr(0, at);
-    struct stat st {};
-    if (::stat(part.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) continue;
-    TORCH_CHECK(::mkdir(part.c_str(), 0755) == 0 || errno == EEXIST, "cannot create directory ", part, ": ",
-                std::strerror(errno));
-  }
-}
-
-void write_text_file(const std::string& path, const std::string& content) {
-  try {
-    io::write_bytes(path, content.data(), content.size());
-  } catch (const io::FormatError& e) {
-    TORCH_CHECK(false, e.what());
-  }
-}
 
 LlamaConfig load_hf_llama_config(const std::string& dir) {
   const std::string path = dir + "/config.json";
