@@ -168,25 +168,35 @@ TEST(Llama, CausalLMLossAndCausality) {
   EXPECT_TRUE(at::allclose(model(x2).narrow(1, 0, 7), logits.narrow(1, 0, 7)));
 }
 
-// Checkpointed layers give the gradients of the plain model, also through DKM inside a
-// Palettizer scope (the recompute must use the clustered weights, not the raw parameters).
+// Checkpointed layers give bitwise the gradients of the plain model through DKM under a
+// Palettizer, whether backward runs inside the scope or after it (the recompute must use the
+// clustered weights, not the raw parameters the scope restored).
 TEST(Llama, ActivationCheckpointingUnderPalettizerKeepsGradients) {
   torch::manual_seed(5);
   LlamaForCausalLM plain(small_config()), ckpt(small_config().checkpoint_layers(true));
   copy_params(ckpt, plain);
   const at::Tensor x = tokens(2, 12, 50);
-  auto grads = [&](LlamaForCausalLM& m) {
+  auto grads = [&](LlamaForCausalLM& m, bool backward_in_scope) {
+    for (auto& p : m->parameters()) p.mutable_grad() = at::Tensor();
     edkm::Palettizer pal(m, edkm::PalettizerOptions(edkm::DKMOptions(3).weight_threshold(0)));
+    at::Tensor loss;
     {
       auto scope = pal.clustered();
-      edkm::functional::causal_lm_loss(m(x), x).backward();
+      loss = edkm::functional::causal_lm_loss(m(x), x);
+      if (backward_in_scope) loss.backward();
     }
+    if (!backward_in_scope) loss.backward();
     std::map<std::string, at::Tensor> out;
     for (const auto& p : m->named_parameters()) out[p.key()] = p.value().grad().clone();
     return out;
   };
-  const auto a = grads(plain), b = grads(ckpt);
-  for (const auto& [name, g] : a) EXPECT_LT(edkm::test::max_rel(b.at(name), g), 1e-5) << name;
+  const auto a = grads(plain, true);
+  for (bool inside : {true, false}) {
+    const auto b = grads(ckpt, inside);
+    for (const auto& [name, g] : a)
+      EXPECT_TRUE(at::equal(b.at(name), g)) << name << (inside ? " (backward in the scope)" : " (after the scope)")
+                                            << ": max rel diff " << edkm::test::max_rel(b.at(name), g);
+  }
 }
 
 // ---- checkpoint files -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 #include <edkm/dkm.h>
 #include <edkm/palette.h>
 
+#include "dkm/internal.h"
 #include "test_util.h"
 
 namespace edkm {
@@ -59,6 +60,43 @@ TEST(Palette, PruneThresholdBiasesTowardsCentroidZero) {
   auto c2 = at::tensor({1.0f, 0.0f}).reshape({1, 2, 1});
   EXPECT_EQ(functional::assign(w, c2, DKMOptions(1).prune_threshold(0.01))[0][0].item<int>(), 0);
   EXPECT_EQ(functional::assign(w, c2, DKMOptions(1).prune_threshold(0))[0][0].item<int>(), 0);  // tie: first
+}
+
+// The hard assignment uses the soft assignment's distance (kernels/distance_math.h): under
+// keep-sparsity (enforce_zero, prune_threshold 0) a non-zero weight never goes to centroid 0, and
+// it equals the argmin of the dense engine's distances in every configuration; fp64 weights are
+// assigned in fp64.
+TEST(Palette, HardAssignmentIsTheSoftAssignmentsArgmin) {
+  auto w = at::tensor({0.0f, 0.01f, -0.02f, 0.4f, 0.9f}).reshape({5, 1});
+  auto c = at::tensor({0.0f, 0.5f, 1.0f, -0.5f}).reshape({1, 4, 1});
+  auto keep = DKMOptions(2).enforce_zero(true).prune_threshold(0);
+  auto idx = functional::assign(w, c, keep)[0];
+  EXPECT_EQ(idx[0].item<int>(), 0);                 // zero stays at the zero centroid
+  EXPECT_NE(idx[1].item<int>(), 0);                 // non-zero: never pruned by the assignment
+  EXPECT_NE(idx[2].item<int>(), 0);
+  EXPECT_EQ(functional::assign(w, c, DKMOptions(2).enforce_zero(true))[0][1].item<int>(), 0);  // bias only
+  for (bool fp64 : {false, true}) {
+    for (const auto& o : {keep, DKMOptions(3), DKMOptions(3).prune_threshold(0.02), DKMOptions(3).cluster_dim(2),
+                          DKMOptions(2).cluster_dim(2).enforce_zero(true).prune_threshold(0),
+                          DKMOptions(3).granularity(Granularity::kPerGroupedChannel).group_size(4)}) {
+      auto wt = test::llm_like({16, 24}, 7).to(fp64 ? at::kDouble : at::kFloat);
+      wt.index_put_({at::indexing::Slice(0, 4)}, 0);  // some exact zeros
+      auto ct = functional::init_centroids(wt, o);
+      if (o.enforce_zero()) ct.select(1, 0).zero_();
+      const auto l = ClusterLayout::of(wt, o);
+      const auto rt = fp64 || o.cluster_dim() > 1 ? at::kDouble : at::kFloat;  // what assign computes in
+      auto x = functional::to_vectors(wt.to(rt), l);
+      auto d = detail::distances(x, ct.to(rt), o, detail::sparsity_block(x, o));
+      EXPECT_TRUE(at::equal(functional::assign(wt, ct, o), d.argmin(-1).to(at::kByte)))
+          << "bits " << o.bits() << " cluster_dim " << o.cluster_dim() << (fp64 ? " fp64" : " fp32");
+    }
+  }
+  // fp64 weights are not rounded to fp32 first: values 1e-9 apart go to different centroids.
+  auto w64 = at::tensor({0.5 - 1e-9, 0.5 + 1e-9}, at::kDouble).reshape({2, 1});
+  auto c64 = at::tensor({0.0, 1.0}, at::kDouble).reshape({1, 2, 1});
+  auto i64 = functional::assign(w64, c64, DKMOptions(1).prune_threshold(0))[0];
+  EXPECT_EQ(i64[0].item<int>(), 0);
+  EXPECT_EQ(i64[1].item<int>(), 1);
 }
 
 TEST(Palette, CudaAssignMatchesCpuTwin) {

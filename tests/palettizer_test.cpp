@@ -82,25 +82,32 @@ TEST(PalettizerOptions, NameBeatsTypeBeatsGlobal) {
                   .module_type("Embedding", DKMOptions(8).weight_threshold(0))
                   .module_name(R"(layers\.1\..*)", DKMOptions(4).weight_threshold(0))
                   .module_name("head", std::nullopt);
-  Palettizer pal(model, opts);
-  EXPECT_EQ(pal.layer_names(),
-            (std::vector<std::string>{"embed", "layers.0.up", "layers.0.down", "layers.1.up", "layers.1.down"}));
-  EXPECT_EQ(pal.dkm("embed")->options.bits(), 8);
-  EXPECT_EQ(pal.dkm("layers.0.up")->options.bits(), 3);
-  EXPECT_EQ(pal.dkm("layers.1.down")->options.bits(), 4);
-  test::expect_error([&] { pal.dkm("head"); }, {"no selected layer 'head'"});
-
-  // Global "none": only what types and names select; names match the whole path.
-  Palettizer only(model, PalettizerOptions(std::nullopt)
-                             .module_type("Linear", DKMOptions(2).weight_threshold(0))
-                             .module_name("layers.0.up", std::nullopt)
-                             .module_name("layers", DKMOptions(5).weight_threshold(0)));
-  EXPECT_EQ(only.layer_names(), (std::vector<std::string>{"layers.0.down", "layers.1.up", "layers.1.down", "head"}));
-
-  // The size threshold: 64 x 32 = 2048 elements is not more than the default 2048.
-  Palettizer sized(model, PalettizerOptions(DKMOptions(3)).module_type("Embedding", DKMOptions(3)));
-  EXPECT_EQ(sized.layer_names(),
-            (std::vector<std::string>{"layers.0.up", "layers.0.down", "layers.1.up", "layers.1.down"}));
+  // One Palettizer per model at a time (a second one on the same layers is refused): each below
+  // is destroyed before the next is built.
+  {
+    Palettizer pal(model, opts);
+    EXPECT_EQ(pal.layer_names(),
+              (std::vector<std::string>{"embed", "layers.0.up", "layers.0.down", "layers.1.up", "layers.1.down"}));
+    EXPECT_EQ(pal.dkm("embed")->options.bits(), 8);
+    EXPECT_EQ(pal.dkm("layers.0.up")->options.bits(), 3);
+    EXPECT_EQ(pal.dkm("layers.1.down")->options.bits(), 4);
+    test::expect_error([&] { pal.dkm("head"); }, {"no selected layer 'head'"});
+  }
+  {
+    // Global "none": only what types and names select; names match the whole path.
+    Palettizer only(model, PalettizerOptions(std::nullopt)
+                               .module_type("Linear", DKMOptions(2).weight_threshold(0))
+                               .module_name("layers.0.up", std::nullopt)
+                               .module_name("layers", DKMOptions(5).weight_threshold(0)));
+    EXPECT_EQ(only.layer_names(),
+              (std::vector<std::string>{"layers.0.down", "layers.1.up", "layers.1.down", "head"}));
+  }
+  {
+    // The size threshold: 64 x 32 = 2048 elements is not more than the default 2048.
+    Palettizer sized(model, PalettizerOptions(DKMOptions(3)).module_type("Embedding", DKMOptions(3)));
+    EXPECT_EQ(sized.layer_names(),
+              (std::vector<std::string>{"layers.0.up", "layers.0.down", "layers.1.up", "layers.1.down"}));
+  }
 
   test::expect_error([&] { PalettizerOptions().module_type("LSTM", DKMOptions(3)); }, {"'LSTM'", "not supported"});
   test::expect_error([&] { PalettizerOptions().module_name("layers.(", DKMOptions(3)); },
@@ -302,7 +309,7 @@ TEST_P(PalettizerResume, EqualsUninterruptedRun) {
     train(b, opt_b, pal_b, 0, k);
     torch::save(b, path("model.pt"));
     torch::save(opt_b, path("optim.pt"));
-    pal_b.save_state(path("palettizer.safetensors"));
+    pal_b.save_state(path("palettizer.pt"));
   }
   torch::manual_seed(77);  // a different init: everything must come from the files
   TinyLm c(64, 32, 96, 2);
@@ -310,7 +317,7 @@ TEST_P(PalettizerResume, EqualsUninterruptedRun) {
   Palettizer pal_c(c, make_opts());
   torch::load(c, path("model.pt"));
   torch::load(opt_c, path("optim.pt"));
-  pal_c.load_state(path("palettizer.safetensors"));
+  pal_c.load_state(path("palettizer.pt"));
   EXPECT_EQ(pal_c.current_step(), k);
   train(c, opt_c, pal_c, k, total);
 
@@ -333,9 +340,10 @@ TEST_P(PalettizerResume, EqualsUninterruptedRun) {
           .module_name("layers.0.up", DKMOptions(3).weight_threshold(0).per_channel_scale(true))
           .module_name("layers.0.down",
                        DKMOptions(2).weight_threshold(0).granularity(Granularity::kPerGroupedChannel).group_size(8)));
-  test::expect_error([&] { other.load_state(path("palettizer.safetensors")); }, {"saved with bits = 3", "with 4"});
-  Palettizer fewer(d, PalettizerOptions(DKMOptions(3).weight_threshold(0)).module_name("head", std::nullopt));
-  test::expect_error([&] { fewer.load_state(path("palettizer.safetensors")); }, {"holds 6 layers", "has 5"});
+  test::expect_error([&] { other.load_state(path("palettizer.pt")); }, {"palettizer.pt", "saved with bits = 3", "with 4"});
+  TinyLm e(64, 32, 96, 2);  // one Palettizer per model
+  Palettizer fewer(e, PalettizerOptions(DKMOptions(3).weight_threshold(0)).module_name("head", std::nullopt));
+  test::expect_error([&] { fewer.load_state(path("palettizer.pt")); }, {"holds 6 layers", "has 5"});
 }
 INSTANTIATE_TEST_SUITE_P(Interrupt, PalettizerResume, ::testing::Values(1, 3));
 

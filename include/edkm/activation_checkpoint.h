@@ -15,6 +15,12 @@
 // `params` (the tensors the callable closes over that need gradients; the module forms pass
 // the module's parameters, nested modules included) through the checkpoint node, so
 // torch::autograd::grad works through it too. Once differentiable (no double backward).
+//
+// Under an edkm::Palettizer, a listed Parameter whose layer member reads a clustered weight at
+// forward time (inside a clustered() scope) is replaced, as an input of the checkpoint node, by
+// that clustered tensor, and the recompute points the member at it again: the recompute sees the
+// forward's weights even when backward runs after the scope, and the gradient flows on through
+// DKM into the Parameter once (see edkm/palettizer.h).
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>

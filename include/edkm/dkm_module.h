@@ -3,6 +3,10 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include <optional>
+#include <string>
+#include <vector>
+
 #include "edkm/dkm.h"
 #include "edkm/export.h"
 #include "edkm/palette.h"
@@ -24,11 +28,16 @@ class EDKM_API DKMImpl : public torch::nn::Cloneable<DKMImpl> {
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
 
+  /// Clusters `weight`. The weight, centroids and scale are checked, and the engine chosen, when a
+  /// weight of a new shape, dtype or device first arrives, not on every call (one host sync per
+  /// check); kAuto falling back to the dense engine warns once, naming `name` and the reason.
   at::Tensor forward(const at::Tensor& weight);
   /// Advances the step counter (milestones count these).
-  void step() { ++step_; }
-  int64_t current_step() const { return step_; }
-  void set_step(int64_t s) { step_ = s; }
+  void step();
+  int64_t current_step() const { return step_host_; }
+  void set_step(int64_t s);
+  /// Reads the buffers (centroids, scale, step) of torch::save; the step counter follows them.
+  void load(torch::serialize::InputArchive& archive) override;
   /// Whether forward clusters `weight` at the current step.
   bool active(const at::Tensor& weight) const;
   /// Hard assignment of `weight` to the current centroids (initialising them if needed).
@@ -43,12 +52,25 @@ class EDKM_API DKMImpl : public torch::nn::Cloneable<DKMImpl> {
   double last_inertia() const { return last_inertia_; }
 
   DKMOptions options;
+  /// Who this DKM clusters, for messages (the Palettizer sets the layer's path). Default "".
+  std::string name;
 
  private:
   void ensure_initialised(const at::Tensor& weight);
+  // The layout and engine of the last weight seen, checked once (see forward).
+  struct Prepared {
+    std::vector<int64_t> shape;
+    at::ScalarType dtype = at::kFloat;
+    c10::Device device = c10::kCPU;
+    ClusterLayout layout;
+    Engine engine = Engine::kDense;
+  };
+  const Prepared& prepare(const at::Tensor& weight);
+  std::optional<Prepared> prepared_;
   at::Tensor centroids_;
   at::Tensor scale_;
-  int64_t step_ = 0;
+  at::Tensor step_;  // int64 scalar buffer: saved with the module; step_host_ mirrors it
+  int64_t step_host_ = 0;
   int64_t last_iterations_ = 0;
   double last_inertia_ = 0;
 };

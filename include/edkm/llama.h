@@ -9,9 +9,10 @@
 //
 // Palettizer: every projection is a torch::nn::Linear and the embedding a torch::nn::Embedding,
 // so edkm::Palettizer clusters them; a tied head reads the embedding's weight member and so sees
-// its clustered value too. Activation checkpointing per decoder layer (`checkpoint_layers`)
-// recomputes a layer in backward with the weights the forward used (the clustered ones inside a
-// Palettizer scope), so gradients still flow through DKM into the parameters.
+// its clustered value too. Activation checkpointing per decoder layer (`checkpoint_layers`) goes
+// through edkm::functional::checkpoint, whose recompute reads the weights the forward read (the
+// clustered ones of a Palettizer scope, even when backward runs after the scope), so gradients
+// flow through DKM into the parameters.
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
@@ -187,7 +188,6 @@ class EDKM_API LlamaDecoderLayerImpl : public torch::nn::Cloneable<LlamaDecoderL
 
  private:
   at::Tensor forward_plain(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
-  std::vector<at::Tensor*> weight_members();
 };
 TORCH_MODULE(LlamaDecoderLayer);
 

@@ -11,9 +11,33 @@
 //   - the forward run inside the scope uses the clustered weight;
 //   - backward (inside or after the scope) flows through DKM into Parameter.grad, exactly as if
 //     the forward had called edkm::functional::dkm_cluster on it by hand (tested);
+//   - activation checkpointing (edkm::Checkpoint, edkm::functional::checkpoint, checkpointed
+//     LLaMA layers, nested) recomputes with the very tensors the forward read, also when
+//     backward runs after the scope: the Palettizer registers each member with its Parameter
+//     (src/nn/member_swap.h), the checkpoint binds what the member held at forward time and
+//     points the member at it again for the recompute. Gradients are bitwise those of the
+//     model without checkpointing (tested). A recompute of your own that reads module members
+//     after the scope would see the raw weights: route it through edkm::functional::checkpoint
+//     (it takes any callable), or call backward inside the scope;
 //   - the optimizer, state_dict, torch::save and model->parameters() see the original weights.
 // One scope = one DKM forward per layer (centroids move once), so open one per training step.
-// Do not call model->to() or replace the weight members while a scope is open.
+// Errors instead of wrong results: a layer removed from the model or whose `weight` was replaced
+// since construction, a second Palettizer on the same layers, and `model->to()` or a replaced
+// weight while a scope is open (reported by the next call into the Palettizer, as a destructor
+// cannot throw) all raise c10::Error naming the layer; a scope always restores every member.
+//
+// Why a scope and not a parametrization computed inside each layer's forward: LibTorch's own
+// modules read their `weight` member directly and have no forward pre-hooks, so a
+// parametrization would mean replacing the user's layers by edkm types (breaking their typed
+// holders, e.g. `torch::nn::Linear fc`). The scope works on any model as it is.
+//
+// State. The DKM state (per layer: centroids, per-channel scale, step counter; the Palettizer's
+// step and finalized flag) are buffers of `state()`, a torch::nn::Module (edkm::PalettizerState)
+// owned by the Palettizer: `torch::save(pal.state(), f)` / `torch::load(pal.state(), f)`,
+// `state()->named_buffers()`, `state()->clone()` work; the centroids follow the weights'
+// device on the next scope, so `model->to(device)` just works. It is not registered inside your
+// model: an extra child would break your model's Cloneable::clone() and add tensors to its
+// state_dict and Hugging Face exports.
 //
 // Example (the whole recipe; see examples/minimal_loop):
 //   edkm::Palettizer pal(model, edkm::PalettizerOptions(edkm::DKMOptions(3))
@@ -28,14 +52,17 @@
 //   std::cout << pal.report().to_string();
 //   pal.save_compressed("model.edkm.safetensors");   // LUT + bit-packed indices
 //
-// Resume: torch::save(model), torch::save(optimizer) and pal.save_state(path) at step k; later
-// build the same model, optimizer and Palettizer, torch::load the first two, pal.load_state(path),
-// and continue: the results equal an uninterrupted run bitwise on CPU (tested).
+// Resume: torch::save the model and the optimizer and pal.save_state(path) (= torch::save of
+// pal.state(), written atomically) at step k; later build the same model, optimizer and
+// Palettizer, torch::load the first two, pal.load_state(path) (checks that the layers and their
+// options match), and continue: the results equal an uninterrupted run bitwise on CPU (tested).
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>
+#include <torch/nn/cloneable.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -110,12 +137,46 @@ struct EDKM_API PalettizerReport {
 };
 EDKM_API std::ostream& operator<<(std::ostream& os, const PalettizerReport& r);
 
+/// The DKM state of a Palettizer as a module: one edkm::DKM child per clustered layer (named by
+/// the layer's path with '.' -> '_'; buffers centroids, scale, step) and the Palettizer's own
+/// step and finalized flag as buffers. Saved with torch::save, which also records each layer's
+/// path and options; torch::load refuses a file whose layers or options differ, naming them.
+class EDKM_API PalettizerStateImpl : public torch::nn::Cloneable<PalettizerStateImpl> {
+ public:
+  /// (layer path, options) of every clustered layer, in module order.
+  using Layers = std::vector<std::pair<std::string, DKMOptions>>;
+  explicit PalettizerStateImpl(Layers layers = {});
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  void save(torch::serialize::OutputArchive& archive) const override;
+  /// Checks the file's layers and options against this state before anything is changed.
+  void load(torch::serialize::InputArchive& archive) override;
+
+  const Layers& layers() const { return layers_; }
+  /// The DKM module of layer i (module order).
+  DKM dkm(size_t i) const { return dkms_.at(i); }
+  int64_t step() const { return step_host_; }
+  bool finalized() const { return finalized_host_; }
+  /// Advances the Palettizer's and every layer's step counter.
+  void advance();
+  void set_finalized(bool f);
+
+ private:
+  Layers layers_;
+  std::vector<DKM> dkms_;
+  at::Tensor step_, finalized_;  // int64 / bool scalar buffers, mirrored on the host
+  int64_t step_host_ = 0;
+  bool finalized_host_ = false;
+};
+TORCH_MODULE(PalettizerState);
+
 /// Clusters the selected layers of a module with DKM during the user's training loop.
 /// See the comment at the top of this header for how the forward and backward are wired.
 class EDKM_API Palettizer {
  public:
   /// Selects the layers of `model` (walking its submodules) per `options`; checks every selected
-  /// weight against its options now. Throws c10::Error naming the layer on a bad combination.
+  /// weight against its options now. Throws c10::Error naming the layer on a bad combination, or
+  /// when a layer is clustered by another Palettizer already.
   Palettizer(std::shared_ptr<torch::nn::Module> model, PalettizerOptions options = {});
   template <class M>
   Palettizer(const torch::nn::ModuleHolder<M>& model, PalettizerOptions options = {})
@@ -123,6 +184,7 @@ class EDKM_API Palettizer {
   // Scopes point at their palettizer and the layers at the model's members: neither copied nor moved.
   Palettizer(const Palettizer&) = delete;
   Palettizer& operator=(const Palettizer&) = delete;
+  ~Palettizer();
 
   /// RAII: while alive, each selected layer's `weight` member is its DKM output (soft-clustered
   /// when the model is in training mode, hard-assigned in eval mode; the weight itself before the
@@ -149,13 +211,13 @@ class EDKM_API Palettizer {
 
   /// Advances every layer's step counter (milestones count these). Call once per optimizer step.
   void step();
-  int64_t current_step() const { return step_; }
+  int64_t current_step() const { return state_->step(); }
 
   /// Hard-assigns every selected weight to its nearest centroid and writes the result into the
   /// model's parameters (their values become LUT entries). Returns the palettes by tensor name
   /// ("<path>.weight").
   const std::map<std::string, Palette>& finalize();
-  bool finalized() const { return finalized_; }
+  bool finalized() const { return state_->finalized(); }
   const std::map<std::string, Palette>& palettes() const { return palettes_; }
 
   /// The finalized model as a compressed checkpoint: palettes of the selected weights, every
@@ -164,11 +226,12 @@ class EDKM_API Palettizer {
   /// save_compressed(path, compressed_checkpoint()).
   void save_compressed(const std::string& path) const;
 
-  /// What the palettizer owns: step counters, centroids, scales, options (safetensors file,
-  /// written atomically). The model and optimizer are the user's: torch::save them alongside.
+  /// The DKM state as a module (see the top of this header).
+  PalettizerState state() const { return state_; }
+  /// torch::save(state(), path), written atomically (temporary file + rename).
   void save_state(const std::string& path) const;
-  /// Restores save_state's file into a palettizer built with the same options over the same model
-  /// architecture; throws c10::Error when the layers or their options differ.
+  /// torch::load(state(), path): throws c10::Error, changing nothing, when the file is not a
+  /// palettizer state or its layers or options differ from this palettizer's.
   void load_state(const std::string& path);
 
   /// One row per selected layer.
@@ -187,17 +250,22 @@ class EDKM_API Palettizer {
     at::Tensor* member = nullptr;  // the `weight` member the forward reads
     at::Tensor parameter;          // the registered Parameter (what the optimizer updates)
     DKM dkm{nullptr};
+    at::Tensor installed;          // what the scope put into the member
+    c10::Device device = c10::kCPU;
+    at::ScalarType dtype = at::kFloat;
   };
   const Layer& find(const std::string& layer) const;
   std::string tensor_name(const Layer& l) const;
+  void check_layers() const;
+  void throw_pending();
 
   std::shared_ptr<torch::nn::Module> model_;
   PalettizerOptions options_;
   std::vector<Layer> layers_;
+  PalettizerState state_{nullptr};
   std::map<std::string, Palette> palettes_;
-  int64_t step_ = 0;
-  bool finalized_ = false;
   bool scope_open_ = false;
+  std::string pending_error_;  // found when a scope closed; thrown by the next call
 };
 
 }  // namespace edkm

@@ -16,35 +16,22 @@
 #include "edkm/distributed.h"
 
 namespace edkm {
-namespace detail {
+namespace dist {
 namespace {
 
 struct CommHolder : torch::CustomClassHolder {
   std::shared_ptr<Communicator> comm;
 };
 
-}  // namespace
-
-void shard_all_reduce(const std::shared_ptr<Communicator>& comm, at::Tensor& t) {
-  if (comm && comm->world_size() > 1) comm->all_reduce_sum(t);
-}
-
 c10::IValue comm_to_ivalue(const std::shared_ptr<Communicator>& comm) {
-  if (!comm) return {};
   auto holder = c10::make_intrusive<CommHolder>();
   holder->comm = comm;
   return c10::IValue::make_capsule(std::move(holder));
 }
 
 std::shared_ptr<Communicator> comm_from_ivalue(const c10::IValue& v) {
-  if (!v.isCapsule()) return nullptr;
   return static_cast<CommHolder*>(v.toCapsule().get())->comm;
 }
-
-}  // namespace detail
-
-namespace dist {
-namespace {
 
 // Rows of every rank (row_block of each): all ranks agree on them without communication.
 std::vector<int64_t> rows_of_ranks(int64_t total_rows, const Communicator& comm, int64_t multiple) {
@@ -65,14 +52,14 @@ class GatherRows : public torch::autograd::Function<GatherRows> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& block,
                             const std::shared_ptr<Communicator>* comm, int64_t begin) {
-    ctx->saved_data["comm"] = edkm::detail::comm_to_ivalue(*comm);
+    ctx->saved_data["comm"] = comm_to_ivalue(*comm);
     ctx->saved_data["begin"] = begin;
     ctx->saved_data["rows"] = block.size(0);
     return all_gather_rows(block.detach(), **comm);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    auto comm = edkm::detail::comm_from_ivalue(ctx->saved_data["comm"]);
+    auto comm = comm_from_ivalue(ctx->saved_data["comm"]);
     auto g = grads[0].contiguous().clone();
     comm->all_reduce_sum(g);
     return {g.narrow(0, ctx->saved_data["begin"].toInt(), ctx->saved_data["rows"].toInt()), at::Tensor(), at::Tensor()};
@@ -124,25 +111,23 @@ DKMOutput dkm_cluster_sharded(const at::Tensor& block, const at::Tensor& centroi
   TORCH_CHECK(block.defined() && block.dim() >= 1 && block.size(0) > 0,
               "edkm: dkm_cluster_sharded needs a non-empty row block on every rank (rank ", comm->rank(),
               " has none: use fewer ranks than rows)");
-  const auto l = ClusterLayout::of(block, options);
-  TORCH_CHECK(l.groups == 1, "edkm: dkm_cluster_sharded needs a per-tensor LUT (granularity kPerTensor), got ",
+  const auto l = edkm::detail::check_inputs(block, centroids, options, scale);
+  TORCH_CHECK(l.groups == 1,
+              "edkm: dkm_cluster_sharded needs a per-tensor LUT (granularity kPerTensor), got ",
               to_string(options.granularity()),
               " granularity: grouped LUTs are independent, cluster each rank's whole groups with "
               "functional::dkm_cluster instead");
-  edkm::detail::check_centroids(centroids, block, l, options);
-  edkm::detail::check_scale(scale, block, l, options);
   TORCH_CHECK(options.engine() != Engine::kDense,
               "edkm: dkm_cluster_sharded runs the table and streaming engines; the dense engine is not sharded by "
               "rows (use dist::ShardedOffloader around functional::dkm_cluster for eDKM's dense sharding)");
-  switch (edkm::detail::resolve_engine(block, l, options)) {
-    case Engine::kTable:
-      return edkm::detail::table_cluster(block, centroids, options, comm);
-    case Engine::kStreaming:
-      return edkm::detail::stream_cluster(block, centroids, options, scale, l, comm);
-    default:
-      TORCH_CHECK(false, "edkm: dkm_cluster_sharded: neither the table nor the streaming engine takes this weight (",
-                  edkm::detail::streaming_unsupported(block, l, options), ")");
-  }
+  const Engine engine = edkm::detail::resolve_engine(block, l, options);
+  TORCH_CHECK(engine != Engine::kDense,
+              "edkm: dkm_cluster_sharded: neither the table nor the streaming engine takes this weight (",
+              edkm::detail::streaming_unsupported(block, l, options), ")");
+  return edkm::detail::cluster(block, centroids, options, scale, l, engine,
+                               [comm](at::Tensor& t) {
+                                 if (comm->world_size() > 1) comm->all_reduce_sum(t);
+                               });
 }
 
 DKMOutput dkm_cluster_replicated(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,

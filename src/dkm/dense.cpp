@@ -16,48 +16,20 @@
 #include "dkm/internal.h"
 #include "edkm/dkm.h"
 
-namespace edkm {
-namespace detail {
+namespace edkm::detail {
 
-at::ScalarType compute_dtype(const at::Tensor& weight) {
-  return weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-void check_centroids(const at::Tensor& centroids, const at::Tensor& weight, const ClusterLayout& l,
-                     const DKMOptions& options) {
-  TORCH_CHECK(centroids.defined(), "edkm: the centroids tensor is undefined");
-  TORCH_CHECK(at::isFloatingType(centroids.scalar_type()), "edkm: centroids must be floating point, got ",
-              centroids.scalar_type());
-  TORCH_CHECK(centroids.dim() == 3 && centroids.size(0) == l.groups && centroids.size(1) == options.n_clusters() &&
-                  centroids.size(2) == l.cluster_dim,
-              "edkm: centroids must have shape [groups=", l.groups, ", K=", options.n_clusters(),
-              ", cluster_dim=", l.cluster_dim, "], got ", centroids.sizes());
-  TORCH_CHECK(centroids.device() == weight.device(), "edkm: centroids are on ", centroids.device(),
-              " but the weight is on ", weight.device(), "; put them on the same device");
-  TORCH_CHECK(at::isfinite(centroids).all().item<bool>(), "edkm: the centroids contain NaN or Inf");
-}
-
-void check_scale(const at::Tensor& scale, const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options) {
-  if (options.per_channel_scale()) {
-    TORCH_CHECK(scale.defined(), "edkm: per_channel_scale is set but no scale was given ",
-                "(compute it with edkm::functional::channel_scale)");
-  }
-  if (!scale.defined()) return;
-  TORCH_CHECK(scale.numel() == l.rows, "edkm: the scale must have one value per output row (", l.rows, "), got shape ",
-              scale.sizes());
-  TORCH_CHECK(scale.device() == weight.device(), "edkm: the scale is on ", scale.device(), " but the weight is on ",
-              weight.device());
-  TORCH_CHECK(at::isfinite(scale).all().item<bool>() && (scale != 0).all().item<bool>(),
-              "edkm: the scale must be finite and non-zero");
-}
-
-at::Tensor distances(const at::Tensor& x, const at::Tensor& c, const DKMOptions& options) {
-  // x: G x n x d, c: G x K x d -> G x n x K
+at::Tensor distances(const at::Tensor& x, const at::Tensor& c, const DKMOptions& options, const at::Tensor& block) {
+  // x: G x n x d, c: G x K x d -> G x n x K; the tensor form of kernels::dkm_distance.
   at::Tensor d = x.size(2) == 1 ? (x - c.transpose(1, 2)).square() : (x.unsqueeze(2) - c.unsqueeze(1)).square().sum(-1);
   if (options.prune_threshold() > 0) {
     auto shift = at::zeros({c.size(1)}, d.options());
     shift.select(0, 0).fill_(options.prune_threshold());
     d = d - shift;
+  }
+  if (block.defined()) {
+    const double blocked =
+        options.zero_threshold() > 0 ? 1.0 / options.zero_threshold() : std::numeric_limits<double>::infinity();
+    d = at::where(block, at::scalar_tensor(blocked, d.options()), d);
   }
   return d;
 }
@@ -74,12 +46,7 @@ at::Tensor sparsity_block(const at::Tensor& x, const DKMOptions& options) {
 
 at::Tensor attention(const at::Tensor& x, const at::Tensor& c, const DKMOptions& options, const at::Tensor& block,
                      at::Tensor* distances_out) {
-  at::Tensor d = distances(x, c, options);  // G x n x K
-  if (block.defined()) {
-    const double blocked =
-        options.zero_threshold() > 0 ? 1.0 / options.zero_threshold() : std::numeric_limits<double>::infinity();
-    d = at::where(block, at::scalar_tensor(blocked, d.options()), d);
-  }
+  at::Tensor d = distances(x, c, options, block);  // G x n x K
   if (distances_out) *distances_out = d;
   return at::softmax(-d / options.tau(), -1).clamp_min(options.zero_threshold());
 }
@@ -121,65 +88,26 @@ Iterations run_iterations(const at::Tensor& x, at::Tensor c, const DKMOptions& o
     c = c_new;
     it.inertia = cur;
     it.iterations = t + 1;
-    // The reference's test: a previous non-zero inertia within epsilon of this one.
-    done = done.logical_or(last.ne(0).logical_and((last - cur).abs() <= options.epsilon()));
+    done = done.logical_or(converged(last, cur, options.epsilon()));
     if (done.all().item<bool>()) break;
     last = cur;
   }
   return it;
 }
 
-Engine resolve_engine(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options) {
-  switch (options.engine()) {
-    case Engine::kDense:
-      return Engine::kDense;
-    case Engine::kTable: {
-      const std::string why = table_unsupported(weight, l, options);
-      TORCH_CHECK(why.empty(), "edkm: the table engine cannot cluster this weight: ", why);
-      return Engine::kTable;
-    }
-    case Engine::kStreaming: {
-      const std::string why = streaming_unsupported(weight, l, options);
-      TORCH_CHECK(why.empty(), "edkm: the streaming engine cannot cluster this weight: ", why);
-      return Engine::kStreaming;
-    }
-    case Engine::kAuto:
-      break;
-  }
-  if (table_unsupported(weight, l, options).empty()) return Engine::kTable;
-  if (streaming_unsupported(weight, l, options).empty()) return Engine::kStreaming;
-  return Engine::kDense;
-}
-
-}  // namespace detail
-
-namespace functional {
-
-DKMOutput dkm_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
-                      const at::Tensor& scale) {
-  const auto l = ClusterLayout::of(weight, options);
-  detail::check_centroids(centroids, weight, l, options);
-  detail::check_scale(scale, weight, l, options);
-  switch (detail::resolve_engine(weight, l, options)) {
-    case Engine::kTable:
-      return detail::table_cluster(weight, centroids, options);
-    case Engine::kStreaming:
-      return detail::stream_cluster(weight, centroids, options, scale, l);
-    default:
-      break;
-  }
-
-  const auto ct = detail::compute_dtype(weight);
+DKMOutput dense_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
+                        const at::Tensor& scale, const ClusterLayout& l) {
+  const auto ct = compute_dtype(weight);
   const at::Tensor s = scale.defined() ? scale.to(ct) : scale;
-  const at::Tensor x = to_vectors(weight.to(ct), l, s);  // G x n x d
-  auto it = detail::run_iterations(x, centroids.detach().to(ct).clone(), options, {});
+  const at::Tensor x = functional::to_vectors(weight.to(ct), l, s);  // G x n x d
+  auto it = run_iterations(x, centroids.detach().to(ct).clone(), options, {});
   DKMOutput out;
-  out.weight = from_vectors(at::bmm(it.attention, it.centroids), weight.sizes(), l, s).to(weight.scalar_type());
+  out.weight = functional::from_vectors(at::bmm(it.attention, it.centroids), weight.sizes(), l, s)
+                   .to(weight.scalar_type());
   out.centroids = it.centroids.detach();
   out.iterations = it.iterations;
   out.inertia = it.inertia.sum().item<double>();
   return out;
 }
 
-}  // namespace functional
-}  // namespace edkm
+}  // namespace edkm::detail

@@ -3,32 +3,50 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/ivalue.h>
 
+#include <cmath>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "edkm/dkm.h"
 
-namespace edkm {
-class Communicator;  // edkm/distributed.h
-}  // namespace edkm
-
 namespace edkm::detail {
 
-/// Sharded clustering (src/distributed/sharded_dkm.cpp): sums `t` over the ranks of `comm` in
-/// place; a no-op without a communicator (the single-process engines).
-void shard_all_reduce(const std::shared_ptr<Communicator>& comm, at::Tensor& t);
-/// The communicator kept in an autograd context for backward (an IValue capsule; none -> None).
-c10::IValue comm_to_ivalue(const std::shared_ptr<Communicator>& comm);
-std::shared_ptr<Communicator> comm_from_ivalue(const c10::IValue& v);
+/// Sums a tensor in place over the ranks that share a weight (the sharded engines pass one built
+/// on their communicator, see src/distributed/); empty: a single process, nothing to sum. The
+/// core never depends on the distributed code: it only calls this.
+using Reducer = std::function<void(at::Tensor&)>;
+
+/// What an engine's backward needs besides tensors: the options (kept whole, never copied field
+/// by field) and the reducer. Stored in the autograd context as an IValue capsule.
+struct EngineState : torch::CustomClassHolder {
+  DKMOptions options;
+  Reducer reduce;
+  void sum(at::Tensor& t) const {
+    if (reduce) reduce(t);
+  }
+};
+c10::IValue engine_state(const DKMOptions& options, const Reducer& reduce);
+const EngineState& engine_state(const c10::IValue& v);
+
+/// The early-stopping rule of every engine (the reference's test): a previous non-zero inertia
+/// within epsilon of this one. For doubles and for per-group tensors alike.
+template <class T>
+auto converged(const T& last, const T& current, double epsilon) {
+  using std::abs;
+  return (last != 0) & (abs(last - current) <= epsilon);
+}
 
 /// fp64 stays fp64; everything else is clustered in fp32.
 at::ScalarType compute_dtype(const at::Tensor& weight);
 void check_centroids(const at::Tensor& centroids, const at::Tensor& weight, const ClusterLayout& l,
                      const DKMOptions& options);
 void check_scale(const at::Tensor& scale, const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
-/// Squared distances G x n x K of vectors x (G x n x d) to centroids c (G x K x d), with the
-/// prune_threshold bias on centroid 0.
-at::Tensor distances(const at::Tensor& x, const at::Tensor& c, const DKMOptions& options);
+/// DKM distances G x n x K of vectors x (G x n x d) to centroids c (G x K x d): squared
+/// Euclidean, the prune_threshold bias on centroid 0, and the keep-sparsity `block` (from
+/// sparsity_block; undefined: none). The tensor form of kernels::dkm_distance (soft and hard
+/// assignment use these two and nothing else).
+at::Tensor distances(const at::Tensor& x, const at::Tensor& c, const DKMOptions& options, const at::Tensor& block);
 
 /// keep_sparsity mask (G x n x K bool): non-zero vectors may not pick centroid 0. Undefined
 /// unless enforce_zero with prune_threshold == 0.
@@ -50,19 +68,31 @@ struct Iterations {
 Iterations run_iterations(const at::Tensor& x, at::Tensor c, const DKMOptions& options, const at::Tensor& mass);
 
 /// The engine that computes `weight` under `options` (kAuto resolved); throws when the
-/// requested engine cannot take this weight.
-Engine resolve_engine(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
+/// requested engine cannot take this weight. When kAuto falls back to the dense engine,
+/// `fallback_reason` (optional) receives why neither the table nor the streaming engine could.
+Engine resolve_engine(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options,
+                      std::string* fallback_reason = nullptr);
 /// Why the table / streaming engine cannot take this weight ("" when it can).
 std::string table_unsupported(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
 std::string streaming_unsupported(const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
-/// The table engine (table.cpp). With `comm`, `weight` is a row block of a weight sharded across
-/// its ranks: the counts (forward) and the gradient table (backward) are all-reduced.
+
+/// Checks a weight, its centroids and scale against the options; returns the layout. What
+/// functional::dkm_cluster runs on every call and modules run once per set-up.
+ClusterLayout check_inputs(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
+                           const at::Tensor& scale);
+
+/// The one entry to the engines, without checks (see check_inputs): `engine` resolved (not
+/// kAuto). With `reduce`, `weight` is a row block of a weight sharded across ranks: the table
+/// and streaming engines sum their reductions through it (the dense engine refuses).
+DKMOutput cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
+                  const at::Tensor& scale, const ClusterLayout& l, Engine engine, const Reducer& reduce = {});
+
+/// The engines (dense.cpp, table.cpp, stream.cpp), reached through cluster().
+DKMOutput dense_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
+                        const at::Tensor& scale, const ClusterLayout& l);
 DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
-                        const std::shared_ptr<Communicator>& comm = nullptr);
-/// The streaming engine (stream.cpp). With `comm`, `weight` is a row block of a weight sharded
-/// across its ranks (per-tensor LUT): every reduction (forward and backward) is all-reduced.
+                        const Reducer& reduce);
 DKMOutput stream_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
-                         const at::Tensor& scale, const ClusterLayout& l,
-                         const std::shared_ptr<Communicator>& comm = nullptr);
+                         const at::Tensor& scale, const ClusterLayout& l, const Reducer& reduce);
 
 }  // namespace edkm::detail

@@ -1,9 +1,12 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <torch/serialize/input-archive.h>
 #include <c10/util/Exception.h>
 
 #include <ostream>
 
+#include "dkm/internal.h"
 #include "edkm/dkm_module.h"
 
 // Buffers are registered once in reset(); set_data swaps their contents (also device and dtype),
@@ -17,6 +20,44 @@ void DKMImpl::reset() {
   options.validate();
   centroids_ = register_buffer("centroids", at::empty({0}));
   scale_ = register_buffer("scale", at::empty({0}));
+  step_ = register_buffer("step", at::full({}, step_host_, at::TensorOptions().dtype(at::kLong)));
+  prepared_.reset();
+}
+
+void DKMImpl::step() { set_step(step_host_ + 1); }
+
+void DKMImpl::set_step(int64_t s) {
+  step_host_ = s;
+  at::NoGradGuard no_grad;
+  step_.fill_(s);  // on the buffer's device; no host sync
+}
+
+void DKMImpl::load(torch::serialize::InputArchive& archive) {
+  torch::nn::Module::load(archive);
+  TORCH_CHECK(step_.numel() == 1 && !at::isFloatingType(step_.scalar_type()),
+              "edkm: DKM: the saved step counter of '", name, "' is not an integer scalar");
+  step_host_ = step_.item<int64_t>();
+  prepared_.reset();
+}
+
+const DKMImpl::Prepared& DKMImpl::prepare(const at::Tensor& weight) {
+  if (prepared_ && prepared_->dtype == weight.scalar_type() && prepared_->device == weight.device() &&
+      weight.sizes().equals(prepared_->shape))
+    return *prepared_;
+  const at::Tensor s = options.per_channel_scale() ? scale_ : at::Tensor();
+  Prepared p;
+  p.shape = weight.sizes().vec();
+  p.dtype = weight.scalar_type();
+  p.device = weight.device();
+  p.layout = detail::check_inputs(weight, centroids_, options, s);
+  std::string fallback;
+  p.engine = detail::resolve_engine(weight, p.layout, options, &fallback);
+  if (!fallback.empty()) {
+    TORCH_WARN("edkm: DKM", name.empty() ? "" : " of layer '" + name + "'",
+               ": the auto engine falls back to the dense engine (memory O(T * N * K)) because ", fallback);
+  }
+  prepared_ = std::move(p);
+  return *prepared_;
 }
 
 void DKMImpl::pretty_print(std::ostream& stream) const {
@@ -28,7 +69,7 @@ void DKMImpl::pretty_print(std::ostream& stream) const {
 }
 
 bool DKMImpl::active(const at::Tensor& weight) const {
-  return step_ >= options.milestone() && weight.numel() > options.weight_threshold();
+  return step_host_ >= options.milestone() && weight.numel() > options.weight_threshold();
 }
 
 void DKMImpl::ensure_initialised(const at::Tensor& weight) {
@@ -49,7 +90,8 @@ at::Tensor DKMImpl::forward(const at::Tensor& weight) {
   ensure_initialised(weight);
   const at::Tensor s = options.per_channel_scale() ? scale_ : at::Tensor();
   if (!is_training()) return finalize(weight).decompress().to(weight.device());
-  auto out = functional::dkm_cluster(weight, centroids_, options, s);
+  const Prepared& p = prepare(weight);
+  auto out = detail::cluster(weight, centroids_, options, s, p.layout, p.engine);
   centroids_.set_data(out.centroids);
   last_iterations_ = out.iterations;
   last_inertia_ = out.inertia;

@@ -66,8 +66,8 @@ void run_pass(const StreamParams& p, const at::Tensor& on) {
 struct Plan {
   StreamParams base;
   at::Tensor partials;                 // (G * chunks) x width, double
-  at::Tensor zero_mask;                // K x 1 of the compute type: 0 for centroid 0 under enforce_zero
-  std::shared_ptr<Communicator> comm;  // sharded: sums over the ranks' row blocks
+  at::Tensor zero_mask;  // K x 1 of the compute type: 0 for centroid 0 under enforce_zero
+  Reducer reduce_ranks;  // sharded: sums over the ranks' row blocks
 
   // Sums of a reducing pass per group: G x width (over every rank's rows when sharded).
   at::Tensor reduce(StreamParams p, const at::Tensor& on) {
@@ -75,14 +75,14 @@ struct Plan {
     partials.zero_();
     run_pass(p, on);
     auto sums = partials.view({p.groups, p.chunks, p.width}).sum(1);
-    shard_all_reduce(comm, sums);
+    if (reduce_ranks) reduce_ranks(sums);
     return sums;
   }
 };
 
-Plan make_plan(const at::Tensor& x, const DKMOptions& o, at::ScalarType ct, std::shared_ptr<Communicator> comm) {
+Plan make_plan(const at::Tensor& x, const DKMOptions& o, at::ScalarType ct, Reducer reduce) {
   Plan plan;
-  plan.comm = std::move(comm);
+  plan.reduce_ranks = std::move(reduce);
   auto& p = plan.base;
   p.x = x.data_ptr();
   p.kind = value_kind(x.scalar_type());
@@ -110,9 +110,9 @@ class StreamFunction : public torch::autograd::Function<StreamFunction> {
  public:
   // x: G x n x d (any floating dtype, contiguous); centroids: G x K x d (constants).
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& centroids,
-                            const DKMOptions* options, DKMOutput* out, const std::shared_ptr<Communicator>* comm) {
+                            const DKMOptions* options, DKMOutput* out, const Reducer* reduce) {
     const auto ct = compute_dtype(x);
-    Plan plan = make_plan(x, *options, ct, *comm);
+    Plan plan = make_plan(x, *options, ct, *reduce);
     const auto& b = plan.base;
     const int64_t G = b.groups, K = b.k, d = b.d, T = options->max_iter();
     auto c_hist = at::zeros({G, T + 1, K, d}, x.options().dtype(ct));
@@ -150,8 +150,7 @@ class StreamFunction : public torch::autograd::Function<StreamFunction> {
       for (int64_t g = 0; g < G; ++g) {
         if (done[g]) continue;
         cur[g] = in[g];
-        // the reference's test: a previous non-zero inertia within epsilon of this one
-        if (last[g] != 0 && std::abs(last[g] - cur[g]) <= options->epsilon()) done[g] = 1;
+        if (converged(last[g], cur[g], options->epsilon())) done[g] = 1;
         all_done = all_done && done[g];
         last[g] = cur[g];
       }
@@ -175,31 +174,21 @@ class StreamFunction : public torch::autograd::Function<StreamFunction> {
     ctx->saved_data["c_hist"] = c_hist;
     ctx->saved_data["inv_s_hist"] = inv_s_hist;
     ctx->saved_data["iters"] = iters_t;
-    ctx->saved_data["bits"] = options->bits();
-    ctx->saved_data["tau"] = options->tau();
-    ctx->saved_data["max_iter"] = options->max_iter();
-    ctx->saved_data["zero_threshold"] = options->zero_threshold();
-    ctx->saved_data["prune_threshold"] = options->prune_threshold();
-    ctx->saved_data["enforce_zero"] = options->enforce_zero();
+    ctx->saved_data["state"] = engine_state(*options, *reduce);
     ctx->saved_data["ran"] = ran;
-    ctx->saved_data["comm"] = comm_to_ivalue(*comm);
     return y;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const auto x = ctx->get_saved_variables()[0];
-    const auto options = DKMOptions(ctx->saved_data["bits"].toInt())
-                             .tau(ctx->saved_data["tau"].toDouble())
-                             .max_iter(ctx->saved_data["max_iter"].toInt())
-                             .zero_threshold(ctx->saved_data["zero_threshold"].toDouble())
-                             .prune_threshold(ctx->saved_data["prune_threshold"].toDouble())
-                             .enforce_zero(ctx->saved_data["enforce_zero"].toBool());
+    const auto& state = engine_state(ctx->saved_data["state"]);
+    const DKMOptions& options = state.options;
     const auto ct = compute_dtype(x);
     const auto c_hist = ctx->saved_data["c_hist"].toTensor(), inv_s_hist = ctx->saved_data["inv_s_hist"].toTensor();
     const auto iters_t = ctx->saved_data["iters"].toTensor();
     const int64_t ran = ctx->saved_data["ran"].toInt();
-    Plan plan = make_plan(x, options, ct, comm_from_ivalue(ctx->saved_data["comm"]));
+    Plan plan = make_plan(x, options, ct, state.reduce);
     const auto& b = plan.base;
     const int64_t G = b.groups, K = b.k, d = b.d, T = options.max_iter();
     const auto gy = grads[0].to(x.scalar_type()).contiguous();
@@ -246,7 +235,7 @@ std::string streaming_unsupported(const at::Tensor& w, const ClusterLayout& l, c
 }
 
 DKMOutput stream_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
-                         const at::Tensor& scale, const ClusterLayout& l, const std::shared_ptr<Communicator>& comm) {
+                         const at::Tensor& scale, const ClusterLayout& l, const Reducer& reduce) {
 #if defined(EDKM_WITH_CUDA)
   std::optional<c10::cuda::CUDAGuard> guard;
   if (weight.is_cuda()) guard.emplace(weight.device());
@@ -258,7 +247,7 @@ DKMOutput stream_cluster(const at::Tensor& weight, const at::Tensor& centroids, 
   const at::Tensor x = l.cluster_dim == 1 && !s.defined() ? weight.contiguous().view({l.groups, l.vectors, 1})
                                                           : functional::to_vectors(weight.to(ct), l, s).contiguous();
   DKMOutput out;
-  auto y = StreamFunction::apply(x, centroids, &options, &out, &comm);
+  auto y = StreamFunction::apply(x, centroids, &options, &out, &reduce);
   out.weight = functional::from_vectors(y, weight.sizes(), l, s).to(weight.scalar_type());
   return out;
 }

@@ -99,11 +99,11 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& weight,
                             const at::Tensor& centroids, const DKMOptions* options, DKMOutput* out,
-                            const std::shared_ptr<Communicator>* comm) {
+                            const Reducer* reduce) {
     const auto w = weight.contiguous();
     const kernels::TableParams p{w.data_ptr(), w.numel(), kind_of(w)};
     auto counts = histogram(p, w);
-    shard_all_reduce(*comm, counts);  // sharded: the histogram of the whole weight
+    if (*reduce) (*reduce)(counts);  // sharded: the histogram of the whole weight
     auto values = pattern_values(p.kind, w.options());
     auto uidx = at::nonzero(counts.gt(0).logical_and(at::isfinite(values))).flatten();
     // The table is small: iterate it in fp64 (more accurate than the dense engine's fp32) unless
@@ -135,13 +135,7 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     ctx->saved_data["uidx"] = uidx;
     ctx->saved_data["c_in"] = it.attention_centroids.detach();
     ctx->saved_data["c_out"] = it.centroids.detach();
-    // what the attention needs to be recomputed in backward
-    ctx->saved_data["bits"] = options->bits();
-    ctx->saved_data["tau"] = options->tau();
-    ctx->saved_data["zero_threshold"] = options->zero_threshold();
-    ctx->saved_data["prune_threshold"] = options->prune_threshold();
-    ctx->saved_data["enforce_zero"] = options->enforce_zero();
-    ctx->saved_data["comm"] = comm_to_ivalue(*comm);
+    ctx->saved_data["state"] = engine_state(*options, *reduce);
     out->centroids = it.centroids.detach();
     out->iterations = it.iterations;
     out->inertia = it.inertia.sum().item<double>();
@@ -153,11 +147,8 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     const auto w = ctx->get_saved_variables()[0];
     const auto v = ctx->saved_data["v"].toTensor(), h = ctx->saved_data["h"].toTensor();
     const auto nb = ctx->saved_data["nb"].toTensor(), uidx = ctx->saved_data["uidx"].toTensor();
-    const auto options = DKMOptions(ctx->saved_data["bits"].toInt())
-                             .tau(ctx->saved_data["tau"].toDouble())
-                             .zero_threshold(ctx->saved_data["zero_threshold"].toDouble())
-                             .prune_threshold(ctx->saved_data["prune_threshold"].toDouble())
-                             .enforce_zero(ctx->saved_data["enforce_zero"].toBool());
+    const auto& state = engine_state(ctx->saved_data["state"]);
+    const DKMOptions& options = state.options;
     const auto g = grads[0].to(w.scalar_type()).contiguous();
     const kernels::TableParams p{w.data_ptr(), w.numel(), kind_of(w)};
     auto sums = at::empty({kTableSize}, w.options().dtype(at::kDouble));
@@ -168,7 +159,7 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     } else {
       kernels::table_scatter_add_cpu(p, g.data_ptr(), sums.data_ptr<double>());
     }
-    shard_all_reduce(comm_from_ivalue(ctx->saved_data["comm"]), sums);  // sharded: G of the whole weight
+    state.sum(sums);  // sharded: G of the whole weight
     const auto G = sums.index_select(0, uidx).to(v.scalar_type());
     at::Tensor e, a;
     {
@@ -200,13 +191,13 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
 }  // namespace
 
 DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
-                        const std::shared_ptr<Communicator>& comm) {
+                        const Reducer& reduce) {
 #if defined(EDKM_WITH_CUDA)
   std::optional<c10::cuda::CUDAGuard> guard;
   if (weight.is_cuda()) guard.emplace(weight.device());
 #endif
   DKMOutput out;
-  out.weight = TableFunction::apply(weight, centroids, &options, &out, &comm);
+  out.weight = TableFunction::apply(weight, centroids, &options, &out, &reduce);
   return out;
 }
 

@@ -1,7 +1,11 @@
 // Host entry of the hard assignment: argument checks -> device guard -> stream -> dispatch.
+// The distance is the soft assignment's (kernels/distance_math.h; detail::distances for
+// vectors), prune bias and keep-sparsity included, in the dtype the soft assignment computes in.
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
+
+#include <limits>
 
 #include "dkm/internal.h"
 #include "kernels/assign_math.h"
@@ -11,48 +15,65 @@
 #include <cuda_runtime.h>
 #endif
 
-namespace edkm::functional {
+namespace edkm {
+namespace {
 
-at::Tensor assign(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
-                  const at::Tensor& scale) {
-  const auto l = ClusterLayout::of(weight, options);
-  detail::check_centroids(centroids, weight, l, options);
-  detail::check_scale(scale, weight, l, options);
-  if (l.cluster_dim > 1) {  // vectors: chunked nearest search with the prune bias on centroid 0
-    auto x = to_vectors(weight.detach().to(at::kDouble), l, scale.defined() ? scale.to(at::kDouble) : scale);
-    auto c = centroids.detach().to(at::kDouble);
-    auto out = at::empty({l.groups, l.vectors}, weight.options().dtype(at::kByte));
-    for (int64_t g = 0; g < l.groups; ++g) {
-      auto cg = c[g];
-      auto d = detail::distances(x[g].unsqueeze(0), cg.unsqueeze(0), options)[0];
-      out[g].copy_(d.argmin(1));
-    }
-    return out;
-  }
-  auto x = to_vectors(weight.detach().to(at::kFloat), l, scale.defined() ? scale.to(at::kFloat) : scale).contiguous();
-  auto c = centroids.detach().to(at::kFloat).contiguous();
-  auto out = at::empty({l.groups, l.vectors}, weight.options().dtype(at::kByte));
-  kernels::AssignParams p;
-  p.weight = x.data_ptr<float>();
-  p.centroids = c.data_ptr<float>();
+template <class S>
+void assign_values(const at::Tensor& x, const at::Tensor& c, const DKMOptions& options, const ClusterLayout& l,
+                   at::Tensor& out) {
+  kernels::AssignParams<S> p;
+  p.weight = x.data_ptr<S>();
+  p.centroids = c.data_ptr<S>();
   p.index = out.data_ptr<uint8_t>();
   p.n = l.vectors;
   p.groups = l.groups;
   p.k = static_cast<int32_t>(options.n_clusters());
-  p.prune_threshold = static_cast<float>(options.prune_threshold());
-  if (weight.is_cuda()) {
+  p.prune_threshold = options.prune_threshold();
+  p.block_zero = options.enforce_zero() && options.prune_threshold() == 0;
+  p.blocked =
+      options.zero_threshold() > 0 ? 1.0 / options.zero_threshold() : std::numeric_limits<double>::infinity();
+  if (x.is_cuda()) {
 #if defined(EDKM_WITH_CUDA)
-    c10::cuda::CUDAGuard guard(weight.device());
+    c10::cuda::CUDAGuard guard(x.device());
     const int rc = kernels::assign_cuda(p, at::cuda::getCurrentCUDAStream().stream());
     TORCH_CHECK(rc == 0, "edkm: assign CUDA kernel failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
 #else
     TORCH_CHECK(false, "edkm: this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)");
 #endif
   } else {
-    TORCH_CHECK(weight.is_cpu(), "edkm: assign supports CPU and CUDA tensors, got ", weight.device());
+    TORCH_CHECK(x.is_cpu(), "edkm: assign supports CPU and CUDA tensors, got ", x.device());
     kernels::assign_cpu(p);
+  }
+}
+
+}  // namespace
+
+namespace functional {
+
+at::Tensor assign(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
+                  const at::Tensor& scale) {
+  const auto l = detail::check_inputs(weight, centroids, options, scale);
+  auto out = at::empty({l.groups, l.vectors}, weight.options().dtype(at::kByte));
+  if (l.cluster_dim > 1) {  // vectors: per group, the soft assignment's distances (prune bias, keep-sparsity)
+    auto x = to_vectors(weight.detach().to(at::kDouble), l, scale.defined() ? scale.to(at::kDouble) : scale);
+    auto c = centroids.detach().to(at::kDouble);
+    for (int64_t g = 0; g < l.groups; ++g) {
+      auto xg = x[g].unsqueeze(0);
+      auto d = detail::distances(xg, c[g].unsqueeze(0), options, detail::sparsity_block(xg, options))[0];
+      out[g].copy_(d.argmin(1));
+    }
+    return out;
+  }
+  const auto ct = detail::compute_dtype(weight);
+  auto x = to_vectors(weight.detach().to(ct), l, scale.defined() ? scale.to(ct) : scale).contiguous();
+  auto c = centroids.detach().to(ct).contiguous();
+  if (ct == at::kDouble) {
+    assign_values<double>(x, c, options, l, out);
+  } else {
+    assign_values<float>(x, c, options, l, out);
   }
   return out;
 }
 
-}  // namespace edkm::functional
+}  // namespace functional
+}  // namespace edkm

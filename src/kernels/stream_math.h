@@ -17,6 +17,7 @@
 // Nothing N x K is stored: every pass recomputes the attention row of a vector from x_i and c^t.
 #include <cstdint>
 
+#include "kernels/distance_math.h"
 #include "kernels/host_device.h"
 #include "kernels/table_math.h"
 
@@ -124,8 +125,7 @@ EDKM_HOST_DEVICE S stream_distance(const StreamParams& p, const S* x, const S* c
     const S diff = x[k] - c[j * d + k];
     s += diff * diff;
   }
-  if (j == 0 && p.prune_threshold > 0) s -= static_cast<S>(p.prune_threshold);
-  return s;
+  return dkm_distance<S>(s, j, p.prune_threshold, blocked_row, p.blocked);
 }
 
 /// prob[j] = softmax_j(-D_j / tau) (before the zero_threshold floor); returns min_j D_j.

@@ -310,40 +310,15 @@ at::Tensor LlamaDecoderLayerImpl::forward_plain(const at::Tensor& x, const at::T
   return h + mlp(post_attention_layernorm(h));
 }
 
-std::vector<at::Tensor*> LlamaDecoderLayerImpl::weight_members() {
-  std::vector<at::Tensor*> out;
-  for (auto* l : {&self_attn->q_proj, &self_attn->k_proj, &self_attn->v_proj, &self_attn->o_proj, &mlp->gate_proj,
-                  &mlp->up_proj, &mlp->down_proj}) {
-    out.push_back(&(*l)->weight);
-    if ((*l)->bias.defined()) out.push_back(&(*l)->bias);
-  }
-  out.push_back(&input_layernorm->weight);
-  out.push_back(&post_attention_layernorm->weight);
-  return out;
-}
-
 at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   if (!config.checkpoint_layers() || !at::GradMode::is_enabled()) return forward_plain(x, cos, sin);
-  // The recompute runs in backward, after a Palettizer scope has restored the members to the raw
-  // Parameters: capture what the forward reads now (possibly DKM outputs) and put it back for the
-  // recompute, so the gradient flows into the captured tensors and on through DKM.
+  // A Palettizer's clustered weights reach the recompute through functional::checkpoint itself
+  // (edkm/activation_checkpoint.h): nothing layer-specific here.
   auto self = std::static_pointer_cast<LlamaDecoderLayerImpl>(shared_from_this());
-  std::vector<at::Tensor> used;
-  for (at::Tensor* m : weight_members()) used.push_back(*m);
-  auto fn = [self, used](const std::vector<at::Tensor>& in) {
-    auto members = self->weight_members();
-    std::vector<at::Tensor> saved;
-    for (size_t i = 0; i < members.size(); ++i) saved.push_back(std::exchange(*members[i], used[i]));
-    struct Restore {
-      std::vector<at::Tensor*>& m;
-      std::vector<at::Tensor>& s;
-      ~Restore() {
-        for (size_t i = 0; i < m.size(); ++i) *m[i] = s[i];
-      }
-    } restore{members, saved};
+  auto fn = [self](const std::vector<at::Tensor>& in) {
     return std::vector<at::Tensor>{self->forward_plain(in[0], in[1], in[2])};
   };
-  return functional::checkpoint(fn, {x, cos, sin}, used)[0];
+  return functional::checkpoint(fn, {x, cos, sin}, parameters())[0];
 }
 
 LlamaModelImpl::LlamaModelImpl(LlamaConfig c) : config(std::move(c)) { reset(); }

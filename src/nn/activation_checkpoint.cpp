@@ -13,6 +13,7 @@
 #include <ostream>
 
 #include "edkm/activation_checkpoint.h"
+#include "nn/member_swap.h"
 #if defined(EDKM_WITH_CUDA)
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -111,6 +112,9 @@ struct CheckpointState : torch::CustomClassHolder {
   size_t num_inputs = 0;
   CheckpointOptions options;
   std::vector<c10::DeviceIndex> cuda_devices;
+  // Params whose module member read another tensor at forward time (a Palettizer's clustered
+  // weight): that tensor is the node's input in their place, and the recompute reads it again.
+  std::vector<detail::MemberBinding> bound;
   RngStates rng;
   AutocastState autocast;
 };
@@ -167,14 +171,20 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
     std::vector<at::Tensor> inputs(n_in);
     variable_list targets;      // what gradients are computed for
     std::vector<size_t> where;  // their position among saved
+    std::vector<at::Tensor> leaves(saved.size());
+    auto is_bound = [&](size_t i) {
+      return i >= n_in && std::any_of(state->bound.begin(), state->bound.end(),
+                                      [&](const detail::MemberBinding& b) { return b.index + n_in == i; });
+    };
     for (size_t i = 0; i < saved.size(); ++i) {
       at::Tensor t = saved[i];
-      if (i < n_in && t.defined()) {
+      if ((i < n_in || is_bound(i)) && t.defined()) {
         const bool needs = t.requires_grad();
         t = t.detach();
         t.requires_grad_(needs);
-        inputs[i] = t;
+        if (i < n_in) inputs[i] = t;
       }
+      leaves[i] = t;
       if (t.defined() && t.requires_grad()) {
         targets.push_back(t);
         where.push_back(i);
@@ -183,6 +193,9 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
 
     variable_list outputs;
     {
+      // The members read what the forward read, as fresh leaves, whatever they hold now.
+      detail::MemberOverride members;
+      for (const auto& b : state->bound) members.set(b, leaves[n_in + b.index]);
       RecomputeScope scope(*state);
       AutocastCacheOff cache_off;
       at::AutoGradMode grad_mode(true);
@@ -226,9 +239,11 @@ std::vector<at::Tensor> checkpoint(TensorsFunction fn, const std::vector<at::Ten
   state->fn = std::move(fn);
   state->num_inputs = inputs.size();
   state->options = options;
+  std::vector<at::Tensor> edges = params;
+  state->bound = detail::bind_members(edges);
   collect_cuda_devices(inputs, state->cuda_devices);
-  collect_cuda_devices(params, state->cuda_devices);
-  return CheckpointFunction::apply(std::move(state), at::TensorList(inputs), at::TensorList(params));
+  collect_cuda_devices(edges, state->cuda_devices);
+  return CheckpointFunction::apply(std::move(state), at::TensorList(inputs), at::TensorList(edges));
 }
 
 at::Tensor checkpoint(TensorFunction fn, const at::Tensor& input, const std::vector<at::Tensor>& params,

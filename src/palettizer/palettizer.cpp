@@ -7,15 +7,24 @@
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 
+#include <ATen/ops/full.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <iomanip>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
 
 #include "dkm/internal.h"
-#include "edkm/safetensors.h"
 #include "io/safetensors_core.h"
 #include "io/torch_io.h"
+#include "nn/member_swap.h"
 
 namespace edkm {
 namespace {
@@ -147,11 +156,122 @@ std::string PalettizerReport::to_string() const {
 
 std::ostream& operator<<(std::ostream& os, const PalettizerReport& r) { return os << r.to_string(); }
 
+// --- state ---------------------------------------------------------------------------------------
+
+namespace {
+
+// A child name for a module path: '.' is not allowed in module names.
+std::string child_name(const std::string& path, const std::vector<std::string>& taken) {
+  std::string name = path.empty() ? "_" : path;
+  std::replace(name.begin(), name.end(), '.', '_');
+  std::string unique = name;
+  for (int i = 2; std::find(taken.begin(), taken.end(), unique) != taken.end(); ++i)
+    unique = name + "_" + std::to_string(i);
+  return unique;
+}
+
+json layers_json(const PalettizerStateImpl::Layers& layers) {
+  json j = json::array();
+  for (const auto& [path, o] : layers) j.push_back(json{{"layer", path}, {"options", options_json(o)}});
+  return j;
+}
+
+}  // namespace
+
+PalettizerStateImpl::PalettizerStateImpl(Layers layers) : layers_(std::move(layers)) { reset(); }
+
+void PalettizerStateImpl::reset() {
+  dkms_.clear();
+  std::vector<std::string> taken;
+  for (const auto& [path, o] : layers_) {
+    taken.push_back(child_name(path, taken));
+    DKM dkm(o);
+    dkm->name = path;
+    dkms_.push_back(register_module(taken.back(), dkm));
+  }
+  step_ = register_buffer("step", at::full({}, step_host_, at::TensorOptions().dtype(at::kLong)));
+  finalized_ = register_buffer("finalized", at::full({}, finalized_host_, at::TensorOptions().dtype(at::kBool)));
+}
+
+void PalettizerStateImpl::pretty_print(std::ostream& stream) const {
+  stream << "edkm::PalettizerState(layers=" << layers_.size() << ", step=" << step_host_
+         << (finalized_host_ ? ", finalized" : "") << ")";
+}
+
+void PalettizerStateImpl::advance() {
+  at::NoGradGuard no_grad;
+  step_.fill_(++step_host_);
+  for (auto& d : dkms_) d->step();
+}
+
+void PalettizerStateImpl::set_finalized(bool f) {
+  at::NoGradGuard no_grad;
+  finalized_host_ = f;
+  finalized_.fill_(f);
+}
+
+void PalettizerStateImpl::save(torch::serialize::OutputArchive& archive) const {
+  torch::nn::Module::save(archive);
+  archive.write("edkm_palettizer_state", c10::IValue(json{{"version", 2}, {"layers", layers_json(layers_)}}.dump()));
+}
+
+void PalettizerStateImpl::load(torch::serialize::InputArchive& archive) {
+  c10::IValue meta;
+  TORCH_CHECK(archive.try_read("edkm_palettizer_state", meta) && meta.isString(),
+              "edkm: not a Palettizer state (no edkm_palettizer_state entry; write it with Palettizer::save_state or "
+              "torch::save(palettizer.state(), path))");
+  json saved;
+  try {
+    saved = json::parse(meta.toStringRef()).at("layers");
+  } catch (const json::exception& e) {
+    TORCH_CHECK(false, "edkm: the Palettizer state's layer list is malformed (", e.what(), ")");
+  }
+  TORCH_CHECK(saved.is_array() && saved.size() == layers_.size(), "edkm: the Palettizer state holds ",
+              saved.is_array() ? saved.size() : 0, " layers but this palettizer has ", layers_.size());
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const auto& [path, o] = layers_[i];
+    const json& entry = saved[i];
+    TORCH_CHECK(entry.is_object() && entry.value("layer", json()) == json(path), "edkm: the Palettizer state's layer ",
+                i, " is '", entry.is_object() ? entry.value("layer", json()).dump() : std::string("?"),
+                "' but this palettizer's is '", path, "'");
+    const json expect = options_json(o);
+    const json got = entry.value("options", json::object());
+    for (const auto& [k, v] : expect.items()) {
+      TORCH_CHECK(got.is_object() && got.contains(k) && got[k] == v, "edkm: the Palettizer state's layer '", path,
+                  "' was saved with ", k, " = ", got.is_object() ? got.value(k, json()).dump() : std::string("?"),
+                  " but is configured with ", v.dump());
+    }
+  }
+  // Read into a copy, check, then apply: nothing changes when the file is refused.
+  auto copy = std::dynamic_pointer_cast<PalettizerStateImpl>(clone());
+  copy->torch::nn::Module::load(archive);
+  TORCH_CHECK(copy->step_.numel() == 1 && copy->finalized_.numel() == 1,
+              "edkm: the Palettizer state's step / finalized entries are not scalars");
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const auto& d = copy->dkms_[i];
+    const auto& c = d->centroids();
+    const int64_t K = layers_[i].second.n_clusters();
+    TORCH_CHECK(c.numel() == 0 || (c.dim() == 3 && c.size(1) == K && at::isFloatingType(c.scalar_type())),
+                "edkm: the Palettizer state's centroids of layer '", layers_[i].first, "' have shape ", c.sizes(),
+                ", expected [groups, ", K, ", cluster_dim]");
+  }
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < dkms_.size(); ++i) {
+    auto mine = dkms_[i]->named_buffers(false);
+    for (const auto& b : copy->dkms_[i]->named_buffers(false)) mine[b.key()].set_data(b.value());
+    dkms_[i]->set_step(copy->dkms_[i]->current_step());
+  }
+  step_host_ = copy->step_.item<int64_t>();
+  step_.set_data(copy->step_);
+  set_finalized(copy->finalized_.item<bool>());
+}
+
 // --- palettizer --------------------------------------------------------------------------------
 
 Palettizer::Palettizer(std::shared_ptr<torch::nn::Module> model, PalettizerOptions options)
     : model_(std::move(model)), options_(std::move(options)) {
   TORCH_CHECK(model_, "edkm: Palettizer needs a module");
+  PalettizerStateImpl::Layers selected;
   for (const auto& item : model_->named_modules(/*name_prefix=*/"", /*include_self=*/true)) {
     auto [member, type] = weight_member(*item.value());
     if (!member) continue;
@@ -174,23 +294,64 @@ Palettizer::Palettizer(std::shared_ptr<torch::nn::Module> model, PalettizerOptio
     l.module = item.value();
     l.member = member;
     l.parameter = *param;
-    l.dkm = DKM(*o);
     layers_.push_back(std::move(l));
+    selected.emplace_back(item.key(), *o);
+  }
+  state_ = PalettizerState(std::move(selected));
+  for (size_t i = 0; i < layers_.size(); ++i) layers_[i].dkm = state_->dkm(i);
+  size_t registered = 0;
+  try {
+    std::ostringstream me;
+    me << "another Palettizer (" << static_cast<const void*>(this) << ")";
+    for (; registered < layers_.size(); ++registered) {
+      const auto& l = layers_[registered];
+      detail::register_member(l.parameter, l.module, l.member, l.path, me.str());
+    }
+  } catch (...) {
+    for (size_t i = 0; i < registered; ++i) detail::unregister_member(layers_[i].parameter);
+    throw;
+  }
+}
+
+Palettizer::~Palettizer() {
+  for (const auto& l : layers_) detail::unregister_member(l.parameter);
+}
+
+void Palettizer::throw_pending() {
+  if (pending_error_.empty()) return;
+  const std::string e = std::exchange(pending_error_, std::string());
+  TORCH_CHECK(false, e);
+}
+
+void Palettizer::check_layers() const {
+  const auto modules = model_->named_modules(/*name_prefix=*/"", /*include_self=*/true);
+  for (const auto& l : layers_) {
+    const auto* m = modules.find(l.path);
+    TORCH_CHECK(m && m->get() == l.module.get(), "edkm: Palettizer: layer '", l.path,
+                "' was removed from the model or replaced since the palettizer was built; build a new Palettizer");
+    const auto own = l.module->named_parameters(/*recurse=*/false);
+    const at::Tensor* p = own.find("weight");
+    TORCH_CHECK(p && p->is_same(l.parameter), "edkm: Palettizer: the `weight` Parameter of layer '", l.path,
+                "' was replaced since the palettizer was built; build a new Palettizer");
+    TORCH_CHECK(l.member->is_same(l.parameter), "edkm: Palettizer: the `weight` of layer '", l.path,
+                "' was replaced since the palettizer was built");
   }
 }
 
 Palettizer::Scope::Scope(Palettizer* owner) : owner_(owner) {
   TORCH_CHECK(!owner->scope_open_, "edkm: Palettizer::clustered(): a scope is already open (scopes do not nest)");
+  owner->throw_pending();
+  owner->check_layers();
   owner->scope_open_ = true;
-  if (owner->finalized_) return;
+  if (owner->finalized()) return;
   try {
     const bool training = owner->model_->is_training();
     for (auto& l : owner->layers_) {
-      TORCH_CHECK(l.member->is_same(l.parameter), "edkm: Palettizer: the `weight` of layer '", l.path,
-                  "' was replaced since the palettizer was built");
       l.dkm->train(training);
-      at::Tensor clustered = l.dkm->forward(l.parameter);
-      *l.member = clustered;
+      l.device = l.parameter.device();
+      l.dtype = l.parameter.scalar_type();
+      l.installed = l.dkm->forward(l.parameter);
+      *l.member = l.installed;
       ++swapped_;
     }
   } catch (...) {
@@ -206,7 +367,26 @@ Palettizer::Scope::Scope(Scope&& other) noexcept : owner_(other.owner_), swapped
 
 void Palettizer::Scope::restore() noexcept {
   if (!owner_) return;
-  for (size_t i = 0; i < swapped_; ++i) *owner_->layers_[i].member = owner_->layers_[i].parameter;
+  std::ostringstream problems;
+  for (size_t i = 0; i < swapped_; ++i) {
+    auto& l = owner_->layers_[i];
+    const bool member_kept = l.member->is_same(l.installed);
+    const bool moved = l.parameter.device() != l.device || l.parameter.scalar_type() != l.dtype;
+    // Restore to what is registered now (the user may have registered a new Parameter).
+    const auto own = l.module->named_parameters(/*recurse=*/false);
+    const at::Tensor* p = own.find("weight");
+    *l.member = p ? *p : l.parameter;
+    l.installed = at::Tensor();
+    if (!member_kept) {
+      problems << "the `weight` of layer '" << l.path << "' was replaced while a clustered() scope was open; ";
+    } else if (moved) {
+      problems << "layer '" << l.path << "' was moved (model->to()) from " << l.device << " " << l.dtype << " to "
+               << l.parameter.device() << " " << l.parameter.scalar_type()
+               << " while a clustered() scope was open: the forward of that scope used the old weights, do not "
+                  "backward through it; ";
+    }
+  }
+  if (!problems.str().empty()) owner_->pending_error_ = "edkm: Palettizer: " + problems.str();
   swapped_ = 0;
   owner_->scope_open_ = false;
   owner_ = nullptr;
@@ -217,12 +397,14 @@ Palettizer::Scope::~Scope() { restore(); }
 Palettizer::Scope Palettizer::clustered() { return Scope(this); }
 
 void Palettizer::step() {
-  ++step_;
-  for (auto& l : layers_) l.dkm->step();
+  throw_pending();
+  state_->advance();
 }
 
 const std::map<std::string, Palette>& Palettizer::finalize() {
   TORCH_CHECK(!scope_open_, "edkm: Palettizer::finalize() inside a clustered() scope");
+  throw_pending();
+  check_layers();
   at::NoGradGuard no_grad;
   palettes_.clear();
   for (auto& l : layers_) {
@@ -230,14 +412,14 @@ const std::map<std::string, Palette>& Palettizer::finalize() {
     l.parameter.copy_(p.decompress().to(l.parameter.device()));
     palettes_[tensor_name(l)] = std::move(p);
   }
-  finalized_ = true;
+  state_->set_finalized(true);
   return palettes_;
 }
 
 std::string Palettizer::tensor_name(const Layer& l) const { return l.path.empty() ? "weight" : l.path + ".weight"; }
 
 CompressedCheckpoint Palettizer::compressed_checkpoint() const {
-  TORCH_CHECK(finalized_, "edkm: Palettizer: call finalize() before exporting a compressed checkpoint");
+  TORCH_CHECK(finalized(), "edkm: Palettizer: call finalize() before exporting a compressed checkpoint");
   CompressedCheckpoint ckpt;
   ckpt.palettes = palettes_;
   for (const auto& item : model_->named_parameters(/*recurse=*/true)) {
@@ -251,84 +433,34 @@ void Palettizer::save_compressed(const std::string& path) const {
   edkm::save_compressed(path, compressed_checkpoint());
 }
 
-// State file: tensors "<layer>.centroids" / "<layer>.scale" (when set), metadata "edkm.state",
-// "edkm.step", "edkm.finalized" and per layer "edkm.layer.<layer>" = {"step", "options"}.
 void Palettizer::save_state(const std::string& path) const {
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
-  std::map<std::string, std::string> meta = {{"edkm.state", "palettizer/1"},
-                                             {"edkm.step", std::to_string(step_)},
-                                             {"edkm.finalized", finalized_ ? "true" : "false"}};
-  for (const auto& l : layers_) {
-    if (l.dkm->centroids().numel()) tensors.emplace_back(l.path + ".centroids", l.dkm->centroids());
-    if (l.dkm->scale().numel()) tensors.emplace_back(l.path + ".scale", l.dkm->scale());
-    meta["edkm.layer." + l.path] =
-        json{{"step", l.dkm->current_step()}, {"options", options_json(l.dkm->options)}}.dump();
+  torch::serialize::OutputArchive archive;
+  state_->save(archive);
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  try {
+    archive.save_to(tmp);
+  } catch (...) {
+    std::remove(tmp.c_str());
+    throw;
   }
-  std::sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-  detail::write_safetensors(path, tensors, meta);
+  TORCH_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "edkm: Palettizer::save_state: cannot rename ", tmp,
+              " to ", path, ": ", std::strerror(errno));
 }
 
 void Palettizer::load_state(const std::string& path) {
   TORCH_CHECK(!scope_open_, "edkm: Palettizer::load_state() inside a clustered() scope");
-  detail::OpenSafetensors f(path);
-  const auto& meta = f.header().metadata;
-  auto get = [&](const std::string& key) -> const std::string& {
-    auto it = meta.find(key);
-    TORCH_CHECK(it != meta.end(), "edkm: ", path, " is not a palettizer state file: no '", key, "' entry");
-    return it->second;
-  };
-  TORCH_CHECK(get("edkm.state") == "palettizer/1", "edkm: ", path, ": unsupported state version '", get("edkm.state"),
-              "'");
-  size_t stored_layers = 0;
-  for (const auto& [k, v] : meta) stored_layers += k.compare(0, 11, "edkm.layer.") == 0;
-  TORCH_CHECK(stored_layers == layers_.size(), "edkm: ", path, " holds ", stored_layers,
-              " layers but this palettizer has ", layers_.size());
-  struct Loaded {
-    int64_t step;
-    at::Tensor centroids, scale;
-  };
-  std::vector<Loaded> loaded;
-  for (const auto& l : layers_) {
-    json j;
-    try {
-      j = json::parse(get("edkm.layer." + l.path));
-      const json expect = options_json(l.dkm->options);
-      for (const auto& [k, v] : expect.items()) {
-        TORCH_CHECK(j.at("options").contains(k) && j["options"][k] == v, "edkm: ", path, ": layer '", l.path,
-                    "' was saved with ", k, " = ", j["options"].value(k, json()).dump(), " but is configured with ",
-                    v.dump());
-      }
-      Loaded x{j.at("step").get<int64_t>(), {}, {}};
-      const auto& names = f.header().tensors;
-      if (names.count(l.path + ".centroids")) x.centroids = f.read(l.path + ".centroids");
-      if (names.count(l.path + ".scale")) x.scale = f.read(l.path + ".scale");
-      if (x.centroids.defined()) {
-        const auto layout = ClusterLayout::of(l.parameter.detach(), l.dkm->options);
-        TORCH_CHECK(
-            x.centroids.sizes() == at::IntArrayRef({layout.groups, l.dkm->options.n_clusters(), layout.cluster_dim}),
-            "edkm: ", path, ": layer '", l.path, "' centroids have shape ", x.centroids.sizes());
-      }
-      loaded.push_back(std::move(x));
-    } catch (const json::exception& e) {
-      TORCH_CHECK(false, "edkm: ", path, ": layer '", l.path, "' entry is malformed (", e.what(), ")");
-    }
-  }
-  int64_t step = 0;
+  torch::serialize::InputArchive archive;
   try {
-    step = std::stoll(get("edkm.step"));
-  } catch (const std::logic_error&) {
-    TORCH_CHECK(false, "edkm: ", path, ": edkm.step is not an integer");
+    archive.load_from(path);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "edkm: ", path, " is not a Palettizer state (", e.what_without_backtrace(), ")");
   }
-  // All checks passed: apply.
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    auto& dkm = layers_[i].dkm;
-    dkm->set_step(loaded[i].step);
-    auto buffers = dkm->named_buffers(/*recurse=*/false);
-    if (loaded[i].centroids.defined()) buffers["centroids"].set_data(loaded[i].centroids);
-    if (loaded[i].scale.defined()) buffers["scale"].set_data(loaded[i].scale);
+  try {
+    state_->load(archive);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "edkm: ", path, ": ", e.what_without_backtrace());
   }
-  step_ = step;
-  finalized_ = get("edkm.finalized") == "true";
+  pending_error_.clear();
 }
 
 PalettizerReport Palettizer::report() const {
@@ -355,7 +487,7 @@ PalettizerReport Palettizer::report() const {
                        (o.per_channel_scale() ? layout.rows * 4 : 0);
     auto it = palettes_.find(tensor_name(l));
     at::Tensor hard;
-    if (finalized_ && it != palettes_.end()) {
+    if (finalized() && it != palettes_.end()) {
       hard = w;
     } else if (l.dkm->centroids().numel()) {  // no side effect: the layer's own centroids, as they are
       const at::Tensor s = o.per_channel_scale() ? l.dkm->scale() : at::Tensor();

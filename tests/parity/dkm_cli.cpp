@@ -2,13 +2,15 @@
 //   edkm_dkm_cli IN_DIR OUT_DIR
 // IN_DIR: spec.json (shape, options), weight.bin, centroids.bin (G x K x d), grad.bin (upstream
 // gradient), all raw little-endian float32 (or float64 with "dtype": "float64"). OUT_DIR: soft.bin (W_soft),
-// dweight.bin, centroids.bin, result.json (iterations, inertia).
+// dweight.bin, centroids.bin, hard.bin (the weight hard-assigned to the new centroids: what
+// finalize gives), result.json (iterations, inertia).
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
 #include <edkm/dkm.h>
+#include <edkm/palette.h>
 
 #include <fstream>
 #include <iostream>
@@ -71,6 +73,8 @@ int main(int argc, char** argv) try {
   write_raw(out + "/soft.bin", r.weight);
   write_raw(out + "/dweight.bin", w.grad());
   write_raw(out + "/centroids.bin", r.centroids);
+  write_raw(out + "/hard.bin",
+            edkm::Palette::from_centroids(w.detach(), r.centroids, o, scale).decompress().to(w.scalar_type()));
   nlohmann::json result;
   result["iterations"] = r.iterations;
   result["inertia"] = r.inertia;

@@ -1,0 +1,72 @@
+#include "nn/member_swap.h"
+
+#include <c10/util/Exception.h>
+#include <torch/nn/module.h>
+
+#include <mutex>
+#include <unordered_map>
+#include <utility>
+
+namespace edkm::detail {
+namespace {
+
+struct Registry {
+  std::mutex mutex;
+  std::unordered_map<const c10::TensorImpl*, SwappableMember> members;
+  std::unordered_map<const c10::TensorImpl*, std::string> owners;
+};
+
+Registry& registry() {
+  static Registry r;
+  return r;
+}
+
+}  // namespace
+
+void register_member(const at::Tensor& parameter, std::shared_ptr<torch::nn::Module> module, at::Tensor* member,
+                     const std::string& name, const std::string& owner_description) {
+  TORCH_CHECK(parameter.defined() && member, "edkm: register_member: undefined parameter or member");
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  const auto* key = parameter.unsafeGetTensorImpl();
+  auto it = r.owners.find(key);
+  TORCH_CHECK(it == r.owners.end(), "edkm: the weight of layer '", name, "' is already clustered by ", it->second,
+              "; one Palettizer per model (destroy the other first)");
+  r.members[key] = SwappableMember{std::move(module), member, parameter, name};
+  r.owners[key] = owner_description;
+}
+
+void unregister_member(const at::Tensor& parameter) {
+  if (!parameter.defined()) return;
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  r.members.erase(parameter.unsafeGetTensorImpl());
+  r.owners.erase(parameter.unsafeGetTensorImpl());
+}
+
+std::vector<MemberBinding> bind_members(std::vector<at::Tensor>& params) {
+  std::vector<MemberBinding> out;
+  auto& r = registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  if (r.members.empty()) return out;
+  for (size_t i = 0; i < params.size(); ++i) {
+    if (!params[i].defined()) continue;
+    auto it = r.members.find(params[i].unsafeGetTensorImpl());
+    if (it == r.members.end()) continue;
+    const at::Tensor& now = *it->second.member;
+    if (!now.defined() || now.is_same(params[i])) continue;
+    params[i] = now;
+    out.push_back(MemberBinding{i, it->second.module, it->second.member});
+  }
+  return out;
+}
+
+void MemberOverride::set(const MemberBinding& b, at::Tensor value) {
+  saved_.push_back(Saved{b.module, b.member, std::exchange(*b.member, std::move(value))});
+}
+
+MemberOverride::~MemberOverride() {
+  for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) *it->member = std::move(it->previous);
+}
+
+}  // namespace edkm::detail

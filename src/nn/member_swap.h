@@ -1,0 +1,73 @@
+#pragma once
+// Module members that read a computed tensor in place of their registered Parameter.
+//
+// LibTorch's Linear / Embedding / Conv forward read their `weight` *member*; the optimizer holds
+// the registered *Parameter*. A Palettizer scope points the member at DKM(parameter) and back.
+// Anything that re-runs a forward later (activation checkpointing's recompute in backward) must
+// read the tensor the forward read, whatever the member holds by then (the scope may have ended
+// and restored the Parameter). This registry is the one mechanism for that:
+//   - the Palettizer registers each clustered layer's member with its Parameter (and refuses a
+//     Parameter registered twice: two Palettizers on one model);
+//   - `bind_members` (used by edkm::functional::checkpoint at forward time) replaces each listed
+//     Parameter whose member currently holds another tensor by that tensor, and returns where;
+//   - `MemberOverride` (used by the recompute) points those members at given tensors for the
+//     duration of a call and puts back what they held.
+// Gradients then flow recompute -> the tensor the forward read -> (its graph, e.g. DKM) -> the
+// Parameter, exactly as without checkpointing, whether backward runs inside the scope or after.
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace torch::nn {
+class Module;
+}
+
+namespace edkm::detail {
+
+/// One registered member: `member` lives in `module` (kept alive), `parameter` is its Parameter.
+struct SwappableMember {
+  std::shared_ptr<torch::nn::Module> module;
+  at::Tensor* member = nullptr;
+  at::Tensor parameter;
+  std::string name;  ///< for error messages (the layer's path)
+};
+
+/// Registers `member` of `module` as the reader of `parameter`. Throws c10::Error naming `name`
+/// when the Parameter is registered already (e.g. by another Palettizer).
+void register_member(const at::Tensor& parameter, std::shared_ptr<torch::nn::Module> module, at::Tensor* member,
+                     const std::string& name, const std::string& owner_description);
+/// Removes the registration of `parameter` (no-op when absent).
+void unregister_member(const at::Tensor& parameter);
+
+/// A member bound at forward time: params[index] was replaced by what `member` held.
+struct MemberBinding {
+  size_t index = 0;
+  std::shared_ptr<torch::nn::Module> module;
+  at::Tensor* member = nullptr;
+};
+
+/// For each of `params` that is a registered Parameter whose member holds another tensor now,
+/// replaces params[i] by that tensor and returns the binding. Others are left as they are.
+std::vector<MemberBinding> bind_members(std::vector<at::Tensor>& params);
+
+/// RAII: points each member at a tensor; restores what the members held when destroyed.
+class MemberOverride {
+ public:
+  MemberOverride() = default;
+  void set(const MemberBinding& b, at::Tensor value);
+  ~MemberOverride();
+  MemberOverride(const MemberOverride&) = delete;
+  MemberOverride& operator=(const MemberOverride&) = delete;
+
+ private:
+  struct Saved {
+    std::shared_ptr<torch::nn::Module> module;
+    at::Tensor* member;
+    at::Tensor previous;
+  };
+  std::vector<Saved> saved_;
+};
+
+}  // namespace edkm::detail

@@ -1,0 +1,330 @@
+// edkm/palettizer.h with activation recompute: checkpointed models get bitwise the gradients of
+// the plain model whether backward runs inside or after the clustered() scope (edkm::Checkpoint,
+// functional::checkpoint, nested, with the Offloader's hooks); the DKM state is a module; bad
+// uses (two palettizers, removed layers, replaced weights, model->to() in a scope) are refused by
+// name; host syncs per DKM step.
+#include <ATen/record_function.h>
+#include <edkm/activation_checkpoint.h>
+#include <edkm/offload.h>
+#include <edkm/palettizer.h>
+#include <edkm/saved_tensor_hooks.h>
+#include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/optim/sgd.h>
+#include <torch/serialize.h>
+
+#include <atomic>
+#include <map>
+
+#include "temp_dir.h"
+#include "test_util.h"
+
+namespace edkm {
+namespace {
+
+enum class Wrap { kPlain, kCheckpointModule, kFunctional, kNested };
+const char* wrap_name(Wrap w) {
+  switch (w) {
+    case Wrap::kPlain:
+      return "plain";
+    case Wrap::kCheckpointModule:
+      return "edkm::Checkpoint";
+    case Wrap::kFunctional:
+      return "functional::checkpoint";
+    case Wrap::kNested:
+      return "nested";
+  }
+  return "?";
+}
+
+torch::nn::Sequential block(int64_t d, int64_t h) {
+  return torch::nn::Sequential(torch::nn::Linear(d, h), torch::nn::GELU(), torch::nn::Linear(h, d));
+}
+
+// Two blocks, the same parameters (names and values) whichever way they are checkpointed.
+struct TwoBlocksImpl : torch::nn::Module {
+  explicit TwoBlocksImpl(Wrap w) : wrap(w) {
+    b1 = register_module("b1", block(16, 40));
+    b2 = register_module("b2", block(16, 40));
+  }
+  at::Tensor forward(const at::Tensor& x) {
+    switch (wrap) {
+      case Wrap::kPlain:
+        return b2->forward(b1->forward(x));
+      case Wrap::kCheckpointModule:
+        return Checkpoint(b2)(Checkpoint(b1)(x));
+      case Wrap::kFunctional: {
+        auto s1 = b1, s2 = b2;
+        auto h = functional::checkpoint([s1](const at::Tensor& t) mutable { return s1->forward(t); }, x, s1->parameters());
+        return functional::checkpoint([s2](const at::Tensor& t) mutable { return s2->forward(t); }, h, s2->parameters());
+      }
+      case Wrap::kNested: {
+        auto s1 = b1, s2 = b2;
+        return functional::checkpoint(
+            [s1, s2](const at::Tensor& t) { return functional::checkpoint(s2, functional::checkpoint(s1, t)); }, x,
+            parameters());
+      }
+    }
+    return {};
+  }
+  Wrap wrap;
+  torch::nn::Sequential b1{nullptr}, b2{nullptr};
+};
+TORCH_MODULE(TwoBlocks);
+
+using Grads = std::map<std::string, at::Tensor>;
+
+// Two training steps (SGD) under a 3-bit Palettizer; the gradients of both steps.
+std::vector<Grads> train_two_steps(Wrap wrap, bool backward_in_scope, bool offload) {
+  torch::manual_seed(3);
+  TwoBlocks model(wrap);
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.05));
+  auto off = std::make_shared<Offloader>(OffloadOptions().min_bytes(0).host_to_host(true));
+  std::vector<Grads> out;
+  for (int step = 0; step < 2; ++step) {
+    const at::Tensor x = at::randn({6, 16}, at::make_generator<at::CPUGeneratorImpl>(10 + step));
+    std::optional<SavedTensorHooksGuard> hooks;
+    if (offload) hooks.emplace(off);
+    opt.zero_grad();
+    at::Tensor loss;
+    {
+      auto scope = pal.clustered();
+      loss = model->forward(x).square().mean();
+      if (backward_in_scope) loss.backward();
+    }
+    if (!backward_in_scope) loss.backward();
+    hooks.reset();
+    Grads g;
+    for (const auto& p : model->named_parameters()) g[p.key()] = p.value().grad().clone();
+    out.push_back(std::move(g));
+    opt.step();
+    pal.step();
+  }
+  return out;
+}
+
+void expect_bitwise(const std::vector<Grads>& a, const std::vector<Grads>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t s = 0; s < a.size(); ++s) {
+    ASSERT_EQ(a[s].size(), b[s].size());
+    for (const auto& [name, g] : a[s]) {
+      EXPECT_TRUE(at::equal(g, b[s].at(name)))
+          << what << ", step " << s << ", " << name << ": max rel diff " << test::max_rel(b[s].at(name), g);
+    }
+  }
+}
+
+TEST(PalettizerRecompute, CheckpointedGradientsAreBitwiseThePlainOnes) {
+  const auto reference = train_two_steps(Wrap::kPlain, /*backward_in_scope=*/true, /*offload=*/false);
+  // The reference is itself independent of where backward runs.
+  expect_bitwise(reference, train_two_steps(Wrap::kPlain, false, false), "plain, backward after the scope");
+  for (Wrap w : {Wrap::kCheckpointModule, Wrap::kFunctional, Wrap::kNested}) {
+    for (bool inside : {true, false}) {
+      expect_bitwise(reference, train_two_steps(w, inside, false),
+                     std::string(wrap_name(w)) + (inside ? ", backward in the scope" : ", backward after the scope"));
+    }
+  }
+}
+
+TEST(PalettizerRecompute, OffloaderCheckpointAndPalettizerTogether) {
+  const auto reference = train_two_steps(Wrap::kPlain, true, false);
+  for (Wrap w : {Wrap::kCheckpointModule, Wrap::kNested}) {
+    for (bool inside : {true, false}) {
+      expect_bitwise(reference, train_two_steps(w, inside, /*offload=*/true),
+                     std::string(wrap_name(w)) + " + Offloader" + (inside ? ", in scope" : ", after scope"));
+    }
+  }
+}
+
+// ---- bad uses ------------------------------------------------------------------------------------
+
+TEST(PalettizerRecompute, TwoPalettizersOnOneModelAreRefused) {
+  TwoBlocks model(Wrap::kPlain);
+  auto first = std::make_unique<Palettizer>(
+      model, PalettizerOptions(DKMOptions(3).weight_threshold(0)).module_name("b2\\.2", std::nullopt));
+  test::expect_error([&] { Palettizer second(model, PalettizerOptions(DKMOptions(4).weight_threshold(0))); },
+                     {"layer 'b1.0'", "already clustered by another Palettizer"});
+  // A palettizer of the layers the first one leaves alone is fine.
+  Palettizer disjoint(model, PalettizerOptions(std::nullopt).module_name("b2\\.2", DKMOptions(2).weight_threshold(0)));
+  EXPECT_EQ(disjoint.layer_names(), std::vector<std::string>{"b2.2"});
+  // A refused palettizer registered nothing: after the first is gone, its layers are free.
+  first.reset();
+  Palettizer third(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)).module_name("b2\\.2", std::nullopt));
+  EXPECT_EQ(third.layer_names().size(), 3u);
+  test::expect_error([&] { Palettizer again(model, PalettizerOptions(DKMOptions(2).weight_threshold(0))); },
+                     {"already clustered"});
+}
+
+TEST(PalettizerRecompute, RemovedLayerIsNamed) {
+  TwoBlocks model(Wrap::kPlain);
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  model->b2->replace_module("0", torch::nn::Linear(16, 40));
+  test::expect_error([&] { auto s = pal.clustered(); }, {"layer 'b2.0'", "removed from the model or replaced"});
+  test::expect_error([&] { pal.finalize(); }, {"layer 'b2.0'"});
+}
+
+TEST(PalettizerRecompute, WeightReplacedInsideAScopeIsReportedAndRestored) {
+  TwoBlocks model(Wrap::kPlain);
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  auto* lin = model->b1[0]->as<torch::nn::Linear>();
+  const at::Tensor param = lin->named_parameters(false)["weight"];
+  {
+    auto s = pal.clustered();
+    EXPECT_FALSE(lin->weight.is_same(param));  // clustered
+    lin->weight = at::zeros_like(param);
+  }
+  EXPECT_TRUE(lin->weight.is_same(param));  // nothing half-swapped
+  test::expect_error([&] { pal.step(); }, {"layer 'b1.0'", "was replaced while a clustered() scope was open"});
+  // Reported once; the palettizer works on.
+  EXPECT_NO_THROW({ auto s = pal.clustered(); });
+  for (const auto& m : model->modules()) {
+    if (auto* l = m->as<torch::nn::Linear>()) EXPECT_TRUE(l->weight.is_same(l->named_parameters(false)["weight"]));
+  }
+}
+
+TEST(PalettizerRecompute, ModelToInsideAScopeIsReported) {
+  TwoBlocks model(Wrap::kPlain);
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  {
+    auto s = pal.clustered();
+    model->to(at::kDouble);
+  }
+  for (const auto& m : model->modules()) {
+    if (auto* l = m->as<torch::nn::Linear>()) {
+      EXPECT_TRUE(l->weight.is_same(l->named_parameters(false)["weight"]));
+      EXPECT_EQ(l->weight.scalar_type(), at::kDouble);
+    }
+  }
+  test::expect_error([&] { auto s = pal.clustered(); }, {"layer 'b1.0'", "model->to()", "Float", "Double"});
+  // Outside a scope, model->to() just works: the next scope clusters the fp64 weights.
+  at::Tensor y;
+  {
+    auto s = pal.clustered();
+    y = model->forward(at::randn({2, 16}, at::kDouble));
+  }
+  y.sum().backward();
+  EXPECT_EQ(model->b1[0]->as<torch::nn::Linear>()->weight.grad().scalar_type(), at::kDouble);
+}
+
+// ---- state as a module ---------------------------------------------------------------------------
+
+TEST(PalettizerRecompute, StateIsAModuleThatSavesLoadsAndClones) {
+  test::TempDir tmp;
+  torch::manual_seed(4);
+  TwoBlocks model(Wrap::kPlain);
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0))
+                            .module_name("b2\\.2", DKMOptions(2).weight_threshold(0).per_channel_scale(true)));
+  for (int i = 0; i < 2; ++i) {
+    at::Tensor loss;
+    {
+      auto s = pal.clustered();
+      loss = model->forward(at::randn({3, 16})).square().sum();
+    }
+    loss.backward();
+    pal.step();
+  }
+  auto buffers = pal.state()->named_buffers();
+  for (const char* name : {"b1_0.centroids", "b1_0.step", "b2_2.scale", "step", "finalized"})
+    EXPECT_TRUE(buffers.contains(name)) << name;
+  EXPECT_EQ(buffers["b1_0.centroids"].sizes(), (at::IntArrayRef{1, 8, 1}));
+  EXPECT_EQ(buffers["step"].item<int64_t>(), 2);
+  EXPECT_EQ(buffers["b2_2.step"].item<int64_t>(), 2);
+
+  // clone(): an independent deep copy.
+  auto copy = std::dynamic_pointer_cast<PalettizerStateImpl>(pal.state()->clone());
+  ASSERT_TRUE(copy);
+  EXPECT_TRUE(at::equal(copy->named_buffers()["b1_0.centroids"], buffers["b1_0.centroids"]));
+  copy->named_buffers()["b1_0.centroids"].zero_();
+  EXPECT_FALSE(at::equal(copy->named_buffers()["b1_0.centroids"], buffers["b1_0.centroids"]));
+  EXPECT_EQ(copy->step(), 2);
+
+  // torch::save / torch::load into a fresh palettizer of the same configuration.
+  torch::save(pal.state(), tmp.path("state.pt"));
+  TwoBlocks other_model(Wrap::kPlain);
+  Palettizer other(other_model,
+                   PalettizerOptions(DKMOptions(3).weight_threshold(0))
+                       .module_name("b2\\.2", DKMOptions(2).weight_threshold(0).per_channel_scale(true)));
+  auto other_state = other.state();
+  torch::load(other_state, tmp.path("state.pt"));
+  EXPECT_EQ(other.current_step(), 2);
+  EXPECT_EQ(other.dkm("b2.0")->current_step(), 2);
+  for (const auto& b : pal.state()->named_buffers()) EXPECT_TRUE(at::equal(b.value(), other_state->named_buffers()[b.key()])) << b.key();
+
+  // Different options: refused by name, nothing changed.
+  TwoBlocks third_model(Wrap::kPlain);
+  Palettizer third(third_model, PalettizerOptions(DKMOptions(4).weight_threshold(0)));
+  auto third_state = third.state();
+  test::expect_error([&] { torch::load(third_state, tmp.path("state.pt")); }, {"layer 'b1.0'", "bits = 3", "4"});
+  EXPECT_EQ(third.current_step(), 0);
+  EXPECT_EQ(third.state()->named_buffers()["b1_0.centroids"].numel(), 0);
+  // Not a state file at all.
+  torch::save(model, tmp.path("model.pt"));
+  test::expect_error([&] { other.load_state(tmp.path("model.pt")); }, {"model.pt", "not a Palettizer state"});
+  test::expect_error([&] { other.load_state(tmp.path("missing.pt")); }, {"missing.pt"});
+}
+
+// ---- per-step cost --------------------------------------------------------------------------------
+
+// Host syncs (item(), bool conversion of a tensor) seen by the dispatcher while `f` runs.
+template <class F>
+int64_t count_host_syncs(F&& f) {
+  static std::atomic<int64_t> count{0};
+  count = 0;
+  auto handle = at::addThreadLocalCallback(at::RecordFunctionCallback(
+      [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+        const std::string name = fn.name();
+        if (name == "aten::_local_scalar_dense" || name == "aten::is_nonzero") ++count;
+        return nullptr;
+      }));
+  f();
+  at::removeCallback(handle);
+  return count.load();
+}
+
+TEST(PalettizerRecompute, ChecksRunOncePerSetUpNotPerStep) {
+  torch::manual_seed(8);
+  for (auto [engine, dtype] : {std::pair{Engine::kTable, at::kBFloat16}, std::pair{Engine::kStreaming, at::kFloat},
+                               std::pair{Engine::kDense, at::kFloat}}) {
+    const auto o = DKMOptions(3).engine(engine).weight_threshold(0);
+    const at::Tensor w = at::randn({64, 32}).to(dtype).requires_grad_(true);
+    DKM dkm(o);
+    const int64_t first = count_host_syncs([&] { dkm->forward(w).sum().backward(); });
+    const int64_t per_step = count_host_syncs([&] { dkm->forward(w).sum().backward(); });
+    const at::Tensor c = dkm->centroids().clone();
+    const int64_t functional_call =
+        count_host_syncs([&] { functional::dkm_cluster(w, c, o).weight.sum().backward(); });
+    std::cout << "[host syncs] " << to_string(engine) << ": module first step " << first << ", later steps "
+              << per_step << ", functional::dkm_cluster (checks every call) " << functional_call << "\n";
+    // The checks (weight finiteness, centroids, scale) cost 2 syncs per call; a module pays them once.
+    EXPECT_LE(per_step + 2, functional_call) << to_string(engine);
+    EXPECT_LT(per_step, first) << to_string(engine);
+  }
+}
+
+TEST(PalettizerRecompute, AutoFallingBackToDenseWarnsOnceNamingTheLayer) {
+  // cluster_dim 32 is beyond the streaming engine: kAuto falls back to dense.
+  TwoBlocks model(Wrap::kPlain);
+  Palettizer pal(model, PalettizerOptions(std::nullopt)
+                            .module_name("b1\\.0", DKMOptions(2).weight_threshold(0).cluster_dim(20).engine(Engine::kAuto)));
+  std::string warnings;
+  struct Capture : c10::WarningHandler {
+    std::string* out;
+    explicit Capture(std::string* o) : out(o) {}
+    void process(const c10::Warning& w) override { *out += w.msg() + "\n"; }
+  } capture(&warnings);
+  c10::WarningUtils::WarningHandlerGuard guard(&capture);
+  for (int i = 0; i < 3; ++i) {
+    auto s = pal.clustered();
+  }
+  EXPECT_NE(warnings.find("layer 'b1.0'"), std::string::npos) << warnings;
+  EXPECT_NE(warnings.find("falls back to the dense engine"), std::string::npos) << warnings;
+  EXPECT_NE(warnings.find("cluster_dim"), std::string::npos) << warnings;
+  size_t n = 0;
+  for (size_t at = warnings.find("falls back"); at != std::string::npos; at = warnings.find("falls back", at + 1)) ++n;
+  EXPECT_EQ(n, 1u) << warnings;
+}
+
+}  // namespace
+}  // namespace edkm
