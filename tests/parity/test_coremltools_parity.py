@@ -6,7 +6,8 @@ relative to the max-abs of the reference.
 - fp64: forward output (W_soft), weight gradient of sum(W_soft * G) and new centroids agree to
   1e-9: the two implementations compute the same function.
 - finalize: the weight hard-assigned to the new centroids (coremltools: the FakePalettize in eval
-  mode, what DKMPalettizer.finalize uses) agrees to 1e-9 in fp64 at every position. One deliberate
+  mode, what DKMPalettizer.finalize uses) picks the same centroid at every position (values equal
+  up to the fp32 rounding of coremltools' stored LUT). One deliberate
   difference: under keep-sparsity (enforce_zero with prune_threshold 0) edkm never assigns a
   non-zero weight to the zero centroid, as the soft assignment both implement never does, while
   coremltools' hard assignment lacks that branch and prunes such weights; those positions are
@@ -141,7 +142,9 @@ def run_case(cli, work, name, case, seed):
     e32 = [rel(o, r) for o, r in zip(o32[:3], r32[:3])]
     # finalize, fp64: equal everywhere except keep-sparsity's deliberate difference (see the top)
     ours_h, ref_h = o64[3], r64[3]
-    differ = (ours_h - ref_h).abs() > 1e-9 * ref_h.abs().max().clamp_min(1e-30)
+    # coremltools keeps its LUT in fp32 for the hard assignment: equal values up to fp32 rounding of
+    # the LUT; a different assignment moves a value by a centroid spacing, orders of magnitude more.
+    differ = (ours_h - ref_h).abs() > 1e-6 * ref_h.abs().max().clamp_min(1e-30)
     keep_sparsity = case.get("enforce_zero", False) and case.get("prune_threshold", 1e-7) == 0
     pruned_by_ref = (ref_h == 0) & (w.double() != 0) & (ours_h != 0)
     hard_ok = bool((differ == (pruned_by_ref if keep_sparsity else torch.zeros_like(differ))).all())
