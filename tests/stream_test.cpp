@@ -5,6 +5,7 @@
 
 #include <random>
 
+#include "kernels/cpu/stream_isa.h"
 #include "test_util.h"
 
 namespace edkm {
@@ -158,6 +159,64 @@ TEST(StreamingKernels, CudaMatchesCpu) {
       EXPECT_LT(max_rel(gpu.out.cpu(), cpu.out), tol);
       EXPECT_LT(max_rel(gpu.centroids.cpu(), cpu.centroids), 1e-5);
       EXPECT_LT(max_rel(gpu.grad.cpu(), cpu.grad), dt == at::kFloat ? 1e-4 : 2e-2);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace edkm
+
+namespace edkm {
+namespace {
+
+// The vectorised CPU paths (AVX2, AVX-512; cluster_dim 1, fp32 compute) against the per-weight
+// reference path on the same inputs: forward, centroids and gradient within fp32 rounding (SLEEF's
+// exp is within 1 ulp of expf, and FMA contraction differs), every bit width, per tensor and
+// grouped, keep-sparsity and prune bias, bf16 weights, and sizes that leave partial 16-lane
+// blocks and uneven work items.
+TEST(StreamingEngine, VectorisedCpuPathsMatchTheReferencePath) {
+  using kernels::StreamIsa;
+  const StreamIsa best = kernels::stream_isa_available();
+  if (best == StreamIsa::kScalar) GTEST_SKIP() << "no vectorised path in this build or CPU (needs SLEEF and AVX2)";
+  struct Reset {
+    StreamIsa was = kernels::stream_isa();
+    ~Reset() { kernels::set_stream_isa(was); }
+  } reset;
+  std::vector<DKMOptions> configs;
+  for (int64_t bits = 1; bits <= 8; ++bits) configs.push_back(DKMOptions(bits).engine(Engine::kStreaming));
+  configs.push_back(DKMOptions(3).engine(Engine::kStreaming).granularity(Granularity::kPerGroupedChannel).group_size(8));
+  configs.push_back(DKMOptions(3).engine(Engine::kStreaming).enforce_zero(true).prune_threshold(0).epsilon(0));
+  configs.push_back(DKMOptions(2).engine(Engine::kStreaming).prune_threshold(1e-3).tau(1e-3).max_iter(5));
+  configs.push_back(DKMOptions(4).engine(Engine::kStreaming).per_channel_scale(true));
+  for (const auto& o : configs) {
+    for (auto dtype : {at::kFloat, at::kBFloat16}) {
+      const int64_t rows = o.granularity() == Granularity::kPerGroupedChannel ? 96 : 97;
+      auto w = test::llm_like({rows, 13}, 31 + o.bits()).to(dtype);
+      w.masked_fill_(w.abs() < 0.002, 0.0);
+      auto g = (test::llm_like({rows, 13}, 32) / 0.02).to(dtype);
+      at::Tensor scale = o.per_channel_scale() ? functional::channel_scale(w, o.scale_scheme()) : at::Tensor();
+      auto c = functional::init_centroids(w, o, scale);
+      kernels::set_stream_isa(StreamIsa::kScalar);
+      const auto ref = run(w, c, g, o, scale);
+      const auto exact = run(w.to(at::kDouble), c.to(at::kDouble), g.to(at::kDouble), DKMOptions(o).engine(Engine::kDense),
+                             scale.defined() ? scale.to(at::kDouble) : scale);
+      for (auto isa : {StreamIsa::kAvx2, StreamIsa::kAvx512}) {
+        if (isa > best) continue;
+        kernels::set_stream_isa(isa);
+        const auto v = run(w, c, g, o, scale);
+        SCOPED_TRACE(kernels::to_string(isa) + " bits " + std::to_string(o.bits()) + " " + c10::toString(dtype));
+        EXPECT_EQ(v.iterations, ref.iterations);
+        // As accurate as the reference path: within 1e-5 of it, or as close to fp64 dense as it is.
+        if (dtype == at::kFloat) {
+          expect_as_accurate(v.out, ref.out, exact.out, "forward");
+          expect_as_accurate(v.centroids, ref.centroids, exact.centroids, "centroids");
+          expect_as_accurate(v.grad, ref.grad, exact.grad, "gradient");
+        } else {  // bf16 outputs: one bf16 rounding step apart at most
+          EXPECT_LT(max_rel(v.out, ref.out), 1e-2);
+          expect_as_accurate(v.centroids, ref.centroids, exact.centroids, "centroids");
+          EXPECT_LT(max_rel(v.grad, ref.grad), 1e-2);
+        }
+      }
     }
   }
 }

@@ -1,10 +1,17 @@
 // CPU twin of kernels/cuda/stream_kernel.cu: one pass of the streaming engine. Work items are
 // (group, chunk) pairs run in parallel; each sums its partials in a private double buffer.
+// cluster_dim 1 with fp32 compute takes the vectorised block path of this CPU (stream_block.h,
+// AVX-512 or AVX2 + FMA with SLEEF's exp) when the build has SLEEF; everything else, and
+// EDKM_STREAM_ISA=scalar, the per-weight reference path (stream_vector).
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
+#include "kernels/cpu/stream_isa.h"
 #include "kernels/stream_math.h"
 
 namespace edkm::kernels {
@@ -16,31 +23,81 @@ struct BufferSink {
 };
 
 template <class S, int DIM>
-void run_items(const StreamParams& p) {
-  const int64_t items = p.groups * p.chunks;
+void run_items(const StreamParams& p, int64_t b, int64_t e) {
   const bool reduces = stream_pass_reduces(p.pass);
-  at::parallel_for(0, items, 1, [&](int64_t b, int64_t e) {
-    std::vector<double> acc(static_cast<size_t>(p.width));
-    for (int64_t item = b; item < e; ++item) {
-      const int64_t g = item / p.chunks, c = item % p.chunks;
-      if (!stream_group_active(p, g)) continue;
-      std::fill(acc.begin(), acc.end(), 0.0);
-      BufferSink sink{acc.data()};
-      for (int64_t i = c * p.chunk, end = std::min(p.n, (c + 1) * p.chunk); i < end; ++i)
-        stream_vector<S, kStreamMaxK, DIM>(p, g, i, sink);
-      if (reduces) std::copy(acc.begin(), acc.end(), p.partials + item * p.width);
-    }
-  });
+  std::vector<double> acc(static_cast<size_t>(p.width));
+  for (int64_t item = b; item < e; ++item) {
+    const int64_t g = item / p.chunks, c = item % p.chunks;
+    if (!stream_group_active(p, g)) continue;
+    std::fill(acc.begin(), acc.end(), 0.0);
+    BufferSink sink{acc.data()};
+    for (int64_t i = c * p.chunk, end = std::min(p.n, (c + 1) * p.chunk); i < end; ++i)
+      stream_vector<S, kStreamMaxK, DIM>(p, g, i, sink);
+    if (reduces) std::copy(acc.begin(), acc.end(), p.partials + item * p.width);
+  }
+}
+
+StreamIsa detect() {
+  StreamIsa best = StreamIsa::kScalar;
+#if defined(EDKM_WITH_SLEEF) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = StreamIsa::kAvx2;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) best = StreamIsa::kAvx512;
+#endif
+  if (const char* cap = std::getenv("EDKM_STREAM_ISA")) {
+    StreamIsa want = best;
+    if (std::strcmp(cap, "scalar") == 0) want = StreamIsa::kScalar;
+    if (std::strcmp(cap, "avx2") == 0) want = StreamIsa::kAvx2;
+    if (std::strcmp(cap, "avx512") == 0) want = StreamIsa::kAvx512;
+    best = std::min(best, want);
+  }
+  return best;
+}
+
+std::atomic<int32_t>& chosen() {
+  static std::atomic<int32_t> isa{static_cast<int32_t>(detect())};
+  return isa;
 }
 
 }  // namespace
 
+StreamIsa stream_isa_available() {
+  static const StreamIsa available = detect();
+  return available;
+}
+
+void set_stream_isa(StreamIsa isa) { chosen() = static_cast<int32_t>(std::min(isa, stream_isa_available())); }
+
+StreamIsa stream_isa() { return static_cast<StreamIsa>(chosen().load()); }
+
+std::string to_string(StreamIsa isa) {
+  switch (isa) {
+    case StreamIsa::kAvx2:
+      return "avx2";
+    case StreamIsa::kAvx512:
+      return "avx512";
+    default:
+      return "scalar";
+  }
+}
+
 void stream_pass_cpu(const StreamParams& p) {
+  const int64_t items = p.groups * p.chunks;
   const bool f64 = p.kind == ValueKind::kF64;
-  if (p.d == 1)
-    f64 ? run_items<double, 1>(p) : run_items<float, 1>(p);
-  else
-    f64 ? run_items<double, 0>(p) : run_items<float, 0>(p);
+  const StreamIsa isa = stream_isa();
+  at::parallel_for(0, items, 1, [&](int64_t b, int64_t e) {
+#if defined(EDKM_WITH_SLEEF)
+    if (p.d == 1 && !f64 && isa != StreamIsa::kScalar) {
+      isa == StreamIsa::kAvx512 ? stream_items_avx512(p, b, e) : stream_items_avx2(p, b, e);
+      return;
+    }
+#endif
+    (void)isa;
+    if (p.d == 1)
+      f64 ? run_items<double, 1>(p, b, e) : run_items<float, 1>(p, b, e);
+    else
+      f64 ? run_items<double, 0>(p, b, e) : run_items<float, 0>(p, b, e);
+  });
 }
 
 }  // namespace edkm::kernels
