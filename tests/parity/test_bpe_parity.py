@@ -286,20 +286,35 @@ def main():
           f"{len(no_digits)} texts without digits: {len(no_digits) - bad_nodigit} equal "
           f"({differ_tf} texts with digits tokenize differently there, whitespace before digits)")
 
-    # 3. The other pre-tokenizers on the same vocabulary, against `tokenizers` running them:
+    # 3. Other pre-tokenizers on the same vocabulary, against `tokenizers` running them:
     # "gpt2" (ByteLevel's regex alone: transformers' own GGUF tokenizer) and "llama-bpe" (Llama 3's
     # Split regex, ByteLevel without regex, ignore_merges), each from a tokenizer.json and as a
     # BpeVocab.
     with open(tokenizer_json, encoding="utf-8") as f:
         base = json.load(f)
+    def byte_level(prefix=False, regex=True):
+        return {"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": True, "use_regex": regex}
+
+    def split(pattern, behavior, invert=False):
+        return {"type": "Split", "pattern": pattern, "behavior": behavior, "invert": invert}
+
+    # name -> (pre_tokenizer, ignore_merges, also as a BpeVocab with this pre name)
     variants = {
-        "gpt2": ({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}, False),
-        "llama-bpe": ({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": False},
-            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}, True),
+        "gpt2": (byte_level(), False, True),
+        "llama-bpe": ({"type": "Sequence", "pretokenizers": [split({"Regex": LLAMA3_REGEX}, "Isolated"),
+                                                             byte_level(regex=False)]}, True, True),
+        "prefix-space": (byte_level(prefix=True), False, False),
+        "digits-contiguous": ({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": False}, byte_level()]}, False, False),
+        "space-merged-with-previous": ({"type": "Sequence", "pretokenizers": [
+            split({"Regex": r"\s+"}, "MergedWithPrevious"), byte_level(regex=False)]}, False, False),
+        "space-merged-with-next": ({"type": "Sequence", "pretokenizers": [
+            split({"String": " "}, "MergedWithNext"), byte_level(regex=False)]}, False, False),
+        "letters-inverted-removed": ({"type": "Sequence", "pretokenizers": [
+            split({"Regex": r"\p{L}+"}, "Removed", invert=True), byte_level(regex=False)]}, False, False),
     }
     bad_variants = 0
-    for pre, (pre_tokenizer, ignore_merges) in variants.items():
+    for pre, (pre_tokenizer, ignore_merges, as_vocab) in variants.items():
         variant = dict(base, pre_tokenizer=pre_tokenizer, model=dict(base["model"], ignore_merges=ignore_merges))
         vdir = os.path.join(args.work, f"tokenizer_{pre}")
         os.makedirs(vdir, exist_ok=True)
@@ -312,7 +327,7 @@ def main():
         vref = tokenizers.Tokenizer.from_file(vjson)
         v_ids = [vref.encode(t, add_special_tokens=False).ids for t in texts]
         v_text = [vref.decode(ids, skip_special_tokens=False) for ids in v_ids]
-        for kind, path_ in (("--tokenizer-json", vjson), ("--vocab-json", vvocab)):
+        for kind, path_ in (("--tokenizer-json", vjson), ("--vocab-json", vvocab))[: 2 if as_vocab else 1]:
             with open(texts_file + ".small", "w", encoding="utf-8") as f:
                 json.dump(texts, f)
             got_v = run_cli(args.cli, kind, path_, texts_file + ".small")
