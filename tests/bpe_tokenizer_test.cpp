@@ -299,6 +299,11 @@ TEST(BpeTokenizer, RejectsHostileVocabularies) {
   edkm::test::expect_error([&] { tok.decode({-1}); }, {"-1", "outside"});
 }
 
+TEST(BpeTokenizer, SaysWhenBuiltWithoutPcre2) {
+  if (edkm::has_pcre2()) GTEST_SKIP() << "built with PCRE2";
+  edkm::test::expect_error([] { edkm::BpeTokenizer t(vocab_of({"ab"}, {"a b"})); }, {"without PCRE2", "test-vocab"});
+}
+
 TEST(BpeTokenizer, RejectsHostileTokenizerJson) {
   EDKM_SKIP_WITHOUT_PCRE2();
   edkm::test::TempDir dir;

@@ -475,7 +475,6 @@ BpeTokenizer::BpeTokenizer(const detail::BpeSpec& spec) : state_(std::make_uniqu
   }
   for (const auto& a : spec.added) {
     (a.normalized ? st.added_normalized : st.added_raw).add(a.content, static_cast<int32_t>(a.id));
-    st.bytes_of[a.id] = token_bytes(spec.tokens[a.id], byte_of);
   }
   for (const auto* id : {&spec.bos_id, &spec.eos_id}) {
     TORCH_CHECK(*id >= -1 && *id < st.n && (*id < 0 || st.present[*id]), src, ": ", id == &spec.bos_id ? "BOS" : "EOS",

@@ -18,7 +18,8 @@ with transformers' ids on every text without digits.
 Also prints encode throughput (MB/s) of both on the same corpus; --results DIR writes it as
 bpe_tokenizer_cpu.{json,md}.
 
-Exit 77 (skipped) when the model, transformers, tokenizers or gguf are missing.
+Exit 77 (skipped) when the model, transformers, tokenizers or gguf are missing, or edkm was
+built without PCRE2.
 """
 import argparse
 import json
@@ -188,6 +189,8 @@ def ws_before_digit(text):
 def run_cli(cli, kind, path, texts_file, bench=None):
     cmd = [cli, kind, path, "--texts", texts_file] + (["--bench", bench] if bench else [])
     out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0 and "without PCRE2" in out.stderr:
+        skip("edkm was built without PCRE2 (libpcre2-dev)")
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr}")
     return json.loads(out.stdout)
