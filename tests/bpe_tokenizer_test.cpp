@@ -218,6 +218,7 @@ TEST(BpeTokenizer, TokenizerJsonAgreesWithVocab) {
     auto loaded = edkm::load_tokenizer(dir.path("ckpt"));
     EXPECT_EQ(loaded->encode(sample), from_vocab.encode(sample));
     EXPECT_NE(loaded->name().find("tokenizer.json"), std::string::npos);
+    EXPECT_EQ(edkm::load_tokenizer(dir.path("ckpt/tokenizer.json"))->encode(sample), from_vocab.encode(sample));
   }
 }
 

@@ -91,8 +91,9 @@ struct BpeVocab {
   std::vector<int32_t> token_types;
   /// Beginning / end of sequence ids (-1: none).
   int64_t bos_id = -1, eos_id = -1;
-  /// Pre-tokenizer name (tokenizer.ggml.pre): "gpt2" (also "default" and empty), "llama-bpe" (also
-  /// "llama3", "llama-v3"), "smollm". Others are refused by name.
+  /// Pre-tokenizer name (tokenizer.ggml.pre), as llama.cpp defines them: "gpt2", "llama-bpe" (also
+  /// "llama3", "llama-v3"; whole-word tokens before merges, as Llama 3), "smollm" (digits one by
+  /// one, then GPT-2's regex). Others, and none, are refused by name.
   std::string pre;
   /// Where the vocabulary came from (a .gguf path), named in errors.
   std::string source = "<BpeVocab>";
