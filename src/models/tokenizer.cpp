@@ -120,7 +120,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
     }
     return std::make_unique<SentencePieceTokenizer>(spec + "/tokenizer.model");
   }
-  if (spec.size() >= 5 && spec.compare(spec.size() - 5, 5, ".json") == 0) return BpeTokenizer::from_tokenizer_json(spec);
+  if (spec.size() >= 5 && spec.compare(spec.size() - 5, 5, ".json") == 0)
+    return BpeTokenizer::from_tokenizer_json(spec);
   return std::make_unique<SentencePieceTokenizer>(spec);
 }
 
