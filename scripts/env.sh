@@ -20,7 +20,7 @@ edkm_log() { printf '[edkm setup] %s\n' "$*" >&2; }
 # --- Debian packages -------------------------------------------------------
 EDKM_APT_PACKAGES=(cmake ninja-build g++ ccache python3-venv libgtest-dev libgmock-dev
   libbenchmark-dev libfmt-dev nlohmann-json3-dev libsentencepiece-dev libcli11-dev libgloo-dev libsleef-dev
-  fortunes)  # fortunes: the English corpus of the LLaMA demo (/usr/share/games/fortunes)
+  libpcre2-dev fortunes)  # fortunes: the English corpus of the LLaMA demo (/usr/share/games/fortunes)
 edkm_apt() {
   local missing=()
   for p in "${EDKM_APT_PACKAGES[@]}"; do

@@ -110,8 +110,18 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (spec == "bytes") return std::make_unique<ByteTokenizer>();
   struct stat st {};
   TORCH_CHECK(::stat(spec.c_str(), &st) == 0, "tokenizer '", spec, "' does not exist (expected \"bytes\", a ",
-              "checkpoint directory with tokenizer.model, or a SentencePiece model file)");
-  if (S_ISDIR(st.st_mode)) return std::make_unique<SentencePieceTokenizer>(spec + "/tokenizer.model");
+              "checkpoint directory with tokenizer.model or tokenizer.json, a SentencePiece model file or a ",
+              "tokenizer.json)");
+  if (S_ISDIR(st.st_mode)) {
+    struct stat json_st {};
+    if (::stat((spec + "/tokenizer.model").c_str(), &json_st) != 0 &&
+        ::stat((spec + "/tokenizer.json").c_str(), &json_st) == 0) {
+      return BpeTokenizer::from_tokenizer_json(spec + "/tokenizer.json");
+    }
+    return std::make_unique<SentencePieceTokenizer>(spec + "/tokenizer.model");
+  }
+  if (spec.size() >= 5 && spec.compare(spec.size() - 5, 5, ".json") == 0)
+    return BpeTokenizer::from_tokenizer_json(spec);
   return std::make_unique<SentencePieceTokenizer>(spec);
 }
 

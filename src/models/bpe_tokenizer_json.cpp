@@ -1,0 +1,237 @@
+// Hugging Face tokenizer.json -> BpeSpec: the BPE model, added tokens, the pre-tokenizer
+// (Sequence / Split / ByteLevel / Digits) and the ByteLevel decoder. What it does not implement is
+// refused by name, never ignored: a silently different tokenization is the worst outcome.
+#include <c10/util/Exception.h>
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "edkm/file_io.h"
+#include "edkm/tokenizer.h"
+#include "models/bpe_spec.h"
+
+namespace edkm {
+namespace {
+
+using detail::BpeSplit;
+using nlohmann::json;
+
+std::string type_of(const json& j) { return j.is_object() && j.contains("type") ? j["type"].get<std::string>() : ""; }
+
+bool flag(const json& j, const char* key, bool fallback) {
+  return j.contains(key) && !j[key].is_null() ? j[key].get<bool>() : fallback;
+}
+
+BpeSplit::Behavior behavior_of(const std::string& name, const std::string& path) {
+  using B = BpeSplit::Behavior;
+  if (name == "Removed") return B::kRemoved;
+  if (name == "Isolated") return B::kIsolated;
+  if (name == "MergedWithPrevious") return B::kMergedWithPrevious;
+  if (name == "MergedWithNext") return B::kMergedWithNext;
+  if (name == "Contiguous") return B::kContiguous;
+  TORCH_CHECK(false, path, ": Split behavior '", name, "' is not supported");
+}
+
+/// Appends the splits of one pre-tokenizer; sets `byte_level` when it is (or holds) ByteLevel.
+void add_pre_tokenizer(const json& pt, const std::string& path, std::vector<BpeSplit>& splits, bool& byte_level) {
+  using B = BpeSplit::Behavior;
+  const std::string type = type_of(pt);
+  if (type == "Sequence") {
+    for (const auto& p : pt.at("pretokenizers")) add_pre_tokenizer(p, path, splits, byte_level);
+  } else if (type == "ByteLevel") {
+    TORCH_CHECK(!byte_level, path, ": two ByteLevel pre-tokenizers");
+    byte_level = true;
+    BpeSplit s;
+    s.prefix_space = flag(pt, "add_prefix_space", false);
+    if (flag(pt, "use_regex", true)) s.pattern = detail::kGpt2Pattern;
+    splits.push_back(s);
+  } else if (type == "Split") {
+    TORCH_CHECK(!byte_level, path, ": a Split after ByteLevel would split byte-to-unicode text; not supported");
+    BpeSplit s;
+    const auto& pat = pt.at("pattern");
+    if (pat.contains("Regex")) {
+      s.pattern = pat["Regex"].get<std::string>();
+    } else if (pat.contains("String")) {
+      s.pattern = pat["String"].get<std::string>();
+      s.literal = true;
+    } else {
+      TORCH_CHECK(false, path, ": Split pattern ", pat.dump(), " is neither {\"Regex\": ...} nor {\"String\": ...}");
+    }
+    TORCH_CHECK(!s.pattern.empty(), path, ": Split with an empty pattern");
+    s.behavior = behavior_of(pt.at("behavior").get<std::string>(), path);
+    s.invert = flag(pt, "invert", false);
+    splits.push_back(s);
+  } else if (type == "Digits") {
+    TORCH_CHECK(!byte_level, path, ": Digits after ByteLevel is not supported");
+    splits.push_back({R"(\p{N})", false, flag(pt, "individual_digits", false) ? B::kIsolated : B::kContiguous});
+  } else {
+    TORCH_CHECK(false, path, ": pre_tokenizer '", type.empty() ? pt.dump() : type,
+                "' is not supported (supported: Sequence, Split, ByteLevel, Digits)");
+  }
+}
+
+/// A decoder that is ByteLevel, alone or in a Sequence.
+void check_decoder(const json& d, const std::string& path) {
+  const std::string type = type_of(d);
+  if (type == "Sequence") {
+    for (const auto& x : d.at("decoders")) check_decoder(x, path);
+    return;
+  }
+  TORCH_CHECK(type == "ByteLevel", path, ": decoder '", type.empty() ? d.dump() : type,
+              "' is not supported (only ByteLevel)");
+}
+
+/// tokenizer_config.json's bos_token / eos_token: a string or {"content": ...}.
+int64_t special_id(const json& config, const char* key, const std::vector<std::string>& tokens,
+                   const std::vector<bool>& present, const std::string& path) {
+  if (!config.contains(key) || config[key].is_null()) return -1;
+  const auto& v = config[key];
+  const std::string text = v.is_string() ? v.get<std::string>() : v.at("content").get<std::string>();
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    if (present[id] && tokens[id] == text) return static_cast<int64_t>(id);
+  }
+  TORCH_CHECK(false, path, ": ", key, " '", text, "' is not a token of the vocabulary");
+}
+
+detail::BpeSpec spec_of_json(const std::string& path) {
+  const std::string text = read_text_file(path);
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  TORCH_CHECK(!j.is_discarded() && j.is_object(), path, ": not a JSON object (not a tokenizer.json)");
+  detail::BpeSpec s;
+  s.source = path;
+  s.kind = "tokenizer.json";
+  TORCH_CHECK(j.contains("model") && j["model"].is_object(), path, ": no \"model\" (not a tokenizer.json)");
+  const auto& model = j["model"];
+  const std::string mtype = type_of(model);
+  TORCH_CHECK(mtype == "BPE", path, ": model type '", mtype, "' is not supported (only BPE)");
+  TORCH_CHECK(model.contains("merges") && model["merges"].is_array() && !model["merges"].empty(), path,
+              ": the BPE model has no merges");
+  TORCH_CHECK(model.contains("vocab") && model["vocab"].is_object() && !model["vocab"].empty(), path,
+              ": the BPE model has no vocab");
+  const auto dropout = model.value("dropout", json());
+  TORCH_CHECK(dropout.is_null() || dropout.get<double>() == 0.0, path, ": BPE dropout ", dropout.dump(),
+              " is not supported");
+  TORCH_CHECK(!flag(model, "byte_fallback", false), path, ": BPE byte_fallback is not supported (byte-level only)");
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    const auto v = model.value(key, json());
+    TORCH_CHECK(v.is_null() || v.get<std::string>().empty(), path, ": BPE ", key, " '", v.get<std::string>(),
+                "' is not supported");
+  }
+  s.ignore_merges = flag(model, "ignore_merges", false);
+  // Merges as "a b" (tokenizers < 0.20) or as ["a", "b"].
+  const auto& merges = model["merges"];
+  s.merges.reserve(merges.size());
+  for (size_t r = 0; r < merges.size(); ++r) {
+    const auto& m = merges[r];
+    if (m.is_string()) {
+      const auto line = m.get<std::string>();
+      const size_t sp = line.find(' ');
+      TORCH_CHECK(sp != std::string::npos && line.find(' ', sp + 1) == std::string::npos, path, ": merge ", r, " '",
+                  line, "' is not two tokens separated by one space");
+      s.merges.emplace_back(line.substr(0, sp), line.substr(sp + 1));
+    } else {
+      TORCH_CHECK(m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string(), path, ": merge ", r, " ",
+                  m.dump(), " is neither \"a b\" nor [\"a\", \"b\"]");
+      s.merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
+    }
+  }
+
+  // Ids: model vocab, then added tokens (whose ids may follow it, as Llama 3's). Bounded by the
+  // number of entries, so an absurd id cannot make a huge table.
+  const auto& vocab = model["vocab"];
+  const json added = j.value("added_tokens", json::array());
+  TORCH_CHECK(added.is_array(), path, ": added_tokens is not an array");
+  const int64_t entries = static_cast<int64_t>(vocab.size() + added.size());
+  auto place = [&](const std::string& token, const json& idj) {
+    TORCH_CHECK(idj.is_number_integer(), path, ": token '", token, "' has id ", idj.dump(), ", not an integer");
+    const auto id = idj.get<int64_t>();
+    TORCH_CHECK(id >= 0 && id < entries, path, ": token '", token, "' has id ", id, ", beyond the vocabulary of ",
+                entries, " entries");
+    if (id >= static_cast<int64_t>(s.tokens.size())) {
+      s.tokens.resize(id + 1);
+      s.present.resize(id + 1, false);
+    }
+    TORCH_CHECK(!s.present[id] || s.tokens[id] == token, path, ": id ", id, " is both '", s.tokens[id], "' and '",
+                token, "'");
+    s.tokens[id] = token;
+    s.present[id] = true;
+    return id;
+  };
+  for (const auto& [token, id] : vocab.items()) place(token, id);
+  for (const auto& a : added) {
+    const auto content = a.at("content").get<std::string>();
+    for (const char* key : {"lstrip", "rstrip", "single_word"}) {
+      TORCH_CHECK(!flag(a, key, false), path, ": added token '", content, "' has ", key, "=true, not supported");
+    }
+    const int64_t id = place(content, a.at("id"));
+    s.added.push_back({content, id, flag(a, "normalized", false)});
+  }
+
+  const auto unk = model.value("unk_token", json());
+  if (!unk.is_null()) {
+    const auto u = unk.get<std::string>();
+    for (size_t id = 0; id < s.tokens.size() && s.unk_id < 0; ++id) {
+      if (s.present[id] && s.tokens[id] == u) s.unk_id = static_cast<int64_t>(id);
+    }
+    TORCH_CHECK(s.unk_id >= 0, path, ": unk_token '", u, "' is not in the vocabulary");
+    s.fuse_unk = flag(model, "fuse_unk", false);
+  }
+  const auto normalizer = j.value("normalizer", json());
+  const bool no_normalizer = normalizer.is_null() || (type_of(normalizer) == "Sequence" &&
+                                                      normalizer.value("normalizers", json::array()).empty());
+  TORCH_CHECK(no_normalizer, path, ": normalizer '", type_of(normalizer), "' is not supported");
+  const auto pre = j.value("pre_tokenizer", json());
+  bool byte_level = false;
+  if (!pre.is_null()) add_pre_tokenizer(pre, path, s.splits, byte_level);
+  TORCH_CHECK(byte_level, path, ": no ByteLevel pre-tokenizer: not a byte-level BPE");
+  const auto dec = j.value("decoder", json());
+  TORCH_CHECK(!dec.is_null(), path, ": no decoder (a byte-level BPE needs the ByteLevel decoder)");
+  check_decoder(dec, path);
+  const auto post = j.value("post_processor", json());
+  if (!post.is_null()) {
+    // They only add special tokens around sequences (or fix offsets); encode adds none.
+    std::vector<json> todo{post};
+    while (!todo.empty()) {
+      const json p = todo.back();
+      todo.pop_back();
+      const std::string t = type_of(p);
+      if (t == "Sequence") {
+        for (const auto& x : p.at("processors")) todo.push_back(x);
+        continue;
+      }
+      TORCH_CHECK(t == "ByteLevel" || t == "TemplateProcessing", path, ": post_processor '", t,
+                  "' is not supported (ByteLevel, TemplateProcessing)");
+    }
+  }
+
+  // BOS / EOS live in tokenizer_config.json beside it.
+  const auto slash = path.find_last_of('/');
+  const std::string config_path =
+      (slash == std::string::npos ? "" : path.substr(0, slash + 1)) + "tokenizer_config.json";
+  std::string config_text;
+  try {
+    config_text = read_text_file(config_path);
+  } catch (const c10::Error&) {
+    return s;  // none: no BOS / EOS
+  }
+  const json config = json::parse(config_text, nullptr, false);
+  TORCH_CHECK(!config.is_discarded() && config.is_object(), config_path, ": not a JSON object");
+  s.bos_id = special_id(config, "bos_token", s.tokens, s.present, config_path);
+  s.eos_id = special_id(config, "eos_token", s.tokens, s.present, config_path);
+  return s;
+}
+
+}  // namespace
+
+std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::string& path) {
+  detail::BpeSpec spec;
+  try {
+    spec = spec_of_json(path);
+  } catch (const json::exception& e) {
+    TORCH_CHECK(false, path, ": malformed tokenizer.json: ", e.what());
+  }
+  return std::unique_ptr<BpeTokenizer>(new BpeTokenizer(spec));
+}
+
+}  // namespace edkm
