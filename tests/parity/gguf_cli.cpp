@@ -1,0 +1,63 @@
+// Small CLI over edkm's GGUF reader for the Python checks (tests/python/check_gguf_*.py):
+//   edkm_gguf_cli dequant MODEL.gguf OUT.safetensors [bf16]
+//       every tensor of MODEL dequantized (fp32, or bf16), under its GGUF name
+//   edkm_gguf_cli logits MODEL.gguf TOKENS.safetensors OUT.safetensors
+//       load_gguf_llama(MODEL), logits [B, T, V] fp32 of TOKENS' "tokens" (I64 [B, T]), and "loss"
+//       (mean next-token cross entropy, fp64 scalar)
+//   edkm_gguf_cli export-hf MODEL.gguf DIR
+//       load_gguf_llama(MODEL) then save_hf_llama(DIR) (config.json + model.safetensors, fp32)
+// Errors: the c10::Error message on stderr, exit 1.
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <c10/util/Exception.h>
+#include <edkm/gguf.h>
+#include <edkm/llama.h>
+#include <edkm/llama_io.h>
+#include <edkm/safetensors.h>
+
+#include <iostream>
+#include <string>
+
+namespace {
+
+int usage() {
+  std::cerr << "usage: edkm_gguf_cli dequant MODEL.gguf OUT.safetensors [bf16]\n"
+               "       edkm_gguf_cli logits MODEL.gguf TOKENS.safetensors OUT.safetensors\n"
+               "       edkm_gguf_cli export-hf MODEL.gguf DIR\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) return usage();
+  const std::string cmd = argv[1], model = argv[2], arg = argv[3];
+  try {
+    if (cmd == "dequant") {
+      const at::ScalarType dtype = argc > 4 && std::string(argv[4]) == "bf16" ? at::kBFloat16 : at::kFloat;
+      edkm::GgufFile f(model);
+      edkm::SafetensorsFile out;
+      for (const auto& t : f.tensors()) out.tensors[t.name] = f.tensor(t.name, dtype);
+      edkm::save_safetensors(arg, out);
+    } else if (cmd == "logits") {
+      if (argc < 5) return usage();
+      at::NoGradGuard ng;
+      auto llama = edkm::load_gguf_llama(model);
+      llama->eval();
+      const at::Tensor tokens = edkm::load_safetensors(arg).tensors.at("tokens");
+      const at::Tensor logits = llama(tokens);
+      edkm::SafetensorsFile out;
+      out.tensors["logits"] = logits;
+      out.tensors["loss"] = edkm::functional::causal_lm_loss(logits, tokens).to(at::kDouble);
+      edkm::save_safetensors(argv[4], out);
+    } else if (cmd == "export-hf") {
+      edkm::save_hf_llama(edkm::load_gguf_llama(model), arg);
+    } else {
+      return usage();
+    }
+  } catch (const c10::Error& e) {
+    std::cerr << e.msg() << "\n";
+    return 1;
+  }
+  return 0;
+}
