@@ -6,24 +6,35 @@
 //       (mean next-token cross entropy, fp64 scalar)
 //   edkm_gguf_cli export-hf MODEL.gguf DIR
 //       load_gguf_llama(MODEL) then save_hf_llama(DIR) (config.json + model.safetensors, fp32)
+//   edkm_gguf_cli bench MODEL.gguf TOKENS.safetensors OUT.json [REPEATS]
+//       seconds to load MODEL (GGUF -> ready fp32 model), peak resident memory after loading, and
+//       the forward pass over TOKENS ("tokens" I64 [B, T]) timed REPEATS times (default 3)
 // Errors: the c10::Error message on stderr, exit 1.
 #include <ATen/core/grad_mode.h>
-#include <ATen/ops/scalar_tensor.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <edkm/file_io.h>
 #include <edkm/gguf.h>
 #include <edkm/llama.h>
 #include <edkm/llama_io.h>
 #include <edkm/safetensors.h>
 
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace {
 
 int usage() {
   std::cerr << "usage: edkm_gguf_cli dequant MODEL.gguf OUT.safetensors [bf16]\n"
                "       edkm_gguf_cli logits MODEL.gguf TOKENS.safetensors OUT.safetensors\n"
-               "       edkm_gguf_cli export-hf MODEL.gguf DIR\n";
+               "       edkm_gguf_cli export-hf MODEL.gguf DIR\n"
+               "       edkm_gguf_cli bench MODEL.gguf TOKENS.safetensors OUT.json [REPEATS]\n";
   return 2;
 }
 
@@ -52,6 +63,33 @@ int main(int argc, char** argv) {
       edkm::save_safetensors(argv[4], out);
     } else if (cmd == "export-hf") {
       edkm::save_hf_llama(edkm::load_gguf_llama(model), arg);
+    } else if (cmd == "bench") {
+      if (argc < 5) return usage();
+      using Clock = std::chrono::steady_clock;
+      const int repeats = argc > 5 ? std::max(1, std::stoi(argv[5])) : 3;
+      const at::Tensor tokens = edkm::load_safetensors(arg).tensors.at("tokens");
+      at::NoGradGuard ng;
+      auto t0 = Clock::now();
+      auto llama = edkm::load_gguf_llama(model);
+      llama->eval();
+      const double load_s = std::chrono::duration<double>(Clock::now() - t0).count();
+      struct rusage ru {};
+      ::getrusage(RUSAGE_SELF, &ru);
+      const double load_peak_mb = static_cast<double>(ru.ru_maxrss) / 1024.0;
+      std::vector<double> forward_s;
+      for (int r = 0; r < repeats; ++r) {
+        t0 = Clock::now();
+        const at::Tensor logits = llama(tokens);
+        forward_s.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      }
+      std::sort(forward_s.begin(), forward_s.end());
+      const nlohmann::json out = {{"load_s", load_s},
+                                  {"load_peak_rss_mb", load_peak_mb},
+                                  {"forward_s", forward_s},
+                                  {"forward_median_s", forward_s[forward_s.size() / 2]},
+                                  {"tokens", tokens.numel()},
+                                  {"threads", at::get_num_threads()}};
+      edkm::write_text_file(argv[4], out.dump(2) + "\n");
     } else {
       return usage();
     }
