@@ -12,6 +12,9 @@
 // but reading them throws, naming the type.
 //
 // Shapes are PyTorch's: a tensor whose GGUF dims are ne = {cols, rows} is returned as [rows, cols].
+//
+// The mapping is private and read-only: the file must not be truncated while a GgufFile (or a copy)
+// is alive (as with any memory map, reading a page past the new end would raise SIGBUS).
 #include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 
