@@ -193,6 +193,8 @@ TEST(Gguf, RefusesHostileHeaders) {
     b.u32(static_cast<uint32_t>(VT::UINT8)).u64(0);
     refused(b.bytes(), {"nested deeper than 8"});
   }
+  refused(Builder().key("k", VT::ARRAY).u32(static_cast<uint32_t>(VT::ARRAY)).u64(70000).bytes() + std::string(70000 * 12, '\0'),
+          {"70000 nested arrays"});
   refused(Builder().kv_u32("a", 1).kv_u32("a", 2).bytes(), {"'a' appears twice"});
   refused(Builder().kv_u32("", 1).bytes(), {"empty key"});
   refused(Builder().kv_u32("general.alignment", 48).bytes(), {"general.alignment 48", "power of two"});
@@ -353,6 +355,9 @@ TEST(GgufLlama, RefusesOtherModelsAndAbsurdMetadata) {
   g = good;
   g.ints["llama.attention.head_count_kv"] = 3;
   refused(g, {"num_key_value_heads 3", "divide"});
+  g = good;
+  g.ints["llama.attention.key_length"] = 4000000000u;
+  refused(g, {"attention.key_length 4000000000", "absurd"});
   g = good;
   g.ints["llama.expert_count"] = 8;
   refused(g, {"expert_count 8", "mixture-of-experts"});

@@ -156,6 +156,9 @@ Value read_value(Reader& r, ValueType type, int depth, const std::string& what) 
       v.strings.reserve(v.count);
       for (uint64_t k = 0; k < v.count; ++k) v.strings.push_back(r.string(what + "[" + std::to_string(k) + "]"));
     } else if (v.elem_type == ValueType::ARRAY) {
+      if (v.count > kMaxNestedArrays) {
+        fail(what + ": " + std::to_string(v.count) + " nested arrays (at most " + std::to_string(kMaxNestedArrays) + ")");
+      }
       v.arrays.reserve(v.count);
       for (uint64_t k = 0; k < v.count; ++k) {
         v.arrays.push_back(read_value(r, ValueType::ARRAY, depth + 1, what + "[" + std::to_string(k) + "]"));

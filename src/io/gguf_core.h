@@ -43,6 +43,8 @@ std::string value_type_name(ValueType t);
 
 /// Deepest array nesting accepted (an array of arrays is depth 2).
 constexpr int kMaxArrayDepth = 8;
+/// Most elements of one array of arrays (llama.cpp writes none; each costs a Value in memory).
+constexpr uint64_t kMaxNestedArrays = 1 << 16;
 /// Most dimensions of a tensor (GGML_MAX_DIMS).
 constexpr uint32_t kMaxDims = 4;
 /// Longest key or tensor name accepted.

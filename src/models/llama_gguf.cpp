@@ -107,6 +107,9 @@ at::Tensor unpermute_rotary_rows(const at::Tensor& w, int64_t heads) {
   return w.reshape(shape).transpose(1, 2).reshape(w.sizes());
 }
 
+// Largest width, head count, vocabulary or context accepted from metadata (2^24).
+constexpr int64_t kMaxSize = int64_t{1} << 24;
+
 LlamaConfig config_of(const GgufFile& f) {
   const std::string& path = f.path();
   TORCH_CHECK(f.has("general.architecture"), "edkm: ", path, ": general.architecture is missing");
@@ -154,6 +157,17 @@ LlamaConfig config_of(const GgufFile& f) {
     TORCH_CHECK(c.hidden_size() % c.num_attention_heads() == 0, "edkm: ", path, ": ", a, "embedding_length ",
                 c.hidden_size(), " is not a multiple of attention.head_count ", c.num_attention_heads());
   }
+  // Sizes far beyond any model are refused before anything is computed from them (no overflow).
+  for (const auto& [key, value] : std::vector<std::pair<const char*, int64_t>>{
+           {"embedding_length", c.hidden_size()},
+           {"feed_forward_length", c.intermediate_size()},
+           {"attention.head_count", c.num_attention_heads()},
+           {"attention.head_count_kv", c.num_key_value_heads()},
+           {"attention.key_length", c.head_dim()},
+           {"context_length", c.max_position_embeddings()}}) {
+    TORCH_CHECK(value >= 0 && value <= kMaxSize, "edkm: ", path, ": ", a, key, " ", value, " is absurd (limit ",
+                kMaxSize, ")");
+  }
   const int64_t head_dim = c.resolved_head_dim();
   TORCH_CHECK(f.get_int_or(a + "rope.dimension_count", head_dim) == head_dim, "edkm: ", path, ": ", a,
               "rope.dimension_count ", f.get_int_or(a + "rope.dimension_count", head_dim),
@@ -171,6 +185,7 @@ LlamaConfig config_of(const GgufFile& f) {
   } else if (f.has("tokenizer.ggml.tokens")) {
     vocab = f.array_length("tokenizer.ggml.tokens");
   }
+  TORCH_CHECK(vocab >= 0 && vocab <= kMaxSize, "edkm: ", path, ": vocabulary of ", vocab, " tokens is absurd");
   c.vocab_size(vocab);
   c.tie_word_embeddings(!f.has_tensor("output.weight"));
   c.attention_bias(f.has_tensor("blk.0.attn_q.bias"));
