@@ -7,7 +7,7 @@
 //   edkm_gguf_cli export-hf MODEL.gguf DIR
 //       load_gguf_llama(MODEL) then save_hf_llama(DIR) (config.json + model.safetensors, fp32)
 //   edkm_gguf_cli bench MODEL.gguf TOKENS.safetensors OUT.json [REPEATS]
-//       seconds to load MODEL (GGUF -> ready fp32 model), peak resident memory after loading, and
+//       seconds to load MODEL (GGUF -> ready fp32 model), resident memory before and peak after loading, and
 //       the forward pass over TOKENS ("tokens" I64 [B, T]) timed REPEATS times (default 3)
 // Errors: the c10::Error message on stderr, exit 1.
 #include <ATen/core/grad_mode.h>
@@ -23,12 +23,23 @@
 
 #include <algorithm>
 #include <chrono>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 namespace {
+
+// A "Vm...:" line of /proc/self/status in KiB (0 when absent).
+double vm_kib(const std::string& field) {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.compare(0, field.size(), field) == 0) return std::stod(line.substr(field.size()));
+  }
+  return 0;
+}
 
 int usage() {
   std::cerr << "usage: edkm_gguf_cli dequant MODEL.gguf OUT.safetensors [bf16]\n"
@@ -69,6 +80,7 @@ int main(int argc, char** argv) {
       const int repeats = argc > 5 ? std::max(1, std::stoi(argv[5])) : 3;
       const at::Tensor tokens = edkm::load_safetensors(arg).tensors.at("tokens");
       at::NoGradGuard ng;
+      const double rss_before_mb = vm_kib("VmRSS:") / 1024.0;
       auto t0 = Clock::now();
       auto llama = edkm::load_gguf_llama(model);
       llama->eval();
@@ -85,6 +97,8 @@ int main(int argc, char** argv) {
       std::sort(forward_s.begin(), forward_s.end());
       const nlohmann::json out = {{"load_s", load_s},
                                   {"load_peak_rss_mb", load_peak_mb},
+                                  {"rss_before_load_mb", rss_before_mb},
+                                  {"model_fp32_mb", static_cast<double>(llama->config.num_parameters()) * 4 / 1048576},
                                   {"forward_s", forward_s},
                                   {"forward_median_s", forward_s[forward_s.size() / 2]},
                                   {"tokens", tokens.numel()},
