@@ -9,17 +9,17 @@
 #include <edkm/llama.h>
 #include <edkm/llama_io.h>
 #include <gtest/gtest.h>
-#include <torch/torch.h>
 #include <sys/stat.h>
+#include <torch/torch.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <functional>
+#include <map>
 
-#include "io/gguf_core.h"
 #include "gguf_builder.h"
+#include "io/gguf_core.h"
 #include "temp_dir.h"
 #include "test_util.h"
 
@@ -37,7 +37,9 @@ std::string save(const Builder& b, const edkm::test::TempDir& dir, const std::st
 using VT = edkm::io::gguf::ValueType;
 constexpr uint32_t kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kQ4_K = 12, kBF16 = 30, kIQ2_XXS = 16;
 
-std::string floats(const std::vector<float>& v) { return std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4); }
+std::string floats(const std::vector<float>& v) {
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4);
+}
 
 TEST(Gguf, ReadsEveryMetadataType) {
   edkm::test::TempDir dir;
@@ -101,7 +103,8 @@ TEST(Gguf, ReadsTensorsOfSimpleTypes) {
   data += floats(a);
   data.resize(64, '\0');
   b.tensor("h", {4}, kF16, 64);
-  for (uint16_t h : {0x3c00, 0xc000, 0x0001, 0x7c00}) data += std::string{static_cast<char>(h), static_cast<char>(h >> 8)};
+  for (uint16_t h : {0x3c00, 0xc000, 0x0001, 0x7c00})
+    data += std::string{static_cast<char>(h), static_cast<char>(h >> 8)};
   data.resize(128, '\0');
   b.tensor("bf", {2}, kBF16, 128);
   for (uint16_t h : {0x3f80, 0xc0a0}) data += std::string{static_cast<char>(h), static_cast<char>(h >> 8)};
@@ -193,7 +196,8 @@ TEST(Gguf, RefusesHostileHeaders) {
     b.u32(static_cast<uint32_t>(VT::UINT8)).u64(0);
     refused(b.bytes(), {"nested deeper than 8"});
   }
-  refused(Builder().key("k", VT::ARRAY).u32(static_cast<uint32_t>(VT::ARRAY)).u64(70000).bytes() + std::string(70000 * 12, '\0'),
+  refused(Builder().key("k", VT::ARRAY).u32(static_cast<uint32_t>(VT::ARRAY)).u64(70000).bytes() +
+              std::string(70000 * 12, '\0'),
           {"70000 nested arrays"});
   refused(Builder().kv_u32("a", 1).kv_u32("a", 2).bytes(), {"'a' appears twice"});
   refused(Builder().kv_u32("", 1).bytes(), {"empty key"});
@@ -209,8 +213,7 @@ TEST(Gguf, RefusesHostileHeaders) {
   refused(Builder().tensor("w", {48}, kQ4_K, 0).data(std::string(144, '\0')).bytes(),
           {"'w'", "48", "Q4_K block size 256"});
   refused(Builder().tensor("w", {4}, 77, 0).data(std::string(16, '\0')).bytes(), {"'w'", "unknown ggml type 77"});
-  refused(Builder().tensor("w", {4}, kF32, 8).data(std::string(64, '\0')).bytes(),
-          {"'w'", "offset 8", "alignment 32"});
+  refused(Builder().tensor("w", {4}, kF32, 8).data(std::string(64, '\0')).bytes(), {"'w'", "offset 8", "alignment 32"});
   refused(Builder().tensor("w", {16}, kF32, 32).data(std::string(64, '\0')).bytes(), {"'w'", "past the end"});
   refused(Builder().tensor("w", {16}, kF32, ~uint64_t{31}).data(std::string(64, '\0')).bytes(), {"'w'", "overflows"});
   refused(Builder().tensor("a", {16}, kF32, 0).tensor("b", {4}, kF32, 32).data(std::string(64, '\0')).bytes(),
@@ -247,9 +250,9 @@ at::Tensor permute_rotary_rows(const at::Tensor& w, int64_t heads) {
 }
 
 struct LlamaGguf {
-  std::map<std::string, std::string> strings;        // metadata
-  std::map<std::string, uint32_t> ints;              // UINT32 metadata
-  std::map<std::string, float> reals;                // FLOAT32 metadata
+  std::map<std::string, std::string> strings;               // metadata
+  std::map<std::string, uint32_t> ints;                     // UINT32 metadata
+  std::map<std::string, float> reals;                       // FLOAT32 metadata
   std::vector<std::pair<std::string, at::Tensor>> tensors;  // F32, PyTorch order
   std::string write(const edkm::test::TempDir& dir, const std::string& name) const {
     Builder b;

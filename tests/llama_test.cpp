@@ -267,8 +267,8 @@ TEST(LlamaIO, ParsesTransformers5RopeParameters) {
   const std::string base = R"("model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
     "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "vocab_size": 49152,
     "head_dim": 64, "tie_word_embeddings": true, "attention_bias": false, "mlp_bias": false)";
-  const auto tf5 = LlamaConfig::from_json("{" + base +
-                                          R"(, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}})");
+  const auto tf5 =
+      LlamaConfig::from_json("{" + base + R"(, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}})");
   EXPECT_EQ(tf5.rope_theta(), 100000.0);
   EXPECT_EQ(tf5.rope_scaling_factor(), 0.0);
   EXPECT_TRUE(tf5.tie_word_embeddings());
@@ -280,9 +280,7 @@ TEST(LlamaIO, ParsesTransformers5RopeParameters) {
                 .rope_theta(),
             100000.0);
   edkm::test::expect_error(
-      [&] {
-        LlamaConfig::from_json("{" + base + R"(, "rope_theta": 10000, "rope_parameters": {"rope_theta": 1e5}})");
-      },
+      [&] { LlamaConfig::from_json("{" + base + R"(, "rope_theta": 10000, "rope_parameters": {"rope_theta": 1e5}})"); },
       {"rope_theta", "rope_parameters.rope_theta", "disagree"});
   // Llama 3 scaling inside rope_parameters.
   const auto l3 = LlamaConfig::from_json("{" + base + R"(, "rope_parameters": {"rope_type": "llama3",
@@ -303,14 +301,18 @@ TEST(LlamaIO, RefusesConfigKeysThatChangeTheMath) {
     "num_hidden_layers": 1, "vocab_size": 10)";
   using edkm::test::expect_error;
   for (const char* type : {"linear", "dynamic", "yarn", "longrope"}) {
-    expect_error([&] { LlamaConfig::from_json(base + R"(, "rope_scaling": {"type": ")" + type + R"(", "factor": 2}})"); },
-                 {"rope type", type, "not supported"});
     expect_error(
-        [&] { LlamaConfig::from_json(base + R"(, "rope_parameters": {"rope_type": ")" + type + R"(", "factor": 2}})"); },
+        [&] { LlamaConfig::from_json(base + R"(, "rope_scaling": {"type": ")" + type + R"(", "factor": 2}})"); },
+        {"rope type", type, "not supported"});
+    expect_error(
+        [&] {
+          LlamaConfig::from_json(base + R"(, "rope_parameters": {"rope_type": ")" + type + R"(", "factor": 2}})");
+        },
         {"rope type", type, "not supported"});
   }
-  expect_error([&] { LlamaConfig::from_json(base + R"(, "rope_parameters": {"rope_theta": 1e4, "mrope_section": [1]}})"); },
-               {"rope_parameters.mrope_section", "not supported"});
+  expect_error(
+      [&] { LlamaConfig::from_json(base + R"(, "rope_parameters": {"rope_theta": 1e4, "mrope_section": [1]}})"); },
+      {"rope_parameters.mrope_section", "not supported"});
   expect_error([&] { LlamaConfig::from_json(base + R"(, "rope_parameters": {"rope_theta": 1e4, "factor": 4}})"); },
                {"rope_parameters.factor", "not supported"});
   expect_error([&] { LlamaConfig::from_json(base + R"(, "partial_rotary_factor": 0.5})"); }, {"partial_rotary_factor"});

@@ -208,7 +208,8 @@ GgufTensorInfo GgufFile::tensor_info(const std::string& name) const {
 at::Tensor GgufFile::tensor(const std::string& name, at::ScalarType dtype) const {
   const io::gguf::TensorInfo& t = state_->tensor(name);
   TORCH_CHECK(io::gguf::can_dequantize(t.type), "edkm: ", path(), ": tensor '", name, "' has type ",
-              io::gguf::type_name(t.type), ", which edkm cannot dequantize (supported: F32, F16, BF16, Q4_0, Q4_1, "
+              io::gguf::type_name(t.type),
+              ", which edkm cannot dequantize (supported: F32, F16, BF16, Q4_0, Q4_1, "
               "Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)");
   const GgufTensorInfo info = info_of(t, state_->file.data_start);
   at::Tensor out = at::empty(info.shape, at::TensorOptions().dtype(at::kFloat));

@@ -72,7 +72,8 @@ class Reader {
   uint64_t u64(const std::string& what) { return uint(8, what); }
   std::string string(const std::string& what, uint64_t max_bytes = std::numeric_limits<uint64_t>::max()) {
     const uint64_t n = u64(what + " length");
-    if (n > max_bytes) fail(what + " is " + std::to_string(n) + " bytes long (limit " + std::to_string(max_bytes) + ")");
+    if (n > max_bytes)
+      fail(what + " is " + std::to_string(n) + " bytes long (limit " + std::to_string(max_bytes) + ")");
     need(n, what);
     std::string s(reinterpret_cast<const char*>(data_ + pos_), n);
     pos_ += n;
@@ -139,7 +140,8 @@ Value read_value(Reader& r, ValueType type, int depth, const std::string& what) 
   if (type == ValueType::STRING) {
     v.str = r.string(what);
   } else if (type == ValueType::ARRAY) {
-    if (depth >= kMaxArrayDepth) fail(what + ": arrays nested deeper than " + std::to_string(kMaxArrayDepth) + " levels");
+    if (depth >= kMaxArrayDepth)
+      fail(what + ": arrays nested deeper than " + std::to_string(kMaxArrayDepth) + " levels");
     const uint32_t et = r.u32(what + ": array element type");
     if (!known_value_type(et)) fail(what + ": unknown array element type " + std::to_string(et));
     v.elem_type = static_cast<ValueType>(et);
@@ -157,7 +159,8 @@ Value read_value(Reader& r, ValueType type, int depth, const std::string& what) 
       for (uint64_t k = 0; k < v.count; ++k) v.strings.push_back(r.string(what + "[" + std::to_string(k) + "]"));
     } else if (v.elem_type == ValueType::ARRAY) {
       if (v.count > kMaxNestedArrays) {
-        fail(what + ": " + std::to_string(v.count) + " nested arrays (at most " + std::to_string(kMaxNestedArrays) + ")");
+        fail(what + ": " + std::to_string(v.count) + " nested arrays (at most " + std::to_string(kMaxNestedArrays) +
+             ")");
       }
       v.arrays.reserve(v.count);
       for (uint64_t k = 0; k < v.count; ++k) {
@@ -245,38 +248,70 @@ double Value::float_at(uint64_t k) const {
 TypeTraits type_traits(uint32_t t) {
   constexpr uint64_t QK_K = 256;
   switch (static_cast<TensorType>(t)) {
-    case TensorType::F32: return {"F32", 1, 4};
-    case TensorType::F16: return {"F16", 1, 2};
-    case TensorType::Q4_0: return {"Q4_0", 32, 2 + 16};
-    case TensorType::Q4_1: return {"Q4_1", 32, 2 + 2 + 16};
-    case TensorType::Q5_0: return {"Q5_0", 32, 2 + 4 + 16};
-    case TensorType::Q5_1: return {"Q5_1", 32, 2 + 2 + 4 + 16};
-    case TensorType::Q8_0: return {"Q8_0", 32, 2 + 32};
-    case TensorType::Q8_1: return {"Q8_1", 32, 4 + 4 + 32};
-    case TensorType::Q2_K: return {"Q2_K", QK_K, 2 + 2 + QK_K / 16 + QK_K / 4};
-    case TensorType::Q3_K: return {"Q3_K", QK_K, 2 + QK_K / 4 + QK_K / 8 + 12};
-    case TensorType::Q4_K: return {"Q4_K", QK_K, 2 + 2 + QK_K / 2 + 12};
-    case TensorType::Q5_K: return {"Q5_K", QK_K, 2 + 2 + QK_K / 2 + QK_K / 8 + 12};
-    case TensorType::Q6_K: return {"Q6_K", QK_K, 2 + QK_K / 2 + QK_K / 4 + QK_K / 16};
-    case TensorType::Q8_K: return {"Q8_K", QK_K, 4 + QK_K + QK_K / 8};
-    case TensorType::IQ2_XXS: return {"IQ2_XXS", QK_K, 2 + QK_K / 4};
-    case TensorType::IQ2_XS: return {"IQ2_XS", QK_K, 2 + QK_K / 4 + QK_K / 32};
-    case TensorType::IQ3_XXS: return {"IQ3_XXS", QK_K, 2 + QK_K / 4 + QK_K / 8};
-    case TensorType::IQ1_S: return {"IQ1_S", QK_K, 2 + QK_K / 8 + QK_K / 16};
-    case TensorType::IQ4_NL: return {"IQ4_NL", 32, 2 + 16};
-    case TensorType::IQ3_S: return {"IQ3_S", QK_K, 2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + 4};
-    case TensorType::IQ2_S: return {"IQ2_S", QK_K, 2 + QK_K / 4 + QK_K / 16};
-    case TensorType::IQ4_XS: return {"IQ4_XS", QK_K, 2 + 2 + QK_K / 2 + QK_K / 64};
-    case TensorType::I8: return {"I8", 1, 1};
-    case TensorType::I16: return {"I16", 1, 2};
-    case TensorType::I32: return {"I32", 1, 4};
-    case TensorType::I64: return {"I64", 1, 8};
-    case TensorType::F64: return {"F64", 1, 8};
-    case TensorType::IQ1_M: return {"IQ1_M", QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32};
-    case TensorType::BF16: return {"BF16", 1, 2};
-    case TensorType::TQ1_0: return {"TQ1_0", QK_K, 2 + 4 * 13};
-    case TensorType::TQ2_0: return {"TQ2_0", QK_K, 2 + 64};
-    case TensorType::MXFP4: return {"MXFP4", 32, 1 + 16};
+    case TensorType::F32:
+      return {"F32", 1, 4};
+    case TensorType::F16:
+      return {"F16", 1, 2};
+    case TensorType::Q4_0:
+      return {"Q4_0", 32, 2 + 16};
+    case TensorType::Q4_1:
+      return {"Q4_1", 32, 2 + 2 + 16};
+    case TensorType::Q5_0:
+      return {"Q5_0", 32, 2 + 4 + 16};
+    case TensorType::Q5_1:
+      return {"Q5_1", 32, 2 + 2 + 4 + 16};
+    case TensorType::Q8_0:
+      return {"Q8_0", 32, 2 + 32};
+    case TensorType::Q8_1:
+      return {"Q8_1", 32, 4 + 4 + 32};
+    case TensorType::Q2_K:
+      return {"Q2_K", QK_K, 2 + 2 + QK_K / 16 + QK_K / 4};
+    case TensorType::Q3_K:
+      return {"Q3_K", QK_K, 2 + QK_K / 4 + QK_K / 8 + 12};
+    case TensorType::Q4_K:
+      return {"Q4_K", QK_K, 2 + 2 + QK_K / 2 + 12};
+    case TensorType::Q5_K:
+      return {"Q5_K", QK_K, 2 + 2 + QK_K / 2 + QK_K / 8 + 12};
+    case TensorType::Q6_K:
+      return {"Q6_K", QK_K, 2 + QK_K / 2 + QK_K / 4 + QK_K / 16};
+    case TensorType::Q8_K:
+      return {"Q8_K", QK_K, 4 + QK_K + QK_K / 8};
+    case TensorType::IQ2_XXS:
+      return {"IQ2_XXS", QK_K, 2 + QK_K / 4};
+    case TensorType::IQ2_XS:
+      return {"IQ2_XS", QK_K, 2 + QK_K / 4 + QK_K / 32};
+    case TensorType::IQ3_XXS:
+      return {"IQ3_XXS", QK_K, 2 + QK_K / 4 + QK_K / 8};
+    case TensorType::IQ1_S:
+      return {"IQ1_S", QK_K, 2 + QK_K / 8 + QK_K / 16};
+    case TensorType::IQ4_NL:
+      return {"IQ4_NL", 32, 2 + 16};
+    case TensorType::IQ3_S:
+      return {"IQ3_S", QK_K, 2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + 4};
+    case TensorType::IQ2_S:
+      return {"IQ2_S", QK_K, 2 + QK_K / 4 + QK_K / 16};
+    case TensorType::IQ4_XS:
+      return {"IQ4_XS", QK_K, 2 + 2 + QK_K / 2 + QK_K / 64};
+    case TensorType::I8:
+      return {"I8", 1, 1};
+    case TensorType::I16:
+      return {"I16", 1, 2};
+    case TensorType::I32:
+      return {"I32", 1, 4};
+    case TensorType::I64:
+      return {"I64", 1, 8};
+    case TensorType::F64:
+      return {"F64", 1, 8};
+    case TensorType::IQ1_M:
+      return {"IQ1_M", QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32};
+    case TensorType::BF16:
+      return {"BF16", 1, 2};
+    case TensorType::TQ1_0:
+      return {"TQ1_0", QK_K, 2 + 4 * 13};
+    case TensorType::TQ2_0:
+      return {"TQ2_0", QK_K, 2 + 64};
+    case TensorType::MXFP4:
+      return {"MXFP4", 32, 1 + 16};
   }
   return {};
 }
@@ -350,7 +385,8 @@ File parse(const uint8_t* data, size_t size) {
     const std::string what = "tensor '" + t.name + "'";
     if (f.tensor_index.count(t.name)) fail(what + " appears twice");
     const uint32_t n_dims = r.u32(what + ": n_dims");
-    if (n_dims > kMaxDims) fail(what + " has " + std::to_string(n_dims) + " dims (at most " + std::to_string(kMaxDims) + ")");
+    if (n_dims > kMaxDims)
+      fail(what + " has " + std::to_string(n_dims) + " dims (at most " + std::to_string(kMaxDims) + ")");
     for (uint32_t d = 0; d < n_dims; ++d) {
       const uint64_t ne = r.u64(what + ": dims");
       if (ne > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
@@ -364,7 +400,8 @@ File parse(const uint8_t* data, size_t size) {
     if (tr.block_size == 0) fail(what + " has unknown ggml type " + std::to_string(t.type));
     t.numel = 1;
     for (uint64_t ne : t.ne) t.numel = checked_mul(t.numel, ne, what + ": element count");
-    if (t.numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) fail(what + ": element count exceeds int64");
+    if (t.numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      fail(what + ": element count exceeds int64");
     const uint64_t ne0 = t.ne.empty() ? 1 : t.ne[0];
     if (ne0 % tr.block_size != 0) {
       fail(what + ": the row length ne[0] = " + std::to_string(ne0) + " is not a multiple of the " + tr.name +
@@ -597,16 +634,36 @@ void dequantize(uint32_t type, const uint8_t* src, uint64_t numel, float* dst) {
         std::memcpy(dst + k, &bits, 4);
       }
       return;
-    case TensorType::Q4_0: block = block_q4_0; break;
-    case TensorType::Q4_1: block = block_q4_1; break;
-    case TensorType::Q5_0: block = block_q5_0; break;
-    case TensorType::Q5_1: block = block_q5_1; break;
-    case TensorType::Q8_0: block = block_q8_0; break;
-    case TensorType::Q2_K: block = block_q2_k; break;
-    case TensorType::Q3_K: block = block_q3_k; break;
-    case TensorType::Q4_K: block = block_q4_k; break;
-    case TensorType::Q5_K: block = block_q5_k; break;
-    case TensorType::Q6_K: block = block_q6_k; break;
+    case TensorType::Q4_0:
+      block = block_q4_0;
+      break;
+    case TensorType::Q4_1:
+      block = block_q4_1;
+      break;
+    case TensorType::Q5_0:
+      block = block_q5_0;
+      break;
+    case TensorType::Q5_1:
+      block = block_q5_1;
+      break;
+    case TensorType::Q8_0:
+      block = block_q8_0;
+      break;
+    case TensorType::Q2_K:
+      block = block_q2_k;
+      break;
+    case TensorType::Q3_K:
+      block = block_q3_k;
+      break;
+    case TensorType::Q4_K:
+      block = block_q4_k;
+      break;
+    case TensorType::Q5_K:
+      block = block_q5_k;
+      break;
+    case TensorType::Q6_K:
+      block = block_q6_k;
+      break;
     default:
       fail("dequantizing " + type_name(type) + " is not supported");
   }

@@ -136,10 +136,10 @@ struct File {
   uint32_t version = 0;
   uint64_t alignment = 32;
   std::map<std::string, Value> metadata;
-  std::vector<std::string> keys;  ///< metadata keys in file order
-  std::vector<TensorInfo> tensors;  ///< file order
+  std::vector<std::string> keys;               ///< metadata keys in file order
+  std::vector<TensorInfo> tensors;             ///< file order
   std::map<std::string, size_t> tensor_index;  ///< name -> position in tensors
-  uint64_t data_start = 0;  ///< file offset of the data section
+  uint64_t data_start = 0;                     ///< file offset of the data section
 };
 
 /// Parses and validates the header of a GGUF file held in memory (`size` bytes, e.g. a memory

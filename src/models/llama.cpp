@@ -135,8 +135,7 @@ void parse_rope(const json& j, LlamaConfig& c) {
     c.rope_scaling_factor(number("factor", false, 0.0))
         .rope_low_freq_factor(number("low_freq_factor", false, 1.0))
         .rope_high_freq_factor(number("high_freq_factor", false, 4.0))
-        .rope_original_max_position(
-            static_cast<int64_t>(number("original_max_position_embeddings", false, 8192.0)));
+        .rope_original_max_position(static_cast<int64_t>(number("original_max_position_embeddings", false, 8192.0)));
     TORCH_CHECK(c.rope_scaling_factor() > 0 && c.rope_high_freq_factor() > c.rope_low_freq_factor() &&
                     c.rope_original_max_position() > 0,
                 "config.json: llama3 rope scaling needs factor > 0, high_freq_factor > low_freq_factor and "

@@ -43,23 +43,22 @@ std::string hf_name_of(const std::string& name, int64_t* layer) {
   const std::string digits = name.substr(blk.size(), dot - blk.size());
   if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) return "";
   *layer = std::stoll(digits);
-  static const std::map<std::string, std::string> per_layer = {
-      {"attn_norm.weight", "input_layernorm.weight"},
-      {"ffn_norm.weight", "post_attention_layernorm.weight"},
-      {"attn_q.weight", "self_attn.q_proj.weight"},
-      {"attn_k.weight", "self_attn.k_proj.weight"},
-      {"attn_v.weight", "self_attn.v_proj.weight"},
-      {"attn_output.weight", "self_attn.o_proj.weight"},
-      {"attn_q.bias", "self_attn.q_proj.bias"},
-      {"attn_k.bias", "self_attn.k_proj.bias"},
-      {"attn_v.bias", "self_attn.v_proj.bias"},
-      {"attn_output.bias", "self_attn.o_proj.bias"},
-      {"ffn_gate.weight", "mlp.gate_proj.weight"},
-      {"ffn_up.weight", "mlp.up_proj.weight"},
-      {"ffn_down.weight", "mlp.down_proj.weight"},
-      {"ffn_gate.bias", "mlp.gate_proj.bias"},
-      {"ffn_up.bias", "mlp.up_proj.bias"},
-      {"ffn_down.bias", "mlp.down_proj.bias"}};
+  static const std::map<std::string, std::string> per_layer = {{"attn_norm.weight", "input_layernorm.weight"},
+                                                               {"ffn_norm.weight", "post_attention_layernorm.weight"},
+                                                               {"attn_q.weight", "self_attn.q_proj.weight"},
+                                                               {"attn_k.weight", "self_attn.k_proj.weight"},
+                                                               {"attn_v.weight", "self_attn.v_proj.weight"},
+                                                               {"attn_output.weight", "self_attn.o_proj.weight"},
+                                                               {"attn_q.bias", "self_attn.q_proj.bias"},
+                                                               {"attn_k.bias", "self_attn.k_proj.bias"},
+                                                               {"attn_v.bias", "self_attn.v_proj.bias"},
+                                                               {"attn_output.bias", "self_attn.o_proj.bias"},
+                                                               {"ffn_gate.weight", "mlp.gate_proj.weight"},
+                                                               {"ffn_up.weight", "mlp.up_proj.weight"},
+                                                               {"ffn_down.weight", "mlp.down_proj.weight"},
+                                                               {"ffn_gate.bias", "mlp.gate_proj.bias"},
+                                                               {"ffn_up.bias", "mlp.up_proj.bias"},
+                                                               {"ffn_down.bias", "mlp.down_proj.bias"}};
   auto it = per_layer.find(name.substr(dot + 1));
   if (it == per_layer.end()) return "";
   return "model.layers." + digits + "." + it->second;
@@ -144,7 +143,7 @@ LlamaConfig config_of(const GgufFile& f) {
       .num_attention_heads(required("attention.head_count"))
       .max_position_embeddings(required("context_length"));
   c.num_key_value_heads(f.has(a + "attention.head_count_kv") ? f.get_int(a + "attention.head_count_kv")
-                                                              : c.num_attention_heads());
+                                                             : c.num_attention_heads());
   TORCH_CHECK(c.num_attention_heads() > 0 && c.num_key_value_heads() > 0, "edkm: ", path, ": ", a,
               "attention.head_count ", c.num_attention_heads(), " and head_count_kv ", c.num_key_value_heads(),
               " must be positive");
@@ -158,13 +157,13 @@ LlamaConfig config_of(const GgufFile& f) {
                 c.hidden_size(), " is not a multiple of attention.head_count ", c.num_attention_heads());
   }
   // Sizes far beyond any model are refused before anything is computed from them (no overflow).
-  for (const auto& [key, value] : std::vector<std::pair<const char*, int64_t>>{
-           {"embedding_length", c.hidden_size()},
-           {"feed_forward_length", c.intermediate_size()},
-           {"attention.head_count", c.num_attention_heads()},
-           {"attention.head_count_kv", c.num_key_value_heads()},
-           {"attention.key_length", c.head_dim()},
-           {"context_length", c.max_position_embeddings()}}) {
+  for (const auto& [key, value] :
+       std::vector<std::pair<const char*, int64_t>>{{"embedding_length", c.hidden_size()},
+                                                    {"feed_forward_length", c.intermediate_size()},
+                                                    {"attention.head_count", c.num_attention_heads()},
+                                                    {"attention.head_count_kv", c.num_key_value_heads()},
+                                                    {"attention.key_length", c.head_dim()},
+                                                    {"context_length", c.max_position_embeddings()}}) {
     TORCH_CHECK(value >= 0 && value <= kMaxSize, "edkm: ", path, ": ", a, key, " ", value, " is absurd (limit ",
                 kMaxSize, ")");
   }

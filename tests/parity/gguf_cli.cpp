@@ -10,8 +10,8 @@
 //       seconds to load MODEL (GGUF -> ready fp32 model), resident memory before and peak after loading, and
 //       the forward pass over TOKENS ("tokens" I64 [B, T]) timed REPEATS times (default 3)
 // Errors: the c10::Error message on stderr, exit 1.
-#include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 #include <edkm/file_io.h>
 #include <edkm/gguf.h>
