@@ -24,6 +24,10 @@ import sys
 import tempfile
 import time
 
+# Local files only (never the Hugging Face hub), and no progress bars in the logs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 TEXT = ("Language models read text as a sequence of tokens and predict, at each position, the next one. "
         "To compare two implementations fairly they must read the same tokens with the same weights. ")
 

@@ -21,6 +21,10 @@ import subprocess
 import sys
 import time
 
+# Local files only (never the Hugging Face hub), and no progress bars in the logs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 TOL = 1e-4
 PASSAGES = [
     # Two passages of plain English, each well over 256 tokens.
