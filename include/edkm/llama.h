@@ -84,11 +84,16 @@ struct EDKM_API LlamaConfig {
   static LlamaConfig llama_7b();
   /// "tiny" or "llama-7b"; throws for other names.
   static LlamaConfig preset(const std::string& name);
-  /// Parses the text of a Hugging Face config.json (model_type "llama"). Missing optional keys get
-  /// Hugging Face's defaults; a missing required key, a wrong type or an unsupported feature
-  /// (e.g. an unknown rope_scaling type) throws c10::Error naming it.
+  /// Parses the text of a Hugging Face config.json (model_type "llama"), as transformers 4 writes it
+  /// ("rope_theta" at the top level, "rope_scaling") and as transformers 5 does ("rope_parameters"
+  /// holding rope_theta, rope_type and the scaling fields); a value given in both places must
+  /// agree. Missing optional keys get Hugging Face's defaults; a missing required key, a wrong type
+  /// or a key that would change the math and is not implemented (a rope type other than default /
+  /// llama3, partial_rotary_factor, per-layer-type rope, quantization_config, ...) throws c10::Error
+  /// naming it.
   static LlamaConfig from_json(const std::string& json_text);
-  /// A config.json text Hugging Face's LlamaConfig reads.
+  /// A config.json text Hugging Face's LlamaConfig reads (transformers 4 and 5: the rope is written in
+  /// both forms).
   std::string to_json() const;
   /// head_dim(), or hidden_size / num_attention_heads when 0.
   int64_t resolved_head_dim() const;

@@ -1,5 +1,5 @@
 #pragma once
-// Hugging Face LLaMA checkpoints: a directory with config.json and the weights in
+// Hugging Face LLaMA checkpoints (and GGUF files, read into the same model): a directory with config.json and the weights in
 // model.safetensors, or in shards listed by model.safetensors.index.json ({"weight_map":
 // {"<tensor>": "<shard file>"}}); BF16, F16 or F32 tensors. Reading is strict: every parameter
 // must be present with its shape, no unknown tensor may be left over (the rotary tables
@@ -58,6 +58,34 @@ EDKM_API LlamaForCausalLM load_hf_llama(const std::string& dir, const LlamaLoadO
 
 /// Loads the weights of `dir` into an existing model (strict, see the top of this header).
 EDKM_API void load_hf_llama_weights(LlamaForCausalLM& model, const std::string& dir);
+
+/// The LlamaConfig of a GGUF file of architecture "llama" (general.architecture), from its
+/// llama.* metadata: block_count, embedding_length, feed_forward_length, attention.head_count,
+/// attention.head_count_kv, attention.key_length, rope.freq_base, attention.layer_norm_rms_epsilon,
+/// context_length; the vocabulary from llama.vocab_size, tokenizer.ggml.tokens or token_embd's rows;
+/// tied embeddings when there is no output.weight; biases when the file has them. Another
+/// architecture, a mixture of experts, rope scaling or per-frequency rope factors, partial rotary
+/// or absurd sizes throw c10::Error naming the file and the key.
+///
+/// Example:
+///   auto config = edkm::load_gguf_llama_config("SmolLM2-135M-Instruct.Q4_1.gguf");
+EDKM_API LlamaConfig load_gguf_llama_config(const std::string& path);
+
+/// Builds the model of a LLaMA GGUF file and loads its tensors, dequantized (see edkm/gguf.h),
+/// under Hugging Face's names (token_embd -> model.embed_tokens, blk.N.attn_q -> model.layers.N.
+/// self_attn.q_proj, ffn_gate -> mlp.gate_proj, attn_norm -> input_layernorm, ...), with the rows of
+/// Q and K put back in Hugging Face's order (llama.cpp interleaves the two rotary halves of each
+/// head). Every tensor is checked (names, shapes, types) before the model is built: a missing,
+/// unexpected or misshapen tensor throws and nothing is allocated. One tensor at a time is
+/// dequantized, so the peak is the model plus its largest tensor in fp32.
+///
+/// Example:
+///   auto model = edkm::load_gguf_llama("SmolLM2-135M-Instruct.Q4_1.gguf");
+///   auto logits = model(tokens);
+EDKM_API LlamaForCausalLM load_gguf_llama(const std::string& path, const LlamaLoadOptions& options = {});
+
+/// A Hugging Face directory (load_hf_llama) or a GGUF file (load_gguf_llama), whichever `path` is.
+EDKM_API LlamaForCausalLM load_llama(const std::string& path, const LlamaLoadOptions& options = {});
 
 /// Writes `model` as a Hugging Face checkpoint directory (created if missing).
 ///

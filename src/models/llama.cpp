@@ -19,6 +19,8 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <ostream>
+#include <set>
+#include <vector>
 
 #include "edkm/activation_checkpoint.h"
 #include "edkm/glu.h"
@@ -68,6 +70,85 @@ T get_required(const json& j, const char* key) {
   return get_or<T>(j, key, T{});
 }
 
+// The rotary embedding's parameters, in every form config.json has had: transformers 4 writes
+// "rope_theta" at the top level and the scaling in "rope_scaling" ({"rope_type" or "type",
+// "factor", ...}); transformers 5 nests all of it, theta included, in "rope_parameters". A value
+// given twice must agree; a rope type or key this model does not implement is refused by name.
+void parse_rope(const json& j, LlamaConfig& c) {
+  struct Source {
+    const char* name;
+    const json* value;
+  };
+  std::vector<Source> sources;  // the dictionaries that describe the rope, each with its name
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) continue;
+    TORCH_CHECK(it->is_object(), "config.json: ", key, " must be an object or null");
+    for (const auto& [k, v] : it->items()) {
+      TORCH_CHECK(!v.is_object(), "config.json: ", key, ".", k,
+                  ": rope parameters per layer type are not supported (one rope for every layer)");
+    }
+    sources.push_back({key, &*it});
+  }
+  // One value of `key`, looked up at the top level (when `top`) and in every rope dictionary.
+  auto lookup = [&](const char* key, bool top) -> std::pair<std::string, const json*> {
+    std::pair<std::string, const json*> found{"", nullptr};
+    auto take = [&](const std::string& where, const json& v) {
+      if (v.is_null()) return;
+      if (found.second != nullptr) {
+        TORCH_CHECK(*found.second == v, "config.json: ", found.first, " = ", found.second->dump(), " and ", where,
+                    " = ", v.dump(), " disagree");
+        return;
+      }
+      found = {where, &v};
+    };
+    if (top && j.contains(key)) take(key, j.at(key));
+    for (const auto& s : sources) {
+      if (s.value->contains(key)) take(std::string(s.name) + "." + key, s.value->at(key));
+    }
+    return found;
+  };
+  auto number = [&](const char* key, bool top, double fallback) {
+    const auto [where, v] = lookup(key, top);
+    if (v == nullptr) return fallback;
+    TORCH_CHECK(v->is_number(), "config.json: ", where, " must be a number, got ", v->dump());
+    return v->get<double>();
+  };
+  c.rope_theta(number("rope_theta", /*top=*/true, 10000.0));
+  std::string type = "default";
+  for (const char* key : {"rope_type", "type"}) {
+    const auto [where, v] = lookup(key, false);
+    if (v == nullptr) continue;
+    TORCH_CHECK(v->is_string(), "config.json: ", where, " must be a string");
+    TORCH_CHECK(type == "default" || type == v->get<std::string>(), "config.json: rope types '", type, "' and '",
+                v->get<std::string>(), "' disagree");
+    type = v->get<std::string>();
+  }
+  TORCH_CHECK(type == "default" || type == "llama3", "config.json: rope type '", type,
+              "' is not supported (supported: default, llama3)");
+  TORCH_CHECK(number("partial_rotary_factor", false, 1.0) == 1.0,
+              "config.json: partial_rotary_factor is not supported (only 1: rotary on the whole head)");
+  std::set<std::string> known = {"rope_type", "type", "rope_theta", "partial_rotary_factor"};
+  if (type == "llama3") {
+    known.insert({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"});
+    TORCH_CHECK(lookup("factor", false).second != nullptr, "config.json: llama3 rope scaling needs 'factor'");
+    c.rope_scaling_factor(number("factor", false, 0.0))
+        .rope_low_freq_factor(number("low_freq_factor", false, 1.0))
+        .rope_high_freq_factor(number("high_freq_factor", false, 4.0))
+        .rope_original_max_position(static_cast<int64_t>(number("original_max_position_embeddings", false, 8192.0)));
+    TORCH_CHECK(c.rope_scaling_factor() > 0 && c.rope_high_freq_factor() > c.rope_low_freq_factor() &&
+                    c.rope_original_max_position() > 0,
+                "config.json: llama3 rope scaling needs factor > 0, high_freq_factor > low_freq_factor and "
+                "original_max_position_embeddings > 0");
+  }
+  for (const auto& s : sources) {
+    for (const auto& [k, v] : s.value->items()) {
+      TORCH_CHECK(known.count(k) || v.is_null(), "config.json: ", s.name, ".", k, " is not supported for rope type '",
+                  type, "'");
+    }
+  }
+}
+
 }  // namespace
 
 LlamaConfig LlamaConfig::from_json(const std::string& text) {
@@ -88,7 +169,6 @@ LlamaConfig LlamaConfig::from_json(const std::string& text) {
       .num_attention_heads(get_required<int64_t>(j, "num_attention_heads"));
   c.num_key_value_heads(get_or<int64_t>(j, "num_key_value_heads", c.num_attention_heads()))
       .head_dim(get_or<int64_t>(j, "head_dim", 0))
-      .rope_theta(get_or<double>(j, "rope_theta", 10000.0))
       .rms_norm_eps(get_or<double>(j, "rms_norm_eps", 1e-6))
       .max_position_embeddings(get_or<int64_t>(j, "max_position_embeddings", 2048))
       .tie_word_embeddings(get_or<bool>(j, "tie_word_embeddings", false))
@@ -96,19 +176,12 @@ LlamaConfig LlamaConfig::from_json(const std::string& text) {
       .mlp_bias(get_or<bool>(j, "mlp_bias", false));
   TORCH_CHECK(get_or<std::string>(j, "hidden_act", "silu") == "silu", "config.json: hidden_act '",
               get_or<std::string>(j, "hidden_act", ""), "' is not supported (expected silu)");
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-    const json& s = j["rope_scaling"];
-    TORCH_CHECK(s.is_object(), "config.json: rope_scaling must be an object or null");
-    const auto kind = get_or<std::string>(s, "rope_type", get_or<std::string>(s, "type", ""));
-    TORCH_CHECK(kind == "llama3" || kind == "default", "config.json: rope_scaling type '", kind,
-                "' is not supported (supported: llama3, default)");
-    if (kind == "llama3") {
-      c.rope_scaling_factor(get_required<double>(s, "factor"))
-          .rope_low_freq_factor(get_or<double>(s, "low_freq_factor", 1.0))
-          .rope_high_freq_factor(get_or<double>(s, "high_freq_factor", 4.0))
-          .rope_original_max_position(get_or<int64_t>(s, "original_max_position_embeddings", 8192));
-    }
-  }
+  // Keys that change the math and that this model does not implement: refused, never ignored.
+  TORCH_CHECK(!j.contains("quantization_config") || j["quantization_config"].is_null(),
+              "config.json: quantization_config (a pre-quantized checkpoint) is not supported");
+  TORCH_CHECK(get_or<double>(j, "partial_rotary_factor", 1.0) == 1.0, "config.json: partial_rotary_factor ",
+              get_or<double>(j, "partial_rotary_factor", 1.0), " is not supported (only 1: rotary on the whole head)");
+  parse_rope(j, c);
   c.validate();
   return c;
 }
@@ -131,12 +204,17 @@ std::string LlamaConfig::to_json() const {
             {"attention_bias", attention_bias()},
             {"mlp_bias", mlp_bias()},
             {"rope_scaling", nullptr}};
+  // Both forms, equal: transformers 4 reads rope_theta and rope_scaling, transformers 5 reads
+  // rope_parameters.
+  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", rope_theta()}};
   if (rope_scaling_factor() > 0) {
     j["rope_scaling"] = {{"rope_type", "llama3"},
                          {"factor", rope_scaling_factor()},
                          {"low_freq_factor", rope_low_freq_factor()},
                          {"high_freq_factor", rope_high_freq_factor()},
                          {"original_max_position_embeddings", rope_original_max_position()}};
+    j["rope_parameters"] = j["rope_scaling"];
+    j["rope_parameters"]["rope_theta"] = rope_theta();
   }
   return j.dump(2) + "\n";
 }
