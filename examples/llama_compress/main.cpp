@@ -318,14 +318,7 @@ int main(int argc, char** argv) try {
   for (auto* d : train_docs) train_text += *d, train_text += "\n";
 
   // Tokenizer.
-  if (tokenizer_spec.empty() && !model_dir.empty() && edkm::is_gguf_file(model_dir)) {
-    // TODO(bpe): the GGUF's own tokenizer (tokenizer.ggml.* metadata, read through edkm::GgufFile) once
-    // the byte-level BPE tokenizer is merged; until then the user names one.
-    const edkm::GgufFile gguf(model_dir);
-    TORCH_CHECK(false, "--model ", model_dir, " is a GGUF file whose tokenizer (tokenizer.ggml.model '",
-                gguf.get_string_or("tokenizer.ggml.model", "?"),
-                "') edkm cannot read yet: pass --tokenizer (bytes, or a SentencePiece tokenizer.model)");
-  }
+  // A GGUF file carries its tokenizer (load_tokenizer reads tokenizer.ggml.*), as a directory does.
   if (tokenizer_spec.empty()) tokenizer_spec = model_dir.empty() ? "bytes" : model_dir;
   std::unique_ptr<edkm::Tokenizer> tokenizer;
   if (tokenizer_spec.compare(0, 6, "train:") == 0) {

@@ -154,8 +154,17 @@ EDKM_API bool has_sentencepiece_trainer();
 EDKM_API void train_sentencepiece(const std::string& text_file, const std::string& model_prefix, int64_t vocab_size,
                                   const std::string& model_type = "bpe");
 
-/// "bytes" -> ByteTokenizer; a directory -> its tokenizer.model (SentencePiece) or else its
-/// tokenizer.json (byte-level BPE); a *.json file -> BpeTokenizer; another file -> SentencePiece.
+/// The tokenizer a GGUF file carries (tokenizer.ggml.*): byte-level BPE ("gpt2" models: tokens,
+/// merges, token types, bos/eos, pre-tokenizer name). Throws c10::Error naming the file for any
+/// other tokenizer model (e.g. "llama", SentencePiece in GGUF) or missing metadata.
+///
+/// Example:
+///   auto tok = edkm::load_gguf_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf");
+EDKM_API std::unique_ptr<Tokenizer> load_gguf_tokenizer(const std::string& path);
+
+/// "bytes" -> ByteTokenizer; a GGUF file -> load_gguf_tokenizer; a directory -> its
+/// tokenizer.model (SentencePiece) or else its tokenizer.json (byte-level BPE); a *.json file ->
+/// BpeTokenizer; another file -> SentencePiece.
 EDKM_API std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec);
 
 }  // namespace edkm

@@ -1,4 +1,5 @@
 #include "edkm/tokenizer.h"
+#include "edkm/gguf.h"
 
 #include <c10/util/Exception.h>
 #include <sys/stat.h>
@@ -106,8 +107,31 @@ void train_sentencepiece(const std::string& text_file, const std::string&, int64
 }
 #endif
 
+std::unique_ptr<Tokenizer> load_gguf_tokenizer(const std::string& path) {
+  const GgufFile f(path);
+  const std::string model = f.get_string_or("tokenizer.ggml.model", "");
+  TORCH_CHECK(model == "gpt2", "edkm: ", path, ": the tokenizer is tokenizer.ggml.model '", model,
+              "'; edkm reads byte-level BPE ('gpt2') tokenizers from GGUF files (for a SentencePiece model pass its "
+              "tokenizer.model)");
+  BpeVocab v;
+  v.source = path;
+  v.tokens = f.get_string_array("tokenizer.ggml.tokens");
+  v.merges = f.get_string_array("tokenizer.ggml.merges");
+  if (f.has("tokenizer.ggml.token_type")) {
+    for (int64_t t : f.get_int_array("tokenizer.ggml.token_type")) {
+      TORCH_CHECK(t >= 0 && t <= 6, "edkm: ", path, ": tokenizer.ggml.token_type holds ", t, " (expected 0..6)");
+      v.token_types.push_back(static_cast<int32_t>(t));
+    }
+  }
+  v.bos_id = f.has("tokenizer.ggml.bos_token_id") ? f.get_int("tokenizer.ggml.bos_token_id") : -1;
+  v.eos_id = f.has("tokenizer.ggml.eos_token_id") ? f.get_int("tokenizer.ggml.eos_token_id") : -1;
+  v.pre = f.get_string_or("tokenizer.ggml.pre", "");
+  return std::make_unique<BpeTokenizer>(v);
+}
+
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (spec == "bytes") return std::make_unique<ByteTokenizer>();
+  if (is_gguf_file(spec)) return load_gguf_tokenizer(spec);
   struct stat st {};
   TORCH_CHECK(::stat(spec.c_str(), &st) == 0, "tokenizer '", spec, "' does not exist (expected \"bytes\", a ",
               "checkpoint directory with tokenizer.model or tokenizer.json, a SentencePiece model file or a ",

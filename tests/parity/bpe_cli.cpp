@@ -1,7 +1,7 @@
 // edkm's BpeTokenizer for tests/parity/test_bpe_parity.py: loads a tokenizer.json or a BpeVocab
 // written as JSON (what a GGUF holds), encodes and decodes texts, prints JSON.
 //
-//   edkm_bpe_cli (--tokenizer-json PATH | --vocab-json PATH) --texts TEXTS.json [--bench FILE]
+//   edkm_bpe_cli (--tokenizer-json PATH | --vocab-json PATH | --gguf PATH) --texts TEXTS.json [--bench FILE]
 //
 // TEXTS.json is a list of strings. Output: {"name", "vocab_size", "bos_id", "eos_id", "ids": [[...]],
 // "decoded": [...], "bench": {"bytes", "tokens", "cold_s", "warm_s"}} (bench only with --bench:
@@ -13,6 +13,7 @@
 #include <chrono>
 #include <iostream>
 #include <memory>
+#include <stdexcept>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -22,6 +23,13 @@ using nlohmann::json;
 
 std::unique_ptr<edkm::BpeTokenizer> load(const std::string& kind, const std::string& path) {
   if (kind == "--tokenizer-json") return edkm::BpeTokenizer::from_tokenizer_json(path);
+  if (kind == "--gguf") {  // the GGUF's own tokenizer metadata, read by edkm
+    auto tok = edkm::load_gguf_tokenizer(path);
+    auto* bpe = dynamic_cast<edkm::BpeTokenizer*>(tok.get());
+    if (!bpe) throw std::runtime_error(path + ": not a byte-level BPE tokenizer");
+    tok.release();
+    return std::unique_ptr<edkm::BpeTokenizer>(bpe);
+  }
   const json j = json::parse(edkm::read_text_file(path));
   edkm::BpeVocab v;
   v.tokens = j.at("tokens").get<std::vector<std::string>>();
@@ -44,7 +52,7 @@ int main(int argc, char** argv) {
   std::string kind, path, texts_path, bench_path;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--tokenizer-json" || a == "--vocab-json") {
+    if (a == "--tokenizer-json" || a == "--vocab-json" || a == "--gguf") {
       kind = a, path = argv[i + 1];
     } else if (a == "--texts") {
       texts_path = argv[i + 1];
@@ -53,7 +61,7 @@ int main(int argc, char** argv) {
     }
   }
   if (kind.empty() || texts_path.empty()) {
-    std::cerr << "usage: edkm_bpe_cli (--tokenizer-json PATH | --vocab-json PATH) --texts TEXTS.json [--bench FILE]\n";
+    std::cerr << "usage: edkm_bpe_cli (--tokenizer-json PATH | --vocab-json PATH | --gguf PATH) --texts TEXTS.json [--bench FILE]\n";
     return 2;
   }
   try {

@@ -276,6 +276,14 @@ def main():
     got_gguf = run_cli(args.cli, "--vocab-json", vocab_json, texts_file, bench=corpus_file)
     assert got_gguf["bos_id"] == vocab["bos_id"] and got_gguf["eos_id"] == vocab["eos_id"], got_gguf
     bad_gguf = compare("gguf", all_texts, got_gguf, smollm_ids, smollm_text)
+    # edkm reading the GGUF itself (load_gguf_tokenizer: its own GGUF reader, no Python in between)
+    # gives the same ids, bos and eos as the BpeVocab the gguf package read.
+    got_own = run_cli(args.cli, "--gguf", path, texts_file)
+    own_bad = sum(a != b for a, b in zip(got_own["ids"], got_gguf["ids"]))
+    assert (got_own["bos_id"], got_own["eos_id"]) == (got_gguf["bos_id"], got_gguf["eos_id"]), got_own
+    print(f"edkm's own GGUF reader (load_gguf_tokenizer) vs the gguf package's metadata: "
+          f"{len(all_texts) - own_bad}/{len(all_texts)} texts give the same ids")
+    bad_gguf += own_bad
     no_digits = [i for i, t in enumerate(all_texts) if not any(c.isnumeric() for c in t)]
     bad_nodigit = sum(got_gguf["ids"][i] != want_ids[i] for i in no_digits)
     differ = [i for i in range(len(all_texts)) if got_gguf["ids"][i] != want_ids[i]]
