@@ -26,10 +26,10 @@ struct AssignParams {
 template <class S>
 EDKM_HOST_DEVICE uint8_t nearest_centroid(const AssignParams<S>& p, S w, const S* c) {
   const bool blocked_row = p.block_zero && w != S(0);
-  S best = dkm_distance<S>((w - c[0]) * (w - c[0]), 0, p.prune_threshold, blocked_row, p.blocked);
+  S best = dkm_distance<S>(exact_square<S>(w - c[0]), 0, p.prune_threshold, blocked_row, p.blocked);
   int32_t arg = 0;
   for (int32_t j = 1; j < p.k; ++j) {
-    const S d = dkm_distance<S>((w - c[j]) * (w - c[j]), j, p.prune_threshold, blocked_row, p.blocked);
+    const S d = dkm_distance<S>(exact_square<S>(w - c[j]), j, p.prune_threshold, blocked_row, p.blocked);
     if (d < best) best = d, arg = j;
   }
   return static_cast<uint8_t>(arg);

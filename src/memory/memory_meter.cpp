@@ -86,7 +86,11 @@ MemoryMeter* g_top = nullptr;
 
 bool cuda_present() {
 #if defined(EDKM_WITH_CUDA)
-  return c10::cuda::device_count() > 0;
+  if (c10::cuda::device_count() == 0) return false;
+  // The caching allocator's statistics exist once CUDA is initialised (lazily, by the first CUDA
+  // op): a meter built before any CUDA work would otherwise throw on getDeviceStats.
+  at::globalContext().lazyInitDevice(c10::DeviceType::CUDA);
+  return true;
 #else
   return false;
 #endif
