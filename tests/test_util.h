@@ -4,7 +4,9 @@
 #include <edkm/dkm.h>
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <random>
+#include <string>
 
 #if defined(EDKM_WITH_CUDA)
 #include <c10/cuda/CUDAFunctions.h>
@@ -20,8 +22,18 @@ inline bool has_gpu() {
 #endif
 }
 
-#define EDKM_SKIP_WITHOUT_GPU() \
-  if (!::edkm::test::has_gpu()) GTEST_SKIP() << "no CUDA device"
+/// Whether a missing GPU is a failure rather than a skip: EDKM_REQUIRE_GPU=1 (set by a GPU check
+/// run, where a skipped GPU test would hide, e.g., a driver too old for this CUDA build).
+inline bool gpu_required() {
+  const char* v = std::getenv("EDKM_REQUIRE_GPU");
+  return v != nullptr && std::string(v) == "1";
+}
+
+#define EDKM_SKIP_WITHOUT_GPU()                                                                          \
+  if (!::edkm::test::has_gpu()) {                                                                        \
+    if (::edkm::test::gpu_required()) FAIL() << "EDKM_REQUIRE_GPU=1 but no CUDA device is usable";      \
+    GTEST_SKIP() << "no CUDA device";                                                                    \
+  }
 
 /// Expects `f` to throw a c10::Error whose message contains every one of `parts`.
 template <class F>
