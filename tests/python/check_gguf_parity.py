@@ -72,7 +72,7 @@ def skip(why):
     sys.exit(77)
 
 
-def check_exported_tokenizer(args, hf_dir, result):
+def check_exported_tokenizer(args, hf_dir, result, gguf_tok):
     """The exported tokenizer files against edkm's tokenizer of the GGUF; returns failures."""
     import tokenizers
     from transformers import AutoTokenizer
@@ -97,6 +97,8 @@ def check_exported_tokenizer(args, hf_dir, result):
     bad = {"transformers ids": 0, "transformers ids (default call)": 0, "transformers decode": 0,
            "tokenizers ids": 0, "edkm from tokenizer.json": 0}
     round_trips = 0
+    # transformers' own GGUF tokenizer (ByteLevel only, no Digits): for comparison, not a check.
+    gguf_differs = sum(gguf_tok(t, add_special_tokens=False)["input_ids"] != want[i] for i, t in enumerate(texts))
     for i, text in enumerate(texts):
         got = {"transformers ids": hf_tok(text, add_special_tokens=False)["input_ids"],
                "transformers ids (default call)": hf_tok(text)["input_ids"],
@@ -118,7 +120,8 @@ def check_exported_tokenizer(args, hf_dir, result):
     print(f"exported tokenizer: {len(texts)} texts, {n_chars} characters ({n_bytes} bytes), {n_tokens} tokens; "
           + ", ".join(f"{label}: {len(texts) - b} equal" for label, b in bad.items())
           + f"; transformers' decode gives the text back on {round_trips} (the others hold bytes SmolLM2 has "
-          "no token for)")
+          f"no token for); transformers' own tokenizer of the GGUF differs on {gguf_differs} (whitespace before "
+          "digits)")
     for label, b in bad.items():
         if b:
             failures.append(f"exported tokenizer: {label} differ from edkm's on {b} of {len(texts)} texts")
@@ -128,7 +131,7 @@ def check_exported_tokenizer(args, hf_dir, result):
         if hf_id != edkm_id:
             failures.append(f"exported tokenizer: {which} id {hf_id} vs edkm's {edkm_id}")
     result.update(tokenizer_texts=len(texts), tokenizer_chars=n_chars, tokenizer_bytes=n_bytes,
-                  tokenizer_tokens=n_tokens, tokenizer_mismatches=bad, tokenizer_decode_round_trips=round_trips)
+                  tokenizer_tokens=n_tokens, tokenizer_mismatches=bad, tokenizer_decode_round_trips=round_trips, tokenizer_gguf_transformers_differs=gguf_differs)
     return failures
 
 
@@ -220,7 +223,7 @@ def main():
           f"{r_exp_edkm:.3e} vs edkm")
     if not r_exp <= TOL:
         failures.append(f"exported directory: logits differ by {r_exp:.3e} > {TOL}")
-    failures += check_exported_tokenizer(args, hf_dir, result)
+    failures += check_exported_tokenizer(args, hf_dir, result, tok)
     print(f"times: transformers GGUF load {hf_load_s:.1f} s, edkm CLI (load + forward) {edkm_s:.1f} s")
     with open(os.path.join(args.work, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
