@@ -22,24 +22,7 @@ using nlohmann::json;
 #define EDKM_SKIP_WITHOUT_PCRE2() \
   if (!edkm::has_pcre2()) GTEST_SKIP() << "edkm built without PCRE2 (libpcre2-dev)"
 
-/// GPT-2's byte-to-unicode character of byte `b`, written independently of the library: printable
-/// Latin-1 stands for itself, the other bytes take U+0100.. in order.
-std::string byte_char(int b) {
-  int next = 256, cp = -1;
-  for (int x = 0; x < 256; ++x) {
-    const bool printable = (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255);
-    const int c = printable ? x : next++;
-    if (x == b) cp = c;
-  }
-  std::string out;
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-  return out;
-}
+using edkm::test::byte_char;
 
 /// The 256 byte tokens (id = byte), then `extra` tokens, with `merges`.
 edkm::BpeVocab vocab_of(const std::vector<std::string>& extra, const std::vector<std::string>& merges,
