@@ -463,3 +463,24 @@ TEST(BpeTokenizer, TokenizerJsonRoundTripKeepsItsOwnPreTokenizer) {
   EXPECT_EQ(unk_ids, tok->encode("\x04\x04"));
   EXPECT_EQ(std::count(unk_ids.begin(), unk_ids.end(), 256), 1);  // fused
 }
+
+TEST(BpeTokenizer, TokenizerJsonKeepsARepeatedTokenTextOnce) {
+  EDKM_SKIP_WITHOUT_PCRE2();
+  edkm::test::TempDir dir;
+  // "ab" under ids 256 and 259, an empty text at 258 (GGUF vocabularies have both): written once,
+  // under the id encode gives (the last), and read back with the holes.
+  auto v = vocab_of({"ab", "abc", "", "ab", "he"}, {"a b", "ab c", "h e"});
+  edkm::BpeTokenizer tok(v);
+  const int64_t ab = tok.encode("ab").at(0);
+  edkm::save_hf_tokenizer(tok, dir.path("hf"));
+  const json j = json::parse(edkm::read_text_file(dir.path("hf/tokenizer.json")));
+  EXPECT_EQ(j["model"]["vocab"].size(), v.tokens.size() - 2);
+  EXPECT_EQ(j["model"]["vocab"]["ab"], ab);
+  auto back = edkm::BpeTokenizer::from_tokenizer_json(dir.path("hf/tokenizer.json"));
+  EXPECT_EQ(back->vocab_size(), tok.vocab_size());
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 200; ++trial) {
+    const std::string s = random_text(rng, trial);
+    ASSERT_EQ(back->encode(s), tok.encode(s)) << trial;
+  }
+}

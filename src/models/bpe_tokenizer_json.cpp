@@ -139,12 +139,14 @@ detail::BpeSpec spec_of_json(const std::string& path) {
     }
   }
 
-  // Ids: model vocab, then added tokens (whose ids may follow it, as Llama 3's). Bounded by the
-  // number of entries, so an absurd id cannot make a huge table.
+  // Ids: model vocab, then added tokens (whose ids may follow it, as Llama 3's). They may leave
+  // holes (a vocabulary that held a text under several ids, written back by to_tokenizer_json,
+  // keeps it once) but are bounded by twice the number of entries, so an absurd id cannot make a
+  // huge table.
   const auto& vocab = model["vocab"];
   const json added = j.value("added_tokens", json::array());
   TORCH_CHECK(added.is_array(), path, ": added_tokens is not an array");
-  const int64_t entries = static_cast<int64_t>(vocab.size() + added.size());
+  const int64_t entries = 2 * static_cast<int64_t>(vocab.size() + added.size());
   auto place = [&](const std::string& token, const json& idj) {
     TORCH_CHECK(idj.is_number_integer(), path, ": token '", token, "' has id ", idj.dump(), ", not an integer");
     const auto id = idj.get<int64_t>();
