@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <algorithm>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -20,24 +22,7 @@ using nlohmann::json;
 #define EDKM_SKIP_WITHOUT_PCRE2() \
   if (!edkm::has_pcre2()) GTEST_SKIP() << "edkm built without PCRE2 (libpcre2-dev)"
 
-/// GPT-2's byte-to-unicode character of byte `b`, written independently of the library: printable
-/// Latin-1 stands for itself, the other bytes take U+0100.. in order.
-std::string byte_char(int b) {
-  int next = 256, cp = -1;
-  for (int x = 0; x < 256; ++x) {
-    const bool printable = (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255);
-    const int c = printable ? x : next++;
-    if (x == b) cp = c;
-  }
-  std::string out;
-  if (cp < 0x80) {
-    out.push_back(static_cast<char>(cp));
-  } else {
-    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-  return out;
-}
+using edkm::test::byte_char;
 
 /// The 256 byte tokens (id = byte), then `extra` tokens, with `merges`.
 edkm::BpeVocab vocab_of(const std::vector<std::string>& extra, const std::vector<std::string>& merges,
@@ -358,3 +343,144 @@ TEST(BpeTokenizer, RejectsHostileTokenizerJson) {
 }
 
 }  // namespace
+
+/// Random text over an alphabet that makes merges, digits, special tokens and Unicode fire (and
+/// any bytes every other call).
+std::string random_text(std::mt19937& rng, int trial) {
+  static const std::vector<std::string> pieces = {"a", "b", "c", "ab", "the", " ", "  ", "\n", "\t", "1", "2", "3",
+                                                  "12", "123", "xyz", "'s", "\xc3\xa9", "\xe4\xb8\xad", "<|im_start|>",
+                                                  "<tool>", "<|endoftext|>", "!", "?."};
+  std::string s;
+  const int n = static_cast<int>(rng() % 80);
+  for (int i = 0; i < n; ++i) {
+    if (trial % 2 == 1 && rng() % 4 == 0) {
+      s.push_back(static_cast<char>(rng() % 256));
+    } else {
+      s += pieces[rng() % pieces.size()];
+    }
+  }
+  return s;
+}
+
+TEST(BpeTokenizer, TokenizerJsonWrittenAndReadBackGivesSameIds) {
+  EDKM_SKIP_WITHOUT_PCRE2();
+  edkm::test::TempDir dir;
+  // "xyz" is a whole-word token no merge makes: Llama 3's ignore_merges picks it, the others don't.
+  const std::vector<std::string> extra = {"ab", "abc", "Ġt", "he", "Ġthe", "ĠĠ", "Ã©", "12", "Ġ1", "xyz",
+                                          "<|im_start|>", "<tool>", "<|endoftext|>"};
+  const std::vector<std::string> merges = {"a b", "ab c", "Ġ t", "h e", "Ġt he", "Ġ Ġ", "Ã ©", "1 2", "Ġ 1"};
+  const std::map<std::string, std::string> expected_pre = {
+      {"gpt2", R"({"add_prefix_space":false,"trim_offsets":true,"type":"ByteLevel","use_regex":true})"},
+      {"smollm",
+       R"({"pretokenizers":[{"individual_digits":true,"type":"Digits"},)"
+       R"({"add_prefix_space":false,"trim_offsets":true,"type":"ByteLevel","use_regex":true}],"type":"Sequence"})"},
+      {"llama-bpe", ""}};
+  std::mt19937 rng(5);
+  for (const char* pre : {"gpt2", "llama-bpe", "smollm"}) {
+    auto v = vocab_of(extra, merges, pre);
+    v.token_types.assign(v.tokens.size(), 1);
+    v.token_types[266] = 3;  // <|im_start|>: control
+    v.token_types[267] = 4;  // <tool>: user defined
+    v.token_types[268] = 3;
+    v.bos_id = 268;
+    v.eos_id = 266;
+    edkm::BpeTokenizer tok(v);
+    const std::string out = dir.path(std::string("hf-") + pre);
+    edkm::save_hf_tokenizer(tok, out);
+    const json j = json::parse(edkm::read_text_file(out + "/tokenizer.json"));
+    EXPECT_EQ(j["model"]["type"], "BPE");
+    EXPECT_EQ(j["model"]["byte_fallback"], false);
+    EXPECT_EQ(j["model"]["ignore_merges"], std::string(pre) == "llama-bpe") << pre;
+    EXPECT_EQ(j["model"]["vocab"].size(), v.tokens.size());
+    EXPECT_EQ(j["model"]["merges"].size(), merges.size());
+    EXPECT_TRUE(j["normalizer"].is_null());
+    EXPECT_TRUE(j["post_processor"].is_null());
+    EXPECT_EQ(j["decoder"]["type"], "ByteLevel");
+    ASSERT_EQ(j["added_tokens"].size(), 3u);
+    EXPECT_EQ(j["added_tokens"][0]["content"], "<|im_start|>");
+    EXPECT_EQ(j["added_tokens"][0]["special"], true);
+    EXPECT_EQ(j["added_tokens"][1]["content"], "<tool>");
+    EXPECT_EQ(j["added_tokens"][1]["special"], false);
+    if (std::string(pre) == "llama-bpe") {
+      const auto& seq = j["pre_tokenizer"]["pretokenizers"];
+      ASSERT_EQ(seq.size(), 2u);
+      EXPECT_EQ(seq[0]["type"], "Split");
+      EXPECT_EQ(seq[0]["behavior"], "Isolated");
+      EXPECT_EQ(seq[0]["pattern"]["Regex"].get<std::string>().substr(0, 6), "(?i:'s");
+      EXPECT_EQ(seq[1]["use_regex"], false);
+    } else {
+      EXPECT_EQ(j["pre_tokenizer"].dump(), expected_pre.at(pre));
+    }
+    const json config = json::parse(edkm::read_text_file(out + "/tokenizer_config.json"));
+    EXPECT_EQ(config["bos_token"], "<|endoftext|>");
+    EXPECT_EQ(config["eos_token"], "<|im_start|>");
+
+    auto back = edkm::BpeTokenizer::from_tokenizer_json(out + "/tokenizer.json");
+    EXPECT_EQ(back->bos_id(), 268);
+    EXPECT_EQ(back->eos_id(), 266);
+    EXPECT_EQ(back->vocab_size(), tok.vocab_size());
+    // Written again from what was read: the same file.
+    EXPECT_EQ(back->to_tokenizer_json(), tok.to_tokenizer_json()) << pre;
+    EXPECT_EQ(tok.encode("xyz")[0], std::string(pre) == "llama-bpe" ? id_of(tok, "xyz") : 'x') << pre;
+    for (int trial = 0; trial < 400; ++trial) {
+      const std::string s = random_text(rng, trial);
+      const auto ids = tok.encode(s);
+      ASSERT_EQ(back->encode(s), ids) << pre << " trial " << trial;
+      ASSERT_EQ(back->decode(ids), tok.decode(ids));
+    }
+  }
+}
+
+TEST(BpeTokenizer, TokenizerJsonRoundTripKeepsItsOwnPreTokenizer) {
+  EDKM_SKIP_WITHOUT_PCRE2();
+  edkm::test::TempDir dir;
+  auto v = vocab_of({"<unk>", "aĠ", "Ġb", "ĠĠ", "Ġa"}, {"a Ġ", "Ġ b", "Ġ Ġ", "Ġ a"});
+  v.tokens[4] = "unused-4";  // byte 0x04 becomes <unk>
+  // Split(" " literal, MergedWithPrevious) + Digits(contiguous) + ByteLevel(add_prefix_space, regex).
+  json j = tokenizer_json(v, false, json());
+  j["pre_tokenizer"] = {
+      {"type", "Sequence"},
+      {"pretokenizers",
+       {{{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "MergedWithPrevious"}, {"invert", false}},
+        {{"type", "Digits"}, {"individual_digits", false}},
+        {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}}}};
+  j["model"]["unk_token"] = "<unk>";
+  j["model"]["fuse_unk"] = true;
+  edkm::write_text_file(dir.path("in.json"), j.dump());
+  auto tok = edkm::BpeTokenizer::from_tokenizer_json(dir.path("in.json"));
+  edkm::save_hf_tokenizer(*tok, dir.path("out"));
+  const json w = json::parse(edkm::read_text_file(dir.path("out/tokenizer.json")));
+  EXPECT_EQ(w["pre_tokenizer"], j["pre_tokenizer"]);
+  EXPECT_EQ(w["model"]["unk_token"], "<unk>");
+  EXPECT_EQ(w["model"]["fuse_unk"], true);
+  auto back = edkm::BpeTokenizer::from_tokenizer_json(dir.path("out/tokenizer.json"));
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 300; ++trial) {
+    const std::string s = random_text(rng, trial) + (trial % 3 == 0 ? "\x04\x04" : "");
+    ASSERT_EQ(back->encode(s), tok->encode(s)) << trial;
+  }
+  const auto unk_ids = back->encode("\x04\x04");
+  EXPECT_EQ(unk_ids, tok->encode("\x04\x04"));
+  EXPECT_EQ(std::count(unk_ids.begin(), unk_ids.end(), 256), 1);  // fused
+}
+
+TEST(BpeTokenizer, TokenizerJsonKeepsARepeatedTokenTextOnce) {
+  EDKM_SKIP_WITHOUT_PCRE2();
+  edkm::test::TempDir dir;
+  // "ab" under ids 256 and 259, an empty text at 258 (GGUF vocabularies have both): written once,
+  // under the id encode gives (the last), and read back with the holes.
+  auto v = vocab_of({"ab", "abc", "", "ab", "he"}, {"a b", "ab c", "h e"});
+  edkm::BpeTokenizer tok(v);
+  const int64_t ab = tok.encode("ab").at(0);
+  edkm::save_hf_tokenizer(tok, dir.path("hf"));
+  const json j = json::parse(edkm::read_text_file(dir.path("hf/tokenizer.json")));
+  EXPECT_EQ(j["model"]["vocab"].size(), v.tokens.size() - 2);
+  EXPECT_EQ(j["model"]["vocab"]["ab"], ab);
+  auto back = edkm::BpeTokenizer::from_tokenizer_json(dir.path("hf/tokenizer.json"));
+  EXPECT_EQ(back->vocab_size(), tok.vocab_size());
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 200; ++trial) {
+    const std::string s = random_text(rng, trial);
+    ASSERT_EQ(back->encode(s), tok.encode(s)) << trial;
+  }
+}

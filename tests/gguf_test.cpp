@@ -8,6 +8,7 @@
 #include <edkm/gguf.h>
 #include <edkm/llama.h>
 #include <edkm/llama_io.h>
+#include <edkm/tokenizer.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <torch/torch.h>
@@ -253,10 +254,20 @@ struct LlamaGguf {
   std::map<std::string, std::string> strings;               // metadata
   std::map<std::string, uint32_t> ints;                     // UINT32 metadata
   std::map<std::string, float> reals;                       // FLOAT32 metadata
+  std::map<std::string, std::vector<std::string>> string_arrays;
+  std::map<std::string, std::vector<int32_t>> int_arrays;   // INT32 arrays
   std::vector<std::pair<std::string, at::Tensor>> tensors;  // F32, PyTorch order
   std::string write(const edkm::test::TempDir& dir, const std::string& name) const {
     Builder b;
     for (const auto& [k, v] : strings) b.kv_string(k, v);
+    for (const auto& [k, v] : string_arrays) {
+      b.key(k, VT::ARRAY).u32(static_cast<uint32_t>(VT::STRING)).u64(v.size());
+      for (const auto& x : v) b.str(x);
+    }
+    for (const auto& [k, v] : int_arrays) {
+      b.key(k, VT::ARRAY).u32(static_cast<uint32_t>(VT::INT32)).u64(v.size());
+      for (int32_t x : v) b.u32(static_cast<uint32_t>(x));
+    }
     for (const auto& [k, v] : ints) b.kv_u32(k, v);
     for (const auto& [k, v] : reals) b.kv_f32(k, v);
     std::string data;
@@ -331,6 +342,46 @@ TEST(GgufLlama, ReloadsAConvertedModelExactly) {
     EXPECT_EQ(one->model->layers->size(), 1u);
     EXPECT_EQ(one->model->norm->weight.scalar_type(), at::kBFloat16);
   }
+}
+
+TEST(GgufLlama, ExportsToHuggingFaceWithItsTokenizer) {
+  torch::manual_seed(4);
+  edkm::test::TempDir dir;
+  // A byte-level BPE vocabulary (256 bytes, merges, control tokens) as convert_hf_to_gguf.py writes it.
+  std::vector<std::string> tokens;
+  for (int b = 0; b < 256; ++b) tokens.push_back(edkm::test::byte_char(b));
+  for (const char* t : {"ab", "abc", "Ġt", "he", "Ġthe", "<|im_start|>", "<|endoftext|>"}) tokens.push_back(t);
+  std::vector<int32_t> types(tokens.size(), 1);
+  types[261] = types[262] = 3;
+  edkm::LlamaForCausalLM model(tiny_config().vocab_size(static_cast<int64_t>(tokens.size())));
+  LlamaGguf g = as_gguf(model);
+  g.strings["tokenizer.ggml.model"] = "gpt2";
+  g.strings["tokenizer.ggml.pre"] = "smollm";
+  g.string_arrays["tokenizer.ggml.tokens"] = tokens;
+  g.string_arrays["tokenizer.ggml.merges"] = {"a b", "ab c", "Ġ t", "h e", "Ġt he"};
+  g.int_arrays["tokenizer.ggml.token_type"] = types;
+  g.ints["tokenizer.ggml.bos_token_id"] = 262;
+  g.ints["tokenizer.ggml.eos_token_id"] = 261;
+  const std::string path = g.write(dir, "tok.gguf");
+  ASSERT_TRUE(edkm::export_gguf_to_hf(path, dir.path("hf")));
+  auto reloaded = edkm::load_hf_llama(dir.path("hf"));
+  const at::Tensor x = at::randint(static_cast<int64_t>(tokens.size()), {1, 7}, at::kLong);
+  torch::NoGradGuard ng;
+  EXPECT_TRUE(at::equal(model(x), reloaded(x)));
+  if (edkm::has_pcre2()) {
+    auto from_gguf = edkm::load_gguf_tokenizer(path);
+    auto from_hf = edkm::load_tokenizer(dir.path("hf"));  // its tokenizer.json
+    const std::string text = "<|im_start|>the abc 123 theabc\n\n  \xe4\xb8\xad<|endoftext|>";
+    EXPECT_EQ(from_hf->encode(text), from_gguf->encode(text));
+    EXPECT_EQ(from_hf->bos_id(), 262);
+    EXPECT_EQ(from_hf->eos_id(), 261);
+  }
+  // Another tokenizer model: the model alone.
+  g.strings["tokenizer.ggml.model"] = "llama";
+  ASSERT_FALSE(edkm::export_gguf_to_hf(g.write(dir, "sp.gguf"), dir.path("hf-sp")));
+  struct stat st {};
+  EXPECT_EQ(::stat(dir.path("hf-sp/config.json").c_str(), &st), 0);
+  EXPECT_NE(::stat(dir.path("hf-sp/tokenizer.json").c_str(), &st), 0);
 }
 
 TEST(GgufLlama, RefusesOtherModelsAndAbsurdMetadata) {

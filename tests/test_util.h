@@ -22,6 +22,25 @@ inline bool has_gpu() {
 #endif
 }
 
+/// GPT-2's byte-to-unicode character of byte `b`, written independently of the library: printable
+/// Latin-1 stands for itself, the other bytes take U+0100.. in order.
+inline std::string byte_char(int b) {
+  int next = 256, cp = -1;
+  for (int x = 0; x < 256; ++x) {
+    const bool printable = (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255);
+    const int c = printable ? x : next++;
+    if (x == b) cp = c;
+  }
+  std::string out;
+  if (cp < 0x80) {
+    out.push_back(static_cast<char>(cp));
+  } else {
+    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+  return out;
+}
+
 /// Whether a missing GPU is a failure rather than a skip: EDKM_REQUIRE_GPU=1 (set by a GPU check
 /// run, where a skipped GPU test would hide, e.g., a driver too old for this CUDA build).
 inline bool gpu_required() {

@@ -294,7 +294,9 @@ int main(int argc, char** argv) try {
   app.add_option("--device", device_name, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   app.add_option("--out", out_dir, "output directory (compressed model, results.json, results.md)")
       ->capture_default_str();
-  app.add_option("--save-hf", save_hf, "also write the uncompressed model as a Hugging Face checkpoint here");
+  app.add_option("--save-hf", save_hf,
+                 "also write the uncompressed model as a Hugging Face checkpoint here (with tokenizer.json when the "
+                 "tokenizer is a byte-level BPE, e.g. a GGUF's own)");
   app.add_option("--seed", seed)->capture_default_str();
   app.add_option("--threads", threads,
                  "CPU threads (default: 1 for the tiny preset, whose small matrices gain little from more and lose "
@@ -428,7 +430,12 @@ int main(int argc, char** argv) try {
     ref.tensors["logits"] = model(x.to(device)).to(at::kFloat).cpu();
     edkm::save_safetensors(save_hf + "/edkm_logits.safetensors", ref);
     model->train();
-    std::cout << "wrote the uncompressed model to " << save_hf << " (Hugging Face layout)\n";
+    // A byte-level BPE (a GGUF's own, or a tokenizer.json) goes with it, so transformers'
+    // AutoTokenizer reads the same ids.
+    const auto* bpe = dynamic_cast<const edkm::BpeTokenizer*>(tokenizer.get());
+    if (bpe) edkm::save_hf_tokenizer(*bpe, save_hf);
+    std::cout << "wrote the uncompressed model" << (bpe ? " and its tokenizer" : "") << " to " << save_hf
+              << " (Hugging Face layout)\n";
   }
 
   // Which layers, at which bits: every Linear of the decoder at --bits, embedding and head at

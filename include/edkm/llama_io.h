@@ -94,4 +94,18 @@ EDKM_API LlamaForCausalLM load_llama(const std::string& path, const LlamaLoadOpt
 EDKM_API void save_hf_llama(const LlamaForCausalLM& model, const std::string& dir,
                             const LlamaSaveOptions& options = {});
 
+/// Writes a LLaMA GGUF file as a Hugging Face directory: config.json and model.safetensors
+/// (load_gguf_llama then save_hf_llama) and, when the file carries a byte-level BPE tokenizer
+/// (tokenizer.ggml.model "gpt2"), tokenizer.json and tokenizer_config.json (save_hf_tokenizer in
+/// edkm/tokenizer.h) that transformers' AutoTokenizer loads and that encode as
+/// load_gguf_tokenizer(gguf_path) does. Returns whether the tokenizer was written (false for
+/// another tokenizer model, e.g. SentencePiece "llama"). The tokenizer and the model are read
+/// before anything is written: a file edkm cannot read leaves `dir` untouched.
+///
+/// Example:
+///   edkm::export_gguf_to_hf("SmolLM2-135M-Instruct.Q4_1.gguf", "out/smollm2-hf");
+///   // python: AutoModelForCausalLM.from_pretrained("out/smollm2-hf"), AutoTokenizer.from_pretrained(...)
+EDKM_API bool export_gguf_to_hf(const std::string& gguf_path, const std::string& dir,
+                                const LlamaSaveOptions& options = {});
+
 }  // namespace edkm

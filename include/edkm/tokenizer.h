@@ -134,8 +134,28 @@ class EDKM_API BpeTokenizer : public Tokenizer {
   /// The bytes the vocabulary has no token for (ascending): they do not round trip.
   std::vector<uint8_t> missing_bytes() const;
 
+  /// This tokenizer as a Hugging Face tokenizer.json (the `tokenizers` library and transformers
+  /// load it and give the same ids): the BPE model (vocab, merges as pairs, byte_fallback false,
+  /// ignore_merges as the pre-tokenizer needs), added tokens (GGUF control tokens special, user
+  /// defined ones not), the pre-tokenizer exactly as edkm runs it (GGUF "gpt2": ByteLevel with
+  /// GPT-2's regex; "smollm": Digits(individual_digits) then ByteLevel; "llama-bpe": Llama 3's
+  /// Split then ByteLevel without regex; from a tokenizer.json: its own), the ByteLevel decoder, no
+  /// normalizer and no post-processor (encode adds no BOS / EOS, as edkm's). A token text held by
+  /// several ids is written once, under the id encode gives it (the others cannot be decoded by
+  /// Hugging Face). Throws c10::Error when a token is not valid UTF-8 (JSON cannot hold it).
+  ///
+  /// Example:
+  ///   auto tok = edkm::load_gguf_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf");
+  ///   std::string json = dynamic_cast<edkm::BpeTokenizer&>(*tok).to_tokenizer_json();
+  std::string to_tokenizer_json() const;
+  /// The tokenizer_config.json that goes beside it: bos_token / eos_token / unk_token by text,
+  /// tokenizer_class PreTrainedTokenizerFast, clean_up_tokenization_spaces false (decode gives the
+  /// bytes back unchanged).
+  std::string to_tokenizer_config_json() const;
+
  private:
   explicit BpeTokenizer(const detail::BpeSpec& spec);
+  const detail::BpeSpec& spec() const;
   struct State;
   std::unique_ptr<State> state_;
 };
@@ -161,6 +181,16 @@ EDKM_API void train_sentencepiece(const std::string& text_file, const std::strin
 /// Example:
 ///   auto tok = edkm::load_gguf_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf");
 EDKM_API std::unique_ptr<Tokenizer> load_gguf_tokenizer(const std::string& path);
+
+/// Writes `tok` as the tokenizer files of a Hugging Face directory (created if missing):
+/// tokenizer.json and tokenizer_config.json (BpeTokenizer::to_tokenizer_json /
+/// to_tokenizer_config_json), each written atomically. transformers' AutoTokenizer.from_pretrained(dir)
+/// and BpeTokenizer::from_tokenizer_json(dir + "/tokenizer.json") then encode as `tok` does.
+///
+/// Example:
+///   auto tok = edkm::load_gguf_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf");
+///   edkm::save_hf_tokenizer(dynamic_cast<const edkm::BpeTokenizer&>(*tok), "out/smollm2-hf");
+EDKM_API void save_hf_tokenizer(const BpeTokenizer& tok, const std::string& dir);
 
 /// "bytes" -> ByteTokenizer; a GGUF file -> load_gguf_tokenizer; a directory -> its
 /// tokenizer.model (SentencePiece) or else its tokenizer.json (byte-level BPE); a *.json file ->

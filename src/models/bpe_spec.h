@@ -20,6 +20,11 @@ struct BpeSplit {
   /// Hugging Face's ByteLevel(add_prefix_space): a space is put before each piece that does not
   /// start with one, before this split runs.
   bool prefix_space = false;
+  /// The Hugging Face pre-tokenizer it stands for, so it is written back as it was read:
+  /// ByteLevel (the byte-to-unicode step; its regex is GPT-2's when pattern is set) and Digits
+  /// (pattern \p{N}) are splits too.
+  enum class Kind { kSplit, kByteLevel, kDigits };
+  Kind kind = Kind::kSplit;
 };
 
 /// A token matched whole in the raw text before pre-tokenization (special and added tokens).
@@ -28,6 +33,8 @@ struct BpeAddedToken {
   int64_t id = -1;
   /// Matched in a second pass, inside what the first pass (normalized == false) left.
   bool normalized = false;
+  /// Hugging Face's "special" (GGUF control tokens); written back, does not change encoding.
+  bool special = false;
 };
 
 struct BpeSpec {

@@ -177,6 +177,7 @@ struct BpeTokenizer::State {
   Unknown unk{-1, false};
   std::vector<uint8_t> missing_bytes;
   int64_t bos = -1, eos = -1;
+  detail::BpeSpec spec;  // what it was built from (present filled in), for to_tokenizer_json
   mutable std::mutex cache_mutex;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;  // word bytes -> ids
 };
@@ -483,6 +484,8 @@ BpeTokenizer::BpeTokenizer(const detail::BpeSpec& spec) : state_(std::make_uniqu
   st.bos = spec.bos_id;
   st.eos = spec.eos_id;
   st.ignore_merges = spec.ignore_merges;
+  st.spec = spec;
+  st.spec.present = st.present;
 #if defined(EDKM_WITH_PCRE2)
   for (const auto& sp : spec.splits) {
     State::Split s{sp, nullptr};
@@ -526,6 +529,7 @@ std::string BpeTokenizer::name() const {
   return "bpe:" + state_->source + " (" + std::to_string(state_->n) + " tokens, " + state_->kind + ")";
 }
 std::vector<uint8_t> BpeTokenizer::missing_bytes() const { return state_->missing_bytes; }
+const detail::BpeSpec& BpeTokenizer::spec() const { return state_->spec; }
 int64_t BpeTokenizer::token_to_id(const std::string& token) const {
   const auto it = state_->text_to_id.find(token);
   return it == state_->text_to_id.end() ? -1 : it->second;
@@ -533,19 +537,22 @@ int64_t BpeTokenizer::token_to_id(const std::string& token) const {
 
 namespace {
 
-/// llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) as Hugging Face splits; each also needs
-/// the byte-level step, which every BpeSpec has implicitly.
+/// llama.cpp's pre-tokenizer names (tokenizer.ggml.pre) as Hugging Face pre-tokenizers, ending
+/// with the ByteLevel step (the byte-to-unicode mapping; with GPT-2's regex or none).
 std::vector<BpeSplit> pre_tokenizer_splits(const std::string& pre, const std::string& source, bool& ignore_merges) {
   using B = BpeSplit::Behavior;
+  using K = BpeSplit::Kind;
   ignore_merges = false;
-  if (pre == "gpt2") return {{detail::kGpt2Pattern, false, B::kIsolated}};
+  const BpeSplit byte_level_gpt2{detail::kGpt2Pattern, false, B::kIsolated, false, false, K::kByteLevel};
+  if (pre == "gpt2") return {byte_level_gpt2};
   if (pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3") {
     ignore_merges = true;  // as Llama 3's tokenizer.json and llama.cpp
-    return {{detail::kLlama3Pattern, false, B::kIsolated}};
+    // Llama 3's tokenizer.json: Split(its regex, Isolated) then ByteLevel(use_regex=false).
+    return {{detail::kLlama3Pattern, false, B::kIsolated}, {"", false, B::kIsolated, false, false, K::kByteLevel}};
   }
   if (pre == "smollm") {
     // SmolLM's tokenizer.json: Digits(individual_digits) then ByteLevel's GPT-2 regex.
-    return {{R"(\p{N})", false, B::kIsolated}, {detail::kGpt2Pattern, false, B::kIsolated}};
+    return {{R"(\p{N})", false, B::kIsolated, false, false, K::kDigits}, byte_level_gpt2};
   }
   TORCH_CHECK(false, source, ": pre-tokenizer '", pre, "' (tokenizer.ggml.pre) is not supported; known: gpt2, ",
               "llama-bpe (llama3, llama-v3), smollm");
@@ -562,7 +569,7 @@ detail::BpeSpec spec_of(const BpeVocab& v) {
   for (int64_t id = 0; id < static_cast<int64_t>(v.token_types.size()); ++id) {
     const int32_t t = v.token_types[id];
     TORCH_CHECK(t >= 0 && t <= 6, v.source, ": token ", id, " has type ", t, " (known: 0..6)");
-    if ((t == 3 || t == 4) && !v.tokens[id].empty()) s.added.push_back({v.tokens[id], id, false});
+    if ((t == 3 || t == 4) && !v.tokens[id].empty()) s.added.push_back({v.tokens[id], id, false, t == 3});
   }
   s.merges.reserve(v.merges.size());
   for (size_t r = 0; r < v.merges.size(); ++r) {

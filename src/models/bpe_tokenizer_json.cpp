@@ -43,6 +43,7 @@ void add_pre_tokenizer(const json& pt, const std::string& path, std::vector<BpeS
     TORCH_CHECK(!byte_level, path, ": two ByteLevel pre-tokenizers");
     byte_level = true;
     BpeSplit s;
+    s.kind = BpeSplit::Kind::kByteLevel;
     s.prefix_space = flag(pt, "add_prefix_space", false);
     if (flag(pt, "use_regex", true)) s.pattern = detail::kGpt2Pattern;
     splits.push_back(s);
@@ -64,7 +65,8 @@ void add_pre_tokenizer(const json& pt, const std::string& path, std::vector<BpeS
     splits.push_back(s);
   } else if (type == "Digits") {
     TORCH_CHECK(!byte_level, path, ": Digits after ByteLevel is not supported");
-    splits.push_back({R"(\p{N})", false, flag(pt, "individual_digits", false) ? B::kIsolated : B::kContiguous});
+    splits.push_back({R"(\p{N})", false, flag(pt, "individual_digits", false) ? B::kIsolated : B::kContiguous, false,
+                      false, BpeSplit::Kind::kDigits});
   } else {
     TORCH_CHECK(false, path, ": pre_tokenizer '", type.empty() ? pt.dump() : type,
                 "' is not supported (supported: Sequence, Split, ByteLevel, Digits)");
@@ -137,12 +139,14 @@ detail::BpeSpec spec_of_json(const std::string& path) {
     }
   }
 
-  // Ids: model vocab, then added tokens (whose ids may follow it, as Llama 3's). Bounded by the
-  // number of entries, so an absurd id cannot make a huge table.
+  // Ids: model vocab, then added tokens (whose ids may follow it, as Llama 3's). They may leave
+  // holes (a vocabulary that held a text under several ids, written back by to_tokenizer_json,
+  // keeps it once) but are bounded by twice the number of entries, so an absurd id cannot make a
+  // huge table.
   const auto& vocab = model["vocab"];
   const json added = j.value("added_tokens", json::array());
   TORCH_CHECK(added.is_array(), path, ": added_tokens is not an array");
-  const int64_t entries = static_cast<int64_t>(vocab.size() + added.size());
+  const int64_t entries = 2 * static_cast<int64_t>(vocab.size() + added.size());
   auto place = [&](const std::string& token, const json& idj) {
     TORCH_CHECK(idj.is_number_integer(), path, ": token '", token, "' has id ", idj.dump(), ", not an integer");
     const auto id = idj.get<int64_t>();
@@ -165,7 +169,7 @@ detail::BpeSpec spec_of_json(const std::string& path) {
       TORCH_CHECK(!flag(a, key, false), path, ": added token '", content, "' has ", key, "=true, not supported");
     }
     const int64_t id = place(content, a.at("id"));
-    s.added.push_back({content, id, flag(a, "normalized", false)});
+    s.added.push_back({content, id, flag(a, "normalized", false), flag(a, "special", false)});
   }
 
   const auto unk = model.value("unk_token", json());
@@ -222,7 +226,126 @@ detail::BpeSpec spec_of_json(const std::string& path) {
   return s;
 }
 
+const char* behavior_name(BpeSplit::Behavior b) {
+  using B = BpeSplit::Behavior;
+  switch (b) {
+    case B::kRemoved:
+      return "Removed";
+    case B::kIsolated:
+      return "Isolated";
+    case B::kMergedWithPrevious:
+      return "MergedWithPrevious";
+    case B::kMergedWithNext:
+      return "MergedWithNext";
+    case B::kContiguous:
+      return "Contiguous";
+  }
+  return "Isolated";
+}
+
+/// One split as the Hugging Face pre-tokenizer it came from.
+json pre_tokenizer_of(const BpeSplit& sp, const std::string& source) {
+  using K = BpeSplit::Kind;
+  TORCH_CHECK(!sp.prefix_space || sp.kind == K::kByteLevel, source,
+              ": a prefix space on a split that is not ByteLevel has no tokenizer.json form");
+  if (sp.kind == K::kByteLevel) {
+    TORCH_CHECK(sp.pattern.empty() || sp.pattern == detail::kGpt2Pattern, source,
+                ": a ByteLevel step with a regex other than GPT-2's has no tokenizer.json form");
+    return {{"type", "ByteLevel"},
+            {"add_prefix_space", sp.prefix_space},
+            {"trim_offsets", true},
+            {"use_regex", !sp.pattern.empty()}};
+  }
+  if (sp.kind == K::kDigits) {
+    return {{"type", "Digits"}, {"individual_digits", sp.behavior == BpeSplit::Behavior::kIsolated}};
+  }
+  return {{"type", "Split"},
+          {"pattern", {{sp.literal ? "String" : "Regex", sp.pattern}}},
+          {"behavior", behavior_name(sp.behavior)},
+          {"invert", sp.invert}};
+}
+
+/// json::dump, with a token that is not valid UTF-8 named in a c10::Error.
+std::string dump_checked(const json& j, const std::string& source, int indent = -1) {
+  try {
+    return j.dump(indent, ' ', false, json::error_handler_t::strict) + "\n";
+  } catch (const json::type_error& e) {
+    TORCH_CHECK(false, source, ": cannot be written as tokenizer.json, a token is not valid UTF-8: ", e.what());
+  }
+}
+
 }  // namespace
+
+std::string BpeTokenizer::to_tokenizer_json() const {
+  const detail::BpeSpec& s = spec();
+  // Each token text once, under the id encode gives it (the last id holding it, as BpeTokenizer's
+  // table); empty texts (ids without a token) are left out.
+  json vocab = json::object();
+  for (size_t id = 0; id < s.tokens.size(); ++id) {
+    if (s.present[id] && !s.tokens[id].empty()) vocab[s.tokens[id]] = static_cast<int64_t>(id);
+  }
+  json merges = json::array();
+  for (const auto& [a, b] : s.merges) merges.push_back(json::array({a, b}));
+  json model = {{"type", "BPE"},
+                {"dropout", nullptr},
+                {"unk_token", s.unk_id >= 0 ? json(s.tokens[s.unk_id]) : json()},
+                {"continuing_subword_prefix", nullptr},
+                {"end_of_word_suffix", nullptr},
+                {"fuse_unk", s.fuse_unk},
+                {"byte_fallback", false},
+                {"ignore_merges", s.ignore_merges},
+                {"vocab", std::move(vocab)},
+                {"merges", std::move(merges)}};
+  json added = json::array();
+  for (const auto& a : s.added) {
+    const auto it = model["vocab"].find(a.content);
+    if (it != model["vocab"].end() && it->get<int64_t>() != a.id) continue;  // shadowed by a later id
+    added.push_back({{"id", a.id},
+                     {"content", a.content},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", a.normalized},
+                     {"special", a.special}});
+  }
+  json pre = json::array();
+  bool byte_level = false;
+  for (const auto& sp : s.splits) {
+    pre.push_back(pre_tokenizer_of(sp, s.source));
+    byte_level = byte_level || sp.kind == BpeSplit::Kind::kByteLevel;
+  }
+  TORCH_CHECK(byte_level, s.source, ": no ByteLevel step among the pre-tokenizers; cannot write a tokenizer.json");
+  const json j = {{"version", "1.0"},
+                  {"truncation", nullptr},
+                  {"padding", nullptr},
+                  {"added_tokens", std::move(added)},
+                  {"normalizer", nullptr},
+                  {"pre_tokenizer", pre.size() == 1 ? pre[0] : json{{"type", "Sequence"}, {"pretokenizers", pre}}},
+                  {"post_processor", nullptr},
+                  {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true},
+                               {"use_regex", true}}},
+                  {"model", std::move(model)}};
+  return dump_checked(j, s.source);
+}
+
+std::string BpeTokenizer::to_tokenizer_config_json() const {
+  const detail::BpeSpec& s = spec();
+  json config = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+                 {"clean_up_tokenization_spaces", false},
+                 {"add_bos_token", false},
+                 {"add_eos_token", false}};
+  if (s.bos_id >= 0) config["bos_token"] = s.tokens[s.bos_id];
+  if (s.eos_id >= 0) config["eos_token"] = s.tokens[s.eos_id];
+  if (s.unk_id >= 0) config["unk_token"] = s.tokens[s.unk_id];
+  return dump_checked(config, s.source, 2);
+}
+
+void save_hf_tokenizer(const BpeTokenizer& tok, const std::string& dir) {
+  const std::string json_text = tok.to_tokenizer_json(), config_text = tok.to_tokenizer_config_json();
+  make_directories(dir);
+  write_text_file(dir + "/tokenizer.json", json_text);
+  write_text_file(dir + "/tokenizer_config.json", config_text);
+}
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::string& path) {
   detail::BpeSpec spec;

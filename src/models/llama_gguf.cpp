@@ -5,12 +5,14 @@
 #include <sys/stat.h>
 
 #include <map>
+#include <memory>
 #include <set>
 #include <sstream>
 #include <vector>
 
 #include "edkm/gguf.h"
 #include "edkm/llama_io.h"
+#include "edkm/tokenizer.h"
 
 namespace edkm {
 
@@ -251,6 +253,16 @@ LlamaForCausalLM load_gguf_llama(const std::string& path, const LlamaLoadOptions
     params.at(hf).copy_(w);
   }
   return model;
+}
+
+bool export_gguf_to_hf(const std::string& gguf_path, const std::string& dir, const LlamaSaveOptions& options) {
+  std::unique_ptr<Tokenizer> tok;
+  if (GgufFile(gguf_path).get_string_or("tokenizer.ggml.model", "") == "gpt2") tok = load_gguf_tokenizer(gguf_path);
+  const LlamaForCausalLM model = load_gguf_llama(gguf_path);
+  save_hf_llama(model, dir, options);
+  if (!tok) return false;
+  save_hf_tokenizer(dynamic_cast<const BpeTokenizer&>(*tok), dir);
+  return true;
 }
 
 LlamaForCausalLM load_llama(const std::string& path, const LlamaLoadOptions& options) {

@@ -5,7 +5,8 @@
 //       load_gguf_llama(MODEL), logits [B, T, V] fp32 of TOKENS' "tokens" (I64 [B, T]), and "loss"
 //       (mean next-token cross entropy, fp64 scalar)
 //   edkm_gguf_cli export-hf MODEL.gguf DIR
-//       load_gguf_llama(MODEL) then save_hf_llama(DIR) (config.json + model.safetensors, fp32)
+//       export_gguf_to_hf(MODEL, DIR): config.json + model.safetensors (fp32), and tokenizer.json +
+//       tokenizer_config.json when MODEL has a byte-level BPE tokenizer
 //   edkm_gguf_cli bench MODEL.gguf TOKENS.safetensors OUT.json [REPEATS]
 //       seconds to load MODEL (GGUF -> ready fp32 model), resident memory before and peak after loading, and
 //       the forward pass over TOKENS ("tokens" I64 [B, T]) timed REPEATS times (default 3)
@@ -73,7 +74,9 @@ int main(int argc, char** argv) {
       out.tensors["loss"] = edkm::functional::causal_lm_loss(logits, tokens).to(at::kDouble);
       edkm::save_safetensors(argv[4], out);
     } else if (cmd == "export-hf") {
-      edkm::save_hf_llama(edkm::load_gguf_llama(model), arg);
+      const bool with_tokenizer = edkm::export_gguf_to_hf(model, arg);
+      std::cout << "wrote " << arg << (with_tokenizer ? " (model and tokenizer)" : " (model; no byte-level BPE tokenizer)")
+                << "\n";
     } else if (cmd == "bench") {
       if (argc < 5) return usage();
       using Clock = std::chrono::steady_clock;

@@ -8,10 +8,18 @@ logits of the same ids. Checked:
   * logits: max |edkm - transformers| / max |transformers| <= 1e-4 on each sequence;
   * perplexity (next-token cross entropy over both sequences) equal to 4 significant digits;
   * export: `edkm_gguf_cli export-hf` writes config.json + model.safetensors, transformers
-    from_pretrained(that dir) gives the same logits (<= 1e-4).
+    from_pretrained(that dir) gives the same logits (<= 1e-4);
+  * its tokenizer.json + tokenizer_config.json: AutoTokenizer.from_pretrained(that dir) (local
+    files only) and `tokenizers` on the tokenizer.json encode the texts of
+    tests/parity/test_bpe_parity.py (English, Unicode, code, whitespace, digits, <|im_start|>
+    tokens, random strings; tens of kB) to exactly the ids of edkm's own tokenizer of the GGUF
+    (`edkm_bpe_cli --gguf`), decode them to the same text, and name the same BOS / EOS; edkm
+    reading the written tokenizer.json back gives the same ids too. The ids are edkm's (SmolLM's
+    Digits + ByteLevel pre-tokenizer), not transformers' GGUF conversion (ByteLevel only).
 Exit 77 (skipped) when the model file or a Python package is missing, saying which.
 
-Usage: check_gguf_parity.py --cli BUILD/tests/edkm_gguf_cli --model PATH.gguf --work DIR
+Usage: check_gguf_parity.py --cli BUILD/tests/edkm_gguf_cli --bpe-cli BUILD/tests/edkm_bpe_cli
+                            --model PATH.gguf --work DIR
 """
 import argparse
 import json
@@ -64,9 +72,73 @@ def skip(why):
     sys.exit(77)
 
 
+def check_exported_tokenizer(args, hf_dir, result, gguf_tok):
+    """The exported tokenizer files against edkm's tokenizer of the GGUF; returns failures."""
+    import tokenizers
+    from transformers import AutoTokenizer
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "parity"))
+    from test_bpe_parity import run_cli, samples
+    failures = []
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if not os.path.isfile(os.path.join(hf_dir, name)):
+            return [f"exported directory: no {name}"]
+    texts = samples()
+    texts_file = os.path.join(args.work, "tokenizer_texts.json")
+    with open(texts_file, "w", encoding="utf-8") as f:
+        json.dump(texts, f)
+    edkm_gguf = run_cli(args.bpe_cli, "--gguf", args.model, texts_file)
+    edkm_json = run_cli(args.bpe_cli, "--tokenizer-json", os.path.join(hf_dir, "tokenizer.json"), texts_file)
+    hf_tok = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    raw = tokenizers.Tokenizer.from_file(os.path.join(hf_dir, "tokenizer.json"))
+    want = edkm_gguf["ids"]
+    n_chars = sum(len(t) for t in texts)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    n_tokens = sum(len(ids) for ids in want)
+    bad = {"transformers ids": 0, "transformers ids (default call)": 0, "transformers decode": 0,
+           "tokenizers ids": 0, "edkm from tokenizer.json": 0}
+    round_trips = 0
+    # transformers' own GGUF tokenizer (ByteLevel only, no Digits): for comparison, not a check.
+    gguf_differs = sum(gguf_tok(t, add_special_tokens=False)["input_ids"] != want[i] for i, t in enumerate(texts))
+    for i, text in enumerate(texts):
+        got = {"transformers ids": hf_tok(text, add_special_tokens=False)["input_ids"],
+               "transformers ids (default call)": hf_tok(text)["input_ids"],
+               "tokenizers ids": raw.encode(text, add_special_tokens=False).ids,
+               "edkm from tokenizer.json": edkm_json["ids"][i]}
+        for label, ids in got.items():
+            if ids != want[i]:
+                bad[label] += 1
+                if bad[label] <= 3:
+                    print(f"exported tokenizer, {label}: text {i} differs: {text[:80]!r}\n"
+                          f"  got  {ids[:40]}\n  edkm {want[i][:40]}")
+        decoded = hf_tok.decode(want[i], skip_special_tokens=False)
+        if decoded != edkm_gguf["decoded"][i]:
+            bad["transformers decode"] += 1
+            if bad["transformers decode"] <= 3:
+                print(f"exported tokenizer: decode of text {i} differs: {decoded[:80]!r} vs "
+                      f"{edkm_gguf['decoded'][i][:80]!r}")
+        round_trips += decoded == text
+    print(f"exported tokenizer: {len(texts)} texts, {n_chars} characters ({n_bytes} bytes), {n_tokens} tokens; "
+          + ", ".join(f"{label}: {len(texts) - b} equal" for label, b in bad.items())
+          + f"; transformers' decode gives the text back on {round_trips} (the others hold bytes SmolLM2 has "
+          f"no token for); transformers' own tokenizer of the GGUF differs on {gguf_differs} (whitespace before "
+          "digits)")
+    for label, b in bad.items():
+        if b:
+            failures.append(f"exported tokenizer: {label} differ from edkm's on {b} of {len(texts)} texts")
+    specials = {"bos": (hf_tok.bos_token_id, edkm_gguf["bos_id"]), "eos": (hf_tok.eos_token_id, edkm_gguf["eos_id"])}
+    for which, (hf_id, edkm_id) in specials.items():
+        print(f"exported tokenizer: {which} id transformers {hf_id}, edkm {edkm_id}")
+        if hf_id != edkm_id:
+            failures.append(f"exported tokenizer: {which} id {hf_id} vs edkm's {edkm_id}")
+    result.update(tokenizer_texts=len(texts), tokenizer_chars=n_chars, tokenizer_bytes=n_bytes,
+                  tokenizer_tokens=n_tokens, tokenizer_mismatches=bad, tokenizer_decode_round_trips=round_trips, tokenizer_gguf_transformers_differs=gguf_differs)
+    return failures
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cli", required=True)
+    ap.add_argument("--bpe-cli", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--work", required=True)
     ap.add_argument("--seq-len", type=int, default=256)
@@ -151,6 +223,7 @@ def main():
           f"{r_exp_edkm:.3e} vs edkm")
     if not r_exp <= TOL:
         failures.append(f"exported directory: logits differ by {r_exp:.3e} > {TOL}")
+    failures += check_exported_tokenizer(args, hf_dir, result, tok)
     print(f"times: transformers GGUF load {hf_load_s:.1f} s, edkm CLI (load + forward) {edkm_s:.1f} s")
     with open(os.path.join(args.work, "result.json"), "w") as f:
         json.dump(result, f, indent=2)
