@@ -6,9 +6,9 @@
 #include <edkm/tokenizer.h>
 #include <gtest/gtest.h>
 
-#include <nlohmann/json.hpp>
 #include <algorithm>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
@@ -347,9 +347,29 @@ TEST(BpeTokenizer, RejectsHostileTokenizerJson) {
 /// Random text over an alphabet that makes merges, digits, special tokens and Unicode fire (and
 /// any bytes every other call).
 std::string random_text(std::mt19937& rng, int trial) {
-  static const std::vector<std::string> pieces = {"a", "b", "c", "ab", "the", " ", "  ", "\n", "\t", "1", "2", "3",
-                                                  "12", "123", "xyz", "'s", "\xc3\xa9", "\xe4\xb8\xad", "<|im_start|>",
-                                                  "<tool>", "<|endoftext|>", "!", "?."};
+  static const std::vector<std::string> pieces = {"a",
+                                                  "b",
+                                                  "c",
+                                                  "ab",
+                                                  "the",
+                                                  " ",
+                                                  "  ",
+                                                  "\n",
+                                                  "\t",
+                                                  "1",
+                                                  "2",
+                                                  "3",
+                                                  "12",
+                                                  "123",
+                                                  "xyz",
+                                                  "'s",
+                                                  "\xc3\xa9",
+                                                  "\xe4\xb8\xad",
+                                                  "<|im_start|>",
+                                                  "<tool>",
+                                                  "<|endoftext|>",
+                                                  "!",
+                                                  "?."};
   std::string s;
   const int n = static_cast<int>(rng() % 80);
   for (int i = 0; i < n; ++i) {
@@ -366,8 +386,8 @@ TEST(BpeTokenizer, TokenizerJsonWrittenAndReadBackGivesSameIds) {
   EDKM_SKIP_WITHOUT_PCRE2();
   edkm::test::TempDir dir;
   // "xyz" is a whole-word token no merge makes: Llama 3's ignore_merges picks it, the others don't.
-  const std::vector<std::string> extra = {"ab", "abc", "Ġt", "he", "Ġthe", "ĠĠ", "Ã©", "12", "Ġ1", "xyz",
-                                          "<|im_start|>", "<tool>", "<|endoftext|>"};
+  const std::vector<std::string> extra = {"ab", "abc", "Ġt",  "he",           "Ġthe",   "ĠĠ",           "Ã©",
+                                          "12", "Ġ1",  "xyz", "<|im_start|>", "<tool>", "<|endoftext|>"};
   const std::vector<std::string> merges = {"a b", "ab c", "Ġ t", "h e", "Ġt he", "Ġ Ġ", "Ã ©", "1 2", "Ġ 1"};
   const std::map<std::string, std::string> expected_pre = {
       {"gpt2", R"({"add_prefix_space":false,"trim_offsets":true,"type":"ByteLevel","use_regex":true})"},

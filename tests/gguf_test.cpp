@@ -251,9 +251,9 @@ at::Tensor permute_rotary_rows(const at::Tensor& w, int64_t heads) {
 }
 
 struct LlamaGguf {
-  std::map<std::string, std::string> strings;               // metadata
-  std::map<std::string, uint32_t> ints;                     // UINT32 metadata
-  std::map<std::string, float> reals;                       // FLOAT32 metadata
+  std::map<std::string, std::string> strings;  // metadata
+  std::map<std::string, uint32_t> ints;        // UINT32 metadata
+  std::map<std::string, float> reals;          // FLOAT32 metadata
   std::map<std::string, std::vector<std::string>> string_arrays;
   std::map<std::string, std::vector<int32_t>> int_arrays;   // INT32 arrays
   std::vector<std::pair<std::string, at::Tensor>> tensors;  // F32, PyTorch order

@@ -71,8 +71,8 @@ TEST(Palette, HardAssignmentIsTheSoftAssignmentsArgmin) {
   auto c = at::tensor({0.0f, 0.5f, 1.0f, -0.5f}).reshape({1, 4, 1});
   auto keep = DKMOptions(2).enforce_zero(true).prune_threshold(0);
   auto idx = functional::assign(w, c, keep)[0];
-  EXPECT_EQ(idx[0].item<int>(), 0);                 // zero stays at the zero centroid
-  EXPECT_NE(idx[1].item<int>(), 0);                 // non-zero: never pruned by the assignment
+  EXPECT_EQ(idx[0].item<int>(), 0);  // zero stays at the zero centroid
+  EXPECT_NE(idx[1].item<int>(), 0);  // non-zero: never pruned by the assignment
   EXPECT_NE(idx[2].item<int>(), 0);
   EXPECT_EQ(functional::assign(w, c, DKMOptions(2).enforce_zero(true))[0][1].item<int>(), 0);  // bias only
   for (bool fp64 : {false, true}) {

@@ -56,8 +56,10 @@ struct TwoBlocksImpl : torch::nn::Module {
         return Checkpoint(b2)(Checkpoint(b1)(x));
       case Wrap::kFunctional: {
         auto s1 = b1, s2 = b2;
-        auto h = functional::checkpoint([s1](const at::Tensor& t) mutable { return s1->forward(t); }, x, s1->parameters());
-        return functional::checkpoint([s2](const at::Tensor& t) mutable { return s2->forward(t); }, h, s2->parameters());
+        auto h =
+            functional::checkpoint([s1](const at::Tensor& t) mutable { return s1->forward(t); }, x, s1->parameters());
+        return functional::checkpoint([s2](const at::Tensor& t) mutable { return s2->forward(t); }, h,
+                                      s2->parameters());
       }
       case Wrap::kNested: {
         auto s1 = b1, s2 = b2;
@@ -243,14 +245,14 @@ TEST(PalettizerRecompute, StateIsAModuleThatSavesLoadsAndClones) {
   // torch::save / torch::load into a fresh palettizer of the same configuration.
   torch::save(pal.state(), tmp.path("state.pt"));
   TwoBlocks other_model(Wrap::kPlain);
-  Palettizer other(other_model,
-                   PalettizerOptions(DKMOptions(3).weight_threshold(0))
-                       .module_name("b2\\.2", DKMOptions(2).weight_threshold(0).per_channel_scale(true)));
+  Palettizer other(other_model, PalettizerOptions(DKMOptions(3).weight_threshold(0))
+                                    .module_name("b2\\.2", DKMOptions(2).weight_threshold(0).per_channel_scale(true)));
   auto other_state = other.state();
   torch::load(other_state, tmp.path("state.pt"));
   EXPECT_EQ(other.current_step(), 2);
   EXPECT_EQ(other.dkm("b2.0")->current_step(), 2);
-  for (const auto& b : pal.state()->named_buffers()) EXPECT_TRUE(at::equal(b.value(), other_state->named_buffers()[b.key()])) << b.key();
+  for (const auto& b : pal.state()->named_buffers())
+    EXPECT_TRUE(at::equal(b.value(), other_state->named_buffers()[b.key()])) << b.key();
 
   // Different options: refused by name, nothing changed.
   TwoBlocks third_model(Wrap::kPlain);
@@ -272,8 +274,8 @@ template <class F>
 int64_t count_host_syncs(F&& f) {
   static std::atomic<int64_t> count{0};
   count = 0;
-  auto handle = at::addThreadLocalCallback(at::RecordFunctionCallback(
-      [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+  auto handle = at::addThreadLocalCallback(
+      at::RecordFunctionCallback([](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
         const std::string name = fn.name();
         if (name == "aten::_local_scalar_dense" || name == "aten::is_nonzero") ++count;
         return nullptr;
@@ -293,10 +295,9 @@ TEST(PalettizerRecompute, ChecksRunOncePerSetUpNotPerStep) {
     const int64_t first = count_host_syncs([&] { dkm->forward(w).sum().backward(); });
     const int64_t per_step = count_host_syncs([&] { dkm->forward(w).sum().backward(); });
     const at::Tensor c = dkm->centroids().clone();
-    const int64_t functional_call =
-        count_host_syncs([&] { functional::dkm_cluster(w, c, o).weight.sum().backward(); });
-    std::cout << "[host syncs] " << to_string(engine) << ": module first step " << first << ", later steps "
-              << per_step << ", functional::dkm_cluster (checks every call) " << functional_call << "\n";
+    const int64_t functional_call = count_host_syncs([&] { functional::dkm_cluster(w, c, o).weight.sum().backward(); });
+    std::cout << "[host syncs] " << to_string(engine) << ": module first step " << first << ", later steps " << per_step
+              << ", functional::dkm_cluster (checks every call) " << functional_call << "\n";
     // The checks (weight finiteness, centroids, scale) cost 2 syncs per call; a module pays them once.
     EXPECT_LE(per_step + 2, functional_call) << to_string(engine);
     EXPECT_LT(per_step, first) << to_string(engine);
@@ -306,8 +307,9 @@ TEST(PalettizerRecompute, ChecksRunOncePerSetUpNotPerStep) {
 TEST(PalettizerRecompute, AutoFallingBackToDenseWarnsOnceNamingTheLayer) {
   // cluster_dim 32 is beyond the streaming engine: kAuto falls back to dense.
   TwoBlocks model(Wrap::kPlain);
-  Palettizer pal(model, PalettizerOptions(std::nullopt)
-                            .module_name("b1\\.0", DKMOptions(2).weight_threshold(0).cluster_dim(20).engine(Engine::kAuto)));
+  Palettizer pal(model,
+                 PalettizerOptions(std::nullopt)
+                     .module_name("b1\\.0", DKMOptions(2).weight_threshold(0).cluster_dim(20).engine(Engine::kAuto)));
   std::string warnings;
   struct Capture : c10::WarningHandler {
     std::string* out;

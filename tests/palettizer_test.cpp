@@ -99,8 +99,7 @@ TEST(PalettizerOptions, NameBeatsTypeBeatsGlobal) {
                                .module_type("Linear", DKMOptions(2).weight_threshold(0))
                                .module_name("layers.0.up", std::nullopt)
                                .module_name("layers", DKMOptions(5).weight_threshold(0)));
-    EXPECT_EQ(only.layer_names(),
-              (std::vector<std::string>{"layers.0.down", "layers.1.up", "layers.1.down", "head"}));
+    EXPECT_EQ(only.layer_names(), (std::vector<std::string>{"layers.0.down", "layers.1.up", "layers.1.down", "head"}));
   }
   {
     // The size threshold: 64 x 32 = 2048 elements is not more than the default 2048.
@@ -340,7 +339,8 @@ TEST_P(PalettizerResume, EqualsUninterruptedRun) {
           .module_name("layers.0.up", DKMOptions(3).weight_threshold(0).per_channel_scale(true))
           .module_name("layers.0.down",
                        DKMOptions(2).weight_threshold(0).granularity(Granularity::kPerGroupedChannel).group_size(8)));
-  test::expect_error([&] { other.load_state(path("palettizer.pt")); }, {"palettizer.pt", "saved with bits = 3", "with 4"});
+  test::expect_error([&] { other.load_state(path("palettizer.pt")); },
+                     {"palettizer.pt", "saved with bits = 3", "with 4"});
   TinyLm e(64, 32, 96, 2);  // one Palettizer per model
   Palettizer fewer(e, PalettizerOptions(DKMOptions(3).weight_threshold(0)).module_name("head", std::nullopt));
   test::expect_error([&] { fewer.load_state(path("palettizer.pt")); }, {"holds 6 layers", "has 5"});

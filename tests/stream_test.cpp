@@ -184,7 +184,8 @@ TEST(StreamingEngine, VectorisedCpuPathsMatchTheReferencePath) {
   } reset;
   std::vector<DKMOptions> configs;
   for (int64_t bits = 1; bits <= 8; ++bits) configs.push_back(DKMOptions(bits).engine(Engine::kStreaming));
-  configs.push_back(DKMOptions(3).engine(Engine::kStreaming).granularity(Granularity::kPerGroupedChannel).group_size(8));
+  configs.push_back(
+      DKMOptions(3).engine(Engine::kStreaming).granularity(Granularity::kPerGroupedChannel).group_size(8));
   configs.push_back(DKMOptions(3).engine(Engine::kStreaming).enforce_zero(true).prune_threshold(0).epsilon(0));
   configs.push_back(DKMOptions(2).engine(Engine::kStreaming).prune_threshold(1e-3).tau(1e-3).max_iter(5));
   configs.push_back(DKMOptions(4).engine(Engine::kStreaming).per_channel_scale(true));
@@ -198,8 +199,8 @@ TEST(StreamingEngine, VectorisedCpuPathsMatchTheReferencePath) {
       auto c = functional::init_centroids(w, o, scale);
       kernels::set_stream_isa(StreamIsa::kScalar);
       const auto ref = run(w, c, g, o, scale);
-      const auto exact = run(w.to(at::kDouble), c.to(at::kDouble), g.to(at::kDouble), DKMOptions(o).engine(Engine::kDense),
-                             scale.defined() ? scale.to(at::kDouble) : scale);
+      const auto exact = run(w.to(at::kDouble), c.to(at::kDouble), g.to(at::kDouble),
+                             DKMOptions(o).engine(Engine::kDense), scale.defined() ? scale.to(at::kDouble) : scale);
       for (auto isa : {StreamIsa::kAvx2, StreamIsa::kAvx512}) {
         if (isa > best) continue;
         kernels::set_stream_isa(isa);

@@ -48,10 +48,10 @@ inline bool gpu_required() {
   return v != nullptr && std::string(v) == "1";
 }
 
-#define EDKM_SKIP_WITHOUT_GPU()                                                                          \
-  if (!::edkm::test::has_gpu()) {                                                                        \
-    if (::edkm::test::gpu_required()) FAIL() << "EDKM_REQUIRE_GPU=1 but no CUDA device is usable";      \
-    GTEST_SKIP() << "no CUDA device";                                                                    \
+#define EDKM_SKIP_WITHOUT_GPU()                                                                    \
+  if (!::edkm::test::has_gpu()) {                                                                  \
+    if (::edkm::test::gpu_required()) FAIL() << "EDKM_REQUIRE_GPU=1 but no CUDA device is usable"; \
+    GTEST_SKIP() << "no CUDA device";                                                              \
   }
 
 /// Expects `f` to throw a c10::Error whose message contains every one of `parts`.

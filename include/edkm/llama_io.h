@@ -1,6 +1,6 @@
 #pragma once
-// Hugging Face LLaMA checkpoints (and GGUF files, read into the same model): a directory with config.json and the weights in
-// model.safetensors, or in shards listed by model.safetensors.index.json ({"weight_map":
+// Hugging Face LLaMA checkpoints (and GGUF files, read into the same model): a directory with config.json and the
+// weights in model.safetensors, or in shards listed by model.safetensors.index.json ({"weight_map":
 // {"<tensor>": "<shard file>"}}); BF16, F16 or F32 tensors. Reading is strict: every parameter
 // must be present with its shape, no unknown tensor may be left over (the rotary tables
 // "*.rotary_emb.inv_freq" of old exports are skipped), every shard the index names must exist,

@@ -250,7 +250,7 @@ class EDKM_API Palettizer {
     at::Tensor* member = nullptr;  // the `weight` member the forward reads
     at::Tensor parameter;          // the registered Parameter (what the optimizer updates)
     DKM dkm{nullptr};
-    at::Tensor installed;          // what the scope put into the member
+    at::Tensor installed;  // what the scope put into the member
     c10::Device device = c10::kCPU;
     at::ScalarType dtype = at::kFloat;
   };

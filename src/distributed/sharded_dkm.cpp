@@ -112,8 +112,7 @@ DKMOutput dkm_cluster_sharded(const at::Tensor& block, const at::Tensor& centroi
               "edkm: dkm_cluster_sharded needs a non-empty row block on every rank (rank ", comm->rank(),
               " has none: use fewer ranks than rows)");
   const auto l = edkm::detail::check_inputs(block, centroids, options, scale);
-  TORCH_CHECK(l.groups == 1,
-              "edkm: dkm_cluster_sharded needs a per-tensor LUT (granularity kPerTensor), got ",
+  TORCH_CHECK(l.groups == 1, "edkm: dkm_cluster_sharded needs a per-tensor LUT (granularity kPerTensor), got ",
               to_string(options.granularity()),
               " granularity: grouped LUTs are independent, cluster each rank's whole groups with "
               "functional::dkm_cluster instead");
@@ -124,10 +123,9 @@ DKMOutput dkm_cluster_sharded(const at::Tensor& block, const at::Tensor& centroi
   TORCH_CHECK(engine != Engine::kDense,
               "edkm: dkm_cluster_sharded: neither the table nor the streaming engine takes this weight (",
               edkm::detail::streaming_unsupported(block, l, options), ")");
-  return edkm::detail::cluster(block, centroids, options, scale, l, engine,
-                               [comm](at::Tensor& t) {
-                                 if (comm->world_size() > 1) comm->all_reduce_sum(t);
-                               });
+  return edkm::detail::cluster(block, centroids, options, scale, l, engine, [comm](at::Tensor& t) {
+    if (comm->world_size() > 1) comm->all_reduce_sum(t);
+  });
 }
 
 DKMOutput dkm_cluster_replicated(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,

@@ -96,8 +96,9 @@ DKMOutput cluster(const at::Tensor& weight, const at::Tensor& centroids, const D
     case Engine::kStreaming:
       return stream_cluster(weight, centroids, options, scale, l, reduce);
     case Engine::kDense:
-      TORCH_CHECK(!reduce, "edkm: the dense engine is not sharded by rows (use dist::ShardedOffloader around "
-                           "functional::dkm_cluster for eDKM's dense sharding)");
+      TORCH_CHECK(!reduce,
+                  "edkm: the dense engine is not sharded by rows (use dist::ShardedOffloader around "
+                  "functional::dkm_cluster for eDKM's dense sharding)");
       return dense_cluster(weight, centroids, options, scale, l);
     case Engine::kAuto:
       break;

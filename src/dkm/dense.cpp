@@ -102,8 +102,8 @@ DKMOutput dense_cluster(const at::Tensor& weight, const at::Tensor& centroids, c
   const at::Tensor x = functional::to_vectors(weight.to(ct), l, s);  // G x n x d
   auto it = run_iterations(x, centroids.detach().to(ct).clone(), options, {});
   DKMOutput out;
-  out.weight = functional::from_vectors(at::bmm(it.attention, it.centroids), weight.sizes(), l, s)
-                   .to(weight.scalar_type());
+  out.weight =
+      functional::from_vectors(at::bmm(it.attention, it.centroids), weight.sizes(), l, s).to(weight.scalar_type());
   out.centroids = it.centroids.detach();
   out.iterations = it.iterations;
   out.inertia = it.inertia.sum().item<double>();

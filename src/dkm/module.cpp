@@ -1,8 +1,8 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
-#include <torch/serialize/input-archive.h>
 #include <c10/util/Exception.h>
+#include <torch/serialize/input-archive.h>
 
 #include <ostream>
 
@@ -34,8 +34,8 @@ void DKMImpl::set_step(int64_t s) {
 
 void DKMImpl::load(torch::serialize::InputArchive& archive) {
   torch::nn::Module::load(archive);
-  TORCH_CHECK(step_.numel() == 1 && !at::isFloatingType(step_.scalar_type()),
-              "edkm: DKM: the saved step counter of '", name, "' is not an integer scalar");
+  TORCH_CHECK(step_.numel() == 1 && !at::isFloatingType(step_.scalar_type()), "edkm: DKM: the saved step counter of '",
+              name, "' is not an integer scalar");
   step_host_ = step_.item<int64_t>();
   prepared_.reset();
 }

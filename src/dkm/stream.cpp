@@ -65,7 +65,7 @@ void run_pass(const StreamParams& p, const at::Tensor& on) {
 // Everything a pass needs besides its mode: geometry, options, the saved history.
 struct Plan {
   StreamParams base;
-  at::Tensor partials;                 // (G * chunks) x width, double
+  at::Tensor partials;   // (G * chunks) x width, double
   at::Tensor zero_mask;  // K x 1 of the compute type: 0 for centroid 0 under enforce_zero
   Reducer reduce_ranks;  // sharded: sums over the ranks' row blocks
 

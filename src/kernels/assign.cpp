@@ -30,8 +30,7 @@ void assign_values(const at::Tensor& x, const at::Tensor& c, const DKMOptions& o
   p.k = static_cast<int32_t>(options.n_clusters());
   p.prune_threshold = options.prune_threshold();
   p.block_zero = options.enforce_zero() && options.prune_threshold() == 0;
-  p.blocked =
-      options.zero_threshold() > 0 ? 1.0 / options.zero_threshold() : std::numeric_limits<double>::infinity();
+  p.blocked = options.zero_threshold() > 0 ? 1.0 / options.zero_threshold() : std::numeric_limits<double>::infinity();
   if (x.is_cuda()) {
 #if defined(EDKM_WITH_CUDA)
     c10::cuda::CUDAGuard guard(x.device());

@@ -315,16 +315,16 @@ std::string BpeTokenizer::to_tokenizer_json() const {
     byte_level = byte_level || sp.kind == BpeSplit::Kind::kByteLevel;
   }
   TORCH_CHECK(byte_level, s.source, ": no ByteLevel step among the pre-tokenizers; cannot write a tokenizer.json");
-  const json j = {{"version", "1.0"},
-                  {"truncation", nullptr},
-                  {"padding", nullptr},
-                  {"added_tokens", std::move(added)},
-                  {"normalizer", nullptr},
-                  {"pre_tokenizer", pre.size() == 1 ? pre[0] : json{{"type", "Sequence"}, {"pretokenizers", pre}}},
-                  {"post_processor", nullptr},
-                  {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true},
-                               {"use_regex", true}}},
-                  {"model", std::move(model)}};
+  const json j = {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens", std::move(added)},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", pre.size() == 1 ? pre[0] : json{{"type", "Sequence"}, {"pretokenizers", pre}}},
+      {"post_processor", nullptr},
+      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"model", std::move(model)}};
   return dump_checked(j, s.source);
 }
 

@@ -10,18 +10,15 @@
 #include <ATen/ops/full.h>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
 #include <iomanip>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
 
 #include "dkm/internal.h"
+#include "edkm/file_io.h"
 #include "io/safetensors_core.h"
 #include "io/torch_io.h"
 #include "nn/member_swap.h"
@@ -436,15 +433,9 @@ void Palettizer::save_compressed(const std::string& path) const {
 void Palettizer::save_state(const std::string& path) const {
   torch::serialize::OutputArchive archive;
   state_->save(archive);
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  try {
-    archive.save_to(tmp);
-  } catch (...) {
-    std::remove(tmp.c_str());
-    throw;
-  }
-  TORCH_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "edkm: Palettizer::save_state: cannot rename ", tmp,
-              " to ", path, ": ", std::strerror(errno));
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  write_text_file(path, bytes.str());  // atomic: temporary file + fsync + rename
 }
 
 void Palettizer::load_state(const std::string& path) {

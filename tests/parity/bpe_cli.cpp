@@ -13,8 +13,8 @@
 #include <chrono>
 #include <iostream>
 #include <memory>
-#include <stdexcept>
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 #include <string>
 
 namespace {
@@ -61,7 +61,8 @@ int main(int argc, char** argv) {
     }
   }
   if (kind.empty() || texts_path.empty()) {
-    std::cerr << "usage: edkm_bpe_cli (--tokenizer-json PATH | --vocab-json PATH | --gguf PATH) --texts TEXTS.json [--bench FILE]\n";
+    std::cerr << "usage: edkm_bpe_cli (--tokenizer-json PATH | --vocab-json PATH | --gguf PATH) --texts TEXTS.json "
+                 "[--bench FILE]\n";
     return 2;
   }
   try {

@@ -75,8 +75,8 @@ int main(int argc, char** argv) {
       edkm::save_safetensors(argv[4], out);
     } else if (cmd == "export-hf") {
       const bool with_tokenizer = edkm::export_gguf_to_hf(model, arg);
-      std::cout << "wrote " << arg << (with_tokenizer ? " (model and tokenizer)" : " (model; no byte-level BPE tokenizer)")
-                << "\n";
+      std::cout << "wrote " << arg
+                << (with_tokenizer ? " (model and tokenizer)" : " (model; no byte-level BPE tokenizer)") << "\n";
     } else if (cmd == "bench") {
       if (argc < 5) return usage();
       using Clock = std::chrono::steady_clock;

@@ -199,7 +199,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t i0, int count, 
         const float* pj = prob + j * kLanes;
         double* m = acc + static_cast<size_t>(j) * kLanes;
         EDKM_LANES(l)
-          m[l] += static_cast<double>(pj[l] > zt ? pj[l] : zt) * static_cast<double>(gy[l]) * live[l];
+        m[l] += static_cast<double>(pj[l] > zt ? pj[l] : zt) * static_cast<double>(gy[l]) * live[l];
       }
       break;
     }
