@@ -1,0 +1,206 @@
+#include "training.h"
+
+#include <ATen/ATen.h>
+#include <ATen/record_function.h>
+#include <edkm/distill.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+#include <torch/serialize.h>
+
+#include <atomic>
+#include <cmath>
+#include <iomanip>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace llama_compress {
+
+void LeanAdamW::zero_grad() {
+  for (auto& p : params_) p.mutable_grad() = at::Tensor();
+}
+
+void LeanAdamW::step() {
+  at::NoGradGuard ng;
+  ++t_;
+  if (m_.empty()) {
+    for (auto& p : params_) {
+      m_.push_back(at::zeros_like(p, p.options().dtype(at::kBFloat16)));
+      v_.push_back(at::zeros_like(p, p.options().dtype(at::kBFloat16)));
+    }
+  }
+  const double c1 = 1 - std::pow(0.9, t_), c2 = 1 - std::pow(0.999, t_);
+  // In chunks of 2^22 elements: the fp32 temporaries stay small next to a 131M-entry embedding.
+  constexpr int64_t kChunk = int64_t{1} << 22;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto& p = params_[i];
+    if (!p.grad().defined()) continue;
+    TORCH_CHECK(p.is_contiguous() && p.grad().is_contiguous(), "adamw-bf16 expects contiguous parameters");
+    const at::Tensor pf = p.view({-1}), gf = p.grad().view({-1}), mf = m_[i].view({-1}), vf = v_[i].view({-1});
+    for (int64_t off = 0; off < pf.numel(); off += kChunk) {
+      const int64_t n = std::min(kChunk, pf.numel() - off);
+      const at::Tensor g = gf.narrow(0, off, n).to(at::kFloat);
+      const at::Tensor m = mf.narrow(0, off, n).to(at::kFloat).mul_(0.9).add_(g, 0.1);
+      const at::Tensor v = vf.narrow(0, off, n).to(at::kFloat).mul_(0.999).addcmul_(g, g, 0.001);
+      mf.narrow(0, off, n).copy_(m);
+      vf.narrow(0, off, n).copy_(v);
+      at::Tensor w = pf.narrow(0, off, n);
+      at::Tensor update = (m / c1).div_((v / c2).sqrt_().add_(1e-8));
+      if (wd_ > 0) update.add_(w.to(at::kFloat), wd_);
+      w.sub_((update * lr_).to(w.scalar_type()));
+    }
+  }
+}
+
+Optimizer::Optimizer(const std::string& kind, const std::vector<at::Tensor>& params, double lr, double wd) {
+  if (kind == "adamw") {
+    torch_opt = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(lr).weight_decay(wd));
+    state_bytes_per_param = 8;
+  } else if (kind == "sgd") {
+    torch_opt = std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(lr));
+  } else {
+    lean = std::make_unique<LeanAdamW>(params, lr, wd);
+    state_bytes_per_param = LeanAdamW::kStateBytesPerParam;
+  }
+}
+
+void Optimizer::zero_grad() { torch_opt ? torch_opt->zero_grad() : lean->zero_grad(); }
+
+void Optimizer::step() { torch_opt ? (void)torch_opt->step() : lean->step(); }
+
+void Optimizer::set_lr(double lr) {
+  if (lean) return lean->set_lr(lr);
+  for (auto& g : torch_opt->param_groups()) g.options().set_lr(lr);
+}
+
+std::string Optimizer::save() const {
+  TORCH_CHECK(torch_opt, "--optimizer adamw-bf16 cannot be saved for --resume; use adamw or sgd");
+  std::ostringstream out;
+  torch::save(*torch_opt, out);
+  return out.str();
+}
+
+void Optimizer::load(const std::string& bytes) {
+  TORCH_CHECK(torch_opt, "--optimizer adamw-bf16 cannot be resumed; use adamw or sgd");
+  std::istringstream in(bytes);
+  torch::load(*torch_opt, in);
+}
+
+double schedule(double lr, int64_t step, int64_t steps) {
+  const int64_t warm = std::max<int64_t>(1, steps / 10);
+  if (step < warm) return lr * (step + 1) / warm;
+  const double t = static_cast<double>(step - warm) / std::max<int64_t>(1, steps - warm);
+  return lr * (0.1 + 0.45 * (1 + std::cos(M_PI * t)));
+}
+
+Eval perplexity(edkm::LlamaForCausalLM& model, const at::Tensor& stream, int64_t seq, int64_t batch) {
+  const bool was_training = model->is_training();
+  model->eval();
+  at::NoGradGuard ng;
+  const int64_t windows = stream.numel() / seq;
+  TORCH_CHECK(windows > 0, "held-out text of ", stream.numel(), " tokens is shorter than one window of ", seq);
+  const at::Tensor all = stream.narrow(0, 0, windows * seq).view({windows, seq});
+  double nll = 0;
+  int64_t count = 0;
+  const auto t0 = Clock::now();
+  for (int64_t i = 0; i < windows; i += batch) {
+    const at::Tensor x = all.narrow(0, i, std::min(batch, windows - i)).to(model->model->norm->weight.device());
+    const at::Tensor logits = model(x);
+    nll += edkm::functional::causal_lm_loss(logits, x).item<double>() * x.size(0) * (seq - 1);
+    count += x.size(0) * (seq - 1);
+  }
+  model->train(was_training);
+  return {std::exp(nll / count), static_cast<double>(count) / seconds_since(t0), count};
+}
+
+std::vector<int64_t> greedy_generate(edkm::LlamaForCausalLM& model, const std::vector<int64_t>& prompt, int64_t n,
+                                     int64_t eos) {
+  TORCH_CHECK(!prompt.empty(), "greedy_generate: empty prompt");
+  const bool was_training = model->is_training();
+  model->eval();
+  at::NoGradGuard ng;
+  std::vector<int64_t> ids = prompt, out;
+  const int64_t ctx = model->config.max_position_embeddings();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t take = std::min<int64_t>(ctx, static_cast<int64_t>(ids.size()));
+    const std::vector<int64_t> window(ids.end() - take, ids.end());
+    const at::Tensor x = at::tensor(window, at::kLong).unsqueeze(0).to(model->model->norm->weight.device());
+    const int64_t next = model(x).select(1, take - 1).argmax(-1).item<int64_t>();
+    if (next == eos) break;
+    ids.push_back(next);
+    out.push_back(next);
+  }
+  model->train(was_training);
+  return out;
+}
+
+namespace {
+
+// Nanoseconds inside the DKM engines' backward nodes, over every thread.
+std::atomic<int64_t> g_dkm_backward_ns{0};
+
+struct NodeStart : at::ObserverContext {
+  Clock::time_point start = Clock::now();
+};
+
+bool is_dkm_node(const char* name) {
+  const std::string n = name ? name : "";
+  return n.find("StreamFunction") != std::string::npos || n.find("TableFunction") != std::string::npos;
+}
+
+}  // namespace
+
+StepProfile::StepProfile() {
+  g_dkm_backward_ns = 0;
+  handle_ = at::addGlobalCallback(at::RecordFunctionCallback(
+                                      [](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+                                        if (!is_dkm_node(fn.name())) return nullptr;
+                                        return std::make_unique<NodeStart>();
+                                      },
+                                      [](const at::RecordFunction&, at::ObserverContext* ctx) {
+                                        if (!ctx) return;
+                                        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                            Clock::now() - static_cast<NodeStart*>(ctx)->start);
+                                        g_dkm_backward_ns += ns.count();
+                                      })
+                                      .scopes({at::RecordScope::BACKWARD_FUNCTION})
+                                      .needsInputs(false)
+                                      .needsOutputs(false));
+}
+
+StepProfile::~StepProfile() { at::removeCallback(handle_); }
+
+double StepProfile::dkm_backward_seconds() const { return static_cast<double>(g_dkm_backward_ns.load()) * 1e-9; }
+
+void StepProfile::add(const std::string& name, double seconds) {
+  for (auto& p : phases_) {
+    if (p.first == name) {
+      p.second += seconds;
+      return;
+    }
+  }
+  phases_.emplace_back(name, seconds);
+}
+
+std::string StepProfile::to_markdown() const {
+  double total = 0;
+  for (const auto& p : phases_) total += p.second;
+  std::ostringstream md;
+  md << std::fixed << "| phase | s / step | share |\n|---|---|---|\n";
+  const double n = static_cast<double>(std::max<int64_t>(1, steps_));
+  for (const auto& p : phases_) {
+    md << "| " << p.first << " | " << std::setprecision(3) << p.second / n << " | " << std::setprecision(1)
+       << (total > 0 ? 100.0 * p.second / total : 0.0) << "% |\n";
+  }
+  md << "| **step** | " << std::setprecision(3) << total / n << " | 100% |\n";
+  return md.str();
+}
+
+std::string StepProfile::to_json() const {
+  nlohmann::json j;
+  j["steps"] = steps_;
+  const double n = static_cast<double>(std::max<int64_t>(1, steps_));
+  for (const auto& p : phases_) j["seconds_per_step"][p.first] = p.second / n;
+  return j.dump();
+}
+
+}  // namespace llama_compress

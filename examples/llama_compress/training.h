@@ -1,0 +1,92 @@
+#pragma once
+// Training pieces of the LLaMA example: the optimizers of --optimizer, the learning-rate schedule,
+// held-out perplexity, and the per-step time profile.
+#include <ATen/core/Tensor.h>
+#include <edkm/llama.h>
+#include <torch/optim/optimizer.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace llama_compress {
+
+using Clock = std::chrono::steady_clock;
+inline double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+/// AdamW whose moments are kept in bf16: 4 bytes of state per parameter instead of 8 (fp32
+/// moments). The update is computed in fp32, in chunks of 2^22 elements.
+class LeanAdamW {
+ public:
+  LeanAdamW(std::vector<at::Tensor> params, double lr, double wd) : params_(std::move(params)), lr_(lr), wd_(wd) {}
+  void zero_grad();
+  void set_lr(double lr) { lr_ = lr; }
+  void step();
+  static constexpr int kStateBytesPerParam = 4;
+
+ private:
+  std::vector<at::Tensor> params_, m_, v_;
+  double lr_, wd_;
+  int64_t t_ = 0;
+};
+
+/// One interface over the optimizers of --optimizer: adamw | adamw-bf16 | sgd.
+struct Optimizer {
+  std::unique_ptr<torch::optim::Optimizer> torch_opt;
+  std::unique_ptr<LeanAdamW> lean;
+  int state_bytes_per_param = 0;
+  Optimizer(const std::string& kind, const std::vector<at::Tensor>& params, double lr, double wd);
+  void zero_grad();
+  void step();
+  void set_lr(double lr);
+  /// torch::save / torch::load of the state (adamw and sgd; adamw-bf16 throws: not resumable).
+  std::string save() const;
+  void load(const std::string& bytes);
+};
+
+/// Linear warm-up over the first 10% of the steps, then cosine decay to 10% of the peak.
+double schedule(double lr, int64_t step, int64_t steps);
+
+struct Eval {
+  double perplexity = 0, tokens_per_s = 0;
+  int64_t tokens = 0;
+};
+
+/// Perplexity over non-overlapping windows of `seq` tokens of `stream` (each predicts its tokens
+/// 1..seq-1), `batch` windows at a time; the model is put in eval mode and back in train mode.
+Eval perplexity(edkm::LlamaForCausalLM& model, const at::Tensor& stream, int64_t seq, int64_t batch);
+
+/// Greedy decoding: `n` tokens after `prompt` (stops at `eos` when >= 0), recomputing the whole
+/// context each token (no KV cache: a short sample of what the model says).
+std::vector<int64_t> greedy_generate(edkm::LlamaForCausalLM& model, const std::vector<int64_t>& prompt, int64_t n,
+                                     int64_t eos);
+
+/// Where a training step's time goes: wall time of each phase, summed over the steps, and the
+/// time inside the DKM engines' backward (their autograd nodes, timed by a RecordFunction
+/// callback while a StepProfile is alive; the dense engine's backward is made of ordinary ATen
+/// nodes and is counted in "backward").
+class StepProfile {
+ public:
+  StepProfile();
+  ~StepProfile();
+  StepProfile(const StepProfile&) = delete;
+  StepProfile& operator=(const StepProfile&) = delete;
+  /// Adds `seconds` to phase `name` (phases keep their first-seen order).
+  void add(const std::string& name, double seconds);
+  void count_step() { ++steps_; }
+  /// Seconds of the DKM engines' backward nodes so far.
+  double dkm_backward_seconds() const;
+  /// A Markdown table: phase, seconds per step, share of the step.
+  std::string to_markdown() const;
+  /// {"steps": n, "phases": {name: seconds per step}}.
+  std::string to_json() const;
+
+ private:
+  std::vector<std::pair<std::string, double>> phases_;
+  int64_t steps_ = 0;
+  uint64_t handle_ = 0;
+};
+
+}  // namespace llama_compress
