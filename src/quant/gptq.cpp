@@ -158,7 +158,7 @@ at::Tensor upper_cholesky_of_inverse(at::Tensor h) {
   auto [u, info2] = at::linalg_cholesky_ex(hinv, /*upper=*/true);
   TORCH_CHECK(info2.item<int64_t>() == 0,
               "gptq_quantize: the inverse Hessian is not positive definite (numerically); raise damp");
-  return u;
+  return u.contiguous();  // LAPACK leaves it column-major
 }
 
 }  // namespace
