@@ -260,6 +260,21 @@ TEST(GPTQ, HessianAccumulates) {
   expect_error([&] { h.add(at::ones({2, 8}, at::kLong)); }, {"floating"});
 }
 
+TEST(GPTQ, CudaInputsGiveTheCpuResult) {
+  EDKM_SKIP_WITHOUT_GPU();
+  const at::Tensor x = correlated_inputs(256, 64, 4);
+  const at::Tensor w = random_weight(16, 64, 4).to(at::kFloat);
+  GPTQHessian on_gpu(64);
+  on_gpu.add(x.cuda());
+  EXPECT_TRUE(on_gpu.hessian().is_cuda());
+  const auto o = GPTQOptions(3).group_size(16).block_size(8);
+  const auto g = edkm::gptq_quantize(w.cuda(), on_gpu, o);
+  const auto c = edkm::gptq_quantize(w, hessian_of(x), o);
+  EXPECT_TRUE(g.weight.is_cuda());
+  EXPECT_LE((g.weight.cpu() - c.weight).abs().max().item<float>(), 1e-6);
+  EXPECT_NEAR(g.error, c.error, 1e-9 * c.error);
+}
+
 TEST(GPTQ, BadInputsNameTheProblem) {
   const GPTQHessian h = hessian_of(correlated_inputs(64, 16, 2));
   const at::Tensor w = random_weight(8, 16, 2);
@@ -333,78 +348,81 @@ TEST(GPTQ, LlamaLinearInputsAreTheForwardsOwn) {
 }
 
 TEST(GPTQ, LlamaSequentialQuantization) {
-  torch::manual_seed(5);
-  edkm::LlamaForCausalLM reference(small_llama());
-  reference->eval();
-  const at::Tensor calibration = at::randint(64, {8, 32}, gen(11), at::kLong);
-  const at::Tensor held_out = at::randint(64, {4, 32}, gen(12), at::kLong);
-  at::Tensor logits;
-  {
-    torch::NoGradGuard ng;
-    logits = reference(held_out);
-  }
-  for (const auto& o : {GPTQOptions(3).group_size(16), GPTQOptions(2).group_size(0).act_order(true),
-                        GPTQOptions(3).grid(QuantGrid::kLut).lut_rows(4)}) {
-    const bool uniform = o.grid() == QuantGrid::kUniform;
-    edkm::LlamaForCausalLM model = copy_of(reference);
-    std::vector<int64_t> ticks;
-    const auto report = edkm::gptq_quantize_llama(model, calibration, o, [&](int64_t done, int64_t total) {
-      EXPECT_EQ(total, 14);
-      ticks.push_back(done);
-    });
-    ASSERT_EQ(ticks.size(), 14u);
-    EXPECT_EQ(ticks.back(), 14);
-    ASSERT_EQ(report.layer_error.size(), 14u);
-    EXPECT_EQ(report.layer_error[0].first, "model.layers.0.self_attn.q_proj");
-    EXPECT_EQ(report.layer_error[13].first, "model.layers.1.mlp.down_proj");
-    for (const auto& [name, err] : report.layer_error) EXPECT_TRUE(std::isfinite(err) && err > 0) << name;
-    EXPECT_GT(report.bits_per_weight, static_cast<double>(o.bits()));
-    EXPECT_GE(report.seconds, 0);
-    // At most 2^bits distinct values per row and group (uniform) or per LUT group of rows.
-    for (const auto& lin : linears(model)) {
-      const at::Tensor w = lin->weight.detach();
-      const int64_t rows = w.size(0), cols = w.size(1);
-      if (uniform) {
-        const int64_t gs = o.group_size() > 0 ? o.group_size() : cols;
-        for (int64_t r = 0; r < rows; ++r) {
-          for (int64_t g = 0; g < cols / gs; ++g) {
-            EXPECT_LE(distinct(w[r].narrow(0, g * gs, gs)), o.levels());
+  for (uint64_t seed : {5, 6, 7}) {
+    torch::manual_seed(seed);
+    edkm::LlamaForCausalLM reference(small_llama());
+    reference->eval();
+    const at::Tensor calibration = at::randint(64, {8, 32}, gen(11), at::kLong);
+    const at::Tensor held_out = at::randint(64, {4, 32}, gen(12), at::kLong);
+    at::Tensor logits;
+    {
+      torch::NoGradGuard ng;
+      logits = reference(held_out);
+    }
+    for (const auto& o : {GPTQOptions(3).group_size(16), GPTQOptions(2).group_size(0).act_order(true),
+                          GPTQOptions(3).grid(QuantGrid::kLut).lut_rows(4)}) {
+      const bool uniform = o.grid() == QuantGrid::kUniform;
+      edkm::LlamaForCausalLM model = copy_of(reference);
+      std::vector<int64_t> ticks;
+      const auto report = edkm::gptq_quantize_llama(model, calibration, o, [&](int64_t done, int64_t total) {
+        EXPECT_EQ(total, 14);
+        ticks.push_back(done);
+      });
+      ASSERT_EQ(ticks.size(), 14u);
+      EXPECT_EQ(ticks.back(), 14);
+      ASSERT_EQ(report.layer_error.size(), 14u);
+      EXPECT_EQ(report.layer_error[0].first, "model.layers.0.self_attn.q_proj");
+      EXPECT_EQ(report.layer_error[13].first, "model.layers.1.mlp.down_proj");
+      for (const auto& [name, err] : report.layer_error) EXPECT_TRUE(std::isfinite(err) && err > 0) << name;
+      EXPECT_GT(report.bits_per_weight, static_cast<double>(o.bits()));
+      EXPECT_GE(report.seconds, 0);
+      // At most 2^bits distinct values per row and group (uniform) or per LUT group of rows.
+      for (const auto& lin : linears(model)) {
+        const at::Tensor w = lin->weight.detach();
+        const int64_t rows = w.size(0), cols = w.size(1);
+        if (uniform) {
+          const int64_t gs = o.group_size() > 0 ? o.group_size() : cols;
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t g = 0; g < cols / gs; ++g) {
+              EXPECT_LE(distinct(w[r].narrow(0, g * gs, gs)), o.levels());
+            }
+          }
+        } else {
+          for (int64_t g = 0; g < rows / o.lut_rows(); ++g) {
+            EXPECT_LE(distinct(w.narrow(0, g * o.lut_rows(), o.lut_rows())), o.levels());
           }
         }
-      } else {
-        for (int64_t g = 0; g < rows / o.lut_rows(); ++g) {
-          EXPECT_LE(distinct(w.narrow(0, g * o.lut_rows(), o.lut_rows())), o.levels());
+      }
+      // The model's output error on held-out tokens is not above round-to-nearest's on the same grid.
+      torch::NoGradGuard ng;
+      const double gptq_mse = (model(held_out) - logits).square().mean().item<double>();
+      edkm::LlamaForCausalLM rtn = copy_of(reference);
+      rtn->eval();
+      for (auto& lin : linears(rtn)) {
+        if (uniform) {
+          lin->weight.copy_(edkm::rtn_quantize(lin->weight, o.bits(), o.group_size()));
+        } else {
+          // Nearest centroid of a LUT of the same size and rows: GPTQ with a diagonal Hessian has no
+          // error feedback (U is diagonal) and clusters without sensitivity weights.
+          GPTQHessian flat(lin->weight.size(1));
+          flat.add(at::eye(lin->weight.size(1)));
+          const auto r = edkm::gptq_quantize(lin->weight, flat, o);
+          lin->weight.copy_(r.weight);
         }
       }
+      const double rtn_mse = (rtn(held_out) - logits).square().mean().item<double>();
+      EXPECT_LE(gptq_mse, rtn_mse) << "seed " << seed << " bits " << o.bits() << " grid " << edkm::to_string(o.grid());
+      std::cout << "  " << edkm::to_string(o.grid()) << " " << o.bits() << " bits: logits MSE GPTQ " << gptq_mse
+                << ", RTN " << rtn_mse << " (" << report.bits_per_weight << " bits/weight, " << report.seconds
+                << " s)\n";
     }
-    // The model's output error on held-out tokens is not above round-to-nearest's on the same grid.
-    torch::NoGradGuard ng;
-    const double gptq_mse = (model(held_out) - logits).square().mean().item<double>();
-    edkm::LlamaForCausalLM rtn = copy_of(reference);
-    rtn->eval();
-    for (auto& lin : linears(rtn)) {
-      if (uniform) {
-        lin->weight.copy_(edkm::rtn_quantize(lin->weight, o.bits(), o.group_size()));
-      } else {
-        // Nearest centroid of a LUT of the same size and rows: GPTQ with a diagonal Hessian has no
-        // error feedback (U is diagonal) and clusters without sensitivity weights.
-        GPTQHessian flat(lin->weight.size(1));
-        flat.add(at::eye(lin->weight.size(1)));
-        const auto r = edkm::gptq_quantize(lin->weight, flat, o);
-        lin->weight.copy_(r.weight);
-      }
-    }
-    const double rtn_mse = (rtn(held_out) - logits).square().mean().item<double>();
-    EXPECT_LE(gptq_mse, rtn_mse) << "bits " << o.bits() << " grid " << edkm::to_string(o.grid());
-    std::cout << "  " << edkm::to_string(o.grid()) << " " << o.bits() << " bits: logits MSE GPTQ " << gptq_mse
-              << ", RTN " << rtn_mse << " (" << report.bits_per_weight << " bits/weight, " << report.seconds << " s)\n";
+    // Too small a calibration set fails before any weight changes.
+    edkm::LlamaForCausalLM model = copy_of(reference);
+    expect_error([&] { edkm::gptq_quantize_llama(model, calibration.narrow(0, 0, 1), GPTQOptions(4).group_size(16)); },
+                 {"calibration set too small"});
+    const auto after = linears(model), before = linears(reference);
+    for (size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(at::equal(after[i]->weight, before[i]->weight));
   }
-  // Too small a calibration set fails before any weight changes.
-  edkm::LlamaForCausalLM model = copy_of(reference);
-  expect_error([&] { edkm::gptq_quantize_llama(model, calibration.narrow(0, 0, 1), GPTQOptions(4).group_size(16)); },
-               {"calibration set too small"});
-  const auto after = linears(model), before = linears(reference);
-  for (size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(at::equal(after[i]->weight, before[i]->weight));
 }
 
 }  // namespace
