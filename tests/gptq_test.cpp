@@ -374,6 +374,15 @@ TEST(GPTQ, LlamaSequentialQuantization) {
       EXPECT_EQ(report.layer_error[0].first, "model.layers.0.self_attn.q_proj");
       EXPECT_EQ(report.layer_error[13].first, "model.layers.1.mlp.down_proj");
       for (const auto& [name, err] : report.layer_error) EXPECT_TRUE(std::isfinite(err) && err > 0) << name;
+      double bits = 0, numel = 0;  // the size-weighted mean over the 14 Linears
+      for (const auto& lin : linears(model)) {
+        const int64_t rows = lin->weight.size(0), cols = lin->weight.size(1);
+        bits += static_cast<double>(rows * cols) *
+                (uniform ? edkm::uniform_bits_per_weight(rows, cols, o.bits(), o.group_size())
+                         : edkm::lut_bits_per_weight(rows, cols, o.bits(), o.lut_rows()));
+        numel += static_cast<double>(rows * cols);
+      }
+      EXPECT_NEAR(report.bits_per_weight, bits / numel, 1e-12);
       EXPECT_GT(report.bits_per_weight, static_cast<double>(o.bits()));
       EXPECT_GE(report.seconds, 0);
       // At most 2^bits distinct values per row and group (uniform) or per LUT group of rows.
@@ -422,6 +431,21 @@ TEST(GPTQ, LlamaSequentialQuantization) {
                  {"calibration set too small"});
     const auto after = linears(model), before = linears(reference);
     for (size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(at::equal(after[i]->weight, before[i]->weight));
+  }
+}
+
+TEST(GPTQ, LlamaChunksGiveTheSameModel) {
+  torch::manual_seed(8);
+  edkm::LlamaForCausalLM one(small_llama());
+  edkm::LlamaForCausalLM chunked = copy_of(one);
+  const at::Tensor calibration = at::randint(64, {6, 32}, gen(13), at::kLong);
+  const auto o = GPTQOptions(3).group_size(16);
+  const auto a = edkm::gptq_quantize_llama(one, calibration, o);
+  const auto b = edkm::detail::gptq_quantize_llama(chunked, calibration, o, {}, 64);  // 3 chunks of 2 sequences
+  const auto wa = linears(one), wb = linears(chunked);
+  for (size_t i = 0; i < wa.size(); ++i) {
+    EXPECT_LE((wa[i]->weight - wb[i]->weight).abs().max().item<float>(), 1e-6) << a.layer_error[i].first;
+    EXPECT_NEAR(a.layer_error[i].second, b.layer_error[i].second, 1e-6 * a.layer_error[i].second);
   }
 }
 

@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 
 #include "edkm/gptq.h"
 #include "edkm/llama.h"
@@ -24,5 +25,10 @@ at::Tensor attention_context(LlamaAttentionImpl& attn, const at::Tensor& x, cons
 
 /// The input of down_proj: silu(gate_proj(x)) * up_proj(x). x: the post-attention-layernorm output.
 at::Tensor mlp_hidden(LlamaMLPImpl& mlp, const at::Tensor& x);
+
+/// gptq_quantize_llama with the calibration batch in chunks of whole sequences of about
+/// `chunk_tokens` tokens (at least one sequence); the public form uses 4096.
+GPTQReport gptq_quantize_llama(LlamaForCausalLM& model, const at::Tensor& calibration, const GPTQOptions& options,
+                               std::function<void(int64_t done, int64_t total)> progress, int64_t chunk_tokens);
 
 }  // namespace edkm::detail

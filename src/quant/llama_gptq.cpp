@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "edkm/glu.h"
@@ -57,6 +58,14 @@ Quantized quantize_linear(torch::nn::LinearImpl& linear, const GPTQHessian& h, c
 
 GPTQReport gptq_quantize_llama(LlamaForCausalLM& model, const at::Tensor& calibration, const GPTQOptions& options,
                                std::function<void(int64_t done, int64_t total)> progress) {
+  return detail::gptq_quantize_llama(model, calibration, options, std::move(progress), 4096);
+}
+
+namespace detail {
+
+GPTQReport gptq_quantize_llama(LlamaForCausalLM& model, const at::Tensor& calibration, const GPTQOptions& options,
+                               std::function<void(int64_t done, int64_t total)> progress, int64_t chunk_tokens) {
+  TORCH_CHECK(chunk_tokens >= 1, "gptq_quantize_llama: chunk_tokens must be >= 1, got ", chunk_tokens);
   const auto start = std::chrono::steady_clock::now();
   options.validate();
   TORCH_CHECK(model, "gptq_quantize_llama: the model is empty");
@@ -84,8 +93,8 @@ GPTQReport gptq_quantize_llama(LlamaForCausalLM& model, const at::Tensor& calibr
   auto& decoder = *model->model;
   const c10::Device device = decoder.embed_tokens->weight.device();
   const at::Tensor tokens = calibration.to(device);
-  // Chunks of whole sequences, about 4096 tokens each.
-  const int64_t per_chunk = std::max<int64_t>(1, 4096 / seq);
+  // Chunks of whole sequences, about chunk_tokens tokens each.
+  const int64_t per_chunk = std::max<int64_t>(1, chunk_tokens / seq);
   std::vector<at::Tensor> xs;
   for (int64_t b0 = 0; b0 < batch; b0 += per_chunk) {
     xs.push_back(decoder.embed_tokens(tokens.narrow(0, b0, std::min(per_chunk, batch - b0))));
@@ -152,5 +161,7 @@ GPTQReport gptq_quantize_llama(LlamaForCausalLM& model, const at::Tensor& calibr
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return report;
 }
+
+}  // namespace detail
 
 }  // namespace edkm
