@@ -103,7 +103,7 @@ class EDKM_API GPTQHessian {
   at::Tensor sum_;  // sum x x^T, fp64
 };
 
-/// What gptq_quantize returns.
+/// What gptq_quantize returns: `weight` on the input's device, the rest on CPU.
 struct GPTQResult {
   at::Tensor weight;  ///< rows x cols: the quantized (dequantized) weight, dtype and device of the input
   at::Tensor codes;   ///< rows x cols, uint8: kUniform the integer level 0..2^bits-1; kLut the index into the row's LUT
@@ -117,8 +117,13 @@ struct GPTQResult {
 /// GPTQ on `weight` (rows x cols, floating, finite) with the Hessian of its inputs. Computes in
 /// fp64 on CPU. Columns whose diag(H) is 0 (never active) are set to 0, as the reference does.
 /// Uniform grid without act_order: a group's scale/zero come from its weights as error feedback
-/// left them when its first column is quantized (group_size 0: from the whole weight up front).
-/// kLut: the LUTs are fixed before the loop, from the weights; each entry goes to its nearest centroid.
+/// left them when its first column is quantized (group_size 0: from the whole weight up front), so
+/// the result does not depend on block_size. The reference reads a group that starts inside a lazy
+/// block before that block's updates: equal to this when group_size is a multiple of block_size
+/// (the defaults: 128 and 128).
+/// kLut: the LUTs are fixed before the loop, from the weights (dead columns, with no weight, left
+/// out): exact 1-D k-means (kmeans::optimal_1d) up to 1024 distinct values per LUT, else
+/// kmeans::binned_1d; each entry goes to its nearest centroid.
 EDKM_API GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& hessian, const GPTQOptions& options);
 
 /// Round-to-nearest on GPTQ's uniform grid (asymmetric min-max per row, or per row and group of
