@@ -8,6 +8,7 @@
 #include "edkm/file_io.h"
 #include "edkm/gguf.h"
 #include "edkm/glu.h"
+#include "edkm/gptq.h"
 #include "edkm/host_pool.h"
 #include "edkm/kmeans.h"
 #include "edkm/llama.h"
