@@ -52,7 +52,8 @@ struct EDKM_API GPTQOptions {
   TORCH_ARG(int64_t, bits);
   /// Uniform levels or a per-row-group look-up table. Default kUniform.
   TORCH_ARG(QuantGrid, grid) = QuantGrid::kUniform;
-  /// kUniform: input columns sharing one scale/zero per row; must divide the columns; 0: one
+  /// kUniform: input columns sharing one scale/zero per row (the last group is narrower when
+  /// it does not divide the columns); 0: one
   /// scale/zero per row. Default 128.
   TORCH_ARG(int64_t, group_size) = 128;
   /// kLut: output rows sharing one look-up table; must divide the rows. Default 1 (one per row,

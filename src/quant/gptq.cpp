@@ -69,10 +69,7 @@ void check_layer(int64_t rows, int64_t cols, int64_t samples, const GPTQOptions&
               "); the Hessian would be rank-deficient. Add calibration data or lower GPTQOptions::min_samples");
   TORCH_CHECK(options.damp() > 0 || samples >= cols, what, ": calibration set too small: ", samples,
               " calibration vectors for ", cols, " input features with damp 0 leave the Hessian singular");
-  if (options.grid() == QuantGrid::kUniform) {
-    TORCH_CHECK(options.group_size() == 0 || cols % options.group_size() == 0, what, ": group_size ",
-                options.group_size(), " does not divide the ", cols, " input columns");
-  } else {
+  if (options.grid() == QuantGrid::kLut) {
     TORCH_CHECK(rows % options.lut_rows() == 0, what, ": lut_rows ", options.lut_rows(), " does not divide the ", rows,
                 " output rows");
   }
@@ -81,8 +78,8 @@ void check_layer(int64_t rows, int64_t cols, int64_t samples, const GPTQOptions&
 }  // namespace detail
 
 double uniform_bits_per_weight(int64_t rows, int64_t cols, int64_t bits, int64_t group_size) {
-  const int64_t per_group = group_size > 0 ? group_size : cols;
-  return static_cast<double>(bits) + 32.0 / static_cast<double>(per_group);
+  const int64_t groups = group_size > 0 ? (cols + group_size - 1) / group_size : 1;
+  return static_cast<double>(bits) + 32.0 * static_cast<double>(groups) / static_cast<double>(cols);
 }
 
 double lut_bits_per_weight(int64_t rows, int64_t cols, int64_t bits, int64_t lut_rows) {
@@ -95,16 +92,21 @@ at::Tensor rtn_quantize(const at::Tensor& weight, int64_t bits, int64_t group_si
   TORCH_CHECK(weight.is_floating_point(), "rtn_quantize: weight must be floating point, got ", weight.scalar_type());
   TORCH_CHECK(bits >= 1 && bits <= 8, "rtn_quantize: bits must be in 1..8, got ", bits);
   const int64_t rows = weight.size(0), cols = weight.size(1);
-  TORCH_CHECK(group_size >= 0 && (group_size == 0 || cols % group_size == 0), "rtn_quantize: group_size ", group_size,
-              " does not divide the ", cols, " input columns");
-  const int64_t gs = group_size > 0 ? group_size : cols, maxq = (int64_t{1} << bits) - 1;
-  const at::Tensor w = weight.detach().to(at::kCPU, at::kDouble).reshape({rows * (cols / gs), gs});
-  at::Tensor scale, zero;
-  detail::uniform_params(w, maxq, scale, zero);
-  scale = scale.unsqueeze(1);
-  zero = zero.unsqueeze(1);
-  const at::Tensor q = (at::round(w / scale) + zero).clamp(0, static_cast<double>(maxq));
-  return (scale * (q - zero)).reshape({rows, cols}).to(weight.device(), weight.scalar_type());
+  TORCH_CHECK(group_size >= 0, "rtn_quantize: group_size must be >= 0, got ", group_size);
+  const int64_t gs = group_size > 0 ? std::min(group_size, cols) : cols, maxq = (int64_t{1} << bits) - 1;
+  const at::Tensor w = weight.detach().to(at::kCPU, at::kDouble);
+  at::Tensor out = at::empty_like(w);
+  for (int64_t c0 = 0; c0 < cols; c0 += gs) {  // the last group is narrower when gs does not divide cols
+    const at::Tensor v = w.narrow(1, c0, std::min(gs, cols - c0));
+    at::Tensor scale, zero;
+    detail::uniform_params(v, maxq, scale, zero);
+    scale = scale.unsqueeze(1);
+    zero = zero.unsqueeze(1);
+    const at::Tensor q = (at::round(v / scale) + zero).clamp(0, static_cast<double>(maxq));
+    out.narrow(1, c0, v.size(1)).copy_(scale * (q - zero));
+  }
+  (void)rows;
+  return out.to(weight.device(), weight.scalar_type());
 }
 
 // --- GPTQ ---------------------------------------------------------------------------------------
@@ -180,7 +182,9 @@ GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& hessian, c
 
   const int64_t maxq = options.levels() - 1, k = options.levels();
   const bool uniform = options.grid() == QuantGrid::kUniform;
-  const int64_t gs = options.group_size() > 0 ? options.group_size() : cols, groups = cols / gs;
+  // Groups of gs columns; the last one narrower when gs does not divide cols (576 columns at g128).
+  const int64_t gs = options.group_size() > 0 ? std::min(options.group_size(), cols) : cols;
+  const int64_t groups = (cols + gs - 1) / gs;
 
   // Dead columns (never active): H_ii = 1, W[:, i] = 0.
   at::Tensor h = h0.clone();
@@ -199,7 +203,7 @@ GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& hessian, c
     if (static_groups) {
       for (int64_t g = 0; g < groups; ++g) {
         at::Tensor s, z;
-        detail::uniform_params(w.narrow(1, g * gs, gs), maxq, s, z);
+        detail::uniform_params(w.narrow(1, g * gs, std::min(gs, cols - g * gs)), maxq, s, z);
         scales.select(1, g).copy_(s);
         zeros.select(1, g).copy_(z);
       }
@@ -247,11 +251,12 @@ GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& hessian, c
       if (uniform && !static_groups && i % gs == 0) {
         // The group's weights as error feedback has left them now: inside the block as they are,
         // after the block with the block's pending update applied.
-        at::Tensor cur = wt.narrow(0, i, std::min(i + gs, i2) - i);
-        if (i + gs > i2) {
+        const int64_t ge = std::min(i + gs, cols);  // the group's end
+        at::Tensor cur = wt.narrow(0, i, std::min(ge, i2) - i);
+        if (ge > i2) {
           const at::Tensor pending =
-              at::mm(u.narrow(0, i1, i - i1).narrow(1, i2, i + gs - i2).t(), err.narrow(0, 0, i - i1));
-          cur = at::cat({cur, wt.narrow(0, i2, i + gs - i2) - pending}, 0);
+              at::mm(u.narrow(0, i1, i - i1).narrow(1, i2, ge - i2).t(), err.narrow(0, 0, i - i1));
+          cur = at::cat({cur, wt.narrow(0, i2, ge - i2) - pending}, 0);
         }
         at::Tensor s, z;
         detail::uniform_params(cur.t(), maxq, s, z);

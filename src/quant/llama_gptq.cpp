@@ -76,7 +76,7 @@ GPTQReport gptq_quantize_llama(LlamaForCausalLM& model, const at::Tensor& calibr
   const int64_t batch = calibration.size(0), seq = calibration.size(1), samples = batch * seq;
   TORCH_CHECK(seq >= 1 && seq <= config.max_position_embeddings(), "gptq_quantize_llama: calibration sequences of ",
               seq, " tokens (1..", config.max_position_embeddings(), " allowed)");
-  // Every check of every layer before any work: a too-small calibration set or a group_size that does
+  // Every check of every layer before any work: a too-small calibration set or a lut_rows that does
   // not divide some layer fails here, with the model untouched.
   const int64_t hidden = config.hidden_size(), attn_width = config.num_attention_heads() * config.resolved_head_dim(),
                 kv_width = config.num_key_value_heads() * config.resolved_head_dim(),
