@@ -102,7 +102,7 @@ at::Tensor reference_gptq(at::Tensor w, at::Tensor h, const GPTQOptions& o, cons
       const at::Tensor s = scales.select(1, col / gs), z = zeros.select(1, col / gs);
       qj = s * ((at::round(wj / s) + z).clamp(0, static_cast<double>(maxq)) - z);
     } else {
-      qj = nearest_in(wj.unsqueeze(1), luts, o.lut_rows()).squeeze(1);
+      qj = nearest_in(wj.unsqueeze(1), luts, o.lut_rows() > 0 ? o.lut_rows() : rows).squeeze(1);
     }
     q.select(1, j).copy_(qj);
     const double d = hinv[j][j].item<double>();
@@ -152,7 +152,7 @@ TEST(GPTQ, LutEqualsThePlainAlgorithm) {
   const int64_t rows = 16, cols = 64;
   const GPTQHessian h = hessian_of(correlated_inputs(256, cols, 8, {3}));
   for (int64_t bits : {2, 3}) {
-    for (int64_t lut_rows : {1, 4}) {
+    for (int64_t lut_rows : {1, 4, 0}) {  // 0: one LUT per tensor
       for (bool act : {false, true}) {
         const auto o = GPTQOptions(bits).grid(QuantGrid::kLut).lut_rows(lut_rows).act_order(act).block_size(16);
         const at::Tensor w = random_weight(rows, cols, 200 + bits);

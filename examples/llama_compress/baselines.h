@@ -23,13 +23,9 @@ struct Layer {
 double lut_bits(const Layer& l, int64_t bits, int64_t groups);
 /// LUTs of `l` under DKM options (1 per tensor, rows / group_size per grouped channel).
 int64_t lut_groups(const Layer& l, const edkm::DKMOptions& o);
-/// Bits a uniform-grid layer stores: numel * bits + rows * ceil(cols / group_cols) * 32
-/// (group_cols 0: one scale and zero point per row).
+/// Bits a uniform-grid layer stores (edkm::uniform_bits_per_weight: a scale and a zero point at
+/// 16 bits per row and group of `group_cols` input columns; 0: per row).
 double uniform_bits(const Layer& l, int64_t bits, int64_t group_cols);
-
-/// Uniform asymmetric round-to-nearest (min-max, 2^bits levels) per row, or per row and group of
-/// `group_cols` input columns.
-at::Tensor round_to_nearest(const at::Tensor& w, int64_t bits, int64_t group_cols);
 
 /// Post-training k-means: the weight replaced by its nearest centroids (edkm's init under `o`).
 at::Tensor kmeans_quantize(const at::Tensor& w, const edkm::DKMOptions& o);

@@ -296,6 +296,15 @@ int main(int argc, char** argv) try {
   TORCH_CHECK(!want_gptq || train_ids.numel() >= 4 * eval_seq_len, "GPTQ calibration: the training split has ",
               train_ids.numel(), " tokens, fewer than 4 windows of ", eval_seq_len);
 
+  // GPTQ's calibration: windows of --eval-seq-len tokens at seeded random offsets of the training split.
+  at::Tensor calibration;
+  if (want_gptq) {
+    const int64_t windows = std::max<int64_t>(1, calibration_tokens / eval_seq_len);
+    auto g = at::make_generator<at::CPUGeneratorImpl>(seed * 1000003 + 17);
+    const at::Tensor starts = at::randint(train_ids.numel() - eval_seq_len, {windows}, g, at::kLong);
+    calibration = train_ids.index({starts.unsqueeze(1) + at::arange(eval_seq_len, at::kLong).unsqueeze(0)});
+  }
+
   // Model.
   edkm::LlamaForCausalLM model{nullptr};
   std::string source;
@@ -511,11 +520,11 @@ int main(int argc, char** argv) try {
       if (wanted.count("rtn"))
         evaluate_replaced(bs + "RTN (per-row min-max)", b,
                           linear_or_head([&](const Layer& l) { return uniform_bits(l, b, 0); }),
-                          [&](const Layer& l) { return round_to_nearest(l.weight.detach(), b, 0); });
+                          [&](const Layer& l) { return edkm::rtn_quantize(l.weight.detach(), b, 0); });
       if (wanted.count("rtn-g128"))
         evaluate_replaced(bs + "RTN (g" + std::to_string(rtn_group) + ")", b,
                           linear_or_head([&](const Layer& l) { return uniform_bits(l, b, rtn_group); }),
-                          [&](const Layer& l) { return round_to_nearest(l.weight.detach(), b, rtn_group); });
+                          [&](const Layer& l) { return edkm::rtn_quantize(l.weight.detach(), b, rtn_group); });
       const auto lut_opts = dkm_options(b);
       const std::string lut_name = group_size > 0 ? std::to_string(group_size) + " rows per LUT" : "one LUT per tensor";
       if (wanted.count("kmeans"))
@@ -528,7 +537,28 @@ int main(int argc, char** argv) try {
                             return kmeans_quantize(l.weight.detach(),
                                                    dkm_options(b).granularity(edkm::Granularity::kPerTensor));
                           });
-      // GPTQ_ROWS
+      // GPTQ, layer by layer on calibration windows of the training split (the embedding and the
+      // head replaced first, so the calibration runs through them as the evaluation will).
+      auto gptq_row = [&](const std::string& method, const edkm::GPTQOptions& go, std::pair<double, double> bpw) {
+        replace_heads();
+        edkm::ProgressBar gbar(config.num_hidden_layers() * 7, "GPTQ " + method);
+        const auto rep = edkm::gptq_quantize_llama(m, calibration, go, [&](int64_t, int64_t) { gbar.tick(); });
+        gbar.finish();
+        double err = 0;
+        for (const auto& e : rep.layer_error) err += e.second;
+        gptq_facts += "- GPTQ " + method + ": " + fixed(rep.seconds, 1) + " s on " +
+                      std::to_string(calibration.numel()) + " calibration tokens; summed layer error " +
+                      fixed(err, 3) + "\n";
+        add_row({prefix + method, b, bpw.first, bpw.second, evaluate(m), ""});
+        restore();
+      };
+      if (wanted.count("gptq"))
+        gptq_row(bs + "GPTQ (g" + std::to_string(rtn_group) + ")", edkm::GPTQOptions(b).group_size(rtn_group),
+                 linear_or_head([&](const Layer& l) { return uniform_bits(l, b, rtn_group); }));
+      if (wanted.count("gptq-lut"))
+        gptq_row(bs + "GPTQ (" + lut_name + ")",
+                 edkm::GPTQOptions(b).grid(edkm::QuantGrid::kLut).lut_rows(group_size),
+                 linear_or_head([&](const Layer& l) { return lut_bits(l, b, lut_groups(l, lut_opts)); }));
     }
   };
   if (!wanted.empty()) post_training_baselines(model, "");

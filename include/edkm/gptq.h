@@ -56,7 +56,7 @@ struct EDKM_API GPTQOptions {
   /// it does not divide the columns); 0: one
   /// scale/zero per row. Default 128.
   TORCH_ARG(int64_t, group_size) = 128;
-  /// kLut: output rows sharing one look-up table; must divide the rows. Default 1 (one per row,
+  /// kLut: output rows sharing one look-up table; must divide the rows; 0: one LUT per tensor. Default 1 (one per row,
   /// as SqueezeLLM).
   TORCH_ARG(int64_t, lut_rows) = 1;
   /// Damping: this fraction of the mean of diag(H) is added to the diagonal. Default 0.01.
@@ -133,7 +133,7 @@ EDKM_API GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& h
 EDKM_API at::Tensor rtn_quantize(const at::Tensor& weight, int64_t bits, int64_t group_size);
 /// Storage of a uniform grid: bits + 2 x 16 bits per group (group_size 0: per row).
 EDKM_API double uniform_bits_per_weight(int64_t rows, int64_t cols, int64_t bits, int64_t group_size);
-/// Storage of a LUT grid: bits + 2^bits x 16 bits per `lut_rows` rows.
+/// Storage of a LUT grid: bits + 2^bits x 16 bits per `lut_rows` rows (0: per tensor).
 EDKM_API double lut_bits_per_weight(int64_t rows, int64_t cols, int64_t bits, int64_t lut_rows);
 
 /// What gptq_quantize_llama returns.

@@ -19,7 +19,7 @@ std::string to_string(QuantGrid g) { return g == QuantGrid::kUniform ? "uniform"
 void GPTQOptions::validate() const {
   TORCH_CHECK(bits() >= 1 && bits() <= 8, "GPTQOptions: bits must be in 1..8, got ", bits());
   TORCH_CHECK(group_size() >= 0, "GPTQOptions: group_size must be >= 0 (0: one group per row), got ", group_size());
-  TORCH_CHECK(lut_rows() >= 1, "GPTQOptions: lut_rows must be >= 1, got ", lut_rows());
+  TORCH_CHECK(lut_rows() >= 0, "GPTQOptions: lut_rows must be >= 0 (0: one LUT per tensor), got ", lut_rows());
   TORCH_CHECK(std::isfinite(damp()) && damp() >= 0, "GPTQOptions: damp must be finite and >= 0, got ", damp());
   TORCH_CHECK(block_size() >= 1, "GPTQOptions: block_size must be >= 1, got ", block_size());
   TORCH_CHECK(min_samples() >= -1, "GPTQOptions: min_samples must be -1 (in_features) or >= 0, got ", min_samples());
@@ -70,7 +70,7 @@ void check_layer(int64_t rows, int64_t cols, int64_t samples, const GPTQOptions&
   TORCH_CHECK(options.damp() > 0 || samples >= cols, what, ": calibration set too small: ", samples,
               " calibration vectors for ", cols, " input features with damp 0 leave the Hessian singular");
   if (options.grid() == QuantGrid::kLut) {
-    TORCH_CHECK(rows % options.lut_rows() == 0, what, ": lut_rows ", options.lut_rows(), " does not divide the ", rows,
+    TORCH_CHECK(options.lut_rows() == 0 || rows % options.lut_rows() == 0, what, ": lut_rows ", options.lut_rows(), " does not divide the ", rows,
                 " output rows");
   }
 }
@@ -84,7 +84,7 @@ double uniform_bits_per_weight(int64_t rows, int64_t cols, int64_t bits, int64_t
 
 double lut_bits_per_weight(int64_t rows, int64_t cols, int64_t bits, int64_t lut_rows) {
   return static_cast<double>(bits) +
-         16.0 * static_cast<double>(int64_t{1} << bits) / static_cast<double>(lut_rows * cols);
+         16.0 * static_cast<double>(int64_t{1} << bits) / static_cast<double>((lut_rows > 0 ? lut_rows : rows) * cols);
 }
 
 at::Tensor rtn_quantize(const at::Tensor& weight, int64_t bits, int64_t group_size) {
@@ -209,7 +209,7 @@ GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& hessian, c
       }
     }
   } else {
-    const int64_t lr = options.lut_rows(), lut_groups = rows / lr;
+    const int64_t lr = options.lut_rows() > 0 ? options.lut_rows() : rows, lut_groups = rows / lr;
     r.luts = at::empty({lut_groups, k}, w.options());
     const at::Tensor sens = h0.diagonal().contiguous().repeat({lr});  // SqueezeLLM: weighted by diag(H)
     for (int64_t g = 0; g < lut_groups; ++g) {
@@ -240,6 +240,7 @@ GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& hessian, c
   const double* sp = uniform ? scales.data_ptr<double>() : nullptr;  // rows x groups
   const double* zp = uniform ? zeros.data_ptr<double>() : nullptr;
   const double* lut = uniform ? nullptr : r.luts.data_ptr<double>();
+  const int64_t lut_rows = options.lut_rows() > 0 ? options.lut_rows() : rows;
 
   for (int64_t i1 = 0; i1 < cols; i1 += options.block_size()) {
     const int64_t i2 = std::min(i1 + options.block_size(), cols), count = i2 - i1;
@@ -276,7 +277,7 @@ GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& hessian, c
           q = s * (level - z);
           ci[r0] = static_cast<uint8_t>(level);
         } else {
-          const double* c = lut + (r0 / options.lut_rows()) * k;
+          const double* c = lut + (r0 / lut_rows) * k;
           const int64_t idx = nearest_index(c, k, wi[r0]);
           q = c[idx];
           ci[r0] = static_cast<uint8_t>(idx);
