@@ -98,11 +98,11 @@ int main(int argc, char** argv) try {
   std::string model_dir, preset = "tiny", corpus = "/usr/share/games/fortunes", tokenizer_spec, engine = "auto";
   std::string optimizer = "adamw", out_dir = "llama_compress_out", dtype_name = "fp32", device_name = "cpu";
   std::string save_hf, save_hf_compressed, prompt = "The best thing about open source software is", loss_kind = "auto",
-                                           baselines = "rtn,kmeans,control", baseline_bits_list;
+                                           baselines = "uncompressed,rtn,kmeans,control", baseline_bits_list;
   std::vector<std::string> eval_corpora;
   int64_t layers = 0, bits = 3, embedding_bits = 8, group_size = 0, steps = 100, pretrain_steps = -1, seq_len = 128;
   int64_t batch = 16, eval_tokens = 32768, eval_seq_len = 0, eval_batch = 4, milestone = 0, threads = -1;
-  int64_t generate = 0, eval_every = 0, save_every = 0, stop_after = 0, rtn_group = 128, calibration_tokens = 16384;
+  int64_t dkm_iters = 3, generate = 0, eval_every = 0, save_every = 0, stop_after = 0, rtn_group = 128, calibration_tokens = 16384;
   double lr = 1e-3, pretrain_lr = 3e-3, weight_decay = 0.0, distill_temperature = 2.0, distill_alpha = 0.5;
   double distill_hidden = 0.0, tau = 1e-4;
   bool offload = false, checkpoint_activations = false, distill = false, skip_baselines = false, embedding_dkm = false;
@@ -131,6 +131,10 @@ int main(int argc, char** argv) try {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--tau", tau, "DKM softmax temperature")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--dkm-iters", dkm_iters,
+                 "DKM iterations per forward (max_iter; the centroids carry over from step to step)")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
   app.add_option("--engine", engine, "DKM engine: dense | table | streaming | auto")
       ->check(CLI::IsMember({"dense", "table", "streaming", "auto"}))
       ->capture_default_str();
@@ -176,7 +180,7 @@ int main(int argc, char** argv) try {
                  "also evaluate the compressed model every N fine-tuning steps (the perplexity curve; 0: never)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--baselines", baselines,
-                 "comma-separated post-training rows: rtn (per row), rtn-g128 (per row and 128 input columns), "
+                 "comma-separated rows besides DKM: uncompressed, rtn (per row), rtn-g128 (per row and 128 input columns), "
                  "kmeans (the DKM rows' LUT granularity), kmeans-tensor, gptq (uniform grid, groups of 128 "
                  "columns), gptq-lut (LUT at the DKM granularity), control (the uncompressed model fine-tuned the "
                  "same steps); none")
@@ -225,7 +229,7 @@ int main(int argc, char** argv) try {
   if (skip_baselines) baselines = "none";
   std::set<std::string> wanted;
   for (const auto& b : split_list(baselines)) {
-    TORCH_CHECK(b == "none" || b == "rtn" || b == "rtn-g128" || b == "kmeans" || b == "kmeans-tensor" || b == "gptq" ||
+    TORCH_CHECK(b == "none" || b == "uncompressed" || b == "rtn" || b == "rtn-g128" || b == "kmeans" || b == "kmeans-tensor" || b == "gptq" ||
                     b == "gptq-lut" || b == "control",
                 "--baselines: unknown method '", b, "'");
     if (b != "none") wanted.insert(b);
@@ -394,7 +398,8 @@ int main(int argc, char** argv) try {
   // --embedding-bits (or left dense).
   const auto dkm_engine = edkm::engine_from_string(engine);
   auto dkm_options = [&](int64_t b) {
-    auto o = edkm::DKMOptions(b).engine(dkm_engine).milestone(milestone).weight_threshold(0).tau(tau);
+    auto o = edkm::DKMOptions(b).engine(dkm_engine).milestone(milestone).weight_threshold(0).tau(tau).max_iter(
+        dkm_iters);
     if (group_size > 0) o.granularity(edkm::Granularity::kPerGroupedChannel).group_size(group_size);
     return o;
   };
@@ -477,7 +482,8 @@ int main(int argc, char** argv) try {
     std::cout << "perplexity " << r.method << ": " << ppl_text(r.evals) << "\n";
     rows.push_back(std::move(r));
   };
-  add_row({dtype_name + " (uncompressed)", 0, dense_bits, dense_bits, evaluate(model), ""});
+  if (wanted.count("uncompressed"))
+    add_row({dtype_name + " (uncompressed)", 0, dense_bits, dense_bits, evaluate(model), ""});
   std::string gptq_facts, sample_before, sample_after;
   const std::vector<int64_t> prompt_ids = generate > 0 ? tokenizer->encode(prompt) : std::vector<int64_t>{};
   if (generate > 0) {
@@ -561,7 +567,7 @@ int main(int argc, char** argv) try {
                  linear_or_head([&](const Layer& l) { return lut_bits(l, b, lut_groups(l, lut_opts)); }));
     }
   };
-  if (!wanted.empty()) post_training_baselines(model, "");
+  if (!wanted.empty() && !(wanted.size() == 1 && wanted.count("uncompressed"))) post_training_baselines(model, "");
 
   // 3. DKM fine-tuning with every selected layer clustered, and its control: the uncompressed
   // model trained the same steps on the same batches (the fine-tuning also continues training).
@@ -817,7 +823,7 @@ int main(int argc, char** argv) try {
         << (device.is_cuda() ? ", peak device memory of a step " + mib(step_peak_cuda) : "") << "\n"
         << "- throughput: pre-training " << fixed(pretrain_tok_s, 0) << " tok/s, DKM fine-tuning "
         << fixed(finetune_tok_s, 0) << " tok/s (last step " << fixed(step_seconds, 3) << " s), evaluation "
-        << fixed(rows.back().evals[0].tokens_per_s, 0) << " tok/s\n"
+        << (rows.empty() ? std::string("-") : fixed(rows.back().evals[0].tokens_per_s, 0)) << " tok/s\n"
         << "- optimizer " << optimizer << ": " << state_bytes_per_param << " bytes of state per parameter; loss "
         << loss_kind << "\n"
         << gptq_facts << "- total time " << fixed(total_s, 1) << " s\n";
