@@ -102,7 +102,8 @@ int main(int argc, char** argv) try {
   std::vector<std::string> eval_corpora;
   int64_t layers = 0, bits = 3, embedding_bits = 8, group_size = 0, steps = 100, pretrain_steps = -1, seq_len = 128;
   int64_t batch = 16, eval_tokens = 32768, eval_seq_len = 0, eval_batch = 4, milestone = 0, threads = -1;
-  int64_t dkm_iters = 3, generate = 0, eval_every = 0, save_every = 0, stop_after = 0, rtn_group = 128, calibration_tokens = 16384;
+  int64_t dkm_iters = 3, generate = 0, eval_every = 0, save_every = 0, stop_after = 0, rtn_group = 128,
+          calibration_tokens = 16384;
   double lr = 1e-3, pretrain_lr = 3e-3, weight_decay = 0.0, distill_temperature = 2.0, distill_alpha = 0.5;
   double distill_hidden = 0.0, tau = 1e-4;
   bool offload = false, checkpoint_activations = false, distill = false, skip_baselines = false, embedding_dkm = false;
@@ -179,11 +180,12 @@ int main(int argc, char** argv) try {
   app.add_option("--eval-every", eval_every,
                  "also evaluate the compressed model every N fine-tuning steps (the perplexity curve; 0: never)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--baselines", baselines,
-                 "comma-separated rows besides DKM: uncompressed, rtn (per row), rtn-g128 (per row and 128 input columns), "
-                 "kmeans (the DKM rows' LUT granularity), kmeans-tensor, gptq (uniform grid, groups of 128 "
-                 "columns), gptq-lut (LUT at the DKM granularity), control (the uncompressed model fine-tuned the "
-                 "same steps); none")
+  app.add_option(
+         "--baselines", baselines,
+         "comma-separated rows besides DKM: uncompressed, rtn (per row), rtn-g128 (per row and 128 input columns), "
+         "kmeans (the DKM rows' LUT granularity), kmeans-tensor, gptq (uniform grid, groups of 128 "
+         "columns), gptq-lut (LUT at the DKM granularity), control (the uncompressed model fine-tuned the "
+         "same steps); none")
       ->capture_default_str();
   app.add_option("--baseline-bits", baseline_bits_list, "comma-separated bits of the baselines (default: --bits)");
   app.add_option("--calibration-tokens", calibration_tokens, "training tokens GPTQ computes its Hessians from")
@@ -229,8 +231,8 @@ int main(int argc, char** argv) try {
   if (skip_baselines) baselines = "none";
   std::set<std::string> wanted;
   for (const auto& b : split_list(baselines)) {
-    TORCH_CHECK(b == "none" || b == "uncompressed" || b == "rtn" || b == "rtn-g128" || b == "kmeans" || b == "kmeans-tensor" || b == "gptq" ||
-                    b == "gptq-lut" || b == "control",
+    TORCH_CHECK(b == "none" || b == "uncompressed" || b == "rtn" || b == "rtn-g128" || b == "kmeans" ||
+                    b == "kmeans-tensor" || b == "gptq" || b == "gptq-lut" || b == "control",
                 "--baselines: unknown method '", b, "'");
     if (b != "none") wanted.insert(b);
   }
@@ -331,6 +333,14 @@ int main(int argc, char** argv) try {
               " tokens but the model only ", config.vocab_size());
   if (pretrain_steps < 0) pretrain_steps = model_dir.empty() && preset == "tiny" ? 300 : 0;
   const int64_t n_params = config.num_parameters();
+  // GPTQ needs at least in_features calibration vectors per Linear (edkm/gptq.h): said now, not
+  // after the other baselines ran.
+  if (want_gptq) {
+    const int64_t widest = std::max(config.hidden_size(), config.intermediate_size());
+    TORCH_CHECK(calibration.numel() >= widest, "GPTQ calibration: ", calibration.numel(),
+                " tokens (--calibration-tokens ", calibration_tokens, " in windows of ", eval_seq_len,
+                ") are fewer than the widest Linear input (", widest, "); raise --calibration-tokens");
+  }
   const std::string state_dir = out_dir + "/state";
   const bool resuming = resume && file_exists(state_dir + "/progress.json");
 
@@ -398,8 +408,8 @@ int main(int argc, char** argv) try {
   // --embedding-bits (or left dense).
   const auto dkm_engine = edkm::engine_from_string(engine);
   auto dkm_options = [&](int64_t b) {
-    auto o = edkm::DKMOptions(b).engine(dkm_engine).milestone(milestone).weight_threshold(0).tau(tau).max_iter(
-        dkm_iters);
+    auto o =
+        edkm::DKMOptions(b).engine(dkm_engine).milestone(milestone).weight_threshold(0).tau(tau).max_iter(dkm_iters);
     if (group_size > 0) o.granularity(edkm::Granularity::kPerGroupedChannel).group_size(group_size);
     return o;
   };
@@ -553,8 +563,8 @@ int main(int argc, char** argv) try {
         double err = 0;
         for (const auto& e : rep.layer_error) err += e.second;
         gptq_facts += "- GPTQ " + method + ": " + fixed(rep.seconds, 1) + " s on " +
-                      std::to_string(calibration.numel()) + " calibration tokens; summed layer error " +
-                      fixed(err, 3) + "\n";
+                      std::to_string(calibration.numel()) + " calibration tokens; summed layer error " + fixed(err, 3) +
+                      "\n";
         add_row({prefix + method, b, bpw.first, bpw.second, evaluate(m), ""});
         restore();
       };
@@ -562,8 +572,7 @@ int main(int argc, char** argv) try {
         gptq_row(bs + "GPTQ (g" + std::to_string(rtn_group) + ")", edkm::GPTQOptions(b).group_size(rtn_group),
                  linear_or_head([&](const Layer& l) { return uniform_bits(l, b, rtn_group); }));
       if (wanted.count("gptq-lut"))
-        gptq_row(bs + "GPTQ (" + lut_name + ")",
-                 edkm::GPTQOptions(b).grid(edkm::QuantGrid::kLut).lut_rows(group_size),
+        gptq_row(bs + "GPTQ (" + lut_name + ")", edkm::GPTQOptions(b).grid(edkm::QuantGrid::kLut).lut_rows(group_size),
                  linear_or_head([&](const Layer& l) { return lut_bits(l, b, lut_groups(l, lut_opts)); }));
     }
   };
@@ -669,7 +678,8 @@ int main(int argc, char** argv) try {
   if (eval_every > 0 && !resuming && palettizer) curve_point(0, evaluate_compressed());
 
   StepProfile profile;
-  edkm::ProgressBar bar(steps - first_step, "DKM fine-tune");
+  std::optional<edkm::ProgressBar> bar;
+  if (steps > first_step) bar.emplace(steps - first_step, "DKM fine-tune");
   int64_t step_peak_cpu = 0, step_peak_cuda = 0;
   double finetune_tok_s = 0, step_seconds = 0, last_loss = 0;
   std::optional<edkm::OffloadStats> offload_stats;
@@ -717,11 +727,11 @@ int main(int argc, char** argv) try {
     step_peak_cuda = std::max(step_peak_cuda, report.cuda.peak);
     step_seconds = seconds_since(t_step);
     finetune_tok_s = static_cast<double>((s + 1 - first_step) * batch * seq_len) / seconds_since(t_ft);
-    bar.tick("loss " + fixed(last_loss, 3) + ", " + fixed(finetune_tok_s, 0) + " tok/s");
+    bar->tick("loss " + fixed(last_loss, 3) + ", " + fixed(finetune_tok_s, 0) + " tok/s");
     if (eval_every > 0 && (s + 1) % eval_every == 0 && s + 1 < steps) curve_point(s + 1, evaluate_compressed());
     if (save_every > 0 && (s + 1) % save_every == 0) save_state(s + 1);
     if (stop_after > 0 && s + 1 - first_step == stop_after && s + 1 < steps) {
-      bar.finish();
+      bar->finish();
       edkm::make_directories(state_dir);
       if (!file_exists(state_dir + "/start.pt")) edkm::write_text_file(state_dir + "/start.pt", start_bytes);
       save_state(s + 1);
@@ -730,7 +740,7 @@ int main(int argc, char** argv) try {
       return 0;
     }
   }
-  bar.finish();
+  if (bar) bar->finish();
   // Free the optimizer state, the gradients and the teacher before finalizing and exporting.
   opt.reset();
   for (auto& p : model->parameters()) p.mutable_grad() = at::Tensor();

@@ -70,8 +70,8 @@ void check_layer(int64_t rows, int64_t cols, int64_t samples, const GPTQOptions&
   TORCH_CHECK(options.damp() > 0 || samples >= cols, what, ": calibration set too small: ", samples,
               " calibration vectors for ", cols, " input features with damp 0 leave the Hessian singular");
   if (options.grid() == QuantGrid::kLut) {
-    TORCH_CHECK(options.lut_rows() == 0 || rows % options.lut_rows() == 0, what, ": lut_rows ", options.lut_rows(), " does not divide the ", rows,
-                " output rows");
+    TORCH_CHECK(options.lut_rows() == 0 || rows % options.lut_rows() == 0, what, ": lut_rows ", options.lut_rows(),
+                " does not divide the ", rows, " output rows");
   }
 }
 
