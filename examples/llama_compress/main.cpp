@@ -511,11 +511,15 @@ int main(int argc, char** argv) try {
       at::NoGradGuard ng;
       for (size_t i = 0; i < layers.size(); ++i) layers[i].weight.copy_(originals[i]);
     };
-    // The embedding and the head first: the same in every row.
+    // The embedding and the head first: the same in every row (their k-means computed once).
+    std::vector<at::Tensor> heads(layers.size());
     auto replace_heads = [&] {
       at::NoGradGuard ng;
-      for (const auto& l : layers)
-        if (!l.linear) l.weight.copy_(kmeans_quantize(l.weight.detach(), l.options));
+      for (size_t i = 0; i < layers.size(); ++i) {
+        if (layers[i].linear) continue;
+        if (!heads[i].defined()) heads[i] = kmeans_quantize(originals[i], layers[i].options);
+        layers[i].weight.copy_(heads[i]);
+      }
     };
     auto evaluate_replaced = [&](const std::string& method, int64_t b, std::pair<double, double> bpw,
                                  const std::function<at::Tensor(const Layer&)>& replace) {
