@@ -649,12 +649,10 @@ int main(int argc, char** argv) try {
     TORCH_CHECK(first_step <= steps, "--resume: the saved run is at step ", first_step, ", past --steps ", steps);
     std::cout << "resumed at step " << first_step << " from " << state_dir << "\n";
   }
-  // The model the fine-tuning starts from (the teacher of a resumed run).
-  std::string start_bytes;
-  if (!resuming && (save_every > 0 || stop_after > 0) && !baselines_only) start_bytes = save_bytes(model);
-  if (!resuming && save_every > 0 && !baselines_only) {
+  // The model the fine-tuning starts from (the teacher of a resumed run), written once up front.
+  if (!resuming && (save_every > 0 || stop_after > 0) && !baselines_only) {
     edkm::make_directories(state_dir);
-    edkm::write_text_file(state_dir + "/start.pt", start_bytes);
+    edkm::write_text_file(state_dir + "/start.pt", save_bytes(model));
   }
   auto save_state = [&](int64_t step) {
     edkm::write_text_file(state_dir + "/model.pt", save_bytes(model));
@@ -736,8 +734,6 @@ int main(int argc, char** argv) try {
     if (save_every > 0 && (s + 1) % save_every == 0) save_state(s + 1);
     if (stop_after > 0 && s + 1 - first_step == stop_after && s + 1 < steps) {
       bar->finish();
-      edkm::make_directories(state_dir);
-      if (!file_exists(state_dir + "/start.pt")) edkm::write_text_file(state_dir + "/start.pt", start_bytes);
       save_state(s + 1);
       std::cout << "stopped after step " << s + 1 << " (--stop-after); the run state is in " << state_dir
                 << ": continue with --resume\n";
