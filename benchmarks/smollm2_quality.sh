@@ -7,7 +7,11 @@
 # benchmarks/results/smollm2_quality.{json,md,svg}.
 #
 #   bash benchmarks/smollm2_quality.sh                 # every stage
-#   bash benchmarks/smollm2_quality.sh baselines       # one stage: baselines | dkm4 | dkm3 | dkm4t | dkm3t | table
+#   bash benchmarks/smollm2_quality.sh baselines       # one stage: baselines | dkm4 | dkm3 | dkm3g | dkm4t | dkm3t | table
+#
+# dkm3g starts the 3-bit fine-tuning from GPTQ onto the same 16-row LUTs (--init gptq) and runs
+# EDKM_QUALITY_STEPS_3G steps (default 2 x EDKM_QUALITY_STEPS); the per-tensor rows start from
+# GPTQ onto one LUT per tensor.
 #
 # Environment: EDKM_QUALITY_WORK (run directories, default /tmp/smollm2_quality), EDKM_QUALITY_STEPS
 # (DKM steps, default 16), EDKM_QUALITY_BATCH (sequences of 256 tokens per step, default 8),
@@ -40,8 +44,10 @@ stage() {
         --baseline-bits 3,4 --group-size 16 --baselines-only --out "$work/baselines" 2>&1 | tee "$work/baselines.log" ;;
     dkm4) dkm dkm4_g16 4 16 --eval-every $((steps / 2)) ;;
     dkm3) dkm dkm3_g16 3 16 --eval-every $((steps / 2)) ;;
-    dkm4t) dkm dkm4_tensor 4 0 ;;
-    dkm3t) dkm dkm3_tensor 3 0 ;;
+    dkm3g) local s3=${EDKM_QUALITY_STEPS_3G:-$((2 * steps))}
+      steps=$s3 dkm dkm3_g16_gptq 3 16 --init gptq --eval-every $((s3 / 4)) ;;
+    dkm4t) dkm dkm4_tensor 4 0 --init gptq ;;
+    dkm3t) dkm dkm3_tensor 3 0 --init gptq ;;
     table)
       "${EDKM_PYTHON:-python3}" "$here/benchmarks/smollm2_quality.py" --work "$work" \
         --out "$here/benchmarks/results/smollm2_quality" --chart "$build/benchmarks/edkm_bench_chart" \
@@ -52,5 +58,5 @@ stage() {
 if [[ $# -gt 0 ]]; then
   for s in "$@"; do stage "$s"; done
 else
-  for s in baselines dkm4 dkm3 dkm4t dkm3t table; do stage "$s"; done
+  for s in baselines dkm4 dkm3 dkm3g dkm4t dkm3t table; do stage "$s"; done
 fi

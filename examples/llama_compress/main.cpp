@@ -96,7 +96,7 @@ struct Row {
 int main(int argc, char** argv) try {
   CLI::App app{"edkm LLaMA compression: DKM clustering of every decoder Linear while fine-tuning"};
   std::string model_dir, preset = "tiny", corpus = "/usr/share/games/fortunes", tokenizer_spec, engine = "auto";
-  std::string optimizer = "adamw", out_dir = "llama_compress_out", dtype_name = "fp32", device_name = "cpu";
+  std::string init = "kmeans", optimizer = "adamw", out_dir = "llama_compress_out", dtype_name = "fp32", device_name = "cpu";
   std::string save_hf, save_hf_compressed, prompt = "The best thing about open source software is", loss_kind = "auto",
                                            baselines = "uncompressed,rtn,kmeans,control", baseline_bits_list;
   std::vector<std::string> eval_corpora;
@@ -130,6 +130,12 @@ int main(int argc, char** argv) try {
       ->capture_default_str();
   app.add_option("--group-size", group_size, "output rows per LUT (0: one LUT per tensor)")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--init", init,
+                 "starting LUTs and weights of the decoder Linears: kmeans (k-means on the pretrained weights) | gptq "
+                 "(GPTQ onto LUTs at --bits and --group-size first, calibrated on the training split: the "
+                 "fine-tuning starts from the GPTQ model)")
+      ->check(CLI::IsMember({"kmeans", "gptq"}))
       ->capture_default_str();
   app.add_option("--tau", tau, "DKM softmax temperature")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--dkm-iters", dkm_iters,
@@ -298,7 +304,8 @@ int main(int argc, char** argv) try {
     TORCH_CHECK(e.ids.numel() >= eval_seq_len, "held-out text ", e.label, " has ", e.ids.numel(),
                 " tokens, fewer than one evaluation window of ", eval_seq_len, " (--eval-seq-len)");
   }
-  const bool want_gptq = wanted.count("gptq") || wanted.count("gptq-lut");
+  const bool init_gptq = init == "gptq" && !baselines_only && steps > 0;
+  const bool want_gptq = wanted.count("gptq") || wanted.count("gptq-lut") || init_gptq;
   TORCH_CHECK(!want_gptq || train_ids.numel() >= 4 * eval_seq_len, "GPTQ calibration: the training split has ",
               train_ids.numel(), " tokens, fewer than 4 windows of ", eval_seq_len);
 
@@ -632,6 +639,27 @@ int main(int argc, char** argv) try {
     steps = 0;
   }
 
+  // The pretrained model (the teacher of a resumed run and what --init gptq starts
+  // from), written once up front.
+  if (!resuming && (save_every > 0 || stop_after > 0) && !baselines_only) {
+    edkm::make_directories(state_dir);
+    edkm::write_text_file(state_dir + "/start.pt", save_bytes(model));
+  }
+  // --init gptq: the decoder Linears replaced by GPTQ onto LUTs at the DKM granularity; the
+  // Palettizer's k-means then finds those LUTs exactly (at most 2^bits values per group), so the
+  // fine-tuning starts from the GPTQ model instead of from per-group k-means. A resumed run reads
+  // the model it had reached instead.
+  if (init_gptq && !resuming) {
+    const auto go = edkm::GPTQOptions(bits).grid(edkm::QuantGrid::kLut).lut_rows(group_size);
+    edkm::ProgressBar gbar(config.num_hidden_layers() * 7, "GPTQ init");
+    const auto rep = edkm::gptq_quantize_llama(model, calibration, go, [&](int64_t, int64_t) { gbar.tick(); });
+    gbar.finish();
+    double err = 0;
+    for (const auto& e : rep.layer_error) err += e.second;
+    gptq_facts += "- DKM initialised by GPTQ onto LUTs (" + std::to_string(bits) + " bits): " +
+                  fixed(rep.seconds, 1) + " s on " + std::to_string(calibration.numel()) +
+                  " calibration tokens; summed layer error " + fixed(err, 3) + "\n";
+  }
   std::optional<edkm::Palettizer> palettizer;
   if (!baselines_only) palettizer.emplace(model, pal_options);
   std::optional<Optimizer> opt;
@@ -648,11 +676,6 @@ int main(int argc, char** argv) try {
     curve = progress.value("curve", json::array());
     TORCH_CHECK(first_step <= steps, "--resume: the saved run is at step ", first_step, ", past --steps ", steps);
     std::cout << "resumed at step " << first_step << " from " << state_dir << "\n";
-  }
-  // The model the fine-tuning starts from (the teacher of a resumed run), written once up front.
-  if (!resuming && (save_every > 0 || stop_after > 0) && !baselines_only) {
-    edkm::make_directories(state_dir);
-    edkm::write_text_file(state_dir + "/start.pt", save_bytes(model));
   }
   auto save_state = [&](int64_t step) {
     edkm::write_text_file(state_dir + "/model.pt", save_bytes(model));
@@ -758,7 +781,7 @@ int main(int argc, char** argv) try {
     const auto dkm_bits = bits_of([&](const Layer& l) { return lut_bits(l, l.options.bits(), lut_count.at(l.name)); });
     Row r{std::to_string(bits) + "-bit DKM (" +
               (group_size > 0 ? std::to_string(group_size) + " rows per LUT" : std::string("one LUT per tensor")) +
-              ", " + std::to_string(steps) + " steps)",
+              (init == "gptq" ? ", GPTQ init" : "") + ", " + std::to_string(steps) + " steps)",
           bits,
           dkm_bits.first,
           dkm_bits.second,
@@ -870,6 +893,7 @@ int main(int argc, char** argv) try {
             {"pretrain_steps", pretrain_steps},
             {"bits", bits},
             {"group_size", group_size},
+            {"init", init},
             {"tau", tau},
             {"lr", lr},
             {"embedding_bits", embedding_bits},

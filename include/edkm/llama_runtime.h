@@ -1,0 +1,94 @@
+#pragma once
+// Inference of a LLaMA with a key/value cache: each Linear (and the embedding / tied head) either
+// dense or kept palettized (edkm/palettized_linear.h), so a compressed checkpoint runs without
+// being decompressed. Batch 1; greedy, temperature and top-p sampling.
+//
+// Example:
+//   auto rt = edkm::LlamaRuntime::load("out/model.edkm.safetensors", "out/config.json");
+//   auto ids = rt.generate(tokenizer->encode("Once upon a time"),
+//                          edkm::GenerationOptions().max_new_tokens(32).eos_id(tokenizer->eos_id()));
+#include <ATen/core/Tensor.h>
+#include <torch/arg.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "edkm/checkpoint.h"
+#include "edkm/export.h"
+#include "edkm/llama.h"
+#include "edkm/palettized_linear.h"
+
+namespace edkm {
+
+struct EDKM_API GenerationOptions {
+  /// Tokens to generate at most. Default 32.
+  TORCH_ARG(int64_t, max_new_tokens) = 32;
+  /// Softmax temperature; 0: greedy (argmax). Default 0.
+  TORCH_ARG(double, temperature) = 0.0;
+  /// Nucleus sampling: the smallest set of tokens whose probability reaches top_p. Default 1.
+  TORCH_ARG(double, top_p) = 1.0;
+  /// Seed of the sampling. Default 0.
+  TORCH_ARG(uint64_t, seed) = 0;
+  /// Stop at this token (not returned); -1: never. Default -1.
+  TORCH_ARG(int64_t, eos_id) = -1;
+};
+
+/// A projection for inference: a dense weight (shared with a model, not copied) or a packed one.
+struct EDKM_API InferenceLinear {
+  at::Tensor weight;          ///< dense out x in, or undefined
+  PalettizedLinear packed{nullptr};
+  at::Tensor bias;            ///< dense case only (a packed one holds its own)
+  at::Tensor forward(const at::Tensor& x) const;  ///< fp32 in, fp32 out
+  int64_t bytes() const;      ///< resident bytes of the weight (and bias)
+};
+
+class EDKM_API LlamaRuntime {
+ public:
+  /// The key/value cache of one sequence: per layer [1, kv_heads, capacity, head_dim] fp32.
+  struct Cache {
+    std::vector<at::Tensor> k, v;
+    int64_t length = 0;
+  };
+
+  /// A dense model's weights (shared, no copy).
+  explicit LlamaRuntime(const LlamaForCausalLM& model);
+  /// A compressed checkpoint (edkm/checkpoint.h) with Hugging Face names: palettized 2-D weights of
+  /// the Linears, the embedding and the head stay packed; the rest is used as stored (fp32).
+  LlamaRuntime(const LlamaConfig& config, const CompressedCheckpoint& checkpoint);
+  /// load_compressed(path) with the config.json at `config_path`.
+  static LlamaRuntime load(const std::string& compressed_path, const std::string& config_path);
+
+  Cache new_cache(int64_t capacity = 0) const;  ///< 0: max_position_embeddings
+  /// Appends `tokens` (1-D int64) to the cache; logits [n, vocab] fp32 of those positions.
+  at::Tensor forward(const at::Tensor& tokens, Cache& cache) const;
+  /// Generated ids after `prompt` (prompt not included); on_token is called with each new id.
+  std::vector<int64_t> generate(const std::vector<int64_t>& prompt, const GenerationOptions& options,
+                                const std::function<void(int64_t)>& on_token = {}) const;
+  /// Resident bytes of the weights (packed indices + LUTs for palettized ones).
+  int64_t weight_bytes() const;
+  /// Projections (embedding and head included) kept packed.
+  int64_t packed_layers() const;
+  const LlamaConfig& config() const { return config_; }
+
+ private:
+  struct Layer {
+    InferenceLinear q, k, v, o, gate, up, down;
+    at::Tensor input_norm, post_norm;
+  };
+  LlamaConfig config_;
+  at::Tensor embed_dense_;                 ///< vocab x hidden, or undefined when packed
+  PalettizedEmbedding embed_packed_{nullptr};
+  InferenceLinear head_;                   ///< undefined weight and packed: tied to the embedding
+  bool tied_ = false;
+  std::vector<Layer> layers_;
+  at::Tensor norm_;
+  at::Tensor cos_, sin_;                   ///< [max_position_embeddings, head_dim]
+  void init_rotary();
+  at::Tensor embed(const at::Tensor& ids) const;
+  at::Tensor head(const at::Tensor& h) const;
+};
+
+}  // namespace edkm

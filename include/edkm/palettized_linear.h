@@ -1,0 +1,105 @@
+#pragma once
+// Running a palettized weight without decompressing it: a Linear and an Embedding whose weight
+// stays as LUTs plus bit-packed indices (the compressed checkpoint's own layout), and the LUT
+// matmul kernels behind them.
+//
+// Storage (resident = what the compressed checkpoint stores): for a weight of out x in,
+//   lut     G x 2^bits fp32 (G = 1 per tensor, out / rows_per_lut per grouped channel)
+//   packed  uint8, the out x in indices row-major, LSB-first, bits per index (as
+//           edkm/checkpoint.h), plus 8 zero bytes so a kernel may read a whole word at the end
+//   scale   out fp32 per-channel scale, or undefined
+// W[r, c] = lut[r / rows_per_lut, index(r * in + c)] * scale[r].
+//
+// Kernels: batch rows up to kGemvMaxRows run the LUT-GEMV (indices unpacked in registers, LUT in
+// registers for bits <= 5 and from L1 above; AVX-512 or AVX2 chosen at run time, scalar
+// otherwise; multi-threaded over output rows); more rows run the LUT-GEMM (blocks of rows
+// decoded to fp32 and multiplied by LibTorch's matmul). CUDA: the GEMV with the LUT in shared
+// memory, the GEMM by decoding tiles and cuBLAS.
+//
+// Example:
+//   auto pal = edkm::load_compressed("model.edkm.safetensors").palettes.at("fc.weight");
+//   edkm::PalettizedLinear fc(pal, bias);
+//   at::Tensor y = fc(x);  // x: [..., in] -> [..., out], fp32 or bf16
+#include <ATen/core/Tensor.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+
+#include <cstdint>
+#include <string>
+
+#include "edkm/export.h"
+#include "edkm/palette.h"
+
+namespace edkm {
+
+/// The packed form of a 2-D palettized weight (see the top of this header).
+struct EDKM_API PackedWeight {
+  at::Tensor lut;     ///< G x 2^bits, fp32, on the weight's device
+  at::Tensor packed;  ///< uint8 [ceil(out * in * bits / 8) + 8]
+  at::Tensor scale;   ///< out fp32, or undefined
+  int64_t out_features = 0, in_features = 0, bits = 0;
+  int64_t rows_per_lut = 0;  ///< rows sharing one LUT (out_features for one LUT per tensor)
+
+  /// From a Palette of a 2-D weight with cluster_dim 1 (per tensor or per grouped channel).
+  /// Throws c10::Error naming what is unsupported (other shapes, cluster_dim > 1, per-channel
+  /// LUTs are grouped channels of 1 row and allowed).
+  static PackedWeight from_palette(const Palette& palette);
+  /// The weight rebuilt: out x in fp32 (for checks; the kernels never build it).
+  at::Tensor decompress() const;
+  /// Rows [begin, end) rebuilt, fp32 (an embedding lookup decodes rows this way).
+  at::Tensor decompress_rows(int64_t begin, int64_t end) const;
+  /// Bytes held: packed indices, LUTs and scales.
+  int64_t resident_bytes() const;
+  PackedWeight to(c10::Device device) const;
+};
+
+namespace functional {
+/// Rows of x up to this many run the LUT-GEMV; more run the LUT-GEMM.
+constexpr int64_t kGemvMaxRows = 4;
+/// y = x W^T (+ bias) with W packed: x [..., in] (any strides, fp32 or bf16) -> [..., out] in x's
+/// dtype, computed in fp32.
+EDKM_API at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias = {});
+/// Rows of W for token ids (any shape, int64) -> [..., in] fp32: a palettized embedding lookup.
+EDKM_API at::Tensor lut_embedding(const at::Tensor& ids, const PackedWeight& w);
+/// Which CPU path the LUT kernels take: "avx512", "avx2" or "scalar" (EDKM_LUT_ISA caps it).
+EDKM_API std::string lut_kernel_isa();
+}  // namespace functional
+
+/// A Linear whose weight stays packed (LUTs + bit-packed indices).
+///
+/// Example:
+///   edkm::PalettizedLinear fc(palette, bias);   // palette of an out x in weight
+///   auto y = fc(x);
+class EDKM_API PalettizedLinearImpl : public torch::nn::Cloneable<PalettizedLinearImpl> {
+ public:
+  explicit PalettizedLinearImpl(const Palette& palette, const at::Tensor& bias = {});
+  explicit PalettizedLinearImpl(PackedWeight weight, const at::Tensor& bias = {});
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& x);
+  /// The weight rebuilt (fp32), for checks.
+  at::Tensor weight() const { return packed.decompress(); }
+  PackedWeight packed;
+  at::Tensor bias;  ///< undefined when none
+};
+TORCH_MODULE(PalettizedLinear);
+
+/// An Embedding whose table stays packed; linear() serves a head tied to it.
+///
+/// Example:
+///   edkm::PalettizedEmbedding emb(palette);   // palette of a vocab x hidden table
+///   auto h = emb(ids);                        // [..., hidden] fp32
+///   auto logits = emb->linear(h);             // tied head: h W^T
+class EDKM_API PalettizedEmbeddingImpl : public torch::nn::Cloneable<PalettizedEmbeddingImpl> {
+ public:
+  explicit PalettizedEmbeddingImpl(const Palette& palette);
+  explicit PalettizedEmbeddingImpl(PackedWeight weight);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  at::Tensor forward(const at::Tensor& ids);
+  at::Tensor linear(const at::Tensor& x) const;
+  PackedWeight packed;
+};
+TORCH_MODULE(PalettizedEmbedding);
+
+}  // namespace edkm

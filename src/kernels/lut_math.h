@@ -1,0 +1,75 @@
+#pragma once
+// Shared math of the LUT matmul kernels (edkm/palettized_linear.h): one definition of the index
+// unpacking for the CPU (scalar, AVX2, AVX-512) and CUDA backends. No ATen: raw pointers.
+//
+// A packed weight of out x in: index i = r * in + c occupies bits [i * bits, (i + 1) * bits) of
+// the byte stream `packed`, LSB-first (stream bit j = bit j % 8 of byte j / 8), as the compressed
+// checkpoint stores it; `packed` carries 8 zero bytes past the stream so whole words may be read.
+//   W[r, c] = lut[(r / rows_per_lut) * lut_stride + index(i)] * (scale ? scale[r] : 1)
+#include <cstdint>
+
+#include "kernels/host_device.h"
+
+namespace edkm::kernels {
+
+struct LutParams {
+  const uint8_t* packed = nullptr;
+  const float* lut = nullptr;    ///< groups x lut_stride
+  const float* scale = nullptr;  ///< out, or null
+  const float* bias = nullptr;   ///< out, or null
+  int64_t out = 0, in = 0;
+  int32_t bits = 0;
+  int64_t rows_per_lut = 1;
+  int64_t lut_stride = 0;  ///< 2^bits
+};
+
+/// The index at bit position `bit` of the stream (bits <= 8: two bytes cover it).
+EDKM_HOST_DEVICE uint32_t lut_index_at(const uint8_t* packed, uint64_t bit, int32_t bits) {
+  const uint64_t byte = bit >> 3;
+  const uint32_t v = static_cast<uint32_t>(packed[byte]) | (static_cast<uint32_t>(packed[byte + 1]) << 8);
+  return (v >> (bit & 7)) & ((1u << bits) - 1u);
+}
+
+/// W[r, c] without the scale.
+EDKM_HOST_DEVICE float lut_weight(const LutParams& p, int64_t r, int64_t c) {
+  const uint64_t bit = (static_cast<uint64_t>(r) * static_cast<uint64_t>(p.in) + static_cast<uint64_t>(c)) *
+                       static_cast<uint64_t>(p.bits);
+  return p.lut[(r / p.rows_per_lut) * p.lut_stride + lut_index_at(p.packed, bit, p.bits)];
+}
+
+/// y_m[r] = scale[r] * dot + bias[r]: how every backend finishes a row.
+EDKM_HOST_DEVICE float lut_finish(const LutParams& p, int64_t r, float dot) {
+  const float s = p.scale ? p.scale[r] * dot : dot;
+  return p.bias ? s + p.bias[r] : s;
+}
+
+/// The CPU path of the LUT kernels.
+enum class LutIsa : int32_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// CPU (kernels/cpu/lut_kernel.cpp). x: m x in, y: m x out, both contiguous fp32; m <= 4 for the
+// GEMV. Rows [r0, r1) of the output.
+void lut_gemv_rows_scalar(const LutParams& p, const float* x, int64_t m, float* y, int64_t r0, int64_t r1);
+void lut_decode_rows_scalar(const LutParams& p, int64_t r0, int64_t r1, float* out);
+#if defined(EDKM_LUT_SIMD)
+void lut_gemv_rows_avx2(const LutParams& p, const float* x, int64_t m, float* y, int64_t r0, int64_t r1);
+void lut_decode_rows_avx2(const LutParams& p, int64_t r0, int64_t r1, float* out);
+void lut_gemv_rows_avx512(const LutParams& p, const float* x, int64_t m, float* y, int64_t r0, int64_t r1);
+void lut_decode_rows_avx512(const LutParams& p, int64_t r0, int64_t r1, float* out);
+#endif
+/// The path taken (the best the CPU and build support, capped by EDKM_LUT_ISA=scalar|avx2).
+LutIsa lut_isa();
+/// The best path available; set_lut_isa caps the path of this process (tests, benchmarks).
+LutIsa lut_isa_available();
+void set_lut_isa(LutIsa isa);
+/// Whole GEMV (m <= 4) over every row, multi-threaded; and rows [r0, r1) decoded (with the scale)
+/// into out ((r1 - r0) x in), multi-threaded.
+void lut_gemv_cpu(const LutParams& p, const float* x, int64_t m, float* y);
+void lut_decode_cpu(const LutParams& p, int64_t r0, int64_t r1, float* out);
+
+#if defined(EDKM_WITH_CUDA)
+// CUDA (kernels/cuda/lut_kernel.cu); return a cudaError_t value (0 = success).
+int lut_gemv_cuda(const LutParams& p, const float* x, int64_t m, float* y, void* stream);
+int lut_decode_cuda(const LutParams& p, int64_t r0, int64_t r1, float* out, void* stream);
+#endif
+
+}  // namespace edkm::kernels

@@ -1,0 +1,266 @@
+#include "edkm/llama_runtime.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+
+#include "edkm/file_io.h"
+
+namespace edkm {
+
+at::Tensor InferenceLinear::forward(const at::Tensor& x) const {
+  if (packed) return functional::lut_linear(x, packed->packed, packed->bias);
+  TORCH_CHECK(weight.defined(), "edkm: LlamaRuntime: a projection has no weight");
+  return at::linear(x.to(weight.scalar_type()), weight, bias.defined() ? bias.to(weight.scalar_type()) : bias)
+      .to(at::kFloat);
+}
+
+int64_t InferenceLinear::bytes() const {
+  if (packed) return packed->packed.resident_bytes() + (packed->bias.defined() ? packed->bias.nbytes() : 0);
+  return (weight.defined() ? weight.nbytes() : 0) + (bias.defined() ? bias.nbytes() : 0);
+}
+
+namespace {
+
+InferenceLinear dense_linear(const torch::nn::Linear& l) {
+  InferenceLinear out;
+  out.weight = l->weight.detach();
+  if (l->bias.defined()) out.bias = l->bias.detach();
+  return out;
+}
+
+struct CheckpointReader {
+  const CompressedCheckpoint& ckpt;
+  at::Tensor dense(const std::string& name) const {
+    const auto it = ckpt.tensors.find(name);
+    if (it != ckpt.tensors.end()) return it->second.to(at::kFloat).contiguous();
+    const auto p = ckpt.palettes.find(name);
+    TORCH_CHECK(p != ckpt.palettes.end(), "edkm: LlamaRuntime: the checkpoint has no tensor ", name);
+    return p->second.decompress().to(at::kFloat).contiguous();  // e.g. a clustered norm: rebuilt
+  }
+  bool has(const std::string& name) const { return ckpt.tensors.count(name) || ckpt.palettes.count(name); }
+  InferenceLinear linear(const std::string& prefix, bool bias) const {
+    InferenceLinear out;
+    const std::string w = prefix + ".weight", b = prefix + ".bias";
+    at::Tensor bt;
+    if (bias) bt = dense(b);
+    const auto p = ckpt.palettes.find(w);
+    if (p != ckpt.palettes.end() && p->second.shape.size() == 2 && p->second.cluster_dim == 1) {
+      out.packed = PalettizedLinear(p->second, bt);
+    } else {
+      out.weight = dense(w);
+      out.bias = bt;
+    }
+    return out;
+  }
+};
+
+void check_shape(const InferenceLinear& l, int64_t out, int64_t in, const std::string& name) {
+  const int64_t o = l.packed ? l.packed->packed.out_features : l.weight.size(0);
+  const int64_t i = l.packed ? l.packed->packed.in_features : l.weight.size(1);
+  TORCH_CHECK(o == out && i == in, "edkm: LlamaRuntime: ", name, " is ", o, " x ", i, ", the config needs ", out,
+              " x ", in);
+}
+
+}  // namespace
+
+LlamaRuntime::LlamaRuntime(const LlamaForCausalLM& model) : config_(model->config) {
+  auto& m = *model->model;
+  embed_dense_ = m.embed_tokens->weight.detach();
+  for (const auto& item : *m.layers) {
+    auto* l = item->as<LlamaDecoderLayerImpl>();
+    Layer L;
+    L.q = dense_linear(l->self_attn->q_proj);
+    L.k = dense_linear(l->self_attn->k_proj);
+    L.v = dense_linear(l->self_attn->v_proj);
+    L.o = dense_linear(l->self_attn->o_proj);
+    L.gate = dense_linear(l->mlp->gate_proj);
+    L.up = dense_linear(l->mlp->up_proj);
+    L.down = dense_linear(l->mlp->down_proj);
+    L.input_norm = l->input_layernorm->weight.detach();
+    L.post_norm = l->post_attention_layernorm->weight.detach();
+    layers_.push_back(std::move(L));
+  }
+  norm_ = m.norm->weight.detach();
+  tied_ = !model->lm_head;
+  if (!tied_) head_ = dense_linear(model->lm_head);
+  init_rotary();
+}
+
+LlamaRuntime::LlamaRuntime(const LlamaConfig& config, const CompressedCheckpoint& ckpt) : config_(config) {
+  config_.validate();
+  const CheckpointReader r{ckpt};
+  const int64_t h = config_.hidden_size(), mi = config_.intermediate_size(), d = config_.resolved_head_dim();
+  const int64_t qh = config_.num_attention_heads() * d, kvh = config_.num_key_value_heads() * d;
+  const std::string emb = "model.embed_tokens.weight";
+  const auto pe = ckpt.palettes.find(emb);
+  if (pe != ckpt.palettes.end() && pe->second.cluster_dim == 1) {
+    embed_packed_ = PalettizedEmbedding(pe->second);
+    TORCH_CHECK(embed_packed_->packed.out_features == config_.vocab_size() && embed_packed_->packed.in_features == h,
+                "edkm: LlamaRuntime: ", emb, " does not match vocab ", config_.vocab_size(), " x hidden ", h);
+  } else {
+    embed_dense_ = r.dense(emb);
+    TORCH_CHECK(embed_dense_.dim() == 2 && embed_dense_.size(0) == config_.vocab_size() && embed_dense_.size(1) == h,
+                "edkm: LlamaRuntime: ", emb, " is ", embed_dense_.sizes(), ", the config needs ",
+                config_.vocab_size(), " x ", h);
+  }
+  for (int64_t i = 0; i < config_.num_hidden_layers(); ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    Layer L;
+    const bool ab = config_.attention_bias(), mb = config_.mlp_bias();
+    L.q = r.linear(p + "self_attn.q_proj", ab);
+    L.k = r.linear(p + "self_attn.k_proj", ab);
+    L.v = r.linear(p + "self_attn.v_proj", ab);
+    L.o = r.linear(p + "self_attn.o_proj", ab);
+    L.gate = r.linear(p + "mlp.gate_proj", mb);
+    L.up = r.linear(p + "mlp.up_proj", mb);
+    L.down = r.linear(p + "mlp.down_proj", mb);
+    check_shape(L.q, qh, h, p + "self_attn.q_proj");
+    check_shape(L.k, kvh, h, p + "self_attn.k_proj");
+    check_shape(L.v, kvh, h, p + "self_attn.v_proj");
+    check_shape(L.o, h, qh, p + "self_attn.o_proj");
+    check_shape(L.gate, mi, h, p + "mlp.gate_proj");
+    check_shape(L.up, mi, h, p + "mlp.up_proj");
+    check_shape(L.down, h, mi, p + "mlp.down_proj");
+    L.input_norm = r.dense(p + "input_layernorm.weight");
+    L.post_norm = r.dense(p + "post_attention_layernorm.weight");
+    layers_.push_back(std::move(L));
+  }
+  norm_ = r.dense("model.norm.weight");
+  tied_ = config_.tie_word_embeddings() || !r.has("lm_head.weight");
+  if (!tied_) {
+    head_ = r.linear("lm_head", false);
+    check_shape(head_, config_.vocab_size(), h, "lm_head");
+  }
+  init_rotary();
+}
+
+LlamaRuntime LlamaRuntime::load(const std::string& compressed_path, const std::string& config_path) {
+  return LlamaRuntime(LlamaConfig::from_json(read_text_file(config_path)), load_compressed(compressed_path));
+}
+
+void LlamaRuntime::init_rotary() {
+  std::tie(cos_, sin_) = functional::rotary_cos_sin(config_, config_.max_position_embeddings());
+}
+
+LlamaRuntime::Cache LlamaRuntime::new_cache(int64_t capacity) const {
+  if (capacity <= 0) capacity = config_.max_position_embeddings();
+  TORCH_CHECK(capacity <= config_.max_position_embeddings(), "edkm: LlamaRuntime: cache of ", capacity,
+              " positions exceeds max_position_embeddings ", config_.max_position_embeddings());
+  Cache c;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    c.k.push_back(at::zeros({1, config_.num_key_value_heads(), capacity, config_.resolved_head_dim()}, at::kFloat));
+    c.v.push_back(at::zeros_like(c.k.back()));
+  }
+  return c;
+}
+
+at::Tensor LlamaRuntime::embed(const at::Tensor& ids) const {
+  if (embed_packed_) return functional::lut_embedding(ids, embed_packed_->packed);
+  return at::embedding(embed_dense_, ids).to(at::kFloat);
+}
+
+at::Tensor LlamaRuntime::head(const at::Tensor& h) const {
+  if (!tied_) return head_.forward(h);
+  if (embed_packed_) return embed_packed_->linear(h);
+  return at::linear(h.to(embed_dense_.scalar_type()), embed_dense_).to(at::kFloat);
+}
+
+at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
+  TORCH_CHECK(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.numel() > 0,
+              "edkm: LlamaRuntime::forward: expected a non-empty 1-D int64 tensor of tokens, got ",
+              tokens.scalar_type(), " ", tokens.sizes());
+  TORCH_CHECK(cache.k.size() == layers_.size(), "edkm: LlamaRuntime::forward: the cache is not this model's");
+  const int64_t n = tokens.numel(), pos = cache.length, capacity = cache.k.empty() ? 0 : cache.k[0].size(2);
+  TORCH_CHECK(pos + n <= capacity, "edkm: LlamaRuntime::forward: ", pos, " cached + ", n, " new tokens exceed the ",
+              capacity, "-position cache");
+  at::NoGradGuard ng;
+  const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(),
+                d = config_.resolved_head_dim();
+  const double eps = config_.rms_norm_eps();
+  at::Tensor x = embed(tokens).unsqueeze(0);  // [1, n, hidden]
+  const at::Tensor cos = cos_.narrow(0, pos, n), sin = sin_.narrow(0, pos, n);
+  std::optional<at::Tensor> mask;
+  if (n > 1)  // query i (position pos + i) sees keys 0..pos + i
+    mask = at::arange(pos + n, at::kLong).unsqueeze(0) <= (at::arange(n, at::kLong) + pos).unsqueeze(1);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    const at::Tensor h = functional::rms_norm(x, L.input_norm, eps);
+    auto heads = [&](const at::Tensor& y, int64_t count) { return y.view({1, n, count, d}).transpose(1, 2); };
+    const at::Tensor q = functional::apply_rotary_embedding(heads(L.q.forward(h), H), cos, sin);
+    cache.k[l].narrow(2, pos, n).copy_(functional::apply_rotary_embedding(heads(L.k.forward(h), KV), cos, sin));
+    cache.v[l].narrow(2, pos, n).copy_(heads(L.v.forward(h), KV));
+    const at::Tensor a =
+        at::scaled_dot_product_attention(q, cache.k[l].narrow(2, 0, pos + n), cache.v[l].narrow(2, 0, pos + n), mask,
+                                         0.0, /*is_causal=*/false, std::nullopt, /*enable_gqa=*/KV != H);
+    x = x + L.o.forward(a.transpose(1, 2).reshape({1, n, H * d}));
+    const at::Tensor h2 = functional::rms_norm(x, L.post_norm, eps);
+    x = x + L.down.forward(at::silu(L.gate.forward(h2)) * L.up.forward(h2));
+  }
+  cache.length = pos + n;
+  return head(functional::rms_norm(x, norm_, eps)).squeeze(0);
+}
+
+std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& prompt, const GenerationOptions& o,
+                                            const std::function<void(int64_t)>& on_token) const {
+  TORCH_CHECK(!prompt.empty(), "edkm: LlamaRuntime::generate: empty prompt");
+  TORCH_CHECK(o.temperature() >= 0, "edkm: GenerationOptions: temperature must be >= 0, got ", o.temperature());
+  TORCH_CHECK(o.top_p() > 0 && o.top_p() <= 1, "edkm: GenerationOptions: top_p must be in (0, 1], got ", o.top_p());
+  TORCH_CHECK(o.max_new_tokens() >= 0, "edkm: GenerationOptions: max_new_tokens must be >= 0");
+  const int64_t ctx = config_.max_position_embeddings();
+  TORCH_CHECK(static_cast<int64_t>(prompt.size()) < ctx, "edkm: LlamaRuntime::generate: a prompt of ", prompt.size(),
+              " tokens leaves no room in the ", ctx, "-token context");
+  for (const int64_t t : prompt)
+    TORCH_CHECK(t >= 0 && t < config_.vocab_size(), "edkm: LlamaRuntime::generate: token ", t,
+                " outside the vocabulary of ", config_.vocab_size());
+  // The last generated token is never fed back, so the cache needs prompt + max_new - 1 positions.
+  const int64_t capacity = std::min<int64_t>(ctx, static_cast<int64_t>(prompt.size()) + o.max_new_tokens());
+  Cache cache = new_cache(std::max<int64_t>(capacity, static_cast<int64_t>(prompt.size())));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
+  std::vector<int64_t> out;
+  at::Tensor logits = forward(at::tensor(prompt, at::kLong), cache).select(0, -1);
+  while (static_cast<int64_t>(out.size()) < o.max_new_tokens()) {
+    int64_t next;
+    if (o.temperature() == 0) {
+      next = logits.argmax().item<int64_t>();
+    } else {
+      at::Tensor probs = at::softmax(logits.to(at::kDouble) / o.temperature(), -1);
+      if (o.top_p() < 1) {
+        auto [sorted, order] = probs.sort(/*dim=*/-1, /*descending=*/true);
+        const at::Tensor before = sorted.cumsum(-1) - sorted;  // mass of the more likely tokens
+        sorted.masked_fill_(before >= o.top_p(), 0.0);
+        probs = at::zeros_like(probs).scatter_(-1, order, sorted);
+      }
+      next = at::multinomial(probs, 1, false, gen).item<int64_t>();
+    }
+    if (next == o.eos_id()) break;
+    out.push_back(next);
+    if (on_token) on_token(next);
+    if (static_cast<int64_t>(out.size()) == o.max_new_tokens() || cache.length >= cache.k[0].size(2)) break;
+    logits = forward(at::tensor(std::vector<int64_t>{next}, at::kLong), cache).select(0, -1);
+  }
+  return out;
+}
+
+int64_t LlamaRuntime::weight_bytes() const {
+  int64_t n = embed_packed_ ? embed_packed_->packed.resident_bytes() : embed_dense_.nbytes();
+  if (!tied_) n += head_.bytes();
+  for (const auto& L : layers_) {
+    for (const auto* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) n += p->bytes();
+    n += L.input_norm.nbytes() + L.post_norm.nbytes();
+  }
+  return n + norm_.nbytes();
+}
+
+int64_t LlamaRuntime::packed_layers() const {
+  int64_t n = embed_packed_ ? 1 : 0;
+  if (!tied_ && head_.packed) ++n;
+  for (const auto& L : layers_)
+    for (const auto* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) n += p->packed ? 1 : 0;
+  return n;
+}
+
+}  // namespace edkm

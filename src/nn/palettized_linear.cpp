@@ -1,0 +1,293 @@
+#include "edkm/palettized_linear.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <ostream>
+
+#include "io/safetensors_core.h"
+#include "kernels/lut_math.h"
+
+#if defined(EDKM_WITH_CUDA)
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime.h>
+#endif
+
+namespace edkm {
+namespace {
+
+kernels::LutParams params_of(const PackedWeight& w, const at::Tensor& bias) {
+  kernels::LutParams p;
+  p.packed = w.packed.data_ptr<uint8_t>();
+  p.lut = w.lut.data_ptr<float>();
+  p.scale = w.scale.defined() ? w.scale.data_ptr<float>() : nullptr;
+  p.bias = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  p.out = w.out_features;
+  p.in = w.in_features;
+  p.bits = static_cast<int32_t>(w.bits);
+  p.rows_per_lut = w.rows_per_lut;
+  p.lut_stride = w.lut.size(1);
+  return p;
+}
+
+void check_packed(const PackedWeight& w) {
+  TORCH_CHECK(w.lut.defined() && w.packed.defined(), "edkm: PackedWeight is empty");
+  TORCH_CHECK(w.bits >= 1 && w.bits <= 8, "edkm: PackedWeight bits must be in 1..8, got ", w.bits);
+  TORCH_CHECK(w.rows_per_lut >= 1 && w.out_features % w.rows_per_lut == 0, "edkm: PackedWeight rows_per_lut ",
+              w.rows_per_lut, " does not divide the ", w.out_features, " rows");
+  TORCH_CHECK(w.lut.dim() == 2 && w.lut.size(0) == w.out_features / w.rows_per_lut &&
+                  w.lut.size(1) == (int64_t{1} << w.bits) && w.lut.scalar_type() == at::kFloat && w.lut.is_contiguous(),
+              "edkm: PackedWeight LUT must be ", w.out_features / w.rows_per_lut, " x ", int64_t{1} << w.bits,
+              " contiguous fp32, got ", w.lut.sizes(), " ", w.lut.scalar_type());
+  const auto need = static_cast<int64_t>(
+      io::packed_bytes(static_cast<uint64_t>(w.out_features * w.in_features), static_cast<int>(w.bits)) + 8);
+  TORCH_CHECK(w.packed.scalar_type() == at::kByte && w.packed.dim() == 1 && w.packed.numel() == need &&
+                  w.packed.is_contiguous(),
+              "edkm: PackedWeight indices must be ", need, " contiguous bytes (the stream plus 8), got ",
+              w.packed.numel());
+  TORCH_CHECK(!w.scale.defined() || (w.scale.numel() == w.out_features && w.scale.scalar_type() == at::kFloat &&
+                                     w.scale.is_contiguous()),
+              "edkm: PackedWeight scale must hold ", w.out_features, " fp32 values");
+  TORCH_CHECK(w.packed.device() == w.lut.device() && (!w.scale.defined() || w.scale.device() == w.lut.device()),
+              "edkm: PackedWeight tensors on different devices");
+}
+
+#if defined(EDKM_WITH_CUDA)
+void check_launch(int rc, const char* what) {
+  TORCH_CHECK(rc == 0, "edkm: ", what, " CUDA kernel failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
+}
+#endif
+
+// Rows [r0, r1) of W (with the scale) into out ((r1 - r0) x in fp32, contiguous, on w's device).
+void decode_into(const PackedWeight& w, int64_t r0, int64_t r1, const at::Tensor& out) {
+  const auto p = params_of(w, {});
+  if (w.lut.is_cuda()) {
+#if defined(EDKM_WITH_CUDA)
+    check_launch(kernels::lut_decode_cuda(p, r0, r1, out.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream()),
+                 "LUT decode");
+#else
+    TORCH_CHECK(false, "edkm: this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)");
+#endif
+  } else {
+    kernels::lut_decode_cpu(p, r0, r1, out.data_ptr<float>());
+  }
+}
+
+}  // namespace
+
+PackedWeight PackedWeight::from_palette(const Palette& palette) {
+  TORCH_CHECK(palette.lut.defined() && palette.indices.defined(), "edkm: PackedWeight::from_palette: empty Palette");
+  TORCH_CHECK(palette.shape.size() == 2, "edkm: PackedWeight needs a 2-D weight (out x in), got shape ",
+              c10::IntArrayRef(palette.shape));
+  TORCH_CHECK(palette.cluster_dim == 1, "edkm: PackedWeight supports cluster_dim 1 only, got ", palette.cluster_dim);
+  TORCH_CHECK(palette.bits >= 1 && palette.bits <= 8, "edkm: PackedWeight bits must be in 1..8, got ", palette.bits);
+  PackedWeight w;
+  w.out_features = palette.shape[0];
+  w.in_features = palette.shape[1];
+  w.bits = palette.bits;
+  const int64_t K = int64_t{1} << palette.bits;
+  const int64_t groups = palette.lut.size(0);
+  TORCH_CHECK(palette.lut.dim() == 3 && palette.lut.size(1) == K && palette.lut.size(2) == 1,
+              "edkm: PackedWeight: the LUT must be G x ", K, " x 1, got ", palette.lut.sizes());
+  TORCH_CHECK(groups >= 1 && w.out_features % groups == 0, "edkm: PackedWeight: ", groups,
+              " LUTs do not split the ", w.out_features, " rows evenly");
+  w.rows_per_lut = w.out_features / groups;
+  TORCH_CHECK(palette.granularity == Granularity::kPerGroupedChannel || groups == 1,
+              "edkm: PackedWeight: per-tensor palette with ", groups, " LUTs");
+  const at::Tensor idx = palette.indices.to(at::kCPU).contiguous();
+  TORCH_CHECK(idx.scalar_type() == at::kByte && idx.numel() == w.out_features * w.in_features,
+              "edkm: PackedWeight: ", idx.numel(), " uint8 indices for a ", w.out_features, " x ", w.in_features,
+              " weight");
+  if (idx.numel() > 0)
+    TORCH_CHECK(idx.max().item<int64_t>() < K, "edkm: PackedWeight: an index is out of range of the ", K,
+                "-entry LUT");
+  const uint64_t bytes = io::packed_bytes(static_cast<uint64_t>(idx.numel()), static_cast<int>(w.bits));
+  w.packed = at::zeros({static_cast<int64_t>(bytes + 8)}, at::kByte);
+  io::pack_indices(idx.data_ptr<uint8_t>(), static_cast<uint64_t>(idx.numel()), static_cast<int>(w.bits),
+                   w.packed.data_ptr<uint8_t>());
+  const auto device = palette.lut.device();
+  w.packed = w.packed.to(device);
+  w.lut = palette.lut.reshape({groups, K}).to(at::kFloat).contiguous();
+  if (palette.scale.defined()) w.scale = palette.scale.reshape({-1}).to(device, at::kFloat).contiguous();
+  check_packed(w);
+  return w;
+}
+
+at::Tensor PackedWeight::decompress_rows(int64_t begin, int64_t end) const {
+  check_packed(*this);
+  TORCH_CHECK(0 <= begin && begin <= end && end <= out_features, "edkm: PackedWeight rows [", begin, ", ", end,
+              ") outside 0..", out_features);
+  at::Tensor out = at::empty({end - begin, in_features}, lut.options());
+  decode_into(*this, begin, end, out);
+  return out;
+}
+
+at::Tensor PackedWeight::decompress() const { return decompress_rows(0, out_features); }
+
+int64_t PackedWeight::resident_bytes() const {
+  return packed.nbytes() + lut.nbytes() + (scale.defined() ? scale.nbytes() : 0);
+}
+
+PackedWeight PackedWeight::to(c10::Device device) const {
+  PackedWeight w = *this;
+  w.lut = lut.to(device);
+  w.packed = packed.to(device);
+  if (scale.defined()) w.scale = scale.to(device);
+  return w;
+}
+
+namespace functional {
+
+std::string lut_kernel_isa() {
+  switch (kernels::lut_isa()) {
+    case kernels::LutIsa::kAvx512:
+      return "avx512";
+    case kernels::LutIsa::kAvx2:
+      return "avx2";
+    default:
+      return "scalar";
+  }
+}
+
+at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias) {
+  check_packed(w);
+  TORCH_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == w.in_features, "edkm: lut_linear: input ",
+              x.defined() ? x.sizes() : c10::IntArrayRef{}, " does not end in the weight's ", w.in_features,
+              " input features");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "edkm: lut_linear: input must be floating point, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.device() == w.lut.device(), "edkm: lut_linear: input on ", x.device(), ", weight on ",
+              w.lut.device());
+  TORCH_CHECK(!bias.defined() || (bias.numel() == w.out_features && bias.device() == x.device()),
+              "edkm: lut_linear: bias must hold ", w.out_features, " values on ", x.device());
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = w.out_features;
+  const at::Tensor xs = x.reshape({-1, w.in_features}).to(at::kFloat).contiguous();
+  const int64_t m = xs.size(0);
+  const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
+  at::Tensor y;
+  if (m == 0 || w.out_features == 0) {
+    y = at::zeros({m, w.out_features}, xs.options());
+  } else if (m <= kGemvMaxRows) {
+    y = at::empty({m, w.out_features}, xs.options());
+    const auto p = params_of(w, b);
+    if (x.is_cuda()) {
+#if defined(EDKM_WITH_CUDA)
+      c10::cuda::CUDAGuard guard(x.device());
+      check_launch(kernels::lut_gemv_cuda(p, xs.data_ptr<float>(), m, y.data_ptr<float>(),
+                                          at::cuda::getCurrentCUDAStream().stream()),
+                   "LUT GEMV");
+#else
+      TORCH_CHECK(false, "edkm: this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)");
+#endif
+    } else {
+      kernels::lut_gemv_cpu(p, xs.data_ptr<float>(), m, y.data_ptr<float>());
+    }
+  } else {
+    // LUT-GEMM: blocks of rows decoded to fp32 (about 4 MiB each), multiplied by LibTorch's matmul.
+#if defined(EDKM_WITH_CUDA)
+    std::optional<c10::cuda::CUDAGuard> guard;
+    if (x.is_cuda()) guard.emplace(x.device());
+#endif
+    y = at::empty({m, w.out_features}, xs.options());
+    const int64_t block =
+        std::min(w.out_features, std::max<int64_t>(16, (int64_t{1} << 20) / std::max<int64_t>(1, w.in_features)));
+    at::Tensor tile = at::empty({block, w.in_features}, xs.options());
+    for (int64_t r0 = 0; r0 < w.out_features; r0 += block) {
+      const int64_t r1 = std::min(w.out_features, r0 + block);
+      at::Tensor t = tile.narrow(0, 0, r1 - r0);
+      decode_into(w, r0, r1, t);
+      y.narrow(1, r0, r1 - r0).copy_(at::mm(xs, t.t()));
+    }
+    if (b.defined()) y.add_(b);
+  }
+  return y.reshape(out_shape).to(x.scalar_type());
+}
+
+at::Tensor lut_embedding(const at::Tensor& ids, const PackedWeight& w) {
+  check_packed(w);
+  TORCH_CHECK(ids.defined() && (ids.scalar_type() == at::kLong || ids.scalar_type() == at::kInt),
+              "edkm: lut_embedding: ids must be int64 or int32");
+  const at::Tensor flat = ids.reshape({-1}).to(at::kCPU, at::kLong).contiguous();
+  if (flat.numel() > 0) {
+    const int64_t lo = flat.min().item<int64_t>(), hi = flat.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < w.out_features, "edkm: lut_embedding: token id ", lo < 0 ? lo : hi,
+                " outside the table's 0..", w.out_features - 1);
+  }
+  std::vector<int64_t> out_shape(ids.sizes().begin(), ids.sizes().end());
+  out_shape.push_back(w.in_features);
+  at::Tensor out = at::empty({flat.numel(), w.in_features}, w.lut.options());
+  const int64_t* id = flat.data_ptr<int64_t>();
+  if (w.lut.is_cuda()) {
+#if defined(EDKM_WITH_CUDA)
+    c10::cuda::CUDAGuard guard(w.lut.device());
+#endif
+    for (int64_t i = 0; i < flat.numel(); ++i) decode_into(w, id[i], id[i] + 1, out[i]);
+  } else {
+    const auto p = params_of(w, {});
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, flat.numel(), 16, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) kernels::lut_decode_cpu(p, id[i], id[i] + 1, o + i * w.in_features);
+    });
+  }
+  return out.reshape(out_shape);
+}
+
+}  // namespace functional
+
+// --- modules ---------------------------------------------------------------------------------------
+
+PalettizedLinearImpl::PalettizedLinearImpl(const Palette& palette, const at::Tensor& bias_)
+    : PalettizedLinearImpl(PackedWeight::from_palette(palette), bias_) {}
+
+PalettizedLinearImpl::PalettizedLinearImpl(PackedWeight weight, const at::Tensor& bias_)
+    : packed(std::move(weight)), bias(bias_) {
+  check_packed(packed);
+  TORCH_CHECK(!bias.defined() || bias.numel() == packed.out_features, "edkm: PalettizedLinear: bias of ",
+              bias.numel(), " values for ", packed.out_features, " output features");
+  if (bias.defined()) bias = bias.detach().reshape({-1}).to(packed.lut.device(), at::kFloat).contiguous();
+  reset();
+}
+
+void PalettizedLinearImpl::reset() {
+  packed.lut = register_buffer("lut", packed.lut);
+  packed.packed = register_buffer("packed", packed.packed);
+  if (packed.scale.defined()) packed.scale = register_buffer("scale", packed.scale);
+  if (bias.defined()) bias = register_buffer("bias", bias);
+}
+
+void PalettizedLinearImpl::pretty_print(std::ostream& stream) const {
+  stream << "edkm::PalettizedLinear(in_features=" << packed.in_features << ", out_features=" << packed.out_features
+         << ", bits=" << packed.bits << ", rows_per_lut=" << packed.rows_per_lut << ", bias=" << bias.defined()
+         << ")";
+}
+
+at::Tensor PalettizedLinearImpl::forward(const at::Tensor& x) { return functional::lut_linear(x, packed, bias); }
+
+PalettizedEmbeddingImpl::PalettizedEmbeddingImpl(const Palette& palette)
+    : PalettizedEmbeddingImpl(PackedWeight::from_palette(palette)) {}
+
+PalettizedEmbeddingImpl::PalettizedEmbeddingImpl(PackedWeight weight) : packed(std::move(weight)) {
+  check_packed(packed);
+  reset();
+}
+
+void PalettizedEmbeddingImpl::reset() {
+  packed.lut = register_buffer("lut", packed.lut);
+  packed.packed = register_buffer("packed", packed.packed);
+  if (packed.scale.defined()) packed.scale = register_buffer("scale", packed.scale);
+}
+
+void PalettizedEmbeddingImpl::pretty_print(std::ostream& stream) const {
+  stream << "edkm::PalettizedEmbedding(num_embeddings=" << packed.out_features
+         << ", embedding_dim=" << packed.in_features << ", bits=" << packed.bits << ")";
+}
+
+at::Tensor PalettizedEmbeddingImpl::forward(const at::Tensor& ids) { return functional::lut_embedding(ids, packed); }
+
+at::Tensor PalettizedEmbeddingImpl::linear(const at::Tensor& x) const { return functional::lut_linear(x, packed); }
+
+}  // namespace edkm

@@ -1,0 +1,194 @@
+// LUT matmul kernels (edkm/palettized_linear.h) against a dense matmul on the decompressed weight:
+// every bit width, per-tensor and grouped LUTs, per-channel scales, bias, odd shapes, 1..9 input
+// rows (GEMV and GEMM paths), non-contiguous and bf16 inputs, on every CPU path this machine has
+// (scalar, AVX2, AVX-512) and on CUDA when present; embeddings; packing and bad input.
+#include <edkm/checkpoint.h>
+#include <edkm/palettized_linear.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "kernels/lut_math.h"
+#include "temp_dir.h"
+#include "test_util.h"
+
+namespace {
+
+using namespace edkm;
+
+struct Case {
+  int64_t out, in, bits, rows_per_lut;  // rows_per_lut 0: one LUT per tensor
+  bool scale;
+};
+
+Palette make_palette(const Case& c, uint64_t seed) {
+  auto g = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const at::Tensor w = at::randn({c.out, c.in}, g);
+  auto o = DKMOptions(c.bits);
+  if (c.rows_per_lut > 0) o.granularity(Granularity::kPerGroupedChannel).group_size(c.rows_per_lut);
+  const int64_t groups = c.rows_per_lut > 0 ? c.out / c.rows_per_lut : 1;
+  const at::Tensor centroids = at::randn({groups, int64_t{1} << c.bits, 1}, g);
+  const at::Tensor s = c.scale ? at::rand({c.out, 1}, g) + 0.5 : at::Tensor();
+  return Palette::from_centroids(c.scale ? w / s : w, centroids, o, s);
+}
+
+// |a - b| within fp32 rounding of a dot product of length `in`.
+void expect_close(const at::Tensor& got, const at::Tensor& want, int64_t in, const std::string& what) {
+  ASSERT_EQ(got.sizes(), want.sizes()) << what;
+  const double scale = want.abs().max().item<double>() + 1.0;
+  const double err = (got.to(at::kDouble) - want.to(at::kDouble)).abs().max().item<double>();
+  EXPECT_LE(err, 4e-7 * std::sqrt(static_cast<double>(in)) * scale * 8) << what;
+}
+
+std::vector<kernels::LutIsa> isas() {
+  std::vector<kernels::LutIsa> out{kernels::LutIsa::kScalar};
+  if (kernels::lut_isa_available() >= kernels::LutIsa::kAvx2) out.push_back(kernels::LutIsa::kAvx2);
+  if (kernels::lut_isa_available() >= kernels::LutIsa::kAvx512) out.push_back(kernels::LutIsa::kAvx512);
+  return out;
+}
+
+struct IsaGuard {
+  ~IsaGuard() { kernels::set_lut_isa(kernels::lut_isa_available()); }
+};
+
+const char* isa_name(kernels::LutIsa i) {
+  return i == kernels::LutIsa::kAvx512 ? "avx512" : i == kernels::LutIsa::kAvx2 ? "avx2" : "scalar";
+}
+
+TEST(PalettizedLinear, EqualsDenseMatmulOnEveryPathAndBitWidth) {
+  IsaGuard guard;
+  std::vector<Case> cases;
+  for (int64_t bits = 1; bits <= 8; ++bits) {
+    cases.push_back({7, 37, bits, 0, false});     // odd shape, one LUT
+    cases.push_back({32, 96, bits, 16, true});    // grouped LUTs + scale
+    cases.push_back({12, 131, bits, 1, false});   // one LUT per row, tails
+    cases.push_back({48, 576, bits, 16, false});  // a SmolLM2 width
+  }
+  cases.push_back({1, 1, 3, 0, false});
+  cases.push_back({5, 15, 5, 0, true});
+  uint64_t seed = 0;
+  for (const auto& c : cases) {
+    const Palette pal = make_palette(c, ++seed);
+    const at::Tensor dense = pal.decompress().to(at::kFloat);
+    auto g = at::make_generator<at::CPUGeneratorImpl>(seed * 7);
+    const at::Tensor bias = at::randn({c.out}, g);
+    PalettizedLinear fc(pal, bias);
+    PalettizedLinear nobias(pal);
+    EXPECT_TRUE(at::equal(fc->weight(), dense)) << "decompress";
+    for (const auto isa : isas()) {
+      kernels::set_lut_isa(isa);
+      for (int64_t m : {1, 2, 3, 4, 5, 9}) {
+        const at::Tensor x = at::randn({m, c.in}, g);
+        const std::string what = std::string(isa_name(isa)) + " bits " + std::to_string(c.bits) + " " +
+                                 std::to_string(c.out) + "x" + std::to_string(c.in) + " rows/LUT " +
+                                 std::to_string(c.rows_per_lut) + " m " + std::to_string(m);
+        expect_close(fc(x), at::linear(x.to(at::kDouble), dense.to(at::kDouble), bias.to(at::kDouble)), c.in, what);
+        expect_close(nobias(x), at::linear(x.to(at::kDouble), dense.to(at::kDouble)), c.in, what + " no bias");
+      }
+    }
+  }
+}
+
+TEST(PalettizedLinear, NonContiguousBatchedAndBf16Inputs) {
+  const Palette pal = make_palette({24, 40, 3, 8, true}, 3);
+  PalettizedLinear fc(pal);
+  const at::Tensor dense = pal.decompress().to(at::kDouble);
+  auto g = at::make_generator<at::CPUGeneratorImpl>(11);
+  const at::Tensor xt = at::randn({40, 3}, g).t();  // [3, 40], transposed strides
+  ASSERT_FALSE(xt.is_contiguous());
+  expect_close(fc(xt), at::linear(xt.to(at::kDouble), dense), 40, "transposed");
+  const at::Tensor x3 = at::randn({2, 5, 80}, g).narrow(2, 0, 40);  // [2, 5, 40] with a row stride of 80
+  const at::Tensor y3 = fc(x3);
+  EXPECT_EQ(y3.sizes(), (std::vector<int64_t>{2, 5, 24}));
+  expect_close(y3, at::linear(x3.to(at::kDouble), dense), 40, "3-D strided");
+  const at::Tensor xb = at::randn({2, 40}, g).to(at::kBFloat16);
+  const at::Tensor yb = fc(xb);
+  EXPECT_EQ(yb.scalar_type(), at::kBFloat16);
+  expect_close(yb.to(at::kFloat), at::linear(xb.to(at::kDouble), dense).to(at::kBFloat16).to(at::kFloat), 40 * 256,
+               "bf16");
+  EXPECT_EQ(fc(at::randn({0, 40})).sizes(), (std::vector<int64_t>{0, 24}));
+}
+
+TEST(PalettizedLinear, ResidentBytesArePackedIndicesPlusLuts) {
+  for (int64_t bits : {1, 3, 4, 8}) {
+    const Palette pal = make_palette({64, 100, bits, 16, true}, 5);
+    PalettizedLinear fc(pal);
+    const int64_t packed = (64 * 100 * bits + 7) / 8 + 8;
+    EXPECT_EQ(fc->packed.resident_bytes(), packed + 4 * (4 << bits) + 64 * 4) << bits;
+    int64_t buffers = 0;
+    for (const auto& b : fc->buffers()) buffers += b.nbytes();
+    EXPECT_EQ(buffers, fc->packed.resident_bytes());
+  }
+}
+
+TEST(PalettizedLinear, FromACompressedCheckpointFile) {
+  test::TempDir dir;
+  CompressedCheckpoint ckpt;
+  ckpt.palettes["fc.weight"] = make_palette({20, 33, 3, 4, false}, 8);
+  const std::string path = dir.path("m.edkm.safetensors");
+  save_compressed(path, ckpt);
+  const auto back = load_compressed(path);
+  PalettizedLinear fc(back.palettes.at("fc.weight"));
+  const at::Tensor x = at::randn({3, 33});
+  expect_close(fc(x), at::linear(x.to(at::kDouble), ckpt.palettes.at("fc.weight").decompress().to(at::kDouble)), 33,
+               "reloaded");
+}
+
+TEST(PalettizedEmbedding, LooksUpTheDecompressedRowsAndServesATiedHead) {
+  IsaGuard guard;
+  for (const auto isa : isas()) {
+    kernels::set_lut_isa(isa);
+    for (int64_t bits : {2, 4, 6, 8}) {
+      const Palette pal = make_palette({50, 24, bits, 0, false}, 20 + bits);
+      PalettizedEmbedding emb(pal);
+      const at::Tensor table = pal.decompress().to(at::kFloat);
+      const at::Tensor ids = at::tensor(std::vector<int64_t>{0, 49, 7, 7, 13, 31}, at::kLong).reshape({2, 3});
+      EXPECT_TRUE(at::equal(emb(ids), at::embedding(table, ids))) << isa_name(isa) << " bits " << bits;
+      const at::Tensor h = at::randn({1, 24});
+      expect_close(emb->linear(h), at::linear(h.to(at::kDouble), table.to(at::kDouble)), 24, "tied head");
+    }
+  }
+}
+
+TEST(PalettizedLinear, BadInputIsRefusedByName) {
+  const Palette pal = make_palette({8, 16, 3, 0, false}, 1);
+  PalettizedLinear fc(pal);
+  test::expect_error([&] { fc(at::randn({2, 15})); }, {"input", "16 input features"});
+  test::expect_error([&] { fc(at::ones({2, 16}, at::kLong)); }, {"floating point"});
+  test::expect_error([&] { PalettizedLinear(pal, at::zeros({7})); }, {"bias", "8 output features"});
+  PalettizedEmbedding emb(pal);
+  test::expect_error([&] { emb(at::tensor(std::vector<int64_t>{3, 8}, at::kLong)); }, {"token id 8", "0..7"});
+  test::expect_error([&] { emb(at::tensor(std::vector<int64_t>{-1}, at::kLong)); }, {"token id -1"});
+  Palette conv = make_palette({8, 16, 3, 0, false}, 2);
+  conv.shape = {8, 4, 4};
+  test::expect_error([&] { PackedWeight::from_palette(conv); }, {"2-D weight"});
+  Palette bad = pal;
+  bad.indices = pal.indices.clone();
+  bad.indices.view(-1)[5] = 8;  // outside the 8-entry LUT
+  test::expect_error([&] { PackedWeight::from_palette(bad); }, {"out of range", "8-entry LUT"});
+  PackedWeight w = PackedWeight::from_palette(pal);
+  w.packed = w.packed.narrow(0, 0, w.packed.numel() - 1).contiguous();  // a truncated index stream
+  test::expect_error([&] { functional::lut_linear(at::randn({1, 16}), w); }, {"contiguous bytes"});
+}
+
+TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
+  EDKM_SKIP_WITHOUT_GPU();
+  for (int64_t bits : {1, 3, 4, 5, 8}) {
+    for (const Case& c : {Case{70000, 8, bits, 1, true}, Case{96, 576, bits, 16, false}}) {
+      const Palette pal = make_palette(c, 40 + bits);
+      PalettizedLinear cpu(pal);
+      PalettizedLinear gpu(pal);
+      gpu->to(at::kCUDA);
+      for (int64_t m : {1, 4, 7}) {
+        const at::Tensor x = at::randn({m, c.in});
+        expect_close(gpu(x.cuda()).cpu(), cpu(x), c.in, "cuda bits " + std::to_string(bits));
+      }
+      PalettizedEmbedding emb(pal);
+      PalettizedEmbedding emb_gpu(pal);
+      emb_gpu->to(at::kCUDA);
+      const at::Tensor ids = at::tensor(std::vector<int64_t>{0, c.out - 1, 5}, at::kLong);
+      EXPECT_TRUE(at::equal(emb_gpu(ids.cuda()).cpu(), emb(ids)));
+    }
+  }
+}
+
+}  // namespace
