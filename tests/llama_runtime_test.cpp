@@ -1,0 +1,150 @@
+// LlamaRuntime (edkm/llama_runtime.h): the KV-cache forward against the model's full forward,
+// token by token and in chunks; a palettized checkpoint run packed against the decompressed model
+// (logits and greedy tokens); sampling options; bad input.
+#include <edkm/checkpoint.h>
+#include <edkm/llama.h>
+#include <edkm/llama_runtime.h>
+#include <edkm/palettizer.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "test_util.h"
+
+namespace {
+
+using edkm::LlamaConfig;
+using edkm::LlamaForCausalLM;
+using edkm::LlamaRuntime;
+
+LlamaConfig runtime_config(bool tied) {
+  return LlamaConfig::tiny()
+      .vocab_size(61)
+      .hidden_size(32)
+      .intermediate_size(48)
+      .num_attention_heads(4)
+      .num_key_value_heads(2)
+      .max_position_embeddings(40)
+      .tie_word_embeddings(tied);
+}
+
+std::vector<int64_t> greedy_reference(LlamaForCausalLM& m, std::vector<int64_t> ids, int64_t n) {
+  torch::NoGradGuard ng;
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t next = m(at::tensor(ids, at::kLong).unsqueeze(0)).select(1, -1).argmax(-1).item<int64_t>();
+    ids.push_back(next);
+    out.push_back(next);
+  }
+  return out;
+}
+
+TEST(LlamaRuntime, CachedForwardEqualsTheFullForward) {
+  for (bool tied : {false, true}) {
+    torch::manual_seed(3);
+    LlamaForCausalLM model(runtime_config(tied));
+    model->eval();
+    LlamaRuntime rt(model);
+    const at::Tensor ids = at::randint(61, {23}, at::kLong);
+    at::Tensor full;
+    {
+      torch::NoGradGuard ng;
+      full = model(ids.unsqueeze(0)).squeeze(0);
+    }
+    auto cache = rt.new_cache();
+    EXPECT_LE(edkm::test::max_rel(rt.forward(ids, cache), full), 1e-5) << "one chunk";
+    for (const std::vector<int64_t>& chunks : {std::vector<int64_t>(23, 1), std::vector<int64_t>{5, 1, 7, 10}}) {
+      auto c = rt.new_cache(30);
+      int64_t at = 0;
+      for (int64_t n : chunks) {
+        const at::Tensor got = rt.forward(ids.narrow(0, at, n), c);
+        EXPECT_LE(edkm::test::max_rel(got, full.narrow(0, at, n)), 1e-5) << "chunk at " << at << ", tied " << tied;
+        at += n;
+      }
+      EXPECT_EQ(c.length, 23);
+    }
+  }
+}
+
+TEST(LlamaRuntime, PalettizedCheckpointRunsPackedAndGeneratesTheDecompressedModelsTokens) {
+  for (bool tied : {true, false}) {
+    torch::manual_seed(4);
+    LlamaForCausalLM model(runtime_config(tied));
+    // Linears at 3 bits with 8 rows per LUT, embedding/head at 6 bits per tensor.
+    auto linear = edkm::DKMOptions(3).weight_threshold(0).granularity(edkm::Granularity::kPerGroupedChannel).group_size(8);
+    auto head = edkm::DKMOptions(6).weight_threshold(0);
+    edkm::Palettizer pal(model, edkm::PalettizerOptions(linear).module_type("Embedding", head).module_name("lm_head", head));
+    {
+      auto scope = pal.clustered();  // one DKM forward sets the centroids
+      torch::NoGradGuard ng;
+      model(at::randint(61, {1, 8}, at::kLong));
+    }
+    pal.finalize();
+    const edkm::CompressedCheckpoint ckpt = pal.compressed_checkpoint();
+    LlamaRuntime rt(model->config, ckpt);
+    EXPECT_EQ(rt.packed_layers(), 2 * 7 + 1 + (tied ? 0 : 1));
+    LlamaForCausalLM dense(model->config);  // the decompressed model
+    edkm::load_tensors(*dense, ckpt.decompress());
+    dense->eval();
+    LlamaRuntime dense_rt(dense);
+    EXPECT_LT(rt.weight_bytes() * 3, dense_rt.weight_bytes()) << "packed weights";
+    const at::Tensor ids = at::randint(61, {12}, at::kLong);
+    auto c1 = rt.new_cache();
+    at::Tensor want;
+    {
+      torch::NoGradGuard ng;
+      want = dense(ids.unsqueeze(0)).squeeze(0);
+    }
+    EXPECT_LE(edkm::test::max_rel(rt.forward(ids, c1), want), 1e-5);
+    const std::vector<int64_t> prompt{1, 2, 3, 4, 5};
+    const auto got = rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(20));
+    EXPECT_EQ(got, greedy_reference(dense, prompt, 20)) << "tied " << tied;
+  }
+}
+
+TEST(LlamaRuntime, SamplingOptions) {
+  torch::manual_seed(6);
+  LlamaForCausalLM model(runtime_config(true));
+  LlamaRuntime rt(model);
+  const std::vector<int64_t> prompt{7, 8, 9};
+  const auto greedy = rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(10));
+  // top_p that keeps only the most likely token is greedy whatever the temperature.
+  EXPECT_EQ(rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(10).temperature(5.0).top_p(1e-9)), greedy);
+  const auto o = edkm::GenerationOptions().max_new_tokens(10).temperature(1.5).seed(42);
+  const auto a = rt.generate(prompt, o), b = rt.generate(prompt, o);
+  EXPECT_EQ(a, b) << "same seed, same tokens";
+  EXPECT_NE(a, greedy) << "a hot temperature samples";
+  for (int64_t t : a) EXPECT_TRUE(t >= 0 && t < 61);
+  // eos stops generation and is not returned; the context bounds it.
+  size_t first_new = 1;  // the first sampled token not sampled before
+  while (first_new < a.size() && std::find(a.begin(), a.begin() + first_new, a[first_new]) != a.begin() + first_new)
+    ++first_new;
+  ASSERT_LT(first_new, a.size());
+  auto with_eos = o;
+  const auto stop = rt.generate(prompt, with_eos.eos_id(a[first_new]));
+  EXPECT_EQ(stop, std::vector<int64_t>(a.begin(), a.begin() + first_new));
+  // 40 positions: 3 prompt tokens and 37 generated ones fed back, then a last one predicted.
+  EXPECT_EQ(rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(100)).size(), 38u);
+}
+
+TEST(LlamaRuntime, BadInputIsRefusedByName) {
+  torch::manual_seed(7);
+  LlamaForCausalLM model(runtime_config(false));
+  LlamaRuntime rt(model);
+  using edkm::test::expect_error;
+  expect_error([&] { rt.generate({}, edkm::GenerationOptions()); }, {"empty prompt"});
+  expect_error([&] { rt.generate({1, 99}, edkm::GenerationOptions()); }, {"token 99", "vocabulary of 61"});
+  expect_error([&] { rt.generate({1}, edkm::GenerationOptions().top_p(0)); }, {"top_p"});
+  expect_error([&] { rt.generate({1}, edkm::GenerationOptions().temperature(-1)); }, {"temperature"});
+  expect_error([&] { rt.generate(std::vector<int64_t>(40, 1), edkm::GenerationOptions()); }, {"no room"});
+  auto cache = rt.new_cache(4);
+  expect_error([&] { rt.forward(at::zeros({5}, at::kLong), cache); }, {"exceed the 4-position cache"});
+  expect_error([&] { rt.new_cache(41); }, {"max_position_embeddings 40"});
+  edkm::CompressedCheckpoint ckpt;
+  for (const auto& p : model->named_parameters()) ckpt.tensors[p.key()] = p.value().detach();
+  ckpt.tensors.erase("model.layers.1.mlp.up_proj.weight");
+  expect_error([&] { LlamaRuntime(model->config, ckpt); }, {"model.layers.1.mlp.up_proj.weight"});
+  ckpt.tensors["model.layers.1.mlp.up_proj.weight"] = at::zeros({48, 31});
+  expect_error([&] { LlamaRuntime(model->config, ckpt); }, {"up_proj", "48 x 31", "48 x 32"});
+}
+
+}  // namespace
