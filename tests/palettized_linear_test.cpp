@@ -112,7 +112,7 @@ TEST(PalettizedLinear, ResidentBytesArePackedIndicesPlusLuts) {
   for (int64_t bits : {1, 3, 4, 8}) {
     const Palette pal = make_palette({64, 100, bits, 16, true}, 5);
     PalettizedLinear fc(pal);
-    const int64_t packed = (64 * 100 * bits + 7) / 8 + 8;
+    const int64_t packed = (64 * 100 * bits + 7) / 8 + 16;
     EXPECT_EQ(fc->packed.resident_bytes(), packed + 4 * (4 << bits) + 64 * 4) << bits;
     int64_t buffers = 0;
     for (const auto& b : fc->buffers()) buffers += b.nbytes();

@@ -6,7 +6,7 @@
 // Storage (resident = what the compressed checkpoint stores): for a weight of out x in,
 //   lut     G x 2^bits fp32 (G = 1 per tensor, out / rows_per_lut per grouped channel)
 //   packed  uint8, the out x in indices row-major, LSB-first, bits per index (as
-//           edkm/checkpoint.h), plus 8 zero bytes so a kernel may read a whole word at the end
+//           edkm/checkpoint.h), plus 16 zero bytes so a kernel may load 16 bytes at any index
 //   scale   out fp32 per-channel scale, or undefined
 // W[r, c] = lut[r / rows_per_lut, index(r * in + c)] * scale[r].
 //
@@ -35,7 +35,7 @@ namespace edkm {
 /// The packed form of a 2-D palettized weight (see the top of this header).
 struct EDKM_API PackedWeight {
   at::Tensor lut;     ///< G x 2^bits, fp32, on the weight's device
-  at::Tensor packed;  ///< uint8 [ceil(out * in * bits / 8) + 8]
+  at::Tensor packed;  ///< uint8 [ceil(out * in * bits / 8) + 16]
   at::Tensor scale;   ///< out fp32, or undefined
   int64_t out_features = 0, in_features = 0, bits = 0;
   int64_t rows_per_lut = 0;  ///< rows sharing one LUT (out_features for one LUT per tensor)

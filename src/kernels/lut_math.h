@@ -4,13 +4,16 @@
 //
 // A packed weight of out x in: index i = r * in + c occupies bits [i * bits, (i + 1) * bits) of
 // the byte stream `packed`, LSB-first (stream bit j = bit j % 8 of byte j / 8), as the compressed
-// checkpoint stores it; `packed` carries 8 zero bytes past the stream so whole words may be read.
+// checkpoint stores it; `packed` carries kLutPadBytes zero bytes past the stream so 16 bytes may be loaded at any index.
 //   W[r, c] = lut[(r / rows_per_lut) * lut_stride + index(i)] * (scale ? scale[r] : 1)
 #include <cstdint>
 
 #include "kernels/host_device.h"
 
 namespace edkm::kernels {
+
+/// Zero bytes after the index stream: a kernel may load 16 bytes starting at any index's byte.
+constexpr int64_t kLutPadBytes = 16;
 
 struct LutParams {
   const uint8_t* packed = nullptr;

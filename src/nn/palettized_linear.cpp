@@ -43,10 +43,10 @@ void check_packed(const PackedWeight& w) {
               "edkm: PackedWeight LUT must be ", w.out_features / w.rows_per_lut, " x ", int64_t{1} << w.bits,
               " contiguous fp32, got ", w.lut.sizes(), " ", w.lut.scalar_type());
   const auto need = static_cast<int64_t>(
-      io::packed_bytes(static_cast<uint64_t>(w.out_features * w.in_features), static_cast<int>(w.bits)) + 8);
+      io::packed_bytes(static_cast<uint64_t>(w.out_features * w.in_features), static_cast<int>(w.bits)) + kernels::kLutPadBytes);
   TORCH_CHECK(w.packed.scalar_type() == at::kByte && w.packed.dim() == 1 && w.packed.numel() == need &&
                   w.packed.is_contiguous(),
-              "edkm: PackedWeight indices must be ", need, " contiguous bytes (the stream plus 8), got ",
+              "edkm: PackedWeight indices must be ", need, " contiguous bytes (the stream plus 16 zero bytes), got ",
               w.packed.numel());
   TORCH_CHECK(!w.scale.defined() || (w.scale.numel() == w.out_features && w.scale.scalar_type() == at::kFloat &&
                                      w.scale.is_contiguous()),
@@ -105,7 +105,7 @@ PackedWeight PackedWeight::from_palette(const Palette& palette) {
     TORCH_CHECK(idx.max().item<int64_t>() < K, "edkm: PackedWeight: an index is out of range of the ", K,
                 "-entry LUT");
   const uint64_t bytes = io::packed_bytes(static_cast<uint64_t>(idx.numel()), static_cast<int>(w.bits));
-  w.packed = at::zeros({static_cast<int64_t>(bytes + 8)}, at::kByte);
+  w.packed = at::zeros({static_cast<int64_t>(bytes + kernels::kLutPadBytes)}, at::kByte);
   io::pack_indices(idx.data_ptr<uint8_t>(), static_cast<uint64_t>(idx.numel()), static_cast<int>(w.bits),
                    w.packed.data_ptr<uint8_t>());
   const auto device = palette.lut.device();

@@ -38,7 +38,8 @@ LutIsa detect() {
 #if defined(EDKM_LUT_SIMD)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = LutIsa::kAvx2;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) best = LutIsa::kAvx512;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+    best = LutIsa::kAvx512;
 #endif
   if (const char* cap = std::getenv("EDKM_LUT_ISA")) {
     LutIsa want = best;

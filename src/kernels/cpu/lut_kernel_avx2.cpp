@@ -17,6 +17,8 @@ inline uint64_t load_word(const uint8_t* packed, uint64_t bit) {
   return w >> (bit & 7);
 }
 
+// WIDTH 0: any bits; 8: bytes.
+template <int WIDTH>
 struct Decoder {
   __m256i shifts, mask;
   int32_t b;
@@ -25,6 +27,7 @@ struct Decoder {
         mask(_mm256_set1_epi32((1 << bits) - 1)),
         b(bits) {}
   __m256i operator()(const uint8_t* packed, uint64_t bit) const {
+    if (WIDTH == 8) return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(packed + (bit >> 3))));
     const uint64_t w = load_word(packed, bit);
     const __m256i v = _mm256_set_m128i(_mm_set1_epi32(static_cast<int>(static_cast<uint32_t>(w >> (4 * b)))),
                                        _mm_set1_epi32(static_cast<int>(static_cast<uint32_t>(w))));
@@ -60,9 +63,9 @@ inline float reduce(__m256 v) {
   return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
 }
 
-template <int M, int MODE>
+template <int M, int MODE, int WIDTH>
 void gemv_rows(const LutParams& p, const float* x, float* y, int64_t r0, int64_t r1) {
-  const Decoder dec(p.bits);
+  const Decoder<WIDTH> dec(p.bits);
   Table<MODE> table;
   int64_t current = -1;
   const uint64_t b = static_cast<uint64_t>(p.bits);
@@ -99,9 +102,9 @@ void gemv_rows(const LutParams& p, const float* x, float* y, int64_t r0, int64_t
   }
 }
 
-template <int MODE>
+template <int MODE, int WIDTH>
 void decode_rows(const LutParams& p, int64_t r0, int64_t r1, float* out) {
-  const Decoder dec(p.bits);
+  const Decoder<WIDTH> dec(p.bits);
   Table<MODE> table;
   int64_t current = -1;
   const uint64_t b = static_cast<uint64_t>(p.bits);
@@ -122,32 +125,34 @@ void decode_rows(const LutParams& p, int64_t r0, int64_t r1, float* out) {
   }
 }
 
-template <int MODE>
+template <int MODE, int WIDTH>
 void gemv_m(const LutParams& p, const float* x, int64_t m, float* y, int64_t r0, int64_t r1) {
   switch (m) {
     case 1:
-      return gemv_rows<1, MODE>(p, x, y, r0, r1);
+      return gemv_rows<1, MODE, WIDTH>(p, x, y, r0, r1);
     case 2:
-      return gemv_rows<2, MODE>(p, x, y, r0, r1);
+      return gemv_rows<2, MODE, WIDTH>(p, x, y, r0, r1);
     case 3:
-      return gemv_rows<3, MODE>(p, x, y, r0, r1);
+      return gemv_rows<3, MODE, WIDTH>(p, x, y, r0, r1);
     default:
-      return gemv_rows<4, MODE>(p, x, y, r0, r1);
+      return gemv_rows<4, MODE, WIDTH>(p, x, y, r0, r1);
   }
 }
 
 }  // namespace
 
 void lut_gemv_rows_avx2(const LutParams& p, const float* x, int64_t m, float* y, int64_t r0, int64_t r1) {
-  if (p.bits <= 3) return gemv_m<0>(p, x, m, y, r0, r1);
-  if (p.bits == 4) return gemv_m<1>(p, x, m, y, r0, r1);
-  gemv_m<2>(p, x, m, y, r0, r1);
+  if (p.bits == 8) return gemv_m<2, 8>(p, x, m, y, r0, r1);
+  if (p.bits <= 3) return gemv_m<0, 0>(p, x, m, y, r0, r1);
+  if (p.bits == 4) return gemv_m<1, 0>(p, x, m, y, r0, r1);
+  gemv_m<2, 0>(p, x, m, y, r0, r1);
 }
 
 void lut_decode_rows_avx2(const LutParams& p, int64_t r0, int64_t r1, float* out) {
-  if (p.bits <= 3) return decode_rows<0>(p, r0, r1, out);
-  if (p.bits == 4) return decode_rows<1>(p, r0, r1, out);
-  decode_rows<2>(p, r0, r1, out);
+  if (p.bits == 8) return decode_rows<2, 8>(p, r0, r1, out);
+  if (p.bits <= 3) return decode_rows<0, 0>(p, r0, r1, out);
+  if (p.bits == 4) return decode_rows<1, 0>(p, r0, r1, out);
+  decode_rows<2, 0>(p, r0, r1, out);
 }
 
 }  // namespace edkm::kernels

@@ -1,0 +1,231 @@
+// Running palettized weights without decompressing them (edkm/palettized_linear.h,
+// edkm/llama_runtime.h): the LUT-GEMV at SmolLM2 and LLaMA-7B shapes against LibTorch's fp32 and
+// bf16 matmul on the dense weight, as time, GB/s and % of the memory bandwidth a copy probe
+// measures in the same run; and, for compressed LLaMA checkpoints, end-to-end decode tokens/s and
+// resident weight memory packed against the same checkpoint decompressed to fp32 (with the
+// greedy tokens of both compared).
+//
+//   edkm_bench_lut_inference --out benchmarks/results/lut_inference \
+//       [--decode smollm2-4bit=out4/model.edkm.safetensors --decode smollm2-3bit=out3/model.edkm.safetensors]
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <edkm/checkpoint.h>
+#include <edkm/file_io.h>
+#include <edkm/llama.h>
+#include <edkm/llama_runtime.h>
+#include <edkm/palettized_linear.h>
+
+#include <chrono>
+#include <cstring>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "bench_util.h"
+#include "results_io.h"
+#include "svg_chart.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Median seconds of f over repetitions filling ~min_time (at least 5).
+template <class F>
+double time_it(F&& f, double min_time) {
+  f();  // warm
+  std::vector<double> t;
+  const auto start = Clock::now();
+  while (t.size() < 5 || seconds_since(start) < min_time) {
+    const auto s = Clock::now();
+    f();
+    t.push_back(seconds_since(s));
+    if (t.size() > 100000) break;
+  }
+  std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+  return t[t.size() / 2];
+}
+
+// Copy probe: bytes read + written per second over a buffer far larger than the caches, with
+// LibTorch's threads.
+double copy_bandwidth(double min_time) {
+  const int64_t n = int64_t{1} << 26;  // 256 MiB of fp32 each way
+  at::Tensor a = at::ones({n}), b = at::empty({n});
+  const double s = time_it([&] { b.copy_(a); }, min_time);
+  return 2.0 * 4.0 * static_cast<double>(n) / s;
+}
+
+std::string fixed(double v, int digits) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(digits) << v;
+  return s.str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  CLI::App app{"edkm: LUT-GEMV and packed decode against dense fp32 / bf16"};
+  std::string shapes = "576x576,1536x576,576x1536,4096x4096,11008x4096,4096x11008", bits_list = "3,4,8", out;
+  std::vector<std::string> decodes;
+  int64_t threads = -1, rows_per_lut = 0, decode_tokens = 32, prompt_tokens = 16;
+  double min_time = 0.5;
+  app.add_option("--shapes", shapes, "out x in of the GEMVs")->capture_default_str();
+  app.add_option("--bits", bits_list)->capture_default_str();
+  app.add_option("--rows-per-lut", rows_per_lut, "rows sharing a LUT (0: one LUT per tensor)")->capture_default_str();
+  app.add_option("--decode", decodes,
+                 "label=PATH of a compressed LLaMA checkpoint (config.json beside it): decode tokens/s, packed and "
+                 "decompressed; repeatable");
+  app.add_option("--decode-tokens", decode_tokens)->capture_default_str();
+  app.add_option("--prompt-tokens", prompt_tokens)->capture_default_str();
+  app.add_option("--min-time", min_time, "seconds per measurement")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch threads (default: all cores)");
+  app.add_option("--out", out, "write OUT.json, OUT.md and OUT.svg")->required();
+  CLI11_PARSE(app, argc, argv);
+  if (threads > 0) at::set_num_threads(static_cast<int>(threads));
+  at::NoGradGuard ng;
+
+  const double bandwidth = copy_bandwidth(min_time);
+  std::cout << "copy probe: " << fixed(bandwidth / 1e9, 2) << " GB/s (read + write), LUT kernels: "
+            << edkm::functional::lut_kernel_isa() << ", " << at::get_num_threads() << " threads\n";
+  json gemv = json::array();
+  std::ostringstream md;
+  md << "| shape (out x in) | bits | LUT-GEMV us | GB/s | % of copy bandwidth | fp32 us | bf16 us | x faster than fp32 "
+        "| x faster than bf16 |\n|---|---|---|---|---|---|---|---|---|\n";
+  edkm::bench::BarChart chart;
+  chart.title = "LUT-GEMV speed-up over LibTorch fp32 (batch 1)";
+  chart.machine = edkm::bench::machine_name();
+  chart.y_label = "x faster than fp32 matmul";
+  std::map<int64_t, std::vector<double>> speedups;
+  for (const auto& s : edkm::bench::split(shapes)) {
+    const auto shape = edkm::bench::parse_shape(s);
+    TORCH_CHECK(shape.size() == 2, "--shapes: ", s, " is not OUTxIN");
+    const int64_t o = shape[0], i = shape[1];
+    chart.categories.push_back(s);
+    const at::Tensor w = at::randn({o, i}), x = at::randn({1, i});
+    const at::Tensor wb = w.to(at::kBFloat16), xb = x.to(at::kBFloat16);
+    const double t32 = time_it([&] { at::linear(x, w); }, min_time);
+    const double t16 = time_it([&] { at::linear(xb, wb); }, min_time);
+    for (const auto& bs : edkm::bench::split(bits_list)) {
+      const int64_t bits = std::stoll(bs);
+      auto opts = edkm::DKMOptions(bits);
+      if (rows_per_lut > 0) opts.granularity(edkm::Granularity::kPerGroupedChannel).group_size(rows_per_lut);
+      const int64_t groups = rows_per_lut > 0 ? o / rows_per_lut : 1;
+      const auto pal = edkm::Palette::from_centroids(w, at::randn({groups, int64_t{1} << bits, 1}), opts);
+      edkm::PalettizedLinear fc(pal);
+      const double t = time_it([&] { fc(x); }, min_time);
+      const double bytes = static_cast<double>(fc->packed.resident_bytes() + 4 * (i + o));
+      const double gbs = bytes / t / 1e9;
+      gemv.push_back({{"shape", s},
+                      {"bits", bits},
+                      {"rows_per_lut", rows_per_lut > 0 ? rows_per_lut : o},
+                      {"lut_gemv_seconds", t},
+                      {"fp32_seconds", t32},
+                      {"bf16_seconds", t16},
+                      {"bytes", bytes},
+                      {"gb_per_s", gbs},
+                      {"bandwidth_fraction", bytes / t / bandwidth},
+                      {"speedup_vs_fp32", t32 / t},
+                      {"speedup_vs_bf16", t16 / t}});
+      speedups[bits].push_back(t32 / t);
+      md << "| " << s << " | " << bits << " | " << fixed(t * 1e6, 1) << " | " << fixed(gbs, 2) << " | "
+         << fixed(100 * bytes / t / bandwidth, 1) << "% | " << fixed(t32 * 1e6, 1) << " | " << fixed(t16 * 1e6, 1)
+         << " | " << fixed(t32 / t, 2) << " | " << fixed(t16 / t, 2) << " |\n";
+      std::cout << s << " " << bits << "-bit: " << fixed(t * 1e6, 1) << " us (" << fixed(gbs, 2) << " GB/s, "
+                << fixed(100 * bytes / t / bandwidth, 1) << "% of copy), fp32 " << fixed(t32 * 1e6, 1) << " us, bf16 "
+                << fixed(t16 * 1e6, 1) << " us\n";
+    }
+  }
+  for (const auto& [bits, v] : speedups) chart.series.push_back({std::to_string(bits) + "-bit", v});
+
+  // End-to-end decode.
+  json decode = json::array();
+  std::ostringstream dmd;
+  if (!decodes.empty())
+    dmd << "| model | weights | resident weight MiB | prefill " << prompt_tokens << " tokens, s | decode tok/s | x fp32 "
+        << "| greedy tokens equal to the decompressed model |\n|---|---|---|---|---|---|---|\n";
+  for (const auto& d : decodes) {
+    const auto eq = d.find('=');
+    TORCH_CHECK(eq != std::string::npos, "--decode: expected label=PATH, got ", d);
+    const std::string label = d.substr(0, eq), path = d.substr(eq + 1);
+    const std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+    const auto config = edkm::LlamaConfig::from_json(edkm::read_text_file(dir + "/config.json"));
+    const auto ckpt = edkm::load_compressed(path);
+    edkm::LlamaForCausalLM dense(config);
+    edkm::load_tensors(*dense, ckpt.decompress());
+    dense->to(at::kFloat);
+    dense->eval();
+    std::vector<int64_t> prompt;
+    for (int64_t t = 0; t < prompt_tokens; ++t) prompt.push_back((t * 7919 + 13) % config.vocab_size());
+    std::vector<std::pair<std::string, edkm::LlamaRuntime>> runs;
+    runs.emplace_back("fp32 (decompressed)", edkm::LlamaRuntime(dense));
+    runs.emplace_back("packed LUTs", edkm::LlamaRuntime(config, ckpt));
+    std::vector<std::vector<int64_t>> tokens;
+    double fp32_tok_s = 0;
+    for (auto& [kind, rt] : runs) {
+      const auto o = edkm::GenerationOptions().max_new_tokens(decode_tokens);
+      auto cache = rt.new_cache(prompt_tokens + decode_tokens);
+      auto t0 = Clock::now();
+      at::Tensor logits = rt.forward(at::tensor(prompt, at::kLong), cache);
+      const double prefill = seconds_since(t0);
+      std::vector<int64_t> gen;
+      t0 = Clock::now();
+      int64_t next = logits.select(0, -1).argmax().item<int64_t>();
+      for (int64_t k = 0; k < decode_tokens; ++k) {
+        gen.push_back(next);
+        if (k + 1 == decode_tokens) break;
+        next = rt.forward(at::tensor(std::vector<int64_t>{next}, at::kLong), cache).select(0, -1).argmax().item<int64_t>();
+      }
+      const double tok_s = static_cast<double>(decode_tokens - 1) / seconds_since(t0);
+      if (kind.rfind("fp32", 0) == 0) fp32_tok_s = tok_s;
+      tokens.push_back(gen);
+      const bool same = tokens.size() < 2 || tokens[0] == tokens.back();
+      decode.push_back({{"model", label},
+                        {"weights", kind},
+                        {"path", path},
+                        {"resident_weight_bytes", rt.weight_bytes()},
+                        {"packed_layers", rt.packed_layers()},
+                        {"prefill_seconds", prefill},
+                        {"decode_tokens_per_s", tok_s},
+                        {"speedup_vs_fp32", fp32_tok_s > 0 ? tok_s / fp32_tok_s : 1.0},
+                        {"greedy_equal", same}});
+      dmd << "| " << label << " | " << kind << " | " << fixed(rt.weight_bytes() / 1048576.0, 1) << " | "
+          << fixed(prefill, 3) << " | " << fixed(tok_s, 2) << " | " << fixed(fp32_tok_s > 0 ? tok_s / fp32_tok_s : 1.0, 2)
+          << " | " << (tokens.size() < 2 ? "-" : same ? "yes" : "NO") << " |\n";
+      std::cout << label << " " << kind << ": " << fixed(rt.weight_bytes() / 1048576.0, 1) << " MiB of weights, "
+                << fixed(tok_s, 2) << " tok/s decode, prefill " << fixed(prefill, 3) << " s\n";
+    }
+  }
+
+  std::ostringstream cmd;
+  for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
+  const json doc = {{"machine", edkm::bench::machine_name()},
+                    {"command", cmd.str()},
+                    {"threads", at::get_num_threads()},
+                    {"lut_kernel_isa", edkm::functional::lut_kernel_isa()},
+                    {"copy_bandwidth_bytes_per_s", bandwidth},
+                    {"gemv", gemv},
+                    {"decode", decode}};
+  edkm::write_text_file(out + ".json", doc.dump(2) + "\n");
+  std::ostringstream full;
+  full << "# Palettized weights run packed: LUT-GEMV and decode\n\nMachine: " << edkm::bench::machine_name() << ", "
+       << at::get_num_threads() << " threads, LUT kernels " << edkm::functional::lut_kernel_isa() << ". Command: `"
+       << cmd.str() << "`\n\nCopy probe: " << fixed(bandwidth / 1e9, 2)
+       << " GB/s (bytes read + written per second, 256 MiB buffers). GEMV bytes = packed indices + LUTs + x + y; "
+          "batch 1; the median of repeated calls (small shapes stay in the caches between calls, so their GB/s "
+          "can pass the DRAM copy figure).\n\n"
+       << md.str();
+  if (!decodes.empty())
+    full << "\n## Decode (batch 1, greedy, KV cache)\n\nPrefill of " << prompt_tokens << " tokens, then "
+         << decode_tokens << " decode steps timed; resident weight memory = what the runtime holds (packed indices + "
+         << "LUTs + dense norms for the packed rows).\n\n"
+         << dmd.str();
+  edkm::write_text_file(out + ".md", full.str());
+  chart.save(out + ".svg");
+  std::cout << "wrote " << out << ".json, .md, .svg\n";
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "error: " << e.what() << "\n";
+  return 1;
+}
