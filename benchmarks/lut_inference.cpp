@@ -9,12 +9,12 @@
 //       [--decode smollm2-4bit=out4/model.edkm.safetensors --decode smollm2-3bit=out3/model.edkm.safetensors]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <CLI/CLI.hpp>
 #include <edkm/checkpoint.h>
 #include <edkm/file_io.h>
 #include <edkm/llama.h>
 #include <edkm/llama_runtime.h>
 #include <edkm/palettized_linear.h>
+#include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <cstring>
@@ -87,8 +87,9 @@ int main(int argc, char** argv) try {
   at::NoGradGuard ng;
 
   const double bandwidth = copy_bandwidth(min_time);
-  std::cout << "copy probe: " << fixed(bandwidth / 1e9, 2) << " GB/s (read + write), LUT kernels: "
-            << edkm::functional::lut_kernel_isa() << ", " << at::get_num_threads() << " threads\n";
+  std::cout << "copy probe: " << fixed(bandwidth / 1e9, 2)
+            << " GB/s (read + write), LUT kernels: " << edkm::functional::lut_kernel_isa() << ", "
+            << at::get_num_threads() << " threads\n";
   json gemv = json::array();
   std::ostringstream md;
   md << "| shape (out x in) | bits | LUT-GEMV us | GB/s | % of copy bandwidth | fp32 us | bf16 us | x faster than fp32 "
@@ -143,7 +144,8 @@ int main(int argc, char** argv) try {
   json decode = json::array();
   std::ostringstream dmd;
   if (!decodes.empty())
-    dmd << "| model | weights | resident weight MiB | prefill " << prompt_tokens << " tokens, s | decode tok/s | x fp32 "
+    dmd << "| model | weights | resident weight MiB | prefill " << prompt_tokens
+        << " tokens, s | decode tok/s | x fp32 "
         << "| greedy tokens equal to the decompressed model |\n|---|---|---|---|---|---|---|\n";
   for (const auto& d : decodes) {
     const auto eq = d.find('=');
@@ -175,7 +177,8 @@ int main(int argc, char** argv) try {
       for (int64_t k = 0; k < decode_tokens; ++k) {
         gen.push_back(next);
         if (k + 1 == decode_tokens) break;
-        next = rt.forward(at::tensor(std::vector<int64_t>{next}, at::kLong), cache).select(0, -1).argmax().item<int64_t>();
+        next =
+            rt.forward(at::tensor(std::vector<int64_t>{next}, at::kLong), cache).select(0, -1).argmax().item<int64_t>();
       }
       const double tok_s = static_cast<double>(decode_tokens - 1) / seconds_since(t0);
       if (kind.rfind("fp32", 0) == 0) fp32_tok_s = tok_s;
@@ -191,8 +194,12 @@ int main(int argc, char** argv) try {
                         {"speedup_vs_fp32", fp32_tok_s > 0 ? tok_s / fp32_tok_s : 1.0},
                         {"greedy_equal", same}});
       dmd << "| " << label << " | " << kind << " | " << fixed(rt.weight_bytes() / 1048576.0, 1) << " | "
-          << fixed(prefill, 3) << " | " << fixed(tok_s, 2) << " | " << fixed(fp32_tok_s > 0 ? tok_s / fp32_tok_s : 1.0, 2)
-          << " | " << (tokens.size() < 2 ? "-" : same ? "yes" : "NO") << " |\n";
+          << fixed(prefill, 3) << " | " << fixed(tok_s, 2) << " | "
+          << fixed(fp32_tok_s > 0 ? tok_s / fp32_tok_s : 1.0, 2) << " | "
+          << (tokens.size() < 2 ? "-"
+              : same            ? "yes"
+                                : "NO")
+          << " |\n";
       std::cout << label << " " << kind << ": " << fixed(rt.weight_bytes() / 1048576.0, 1) << " MiB of weights, "
                 << fixed(tok_s, 2) << " tok/s decode, prefill " << fixed(prefill, 3) << " s\n";
     }

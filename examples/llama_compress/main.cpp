@@ -96,7 +96,8 @@ struct Row {
 int main(int argc, char** argv) try {
   CLI::App app{"edkm LLaMA compression: DKM clustering of every decoder Linear while fine-tuning"};
   std::string model_dir, preset = "tiny", corpus = "/usr/share/games/fortunes", tokenizer_spec, engine = "auto";
-  std::string init = "kmeans", optimizer = "adamw", out_dir = "llama_compress_out", dtype_name = "fp32", device_name = "cpu";
+  std::string init = "kmeans", optimizer = "adamw", out_dir = "llama_compress_out", dtype_name = "fp32",
+              device_name = "cpu";
   std::string save_hf, save_hf_compressed, prompt = "The best thing about open source software is", loss_kind = "auto",
                                            baselines = "uncompressed,rtn,kmeans,control", baseline_bits_list;
   std::vector<std::string> eval_corpora;
@@ -656,9 +657,9 @@ int main(int argc, char** argv) try {
     gbar.finish();
     double err = 0;
     for (const auto& e : rep.layer_error) err += e.second;
-    gptq_facts += "- DKM initialised by GPTQ onto LUTs (" + std::to_string(bits) + " bits): " +
-                  fixed(rep.seconds, 1) + " s on " + std::to_string(calibration.numel()) +
-                  " calibration tokens; summed layer error " + fixed(err, 3) + "\n";
+    gptq_facts += "- DKM initialised by GPTQ onto LUTs (" + std::to_string(bits) + " bits): " + fixed(rep.seconds, 1) +
+                  " s on " + std::to_string(calibration.numel()) + " calibration tokens; summed layer error " +
+                  fixed(err, 3) + "\n";
   }
   std::optional<edkm::Palettizer> palettizer;
   if (!baselines_only) palettizer.emplace(model, pal_options);

@@ -5,13 +5,13 @@
 //
 //   edkm_llama_generate --compressed out/model.edkm.safetensors --tokenizer SmolLM2-135M-Instruct.Q4_1.gguf \
 //       --prompt "The best thing about open source software is" --max-new-tokens 48 [--temperature 0.8 --top-p 0.9]
-#include <CLI/CLI.hpp>
 #include <edkm/checkpoint.h>
 #include <edkm/file_io.h>
 #include <edkm/llama.h>
 #include <edkm/llama_runtime.h>
 #include <edkm/tokenizer.h>
 #include <torch/torch.h>
+#include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <iostream>
@@ -23,7 +23,8 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 int main(int argc, char** argv) try {
   CLI::App app{"edkm: generate text from a compressed LLaMA, running its LUTs directly"};
-  std::string compressed, config_path, tokenizer_spec = "bytes", prompt = "The best thing about open source software is";
+  std::string compressed, config_path, tokenizer_spec = "bytes",
+                                       prompt = "The best thing about open source software is";
   int64_t max_new = 32, threads = -1;
   double temperature = 0.0, top_p = 1.0;
   uint64_t seed = 0;
@@ -69,7 +70,8 @@ int main(int argc, char** argv) try {
   t0 = Clock::now();
   const auto out = rt.generate(ids, options, [&](int64_t id) { std::cout << tokenizer->decode({id}) << std::flush; });
   const double s = seconds_since(t0);
-  std::cout << "\n" << out.size() << " tokens in " << s << " s (" << static_cast<double>(out.size()) / s
+  std::cout << "\n"
+            << out.size() << " tokens in " << s << " s (" << static_cast<double>(out.size()) / s
             << " tok/s including the prompt's prefill)\n";
   if (check) {
     edkm::LlamaForCausalLM dense(config);

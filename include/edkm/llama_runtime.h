@@ -38,11 +38,11 @@ struct EDKM_API GenerationOptions {
 
 /// A projection for inference: a dense weight (shared with a model, not copied) or a packed one.
 struct EDKM_API InferenceLinear {
-  at::Tensor weight;          ///< dense out x in, or undefined
+  at::Tensor weight;  ///< dense out x in, or undefined
   PalettizedLinear packed{nullptr};
-  at::Tensor bias;            ///< dense case only (a packed one holds its own)
+  at::Tensor bias;                                ///< dense case only (a packed one holds its own)
   at::Tensor forward(const at::Tensor& x) const;  ///< fp32 in, fp32 out
-  int64_t bytes() const;      ///< resident bytes of the weight (and bias)
+  int64_t bytes() const;                          ///< resident bytes of the weight (and bias)
 };
 
 class EDKM_API LlamaRuntime {
@@ -79,13 +79,13 @@ class EDKM_API LlamaRuntime {
     at::Tensor input_norm, post_norm;
   };
   LlamaConfig config_;
-  at::Tensor embed_dense_;                 ///< vocab x hidden, or undefined when packed
+  at::Tensor embed_dense_;  ///< vocab x hidden, or undefined when packed
   PalettizedEmbedding embed_packed_{nullptr};
-  InferenceLinear head_;                   ///< undefined weight and packed: tied to the embedding
+  InferenceLinear head_;  ///< undefined weight and packed: tied to the embedding
   bool tied_ = false;
   std::vector<Layer> layers_;
   at::Tensor norm_;
-  at::Tensor cos_, sin_;                   ///< [max_position_embeddings, head_dim]
+  at::Tensor cos_, sin_;  ///< [max_position_embeddings, head_dim]
   void init_rotary();
   at::Tensor embed(const at::Tensor& ids) const;
   at::Tensor head(const at::Tensor& h) const;

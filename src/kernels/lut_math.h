@@ -4,7 +4,8 @@
 //
 // A packed weight of out x in: index i = r * in + c occupies bits [i * bits, (i + 1) * bits) of
 // the byte stream `packed`, LSB-first (stream bit j = bit j % 8 of byte j / 8), as the compressed
-// checkpoint stores it; `packed` carries kLutPadBytes zero bytes past the stream so 16 bytes may be loaded at any index.
+// checkpoint stores it; `packed` carries kLutPadBytes zero bytes past the stream so 16 bytes may be loaded at any
+// index.
 //   W[r, c] = lut[(r / rows_per_lut) * lut_stride + index(i)] * (scale ? scale[r] : 1)
 #include <cstdint>
 

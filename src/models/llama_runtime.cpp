@@ -61,8 +61,8 @@ struct CheckpointReader {
 void check_shape(const InferenceLinear& l, int64_t out, int64_t in, const std::string& name) {
   const int64_t o = l.packed ? l.packed->packed.out_features : l.weight.size(0);
   const int64_t i = l.packed ? l.packed->packed.in_features : l.weight.size(1);
-  TORCH_CHECK(o == out && i == in, "edkm: LlamaRuntime: ", name, " is ", o, " x ", i, ", the config needs ", out,
-              " x ", in);
+  TORCH_CHECK(o == out && i == in, "edkm: LlamaRuntime: ", name, " is ", o, " x ", i, ", the config needs ", out, " x ",
+              in);
 }
 
 }  // namespace
@@ -104,8 +104,8 @@ LlamaRuntime::LlamaRuntime(const LlamaConfig& config, const CompressedCheckpoint
   } else {
     embed_dense_ = r.dense(emb);
     TORCH_CHECK(embed_dense_.dim() == 2 && embed_dense_.size(0) == config_.vocab_size() && embed_dense_.size(1) == h,
-                "edkm: LlamaRuntime: ", emb, " is ", embed_dense_.sizes(), ", the config needs ",
-                config_.vocab_size(), " x ", h);
+                "edkm: LlamaRuntime: ", emb, " is ", embed_dense_.sizes(), ", the config needs ", config_.vocab_size(),
+                " x ", h);
   }
   for (int64_t i = 0; i < config_.num_hidden_layers(); ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
@@ -178,8 +178,7 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
   TORCH_CHECK(pos + n <= capacity, "edkm: LlamaRuntime::forward: ", pos, " cached + ", n, " new tokens exceed the ",
               capacity, "-position cache");
   at::NoGradGuard ng;
-  const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(),
-                d = config_.resolved_head_dim();
+  const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(), d = config_.resolved_head_dim();
   const double eps = config_.rms_norm_eps();
   at::Tensor x = embed(tokens).unsqueeze(0);  // [1, n, hidden]
   const at::Tensor cos = cos_.narrow(0, pos, n), sin = sin_.narrow(0, pos, n);

@@ -43,13 +43,14 @@ void check_packed(const PackedWeight& w) {
               "edkm: PackedWeight LUT must be ", w.out_features / w.rows_per_lut, " x ", int64_t{1} << w.bits,
               " contiguous fp32, got ", w.lut.sizes(), " ", w.lut.scalar_type());
   const auto need = static_cast<int64_t>(
-      io::packed_bytes(static_cast<uint64_t>(w.out_features * w.in_features), static_cast<int>(w.bits)) + kernels::kLutPadBytes);
+      io::packed_bytes(static_cast<uint64_t>(w.out_features * w.in_features), static_cast<int>(w.bits)) +
+      kernels::kLutPadBytes);
   TORCH_CHECK(w.packed.scalar_type() == at::kByte && w.packed.dim() == 1 && w.packed.numel() == need &&
                   w.packed.is_contiguous(),
               "edkm: PackedWeight indices must be ", need, " contiguous bytes (the stream plus 16 zero bytes), got ",
               w.packed.numel());
-  TORCH_CHECK(!w.scale.defined() || (w.scale.numel() == w.out_features && w.scale.scalar_type() == at::kFloat &&
-                                     w.scale.is_contiguous()),
+  TORCH_CHECK(!w.scale.defined() ||
+                  (w.scale.numel() == w.out_features && w.scale.scalar_type() == at::kFloat && w.scale.is_contiguous()),
               "edkm: PackedWeight scale must hold ", w.out_features, " fp32 values");
   TORCH_CHECK(w.packed.device() == w.lut.device() && (!w.scale.defined() || w.scale.device() == w.lut.device()),
               "edkm: PackedWeight tensors on different devices");
@@ -92,8 +93,8 @@ PackedWeight PackedWeight::from_palette(const Palette& palette) {
   const int64_t groups = palette.lut.size(0);
   TORCH_CHECK(palette.lut.dim() == 3 && palette.lut.size(1) == K && palette.lut.size(2) == 1,
               "edkm: PackedWeight: the LUT must be G x ", K, " x 1, got ", palette.lut.sizes());
-  TORCH_CHECK(groups >= 1 && w.out_features % groups == 0, "edkm: PackedWeight: ", groups,
-              " LUTs do not split the ", w.out_features, " rows evenly");
+  TORCH_CHECK(groups >= 1 && w.out_features % groups == 0, "edkm: PackedWeight: ", groups, " LUTs do not split the ",
+              w.out_features, " rows evenly");
   w.rows_per_lut = w.out_features / groups;
   TORCH_CHECK(palette.granularity == Granularity::kPerGroupedChannel || groups == 1,
               "edkm: PackedWeight: per-tensor palette with ", groups, " LUTs");
@@ -102,8 +103,7 @@ PackedWeight PackedWeight::from_palette(const Palette& palette) {
               "edkm: PackedWeight: ", idx.numel(), " uint8 indices for a ", w.out_features, " x ", w.in_features,
               " weight");
   if (idx.numel() > 0)
-    TORCH_CHECK(idx.max().item<int64_t>() < K, "edkm: PackedWeight: an index is out of range of the ", K,
-                "-entry LUT");
+    TORCH_CHECK(idx.max().item<int64_t>() < K, "edkm: PackedWeight: an index is out of range of the ", K, "-entry LUT");
   const uint64_t bytes = io::packed_bytes(static_cast<uint64_t>(idx.numel()), static_cast<int>(w.bits));
   w.packed = at::zeros({static_cast<int64_t>(bytes + kernels::kLutPadBytes)}, at::kByte);
   io::pack_indices(idx.data_ptr<uint8_t>(), static_cast<uint64_t>(idx.numel()), static_cast<int>(w.bits),
@@ -159,8 +159,7 @@ at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tens
               " input features");
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "edkm: lut_linear: input must be floating point, got ",
               x.scalar_type());
-  TORCH_CHECK(x.device() == w.lut.device(), "edkm: lut_linear: input on ", x.device(), ", weight on ",
-              w.lut.device());
+  TORCH_CHECK(x.device() == w.lut.device(), "edkm: lut_linear: input on ", x.device(), ", weight on ", w.lut.device());
   TORCH_CHECK(!bias.defined() || (bias.numel() == w.out_features && bias.device() == x.device()),
               "edkm: lut_linear: bias must hold ", w.out_features, " values on ", x.device());
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
@@ -181,7 +180,8 @@ at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tens
                                           at::cuda::getCurrentCUDAStream().stream()),
                    "LUT GEMV");
 #else
-      TORCH_CHECK(false, "edkm: this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)");
+      TORCH_CHECK(false,
+                  "edkm: this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)");
 #endif
     } else {
       kernels::lut_gemv_cpu(p, xs.data_ptr<float>(), m, y.data_ptr<float>());
@@ -246,8 +246,8 @@ PalettizedLinearImpl::PalettizedLinearImpl(const Palette& palette, const at::Ten
 PalettizedLinearImpl::PalettizedLinearImpl(PackedWeight weight, const at::Tensor& bias_)
     : packed(std::move(weight)), bias(bias_) {
   check_packed(packed);
-  TORCH_CHECK(!bias.defined() || bias.numel() == packed.out_features, "edkm: PalettizedLinear: bias of ",
-              bias.numel(), " values for ", packed.out_features, " output features");
+  TORCH_CHECK(!bias.defined() || bias.numel() == packed.out_features, "edkm: PalettizedLinear: bias of ", bias.numel(),
+              " values for ", packed.out_features, " output features");
   if (bias.defined()) bias = bias.detach().reshape({-1}).to(packed.lut.device(), at::kFloat).contiguous();
   reset();
 }
@@ -261,8 +261,7 @@ void PalettizedLinearImpl::reset() {
 
 void PalettizedLinearImpl::pretty_print(std::ostream& stream) const {
   stream << "edkm::PalettizedLinear(in_features=" << packed.in_features << ", out_features=" << packed.out_features
-         << ", bits=" << packed.bits << ", rows_per_lut=" << packed.rows_per_lut << ", bias=" << bias.defined()
-         << ")";
+         << ", bits=" << packed.bits << ", rows_per_lut=" << packed.rows_per_lut << ", bias=" << bias.defined() << ")";
 }
 
 at::Tensor PalettizedLinearImpl::forward(const at::Tensor& x) { return functional::lut_linear(x, packed, bias); }

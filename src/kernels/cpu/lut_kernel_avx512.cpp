@@ -26,7 +26,7 @@ struct Decoder {
         const int bit = s + i * b, byte = bit >> 3, at = (i / 4) * 16 + (i % 4) * 4;
         ctrl[s][at] = static_cast<int8_t>(byte);
         ctrl[s][at + 1] = static_cast<int8_t>(byte + 1 < 16 ? byte + 1 : 0x80);  // never needed past byte 15
-        ctrl[s][at + 2] = ctrl[s][at + 3] = static_cast<int8_t>(0x80);          // zero
+        ctrl[s][at + 2] = ctrl[s][at + 3] = static_cast<int8_t>(0x80);           // zero
         shift[s][i] = bit & 7;
       }
     }
@@ -124,7 +124,8 @@ void decode_rows(const LutParams& p, int64_t r0, int64_t r1, float* out) {
     uint64_t bit = static_cast<uint64_t>(r) * static_cast<uint64_t>(p.in) * b;
     dec.row(bit);
     int64_t c = 0;
-    for (; c + 16 <= p.in; c += 16, bit += 16 * b) _mm512_storeu_ps(o + c, _mm512_mul_ps(table(dec(p.packed, bit)), vs));
+    for (; c + 16 <= p.in; c += 16, bit += 16 * b)
+      _mm512_storeu_ps(o + c, _mm512_mul_ps(table(dec(p.packed, bit)), vs));
     for (; c < p.in; ++c, bit += b) o[c] = lut[lut_index_at(p.packed, bit, p.bits)] * s;
   }
 }
