@@ -1,7 +1,8 @@
 #pragma once
 // Inference of a LLaMA with a key/value cache: each Linear (and the embedding / tied head) either
 // dense or kept palettized (edkm/palettized_linear.h), so a compressed checkpoint runs without
-// being decompressed. Batch 1; greedy, temperature and top-p sampling.
+// being decompressed. Batch 1; greedy, temperature and top-p sampling. Packed q, k, v (and gate,
+// up) with the same bits and rows per LUT are stacked into one weight and run as one GEMV.
 //
 // Example:
 //   auto rt = edkm::LlamaRuntime::load("out/model.edkm.safetensors", "out/config.json");
@@ -41,6 +42,7 @@ struct EDKM_API InferenceLinear {
   at::Tensor weight;  ///< dense out x in, or undefined
   PalettizedLinear packed{nullptr};
   at::Tensor bias;                                ///< dense case only (a packed one holds its own)
+  int64_t parts = 1;                              ///< projections stacked in it (q, k, v or gate, up run as one GEMV)
   at::Tensor forward(const at::Tensor& x) const;  ///< fp32 in, fp32 out
   int64_t bytes() const;                          ///< resident bytes of the weight (and bias)
 };
@@ -76,6 +78,7 @@ class EDKM_API LlamaRuntime {
  private:
   struct Layer {
     InferenceLinear q, k, v, o, gate, up, down;
+    InferenceLinear qkv, gate_up;  ///< packed projections stacked (then q, k, v / gate, up are empty)
     at::Tensor input_norm, post_norm;
   };
   LlamaConfig config_;

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "edkm/export.h"
 #include "edkm/palette.h"
@@ -51,6 +52,9 @@ struct EDKM_API PackedWeight {
   /// Bytes held: packed indices, LUTs and scales.
   int64_t resident_bytes() const;
   PackedWeight to(c10::Device device) const;
+  /// Row blocks stacked into one weight (e.g. q, k and v projections run as one GEMV): every part
+  /// has the same in_features, bits and rows_per_lut (grouped LUTs), and all or none a scale.
+  static PackedWeight concat_rows(const std::vector<PackedWeight>& parts);
 };
 
 namespace functional {

@@ -19,6 +19,7 @@ at::Tensor InferenceLinear::forward(const at::Tensor& x) const {
 }
 
 int64_t InferenceLinear::bytes() const {
+  if (!packed && !weight.defined()) return 0;
   if (packed) return packed->packed.resident_bytes() + (packed->bias.defined() ? packed->bias.nbytes() : 0);
   return (weight.defined() ? weight.nbytes() : 0) + (bias.defined() ? bias.nbytes() : 0);
 }
@@ -57,6 +58,29 @@ struct CheckpointReader {
     return out;
   }
 };
+
+// Stacks packed projections sharing bits, rows per LUT, scale and bias presence into `out` (one
+// GEMV instead of several); the parts are emptied. False (nothing changed) when they cannot be.
+bool stack(const std::vector<InferenceLinear*>& ls, InferenceLinear& out) {
+  for (const auto* l : ls)
+    if (!l->packed) return false;
+  const PackedWeight& a = ls.front()->packed->packed;
+  const bool bias = ls.front()->packed->bias.defined();
+  std::vector<PackedWeight> parts;
+  std::vector<at::Tensor> biases;
+  for (const auto* l : ls) {
+    const PackedWeight& w = l->packed->packed;
+    if (w.in_features != a.in_features || w.bits != a.bits || w.rows_per_lut != a.rows_per_lut ||
+        w.scale.defined() != a.scale.defined() || l->packed->bias.defined() != bias)
+      return false;
+    parts.push_back(w);
+    if (bias) biases.push_back(l->packed->bias);
+  }
+  out.packed = PalettizedLinear(PackedWeight::concat_rows(parts), bias ? at::cat(biases) : at::Tensor());
+  out.parts = static_cast<int64_t>(ls.size());
+  for (auto* l : ls) *l = InferenceLinear{};
+  return true;
+}
 
 void check_shape(const InferenceLinear& l, int64_t out, int64_t in, const std::string& name) {
   const int64_t o = l.packed ? l.packed->packed.out_features : l.weight.size(0);
@@ -127,6 +151,8 @@ LlamaRuntime::LlamaRuntime(const LlamaConfig& config, const CompressedCheckpoint
     check_shape(L.down, h, mi, p + "mlp.down_proj");
     L.input_norm = r.dense(p + "input_layernorm.weight");
     L.post_norm = r.dense(p + "post_attention_layernorm.weight");
+    stack({&L.q, &L.k, &L.v}, L.qkv);
+    stack({&L.gate, &L.up}, L.gate_up);
     layers_.push_back(std::move(L));
   }
   norm_ = r.dense("model.norm.weight");
@@ -189,15 +215,32 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
     const Layer& L = layers_[l];
     const at::Tensor h = functional::rms_norm(x, L.input_norm, eps);
     auto heads = [&](const at::Tensor& y, int64_t count) { return y.view({1, n, count, d}).transpose(1, 2); };
-    const at::Tensor q = functional::apply_rotary_embedding(heads(L.q.forward(h), H), cos, sin);
-    cache.k[l].narrow(2, pos, n).copy_(functional::apply_rotary_embedding(heads(L.k.forward(h), KV), cos, sin));
-    cache.v[l].narrow(2, pos, n).copy_(heads(L.v.forward(h), KV));
+    at::Tensor qp, kp, vp;
+    if (L.qkv.parts > 1) {
+      const at::Tensor y = L.qkv.forward(h);
+      qp = y.narrow(-1, 0, H * d);
+      kp = y.narrow(-1, H * d, KV * d);
+      vp = y.narrow(-1, (H + KV) * d, KV * d);
+    } else {
+      qp = L.q.forward(h);
+      kp = L.k.forward(h);
+      vp = L.v.forward(h);
+    }
+    const at::Tensor q = functional::apply_rotary_embedding(heads(qp, H), cos, sin);
+    cache.k[l].narrow(2, pos, n).copy_(functional::apply_rotary_embedding(heads(kp, KV), cos, sin));
+    cache.v[l].narrow(2, pos, n).copy_(heads(vp, KV));
     const at::Tensor a =
         at::scaled_dot_product_attention(q, cache.k[l].narrow(2, 0, pos + n), cache.v[l].narrow(2, 0, pos + n), mask,
                                          0.0, /*is_causal=*/false, std::nullopt, /*enable_gqa=*/KV != H);
     x = x + L.o.forward(a.transpose(1, 2).reshape({1, n, H * d}));
     const at::Tensor h2 = functional::rms_norm(x, L.post_norm, eps);
-    x = x + L.down.forward(at::silu(L.gate.forward(h2)) * L.up.forward(h2));
+    if (L.gate_up.parts > 1) {
+      const at::Tensor y = L.gate_up.forward(h2);
+      const int64_t mi = y.size(-1) / 2;
+      x = x + L.down.forward(at::silu(y.narrow(-1, 0, mi)) * y.narrow(-1, mi, mi));
+    } else {
+      x = x + L.down.forward(at::silu(L.gate.forward(h2)) * L.up.forward(h2));
+    }
   }
   cache.length = pos + n;
   return head(functional::rms_norm(x, norm_, eps)).squeeze(0);
@@ -248,7 +291,7 @@ int64_t LlamaRuntime::weight_bytes() const {
   int64_t n = embed_packed_ ? embed_packed_->packed.resident_bytes() : embed_dense_.nbytes();
   if (!tied_) n += head_.bytes();
   for (const auto& L : layers_) {
-    for (const auto* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) n += p->bytes();
+    for (const auto* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.qkv, &L.gate_up}) n += p->bytes();
     n += L.input_norm.nbytes() + L.post_norm.nbytes();
   }
   return n + norm_.nbytes();
@@ -258,7 +301,8 @@ int64_t LlamaRuntime::packed_layers() const {
   int64_t n = embed_packed_ ? 1 : 0;
   if (!tied_ && head_.packed) ++n;
   for (const auto& L : layers_)
-    for (const auto* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) n += p->packed ? 1 : 0;
+    for (const auto* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.qkv, &L.gate_up})
+      n += p->packed ? p->parts : 0;
   return n;
 }
 

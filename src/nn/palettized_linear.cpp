@@ -139,6 +139,49 @@ PackedWeight PackedWeight::to(c10::Device device) const {
   return w;
 }
 
+PackedWeight PackedWeight::concat_rows(const std::vector<PackedWeight>& parts) {
+  TORCH_CHECK(!parts.empty(), "edkm: PackedWeight::concat_rows: no parts");
+  PackedWeight out;
+  const PackedWeight& first = parts.front();
+  out.in_features = first.in_features;
+  out.bits = first.bits;
+  out.rows_per_lut = first.rows_per_lut;
+  std::vector<at::Tensor> luts, scales;
+  for (const auto& w : parts) {
+    check_packed(w);
+    TORCH_CHECK(w.in_features == first.in_features && w.bits == first.bits && w.rows_per_lut == first.rows_per_lut &&
+                    w.scale.defined() == first.scale.defined(),
+                "edkm: PackedWeight::concat_rows: parts differ in input features, bits, rows per LUT or scale (",
+                w.in_features, "/", w.bits, "/", w.rows_per_lut, " vs ", first.in_features, "/", first.bits, "/",
+                first.rows_per_lut, ")");
+    out.out_features += w.out_features;
+    luts.push_back(w.lut.cpu());
+    if (w.scale.defined()) scales.push_back(w.scale.cpu());
+  }
+  // The index streams re-packed one after the other (a part's stream need not end on a byte).
+  const uint64_t total = static_cast<uint64_t>(out.out_features * out.in_features);
+  std::vector<uint8_t> idx(total);
+  uint64_t at = 0;
+  for (const auto& w : parts) {
+    const at::Tensor packed = w.packed.cpu();
+    const uint8_t* src = packed.data_ptr<uint8_t>();
+    const uint64_t n = static_cast<uint64_t>(w.out_features * w.in_features);
+    for (uint64_t i = 0; i < n; ++i)
+      idx[at + i] = static_cast<uint8_t>(
+          kernels::lut_index_at(src, i * static_cast<uint64_t>(w.bits), static_cast<int32_t>(w.bits)));
+    at += n;
+  }
+  const uint64_t bytes = io::packed_bytes(total, static_cast<int>(out.bits));
+  out.packed = at::zeros({static_cast<int64_t>(bytes) + kernels::kLutPadBytes}, at::kByte);
+  io::pack_indices(idx.data(), total, static_cast<int>(out.bits), out.packed.data_ptr<uint8_t>());
+  const auto device = first.lut.device();
+  out.packed = out.packed.to(device);
+  out.lut = at::cat(luts, 0).to(device).contiguous();
+  if (!scales.empty()) out.scale = at::cat(scales, 0).to(device).contiguous();
+  check_packed(out);
+  return out;
+}
+
 namespace functional {
 
 std::string lut_kernel_isa() {
