@@ -84,7 +84,7 @@ TEST(LlamaRuntime, PalettizedCheckpointRunsPackedAndGeneratesTheDecompressedMode
     const edkm::CompressedCheckpoint ckpt = pal.compressed_checkpoint();
     LlamaRuntime rt(model->config, ckpt);
     EXPECT_EQ(rt.packed_layers(), 2 * 7 + 1 + (tied ? 0 : 1));  // q, k, v and gate, up stacked, counted apart
-    LlamaForCausalLM dense(model->config);  // the decompressed model
+    LlamaForCausalLM dense(model->config);                      // the decompressed model
     edkm::load_tensors(*dense, ckpt.decompress());
     dense->eval();
     LlamaRuntime dense_rt(dense);

@@ -19,7 +19,6 @@ at::Tensor InferenceLinear::forward(const at::Tensor& x) const {
 }
 
 int64_t InferenceLinear::bytes() const {
-  if (!packed && !weight.defined()) return 0;
   if (packed) return packed->packed.resident_bytes() + (packed->bias.defined() ? packed->bias.nbytes() : 0);
   return (weight.defined() ? weight.nbytes() : 0) + (bias.defined() ? bias.nbytes() : 0);
 }
