@@ -3,7 +3,8 @@
 // over the weights reducing K-vectors per group (sum_i A_ij x_i, sum_i A_ij, inertia), then one
 // pass writing W_soft. Backward: the attention of every iteration is recomputed from the weights
 // and the saved centroids C^t (T * K * d numbers per group); one pass for dL/dC^T, one reducing
-// pass per earlier iteration for dL/dC^t, one pass writing dL/dw. Memory O(N) + O(T * K * d * G).
+// pass per earlier iteration for dL/dC^t (adding its level's share of dL/dw), one pass for the
+// rest of dL/dw. Memory O(N) + O(T * K * d * G).
 // The math (and its derivation) is in kernels/stream_math.h, shared by the CPU and CUDA kernels.
 #include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
@@ -15,6 +16,7 @@
 #include <ATen/ops/reciprocal.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -206,16 +208,24 @@ class StreamFunction : public torch::autograd::Function<StreamFunction> {
     const auto last_index = (at::arange(G, iters_t.options().dtype(at::kLong)) * (T + 1) + iters_t.to(at::kLong));
     gamma_hist.view({G * (T + 1), K, d}).index_copy_(0, last_index, gamma_last);
     // dL/dC^t for t = T-1 .. 1 (groups with fewer iterations contribute zeros and never read it).
+    // Fused gradient (fp32 / fp64 vectors): each reducing pass also adds its level's share of
+    // dL/dx from the attention row it computes anyway, so the last pass runs level 0 only: 2T + 2
+    // attention rows per vector and step instead of 3T + 1. bf16 / fp16 vectors keep one pass over
+    // every level, so that the shares are not rounded to 16 bits before they are summed.
+    const bool fused = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+    auto dx = fused ? at::zeros_like(x) : at::empty_like(x);
     for (int64_t t = ran - 1; t >= 1; --t) {
       p.pass = StreamPass::kReduce;
       p.level = static_cast<int32_t>(t);
+      p.out = fused ? dx.data_ptr() : nullptr;
       const auto gamma_t = plan.reduce(p, x).narrow(1, 0, K * d).view({G, K, d}).to(ct) * plan.zero_mask;
       const auto active = iters_t.gt(t).view({G, 1, 1});  // others keep their own dL/dC^{T_g}
       gamma_hist.select(1, t).copy_(at::where(active, gamma_t, gamma_hist.select(1, t)));
     }
-    auto dx = at::empty_like(x);
     p.pass = StreamPass::kGradInput;
     p.out = dx.data_ptr();
+    p.grad_levels = fused ? 1 : static_cast<int32_t>(T);
+    p.accumulate = fused;
     run_pass(p, x);
     return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }

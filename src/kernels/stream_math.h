@@ -31,8 +31,9 @@ enum class StreamPass : int32_t {
   kStats = 0,      ///< level t: partials M (K x d), S (K), inertia (1) of groups with T_g > t
   kOutput = 1,     ///< out = y (G x n x d) from c^{T_g - 1}, c^{T_g}
   kGammaLast = 2,  ///< partials sum_i A^{T_g - 1}_ij g_i (K x d)
-  kReduce = 3,     ///< level t: partials -sum_i Dbar_ij 2 (x_i - c^t_j) (K x d) of groups with T_g > t
-  kGradInput = 4,  ///< out = dL/dx (G x n x d), all levels t < T_g
+  kReduce = 3,     ///< level t: partials -sum_i Dbar_ij 2 (x_i - c^t_j) (K x d) of groups with T_g > t;
+                   ///< with out set (fused gradient), also out += level t's share of dL/dx
+  kGradInput = 4,  ///< out = dL/dx (G x n x d) of levels t < min(T_g, grad_levels); accumulate: out +=
 };
 
 constexpr int kStreamMaxK = 256;   // bits <= 8
@@ -52,6 +53,8 @@ struct StreamParams {
   StreamPass pass = StreamPass::kStats;
   int32_t level = 0;                 // t of kStats / kReduce
   int32_t max_iter = 1;              // history stride
+  int32_t grad_levels = 1 << 30;     // kGradInput: levels t < min(T_g, grad_levels)
+  bool accumulate = false;           // kGradInput: out += (out holds the fused kReduce shares)
   const int32_t* iters = nullptr;    // G: T_g, iterations of every group
   const void* c_hist = nullptr;      // G x (max_iter + 1) x K x d
   const void* inv_s_hist = nullptr;  // G x max_iter x K: 1 / S_j
@@ -234,18 +237,27 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
       break;
     }
     case StreamPass::kReduce: {
+      // Fused gradient (out set): the same attention row gives level t's share of dL/dx.
       const int t = p.level;
+      S xbar[kStreamMaxDim];
+      for (int k = 0; k < d; ++k) xbar[k] = 0;
       stream_backward_level<S, DIM, true>(p, x, gy, blocked_row, ch + t * ckd, ch + (t + 1) * ckd, ish + t * K,
-                                          gh + (t + 1) * ckd, t == T - 1, prob, aux, static_cast<S*>(nullptr), sink);
+                                          gh + (t + 1) * ckd, t == T - 1, prob, aux, p.out ? xbar : nullptr, sink);
+      if (p.out)
+        for (int k = 0; k < d; ++k)
+          store_value<S>(p.out, base + k, load_value<S>(p.out, base + k, p.kind) + xbar[k], p.kind);
       break;
     }
     case StreamPass::kGradInput: {
       S xbar[kStreamMaxDim];
       for (int k = 0; k < d; ++k) xbar[k] = 0;
-      for (int t = 0; t < T; ++t)
+      const int levels = T < p.grad_levels ? T : p.grad_levels;
+      for (int t = 0; t < levels; ++t)
         stream_backward_level<S, DIM, false>(p, x, gy, blocked_row, ch + t * ckd, ch + (t + 1) * ckd, ish + t * K,
                                              gh + (t + 1) * ckd, t == T - 1, prob, aux, xbar, sink);
-      for (int k = 0; k < d; ++k) store_value<S>(p.out, base + k, xbar[k], p.kind);
+      for (int k = 0; k < d; ++k)
+        store_value<S>(p.out, base + k, p.accumulate ? load_value<S>(p.out, base + k, p.kind) + xbar[k] : xbar[k],
+                       p.kind);
       break;
     }
   }

@@ -4,7 +4,9 @@
 // in the same order per weight, laid out lane-parallel so the compiler vectorises every loop
 // (this header is compiled once per instruction set: stream_kernel_avx2.cpp, _avx512.cpp) and
 // the exponentials go through SLEEF's vector exp (1.0 ulp). Per-lane fp64 accumulators, summed
-// once per work item: no false sharing, no serial dependency through one fp64 slot.
+// once per work item: no false sharing, no serial dependency through one fp64 slot. (Summing
+// blocks in fp32 first, even only the statistics' positive sums over 64 weights per lane, was
+// measured: the DKM gradient amplifies that rounding beyond the fp32 dense engine's own error.)
 //
 // Include after defining EDKM_STREAM_EXP_BLOCK(float* v) (exp of kLanes floats in place) and
 // EDKM_STREAM_ISA (the namespace of this instantiation).
@@ -128,12 +130,31 @@ inline void load_block(const void* data, int64_t base, int count, ValueKind kind
   switch (kind) {
     case ValueKind::kF32: {
       const float* f = static_cast<const float*>(data) + base;
-      EDKM_LANES(l) out[l] = f[l < count ? l : count - 1];
+      if (count == kLanes) {  // a full block: one vector load
+        EDKM_LANES(l) out[l] = f[l];
+      } else {
+        EDKM_LANES(l) out[l] = f[l < count ? l : count - 1];
+      }
       break;
     }
     default:
       EDKM_LANES(l) out[l] = load_value<float>(data, base + (l < count ? l : count - 1), kind);
   }
+}
+
+// The first `count` lanes of v to data[base ..] (out += v when accumulate).
+inline void store_block(void* data, int64_t base, int count, ValueKind kind, const float* v, bool accumulate) {
+  if (kind == ValueKind::kF32 && count == kLanes) {  // a full block: vector loads and stores
+    float* f = static_cast<float*>(data) + base;
+    if (accumulate) {
+      EDKM_LANES(l) f[l] += v[l];
+    } else {
+      EDKM_LANES(l) f[l] = v[l];
+    }
+    return;
+  }
+  for (int l = 0; l < count; ++l)
+    store_value<float>(data, base + l, accumulate ? load_value<float>(data, base + l, kind) + v[l] : v[l], kind);
 }
 
 // Vectors [i0, i0 + count) of group g, count <= kLanes; the tail lanes repeat the last value
@@ -190,7 +211,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t i0, int count, 
         const float cj = c[K + j];
         EDKM_LANES(l) y[l] += (pj[l] > zt ? pj[l] : zt) * cj;
       }
-      for (int l = 0; l < count; ++l) store_value<float>(p.out, base + l, y[l], p.kind);
+      store_block(p.out, base, count, p.kind, y, false);
       break;
     }
     case StreamPass::kGammaLast: {
@@ -205,17 +226,21 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t i0, int count, 
     }
     case StreamPass::kReduce: {
       const int t = p.level;
+      float xbar[kLanes];  // fused gradient (out set): level t's share of dL/dx from the same row
+      EDKM_LANES(l) xbar[l] = 0;
       block_backward_level(p, x, gy, blocked, ch + t * int64_t(K), ch + (t + 1) * int64_t(K), ish + t * int64_t(K),
-                           gh + (t + 1) * int64_t(K), t == T - 1, live, s, nullptr, true);
+                           gh + (t + 1) * int64_t(K), t == T - 1, live, s, p.out ? xbar : nullptr, true);
+      if (p.out) store_block(p.out, base, count, p.kind, xbar, true);
       break;
     }
     case StreamPass::kGradInput: {
       float xbar[kLanes];
       EDKM_LANES(l) xbar[l] = 0;
-      for (int t = 0; t < T; ++t)
+      const int levels = std::min(T, p.grad_levels);
+      for (int t = 0; t < levels; ++t)
         block_backward_level(p, x, gy, blocked, ch + t * int64_t(K), ch + (t + 1) * int64_t(K), ish + t * int64_t(K),
                              gh + (t + 1) * int64_t(K), t == T - 1, live, s, xbar, false);
-      for (int l = 0; l < count; ++l) store_value<float>(p.out, base + l, xbar[l], p.kind);
+      store_block(p.out, base, count, p.kind, xbar, p.accumulate);
       break;
     }
   }
