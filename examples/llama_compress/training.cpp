@@ -181,6 +181,12 @@ void StepProfile::add(const std::string& name, double seconds) {
   phases_.emplace_back(name, seconds);
 }
 
+void StepProfile::close_warmup(double seconds) {
+  warmup_seconds_ = seconds;
+  phases_.clear();
+  steps_ = 0;
+}
+
 std::string StepProfile::to_markdown() const {
   double total = 0;
   for (const auto& p : phases_) total += p.second;
@@ -192,12 +198,16 @@ std::string StepProfile::to_markdown() const {
        << (total > 0 ? 100.0 * p.second / total : 0.0) << "% |\n";
   }
   md << "| **step** | " << std::setprecision(3) << total / n << " | 100% |\n";
+  if (warmup_seconds_ > 0)
+    md << "| first step (also initialises every layer's LUTs; not in the average above) | " << std::setprecision(3)
+       << warmup_seconds_ << " | |\n";
   return md.str();
 }
 
 std::string StepProfile::to_json() const {
   nlohmann::json j;
   j["steps"] = steps_;
+  if (warmup_seconds_ > 0) j["first_step_seconds"] = warmup_seconds_;
   const double n = static_cast<double>(std::max<int64_t>(1, steps_));
   for (const auto& p : phases_) j["seconds_per_step"][p.first] = p.second / n;
   return j.dump();

@@ -76,6 +76,9 @@ class StepProfile {
   /// Adds `seconds` to phase `name` (phases keep their first-seen order).
   void add(const std::string& name, double seconds);
   void count_step() { ++steps_; }
+  /// Ends the warm-up: the steps so far (their whole time `seconds`) leave the averages and are
+  /// reported as one line of their own.
+  void close_warmup(double seconds);
   /// Seconds of the DKM engines' backward nodes so far.
   double dkm_backward_seconds() const;
   /// A Markdown table: phase, seconds per step, share of the step.
@@ -86,6 +89,7 @@ class StepProfile {
  private:
   std::vector<std::pair<std::string, double>> phases_;
   int64_t steps_ = 0;
+  double warmup_seconds_ = 0;
   uint64_t handle_ = 0;
 };
 

@@ -185,9 +185,11 @@ EDKM_HOST_DEVICE void stream_backward_level(const StreamParams& p, const S* x, c
 }
 
 /// The work of pass p.pass on vector i of group g. `Sink::add(slot, double)` accumulates partials.
-/// KMAX bounds p.k (scratch size); DIM > 0 fixes cluster_dim at compile time.
+/// KMAX bounds p.k (scratch size); DIM > 0 fixes cluster_dim at compile time. live = false runs
+/// the same instructions without storing (a GPU lane past the end that must still take part in
+/// warp-wide sums; its sink adds zeros).
 template <class S, int KMAX, int DIM, class Sink>
-EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i, Sink& sink) {
+EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i, Sink& sink, bool live = true) {
   const int d = DIM > 0 ? DIM : static_cast<int>(p.d), K = static_cast<int>(p.k);
   const int T = p.iters[g];
   const int64_t base = (g * p.n + i) * d;
@@ -224,7 +226,7 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
       for (int k = 0; k < d; ++k) {
         S y = 0;
         for (int j = 0; j < K; ++j) y += (prob[j] > zt ? prob[j] : zt) * c[ckd + j * d + k];
-        store_value<S>(p.out, base + k, y, p.kind);
+        if (live) store_value<S>(p.out, base + k, y, p.kind);
       }
       break;
     }
@@ -243,7 +245,7 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
       for (int k = 0; k < d; ++k) xbar[k] = 0;
       stream_backward_level<S, DIM, true>(p, x, gy, blocked_row, ch + t * ckd, ch + (t + 1) * ckd, ish + t * K,
                                           gh + (t + 1) * ckd, t == T - 1, prob, aux, p.out ? xbar : nullptr, sink);
-      if (p.out)
+      if (p.out && live)
         for (int k = 0; k < d; ++k)
           store_value<S>(p.out, base + k, load_value<S>(p.out, base + k, p.kind) + xbar[k], p.kind);
       break;
@@ -255,7 +257,7 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
       for (int t = 0; t < levels; ++t)
         stream_backward_level<S, DIM, false>(p, x, gy, blocked_row, ch + t * ckd, ch + (t + 1) * ckd, ish + t * K,
                                              gh + (t + 1) * ckd, t == T - 1, prob, aux, xbar, sink);
-      for (int k = 0; k < d; ++k)
+      for (int k = 0; live && k < d; ++k)
         store_value<S>(p.out, base + k, p.accumulate ? load_value<S>(p.out, base + k, p.kind) + xbar[k] : xbar[k],
                        p.kind);
       break;

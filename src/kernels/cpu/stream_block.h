@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/stream_isa.h"
 #include "kernels/stream_math.h"
 
 namespace edkm::kernels::EDKM_STREAM_ISA {
@@ -265,6 +266,7 @@ inline void run_item(const StreamParams& p, int64_t g, int64_t begin, int64_t en
 namespace edkm::kernels::EDKM_STREAM_ISA {
 // Items [item_begin, item_end) of pass p (cluster_dim 1, fp32 compute), one scratch per call.
 inline void stream_items_block(const StreamParams& p, int64_t item_begin, int64_t item_end) {
+  const FlushDenormalResults ftz;
   Scratch s(p);
   const bool reduces = stream_pass_reduces(p.pass);
   for (int64_t item = item_begin; item < item_end; ++item) {

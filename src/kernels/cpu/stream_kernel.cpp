@@ -24,6 +24,7 @@ struct BufferSink {
 
 template <class S, int DIM>
 void run_items(const StreamParams& p, int64_t b, int64_t e) {
+  const FlushDenormalResults ftz;
   const bool reduces = stream_pass_reduces(p.pass);
   std::vector<double> acc(static_cast<size_t>(p.width));
   for (int64_t item = b; item < e; ++item) {

@@ -1,7 +1,10 @@
 // CUDA twin of kernels/cpu/stream_kernel.cpp: one pass of the streaming engine. One block per
-// (group, chunk) work item; the block's partials live in shared memory (double atomics) and are
-// written once per block. Per-vector scratch is sized by a KMAX template (16, 64 or 256) so that
-// 1..4-bit LUTs keep their attention rows in registers.
+// (group, chunk) work item. Partials: when 8 warps' copies fit in 48 KiB of shared memory (width
+// <= 768: every LUT up to 8 bits for cluster_dim 1, up to 5 bits for cluster_dim 16), each warp
+// sums a slot over its 32 lanes with shuffles and lane 0 adds it to the warp's own copy (no
+// atomics, no two warps on one slot); the copies are summed once per block. Wider partials
+// fall back to one shared copy with fp64 atomics. Per-vector scratch is sized by a KMAX
+// template (16, 64 or 256) so that 1..4-bit LUTs keep their attention rows in registers.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -12,35 +15,67 @@ namespace edkm::kernels {
 namespace {
 
 constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int64_t kWarpSinkMaxWidth = 768;  // kWarps * 768 doubles = 48 KiB
 
+// One shared copy, fp64 atomics (wide partials).
 struct SharedSink {
   double* acc;
   __device__ void add(int64_t slot, double v) { atomicAdd(&acc[slot], v); }
 };
 
+// The warp's own copy; every lane of the warp calls add() with the same slot (stream_vector's
+// loops are uniform across lanes; lanes past the end add zeros).
+struct WarpSink {
+  double* acc;
+  bool live;
+  __device__ void add(int64_t slot, double v) {
+    v = live ? v : 0.0;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((threadIdx.x & 31) == 0) acc[slot] += v;
+  }
+};
+
 template <class S, int KMAX, int DIM>
-__global__ void __launch_bounds__(kThreads) stream_kernel(StreamParams p) {
+__global__ void __launch_bounds__(kThreads) stream_kernel(StreamParams p, bool per_warp) {
   extern __shared__ double acc[];
   const int64_t item = blockIdx.x;
   const int64_t g = item / p.chunks, c = item % p.chunks;
   if (!stream_group_active(p, g)) return;  // block-uniform
   const bool reduces = stream_pass_reduces(p.pass);
+  const int64_t copies = reduces && per_warp ? kWarps : 1;
   if (reduces)
-    for (int64_t s = threadIdx.x; s < p.width; s += blockDim.x) acc[s] = 0.0;
+    for (int64_t s = threadIdx.x; s < copies * p.width; s += blockDim.x) acc[s] = 0.0;
   __syncthreads();
-  SharedSink sink{acc};
-  const int64_t end = min(p.n, (c + 1) * p.chunk);
-  for (int64_t i = c * p.chunk + threadIdx.x; i < end; i += blockDim.x) stream_vector<S, KMAX, DIM>(p, g, i, sink);
+  const int64_t begin = c * p.chunk, end = min(p.n, (c + 1) * p.chunk);
+  if (reduces && per_warp) {
+    // Whole warps iterate together: a lane past the end recomputes the last vector and adds 0.
+    WarpSink sink{acc + (threadIdx.x / 32) * p.width, true};
+    for (int64_t i0 = begin; i0 < end; i0 += blockDim.x) {
+      const int64_t i = i0 + threadIdx.x;
+      sink.live = i < end;
+      stream_vector<S, KMAX, DIM>(p, g, sink.live ? i : end - 1, sink, sink.live);
+    }
+  } else {
+    SharedSink sink{acc};
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) stream_vector<S, KMAX, DIM>(p, g, i, sink);
+  }
   __syncthreads();
-  if (reduces)
-    for (int64_t s = threadIdx.x; s < p.width; s += blockDim.x) p.partials[item * p.width + s] = acc[s];
+  if (!reduces) return;
+  for (int64_t s = threadIdx.x; s < p.width; s += blockDim.x) {
+    double v = 0.0;
+    for (int64_t w = 0; w < copies; ++w) v += acc[w * p.width + s];
+    p.partials[item * p.width + s] = v;
+  }
 }
 
 template <class S, int KMAX, int DIM>
 int launch(const StreamParams& p, cudaStream_t stream) {
   const int64_t items = p.groups * p.chunks;
-  const size_t smem = stream_pass_reduces(p.pass) ? sizeof(double) * static_cast<size_t>(p.width) : 0;
-  stream_kernel<S, KMAX, DIM><<<static_cast<unsigned>(items), kThreads, smem, stream>>>(p);
+  const bool per_warp = p.width <= kWarpSinkMaxWidth;
+  const size_t copies = per_warp ? kWarps : 1;
+  const size_t smem = stream_pass_reduces(p.pass) ? sizeof(double) * copies * static_cast<size_t>(p.width) : 0;
+  stream_kernel<S, KMAX, DIM><<<static_cast<unsigned>(items), kThreads, smem, stream>>>(p, per_warp);
   return static_cast<int>(cudaGetLastError());
 }
 
