@@ -108,7 +108,7 @@ int main(int argc, char** argv) try {
   double lr = 1e-3, pretrain_lr = 3e-3, weight_decay = 0.0, distill_temperature = 2.0, distill_alpha = 0.5;
   double distill_hidden = 0.0, tau = 1e-4;
   bool offload = false, checkpoint_activations = false, distill = false, skip_baselines = false, embedding_dkm = false;
-  bool resume = false, baselines_only = false, release_host_memory = false;
+  bool resume = false, baselines_only = false;
   int64_t offload_min_bytes = 1 << 16;
   uint64_t seed = 0;
   app.add_option("--model", model_dir,
@@ -228,9 +228,6 @@ int main(int argc, char** argv) try {
   app.add_option("--threads", threads,
                  "CPU threads (default: 1 for the tiny preset, whose small matrices gain little from more and lose "
                  "much on a loaded machine; else LibTorch's default)");
-  app.add_flag("--release-host-memory", release_host_memory,
-               "return freed host memory to the system at once (glibc's default); by default freed blocks are kept "
-               "for reuse (edkm::retain_freed_host_memory)");
   CLI11_PARSE(app, argc, argv);
   std::cout << std::unitbuf;  // progress lines reach a log file as they happen
 
@@ -265,9 +262,6 @@ int main(int argc, char** argv) try {
 
   if (threads < 0 && model_dir.empty() && preset == "tiny") threads = 1;
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
-  // Freed logits, activations and gradients are reused, not faulted in and zeroed again every
-  // step (37% of a SmolLM2 training step on CPU without it).
-  if (!release_host_memory) edkm::retain_freed_host_memory();
   edkm::MemoryMeter whole_run;
   const auto t_start = Clock::now();
   at::manual_seed(seed);

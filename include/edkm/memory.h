@@ -35,16 +35,6 @@ EDKM_API void install_cpu_memory_counter();
 /// Bytes currently allocated through the counting CPU allocator.
 EDKM_API int64_t cpu_bytes_in_use();
 
-/// Keeps host memory that LibTorch frees inside the process for its next allocations instead of
-/// handing it back to the kernel. glibc serves every block above its mmap threshold (at most
-/// 32 MiB) with a fresh mmap and unmaps it on free, so each training step faults in and zeroes
-/// its large tensors (logits, activations, gradients) again: measured on SmolLM2-135M training on
-/// CPU, page zeroing took 37% of the run. After this call (glibc: mallopt M_MMAP_MAX = 0 and
-/// M_TRIM_THRESHOLD = 2 GiB) freed blocks are reused; the resident size stays near the peak of
-/// what was allocated. Call once, early, in a training program. Returns false (and does
-/// nothing) where the C library is not glibc. Affects the whole process.
-EDKM_API bool retain_freed_host_memory();
-
 /// RAII meter: peak and current bytes of CPU, CUDA and pinned memory over its lifetime.
 /// Meters nest (inner meters do not disturb the peaks of outer ones) when used from one
 /// thread at a time; allocations of every thread count.
