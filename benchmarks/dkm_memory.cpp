@@ -30,6 +30,7 @@ int main(int argc, char** argv) try {
   std::string shapes = "1024x4096,4096x4096", device = "cpu", out = "benchmarks/results/dkm_memory_cpu", dtype = "fp32",
               engines = "dense";
   int64_t bits = 3, repeats = 1, group_size = 0;
+  double weight_std = 0.02;
   app.add_option("--shapes", shapes, "comma-separated RxC weight shapes");
   app.add_option("--bits", bits)->check(CLI::Range(1, 8));
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
@@ -38,6 +39,10 @@ int main(int argc, char** argv) try {
                  "comma-separated: dense, table, streaming, auto (table on fp32 clusters the bf16 rounding)");
   app.add_option("--group-size", group_size, "rows per LUT (per-grouped-channel); 0: one LUT per tensor");
   app.add_option("--repeats", repeats, "timed repetitions after one warm-up");
+  app.add_option("--weight-std", weight_std,
+                 "standard deviation of the Gaussian weights (SmolLM2-135M's layers: 0.14-0.22)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   app.add_option("--out", out, "output path without extension (.json and .md are written)");
   CLI11_PARSE(app, argc, argv);
 
@@ -53,7 +58,7 @@ int main(int argc, char** argv) try {
       auto opts = edkm::DKMOptions(bits).epsilon(0);  // all max_iter iterations: the worst case
       opts.engine(edkm::engine_from_string(engine)).table_fp32_as_bf16(engine == "table");
       if (group_size > 0) opts.granularity(edkm::Granularity::kPerGroupedChannel).group_size(group_size);
-      auto w = (at::randn(shape, at::TensorOptions().dtype(at::kFloat)) * 0.02).to(st).to(dev);
+      auto w = (at::randn(shape, at::TensorOptions().dtype(at::kFloat)) * weight_std).to(st).to(dev);
       auto c = edkm::functional::init_centroids(w, opts);
       auto grad = at::randn(shape, w.options());
       double best_s = 1e30;
@@ -80,6 +85,7 @@ int main(int argc, char** argv) try {
                          {"engine", engine},
                          {"device", device},
                          {"dtype", dtype},
+                         {"weight_std", weight_std},
                          {"group_size", group_size},
                          {"peak_bytes", peak},
                          {"overhead_bytes", overhead},
