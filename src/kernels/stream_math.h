@@ -184,6 +184,13 @@ EDKM_HOST_DEVICE void stream_backward_level(const StreamParams& p, const S* x, c
   }
 }
 
+/// out[base .. base + d) = v (+= v when accumulate), unless !live.
+template <class S>
+EDKM_HOST_DEVICE void stream_store(const StreamParams& p, int64_t base, int d, const S* v, bool accumulate, bool live) {
+  for (int k = 0; live && k < d; ++k)
+    store_value<S>(p.out, base + k, accumulate ? load_value<S>(p.out, base + k, p.kind) + v[k] : v[k], p.kind);
+}
+
 /// The work of pass p.pass on vector i of group g. `Sink::add(slot, double)` accumulates partials.
 /// KMAX bounds p.k (scratch size); DIM > 0 fixes cluster_dim at compile time. live = false runs
 /// the same instructions without storing (a GPU lane past the end that must still take part in
@@ -223,11 +230,12 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
     case StreamPass::kOutput: {
       const S* c = ch + (T - 1) * ckd;
       stream_attention<S, DIM>(p, x, c, blocked_row, prob);
+      S y[kStreamMaxDim];
       for (int k = 0; k < d; ++k) {
-        S y = 0;
-        for (int j = 0; j < K; ++j) y += (prob[j] > zt ? prob[j] : zt) * c[ckd + j * d + k];
-        if (live) store_value<S>(p.out, base + k, y, p.kind);
+        y[k] = 0;
+        for (int j = 0; j < K; ++j) y[k] += (prob[j] > zt ? prob[j] : zt) * c[ckd + j * d + k];
       }
+      stream_store<S>(p, base, d, y, false, live);
       break;
     }
     case StreamPass::kGammaLast: {
@@ -245,9 +253,7 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
       for (int k = 0; k < d; ++k) xbar[k] = 0;
       stream_backward_level<S, DIM, true>(p, x, gy, blocked_row, ch + t * ckd, ch + (t + 1) * ckd, ish + t * K,
                                           gh + (t + 1) * ckd, t == T - 1, prob, aux, p.out ? xbar : nullptr, sink);
-      if (p.out && live)
-        for (int k = 0; k < d; ++k)
-          store_value<S>(p.out, base + k, load_value<S>(p.out, base + k, p.kind) + xbar[k], p.kind);
+      if (p.out) stream_store<S>(p, base, d, xbar, true, live);
       break;
     }
     case StreamPass::kGradInput: {
@@ -257,9 +263,7 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
       for (int t = 0; t < levels; ++t)
         stream_backward_level<S, DIM, false>(p, x, gy, blocked_row, ch + t * ckd, ch + (t + 1) * ckd, ish + t * K,
                                              gh + (t + 1) * ckd, t == T - 1, prob, aux, xbar, sink);
-      for (int k = 0; live && k < d; ++k)
-        store_value<S>(p.out, base + k, p.accumulate ? load_value<S>(p.out, base + k, p.kind) + xbar[k] : xbar[k],
-                       p.kind);
+      stream_store<S>(p, base, d, xbar, p.accumulate, live);
       break;
     }
   }
