@@ -222,5 +222,63 @@ TEST(StreamingEngine, VectorisedCpuPathsMatchTheReferencePath) {
   }
 }
 
+// Exact work skipping (kernels/cpu/stream_block.h) against the same vectorised passes without
+// it: forward, centroids and gradient as accurate as the unskipped passes (against fp64 dense),
+// for every bit width, tau from 1e-5 to 1e-2, per tensor and grouped, keep-sparsity, prune bias,
+// bf16 weights, a zero_threshold below the skip bound, and tiles of more than one value-ordered
+// tile with partial blocks. Weights at SmolLM2's scale (std 0.2), where windows do leave terms
+// out: the test also checks that they did.
+TEST(StreamingEngine, ExactSkippingMatchesTheUnskippedPasses) {
+  using kernels::StreamSkip;
+  if (kernels::stream_isa_available() == kernels::StreamIsa::kScalar)
+    GTEST_SKIP() << "no vectorised path in this build or CPU (needs SLEEF and AVX2)";
+  struct Reset {
+    StreamSkip was = kernels::stream_skip();
+    ~Reset() { kernels::set_stream_skip(was); }
+  } reset;
+  std::vector<DKMOptions> configs;
+  for (int64_t bits = 1; bits <= 8; ++bits)
+    for (double tau : {1e-5, 1e-4, 1e-3, 1e-2}) configs.push_back(DKMOptions(bits).tau(tau).max_iter(3));
+  configs.push_back(DKMOptions(4).granularity(Granularity::kPerGroupedChannel).group_size(16));
+  configs.push_back(DKMOptions(6).enforce_zero(true).prune_threshold(0).epsilon(0));
+  configs.push_back(DKMOptions(5).prune_threshold(1e-3).tau(1e-3).max_iter(4));
+  configs.push_back(DKMOptions(8).zero_threshold(1e-20).tau(1e-5));
+  int64_t left_out_total = 0;
+  for (auto o : configs) {
+    o.engine(Engine::kStreaming);
+    for (auto dtype : {at::kFloat, at::kBFloat16}) {
+      if (dtype == at::kBFloat16 && o.tau() != 1e-4) continue;
+      const int64_t rows = o.granularity() == Granularity::kPerGroupedChannel ? 96 : 97;
+      auto w = (test::llm_like({rows, 61}, 41 + o.bits()) * 10.0).to(dtype);  // 5917 weights: two tiles
+      if (o.enforce_zero()) w.masked_fill_(w.abs() < 0.02, 0.0);
+      auto g = (test::llm_like({rows, 61}, 42) / 0.02).to(dtype);
+      auto c = functional::init_centroids(w, o);
+      kernels::set_stream_skip(StreamSkip::kOff);
+      const auto ref = run(w, c, g, o);
+      const int64_t before = kernels::stream_skipped_terms();
+      kernels::set_stream_skip(StreamSkip::kAlways);
+      const auto v = run(w, c, g, o);
+      const int64_t left_out = kernels::stream_skipped_terms() - before;
+      left_out_total += left_out;
+      const auto exact =
+          run(w.to(at::kDouble), c.to(at::kDouble), g.to(at::kDouble), DKMOptions(o).engine(Engine::kDense));
+      SCOPED_TRACE("bits " + std::to_string(o.bits()) + " tau " + std::to_string(o.tau()) + " " + c10::toString(dtype) +
+                   " left out " + std::to_string(left_out));
+      EXPECT_EQ(v.iterations, ref.iterations);
+      if (o.bits() >= 3 && o.tau() <= 1e-4) EXPECT_GT(left_out, 0);
+      if (dtype == at::kFloat) {
+        expect_as_accurate(v.out, ref.out, exact.out, "forward");
+        expect_as_accurate(v.centroids, ref.centroids, exact.centroids, "centroids");
+        expect_as_accurate(v.grad, ref.grad, exact.grad, "gradient");
+      } else {
+        EXPECT_LT(max_rel(v.out, ref.out), 1e-2);
+        expect_as_accurate(v.centroids, ref.centroids, exact.centroids, "centroids");
+        EXPECT_LT(max_rel(v.grad, ref.grad), 1e-2);
+      }
+    }
+  }
+  EXPECT_GT(left_out_total, 0);
+}
+
 }  // namespace
 }  // namespace edkm

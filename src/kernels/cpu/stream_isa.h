@@ -35,11 +35,6 @@ enum class StreamIsa : int32_t {
   kAvx512 = 2,  ///< the same with AVX-512
 };
 
-#if defined(EDKM_WITH_SLEEF)
-void stream_items_avx2(const StreamParams& p, int64_t begin, int64_t end);
-void stream_items_avx512(const StreamParams& p, int64_t begin, int64_t end);
-#endif
-
 /// The best path this CPU and build support; EDKM_STREAM_ISA=scalar|avx2|avx512 in the
 /// environment caps it (for comparisons; a path the CPU lacks is never chosen).
 StreamIsa stream_isa_available();
@@ -47,5 +42,25 @@ StreamIsa stream_isa_available();
 void set_stream_isa(StreamIsa isa);
 StreamIsa stream_isa();
 std::string to_string(StreamIsa isa);
+
+/// Exact work skipping in the vectorised passes (kernels/cpu/stream_block.h: value-ordered tiles,
+/// a window of centroids per block; equal to the unskipped passes to fp32 rounding).
+enum class StreamSkip : int32_t {
+  kOff = 0,
+  kAuto = 1,    ///< where it pays: K >= kStreamSkipMinK and a cost model (stream_block.h) says so
+  kAlways = 2,  ///< every work item whose centroids are finite (tests)
+};
+/// Measured: with 8 or 16 centroids the value-order sort costs what the windows save.
+constexpr int64_t kStreamSkipMinK = 32;
+#if defined(EDKM_WITH_SLEEF)
+void stream_items_avx2(const StreamParams& p, int64_t begin, int64_t end, StreamSkip skip);
+void stream_items_avx512(const StreamParams& p, int64_t begin, int64_t end, StreamSkip skip);
+#endif
+/// The mode for this process; EDKM_STREAM_SKIP=0|auto|always in the environment sets the default (auto).
+void set_stream_skip(StreamSkip mode);
+StreamSkip stream_skip();
+/// (weight, centroid) attention terms the vectorised passes of this process left out so far.
+int64_t stream_skipped_terms();
+void add_stream_skipped_terms(int64_t n);
 
 }  // namespace edkm::kernels

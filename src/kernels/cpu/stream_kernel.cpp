@@ -60,7 +60,31 @@ std::atomic<int32_t>& chosen() {
   return isa;
 }
 
+std::atomic<int32_t>& skipping() {
+  static std::atomic<int32_t> mode{[] {
+    const char* env = std::getenv("EDKM_STREAM_SKIP");
+    StreamSkip m = StreamSkip::kAuto;
+    if (env && (std::strcmp(env, "0") == 0 || std::strcmp(env, "off") == 0)) m = StreamSkip::kOff;
+    if (env && std::strcmp(env, "always") == 0) m = StreamSkip::kAlways;
+    return static_cast<int32_t>(m);
+  }()};
+  return mode;
+}
+
+std::atomic<int64_t>& skipped_terms() {
+  static std::atomic<int64_t> n{0};
+  return n;
+}
+
 }  // namespace
+
+int64_t stream_skipped_terms() { return skipped_terms().load(); }
+
+void add_stream_skipped_terms(int64_t n) { skipped_terms() += n; }
+
+void set_stream_skip(StreamSkip mode) { skipping() = static_cast<int32_t>(mode); }
+
+StreamSkip stream_skip() { return static_cast<StreamSkip>(skipping().load()); }
 
 StreamIsa stream_isa_available() {
   static const StreamIsa available = detect();
@@ -86,14 +110,16 @@ void stream_pass_cpu(const StreamParams& p) {
   const int64_t items = p.groups * p.chunks;
   const bool f64 = p.kind == ValueKind::kF64;
   const StreamIsa isa = stream_isa();
+  const StreamSkip skip = stream_skip();
   at::parallel_for(0, items, 1, [&](int64_t b, int64_t e) {
 #if defined(EDKM_WITH_SLEEF)
     if (p.d == 1 && !f64 && isa != StreamIsa::kScalar) {
-      isa == StreamIsa::kAvx512 ? stream_items_avx512(p, b, e) : stream_items_avx2(p, b, e);
+      isa == StreamIsa::kAvx512 ? stream_items_avx512(p, b, e, skip) : stream_items_avx2(p, b, e, skip);
       return;
     }
 #endif
     (void)isa;
+    (void)skip;
     if (p.d == 1)
       f64 ? run_items<double, 1>(p, b, e) : run_items<float, 1>(p, b, e);
     else

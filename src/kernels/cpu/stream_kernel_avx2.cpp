@@ -13,5 +13,7 @@
 #include "kernels/cpu/stream_isa.h"
 
 namespace edkm::kernels {
-void stream_items_avx2(const StreamParams& p, int64_t begin, int64_t end) { avx2::stream_items_block(p, begin, end); }
+void stream_items_avx2(const StreamParams& p, int64_t begin, int64_t end, StreamSkip skip) {
+  avx2::stream_items_block(p, begin, end, skip);
+}
 }  // namespace edkm::kernels

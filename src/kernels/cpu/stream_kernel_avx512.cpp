@@ -9,7 +9,7 @@
 #include "kernels/cpu/stream_isa.h"
 
 namespace edkm::kernels {
-void stream_items_avx512(const StreamParams& p, int64_t begin, int64_t end) {
-  avx512::stream_items_block(p, begin, end);
+void stream_items_avx512(const StreamParams& p, int64_t begin, int64_t end, StreamSkip skip) {
+  avx512::stream_items_block(p, begin, end, skip);
 }
 }  // namespace edkm::kernels
