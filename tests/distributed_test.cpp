@@ -3,6 +3,8 @@
 // row blocks, refused options. The multi-process runs are tests/distributed_worker.cpp.
 #include <edkm/distributed.h>
 
+#include <ATen/Context.h>
+
 #include <cstdlib>
 
 #include "test_util.h"
@@ -44,6 +46,30 @@ TEST_F(LaunchEnvTest, MissingOrBadVariablesNameTheProblem) {
   EXPECT_EQ(env.local_rank, 1);
   EXPECT_EQ(env.master_port, 29500);
   test::expect_error([] { dist::init_from_env(dist::DistOptions().timeout_s(0)); }, {"timeout_s must be > 0"});
+}
+
+// torchrun's convention: one process per GPU, rank r of a node on cuda:LOCAL_RANK.
+TEST_F(LaunchEnvTest, LocalRankPicksTheDevice) {
+  dist::LaunchEnv env;
+  env.rank = 5;
+  env.world_size = 8;
+  env.local_rank = 1;
+  EXPECT_EQ(dist::local_device(env, 4), at::Device(at::kCUDA, 1));
+  EXPECT_EQ(dist::local_device(env, 0), at::Device(at::kCPU));
+  env.local_rank = 3;
+  test::expect_error([&] { dist::local_device(env, 2); }, {"LOCAL_RANK = 3", "2 CUDA device(s)", "--nproc-per-node"});
+  // From the environment: LOCAL_RANK (default RANK) and this process's devices.
+  setenv("RANK", "1", 1);
+  setenv("WORLD_SIZE", "2", 1);
+  setenv("MASTER_ADDR", "127.0.0.1", 1);
+  setenv("MASTER_PORT", "29500", 1);
+  setenv("LOCAL_RANK", "0", 1);
+  const bool gpu = at::hasCUDA();
+  EXPECT_EQ(dist::local_device(), gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU));
+  unsetenv("RANK");
+  unsetenv("WORLD_SIZE");
+  unsetenv("LOCAL_RANK");
+  EXPECT_EQ(dist::local_device(), gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU));  // rank 0 of 1
 }
 
 TEST_F(LaunchEnvTest, WorldOfOneFromTheEnvironment) {

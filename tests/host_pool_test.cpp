@@ -1,8 +1,12 @@
 // edkm/host_pool.h: blocks are reused by size class, statistics add up, tensors return their
 // block, pinned memory on a GPU machine.
 #include <edkm/host_pool.h>
+#include <edkm/memory.h>
 
+#include <cstdlib>
 #include <cstring>
+#include <set>
+#include <stdexcept>
 #include <thread>
 
 #include "test_util.h"
@@ -170,6 +174,67 @@ TEST(HostMemoryPool, BadInput) {
   HostMemoryPool pool(HostMemoryPoolOptions().pinned(false));
   test::expect_error([&] { pool.empty({2, -1}, at::kFloat); }, {"negative size"});
   test::expect_error([&] { pool.empty_like(at::Tensor()); }, {"undefined"});
+}
+
+// A pinned pool whose page-locking allocation fails (nullptr, or an exception, as cudaHostAlloc
+// does when the locked-memory limit is reached) hands out ordinary memory instead, counts it,
+// and returns each block to the allocator it came from.
+TEST(HostMemoryPool, FallsBackToPageableMemoryWhenPinningFails) {
+  std::set<void*> locked, freed_locked;
+  int calls = 0;
+  HostAllocator alloc;
+  alloc.alloc = [&](size_t bytes) -> void* {
+    ++calls;
+    if (calls == 2) return nullptr;
+    if (calls == 3) throw std::runtime_error("cudaErrorMemoryAllocation (injected)");
+    void* p = std::aligned_alloc(256, bytes);
+    locked.insert(p);
+    return p;
+  };
+  alloc.free = [&](void* p) {
+    EXPECT_EQ(locked.count(p), 1u) << "a fallback block went to the page-locking allocator's free";
+    freed_locked.insert(p);
+    std::free(p);
+  };
+  {
+    HostMemoryPool pool(HostMemoryPoolOptions().pinned_allocator(alloc));
+    EXPECT_TRUE(pool.pinned());
+    auto a = pool.allocate(1000);
+    auto b = pool.allocate(5000);
+    auto c = pool.allocate(70000);
+    EXPECT_TRUE(a.pinned());
+    EXPECT_FALSE(b.pinned());
+    EXPECT_FALSE(c.pinned());
+    std::memset(b.data(), 7, 5000);
+    std::memset(c.data(), 9, 70000);
+    EXPECT_EQ(static_cast<unsigned char*>(c.data())[69999], 9);
+    const auto s = pool.stats();
+    EXPECT_EQ(s.pinned_fallbacks, 2);
+    EXPECT_EQ(s.misses, 3);
+    EXPECT_NE(s.to_string().find("2 blocks not page-locked"), std::string::npos) << s.to_string();
+    b.release();
+    auto b2 = pool.allocate(5000);  // the fallback block, reused from the free list
+    EXPECT_TRUE(b2.reused());
+    EXPECT_FALSE(b2.pinned());
+  }
+  EXPECT_EQ(calls, 3);
+  EXPECT_EQ(freed_locked, locked);
+}
+
+// MemoryMeter counts what the pools reserve (they allocate outside LibTorch's allocators).
+TEST(HostMemoryPool, MemoryReportCountsThePools) {
+  MemoryMeter meter;
+  {
+    HostMemoryPool pool(HostMemoryPoolOptions().pinned(false));
+    auto t = pool.empty({1 << 18}, at::kFloat);  // 1 MiB
+    const auto r = meter.report();
+    EXPECT_GE(r.host_pool.current_delta(), 1 << 20);
+    EXPECT_GE(r.host_pool.peak_delta(), 1 << 20);
+    EXPECT_NE(r.to_string().find("host pools peak"), std::string::npos) << r.to_string();
+  }
+  const auto r = meter.report();
+  EXPECT_EQ(r.host_pool.current_delta(), 0);
+  EXPECT_GE(r.host_pool.peak_delta(), 1 << 20);
 }
 
 }  // namespace

@@ -80,6 +80,14 @@ struct EDKM_API LaunchEnv {
   static LaunchEnv from_environment();
 };
 
+/// The device a rank computes on: cuda:LOCAL_RANK when the machine has `cuda_devices` > 0 CUDA
+/// devices (torchrun's one-process-per-GPU convention), else the CPU. Throws c10::Error naming
+/// LOCAL_RANK when it is not below cuda_devices.
+EDKM_API at::Device local_device(const LaunchEnv& env, int64_t cuda_devices);
+/// local_device of this process: LaunchEnv::from_environment() (rank 0 of 1 when RANK is unset)
+/// and the CUDA devices this process sees.
+EDKM_API at::Device local_device();
+
 /// Options of init_from_env.
 struct EDKM_API DistOptions {
   /// Seconds to wait for a rendezvous or a collective before failing. Default 60.
@@ -87,6 +95,10 @@ struct EDKM_API DistOptions {
   /// Without RANK and WORLD_SIZE in the environment, return world_of_one() instead of throwing.
   /// Default false.
   TORCH_ARG(bool, allow_world_of_one) = false;
+  /// NCCL collectives wait on the host, so that a timeout raises c10::Error from the collective
+  /// (sets TORCH_NCCL_BLOCKING_WAIT=1 unless the environment already sets it). false keeps
+  /// PyTorch's default: the NCCL watchdog tears the process down on a timeout. Default true.
+  TORCH_ARG(bool, nccl_blocking_wait) = true;
 
  public:
   /// Throws c10::Error naming the first invalid option.
@@ -95,7 +107,10 @@ struct EDKM_API DistOptions {
 
 /// A communicator of the standard environment (LaunchEnv::from_environment): TCPStore
 /// rendezvous at MASTER_ADDR:MASTER_PORT (under torchrun, the agent's store), Gloo for CPU
-/// tensors, NCCL for CUDA tensors (made on first use, on device LOCAL_RANK). WORLD_SIZE=1 gives
+/// tensors, NCCL for CUDA tensors (made on first use, bound to local_device()). When the process
+/// sees a CUDA device for its LOCAL_RANK, cuda:LOCAL_RANK becomes the current CUDA device: put the
+/// rank's tensors on local_device() (a CUDA tensor elsewhere is refused, naming both devices).
+/// The NCCL group is shut down when the communicator is destroyed. WORLD_SIZE=1 gives
 /// world_of_one(). Throws c10::Error after `timeout_s` when a rank never joins.
 EDKM_API std::shared_ptr<Communicator> init_from_env(const DistOptions& options = {});
 

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -23,11 +24,24 @@ namespace detail {
 struct HostPoolState;
 }  // namespace detail
 
+/// A page-locking allocator: `alloc(bytes)` returns page-locked memory or nullptr (or throws)
+/// when it cannot; `free` returns a block alloc gave. Default (empty): cudaHostAlloc /
+/// cudaFreeHost. Give your own for cudaHostRegister'ed or NUMA-placed memory.
+struct HostAllocator {
+  std::function<void*(size_t)> alloc;
+  std::function<void(void*)> free;
+};
+
 /// Options of HostMemoryPool.
 struct EDKM_API HostMemoryPoolOptions {
   /// Page-locked memory (cudaHostAlloc) when edkm has CUDA and a device is present; otherwise,
   /// or when false, ordinary aligned host memory. Default true.
   TORCH_ARG(bool, pinned) = true;
+  /// The page-locking allocator of a pinned pool (see HostAllocator); with one given, the pool is
+  /// pinned even without a CUDA device. When it fails, the pool falls back to ordinary aligned
+  /// memory for that block, warns once and counts it (HostPoolStats::pinned_fallbacks): copies
+  /// to and from the GPU then are synchronous, but nothing fails.
+  TORCH_ARG(HostAllocator, pinned_allocator);
   /// Alignment of every block in bytes: a power of two from 16 to 65536. Default 256.
   TORCH_ARG(int64_t, alignment) = 256;
   /// Most bytes kept in the free lists; a released block beyond this is returned to the system.
@@ -52,6 +66,7 @@ struct EDKM_API HostPoolStats {
   int64_t system_frees = 0;         ///< blocks returned to the system
   int64_t blocks_in_use = 0;
   int64_t cached_blocks = 0;
+  int64_t pinned_fallbacks = 0;  ///< blocks of a pinned pool that page-locked allocation could not give
   std::string to_string() const;
 };
 
@@ -84,7 +99,7 @@ class EDKM_API HostMemoryPool {
     size_t size() const { return size_; }
     /// Bytes of the block (its size class).
     size_t capacity() const { return capacity_; }
-    /// Page-locked memory.
+    /// Page-locked memory (false for a pinned pool's fallback blocks).
     bool pinned() const;
     /// Whether the block came from the pool's free lists (a hit) rather than from the system.
     bool reused() const { return reused_; }

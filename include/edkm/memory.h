@@ -1,6 +1,6 @@
 #pragma once
 // Memory measurement over a scope: CPU (counting allocator), CUDA (caching allocator stats),
-// pinned host memory (CUDA host allocator stats).
+// pinned host memory (CUDA host allocator stats), edkm's host memory pools.
 #include <cstdint>
 #include <string>
 
@@ -24,6 +24,9 @@ struct MemoryReport {
   MemoryFigures cpu;     ///< CPU tensors allocated through LibTorch's CPU allocator
   MemoryFigures cuda;    ///< CUDA caching allocator, allocated bytes, current device
   MemoryFigures pinned;  ///< pinned host memory of the CUDA host allocator (in use)
+  /// Host memory reserved by every edkm::HostMemoryPool of the process (pinned or not; not part
+  /// of `cpu` or `pinned`: the pools allocate outside LibTorch's allocators)
+  MemoryFigures host_pool;
   bool has_cuda = false;
   std::string to_string() const;
 };
@@ -56,7 +59,7 @@ class EDKM_API MemoryMeter {
 
  private:
   struct Peaks {
-    int64_t cpu = 0, cuda = 0, pinned = 0;
+    int64_t cpu = 0, cuda = 0, pinned = 0, host_pool = 0;
   };
   int device_ = 0;
   bool has_cuda_ = false;

@@ -4,6 +4,7 @@
 // peer whose connection closed) is reported as a c10::Error that names the likely cause.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <c10/util/Exception.h>
 
 #include <chrono>
@@ -45,6 +46,12 @@ constexpr const char* kLaunchHint =
     " (launch with `torchrun --no-python --nproc-per-node N ./program`, or set RANK, WORLD_SIZE, MASTER_ADDR and "
     "MASTER_PORT)";
 
+// CUDA devices this process sees, without CUDA headers (0 when LibTorch has no CUDA).
+int64_t cuda_device_count() {
+  if (!c10::impl::hasDeviceGuardImpl(c10::DeviceType::CUDA)) return 0;
+  return c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->deviceCount();
+}
+
 class SingleCommunicator final : public Communicator {
  public:
   int64_t rank() const override { return 0; }
@@ -66,7 +73,8 @@ class SingleCommunicator final : public Communicator {
 #if defined(EDKM_WITH_GLOO)
 class C10dCommunicator final : public Communicator {
  public:
-  C10dCommunicator(const LaunchEnv& env, const DistOptions& o) : env_(env), timeout_s_(o.timeout_s()) {
+  C10dCommunicator(const LaunchEnv& env, const DistOptions& o)
+      : env_(env), timeout_s_(o.timeout_s()), device_(bind_local_device(env)), blocking_wait_(o.nccl_blocking_wait()) {
     const auto timeout = std::chrono::milliseconds(static_cast<int64_t>(std::llround(o.timeout_s() * 1000)));
     // Under torchrun the agent already serves a TCPStore at MASTER_ADDR:MASTER_PORT; rank 0 is a client then.
     const char* agent = getenv_or_null("TORCHELASTIC_USE_AGENT_STORE");
@@ -89,6 +97,20 @@ class C10dCommunicator final : public Communicator {
           c10::make_intrusive<c10d::ProcessGroupGloo>(c10::make_intrusive<c10d::PrefixStore>("gloo", store_),
                                                       static_cast<int>(env.rank), static_cast<int>(env.world_size), go);
     });
+  }
+
+  ~C10dCommunicator() override {
+#if defined(EDKM_WITH_NCCL)
+    // Shut the NCCL group down here rather than leave it to process exit (where its watchdog
+    // thread may outlive CUDA's teardown).
+    if (nccl_) {
+      try {
+        nccl_->shutdown();
+      } catch (const std::exception& e) {
+        TORCH_WARN("edkm: shutting down the NCCL process group failed: ", e.what());
+      }
+    }
+#endif
   }
 
   int64_t rank() const override { return env_.rank; }
@@ -161,12 +183,17 @@ class C10dCommunicator final : public Communicator {
 #if defined(EDKM_WITH_NCCL)
     std::lock_guard<std::mutex> lock(mutex_);
     if (!nccl_) {
+      if (blocking_wait_) setenv("TORCH_NCCL_BLOCKING_WAIT", "1", /*overwrite=*/0);
+      if (!device_.is_cuda()) local_device(env_, cuda_device_count());  // throws, naming LOCAL_RANK
+      TORCH_CHECK(t.device() == device_, "edkm: rank ", env_.rank, " (LOCAL_RANK ", env_.local_rank, ") runs NCCL on ",
+                  device_, ", got a tensor on ", t.device(), ": put each rank's tensors on edkm::dist::local_device()");
       guarded("NCCL process group creation", [&] {
         auto no = c10d::ProcessGroupNCCL::Options::create();
         no->timeout = std::chrono::milliseconds(static_cast<int64_t>(std::llround(timeout_s_ * 1000)));
         nccl_ = c10::make_intrusive<c10d::ProcessGroupNCCL>(c10::make_intrusive<c10d::PrefixStore>("nccl", store_),
                                                             static_cast<int>(env_.rank),
                                                             static_cast<int>(env_.world_size), no);
+        nccl_->setBoundDeviceId(device_);
       });
     }
     return nccl_;
@@ -177,8 +204,20 @@ class C10dCommunicator final : public Communicator {
 #endif
   }
 
+  // local_device(env), made the current CUDA device; the CPU when the process sees no CUDA
+  // device for its LOCAL_RANK (CPU-only ranks may outnumber GPUs; NCCL use then names the problem).
+  static at::Device bind_local_device(const LaunchEnv& env) {
+    const int64_t count = cuda_device_count();
+    if (env.local_rank >= count) return at::Device(at::kCPU);
+    const at::Device device = local_device(env, count);
+    c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
+    return device;
+  }
+
   LaunchEnv env_;
   double timeout_s_;
+  at::Device device_;
+  bool blocking_wait_;
   c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<c10d::Backend> gloo_;
 #if defined(EDKM_WITH_NCCL)
@@ -216,6 +255,21 @@ LaunchEnv LaunchEnv::from_environment() {
   TORCH_CHECK(env.master_port >= 1 && env.master_port <= 65535, "edkm: MASTER_PORT must be in 1..65535, got ",
               env.master_port);
   return env;
+}
+
+at::Device local_device(const LaunchEnv& env, int64_t cuda_devices) {
+  if (cuda_devices <= 0) return at::Device(at::kCPU);
+  TORCH_CHECK(env.local_rank < cuda_devices, "edkm: LOCAL_RANK = ", env.local_rank, " but this process sees ",
+              cuda_devices,
+              " CUDA device(s): launch at most that many processes per node (torchrun "
+              "--nproc-per-node), or check CUDA_VISIBLE_DEVICES");
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(env.local_rank));
+}
+
+at::Device local_device() {
+  LaunchEnv env;
+  if (getenv_or_null("RANK") != nullptr || getenv_or_null("WORLD_SIZE") != nullptr) env = LaunchEnv::from_environment();
+  return local_device(env, cuda_device_count());
 }
 
 void DistOptions::validate() const {

@@ -16,6 +16,7 @@
 
 #include "edkm/distributed.h"
 #include "edkm/host_pool.h"
+#include "memory/peak.h"
 #include "offload/storage_registry.h"
 #include "offload/unique_rows.h"
 
@@ -53,10 +54,7 @@ struct ShardedOffloadState : std::enable_shared_from_this<ShardedOffloadState> {
 
   void add_block_bytes(int64_t b) {
     bytes_stored.fetch_add(b);
-    const int64_t now = block_bytes.fetch_add(b) + b;
-    int64_t peak = block_bytes_peak.load();
-    while (now > peak && !block_bytes_peak.compare_exchange_weak(peak, now)) {
-    }
+    edkm::detail::add_to_current(block_bytes, block_bytes_peak, b);
   }
 
   // Bytes kept by this rank: the host pool or the tensor's device.

@@ -4,13 +4,17 @@
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
 #include <sstream>
+#include <unordered_set>
 #include <vector>
 
 #include "edkm/host_pool.h"
+#include "memory/host_pool_counter.h"
+#include "memory/peak.h"
 #if defined(EDKM_WITH_CUDA)
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -20,35 +24,92 @@
 namespace edkm {
 namespace detail {
 
+std::atomic<int64_t> g_reserved{0}, g_reserved_peak{0};  // every pool of the process
+
+void count_reserved(int64_t delta) { add_to_current(g_reserved, g_reserved_peak, delta); }
+
+int64_t host_pools_reserved_bytes() { return g_reserved.load(); }
+int64_t host_pools_peak_reserved_bytes() { return g_reserved_peak.load(); }
+void reset_host_pools_peak() { g_reserved_peak.store(g_reserved.load()); }
+
 struct HostPoolState {
   HostMemoryPoolOptions options;
   bool pinned = false;
   bool closed = false;  // the pool object is gone: released blocks go to the system
   mutable std::mutex mu;
   std::map<size_t, std::vector<void*>> free_lists;  // capacity -> blocks
+  std::unordered_set<void*> pageable;               // a pinned pool's fallback blocks
   HostPoolStats stats;
 
-  void* system_alloc(size_t bytes) {
+  // Page-locked memory, or nullptr when the allocator cannot give it (its error is swallowed:
+  // the caller falls back).
+  void* pinned_alloc(size_t bytes, std::string& why) {
+    const auto& custom = options.pinned_allocator();
+    try {
+      if (custom.alloc) {
+        void* p = custom.alloc(bytes);
+        if (p == nullptr) why = "the pinned allocator returned nullptr";
+        return p;
+      }
 #if defined(EDKM_WITH_CUDA)
-    if (pinned) {
       void* p = nullptr;
-      C10_CUDA_CHECK(cudaHostAlloc(&p, bytes, cudaHostAllocDefault));
+      const cudaError_t rc = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+      if (rc == cudaSuccess) return p;
+      (void)cudaGetLastError();  // not sticky: clear it
+      why = std::string("cudaHostAlloc: ") + cudaGetErrorString(rc);
+#else
+      why = "this build of edkm has no CUDA";
+#endif
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    return nullptr;
+  }
+
+  void* system_alloc(size_t bytes) {
+    if (pinned) {
+      std::string why;
+      if (void* p = pinned_alloc(bytes, why)) {
+        count_reserved(static_cast<int64_t>(bytes));
+        return p;
+      }
+      TORCH_WARN_ONCE("edkm: HostMemoryPool: page-locked allocation of ", bytes, " bytes failed (", why,
+                      "); using ordinary host memory for such blocks: their copies to and from the GPU are "
+                      "synchronous (HostPoolStats::pinned_fallbacks counts them)");
+      void* p = std::aligned_alloc(static_cast<size_t>(options.alignment()), bytes);
+      TORCH_CHECK(p != nullptr, "edkm: HostMemoryPool: out of host memory allocating ", bytes, " bytes");
+      std::lock_guard<std::mutex> lock(mu);
+      pageable.insert(p);
+      ++stats.pinned_fallbacks;
+      count_reserved(static_cast<int64_t>(bytes));
       return p;
     }
-#endif
     void* p = std::aligned_alloc(static_cast<size_t>(options.alignment()), bytes);
     TORCH_CHECK(p != nullptr, "edkm: HostMemoryPool: out of host memory allocating ", bytes, " bytes");
+    count_reserved(static_cast<int64_t>(bytes));
     return p;
   }
 
-  void system_free(void* p) {
+  void system_free(void* p, size_t bytes) {
+    count_reserved(-static_cast<int64_t>(bytes));
+    if (pinned && !is_fallback(p, /*forget=*/true)) {
+      const auto& custom = options.pinned_allocator();
+      if (custom.free) {
+        custom.free(p);
+        return;
+      }
 #if defined(EDKM_WITH_CUDA)
-    if (pinned) {
       C10_CUDA_CHECK_WARN(cudaFreeHost(p));
+#endif
       return;
     }
-#endif
     std::free(p);
+  }
+
+  bool is_fallback(void* p, bool forget) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (pageable.empty()) return false;
+    return forget ? pageable.erase(p) > 0 : pageable.count(p) > 0;
   }
 
   // Called with `mu` held.
@@ -74,15 +135,15 @@ struct HostPoolState {
     stats.reserved_bytes -= cap;
     ++stats.system_frees;
     lock.unlock();
-    system_free(p);
+    system_free(p, capacity);
   }
 
   void free_cached() {
-    std::vector<void*> blocks;
+    std::vector<std::pair<void*, size_t>> blocks;
     {
       std::lock_guard<std::mutex> lock(mu);
       for (auto& [cap, list] : free_lists) {
-        blocks.insert(blocks.end(), list.begin(), list.end());
+        for (void* p : list) blocks.emplace_back(p, cap);
         stats.reserved_bytes -= static_cast<int64_t>(cap * list.size());
         stats.system_frees += static_cast<int64_t>(list.size());
       }
@@ -90,7 +151,7 @@ struct HostPoolState {
       stats.cached_bytes = 0;
       stats.cached_blocks = 0;
     }
-    for (void* p : blocks) system_free(p);
+    for (const auto& [p, cap] : blocks) system_free(p, cap);
   }
 };
 
@@ -111,6 +172,7 @@ std::string HostPoolStats::to_string() const {
     << mib(in_use_bytes) << " MiB (peak " << mib(peak_in_use_bytes) << ", requested " << mib(requested_bytes)
     << "), cached " << mib(cached_bytes) << " MiB in " << cached_blocks << " blocks, hits " << hits << ", misses "
     << misses << ", system frees " << system_frees;
+  if (pinned_fallbacks > 0) s << ", " << pinned_fallbacks << " blocks not page-locked (allocation failed)";
   return s.str();
 }
 
@@ -144,7 +206,9 @@ HostMemoryPool::Block& HostMemoryPool::Block::operator=(Block&& other) noexcept 
   return *this;
 }
 
-bool HostMemoryPool::Block::pinned() const { return pool_ && pool_->pinned; }
+bool HostMemoryPool::Block::pinned() const {
+  return pool_ && pool_->pinned && data_ != nullptr && !pool_->is_fallback(data_, /*forget=*/false);
+}
 
 void HostMemoryPool::Block::release() {
   if (data_ != nullptr) pool_->give_back(data_, size_, capacity_);
@@ -159,8 +223,9 @@ void HostMemoryPool::Block::release() {
 HostMemoryPool::HostMemoryPool(HostMemoryPoolOptions options) : state_(std::make_shared<detail::HostPoolState>()) {
   options.validate();
   state_->options = options;
+  state_->pinned = options.pinned() && static_cast<bool>(options.pinned_allocator().alloc);
 #if defined(EDKM_WITH_CUDA)
-  state_->pinned = options.pinned() && c10::cuda::device_count() > 0;
+  state_->pinned = state_->pinned || (options.pinned() && c10::cuda::device_count() > 0);
 #endif
 }
 

@@ -15,6 +15,8 @@
 #include <unordered_map>
 
 #include "edkm/memory.h"
+#include "memory/host_pool_counter.h"
+#include "memory/peak.h"
 #if defined(EDKM_WITH_CUDA)
 #include <ATen/core/CachingHostAllocator.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -26,12 +28,6 @@ namespace {
 
 std::atomic<int64_t> g_cpu_current{0};
 std::atomic<int64_t> g_cpu_peak{0};
-
-void raise_peak(std::atomic<int64_t>& peak, int64_t value) {
-  int64_t p = peak.load(std::memory_order_relaxed);
-  while (value > p && !peak.compare_exchange_weak(p, value, std::memory_order_relaxed)) {
-  }
-}
 
 // Wraps LibTorch's CPU allocator. The DataPtr keeps context == data (a "simple" data pointer,
 // as copy-on-write storage expects); the wrapped allocation lives in a side table.
@@ -47,7 +43,7 @@ class CountingAllocator final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mu_);
       live_.emplace(data, Entry{std::move(inner), n});
     }
-    raise_peak(g_cpu_peak, g_cpu_current.fetch_add(static_cast<int64_t>(n)) + static_cast<int64_t>(n));
+    detail::add_to_current(g_cpu_current, g_cpu_peak, static_cast<int64_t>(n));
     return {data, data, &CountingAllocator::release, c10::Device(c10::kCPU)};
   }
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
@@ -99,6 +95,8 @@ bool cuda_present() {
 void read(int device, bool cuda, MemoryReport& r) {
   r.cpu.current = g_cpu_current.load();
   r.cpu.peak = g_cpu_peak.load();
+  r.host_pool.current = detail::host_pools_reserved_bytes();
+  r.host_pool.peak = detail::host_pools_peak_reserved_bytes();
   r.has_cuda = cuda;
 #if defined(EDKM_WITH_CUDA)
   if (cuda) {
@@ -115,6 +113,7 @@ void read(int device, bool cuda, MemoryReport& r) {
 
 void reset_peaks(int device, bool cuda) {
   g_cpu_peak.store(g_cpu_current.load());
+  detail::reset_host_pools_peak();
 #if defined(EDKM_WITH_CUDA)
   if (cuda) {
     c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
@@ -152,6 +151,7 @@ MemoryMeter::MemoryMeter(int cuda_device) {
       m->carried_.cpu = std::max(m->carried_.cpu, now.cpu.peak);
       m->carried_.cuda = std::max(m->carried_.cuda, now.cuda.peak);
       m->carried_.pinned = std::max(m->carried_.pinned, now.pinned.peak);
+      m->carried_.host_pool = std::max(m->carried_.host_pool, now.host_pool.peak);
     }
   }
   reset_peaks(device_, has_cuda_);
@@ -170,9 +170,11 @@ MemoryReport MemoryMeter::report() const {
   r.cpu.start = start_.cpu.current;
   r.cuda.start = start_.cuda.current;
   r.pinned.start = start_.pinned.current;
+  r.host_pool.start = start_.host_pool.current;
   r.cpu.peak = std::max(r.cpu.peak, carried_.cpu);
   r.cuda.peak = std::max(r.cuda.peak, carried_.cuda);
   r.pinned.peak = std::max(r.pinned.peak, carried_.pinned);
+  r.host_pool.peak = std::max(r.host_pool.peak, carried_.host_pool);
   return r;
 }
 
@@ -183,6 +185,9 @@ std::string MemoryReport::to_string() const {
   if (has_cuda)
     s << "; cuda peak +" << mib(cuda.peak_delta()) << " MiB, now +" << mib(cuda.current_delta())
       << " MiB; pinned peak +" << mib(pinned.peak_delta()) << " MiB";
+  if (host_pool.peak > 0)
+    s << "; host pools peak +" << mib(host_pool.peak_delta()) << " MiB, now +" << mib(host_pool.current_delta())
+      << " MiB";
   return s.str();
 }
 

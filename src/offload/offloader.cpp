@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "edkm/offload.h"
+#include "memory/peak.h"
 #include "offload/storage_registry.h"
 #include "offload/unique_rows.h"
 
@@ -38,12 +39,7 @@ struct Counters {
       host_bytes_peak{0}, pool_hits{0}, pool_misses{0}, prefetches{0}, prefetch_hits{0}, prefetch_wasted{0},
       tensors_uniquified{0}, uniquify_bytes_before{0}, uniquify_bytes_after{0}, index_lists_shared{0};
 
-  void add_host_bytes(int64_t n) {
-    const int64_t now = host_bytes.fetch_add(n) + n;
-    int64_t peak = host_bytes_peak.load();
-    while (now > peak && !host_bytes_peak.compare_exchange_weak(peak, now)) {
-    }
-  }
+  void add_host_bytes(int64_t n) { detail::add_to_current(host_bytes, host_bytes_peak, n); }
 };
 
 at::Tensor empty_bytes(int64_t n, const at::Device& device) {
