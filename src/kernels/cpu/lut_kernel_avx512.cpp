@@ -1,10 +1,12 @@
 // LUT matmul rows for AVX-512 (compiled with -mavx512f -mavx512bw -mavx512dq -mfma; chosen at run
 // time by lut_kernel.cpp; the rows themselves: lut_rows.h). 16 indices are unpacked by one byte
 // shuffle and per-lane shifts (at 8 bits zero-extended from bytes); the LUT sits in one register
-// (bits <= 4, vpermps), two (5 bits, vpermt2ps), or is gathered from L1.
+// (bits <= 4, vpermps), two (5 bits, vpermt2ps), or is gathered from L1 (6, 7 bits); the 8-bit
+// GEMV keeps its LUT in 16 registers as byte planes where the CPU has VBMI (Lut8).
 #include <immintrin.h>
 
 #include <cstring>
+#include <vector>
 
 #include "kernels/cpu/lut_rows.h"
 
@@ -86,9 +88,105 @@ struct Avx512 {
   }
 };
 
+// 8-bit rows with the whole 256-entry LUT in registers, in place of a gather per 16 weights
+// (needs AVX-512 VBMI: Ice Lake, Zen 4 and later; run-time checked). The fp32 entries are split
+// into their four byte planes; a plane of 256 bytes is two 128-byte tables of two registers, read
+// by vpermi2b with the index's low 7 bits and chosen by its bit 7 (one blend). Interleaving the
+// planes (unpack bytes, then words) rebuilds the exact fp32 entries, in a lane order that x is put
+// in once per call. 64 weights: one load, 8 byte permutes, 4 blends, 8 unpacks, 4 FMAs per row of x.
+#define EDKM_VBMI __attribute__((target("avx512f,avx512bw,avx512vbmi,fma")))
+struct Lut8 {
+  __m512i t[4][4];  // plane b: (t[b][0], t[b][1]) entries [0, 128), (t[b][2], t[b][3]) [128, 256)
+  EDKM_VBMI void load(const float* lut) {
+    alignas(64) uint8_t plane[4][256];
+    for (int k = 0; k < 256; ++k) {
+      uint32_t u;
+      std::memcpy(&u, lut + k, 4);
+      for (int b = 0; b < 4; ++b) plane[b][k] = static_cast<uint8_t>(u >> (8 * b));
+    }
+    for (int b = 0; b < 4; ++b)
+      for (int q = 0; q < 4; ++q) t[b][q] = _mm512_load_si512(plane[b] + 64 * q);
+  }
+  // The 64 weights of indices bytes[0, 64): w[m] holds, in 128-bit lane k, columns 16k + 4m .. + 3.
+  EDKM_VBMI void operator()(const uint8_t* bytes, __m512* w) const {
+    const __m512i idx = _mm512_loadu_si512(bytes);
+    const __mmask64 high = _mm512_movepi8_mask(idx);  // bit 7: entries 128..255
+    __m512i v[4];
+    for (int b = 0; b < 4; ++b)
+      v[b] = _mm512_mask_blend_epi8(high, _mm512_permutex2var_epi8(t[b][0], idx, t[b][1]),
+                                    _mm512_permutex2var_epi8(t[b][2], idx, t[b][3]));
+    const __m512i lo01 = _mm512_unpacklo_epi8(v[0], v[1]), hi01 = _mm512_unpackhi_epi8(v[0], v[1]);
+    const __m512i lo23 = _mm512_unpacklo_epi8(v[2], v[3]), hi23 = _mm512_unpackhi_epi8(v[2], v[3]);
+    w[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(lo01, lo23));
+    w[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(lo01, lo23));
+    w[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(hi01, hi23));
+    w[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(hi01, hi23));
+  }
+};
+
+template <int M>
+EDKM_VBMI void gemv_rows8(const LutParams& p, const float* x, float* y, int64_t r0, int64_t r1) {
+  const int64_t in = p.in, body = in / 64 * 64;
+  std::vector<float> xp(static_cast<size_t>(M * body));  // x in the lookup's lane order
+  for (int j = 0; j < M; ++j)
+    for (int64_t c = 0; c < body; c += 64)
+      for (int m = 0; m < 4; ++m)
+        for (int k = 0; k < 4; ++k)
+          for (int q = 0; q < 4; ++q) xp[j * body + c + 16 * m + 4 * k + q] = x[j * in + c + 16 * k + 4 * m + q];
+  Lut8 table;
+  int64_t current = -1;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t g = r / p.rows_per_lut;
+    const float* lut = p.lut + g * p.lut_stride;
+    if (g != current) {
+      table.load(lut);
+      current = g;
+    }
+    const uint8_t* row = p.packed + r * in;
+    __m512 acc[M][2];
+    for (int j = 0; j < M; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < body; c += 64) {
+      __m512 w[4];
+      table(row + c, w);
+      for (int j = 0; j < M; ++j) {
+        const float* xj = xp.data() + j * body + c;
+        acc[j][0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xj), acc[j][0]);
+        acc[j][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xj + 16), acc[j][1]);
+        acc[j][0] = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xj + 32), acc[j][0]);
+        acc[j][1] = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xj + 48), acc[j][1]);
+      }
+    }
+    for (int j = 0; j < M; ++j) {
+      float tail = 0;
+      for (int64_t c = body; c < in; ++c) tail += lut[row[c]] * x[j * in + c];
+      y[j * p.out + r] = lut_finish(p, r, _mm512_reduce_add_ps(acc[j][0]) + _mm512_reduce_add_ps(acc[j][1]) + tail);
+    }
+  }
+}
+
+bool has_vbmi() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi");
+  }();
+  return yes;
+}
+
 }  // namespace
 
 void lut_gemv_rows_avx512(const LutParams& p, const float* x, int64_t m, float* y, int64_t r0, int64_t r1) {
+  if (p.bits == 8 && p.in >= 64 && has_vbmi()) {
+    switch (m) {
+      case 1:
+        return gemv_rows8<1>(p, x, y, r0, r1);
+      case 2:
+        return gemv_rows8<2>(p, x, y, r0, r1);
+      case 3:
+        return gemv_rows8<3>(p, x, y, r0, r1);
+      default:
+        return gemv_rows8<4>(p, x, y, r0, r1);
+    }
+  }
   lut_rows::gemv<Avx512>(p, x, m, y, r0, r1);
 }
 
