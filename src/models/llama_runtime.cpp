@@ -5,7 +5,12 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
 
 #include "edkm/file_io.h"
 
@@ -169,6 +174,134 @@ LlamaRuntime LlamaRuntime::load(const std::string& compressed_path, const std::s
 
 void LlamaRuntime::init_rotary() {
   std::tie(cos_, sin_) = functional::rotary_cos_sin(config_, config_.max_position_embeddings());
+  cos_ = cos_.contiguous();
+  sin_ = sin_.contiguous();
+  auto fp32_cpu = [](const at::Tensor& t) {
+    return t.defined() && t.is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == 1;
+  };
+  fast_decode_ = cos_.is_cpu() && fp32_cpu(norm_);
+  for (const Layer& L : layers_) fast_decode_ = fast_decode_ && fp32_cpu(L.input_norm) && fp32_cpu(L.post_norm);
+}
+
+namespace {
+
+// out = weight * x * rsqrt(mean(x^2) + eps) over n values (functional::rms_norm's math).
+void rms_norm_row(const float* x, const float* weight, int64_t n, double eps, float* out) {
+  float ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float r = 1.0f / std::sqrt(ss / static_cast<float>(n) + static_cast<float>(eps));
+  for (int64_t i = 0; i < n; ++i) out[i] = weight[i] * (x[i] * r);
+}
+
+// x (heads x d) rotated in place at one position: x * cos + [-x2, x1] * sin.
+void rotate_heads(float* x, int64_t heads, int64_t d, const float* cos, const float* sin) {
+  const int64_t half = d / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* v = x + h * d;
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = v[i], b = v[i + half];
+      v[i] = a * cos[i] - b * sin[i];
+      v[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+  }
+}
+
+}  // namespace
+
+// One token through every layer with the small operations written out (RMSNorm, rotary, the
+// attention of one query over the cache, SiLU-gated product, residuals): a decode step is
+// dominated by LibTorch's per-operation cost otherwise (~35 small ops per layer). The
+// projections still go through InferenceLinear (LUT-GEMV or dense matmul). Same math as forward's
+// general path; tests/llama_runtime_test.cpp checks token-by-token against a whole-prompt pass.
+at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) const {
+  at::NoGradGuard ng;
+  const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(), d = config_.resolved_head_dim();
+  const int64_t D = config_.hidden_size(), pos = cache.length, group = H / KV;
+  const double eps = config_.rms_norm_eps();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  at::Tensor x = embed(tokens).reshape({1, D}).contiguous();
+  at::Tensor h = at::empty({1, D}, at::kFloat), attn = at::empty({1, H * d}, at::kFloat);
+  const float* cos = cos_.data_ptr<float>() + pos * d;
+  const float* sin = sin_.data_ptr<float>() + pos * d;
+  float* xp = x.data_ptr<float>();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    rms_norm_row(xp, L.input_norm.data_ptr<float>(), D, eps, h.data_ptr<float>());
+    at::Tensor qkv, kt, vt;  // q, k, v: pointers into the stacked output, or three outputs
+    float *qp, *kp, *vp;
+    if (L.qkv.parts > 1) {
+      qkv = L.qkv.forward(h).contiguous();
+      qp = qkv.data_ptr<float>();
+      kp = qp + H * d;
+      vp = kp + KV * d;
+    } else {
+      qkv = L.q.forward(h).contiguous();
+      kt = L.k.forward(h).contiguous();
+      vt = L.v.forward(h).contiguous();
+      qp = qkv.data_ptr<float>();
+      kp = kt.data_ptr<float>();
+      vp = vt.data_ptr<float>();
+    }
+    rotate_heads(qp, H, d, cos, sin);
+    rotate_heads(kp, KV, d, cos, sin);
+    const int64_t cap = cache.k[l].size(2);
+    float* kc = cache.k[l].data_ptr<float>();
+    float* vc = cache.v[l].data_ptr<float>();
+    for (int64_t g = 0; g < KV; ++g) {
+      std::copy_n(kp + g * d, d, kc + (g * cap + pos) * d);
+      std::copy_n(vp + g * d, d, vc + (g * cap + pos) * d);
+    }
+    float* ap = attn.data_ptr<float>();
+    const int64_t keys = pos + 1;
+    const int64_t grain = std::max<int64_t>(1, 65536 / (keys * d));
+    at::parallel_for(0, H, grain, [&](int64_t h0, int64_t h1) {
+      std::vector<float> score(static_cast<size_t>(keys));
+      for (int64_t hd = h0; hd < h1; ++hd) {
+        const float* qh = qp + hd * d;
+        const float* kh = kc + (hd / group) * cap * d;
+        const float* vh = vc + (hd / group) * cap * d;
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j < keys; ++j) {
+          float s = 0;
+          for (int64_t i = 0; i < d; ++i) s += qh[i] * kh[j * d + i];
+          score[j] = s * scale;
+          mx = std::max(mx, score[j]);
+        }
+        float sum = 0;
+        for (int64_t j = 0; j < keys; ++j) sum += (score[j] = std::exp(score[j] - mx));
+        float* out = ap + hd * d;
+        std::fill_n(out, d, 0.0f);
+        for (int64_t j = 0; j < keys; ++j) {
+          const float w = score[j] / sum;
+          for (int64_t i = 0; i < d; ++i) out[i] += w * vh[j * d + i];
+        }
+      }
+    });
+    const at::Tensor o = L.o.forward(attn).contiguous();
+    const float* op = o.data_ptr<float>();
+    for (int64_t i = 0; i < D; ++i) xp[i] += op[i];
+    rms_norm_row(xp, L.post_norm.data_ptr<float>(), D, eps, h.data_ptr<float>());
+    at::Tensor gate, up;  // silu(gate) * up, written over gate (the first half of a stacked output)
+    const float* upp;
+    if (L.gate_up.parts > 1) {
+      const at::Tensor y = L.gate_up.forward(h).contiguous();
+      const int64_t mi = y.size(-1) / 2;
+      gate = y.narrow(-1, 0, mi);  // a [1, mi] prefix of a row: contiguous
+      upp = y.data_ptr<float>() + mi;
+    } else {
+      gate = L.gate.forward(h).contiguous();
+      up = L.up.forward(h).contiguous();
+      upp = up.data_ptr<float>();
+    }
+    float* gp = gate.data_ptr<float>();
+    for (int64_t i = 0, mi = gate.numel(); i < mi; ++i) gp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * upp[i];
+    const at::Tensor down = L.down.forward(gate).contiguous();
+    const float* dp = down.data_ptr<float>();
+    for (int64_t i = 0; i < D; ++i) xp[i] += dp[i];
+  }
+  cache.length = pos + 1;
+  rms_norm_row(xp, norm_.data_ptr<float>(), D, eps, h.data_ptr<float>());
+  return head(h).reshape({1, config_.vocab_size()});
 }
 
 LlamaRuntime::Cache LlamaRuntime::new_cache(int64_t capacity) const {
@@ -202,6 +335,9 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
   const int64_t n = tokens.numel(), pos = cache.length, capacity = cache.k.empty() ? 0 : cache.k[0].size(2);
   TORCH_CHECK(pos + n <= capacity, "edkm: LlamaRuntime::forward: ", pos, " cached + ", n, " new tokens exceed the ",
               capacity, "-position cache");
+  auto fp32_cpu = [](const at::Tensor& t) { return t.is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(); };
+  if (n == 1 && fast_decode_ && !cache.k.empty() && fp32_cpu(cache.k[0]) && fp32_cpu(cache.v[0]))
+    return decode_one(tokens, cache);
   at::NoGradGuard ng;
   const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(), d = config_.resolved_head_dim();
   const double eps = config_.rms_norm_eps();
