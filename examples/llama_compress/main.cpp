@@ -502,7 +502,14 @@ int main(int argc, char** argv) try {
   };
   if (wanted.count("uncompressed"))
     add_row({dtype_name + " (uncompressed)", 0, dense_bits, dense_bits, evaluate(model), ""});
-  std::string gptq_facts, sample_before, sample_after;
+  std::string gptq_facts, sample_before, sample_after, sample_packed;
+  std::vector<int64_t> after_ids;
+  // The written file run packed (LlamaRuntime: LUT kernels, KV cache, nothing decompressed).
+  struct PackedRun {
+    bool ran = false, same_tokens = false;
+    double tokens_per_s = 0, weight_mib = 0;
+    int64_t packed_layers = 0;
+  } packed_run;
   const std::vector<int64_t> prompt_ids = generate > 0 ? tokenizer->encode(prompt) : std::vector<int64_t>{};
   if (generate > 0) {
     TORCH_CHECK(!prompt_ids.empty(), "--prompt is empty");
@@ -794,7 +801,8 @@ int main(int argc, char** argv) try {
     add_row(std::move(r));
 
     if (generate > 0) {
-      sample_after = tokenizer->decode(greedy_generate(model, prompt_ids, generate, tokenizer->eos_id()));
+      after_ids = greedy_generate(model, prompt_ids, generate, tokenizer->eos_id());
+      sample_after = tokenizer->decode(after_ids);
       std::cout << "compressed model:   " << prompt << sample_after << "\n";
     }
 
@@ -824,6 +832,23 @@ int main(int argc, char** argv) try {
     struct stat st {};
     ::stat(compressed.c_str(), &st);
     file_bytes = st.st_size;
+    if (generate > 0) {  // 5. The file as a user runs it: packed, on the CPU
+      const auto rt = edkm::LlamaRuntime::load(compressed, out_dir + "/config.json");
+      const auto t0 = Clock::now();
+      const auto ids =
+          rt.generate(prompt_ids, edkm::GenerationOptions().max_new_tokens(generate).eos_id(tokenizer->eos_id()));
+      const double s = seconds_since(t0);
+      packed_run.ran = true;
+      packed_run.same_tokens = ids == after_ids;
+      packed_run.tokens_per_s = s > 0 ? static_cast<double>(ids.size()) / s : 0;
+      packed_run.weight_mib = static_cast<double>(rt.weight_bytes()) / (1 << 20);
+      packed_run.packed_layers = rt.packed_layers();
+      sample_packed = tokenizer->decode(ids);
+      std::cout << "packed runtime:     " << prompt << sample_packed << "\n  (" << fixed(packed_run.tokens_per_s, 1)
+                << " tok/s incl. the prompt, " << fixed(packed_run.weight_mib, 1) << " MiB of resident weights, "
+                << packed_run.packed_layers << " projections packed; greedy tokens "
+                << (packed_run.same_tokens ? "equal to" : "DIFFER from") << " the compressed model's)\n";
+    }
   }
   const auto mem = whole_run.report();
   const double total_s = seconds_since(t_start);
@@ -854,6 +879,11 @@ int main(int argc, char** argv) try {
           << " bits per parameter overall (LUTs in the model dtype, norms stored plainly); reloaded model "
           << (same ? "matches" : "DIFFERS") << "\n";
   }
+  if (packed_run.ran)
+    facts << "- the file run packed (edkm::LlamaRuntime, CPU): " << fixed(packed_run.weight_mib, 1)
+          << " MiB of resident weights, " << packed_run.packed_layers << " projections packed, "
+          << fixed(packed_run.tokens_per_s, 1) << " tok/s generating " << generate << " tokens; greedy tokens "
+          << (packed_run.same_tokens ? "equal" : "DIFFER from") << " the compressed model's\n";
   facts << "- peak host memory (LibTorch CPU allocations): whole run " << mib(mem.cpu.peak)
         << ", during DKM fine-tuning " << mib(step_peak_cpu)
         << (device.is_cuda() ? ", peak device memory of a step " + mib(step_peak_cuda) : "") << "\n"
@@ -870,6 +900,9 @@ int main(int argc, char** argv) try {
   if (generate > 0) {
     std::cout << "\ngreedy continuation of \"" << prompt << "\"\n  uncompressed: " << sample_before << "\n";
     if (palettizer) std::cout << "  compressed:   " << sample_after << "\n";
+    if (packed_run.ran)
+      std::cout << "  packed (" << fixed(packed_run.tokens_per_s, 1) << " tok/s, " << fixed(packed_run.weight_mib, 1)
+                << " MiB): " << sample_packed << "\n";
   }
 
   std::ostringstream cmd;
@@ -920,6 +953,12 @@ int main(int argc, char** argv) try {
             {"curve", curve}};
   if (generate > 0)
     j["generation"] = {{"prompt", prompt}, {"uncompressed", sample_before}, {"compressed", sample_after}};
+  if (packed_run.ran)
+    j["generation"]["packed_runtime"] = {{"text", sample_packed},
+                                         {"tokens_per_s", packed_run.tokens_per_s},
+                                         {"resident_weight_mib", packed_run.weight_mib},
+                                         {"packed_projections", packed_run.packed_layers},
+                                         {"greedy_tokens_equal_compressed_model", packed_run.same_tokens}};
   for (const auto& e : eval_sets) j["eval_sets"].push_back({{"label", e.label}, {"tokens", e.ids.numel()}});
   if (steps > first_step) j["profile"] = json::parse(profile.to_json());
   for (const auto& r : rows) {
