@@ -28,14 +28,14 @@ struct Avx512 {
   // The 16 indices starting at stream bit `bit` (inside a row every chunk starts at the same bit
   // offset within its byte, s = row_bit & 7). WIDTH 0, any bits: the chunk's 16 bytes are
   // broadcast to the four 128-bit lanes, one byte shuffle moves the two bytes holding index i into
-  // 32-bit lane i, a per-lane variable shift and a mask finish; the shuffle controls and shifts of
+  // 32-bit lane i, a per-lane variable shift finishes (the table masks); the shuffle controls and shifts of
   // the 8 possible s are built once. WIDTH 8: bytes, zero-extended.
   template <int WIDTH>
   struct Decoder {
     alignas(64) int8_t ctrl[8][64];
     alignas(64) int32_t shift[8][16];
-    I mask, c, sh;
-    explicit Decoder(int32_t b) : mask(_mm512_set1_epi32((1 << b) - 1)) {
+    I c, sh;
+    explicit Decoder(int32_t b) {
       for (int s = 0; s < 8; ++s) {
         for (int i = 0; i < 16; ++i) {
           const int bit = s + i * b, byte = bit >> 3, at = (i / 4) * 16 + (i % 4) * 4;
@@ -51,31 +51,37 @@ struct Avx512 {
       c = _mm512_load_si512(ctrl[row_bit & 7]);
       sh = _mm512_load_si512(shift[row_bit & 7]);
     }
+    // The index in the low bits of each lane, the next indices' bits above it (the tables mask).
     I operator()(const uint8_t* packed, uint64_t bit) const {
       const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + (bit >> 3)));
       if (WIDTH == 8) return _mm512_cvtepu8_epi32(bytes);
       const I v = _mm512_shuffle_epi8(_mm512_broadcast_i32x4(bytes), c);
-      return _mm512_and_si512(_mm512_srlv_epi32(v, sh), mask);
+      return _mm512_srlv_epi32(v, sh);
     }
   };
 
-  // MODE 0: bits <= 4, MODE 1: bits 5, MODE 2: bits >= 6.
+  // MODE 0: bits <= 4, MODE 1: bits 5, MODE 2: bits >= 6. The index lanes may carry other bits
+  // above the index: vpermps reads 4 bits and vpermt2ps 5, so with the k entries repeated over the
+  // 16 (32) slots those bits pick the same entry and need no mask (one instruction fewer per 16
+  // weights); the gather masks.
   template <int MODE>
   struct Table {
     F lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+    I mask = _mm512_setzero_si512();
     const float* base = nullptr;
     void load(const float* lut, int64_t k) {
       base = lut;
+      mask = _mm512_set1_epi32(static_cast<int32_t>(k - 1));
       if (MODE == 2) return;
-      alignas(64) float buf[32] = {};
-      std::memcpy(buf, lut, static_cast<size_t>(k) * sizeof(float));
+      alignas(64) float buf[32];
+      for (int i = 0; i < 32; ++i) buf[i] = lut[i % k];
       lo = _mm512_load_ps(buf);
       hi = _mm512_load_ps(buf + 16);
     }
     F operator()(I idx) const {
       if (MODE == 0) return _mm512_permutexvar_ps(idx, lo);
       if (MODE == 1) return _mm512_permutex2var_ps(lo, idx, hi);
-      return _mm512_i32gather_ps(idx, base, 4);
+      return _mm512_i32gather_ps(_mm512_and_si512(idx, mask), base, 4);
     }
   };
 
