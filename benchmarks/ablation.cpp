@@ -84,9 +84,10 @@ enum class Saved {
   kShardUnique,  // dist::ShardedOffloader with uniquify (eDKM combined)
 };
 
-Measurement run_step(const StepInput& in, edkm::Engine engine, Saved saved = Saved::kKept) {
+Measurement run_step(const StepInput& in, edkm::Engine engine, Saved saved = Saved::kKept, bool index_list = false) {
   auto opts = in.options;
   opts.engine(engine).table_fp32_as_bf16(engine == edkm::Engine::kTable);  // fp32: the table clusters the bf16 rounding
+  opts.table_index_list(index_list);
   std::shared_ptr<edkm::Offloader> off;
   std::shared_ptr<edkm::dist::ShardedOffloader> shard;
   std::shared_ptr<edkm::SavedTensorHooks> hooks;
@@ -160,6 +161,15 @@ std::vector<Configuration> configurations() {
        [](const StepInput& in) { return run_step(in, Engine::kDense, Saved::kShard); }},
       {"eDKM combined", "ShardedOffloader with uniquify: distinct rows on every rank, the index list split", true,
        [](const StepInput& in) { return run_step(in, Engine::kDense, Saved::kShardUnique); }},
+      {"table + index list",
+       "the paper's uniquification: attention table over the distinct values + a 16-bit index "
+       "per weight, saved for backward (table engine, table_index_list)",
+       false, [](const StepInput& in) { return run_step(in, Engine::kTable, Saved::kKept, true); }},
+      {"table + index list, marshaled", "the same under edkm::Offloader: the index list moves to host", false,
+       [](const StepInput& in) { return run_step(in, Engine::kTable, Saved::kOffload, true); }},
+      {"table + index list, sharded",
+       "the same under dist::ShardedOffloader: each rank keeps 1/world of the index list", true,
+       [](const StepInput& in) { return run_step(in, Engine::kTable, Saved::kShard, true); }},
       {"table", "table engine: 65,536-pattern uniquification, no index list", false,
        [](const StepInput& in) { return run_step(in, Engine::kTable); }},
       {"streaming", "streaming engine: fused passes, backward recomputes from saved centroids", false,

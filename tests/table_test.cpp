@@ -1,5 +1,7 @@
 // The table engine (Engine::kTable): against the dense engine, its kernels' shared math, bad input.
 #include <edkm/dkm.h>
+#include <edkm/offload.h>
+#include <edkm/saved_tensor_hooks.h>
 
 #include <random>
 
@@ -71,6 +73,64 @@ TEST(TableEngine, SixteenBitWeights) {
     EXPECT_LT(max_rel(table.out, dense.out), 1e-2);
     EXPECT_LT(max_rel(table.grad, dense.grad), 2e-2);
   }
+}
+
+// Records what autograd saves (dtype and size), passing it through.
+struct SavedLog : SavedTensorHooks {
+  std::vector<std::pair<at::ScalarType, int64_t>> saved;
+  std::any pack(const at::Tensor& t) override {
+    saved.emplace_back(t.scalar_type(), t.numel());
+    return t;
+  }
+  at::Tensor unpack(const std::any& p) override { return std::any_cast<at::Tensor>(p); }
+};
+
+// table_index_list (eDKM's explicit 16-bit index per weight, for the ablation's like-for-like
+// rows): the same forward and centroids bitwise, the same gradient to the rounding of its sums;
+// autograd saves an int16 tensor of one index per weight in place of the weight; it moves to
+// host under the Offloader like any saved tensor.
+TEST(TableEngine, ExplicitIndexListGivesTheSameResultAndIsSaved) {
+  for (auto dt : {at::kBFloat16, at::kHalf, at::kFloat}) {
+    for (int64_t bits : {3, 8}) {
+      SCOPED_TRACE(std::string(c10::toString(dt)) + " bits " + std::to_string(bits));
+      auto w = test::llm_like({96, 80}, 41, dt);
+      auto g = test::llm_like({96, 80}, 42, dt) / 0.02;
+      auto o = DKMOptions(bits).engine(Engine::kTable).table_fp32_as_bf16(dt == at::kFloat);
+      auto c = functional::init_centroids(w, o);
+      auto plain_log = std::make_shared<SavedLog>();
+      test::Run plain;
+      {
+        SavedTensorHooksGuard guard(plain_log);
+        plain = run(w, c, g, o);
+      }
+      auto log = std::make_shared<SavedLog>();
+      test::Run listed;
+      {
+        SavedTensorHooksGuard guard(log);
+        listed = run(w, c, g, DKMOptions(o).table_index_list(true));
+      }
+      EXPECT_TRUE(at::equal(listed.out, plain.out));
+      EXPECT_TRUE(at::equal(listed.centroids, plain.centroids));
+      EXPECT_EQ(listed.iterations, plain.iterations);
+      EXPECT_LE(max_rel(listed.grad, plain.grad), dt == at::kFloat ? 1e-6 : 8e-3);
+      const auto n = std::count(log->saved.begin(), log->saved.end(), std::make_pair(at::kShort, w.numel()));
+      EXPECT_EQ(n, 1) << "one int16 index per weight saved";
+      auto weight_sized = [&](const SavedLog& l) {
+        return std::count(l.saved.begin(), l.saved.end(), std::make_pair(w.scalar_type(), w.numel()));
+      };
+      EXPECT_EQ(weight_sized(*log), weight_sized(*plain_log) - 1) << "the index list is saved in place of the weight";
+    }
+  }
+  // Under the Offloader the index list goes to host (it is the one large saved tensor).
+  auto w = test::llm_like({512, 512}, 43, at::kBFloat16);
+  auto o = DKMOptions(3).engine(Engine::kTable).table_index_list(true);
+  auto c = functional::init_centroids(w, o);
+  auto off = std::make_shared<Offloader>(OffloadOptions().min_bytes(1024).host_to_host(true));
+  {
+    SavedTensorHooksGuard guard(off);
+    run(w, c, test::llm_like({512, 512}, 44, at::kBFloat16), o);
+  }
+  EXPECT_GE(off->stats().bytes_offloaded, 512 * 512 * 2);
 }
 
 TEST(TableEngine, EngineNames) {

@@ -104,6 +104,12 @@ struct EDKM_API DKMOptions {
   TORCH_ARG(Engine, engine) = Engine::kDense;
   /// Table engine on fp32 weights: cluster their bf16 rounding (identity in backward). Default false.
   TORCH_ARG(bool, table_fp32_as_bf16) = false;
+  /// Table engine: keep eDKM's explicit 16-bit index per weight (into the table of the U distinct
+  /// values) for backward, as the paper's uniquification does, instead of reading each weight's own
+  /// bits: 2 bytes per weight more, which saved-tensor hooks (Offloader, ShardedOffloader) then
+  /// move or split. Same result; for like-for-like comparisons (the ablation's index-list rows).
+  /// Default false.
+  TORCH_ARG(bool, table_index_list) = false;
 
   // TORCH_ARG leaves the access at private:
  public:

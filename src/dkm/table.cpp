@@ -32,6 +32,8 @@ namespace {
 using kernels::kTableSize;
 using kernels::WeightKind;
 
+constexpr int64_t kIndexChunk = int64_t{1} << 16;  // weights per step of the index-list paths
+
 }  // namespace
 
 std::string table_unsupported(const at::Tensor& w, const ClusterLayout& l, const DKMOptions& o) {
@@ -128,7 +130,26 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     } else {
       kernels::table_gather_cpu(p, table.data_ptr<float>(), result.data_ptr());
     }
-    ctx->save_for_backward({w});
+    if (options->table_index_list()) {
+      // eDKM's layout: a 16-bit index per weight into the U distinct values, saved in place of the
+      // weight (U <= 65,536 fits 16 bits: stored as int16 bit patterns, read back masked).
+      auto compact = at::full({kTableSize}, -1, w.options().dtype(at::kInt));
+      compact.index_copy_(0, uidx, at::arange(U, compact.options()));
+      auto index = at::empty({w.numel()}, w.options().dtype(at::kShort));
+      const auto flat = w.view({-1});
+      for (int64_t b = 0; b < w.numel(); b += kIndexChunk) {  // chunks: ATen's temporaries stay small
+        const int64_t n = std::min(kIndexChunk, w.numel() - b);
+        const auto part = flat.narrow(0, b, n);
+        const auto patterns =
+            (p.kind == WeightKind::kFP16 ? part : part.to(at::kBFloat16)).view(at::kShort).to(at::kInt) & 0xFFFF;
+        index.narrow(0, b, n).copy_(compact.index_select(0, patterns));
+      }
+      ctx->save_for_backward({index});
+      ctx->saved_data["shape"] = w.sizes().vec();
+      ctx->saved_data["dtype"] = static_cast<int64_t>(w.scalar_type());
+    } else {
+      ctx->save_for_backward({w});
+    }
     ctx->saved_data["v"] = v;
     ctx->saved_data["h"] = h;
     ctx->saved_data["nb"] = nb;
@@ -144,11 +165,10 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const auto w = ctx->get_saved_variables()[0];
-    const auto v = ctx->saved_data["v"].toTensor(), h = ctx->saved_data["h"].toTensor();
-    const auto nb = ctx->saved_data["nb"].toTensor(), uidx = ctx->saved_data["uidx"].toTensor();
+    const auto w = ctx->get_saved_variables()[0];  // the weight, or its index list
+    const auto v = ctx->saved_data["v"].toTensor(), uidx = ctx->saved_data["uidx"].toTensor();
     const auto& state = engine_state(ctx->saved_data["state"]);
-    const DKMOptions& options = state.options;
+    if (state.options.table_index_list()) return index_list_backward(ctx, w, grads[0]);
     const auto g = grads[0].to(w.scalar_type()).contiguous();
     const kernels::TableParams p{w.data_ptr(), w.numel(), kind_of(w)};
     auto sums = at::empty({kTableSize}, w.options().dtype(at::kDouble));
@@ -161,19 +181,8 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     }
     state.sum(sums);  // sharded: G of the whole weight
     const auto G = sums.index_select(0, uidx).to(v.scalar_type());
-    at::Tensor e, a;
-    {
-      at::AutoGradMode grad_mode(true);
-      e = torch::autograd::grad({h}, {v}, {G}, /*retain_graph=*/true)[0];
-      // a_b: the direct path only, centroids held fixed
-      auto v2 = v.detach().requires_grad_(true);
-      const int64_t U = v2.numel();
-      auto x = v2.view({1, U, 1});
-      auto att = attention(x, ctx->saved_data["c_in"].toTensor(), options, sparsity_block(x, options));
-      auto hd = at::bmm(att, ctx->saved_data["c_out"].toTensor()).view({U});
-      a = torch::autograd::grad({hd}, {v2}, {at::ones_like(hd)})[0];
-    }
-    auto slope = full_table(a, uidx), shift = full_table((e - G * a) / nb, uidx);
+    const auto [a, shift_u] = slope_shift(ctx, G);
+    auto slope = full_table(a, uidx), shift = full_table(shift_u, uidx);
     auto dw = at::empty_like(w);
     if (w.is_cuda()) {
 #if defined(EDKM_WITH_CUDA)
@@ -185,6 +194,53 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
       kernels::table_backward_cpu(p, g.data_ptr(), slope.data_ptr<float>(), shift.data_ptr<float>(), dw.data_ptr());
     }
     return {dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+
+ private:
+  // a_b (slope) and (e_b - G_b a_b) / n_b (shift) of the U table entries from their gradient sums G.
+  static std::pair<at::Tensor, at::Tensor> slope_shift(torch::autograd::AutogradContext* ctx, const at::Tensor& G) {
+    const auto v = ctx->saved_data["v"].toTensor(), h = ctx->saved_data["h"].toTensor();
+    const auto nb = ctx->saved_data["nb"].toTensor();
+    const DKMOptions& options = engine_state(ctx->saved_data["state"]).options;
+    at::Tensor e, a;
+    at::AutoGradMode grad_mode(true);
+    e = torch::autograd::grad({h}, {v}, {G}, /*retain_graph=*/true)[0];
+    auto v2 = v.detach().requires_grad_(true);  // a_b: the direct path only, centroids held fixed
+    const int64_t U = v2.numel();
+    auto x = v2.view({1, U, 1});
+    auto att = attention(x, ctx->saved_data["c_in"].toTensor(), options, sparsity_block(x, options));
+    auto hd = at::bmm(att, ctx->saved_data["c_out"].toTensor()).view({U});
+    a = torch::autograd::grad({hd}, {v2}, {at::ones_like(hd)})[0];
+    return {a, (e - G * a) / nb};
+  }
+
+  // The backward through the explicit index list (table_index_list): the same formula, with the
+  // weights' table entries read from the saved 16-bit indices (ATen ops; any device).
+  static torch::autograd::variable_list index_list_backward(torch::autograd::AutogradContext* ctx,
+                                                            const at::Tensor& index, const at::Tensor& grad) {
+    const auto v = ctx->saved_data["v"].toTensor();
+    const auto& state = engine_state(ctx->saved_data["state"]);
+    const auto dtype = static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt());
+    const auto g = grad.contiguous().view({-1});
+    const int64_t N = index.numel();
+    // In chunks, so that ATen's temporaries (indices as int32, fp64 sums) stay small.
+    auto idx_of = [&](int64_t b, int64_t n) { return index.narrow(0, b, n).to(at::kInt) & 0xFFFF; };
+    auto sums = at::zeros({v.numel()}, g.options().dtype(at::kDouble));
+    for (int64_t b = 0; b < N; b += kIndexChunk) {
+      const int64_t n = std::min(kIndexChunk, N - b);
+      sums.index_add_(0, idx_of(b, n), g.narrow(0, b, n).to(at::kDouble));
+    }
+    state.sum(sums);  // sharded: G of the whole weight (every rank has the same U entries)
+    const auto [a, shift_u] = slope_shift(ctx, sums.to(v.scalar_type()));
+    const auto slope = a.to(at::kFloat), shift = shift_u.to(at::kFloat);
+    auto dw = at::empty({N}, g.options().dtype(dtype));
+    for (int64_t b = 0; b < N; b += kIndexChunk) {
+      const int64_t n = std::min(kIndexChunk, N - b);
+      const auto i = idx_of(b, n);
+      dw.narrow(0, b, n).copy_(g.narrow(0, b, n).to(at::kFloat) * slope.index_select(0, i) + shift.index_select(0, i));
+    }
+    return {dw.to(dtype).view(ctx->saved_data["shape"].toIntVector()), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 

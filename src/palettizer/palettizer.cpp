@@ -57,7 +57,8 @@ json options_json(const DKMOptions& o) {
               {"init_max_iter", o.init_max_iter()},
               {"seed", o.seed()},
               {"engine", to_string(o.engine())},
-              {"table_fp32_as_bf16", o.table_fp32_as_bf16()}};
+              {"table_fp32_as_bf16", o.table_fp32_as_bf16()},
+              {"table_index_list", o.table_index_list()}};
 }
 
 std::string human_bytes(int64_t b) {

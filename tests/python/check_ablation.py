@@ -49,7 +49,8 @@ def main():
         ok = ok and cond
 
     t = load_file(saved)
-    for cfg in ("+marshaling", "+uniquification", "table", "streaming"):
+    for cfg in ("+marshaling", "+uniquification", "table", "table + index list", "table + index list, marshaled",
+                "streaming"):
         for k in ("soft", "dweight"):
             a, b = t[f"matrix.{cfg}.{k}"].double(), t[f"matrix.dense.{k}"].double()
             err = float((a - b).abs().max() / b.abs().max())
@@ -61,10 +62,16 @@ def main():
     doc = json.load(open(out + ".json"))
     rows = {r["config"]: r for r in doc["rows"]}
     layer = {r["config"]: r for r in doc["layer"]}
-    check(set(rows) == {"dense", "+marshaling", "+uniquification", "table", "streaming"} == set(layer),
-          f"rows {sorted(rows)}")
-    check(doc["not_measured_needs_torchrun"] == ["+sharding", "eDKM combined"],
+    check(set(rows) == {"dense", "+marshaling", "+uniquification", "table + index list",
+                        "table + index list, marshaled", "table", "streaming"} == set(layer), f"rows {sorted(rows)}")
+    check(doc["not_measured_needs_torchrun"] == ["+sharding", "eDKM combined", "table + index list, sharded"],
           "without torchrun the sharded rows are listed as needing it")
+    # eDKM's layout: the explicit 16-bit index list (2 bytes per weight) costs memory the index-free
+    # table does not, and marshaling moves exactly that list to host.
+    check(rows["table + index list"]["overhead_bytes"] > rows["table"]["overhead_bytes"],
+          "the explicit index list costs memory the index-free table does not")
+    check(rows["table + index list, marshaled"]["host_peak_bytes"] >= 96 * 64 * 2,
+          "marshaling moved the index list (2 bytes per weight) to host")
     check(all(rows[c]["traffic_bytes"] > 0 and rows[c]["host_peak_bytes"] > 0 for c in ("+marshaling",
                                                                                         "+uniquification")),
           "the offloading rows moved bytes to host and back")
@@ -92,6 +99,13 @@ def main():
         sharded = ["+sharding (2 ranks)", "eDKM combined (2 ranks)"]
         check(all(c in rows2 for c in sharded) and not doc2["not_measured_needs_torchrun"],
               f"2 ranks: the sharded rows measured ({sorted(rows2)})")
+        listed = "table + index list, sharded (2 ranks)"
+        check(listed in rows2, "2 ranks: the sharded index-list row measured")
+        for k in ("soft", "dweight"):
+            check(bool((t2[f"matrix.{listed}.{k}"] == t2[f"matrix.table + index list.{k}"]).all()),
+                  f"2 ranks: {listed} {k} bitwise equal to the unsharded index-list row")
+        check(0 < rows2[listed]["host_peak_bytes"] < rows2["table + index list, marshaled"]["host_peak_bytes"],
+              "2 ranks: a rank keeps part of the index list")
         for cfg in sharded:
             for k in ("soft", "dweight"):
                 check(bool((t2[f"matrix.{cfg}.{k}"] == t2[f"matrix.dense.{k}"]).all()),
