@@ -1,5 +1,0 @@
-#pragma once
-#define EDKM_VERSION_MAJOR 0
-#define EDKM_VERSION_MINOR 1
-#define EDKM_VERSION_PATCH 0
-#define EDKM_VERSION_STRING "0.1.0"
