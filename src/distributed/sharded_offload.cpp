@@ -19,6 +19,7 @@
 #include "memory/peak.h"
 #include "offload/storage_registry.h"
 #include "offload/unique_rows.h"
+#include "util/format.h"
 
 namespace edkm::dist {
 
@@ -27,7 +28,7 @@ void ShardedOffloadOptions::validate() const {
 }
 
 std::string ShardedOffloadStats::to_string() const {
-  auto mib = [](int64_t b) { return std::to_string(static_cast<double>(b) / (1 << 20)) + " MiB"; };
+  using edkm::detail::mib;
   std::ostringstream os;
   os << "packed " << tensors_packed << " (sharded " << tensors_sharded << ", de-dup " << copies_avoided << "); "
      << storages_sharded << " storages of " << mib(bytes_sharded) << " kept as blocks of " << mib(block_bytes)

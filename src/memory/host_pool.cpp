@@ -15,6 +15,7 @@
 #include "edkm/host_pool.h"
 #include "memory/host_pool_counter.h"
 #include "memory/peak.h"
+#include "util/format.h"
 #if defined(EDKM_WITH_CUDA)
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
@@ -166,14 +167,15 @@ void HostMemoryPoolOptions::validate() const {
 }
 
 std::string HostPoolStats::to_string() const {
-  std::ostringstream s;
-  auto mib = [](int64_t b) { return static_cast<double>(b) / (1 << 20); };
-  s << "host pool: reserved " << mib(reserved_bytes) << " MiB (peak " << mib(peak_reserved_bytes) << "), in use "
-    << mib(in_use_bytes) << " MiB (peak " << mib(peak_in_use_bytes) << ", requested " << mib(requested_bytes)
-    << "), cached " << mib(cached_bytes) << " MiB in " << cached_blocks << " blocks, hits " << hits << ", misses "
-    << misses << ", system frees " << system_frees;
-  if (pinned_fallbacks > 0) s << ", " << pinned_fallbacks << " blocks not page-locked (allocation failed)";
-  return s.str();
+  using detail::mib;
+  std::string s = fmt::format(
+      "host pool: reserved {} (peak {}), in use {} (peak {}, requested {}), cached {} in {} blocks, hits {}, misses "
+      "{}, "
+      "system frees {}",
+      mib(reserved_bytes), mib(peak_reserved_bytes), mib(in_use_bytes), mib(peak_in_use_bytes), mib(requested_bytes),
+      mib(cached_bytes), cached_blocks, hits, misses, system_frees);
+  if (pinned_fallbacks > 0) s += fmt::format(", {} blocks not page-locked (allocation failed)", pinned_fallbacks);
+  return s;
 }
 
 // --- Block --------------------------------------------------------------------------------------

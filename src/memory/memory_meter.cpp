@@ -17,6 +17,7 @@
 #include "edkm/memory.h"
 #include "memory/host_pool_counter.h"
 #include "memory/peak.h"
+#include "util/format.h"
 #if defined(EDKM_WITH_CUDA)
 #include <ATen/core/CachingHostAllocator.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -179,16 +180,14 @@ MemoryReport MemoryMeter::report() const {
 }
 
 std::string MemoryReport::to_string() const {
-  std::ostringstream s;
-  auto mib = [](int64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); };
-  s << "cpu peak +" << mib(cpu.peak_delta()) << " MiB, now +" << mib(cpu.current_delta()) << " MiB";
+  using detail::mib;
+  std::string s = fmt::format("cpu peak +{}, now +{}", mib(cpu.peak_delta()), mib(cpu.current_delta()));
   if (has_cuda)
-    s << "; cuda peak +" << mib(cuda.peak_delta()) << " MiB, now +" << mib(cuda.current_delta())
-      << " MiB; pinned peak +" << mib(pinned.peak_delta()) << " MiB";
+    s += fmt::format("; cuda peak +{}, now +{}; pinned peak +{}", mib(cuda.peak_delta()), mib(cuda.current_delta()),
+                     mib(pinned.peak_delta()));
   if (host_pool.peak > 0)
-    s << "; host pools peak +" << mib(host_pool.peak_delta()) << " MiB, now +" << mib(host_pool.current_delta())
-      << " MiB";
-  return s.str();
+    s += fmt::format("; host pools peak +{}, now +{}", mib(host_pool.peak_delta()), mib(host_pool.current_delta()));
+  return s;
 }
 
 }  // namespace edkm

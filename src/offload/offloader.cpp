@@ -21,6 +21,7 @@
 #include "memory/peak.h"
 #include "offload/storage_registry.h"
 #include "offload/unique_rows.h"
+#include "util/format.h"
 
 #if defined(EDKM_WITH_CUDA)
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -432,17 +433,16 @@ void OffloadOptions::validate() const {
 }
 
 std::string OffloadStats::to_string() const {
-  std::ostringstream s;
-  auto mib = [](int64_t b) { return static_cast<double>(b) / (1 << 20); };
-  s << std::fixed << std::setprecision(1) << "packed " << tensors_packed << " (offloaded " << tensors_offloaded
-    << "), unpacked " << tensors_unpacked << "; copied " << storages_copied << " storages, " << mib(bytes_offloaded)
-    << " MiB to host; de-dup avoided " << copies_avoided << " copies, " << mib(bytes_not_copied) << " MiB; restored "
-    << mib(bytes_restored) << " MiB (" << restores_shared << " shared); prefetched " << prefetches << " ("
-    << prefetch_hits << " hits, " << prefetch_wasted << " wasted); uniquified " << tensors_uniquified << " ("
-    << mib(uniquify_bytes_before) << " -> " << mib(uniquify_bytes_after) << " MiB, " << index_lists_shared
-    << " shared index lists); host " << mib(host_bytes) << " MiB (peak " << mib(host_bytes_peak) << "); pool "
-    << pool_hits << " hits, " << pool_misses << " misses, " << mib(pool_cached_bytes) << " MiB cached";
-  return s.str();
+  using detail::mib;
+  return fmt::format(
+      "packed {} (offloaded {}), unpacked {}; copied {} storages, {} to host; de-dup avoided {} copies, {}; restored "
+      "{} "
+      "({} shared); prefetched {} ({} hits, {} wasted); uniquified {} ({} -> {}, {} shared index lists); host {} (peak "
+      "{}); pool {} hits, {} misses, {} cached",
+      tensors_packed, tensors_offloaded, tensors_unpacked, storages_copied, mib(bytes_offloaded), copies_avoided,
+      mib(bytes_not_copied), mib(bytes_restored), restores_shared, prefetches, prefetch_hits, prefetch_wasted,
+      tensors_uniquified, mib(uniquify_bytes_before), mib(uniquify_bytes_after), index_lists_shared, mib(host_bytes),
+      mib(host_bytes_peak), pool_hits, pool_misses, mib(pool_cached_bytes));
 }
 
 Offloader::Offloader(OffloadOptions options) : options_(std::move(options)) {

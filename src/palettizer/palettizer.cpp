@@ -22,6 +22,7 @@
 #include "io/safetensors_core.h"
 #include "io/torch_io.h"
 #include "nn/member_swap.h"
+#include "util/format.h"
 
 namespace edkm {
 namespace {
@@ -61,16 +62,7 @@ json options_json(const DKMOptions& o) {
               {"table_index_list", o.table_index_list()}};
 }
 
-std::string human_bytes(int64_t b) {
-  std::ostringstream s;
-  s << std::fixed << std::setprecision(b >= (1 << 20) ? 2 : 1);
-  if (b >= (1 << 20)) {
-    s << static_cast<double>(b) / (1 << 20) << " MiB";
-  } else {
-    s << static_cast<double>(b) / 1024 << " KiB";
-  }
-  return s.str();
-}
+using detail::human_bytes;
 
 }  // namespace
 
