@@ -92,7 +92,7 @@ struct TableInputs {
     sums = at::empty({k::kTableSize}, at::kDouble);
     p.weight = w.data_ptr();
     p.n = w.numel();
-    p.kind = k::WeightKind::kBF16;
+    p.dtype = k::DType::kBF16;
   }
   double n() const { return static_cast<double>(p.n); }
 };

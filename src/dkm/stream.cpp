@@ -35,22 +35,9 @@
 namespace edkm::detail {
 namespace {
 
+using kernels::DType;
 using kernels::StreamParams;
 using kernels::StreamPass;
-using kernels::ValueKind;
-
-ValueKind value_kind(at::ScalarType st) {
-  switch (st) {
-    case at::kDouble:
-      return ValueKind::kF64;
-    case at::kBFloat16:
-      return ValueKind::kBF16;
-    case at::kHalf:
-      return ValueKind::kF16;
-    default:
-      return ValueKind::kF32;
-  }
-}
 
 void run_pass(const StreamParams& p, const at::Tensor& on) {
   if (on.is_cuda()) {
@@ -87,7 +74,7 @@ Plan make_plan(const at::Tensor& x, const DKMOptions& o, at::ScalarType ct, Redu
   plan.reduce_ranks = std::move(reduce);
   auto& p = plan.base;
   p.x = x.data_ptr();
-  p.kind = value_kind(x.scalar_type());
+  p.kind = kernel_dtype(x.scalar_type());
   p.groups = x.size(0);
   p.n = x.size(1);
   p.d = x.size(2);

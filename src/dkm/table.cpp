@@ -29,8 +29,8 @@
 namespace edkm::detail {
 namespace {
 
+using kernels::DType;
 using kernels::kTableSize;
-using kernels::WeightKind;
 
 constexpr int64_t kIndexChunk = int64_t{1} << 16;  // weights per step of the index-list paths
 
@@ -55,17 +55,6 @@ std::string table_unsupported(const at::Tensor& w, const ClusterLayout& l, const
 
 namespace {
 
-WeightKind kind_of(const at::Tensor& w) {
-  switch (w.scalar_type()) {
-    case at::kBFloat16:
-      return WeightKind::kBF16;
-    case at::kHalf:
-      return WeightKind::kFP16;
-    default:
-      return WeightKind::kFP32AsBF16;
-  }
-}
-
 #if defined(EDKM_WITH_CUDA)  // CUDA weights reach the kernels only in builds that have them
 void check_cuda(int rc, const char* what) {
   TORCH_CHECK(rc == 0, "edkm: table ", what, " CUDA kernel failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
@@ -87,9 +76,9 @@ at::Tensor histogram(const kernels::TableParams& p, const at::Tensor& w) {
 }
 
 // The value of every pattern, as float: patterns are bf16 (also for fp32 opted in) or fp16 words.
-at::Tensor pattern_values(WeightKind kind, const at::TensorOptions& opts) {
+at::Tensor pattern_values(DType kind, const at::TensorOptions& opts) {
   auto words = at::arange(kTableSize, opts.dtype(at::kInt)).to(at::kShort);  // 0..65535 as int16 bits
-  return words.view(kind == WeightKind::kFP16 ? at::kHalf : at::kBFloat16).to(at::kFloat);
+  return words.view(kind == DType::kF16 ? at::kHalf : at::kBFloat16).to(at::kFloat);
 }
 
 // Expands a U-entry table to the 65,536 patterns (zero where no weight has the pattern).
@@ -103,10 +92,10 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
                             const at::Tensor& centroids, const DKMOptions* options, DKMOutput* out,
                             const Reducer* reduce) {
     const auto w = weight.contiguous();
-    const kernels::TableParams p{w.data_ptr(), w.numel(), kind_of(w)};
+    const kernels::TableParams p{w.data_ptr(), w.numel(), kernel_dtype(w.scalar_type())};
     auto counts = histogram(p, w);
     if (*reduce) (*reduce)(counts);  // sharded: the histogram of the whole weight
-    auto values = pattern_values(p.kind, w.options());
+    auto values = pattern_values(p.dtype, w.options());
     auto uidx = at::nonzero(counts.gt(0).logical_and(at::isfinite(values))).flatten();
     // The table is small: iterate it in fp64 (more accurate than the dense engine's fp32) unless
     // U x K is large (8-bit LUTs over many distinct values), then in fp32.
@@ -141,7 +130,7 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
         const int64_t n = std::min(kIndexChunk, w.numel() - b);
         const auto part = flat.narrow(0, b, n);
         const auto patterns =
-            (p.kind == WeightKind::kFP16 ? part : part.to(at::kBFloat16)).view(at::kShort).to(at::kInt) & 0xFFFF;
+            (p.dtype == DType::kF16 ? part : part.to(at::kBFloat16)).view(at::kShort).to(at::kInt) & 0xFFFF;
         index.narrow(0, b, n).copy_(compact.index_select(0, patterns));
       }
       ctx->save_for_backward({index});
@@ -170,7 +159,7 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     const auto& state = engine_state(ctx->saved_data["state"]);
     if (state.options.table_index_list()) return index_list_backward(ctx, w, grads[0]);
     const auto g = grads[0].to(w.scalar_type()).contiguous();
-    const kernels::TableParams p{w.data_ptr(), w.numel(), kind_of(w)};
+    const kernels::TableParams p{w.data_ptr(), w.numel(), kernel_dtype(w.scalar_type())};
     auto sums = at::empty({kTableSize}, w.options().dtype(at::kDouble));
     if (w.is_cuda()) {
 #if defined(EDKM_WITH_CUDA)

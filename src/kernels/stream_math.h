@@ -18,13 +18,10 @@
 #include <cstdint>
 
 #include "kernels/distance_math.h"
+#include "kernels/dtype_math.h"
 #include "kernels/host_device.h"
-#include "kernels/table_math.h"
 
 namespace edkm::kernels {
-
-/// Element type of the vector arrays (x, grad, out).
-enum class ValueKind : int32_t { kF32 = 0, kF64 = 1, kBF16 = 2, kF16 = 3 };
 
 /// The passes over the weights.
 enum class StreamPass : int32_t {
@@ -44,7 +41,7 @@ struct StreamParams {
   const void* x = nullptr;     // G x n x d of `kind`
   const void* grad = nullptr;  // G x n x d of `kind` (kGammaLast, kReduce, kGradInput)
   void* out = nullptr;         // G x n x d of `kind` (kOutput, kGradInput)
-  ValueKind kind = ValueKind::kF32;
+  DType kind = DType::kF32;
   int64_t groups = 1, n = 0, d = 1, k = 2;
   int64_t chunk = 1, chunks = 1;  // vectors per work item; work items per group
   int64_t width = 0;              // partials per work item: K * d + K + 1
@@ -70,37 +67,6 @@ inline int64_t stream_chunk(int64_t n, int64_t groups, int64_t width, int64_t pa
   if (chunk < 64 * width) chunk = 64 * width;
   if (chunk > n) chunk = n;
   return chunk < 1 ? 1 : chunk;
-}
-
-template <class S>
-EDKM_HOST_DEVICE S load_value(const void* data, int64_t i, ValueKind kind) {
-  switch (kind) {
-    case ValueKind::kF64:
-      return static_cast<S>(static_cast<const double*>(data)[i]);
-    case ValueKind::kBF16:
-      return static_cast<S>(bf16_bits_to_float(static_cast<const uint16_t*>(data)[i]));
-    case ValueKind::kF16:
-      return static_cast<S>(fp16_bits_to_float(static_cast<const uint16_t*>(data)[i]));
-    default:
-      return static_cast<S>(static_cast<const float*>(data)[i]);
-  }
-}
-
-template <class S>
-EDKM_HOST_DEVICE void store_value(void* data, int64_t i, S v, ValueKind kind) {
-  switch (kind) {
-    case ValueKind::kF64:
-      static_cast<double*>(data)[i] = static_cast<double>(v);
-      break;
-    case ValueKind::kBF16:
-      static_cast<uint16_t*>(data)[i] = bf16_round_bits(static_cast<float>(v));
-      break;
-    case ValueKind::kF16:
-      static_cast<uint16_t*>(data)[i] = float_to_fp16_bits(static_cast<float>(v));
-      break;
-    default:
-      static_cast<float*>(data)[i] = static_cast<float>(v);
-  }
 }
 
 EDKM_HOST_DEVICE float stream_exp(float v) {

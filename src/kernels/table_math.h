@@ -7,113 +7,25 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/dtype_math.h"
 #include "kernels/host_device.h"
 
 namespace edkm::kernels {
 
 constexpr int64_t kTableSize = 65536;
 
-/// Element type of the weight / gradient arrays.
-enum class WeightKind : int32_t { kBF16 = 0, kFP16 = 1, kFP32AsBF16 = 2 };
-
-EDKM_HOST_DEVICE uint32_t float_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
-}
-
-EDKM_HOST_DEVICE float bits_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
-
-/// bf16 pattern of a finite fp32 value, round to nearest even.
-EDKM_HOST_DEVICE uint16_t bf16_round_bits(float f) {
-  const uint32_t u = float_bits(f);
-  return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
-
-EDKM_HOST_DEVICE float bf16_bits_to_float(uint16_t b) { return bits_float(static_cast<uint32_t>(b) << 16); }
-
-/// IEEE half pattern -> float (normals, subnormals, inf/nan).
-EDKM_HOST_DEVICE float fp16_bits_to_float(uint16_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu;
-  if (exp == 0x1F) return bits_float(sign | 0x7F800000u | (man << 13));
-  if (exp == 0) {  // zero or subnormal: man * 2^-24
-    const float v = static_cast<float>(man) * 5.9604644775390625e-08f;
-    return sign ? -v : v;
-  }
-  return bits_float(sign | ((exp + 112u) << 23) | (man << 13));
-}
-
-/// float -> IEEE half pattern, round to nearest even (for writing fp16 outputs).
-EDKM_HOST_DEVICE uint16_t float_to_fp16_bits(float f) {
-  const uint32_t u = float_bits(f);
-  const uint32_t sign = (u >> 16) & 0x8000u;
-  const uint32_t abs = u & 0x7FFFFFFFu;
-  if (abs >= 0x7F800000u) return static_cast<uint16_t>(sign | 0x7C00u | (abs > 0x7F800000u ? 0x200u : 0u));
-  if (abs >= 0x477FF000u) return static_cast<uint16_t>(sign | 0x7C00u);  // overflow -> inf
-  if (abs < 0x38800000u) {                                               // subnormal or zero in half
-    if (abs < 0x33000000u) return static_cast<uint16_t>(sign);           // < 2^-25 -> 0
-    const uint32_t e = abs >> 23, m = (abs & 0x7FFFFFu) | 0x800000u;
-    const uint32_t shift = 126u - e;  // 14..24
-    uint32_t r = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-    if (rem > half || (rem == half && (r & 1u))) ++r;
-    return static_cast<uint16_t>(sign | r);
-  }
-  uint32_t r = ((abs - 0x38000000u) >> 13);
-  const uint32_t rem = abs & 0x1FFFu;
-  if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) ++r;
-  return static_cast<uint16_t>(sign | r);
-}
-
-/// Pattern of element i of `data` (bf16/fp16 as uint16 words, or fp32).
-EDKM_HOST_DEVICE uint16_t pattern_at(const void* data, int64_t i, WeightKind kind) {
-  if (kind == WeightKind::kFP32AsBF16) return bf16_round_bits(static_cast<const float*>(data)[i]);
+/// Pattern of element i of `data`: bf16/fp16 words as they are, fp32 through its bf16 rounding.
+EDKM_HOST_DEVICE uint16_t pattern_at(const void* data, int64_t i, DType dtype) {
+  if (dtype == DType::kF32) return bf16_round_bits(static_cast<const float*>(data)[i]);
   return static_cast<const uint16_t*>(data)[i];
 }
 
-/// Element i of a weight-typed array as float.
-EDKM_HOST_DEVICE float value_at(const void* data, int64_t i, WeightKind kind) {
-  switch (kind) {
-    case WeightKind::kBF16:
-      return bf16_bits_to_float(static_cast<const uint16_t*>(data)[i]);
-    case WeightKind::kFP16:
-      return fp16_bits_to_float(static_cast<const uint16_t*>(data)[i]);
-    default:
-      return static_cast<const float*>(data)[i];
-  }
-}
-
-/// Writes `v` as element i of a weight-typed array.
-EDKM_HOST_DEVICE void store_at(void* data, int64_t i, float v, WeightKind kind) {
-  switch (kind) {
-    case WeightKind::kBF16:
-      static_cast<uint16_t*>(data)[i] = bf16_round_bits(v);
-      break;
-    case WeightKind::kFP16:
-      static_cast<uint16_t*>(data)[i] = float_to_fp16_bits(v);
-      break;
-    default:
-      static_cast<float*>(data)[i] = v;
-  }
-}
-
-/// Parameters of the four table kernels. `weight`: N elements of `kind` (the patterns).
+/// Parameters of the four table kernels. `weight`: N elements of `dtype` (kBF16, kF16, or kF32
+/// read as its bf16 rounding): the patterns; gradients and outputs have the same dtype.
 struct TableParams {
-  const void* weight = nullptr;  // N, bf16/fp16 words or fp32
+  const void* weight = nullptr;
   int64_t n = 0;
-  WeightKind kind = WeightKind::kBF16;
+  DType dtype = DType::kBF16;
 };
 
 // counts[65536] (int64, zeroed by the kernel): weights per pattern.

@@ -317,9 +317,9 @@ inline void block_backward_level(const StreamParams& p, const float* x, const fl
 }
 
 // kLanes values from base (count valid; the rest repeat the last one) as floats.
-inline void load_block(const void* data, int64_t base, int count, ValueKind kind, float* out) {
+inline void load_block(const void* data, int64_t base, int count, DType kind, float* out) {
   switch (kind) {
-    case ValueKind::kF32: {
+    case DType::kF32: {
       const float* f = static_cast<const float*>(data) + base;
       if (count == kLanes) {  // a full block: one vector load
         EDKM_LANES(l) out[l] = f[l];
@@ -334,8 +334,8 @@ inline void load_block(const void* data, int64_t base, int count, ValueKind kind
 }
 
 // The same through an index list: data[base + idx[l]].
-inline void gather_block(const void* data, int64_t base, const int32_t* idx, int count, ValueKind kind, float* out) {
-  if (kind == ValueKind::kF32 && count == kLanes) {
+inline void gather_block(const void* data, int64_t base, const int32_t* idx, int count, DType kind, float* out) {
+  if (kind == DType::kF32 && count == kLanes) {
     const float* f = static_cast<const float*>(data) + base;
     EDKM_LANES(l) out[l] = f[idx[l]];
     return;
@@ -344,8 +344,8 @@ inline void gather_block(const void* data, int64_t base, const int32_t* idx, int
 }
 
 // The first `count` lanes of v to data[base ..] (out += v when accumulate).
-inline void store_block(void* data, int64_t base, int count, ValueKind kind, const float* v, bool accumulate) {
-  if (kind == ValueKind::kF32 && count == kLanes) {  // a full block: vector loads and stores
+inline void store_block(void* data, int64_t base, int count, DType kind, const float* v, bool accumulate) {
+  if (kind == DType::kF32 && count == kLanes) {  // a full block: vector loads and stores
     float* f = static_cast<float*>(data) + base;
     if (accumulate) {
       EDKM_LANES(l) f[l] += v[l];
@@ -359,7 +359,7 @@ inline void store_block(void* data, int64_t base, int count, ValueKind kind, con
 }
 
 // The same through an index list (idx: nullptr for consecutive).
-inline void put_block(void* data, int64_t base, const int32_t* idx, int count, ValueKind kind, const float* v,
+inline void put_block(void* data, int64_t base, const int32_t* idx, int count, DType kind, const float* v,
                       bool accumulate) {
   if (!idx) return store_block(data, base, count, kind, v, accumulate);
   for (int l = 0; l < count; ++l) {
@@ -374,7 +374,7 @@ inline void put_block(void* data, int64_t base, const int32_t* idx, int count, V
 // (their blocks take the full window).
 inline void sort_tile(const StreamParams& p, int64_t base, int n, Scratch& s) {
   float* v = s.tmp.data();
-  if (p.kind == ValueKind::kF32) {
+  if (p.kind == DType::kF32) {
     std::copy_n(static_cast<const float*>(p.x) + base, n, v);
   } else {
     for (int i = 0; i < n; ++i) v[i] = load_value<float>(p.x, base + i, p.kind);

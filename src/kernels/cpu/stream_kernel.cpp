@@ -108,7 +108,7 @@ std::string to_string(StreamIsa isa) {
 
 void stream_pass_cpu(const StreamParams& p) {
   const int64_t items = p.groups * p.chunks;
-  const bool f64 = p.kind == ValueKind::kF64;
+  const bool f64 = p.kind == DType::kF64;
   const StreamIsa isa = stream_isa();
   const StreamSkip skip = stream_skip();
   at::parallel_for(0, items, 1, [&](int64_t b, int64_t e) {

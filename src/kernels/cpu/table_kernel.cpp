@@ -31,26 +31,26 @@ void privatised(int64_t n, Acc* out, F&& add) {
 }  // namespace
 
 void table_histogram_cpu(const TableParams& p, int64_t* counts) {
-  privatised<int64_t>(p.n, counts, [&](std::vector<int64_t>& h, int64_t i) { ++h[pattern_at(p.weight, i, p.kind)]; });
+  privatised<int64_t>(p.n, counts, [&](std::vector<int64_t>& h, int64_t i) { ++h[pattern_at(p.weight, i, p.dtype)]; });
 }
 
 void table_gather_cpu(const TableParams& p, const float* table, void* out) {
   at::parallel_for(0, p.n, kGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) store_at(out, i, table[pattern_at(p.weight, i, p.kind)], p.kind);
+    for (int64_t i = b; i < e; ++i) store_value<float>(out, i, table[pattern_at(p.weight, i, p.dtype)], p.dtype);
   });
 }
 
 void table_scatter_add_cpu(const TableParams& p, const void* grad, double* sums) {
   privatised<double>(p.n, sums, [&](std::vector<double>& h, int64_t i) {
-    h[pattern_at(p.weight, i, p.kind)] += static_cast<double>(value_at(grad, i, p.kind));
+    h[pattern_at(p.weight, i, p.dtype)] += static_cast<double>(load_value<float>(grad, i, p.dtype));
   });
 }
 
 void table_backward_cpu(const TableParams& p, const void* grad, const float* slope, const float* shift, void* dw) {
   at::parallel_for(0, p.n, kGrain, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const uint16_t k = pattern_at(p.weight, i, p.kind);
-      store_at(dw, i, value_at(grad, i, p.kind) * slope[k] + shift[k], p.kind);
+      const uint16_t k = pattern_at(p.weight, i, p.dtype);
+      store_value<float>(dw, i, load_value<float>(grad, i, p.dtype) * slope[k] + shift[k], p.dtype);
     }
   });
 }

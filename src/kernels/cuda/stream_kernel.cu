@@ -96,7 +96,7 @@ int launch_for_dim(const StreamParams& p, cudaStream_t stream) {
 int stream_pass_cuda(const StreamParams& p, void* stream) {
   if (p.groups * p.chunks == 0) return 0;
   const auto s = static_cast<cudaStream_t>(stream);
-  return p.kind == ValueKind::kF64 ? launch_for_dim<double>(p, s) : launch_for_dim<float>(p, s);
+  return p.kind == DType::kF64 ? launch_for_dim<double>(p, s) : launch_for_dim<float>(p, s);
 }
 
 }  // namespace edkm::kernels

@@ -28,7 +28,7 @@ __global__ void histogram_kernel(TableParams p, int64_t* counts) {
   for (int j = threadIdx.x; j < kHistBins; j += blockDim.x) bins[j] = 0u;
   __syncthreads();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p.n; i += int64_t(gridDim.x) * blockDim.x) {
-    const uint32_t rel = static_cast<uint32_t>(pattern_at(p.weight, i, p.kind)) - lo;
+    const uint32_t rel = static_cast<uint32_t>(pattern_at(p.weight, i, p.dtype)) - lo;
     if (rel < static_cast<uint32_t>(kHistBins)) atomicAdd(&bins[rel], 1u);
   }
   __syncthreads();
@@ -41,7 +41,7 @@ __global__ void histogram_kernel(TableParams p, int64_t* counts) {
 
 __global__ void gather_kernel(TableParams p, const float* __restrict__ table, void* out) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p.n; i += int64_t(gridDim.x) * blockDim.x)
-    store_at(out, i, table[pattern_at(p.weight, i, p.kind)], p.kind);
+    store_value<float>(out, i, table[pattern_at(p.weight, i, p.dtype)], p.dtype);
 }
 
 // Sum of `x` over the lanes in `peers` (lanes sharing one key, the calling lane included), exact
@@ -69,8 +69,8 @@ __global__ void scatter_add_kernel(TableParams p, const void* grad, double* sums
   for (int64_t base = blockIdx.x * int64_t(blockDim.x); base < p.n; base += stride) {
     const int64_t i = base + threadIdx.x;
     const bool valid = i < p.n;
-    const uint32_t key = valid ? static_cast<uint32_t>(pattern_at(p.weight, i, p.kind)) : 0x10000u;
-    const double v = valid ? static_cast<double>(value_at(grad, i, p.kind)) : 0.0;
+    const uint32_t key = valid ? static_cast<uint32_t>(pattern_at(p.weight, i, p.dtype)) : 0x10000u;
+    const double v = valid ? static_cast<double>(load_value<float>(grad, i, p.dtype)) : 0.0;
     const unsigned peers = __match_any_sync(kFullMask, key);
     const double s = reduce_peers(peers, v);
     const unsigned lane = threadIdx.x & 31u;
@@ -81,8 +81,8 @@ __global__ void scatter_add_kernel(TableParams p, const void* grad, double* sums
 __global__ void backward_kernel(TableParams p, const void* grad, const float* __restrict__ slope,
                                 const float* __restrict__ shift, void* dw) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p.n; i += int64_t(gridDim.x) * blockDim.x) {
-    const uint16_t b = pattern_at(p.weight, i, p.kind);
-    store_at(dw, i, value_at(grad, i, p.kind) * slope[b] + shift[b], p.kind);
+    const uint16_t b = pattern_at(p.weight, i, p.dtype);
+    store_value<float>(dw, i, load_value<float>(grad, i, p.dtype) * slope[b] + shift[b], p.dtype);
   }
 }
 
