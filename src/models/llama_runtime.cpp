@@ -172,18 +172,12 @@ LlamaRuntime LlamaRuntime::load(const std::string& compressed_path, const std::s
   return LlamaRuntime(LlamaConfig::from_json(read_text_file(config_path)), load_compressed(compressed_path));
 }
 
-void LlamaRuntime::init_rotary() {
-  std::tie(cos_, sin_) = functional::rotary_cos_sin(config_, config_.max_position_embeddings());
-  cos_ = cos_.contiguous();
-  sin_ = sin_.contiguous();
-  auto fp32_cpu = [](const at::Tensor& t) {
-    return t.defined() && t.is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == 1;
-  };
-  fast_decode_ = cos_.is_cpu() && fp32_cpu(norm_);
-  for (const Layer& L : layers_) fast_decode_ = fast_decode_ && fp32_cpu(L.input_norm) && fp32_cpu(L.post_norm);
-}
-
 namespace {
+
+// A CPU float tensor the decode step can read through a raw pointer.
+bool fp32_cpu(const at::Tensor& t) {
+  return t.defined() && t.is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
+}
 
 // out = weight * x * rsqrt(mean(x^2) + eps) over n values (functional::rms_norm's math).
 void rms_norm_row(const float* x, const float* weight, int64_t n, double eps, float* out) {
@@ -207,6 +201,15 @@ void rotate_heads(float* x, int64_t heads, int64_t d, const float* cos, const fl
 }
 
 }  // namespace
+
+void LlamaRuntime::init_rotary() {
+  std::tie(cos_, sin_) = functional::rotary_cos_sin(config_, config_.max_position_embeddings());
+  cos_ = cos_.contiguous();
+  sin_ = sin_.contiguous();
+  auto norm_ok = [](const at::Tensor& t) { return fp32_cpu(t) && t.dim() == 1; };
+  fast_decode_ = fp32_cpu(cos_) && norm_ok(norm_);
+  for (const Layer& L : layers_) fast_decode_ = fast_decode_ && norm_ok(L.input_norm) && norm_ok(L.post_norm);
+}
 
 // One token through every layer with the small operations written out (RMSNorm, rotary, the
 // attention of one query over the cache, SiLU-gated product, residuals): a decode step is
@@ -335,7 +338,6 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
   const int64_t n = tokens.numel(), pos = cache.length, capacity = cache.k.empty() ? 0 : cache.k[0].size(2);
   TORCH_CHECK(pos + n <= capacity, "edkm: LlamaRuntime::forward: ", pos, " cached + ", n, " new tokens exceed the ",
               capacity, "-position cache");
-  auto fp32_cpu = [](const at::Tensor& t) { return t.is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(); };
   if (n == 1 && fast_decode_ && !cache.k.empty() && fp32_cpu(cache.k[0]) && fp32_cpu(cache.v[0]))
     return decode_one(tokens, cache);
   at::NoGradGuard ng;
