@@ -14,11 +14,17 @@
 // passes the upstream gradient too, the output passes write one weight-sized array). The passes
 // evaluate K exponentials per weight and are compute-bound: their fraction is expected to be small.
 //
+// --device cuda runs the same kernels on the GPU instead (the CUDA twins of the table kernels,
+// the engines through the public API), against a device-to-device copy probe of HBM bandwidth.
+// Each timed iteration launches kCudaRepeats times and then synchronises, so that launch and
+// synchronisation latency do not hide the kernels' own time.
+//
 // Writes OUT.json (rows: kernel, shape, seconds, bytes/s, fraction), OUT.md and OUT.svg.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 #include <edkm/edkm.h>
+#include <torch/cuda.h>
 
 #include <cstring>
 #include <iomanip>
@@ -38,8 +44,32 @@ double g_bandwidth = 0;                     // bytes/s: the best probe so far
 int64_t g_rows = 11008, g_cols = 4096;      // table kernels' weight shape
 int64_t g_stream_rows = 1024;               // streaming passes' weight rows (x g_cols)
 constexpr int64_t kProbeFloats = 64 << 20;  // 256 MiB per probe array
+bool g_cuda = false;                        // --device cuda
+constexpr int kCudaRepeats = 10;            // launches per timed iteration on the GPU
 
-void set_bandwidth_counters(benchmark::State& state, double bytes_per_iteration) {
+/// Launches `f` (kCudaRepeats times on the GPU, then waits for the device); returns the launches.
+template <class F>
+int run_kernel(F&& f) {
+  if (!g_cuda) {
+    f();
+    return 1;
+  }
+  for (int i = 0; i < kCudaRepeats; ++i) f();
+  torch::cuda::synchronize();
+  return kCudaRepeats;
+}
+
+// The CUDA twins exist only in a CUDA build; elsewhere their launch lambdas are never called.
+#if defined(EDKM_WITH_CUDA)
+#define CUDA_ONLY(call) (call)
+#else
+#define CUDA_ONLY(call) 0
+#endif
+
+at::TensorOptions device_options() { return at::TensorOptions().device(g_cuda ? at::kCUDA : at::kCPU); }
+
+void set_bandwidth_counters(benchmark::State& state, double bytes_per_launch) {
+  const double bytes_per_iteration = bytes_per_launch * (g_cuda ? kCudaRepeats : 1);
   state.SetBytesProcessed(static_cast<int64_t>(bytes_per_iteration) * state.iterations());
   if (g_bandwidth > 0)
     state.counters["bw_fraction"] =
@@ -49,6 +79,13 @@ void set_bandwidth_counters(benchmark::State& state, double bytes_per_iteration)
 // --- bandwidth probes ------------------------------------------------------------------------
 
 void BM_Probe_Copy(benchmark::State& state) {
+  if (g_cuda) {  // device to device, as a GPU kernel streams HBM
+    auto a = at::rand({kProbeFloats}, device_options()), b = at::empty_like(a);
+    for (auto _ : state) run_kernel([&] { b.copy_(a); });
+    const double bytes = 2.0 * kProbeFloats * sizeof(float) * kCudaRepeats;  // read + write
+    state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
+    return;
+  }
   auto a = at::rand({kProbeFloats}), b = at::empty_like(a);
   const float* src = a.data_ptr<float>();
   float* dst = b.data_ptr<float>();
@@ -63,6 +100,14 @@ void BM_Probe_Copy(benchmark::State& state) {
 }
 
 void BM_Probe_Triad(benchmark::State& state) {
+  if (g_cuda) {  // a = b + 3 c through ATen's fused elementwise kernel
+    auto a = at::empty({kProbeFloats}, device_options()), b = at::rand({kProbeFloats}, device_options()),
+         c = at::rand({kProbeFloats}, device_options());
+    for (auto _ : state) run_kernel([&] { at::add_out(a, b, c, 3.0); });
+    const double bytes = 3.0 * kProbeFloats * sizeof(float) * kCudaRepeats;  // two reads + one write
+    state.SetBytesProcessed(static_cast<int64_t>(bytes) * state.iterations());
+    return;
+  }
   auto a = at::empty({kProbeFloats}), b = at::rand({kProbeFloats}), c = at::rand({kProbeFloats});
   float *pa = a.data_ptr<float>(), *pb = b.data_ptr<float>(), *pc = c.data_ptr<float>();
   for (auto _ : state) {
@@ -82,14 +127,15 @@ struct TableInputs {
   k::TableParams p;
   TableInputs() {
     at::manual_seed(0);
-    w = (at::randn({g_rows, g_cols}) * 0.02).to(at::kBFloat16);
-    grad = at::randn({g_rows, g_cols}).to(at::kBFloat16);
+    const auto o = device_options();
+    w = (at::randn({g_rows, g_cols}) * 0.02).to(at::kBFloat16).to(o.device());
+    grad = at::randn({g_rows, g_cols}).to(at::kBFloat16).to(o.device());
     out = at::empty_like(w);
-    table = at::randn({k::kTableSize});
-    slope = at::randn({k::kTableSize});
-    shift = at::randn({k::kTableSize});
-    counts = at::empty({k::kTableSize}, at::kLong);
-    sums = at::empty({k::kTableSize}, at::kDouble);
+    table = at::randn({k::kTableSize}, o);
+    slope = at::randn({k::kTableSize}, o);
+    shift = at::randn({k::kTableSize}, o);
+    counts = at::empty({k::kTableSize}, o.dtype(at::kLong));
+    sums = at::empty({k::kTableSize}, o.dtype(at::kDouble));
     p.weight = w.data_ptr();
     p.n = w.numel();
     p.dtype = k::DType::kBF16;
@@ -97,10 +143,32 @@ struct TableInputs {
   double n() const { return static_cast<double>(p.n); }
 };
 
+/// Runs the CPU kernel, or its CUDA twin on the default stream (failing the benchmark on a CUDA error).
+template <class Cpu, class Cuda>
+void launch(benchmark::State& state, Cpu&& cpu, Cuda&& cuda) {
+#if defined(EDKM_WITH_CUDA)
+  if (g_cuda) {
+    int err = 0;
+    run_kernel([&] { err = err ? err : cuda(); });
+    if (err) state.SkipWithError(("CUDA error " + std::to_string(err)).c_str());
+    return;
+  }
+#else
+  (void)cuda;
+  if (g_cuda) {
+    state.SkipWithError("edkm was built without its CUDA kernels");
+    return;
+  }
+#endif
+  cpu();
+}
+
 void BM_Table_Histogram(benchmark::State& state) {
   TableInputs in;
   for (auto _ : state) {
-    k::table_histogram_cpu(in.p, in.counts.data_ptr<int64_t>());
+    launch(
+        state, [&] { k::table_histogram_cpu(in.p, in.counts.data_ptr<int64_t>()); },
+        [&] { return CUDA_ONLY(k::table_histogram_cuda(in.p, in.counts.data_ptr<int64_t>(), nullptr)); });
     benchmark::DoNotOptimize(in.counts.data_ptr<int64_t>());
   }
   set_bandwidth_counters(state, 2 * in.n());  // reads the weight
@@ -109,7 +177,9 @@ void BM_Table_Histogram(benchmark::State& state) {
 void BM_Table_Gather(benchmark::State& state) {
   TableInputs in;
   for (auto _ : state) {
-    k::table_gather_cpu(in.p, in.table.data_ptr<float>(), in.out.data_ptr());
+    launch(
+        state, [&] { k::table_gather_cpu(in.p, in.table.data_ptr<float>(), in.out.data_ptr()); },
+        [&] { return CUDA_ONLY(k::table_gather_cuda(in.p, in.table.data_ptr<float>(), in.out.data_ptr(), nullptr)); });
     benchmark::ClobberMemory();
   }
   set_bandwidth_counters(state, 4 * in.n());  // reads the weight, writes W_soft
@@ -118,7 +188,11 @@ void BM_Table_Gather(benchmark::State& state) {
 void BM_Table_ScatterAdd(benchmark::State& state) {
   TableInputs in;
   for (auto _ : state) {
-    k::table_scatter_add_cpu(in.p, in.grad.data_ptr(), in.sums.data_ptr<double>());
+    launch(
+        state, [&] { k::table_scatter_add_cpu(in.p, in.grad.data_ptr(), in.sums.data_ptr<double>()); },
+        [&] {
+          return CUDA_ONLY(k::table_scatter_add_cuda(in.p, in.grad.data_ptr(), in.sums.data_ptr<double>(), nullptr));
+        });
     benchmark::DoNotOptimize(in.sums.data_ptr<double>());
   }
   set_bandwidth_counters(state, 4 * in.n());  // reads the weight and the gradient
@@ -127,8 +201,16 @@ void BM_Table_ScatterAdd(benchmark::State& state) {
 void BM_Table_Backward(benchmark::State& state) {
   TableInputs in;
   for (auto _ : state) {
-    k::table_backward_cpu(in.p, in.grad.data_ptr(), in.slope.data_ptr<float>(), in.shift.data_ptr<float>(),
-                          in.out.data_ptr());
+    launch(
+        state,
+        [&] {
+          k::table_backward_cpu(in.p, in.grad.data_ptr(), in.slope.data_ptr<float>(), in.shift.data_ptr<float>(),
+                                in.out.data_ptr());
+        },
+        [&] {
+          return CUDA_ONLY(k::table_backward_cuda(in.p, in.grad.data_ptr(), in.slope.data_ptr<float>(),
+                                                  in.shift.data_ptr<float>(), in.out.data_ptr(), nullptr));
+        });
     benchmark::ClobberMemory();
   }
   set_bandwidth_counters(state, 6 * in.n());  // reads weight and gradient, writes dL/dw
@@ -144,13 +226,15 @@ edkm::DKMOptions engine_options(edkm::Engine e) {
 double time_forward_backward(benchmark::State& state, edkm::Engine engine, int64_t rows) {
   at::manual_seed(0);
   const auto opts = engine_options(engine);
-  auto w = (at::randn({rows, g_cols}) * 0.02).to(at::kBFloat16);
-  auto grad = at::randn({rows, g_cols}).to(at::kBFloat16);
+  auto w = (at::randn({rows, g_cols}) * 0.02).to(at::kBFloat16).to(device_options().device());
+  auto grad = at::randn({rows, g_cols}).to(at::kBFloat16).to(w.device());
   auto c = edkm::functional::init_centroids(w, opts);
   for (auto _ : state) {
-    auto wr = w.detach().requires_grad_(true);
-    edkm::functional::dkm_cluster(wr, c, opts).weight.backward(grad);
-    benchmark::DoNotOptimize(wr.grad().data_ptr());
+    run_kernel([&] {
+      auto wr = w.detach().requires_grad_(true);
+      edkm::functional::dkm_cluster(wr, c, opts).weight.backward(grad);
+      benchmark::DoNotOptimize(wr.grad().data_ptr());
+    });
   }
   return static_cast<double>(w.numel());
 }
@@ -161,18 +245,25 @@ void BM_TableEngine_ForwardBackward(benchmark::State& state) {
   set_bandwidth_counters(state, 16.0 * n);
 }
 
+void set_weight_rate(benchmark::State& state, double n) {
+  state.counters["weights_per_s"] =
+      benchmark::Counter(n * state.iterations() * (g_cuda ? kCudaRepeats : 1), benchmark::Counter::kIsRate);
+}
+
 void BM_Streaming_Forward(benchmark::State& state) {
   at::manual_seed(0);
   const auto opts = engine_options(edkm::Engine::kStreaming);
-  auto w = (at::randn({g_stream_rows, g_cols}) * 0.02).to(at::kBFloat16);
+  auto w = (at::randn({g_stream_rows, g_cols}) * 0.02).to(at::kBFloat16).to(device_options().device());
   auto c = edkm::functional::init_centroids(w, opts);
   for (auto _ : state) {
-    auto y = edkm::functional::dkm_cluster(w, c, opts).weight;
-    benchmark::DoNotOptimize(y.data_ptr());
+    run_kernel([&] {
+      auto y = edkm::functional::dkm_cluster(w, c, opts).weight;
+      benchmark::DoNotOptimize(y.data_ptr());
+    });
   }
   const double es = 2, n = static_cast<double>(w.numel()), T = static_cast<double>(opts.max_iter());
   set_bandwidth_counters(state, (T + 1) * n * es + n * es);  // T stats + 1 output pass read w; output writes
-  state.counters["weights_per_s"] = benchmark::Counter(n * state.iterations(), benchmark::Counter::kIsRate);
+  set_weight_rate(state, n);
 }
 
 void BM_Streaming_ForwardBackward(benchmark::State& state) {
@@ -180,7 +271,7 @@ void BM_Streaming_ForwardBackward(benchmark::State& state) {
   const double es = 2, T = static_cast<double>(engine_options(edkm::Engine::kStreaming).max_iter());
   // forward: (T + 1) reads + 1 write; backward: (1 + (T - 1) + 1) passes reading w and g + 1 write
   set_bandwidth_counters(state, ((T + 1) * n + n + (T + 1) * 2 * n + n) * es);
-  state.counters["weights_per_s"] = benchmark::Counter(n * state.iterations(), benchmark::Counter::kIsRate);
+  set_weight_rate(state, n);
 }
 
 /// Console output as usual, and every run kept for the JSON / Markdown / SVG.
@@ -205,17 +296,32 @@ int main(int argc, char** argv) try {
   // Our flags first (Google Benchmark rejects unknown ones).
   std::string out = "benchmarks/results/kernels_cpu";
   bool quick = false;
+  std::string device = "cpu";
   std::vector<char*> rest = {argv[0]};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick")
       quick = true;
+    else if (a == "--device" && i + 1 < argc)
+      device = argv[++i];
     else if (a == "--out" && i + 1 < argc)
       out = argv[++i];
     else
       rest.push_back(argv[i]);
   }
-  if (quick) g_rows = 4096, g_stream_rows = 128;
+  if (device == "cuda") {
+    if (!torch::cuda::is_available()) {
+      std::cerr << "edkm_bench_kernels: --device cuda, but no CUDA device is available\n";
+      return 77;
+    }
+    g_cuda = true;
+    g_stream_rows = 4096;  // the GPU runs the full LLaMA-7B shapes even with --quick
+  } else if (device != "cpu") {
+    std::cerr << "edkm_bench_kernels: --device must be cpu or cuda, got '" << device << "'\n";
+    return 2;
+  } else if (quick) {
+    g_rows = 4096, g_stream_rows = 128;
+  }
   const double min_time = quick ? 0.2 : 1.0;
   const std::string shape = std::to_string(g_rows) + "x" + std::to_string(g_cols);
   const std::string sshape = std::to_string(g_stream_rows) + "x" + std::to_string(g_cols);
@@ -265,16 +371,25 @@ int main(int argc, char** argv) try {
                     {"bandwidth_fraction", g_bandwidth > 0 ? bps / g_bandwidth : 0.0},
                     {"weights_per_second", counter(r, "weights_per_s")}});
   }
+  std::ostringstream cmd;
+  for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
   nlohmann::json doc = {{"benchmark", "kernels"},
                         {"machine", machine},
+                        {"device", device},
+                        {"command", cmd.str()},
                         {"threads", at::get_num_threads()},
                         {"bandwidth_bytes_per_second", g_bandwidth},
                         {"rows", rows}};
   edkm::write_text_file(out + ".json", doc.dump(2) + "\n");
 
   std::ostringstream md;
-  md << "# Kernel benchmarks (CPU)\n\nMachine: " << machine << ", " << at::get_num_threads()
-     << " thread(s). Memory bandwidth measured in the same run (best of the copy / triad probes): " << std::fixed
+  md << "# Kernel benchmarks (" << (g_cuda ? "CUDA" : "CPU") << ")\n\nMachine: " << machine << ", ";
+  if (g_cuda)
+    md << "kernels on the GPU, " << kCudaRepeats << " launches per synchronisation";
+  else
+    md << at::get_num_threads() << " thread(s)";
+  md << ". Command: `" << cmd.str()
+     << "`. Memory bandwidth measured in the same run (best of the copy / triad probes): " << std::fixed
      << std::setprecision(2) << g_bandwidth / 1e9
      << " GB/s.\n\n| kernel | shape | time ms | GB/s | fraction of bandwidth | Mweights/s "
         "|\n|---|---|---|---|---|---|\n";

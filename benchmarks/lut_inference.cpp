@@ -7,6 +7,11 @@
 //
 //   edkm_bench_lut_inference --out benchmarks/results/lut_inference \
 //       [--decode smollm2-4bit=out4/model.edkm.safetensors --decode smollm2-3bit=out3/model.edkm.safetensors]
+//   edkm_bench_lut_inference --device cuda --shapes 4096x4096,11008x4096,4096x11008 --out OUT
+//
+// --device cuda times the CUDA LUT-GEMV against cuBLAS (fp32, bf16 and fp16) with HBM bandwidth
+// from a device-to-device copy probe; every measurement launches a batch of calls and then
+// synchronises once (time per call = batch time / calls). Decode runs on the CPU only.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <edkm/checkpoint.h>
@@ -14,9 +19,11 @@
 #include <edkm/llama.h>
 #include <edkm/llama_runtime.h>
 #include <edkm/palettized_linear.h>
+#include <torch/cuda.h>
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -32,16 +39,25 @@ using json = nlohmann::json;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// Median seconds of f over repetitions filling ~min_time (at least 5).
+bool g_cuda = false;            // --device cuda
+constexpr int kCudaBatch = 20;  // calls per synchronisation on the GPU
+
+// Median seconds per call of f over repetitions filling ~min_time (at least 5). On the GPU a
+// repetition is kCudaBatch calls and one synchronisation.
 template <class F>
 double time_it(F&& f, double min_time) {
-  f();  // warm
+  const int calls = g_cuda ? kCudaBatch : 1;
+  auto once = [&] {
+    for (int i = 0; i < calls; ++i) f();
+    if (g_cuda) torch::cuda::synchronize();
+  };
+  once();  // warm
   std::vector<double> t;
   const auto start = Clock::now();
   while (t.size() < 5 || seconds_since(start) < min_time) {
     const auto s = Clock::now();
-    f();
-    t.push_back(seconds_since(s));
+    once();
+    t.push_back(seconds_since(s) / calls);
     if (t.size() > 100000) break;
   }
   std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
@@ -49,10 +65,10 @@ double time_it(F&& f, double min_time) {
 }
 
 // Copy probe: bytes read + written per second over a buffer far larger than the caches, with
-// LibTorch's threads.
-double copy_bandwidth(double min_time) {
-  const int64_t n = int64_t{1} << 26;  // 256 MiB of fp32 each way
-  at::Tensor a = at::ones({n}), b = at::empty({n});
+// LibTorch's threads (or device to device on the GPU: 1 GiB each way, past the H200's L2).
+double copy_bandwidth(double min_time, at::Device device) {
+  const int64_t n = int64_t{1} << (g_cuda ? 28 : 26);  // fp32 elements each way
+  at::Tensor a = at::ones({n}, device), b = at::empty({n}, device);
   const double s = time_it([&] { b.copy_(a); }, min_time);
   return 2.0 * 4.0 * static_cast<double>(n) / s;
 }
@@ -81,21 +97,34 @@ int main(int argc, char** argv) try {
   app.add_option("--prompt-tokens", prompt_tokens)->capture_default_str();
   app.add_option("--min-time", min_time, "seconds per measurement")->capture_default_str();
   app.add_option("--threads", threads, "LibTorch threads (default: all cores)");
+  std::string device_name = "cpu";
+  app.add_option("--device", device_name, "cpu or cuda (the GEMVs; decode runs on the CPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   app.add_option("--out", out, "write OUT.json, OUT.md and OUT.svg")->required();
   CLI11_PARSE(app, argc, argv);
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
   at::NoGradGuard ng;
+  g_cuda = device_name == "cuda";
+  if (g_cuda && !torch::cuda::is_available()) {
+    std::cerr << "edkm_bench_lut_inference: --device cuda, but no CUDA device is available\n";
+    return 77;
+  }
+  TORCH_CHECK(!g_cuda || decodes.empty(), "--decode runs on the CPU only; drop it with --device cuda");
+  const at::Device device(g_cuda ? at::kCUDA : at::kCPU);
+  const std::string isa = g_cuda ? "cuda" : edkm::functional::lut_kernel_isa();
 
-  const double bandwidth = copy_bandwidth(min_time);
-  std::cout << "copy probe: " << fixed(bandwidth / 1e9, 2)
-            << " GB/s (read + write), LUT kernels: " << edkm::functional::lut_kernel_isa() << ", "
-            << at::get_num_threads() << " threads\n";
+  const double bandwidth = copy_bandwidth(min_time, device);
+  std::cout << "copy probe: " << fixed(bandwidth / 1e9, 2) << " GB/s (read + write), LUT kernels: " << isa << ", "
+            << (g_cuda ? "GPU" : std::to_string(at::get_num_threads()) + " threads") << "\n";
   json gemv = json::array();
   std::ostringstream md;
   md << "| shape (out x in) | bits | LUT-GEMV us | GB/s | % of copy bandwidth | fp32 us | bf16 us | x faster than fp32 "
-        "| x faster than bf16 |\n|---|---|---|---|---|---|---|---|---|\n";
+        "| x faster than bf16 |"
+     << (g_cuda ? " fp16 us | x faster than fp16 | warp-per-row kernel us |" : "")
+     << "\n|---|---|---|---|---|---|---|---|---|" << (g_cuda ? "---|---|---|" : "") << "\n";
   edkm::bench::BarChart chart;
-  chart.title = "LUT-GEMV speed-up over LibTorch fp32 (batch 1)";
+  chart.title = std::string("LUT-GEMV speed-up over LibTorch fp32 (batch 1") + (g_cuda ? ", CUDA)" : ")");
   chart.machine = edkm::bench::machine_name();
   chart.y_label = "x faster than fp32 matmul";
   std::map<int64_t, std::vector<double>> speedups;
@@ -104,18 +133,29 @@ int main(int argc, char** argv) try {
     TORCH_CHECK(shape.size() == 2, "--shapes: ", s, " is not OUTxIN");
     const int64_t o = shape[0], i = shape[1];
     chart.categories.push_back(s);
-    const at::Tensor w = at::randn({o, i}), x = at::randn({1, i});
-    const at::Tensor wb = w.to(at::kBFloat16), xb = x.to(at::kBFloat16);
-    const double t32 = time_it([&] { at::linear(x, w); }, min_time);
+    const at::Tensor w = at::randn({o, i}), x = at::randn({1, i}, device);
+    const at::Tensor wd = w.to(device), wb = wd.to(at::kBFloat16), xb = x.to(at::kBFloat16);
+    const double t32 = time_it([&] { at::linear(x, wd); }, min_time);
     const double t16 = time_it([&] { at::linear(xb, wb); }, min_time);
+    double th = 0;  // fp16: the GPU kernels' usual baseline (SqueezeLLM's anchor)
+    if (g_cuda) {
+      const at::Tensor wh = wd.to(at::kHalf), xh = x.to(at::kHalf);
+      th = time_it([&] { at::linear(xh, wh); }, min_time);
+    }
     for (const auto& bs : edkm::bench::split(bits_list)) {
       const int64_t bits = std::stoll(bs);
       auto opts = edkm::DKMOptions(bits);
       if (rows_per_lut > 0) opts.granularity(edkm::Granularity::kPerGroupedChannel).group_size(rows_per_lut);
       const int64_t groups = rows_per_lut > 0 ? o / rows_per_lut : 1;
       const auto pal = edkm::Palette::from_centroids(w, at::randn({groups, int64_t{1} << bits, 1}), opts);
-      edkm::PalettizedLinear fc(pal);
+      edkm::PalettizedLinear fc(edkm::PackedWeight::from_palette(pal).to(device));
       const double t = time_it([&] { fc(x); }, min_time);
+      double t_warp = 0;  // the CUDA warp-per-row kernel the tiled one replaces where it can
+      if (g_cuda) {
+        ::setenv("EDKM_LUT_CUDA_KERNEL", "warp", 1);
+        t_warp = time_it([&] { fc(x); }, min_time);
+        ::unsetenv("EDKM_LUT_CUDA_KERNEL");
+      }
       const double bytes = static_cast<double>(fc->packed.resident_bytes() + 4 * (i + o));
       const double gbs = bytes / t / 1e9;
       gemv.push_back({{"shape", s},
@@ -129,10 +169,18 @@ int main(int argc, char** argv) try {
                       {"bandwidth_fraction", bytes / t / bandwidth},
                       {"speedup_vs_fp32", t32 / t},
                       {"speedup_vs_bf16", t16 / t}});
+      if (g_cuda) {
+        gemv.back()["fp16_seconds"] = th;
+        gemv.back()["speedup_vs_fp16"] = th / t;
+        gemv.back()["warp_kernel_seconds"] = t_warp;
+      }
       speedups[bits].push_back(t32 / t);
       md << "| " << s << " | " << bits << " | " << fixed(t * 1e6, 1) << " | " << fixed(gbs, 2) << " | "
          << fixed(100 * bytes / t / bandwidth, 1) << "% | " << fixed(t32 * 1e6, 1) << " | " << fixed(t16 * 1e6, 1)
-         << " | " << fixed(t32 / t, 2) << " | " << fixed(t16 / t, 2) << " |\n";
+         << " | " << fixed(t32 / t, 2) << " | " << fixed(t16 / t, 2) << " |";
+      if (g_cuda)
+        md << " " << fixed(th * 1e6, 1) << " | " << fixed(th / t, 2) << " | " << fixed(t_warp * 1e6, 1) << " |";
+      md << "\n";
       std::cout << s << " " << bits << "-bit: " << fixed(t * 1e6, 1) << " us (" << fixed(gbs, 2) << " GB/s, "
                 << fixed(100 * bytes / t / bandwidth, 1) << "% of copy), fp32 " << fixed(t32 * 1e6, 1) << " us, bf16 "
                 << fixed(t16 * 1e6, 1) << " us\n";
@@ -210,18 +258,25 @@ int main(int argc, char** argv) try {
   const json doc = {{"machine", edkm::bench::machine_name()},
                     {"command", cmd.str()},
                     {"threads", at::get_num_threads()},
-                    {"lut_kernel_isa", edkm::functional::lut_kernel_isa()},
+                    {"device", device_name},
+                    {"lut_kernel_isa", isa},
                     {"copy_bandwidth_bytes_per_s", bandwidth},
                     {"gemv", gemv},
                     {"decode", decode}};
   edkm::write_text_file(out + ".json", doc.dump(2) + "\n");
   std::ostringstream full;
   full << "# Palettized weights run packed: LUT-GEMV and decode\n\nMachine: " << edkm::bench::machine_name() << ", "
-       << at::get_num_threads() << " threads, LUT kernels " << edkm::functional::lut_kernel_isa() << ". Command: `"
-       << cmd.str() << "`\n\nCopy probe: " << fixed(bandwidth / 1e9, 2)
-       << " GB/s (bytes read + written per second, 256 MiB buffers). GEMV bytes = packed indices + LUTs + x + y; "
+       << (g_cuda ? std::string("GPU") : std::to_string(at::get_num_threads()) + " threads") << ", LUT kernels " << isa
+       << ". Command: `" << cmd.str() << "`\n\nCopy probe: " << fixed(bandwidth / 1e9, 2)
+       << " GB/s (bytes read + written per second, " << (g_cuda ? "1 GiB buffers, device to device" : "256 MiB buffers")
+       << "). GEMV bytes = packed indices + LUTs + x + y; "
           "batch 1; the median of repeated calls (small shapes stay in the caches between calls, so their GB/s "
-          "can pass the DRAM copy figure).\n\n"
+          "can pass the DRAM copy figure)"
+       << (g_cuda
+               ? "; on the GPU each repetition is " + std::to_string(kCudaBatch) +
+                     " calls and one synchronisation, fp16 / bf16 / fp32 are LibTorch's cuBLAS GEMV on the dense weight"
+               : std::string())
+       << ".\n\n"
        << md.str();
   if (!decodes.empty())
     full << "\n## Decode (batch 1, greedy, KV cache)\n\nPrefill of " << prompt_tokens << " tokens, then "

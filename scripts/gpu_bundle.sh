@@ -31,7 +31,8 @@ case " ${TORCH_CUDA_ARCH_LIST//;/ } " in
 esac
 
 tests=(dkm_test memory_test offload_test palettizer_test nn_test)   # every file with a GPU test
-benches=(edkm_bench_ablation edkm_bench_dkm_memory edkm_bench_kernels edkm_bench_utils_memory edkm_bench_chart)
+benches=(edkm_bench_ablation edkm_bench_dkm_memory edkm_bench_kernels edkm_bench_lut_inference edkm_bench_utils_memory
+  edkm_bench_chart)
 examples=(edkm_llama_compress)                                      # trains on --device cuda
 
 # EDKM_CUDA=ON: a build that silently fell back to CPU kernels would make the GPU check pointless.

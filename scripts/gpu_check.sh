@@ -21,9 +21,11 @@ root="$(cd "$here/.." && pwd)"
 bundle="${EDKM_GPU_BUNDLE_DIR:-$root/gpu_bundle}"
 bin="$bundle/bin"
 py="${EDKM_GPU_PYTHON:-python3}"
-steps=(gpu_tests memcheck racecheck ablation dkm_memory llama_compress utils_memory kernels lut_inference peers)
-declare -A budget=([gpu_tests]=80 [memcheck]=70 [racecheck]=50 [ablation]=120 [dkm_memory]=40
-  [llama_compress]=40 [utils_memory]=45 [kernels]=30 [lut_inference]=5 [peers]=60)
+# Order: correctness first, then the short kernel benchmarks (the figures a first run must bring
+# back), then the sanitizers and the long benchmarks.
+steps=(gpu_tests kernels lut_inference memcheck racecheck ablation dkm_memory llama_compress utils_memory peers)
+declare -A budget=([gpu_tests]=80 [kernels]=60 [lut_inference]=30 [memcheck]=70 [racecheck]=50 [ablation]=120
+  [dkm_memory]=40 [llama_compress]=40 [utils_memory]=45 [peers]=60)
 
 # --- steps: each runs in its own process under `timeout`; return 77 = skipped by design ----------
 gpu_filter='*Cuda*:*CUDA*:*Gpu*:*GPU*:DKMBadInput.*'   # DKMBadInput: its device-mismatch case needs a GPU
@@ -83,13 +85,13 @@ step_llama_compress() {  # the llama_compress ctest's settings, on cuda: fails u
     --optimizer adamw-bf16 --out "$out/llama_compress"
 }
 step_utils_memory() { "$bin/edkm_bench_utils_memory" --device cuda --repeats 1 --out "$out/bench/utils_memory_cuda"; }
-step_kernels() {
-  echo "note: edkm_bench_kernels measures the CPU kernels (it has no CUDA benchmarks): this machine's CPU"
+step_kernels() {  # the CUDA kernels at % of the HBM bandwidth a copy probe measures; then this machine's CPU
+  "$bin/edkm_bench_kernels" --device cuda --out "$out/bench/kernels_cuda"
   "$bin/edkm_bench_kernels" --quick --out "$out/bench/kernels_cpu"
 }
-step_lut_inference() {
-  echo "skipped: edkm_bench_lut_inference has no GPU part (CPU LUT kernels; the CUDA ones: PalettizedLinear.Cuda*)"
-  return 77
+step_lut_inference() {  # the CUDA LUT-GEMV at LLaMA-7B shapes (and its head) against cuBLAS fp16 / bf16 / fp32
+  "$bin/edkm_bench_lut_inference" --device cuda --shapes 4096x4096,11008x4096,4096x11008,32000x4096 --bits 3,4,8 \
+    --min-time 0.1 --out "$out/bench/lut_inference_cuda"
 }
 step_peers() {
   if ! "$py" -c 'import coremltools.optimize.torch, safetensors' >/dev/null 2>&1; then
@@ -179,6 +181,8 @@ fi
 nv="$(ls -d "$torch_dir"/../nvidia/*/lib 2>/dev/null | tr '\n' ':' || true)"
 export LD_LIBRARY_PATH="$bundle/lib:$torch_dir/lib:$nv${LD_LIBRARY_PATH:-}"
 export EDKM_REQUIRE_GPU=1
+# Every result file names this machine (benchmarks read EDKM_BENCH_MACHINE).
+export EDKM_BENCH_MACHINE="${EDKM_BENCH_MACHINE:-$(query name) ($(query memory.total), driver $(query driver_version)), $(nproc) CPU cores}"
 # Several processes may share the GPU unless its compute mode is exclusive (then one at a time).
 EDKM_GPU_SHARED=0
 [ "$(query compute_mode)" != Default ] || EDKM_GPU_SHARED=1

@@ -7,6 +7,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/lut_math.h"
 #include "temp_dir.h"
 #include "test_util.h"
@@ -194,18 +197,56 @@ TEST(PalettizedLinear, BadInputIsRefusedByName) {
   test::expect_error([&] { functional::lut_linear(at::randn({1, 16}), w); }, {"contiguous bytes"});
 }
 
+// The tiled CUDA GEMV unpacks a run of 32 indices from BITS aligned words: the same indices as
+// the byte-pair unpack every other path uses, for every width (checked here on the CPU).
+template <int BITS>
+void expect_word_unpack_matches_stream(const std::vector<uint8_t>& bytes) {
+  std::vector<uint32_t> words(bytes.size() / 4);
+  std::memcpy(words.data(), bytes.data(), words.size() * 4);
+  const int64_t runs = static_cast<int64_t>(words.size() / BITS) - 1;
+  for (int64_t run = 0; run < runs; ++run)
+    for (int j = 0; j < 32; ++j)
+      ASSERT_EQ(kernels::lut_index_in_words<BITS>(words.data() + run * BITS, j),
+                kernels::lut_index_at(bytes.data(), static_cast<uint64_t>(run * 32 + j) * BITS, BITS))
+          << BITS << " bits, run " << run << ", index " << j;
+}
+
+TEST(PalettizedLinear, WordAlignedUnpackMatchesTheByteStream) {
+  std::vector<uint8_t> bytes(4 * 8 * 64 + 16);
+  uint32_t state = 12345;
+  for (auto& b : bytes) b = static_cast<uint8_t>((state = state * 1664525u + 1013904223u) >> 24);
+  expect_word_unpack_matches_stream<1>(bytes);
+  expect_word_unpack_matches_stream<2>(bytes);
+  expect_word_unpack_matches_stream<3>(bytes);
+  expect_word_unpack_matches_stream<4>(bytes);
+  expect_word_unpack_matches_stream<5>(bytes);
+  expect_word_unpack_matches_stream<6>(bytes);
+  expect_word_unpack_matches_stream<7>(bytes);
+  expect_word_unpack_matches_stream<8>(bytes);
+}
+
+// Both CUDA GEMV kernels (tiled: in % 32 == 0; warp: any shape, or forced by
+// EDKM_LUT_CUDA_KERNEL=warp) and the decode / GEMM path against the CPU kernels, every width;
+// 40 x 11008 with 4 rows stages 190 KB of x (past the 48 KB default: the opt-in limit).
 TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
   EDKM_SKIP_WITHOUT_GPU();
-  for (int64_t bits : {1, 3, 4, 5, 8}) {
-    for (const Case& c : {Case{70000, 8, bits, 1, true}, Case{96, 576, bits, 16, false}}) {
+  for (int64_t bits = 1; bits <= 8; ++bits) {
+    for (const Case& c :
+         {Case{70000, 8, bits, 1, true}, Case{96, 576, bits, 16, false}, Case{40, 11008, bits, 0, true}}) {
       const Palette pal = make_palette(c, 40 + bits);
       PalettizedLinear cpu(pal);
       PalettizedLinear gpu(pal);
       gpu->to(at::kCUDA);
-      for (int64_t m : {1, 4, 7}) {
-        const at::Tensor x = at::randn({m, c.in});
-        expect_close(gpu(x.cuda()).cpu(), cpu(x), c.in, "cuda bits " + std::to_string(bits));
+      for (const char* kernel : {"", "warp"}) {
+        ::setenv("EDKM_LUT_CUDA_KERNEL", kernel, 1);
+        for (int64_t m : {1, 4, 7}) {
+          const at::Tensor x = at::randn({m, c.in});
+          expect_close(gpu(x.cuda()).cpu(), cpu(x), c.in,
+                       "cuda bits " + std::to_string(bits) + " " + std::to_string(c.out) + "x" + std::to_string(c.in) +
+                           " m " + std::to_string(m) + " kernel " + (*kernel ? kernel : "default"));
+        }
       }
+      ::unsetenv("EDKM_LUT_CUDA_KERNEL");
       PalettizedEmbedding emb(pal);
       PalettizedEmbedding emb_gpu(pal);
       emb_gpu->to(at::kCUDA);

@@ -34,6 +34,16 @@ EDKM_HOST_DEVICE uint32_t lut_index_at(const uint8_t* packed, uint64_t bit, int3
   return (v >> (bit & 7)) & ((1u << bits) - 1u);
 }
 
+/// Index j (0..31) of a run of 32 indices packed LSB-first in BITS little-endian 32-bit words
+/// (a 32-index run is exactly BITS words: the word-aligned unpack of the tiled CUDA GEMV).
+template <int BITS>
+EDKM_HOST_DEVICE uint32_t lut_index_in_words(const uint32_t* words, int j) {
+  const int bit = j * BITS, word = bit >> 5, off = bit & 31;
+  uint32_t v = words[word] >> off;
+  if (off + BITS > 32) v |= words[word + 1] << (32 - off);
+  return v & ((1u << BITS) - 1u);
+}
+
 /// W[r, c] without the scale.
 EDKM_HOST_DEVICE float lut_weight(const LutParams& p, int64_t r, int64_t c) {
   const uint64_t bit = (static_cast<uint64_t>(r) * static_cast<uint64_t>(p.in) + static_cast<uint64_t>(c)) *
@@ -71,7 +81,9 @@ void lut_gemv_cpu(const LutParams& p, const float* x, int64_t m, float* y);
 void lut_decode_cpu(const LutParams& p, int64_t r0, int64_t r1, float* out);
 
 #if defined(EDKM_WITH_CUDA)
-// CUDA (kernels/cuda/lut_kernel.cu); return a cudaError_t value (0 = success).
+// CUDA (kernels/cuda/lut_kernel.cu); return a cudaError_t value (0 = success). The GEMV takes the
+// tiled kernel (word-aligned unpack, x staged in shared memory) when in % 32 == 0 and x fits in
+// shared memory, else the warp-per-row kernel; EDKM_LUT_CUDA_KERNEL=warp forces the latter.
 int lut_gemv_cuda(const LutParams& p, const float* x, int64_t m, float* y, void* stream);
 int lut_decode_cuda(const LutParams& p, int64_t r0, int64_t r1, float* out, void* stream);
 #endif

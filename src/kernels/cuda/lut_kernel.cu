@@ -1,10 +1,18 @@
-// CUDA twin of kernels/cpu/lut_kernel.cpp: the LUT-GEMV (one warp per output row, the row's LUT
-// in shared memory, every lane unpacking its own indices with the shared lut_math.h) and the
-// decode of rows into a dense fp32 tile (the LUT-GEMM multiplies that tile with cuBLAS). No ATen
-// here: raw pointers, a params struct and a stream.
+// CUDA twin of kernels/cpu/lut_kernel.cpp: the LUT-GEMV and the decode of rows into a dense fp32
+// tile (the LUT-GEMM multiplies that tile with cuBLAS). No ATen here: raw pointers, a params
+// struct and a stream. Two GEMV kernels, both one warp per output row with the row's LUT in
+// shared memory:
+//  - tiled (in % 32 == 0, x fits in shared memory): x staged once per block in shared memory, each
+//    lane loading a run of 32 indices as BITS aligned 32-bit words (a warp reads 128 * BITS
+//    contiguous bytes) and unpacking them in registers (lut_index_in_words, compile-time BITS);
+//  - warp (any shape): every lane unpacks its own indices two bytes at a time (lut_index_at).
+// EDKM_LUT_CUDA_KERNEL=warp forces the second (benchmarks compare them).
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/lut_math.h"
 
@@ -39,6 +47,107 @@ __global__ void lut_gemv_kernel(LutParams p, const float* __restrict__ x, int m,
   }
 }
 
+constexpr int kTiledWarps = 8;
+
+// x staged with one padding float per 32 (column c at c + c / 32): lane L reading column
+// 32 (L + 32 k) + j of its run hits bank (33 L + j) % 32 = (L + j) % 32, no two lanes alike.
+__host__ __device__ __forceinline__ int64_t padded_column(int64_t c) { return c + (c >> 5); }
+
+template <int BITS>
+__global__ void __launch_bounds__(kTiledWarps * 32)
+    lut_gemv_tiled_kernel(LutParams p, const float* __restrict__ x, int m, float* __restrict__ y) {
+  extern __shared__ float smem[];
+  const int64_t xs = padded_column(p.in);  // floats per staged row of x
+  float* s_x = smem;                       // m x xs
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* s_lut = smem + int64_t(m) * xs + warp * 256;
+  for (int64_t i = threadIdx.x; i < int64_t(m) * p.in; i += blockDim.x) {
+    const int64_t j = i / p.in, c = i - j * p.in;
+    s_x[j * xs + padded_column(c)] = x[i];
+  }
+  __syncthreads();
+  const int64_t runs = p.in / 32;  // 32-index runs per row, BITS words each
+  const uint32_t* packed = reinterpret_cast<const uint32_t*>(p.packed);
+  for (int64_t r = int64_t(blockIdx.x) * kTiledWarps + warp; r < p.out; r += int64_t(gridDim.x) * kTiledWarps) {
+    const float* lut = p.lut + (r / p.rows_per_lut) * p.lut_stride;
+    __syncwarp();
+    for (int k = lane; k < (1 << BITS); k += 32) s_lut[k] = lut[k];
+    __syncwarp();
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    const uint32_t* row = packed + r * runs * BITS;
+    for (int64_t run = lane; run < runs; run += 32) {
+      uint32_t w[BITS];
+#pragma unroll
+      for (int b = 0; b < BITS; ++b) w[b] = __ldg(row + run * BITS + b);
+      const float* xr = s_x + run * 33;  // padded_column(32 run)
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        const float wt = s_lut[lut_index_in_words<BITS>(w, j)];
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          if (q < m) acc[q] = __fmaf_rn(wt, xr[q * xs + j], acc[q]);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      float v = acc[q];
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+      if (lane == 0 && q < m) y[q * p.out + r] = lut_finish(p, r, v);
+    }
+  }
+}
+
+template <int BITS>
+int launch_tiled(const LutParams& p, const float* x, int m, float* y, size_t smem, int blocks, cudaStream_t stream) {
+  auto kernel = lut_gemv_tiled_kernel<BITS>;
+  if (smem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return static_cast<int>(e);
+  }
+  kernel<<<static_cast<unsigned>(blocks), kTiledWarps * 32, smem, stream>>>(p, x, m, y);
+  return static_cast<int>(cudaGetLastError());
+}
+
+bool warp_kernel_forced() {
+  const char* k = std::getenv("EDKM_LUT_CUDA_KERNEL");
+  return k && std::strcmp(k, "warp") == 0;
+}
+
+// The tiled kernel when the shape and the device allow it; -1 when they do not.
+int try_tiled(const LutParams& p, const float* x, int64_t m, float* y, cudaStream_t stream) {
+  if (p.in % 32 != 0 || reinterpret_cast<uintptr_t>(p.packed) % 4 != 0 || p.bits < 1 || p.bits > 8 ||
+      p.lut_stride != (int64_t{1} << p.bits) || warp_kernel_forced())
+    return -1;
+  int device = 0, smem_max = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return -1;
+  const size_t smem = sizeof(float) * static_cast<size_t>(m * padded_column(p.in) + kTiledWarps * 256);
+  if (smem > static_cast<size_t>(smem_max)) return -1;
+  // Two blocks per SM, each walking rows grid-stride: x is staged once per block.
+  const int blocks = static_cast<int>(std::min<int64_t>((p.out + kTiledWarps - 1) / kTiledWarps, 2 * int64_t{sms}));
+  const int mi = static_cast<int>(m);
+  switch (p.bits) {
+    case 1:
+      return launch_tiled<1>(p, x, mi, y, smem, blocks, stream);
+    case 2:
+      return launch_tiled<2>(p, x, mi, y, smem, blocks, stream);
+    case 3:
+      return launch_tiled<3>(p, x, mi, y, smem, blocks, stream);
+    case 4:
+      return launch_tiled<4>(p, x, mi, y, smem, blocks, stream);
+    case 5:
+      return launch_tiled<5>(p, x, mi, y, smem, blocks, stream);
+    case 6:
+      return launch_tiled<6>(p, x, mi, y, smem, blocks, stream);
+    case 7:
+      return launch_tiled<7>(p, x, mi, y, smem, blocks, stream);
+    default:
+      return launch_tiled<8>(p, x, mi, y, smem, blocks, stream);
+  }
+}
+
 __global__ void lut_decode_kernel(LutParams p, int64_t r0, int64_t r1, float* __restrict__ out) {
   const int64_t n = (r1 - r0) * p.in;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -52,6 +161,8 @@ __global__ void lut_decode_kernel(LutParams p, int64_t r0, int64_t r1, float* __
 
 int lut_gemv_cuda(const LutParams& p, const float* x, int64_t m, float* y, void* stream) {
   if (p.out == 0) return 0;
+  const int tiled = try_tiled(p, x, m, y, static_cast<cudaStream_t>(stream));
+  if (tiled >= 0) return tiled;
   const int64_t blocks = std::min<int64_t>((p.out + kWarps - 1) / kWarps, int64_t{1} << 20);
   lut_gemv_kernel<<<static_cast<unsigned>(blocks), kWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(
       p, x, static_cast<int>(m), y);
