@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/stream_isa.h"
+#include "kernels/ops.h"
 #include "test_util.h"
 
 namespace edkm {
@@ -172,6 +173,49 @@ TEST(BackendOps, StreamingOnEveryBackendIncludingCuda) {
            stream(3), 1e-2, 1e-5, 2e-2},
       },
       /*cuda_only_case=*/false);
+}
+
+// The tensor-level op entries (kernels/ops.h) name the bad argument and never reach a kernel with
+// it; empty inputs return without a launch; every op equals its CPU twin on each device.
+TEST(BackendOps, OpEntriesCheckTheirArgumentsAndHandleEmptyInputs) {
+  namespace ops = kernels::ops;
+  const auto w = test::llm_like({64, 32}, 31, at::kBFloat16);
+  const auto table = at::randn({kernels::kTableSize});
+  test::expect_error([&] { ops::table_gather(w, table.narrow(0, 0, 100)); }, {"table must be 65536"});
+  test::expect_error([&] { ops::table_scatter_add(w, w.to(at::kFloat)); }, {"grad must be contiguous"});
+  test::expect_error([&] { ops::table_histogram(w.to(at::kDouble)); }, {"got Double"});
+  test::expect_error([&] { ops::table_histogram(w.t()); }, {"contiguous"});
+  const auto meta = at::empty({4}, at::TensorOptions().device(at::kMeta).dtype(at::kBFloat16));
+  test::expect_error([&] { ops::table_histogram(meta); }, {"CPU and CUDA tensors only"});
+  kernels::LutParams p;
+  p.in = 8;
+  p.out = 4;
+  test::expect_error([&] { ops::lut_gemv(p, at::zeros({5, 8}), at::zeros({5, 4})); }, {"at most 4 rows"});
+  test::expect_error([&] { ops::lut_decode(p, 3, 5, at::zeros({2, 8})); }, {"outside 0..4"});
+  kernels::StreamParams sp;
+  test::expect_error([&] { ops::stream_pass(sp, w); }, {"needs x"});
+  if (!ops::cuda_kernels_built()) {
+    EXPECT_NE(ops::unsupported_device(at::empty({1}, at::TensorOptions().device(at::kCUDA))), "");
+  }
+
+  for (const auto& b : backends()) {
+    if (b.isa != kernels::StreamIsa::kScalar) continue;  // the table ops have one CPU path
+    SCOPED_TRACE(b.name);
+    const auto empty = at::empty({0}, at::TensorOptions().device(b.device).dtype(at::kBFloat16));
+    EXPECT_EQ(ops::table_histogram(empty).sum().item<int64_t>(), 0);
+    EXPECT_EQ(ops::table_scatter_add(empty, empty).abs().sum().item<double>(), 0.0);
+    EXPECT_EQ(ops::table_gather(empty, table.to(b.device)).numel(), 0);
+    const auto wd = w.to(b.device), g = test::llm_like({64, 32}, 32, at::kBFloat16).to(b.device);
+    const auto counts = ops::table_histogram(wd).cpu();
+    EXPECT_EQ(counts.sum().item<int64_t>(), w.numel());
+    EXPECT_TRUE(at::equal(counts, ops::table_histogram(w)));
+    EXPECT_TRUE(at::equal(ops::table_gather(wd, table.to(b.device)).cpu(), ops::table_gather(w, table)));
+    EXPECT_LT(max_rel(ops::table_scatter_add(wd, g).cpu(), ops::table_scatter_add(w, g.cpu())), 1e-12);
+    const auto slope = at::randn({kernels::kTableSize}), shift = at::randn({kernels::kTableSize});
+    EXPECT_LT(max_rel(ops::table_backward(wd, g, slope.to(b.device), shift.to(b.device)).cpu().to(at::kFloat),
+                      ops::table_backward(w, g.cpu(), slope, shift).to(at::kFloat)),
+              1e-2);
+  }
 }
 
 }  // namespace

@@ -25,12 +25,7 @@
 #include <vector>
 
 #include "dkm/internal.h"
-#include "kernels/stream_math.h"
-#if defined(EDKM_WITH_CUDA)
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <cuda_runtime.h>
-#endif
+#include "kernels/ops.h"
 
 namespace edkm::detail {
 namespace {
@@ -39,17 +34,7 @@ using kernels::DType;
 using kernels::StreamParams;
 using kernels::StreamPass;
 
-void run_pass(const StreamParams& p, const at::Tensor& on) {
-  if (on.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-    const int rc = kernels::stream_pass_cuda(p, at::cuda::getCurrentCUDAStream(on.device().index()).stream());
-    TORCH_CHECK(rc == 0, "edkm: streaming CUDA kernel (pass ", static_cast<int>(p.pass),
-                ") failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
-#endif
-  } else {
-    kernels::stream_pass_cpu(p);
-  }
-}
+void run_pass(const StreamParams& p, const at::Tensor& on) { kernels::ops::stream_pass(p, on); }
 
 // Everything a pass needs besides its mode: geometry, options, the saved history.
 struct Plan {
@@ -224,19 +209,11 @@ std::string streaming_unsupported(const at::Tensor& w, const ClusterLayout& l, c
   if (l.cluster_dim > kernels::kStreamMaxDim)
     return "it supports cluster_dim up to " + std::to_string(kernels::kStreamMaxDim) + ", got " +
            std::to_string(l.cluster_dim);
-  if (!w.is_cpu() && !w.is_cuda()) return "it runs on CPU and CUDA tensors only";
-#if !defined(EDKM_WITH_CUDA)
-  if (w.is_cuda()) return "this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)";
-#endif
-  return "";
+  return kernels::ops::unsupported_device(w);
 }
 
 DKMOutput stream_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
                          const at::Tensor& scale, const ClusterLayout& l, const Reducer& reduce) {
-#if defined(EDKM_WITH_CUDA)
-  std::optional<c10::cuda::CUDAGuard> guard;
-  if (weight.is_cuda()) guard.emplace(weight.device());
-#endif
   // Per-element vectors without a scale are a view of the weight in its own dtype (no copy);
   // otherwise the vectors are formed in the compute dtype, as the dense engine does.
   const auto ct = compute_dtype(weight);

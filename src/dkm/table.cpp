@@ -19,12 +19,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "dkm/internal.h"
-#include "kernels/table_math.h"
-#if defined(EDKM_WITH_CUDA)
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <cuda_runtime.h>
-#endif
+#include "kernels/ops.h"
 
 namespace edkm::detail {
 namespace {
@@ -46,34 +41,10 @@ std::string table_unsupported(const at::Tensor& w, const ClusterLayout& l, const
   if (l.groups != 1) return "it needs a per-tensor LUT, got " + to_string(o.granularity()) + " granularity";
   if (l.cluster_dim != 1) return "it needs cluster_dim 1";
   if (o.per_channel_scale()) return "per-channel scaling changes the values row by row";
-  if (!w.is_cpu() && !w.is_cuda()) return "it runs on CPU and CUDA tensors only";
-#if !defined(EDKM_WITH_CUDA)
-  if (w.is_cuda()) return "this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)";
-#endif
-  return "";
+  return kernels::ops::unsupported_device(w);
 }
 
 namespace {
-
-#if defined(EDKM_WITH_CUDA)  // CUDA weights reach the kernels only in builds that have them
-void check_cuda(int rc, const char* what) {
-  TORCH_CHECK(rc == 0, "edkm: table ", what, " CUDA kernel failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
-}
-
-void* stream_of(const at::Tensor& t) { return at::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
-#endif
-
-at::Tensor histogram(const kernels::TableParams& p, const at::Tensor& w) {
-  auto counts = at::empty({kTableSize}, w.options().dtype(at::kLong));
-  if (w.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-    check_cuda(kernels::table_histogram_cuda(p, counts.data_ptr<int64_t>(), stream_of(w)), "histogram");
-#endif
-  } else {
-    kernels::table_histogram_cpu(p, counts.data_ptr<int64_t>());
-  }
-  return counts;
-}
 
 // The value of every pattern, as float: patterns are bf16 (also for fp32 opted in) or fp16 words.
 at::Tensor pattern_values(DType kind, const at::TensorOptions& opts) {
@@ -92,10 +63,10 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
                             const at::Tensor& centroids, const DKMOptions* options, DKMOutput* out,
                             const Reducer* reduce) {
     const auto w = weight.contiguous();
-    const kernels::TableParams p{w.data_ptr(), w.numel(), kernel_dtype(w.scalar_type())};
-    auto counts = histogram(p, w);
+    const DType dtype = kernel_dtype(w.scalar_type());
+    auto counts = kernels::ops::table_histogram(w);
     if (*reduce) (*reduce)(counts);  // sharded: the histogram of the whole weight
-    auto values = pattern_values(p.dtype, w.options());
+    auto values = pattern_values(dtype, w.options());
     auto uidx = at::nonzero(counts.gt(0).logical_and(at::isfinite(values))).flatten();
     // The table is small: iterate it in fp64 (more accurate than the dense engine's fp32) unless
     // U x K is large (8-bit LUTs over many distinct values), then in fp32.
@@ -110,15 +81,7 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
       it = run_iterations(v.view({1, U, 1}), centroids.detach().to(ct).clone(), *options, nb.view({1, U, 1}));
       h = at::bmm(it.attention, it.centroids).view({U});
     }
-    auto result = at::empty_like(w);
-    auto table = full_table(h.detach(), uidx);
-    if (w.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-      check_cuda(kernels::table_gather_cuda(p, table.data_ptr<float>(), result.data_ptr(), stream_of(w)), "gather");
-#endif
-    } else {
-      kernels::table_gather_cpu(p, table.data_ptr<float>(), result.data_ptr());
-    }
+    auto result = kernels::ops::table_gather(w, full_table(h.detach(), uidx));
     if (options->table_index_list()) {
       // eDKM's layout: a 16-bit index per weight into the U distinct values, saved in place of the
       // weight (U <= 65,536 fits 16 bits: stored as int16 bit patterns, read back masked).
@@ -130,7 +93,7 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
         const int64_t n = std::min(kIndexChunk, w.numel() - b);
         const auto part = flat.narrow(0, b, n);
         const auto patterns =
-            (p.dtype == DType::kF16 ? part : part.to(at::kBFloat16)).view(at::kShort).to(at::kInt) & 0xFFFF;
+            (dtype == DType::kF16 ? part : part.to(at::kBFloat16)).view(at::kShort).to(at::kInt) & 0xFFFF;
         index.narrow(0, b, n).copy_(compact.index_select(0, patterns));
       }
       ctx->save_for_backward({index});
@@ -159,29 +122,11 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     const auto& state = engine_state(ctx->saved_data["state"]);
     if (state.options.table_index_list()) return index_list_backward(ctx, w, grads[0]);
     const auto g = grads[0].to(w.scalar_type()).contiguous();
-    const kernels::TableParams p{w.data_ptr(), w.numel(), kernel_dtype(w.scalar_type())};
-    auto sums = at::empty({kTableSize}, w.options().dtype(at::kDouble));
-    if (w.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-      check_cuda(kernels::table_scatter_add_cuda(p, g.data_ptr(), sums.data_ptr<double>(), stream_of(w)), "scatter");
-#endif
-    } else {
-      kernels::table_scatter_add_cpu(p, g.data_ptr(), sums.data_ptr<double>());
-    }
+    auto sums = kernels::ops::table_scatter_add(w, g);
     state.sum(sums);  // sharded: G of the whole weight
     const auto G = sums.index_select(0, uidx).to(v.scalar_type());
     const auto [a, shift_u] = slope_shift(ctx, G);
-    auto slope = full_table(a, uidx), shift = full_table(shift_u, uidx);
-    auto dw = at::empty_like(w);
-    if (w.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-      check_cuda(kernels::table_backward_cuda(p, g.data_ptr(), slope.data_ptr<float>(), shift.data_ptr<float>(),
-                                              dw.data_ptr(), stream_of(w)),
-                 "backward");
-#endif
-    } else {
-      kernels::table_backward_cpu(p, g.data_ptr(), slope.data_ptr<float>(), shift.data_ptr<float>(), dw.data_ptr());
-    }
+    const auto dw = kernels::ops::table_backward(w, g, full_table(a, uidx), full_table(shift_u, uidx));
     return {dw, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 
@@ -237,10 +182,6 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
 
 DKMOutput table_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
                         const Reducer& reduce) {
-#if defined(EDKM_WITH_CUDA)
-  std::optional<c10::cuda::CUDAGuard> guard;
-  if (weight.is_cuda()) guard.emplace(weight.device());
-#endif
   DKMOutput out;
   out.weight = TableFunction::apply(weight, centroids, &options, &out, &reduce);
   return out;

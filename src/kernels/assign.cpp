@@ -1,4 +1,5 @@
-// Host entry of the hard assignment: argument checks -> device guard -> stream -> dispatch.
+// Host entry of the hard assignment: parameters from the tensors, then the op (kernels/ops.h:
+// device guard -> stream -> dispatch).
 // The distance is the soft assignment's (kernels/distance_math.h; detail::distances for
 // vectors), prune bias and keep-sparsity included, in the dtype the soft assignment computes in.
 #include <ATen/TensorOperators.h>
@@ -8,12 +9,7 @@
 #include <limits>
 
 #include "dkm/internal.h"
-#include "kernels/assign_math.h"
-#if defined(EDKM_WITH_CUDA)
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <cuda_runtime.h>
-#endif
+#include "kernels/ops.h"
 
 namespace edkm {
 namespace {
@@ -31,18 +27,7 @@ void assign_values(const at::Tensor& x, const at::Tensor& c, const DKMOptions& o
   p.prune_threshold = options.prune_threshold();
   p.block_zero = options.enforce_zero() && options.prune_threshold() == 0;
   p.blocked = options.zero_threshold() > 0 ? 1.0 / options.zero_threshold() : std::numeric_limits<double>::infinity();
-  if (x.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-    c10::cuda::CUDAGuard guard(x.device());
-    const int rc = kernels::assign_cuda(p, at::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(rc == 0, "edkm: assign CUDA kernel failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
-#else
-    TORCH_CHECK(false, "edkm: this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)");
-#endif
-  } else {
-    TORCH_CHECK(x.is_cpu(), "edkm: assign supports CPU and CUDA tensors, got ", x.device());
-    kernels::assign_cpu(p);
-  }
+  kernels::ops::assign(p, x);
 }
 
 }  // namespace

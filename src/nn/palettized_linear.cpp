@@ -8,13 +8,7 @@
 #include <ostream>
 
 #include "io/safetensors_core.h"
-#include "kernels/lut_math.h"
-
-#if defined(EDKM_WITH_CUDA)
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <cuda_runtime.h>
-#endif
+#include "kernels/ops.h"
 
 namespace edkm {
 namespace {
@@ -56,25 +50,9 @@ void check_packed(const PackedWeight& w) {
               "edkm: PackedWeight tensors on different devices");
 }
 
-#if defined(EDKM_WITH_CUDA)
-void check_launch(int rc, const char* what) {
-  TORCH_CHECK(rc == 0, "edkm: ", what, " CUDA kernel failed: ", cudaGetErrorString(static_cast<cudaError_t>(rc)));
-}
-#endif
-
 // Rows [r0, r1) of W (with the scale) into out ((r1 - r0) x in fp32, contiguous, on w's device).
 void decode_into(const PackedWeight& w, int64_t r0, int64_t r1, const at::Tensor& out) {
-  const auto p = params_of(w, {});
-  if (w.lut.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-    check_launch(kernels::lut_decode_cuda(p, r0, r1, out.data_ptr<float>(), at::cuda::getCurrentCUDAStream().stream()),
-                 "LUT decode");
-#else
-    TORCH_CHECK(false, "edkm: this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)");
-#endif
-  } else {
-    kernels::lut_decode_cpu(p, r0, r1, out.data_ptr<float>());
-  }
+  kernels::ops::lut_decode(params_of(w, {}), r0, r1, out);
 }
 
 }  // namespace
@@ -215,26 +193,9 @@ at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tens
     y = at::zeros({m, w.out_features}, xs.options());
   } else if (m <= kGemvMaxRows) {
     y = at::empty({m, w.out_features}, xs.options());
-    const auto p = params_of(w, b);
-    if (x.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-      c10::cuda::CUDAGuard guard(x.device());
-      check_launch(kernels::lut_gemv_cuda(p, xs.data_ptr<float>(), m, y.data_ptr<float>(),
-                                          at::cuda::getCurrentCUDAStream().stream()),
-                   "LUT GEMV");
-#else
-      TORCH_CHECK(false,
-                  "edkm: this build of edkm has no CUDA kernels (configured with EDKM_CUDA=OFF or without nvcc)");
-#endif
-    } else {
-      kernels::lut_gemv_cpu(p, xs.data_ptr<float>(), m, y.data_ptr<float>());
-    }
+    kernels::ops::lut_gemv(params_of(w, b), xs, y);
   } else {
     // LUT-GEMM: blocks of rows decoded to fp32 (about 4 MiB each), multiplied by LibTorch's matmul.
-#if defined(EDKM_WITH_CUDA)
-    std::optional<c10::cuda::CUDAGuard> guard;
-    if (x.is_cuda()) guard.emplace(x.device());
-#endif
     y = at::empty({m, w.out_features}, xs.options());
     const int64_t block =
         std::min(w.out_features, std::max<int64_t>(16, (int64_t{1} << 20) / std::max<int64_t>(1, w.in_features)));
@@ -264,18 +225,12 @@ at::Tensor lut_embedding(const at::Tensor& ids, const PackedWeight& w) {
   out_shape.push_back(w.in_features);
   at::Tensor out = at::empty({flat.numel(), w.in_features}, w.lut.options());
   const int64_t* id = flat.data_ptr<int64_t>();
-  if (w.lut.is_cuda()) {
-#if defined(EDKM_WITH_CUDA)
-    c10::cuda::CUDAGuard guard(w.lut.device());
-#endif
-    for (int64_t i = 0; i < flat.numel(); ++i) decode_into(w, id[i], id[i] + 1, out[i]);
-  } else {
-    const auto p = params_of(w, {});
-    float* o = out.data_ptr<float>();
-    at::parallel_for(0, flat.numel(), 16, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) kernels::lut_decode_cpu(p, id[i], id[i] + 1, o + i * w.in_features);
-    });
-  }
+  // One row per token: CPU threads take tokens 16 at a time; on a GPU the calling thread launches
+  // them all (in order on its current stream, which other threads would not see).
+  const int64_t grain = out.is_cpu() ? 16 : std::max<int64_t>(1, flat.numel());
+  at::parallel_for(0, flat.numel(), grain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) decode_into(w, id[i], id[i] + 1, out[i]);
+  });
   return out.reshape(out_shape);
 }
 
