@@ -24,7 +24,7 @@ py="${EDKM_GPU_PYTHON:-python3}"
 # Order: correctness first, then the short kernel benchmarks (the figures a first run must bring
 # back), then the sanitizers and the long benchmarks.
 steps=(gpu_tests kernels lut_inference memcheck racecheck ablation dkm_memory llama_compress utils_memory peers)
-declare -A budget=([gpu_tests]=80 [kernels]=60 [lut_inference]=30 [memcheck]=70 [racecheck]=50 [ablation]=120
+declare -A budget=([gpu_tests]=80 [kernels]=60 [lut_inference]=50 [memcheck]=50 [racecheck]=100 [ablation]=120
   [dkm_memory]=40 [llama_compress]=40 [utils_memory]=45 [peers]=60)
 
 # --- steps: each runs in its own process under `timeout`; return 77 = skipped by design ----------
@@ -92,6 +92,11 @@ step_kernels() {  # the CUDA kernels at % of the HBM bandwidth a copy probe meas
 step_lut_inference() {  # the CUDA LUT-GEMV at LLaMA-7B shapes (and its head) against cuBLAS fp16 / bf16 / fp32
   "$bin/edkm_bench_lut_inference" --device cuda --shapes 4096x4096,11008x4096,4096x11008,32000x4096 --bits 3,4,8 \
     --min-time 0.1 --out "$out/bench/lut_inference_cuda"
+  local k  # the tiled kernel's blocks per SM (default 2), on the two largest shapes
+  for k in 1 4 8; do
+    EDKM_LUT_CUDA_BLOCKS_PER_SM=$k "$bin/edkm_bench_lut_inference" --device cuda --shapes 11008x4096,32000x4096 \
+      --bits 3,4 --min-time 0.05 --out "$out/bench/lut_inference_cuda_blocks_per_sm_$k"
+  done
 }
 step_peers() {
   if ! "$py" -c 'import coremltools.optimize.torch, safetensors' >/dev/null 2>&1; then

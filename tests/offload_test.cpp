@@ -42,6 +42,41 @@ struct CountingHooks : edkm::SavedTensorHooks {
   }
 };
 
+// LibTorch starts an autograd engine's device threads (a ready queue per GPU, and the pool for
+// deep re-entrant backwards) under one process-wide once-flag. edkm's engine replaces the default
+// one when the first hooks guard is made, usually after backwards already ran on the base engine:
+// it must still start its own, or every CUDA backward through it fails an internal assert (the
+// first GPU run: every offloaded CUDA backward did). Run alone, this test reproduces that order.
+TEST(SavedTensorHooks, EdkmEngineStartsItsOwnGpuQueuesAfterTheBaseEngineRan) {
+  auto x = at::randn({8}).requires_grad_(true);
+  (x * 2).sum().backward();  // on the base engine, unless an earlier test installed edkm's
+  auto hooks = std::make_shared<CountingHooks>();
+  auto y = at::randn({8}).requires_grad_(true);
+  at::Tensor loss;
+  {
+    edkm::SavedTensorHooksGuard guard(hooks);
+    loss = (y * y).sum();
+  }
+  loss.backward();
+  EXPECT_GT(hooks->unpacks.load(), 0);
+  const auto threads = edkm::detail::saved_tensor_hooks_engine_threads();
+  EXPECT_TRUE(threads.reentrant_pool);
+  int64_t gpus = 0;
+#if defined(EDKM_WITH_CUDA)
+  gpus = c10::cuda::device_count();
+#endif
+  EXPECT_EQ(threads.device_queues, gpus);
+  if (gpus > 0) {  // a CUDA backward through edkm's engine
+    auto z = at::randn({8}, at::kCUDA).requires_grad_(true);
+    {
+      edkm::SavedTensorHooksGuard guard(hooks);
+      loss = (z * z).sum();
+    }
+    loss.backward();
+    EXPECT_TRUE(at::allclose(z.grad(), 2 * z.detach()));
+  }
+}
+
 edkm::OffloadOptions h2h() { return edkm::OffloadOptions().host_to_host(true).min_bytes(0); }
 
 // Output and input gradient of dense DKM (default options) against upstream gradient `g`.

@@ -77,4 +77,14 @@ EDKM_API int64_t live_saved_tensor_hook_values();
 /// SavedTensorHooksGuard calls it; call it yourself to install it at start-up.
 EDKM_API void install_saved_tensor_hooks_engine();
 
+namespace detail {
+/// What edkm's engine has started (for tests): the pool for deep re-entrant backwards, and one
+/// ready queue per GPU (0 without one). Both exist once it has run a graph.
+struct EngineThreads {
+  bool reentrant_pool = false;
+  int64_t device_queues = 0;
+};
+EDKM_API EngineThreads saved_tensor_hooks_engine_threads();
+}  // namespace detail
+
 }  // namespace edkm

@@ -5,6 +5,8 @@
 #include <ATen/SavedTensorHooks.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/input_buffer.h>
 #include <torch/csrc/autograd/saved_variable_hooks.h>
 
 #include <atomic>
@@ -76,19 +78,45 @@ class ForwardingHooks final : public torch::autograd::SavedVariableHooks {
   bool packed_ = false;
 };
 
+// The engine that replaces LibTorch's default one. Its device threads: LibTorch starts an
+// engine's device threads (one per GPU, and the pool for deep re-entrant backwards) under ONE
+// process-wide once-flag, so when a backward already ran on the base engine, this second engine
+// would have no device queue at all and every CUDA backward through it would hit the engine's
+// "device_ready_queues_.size()" internal assert (found on the first GPU run: every offloaded CUDA
+// backward failed). So it starts its own, once, before its first graph.
 struct HooksEngine final : torch::autograd::Engine {
   std::unique_ptr<torch::autograd::SavedVariableHooks> get_default_saved_variable_hooks() override {
     if (tls_stack.empty() || !tls_stack.back()) return nullptr;
     return std::make_unique<ForwardingHooks>(tls_stack.back());
   }
+  c10::intrusive_ptr<at::ivalue::Future> execute_with_graph_task(
+      const std::shared_ptr<torch::autograd::GraphTask>& graph_task, std::shared_ptr<torch::autograd::Node> graph_root,
+      torch::autograd::InputBuffer&& input_buffer) override {
+    start_own_device_threads();
+    return Engine::execute_with_graph_task(graph_task, std::move(graph_root), std::move(input_buffer));
+  }
+  void start_own_device_threads() {
+    std::call_once(own_threads_, [this] {
+      initialize_device_threads_pool();                  // the process-wide once: may start them here
+      if (!thread_pool_shared_) start_device_threads();  // it had started another engine's
+    });
+  }
+  detail::EngineThreads threads() const {
+    return {thread_pool_shared_ != nullptr, static_cast<int64_t>(device_ready_queues_.size())};
+  }
   // Never destroyed (like PyTorch's Python engine): worker threads may outlive static destructors.
   ~HooksEngine() override { stop(); }
+
+ private:
+  std::once_flag own_threads_;
 };
 
-torch::autograd::Engine& hooks_engine() {
+HooksEngine& hooks_engine() {
   static auto* engine = new HooksEngine();
   return *engine;
 }
+
+torch::autograd::Engine& hooks_engine_base() { return hooks_engine(); }
 
 }  // namespace
 
@@ -96,7 +124,7 @@ void install_saved_tensor_hooks_engine() {
   static std::once_flag once;
   std::call_once(once, [] {
     hooks_engine();
-    torch::autograd::set_default_engine_stub(&hooks_engine);
+    torch::autograd::set_default_engine_stub(&hooks_engine_base);
   });
 }
 
@@ -118,5 +146,9 @@ std::shared_ptr<SavedTensorHooks> current_saved_tensor_hooks() {
 }
 
 int64_t live_saved_tensor_hook_values() { return live_values.load(std::memory_order_relaxed); }
+
+namespace detail {
+EngineThreads saved_tensor_hooks_engine_threads() { return hooks_engine().threads(); }
+}  // namespace detail
 
 }  // namespace edkm

@@ -125,8 +125,12 @@ int try_tiled(const LutParams& p, const float* x, int64_t m, float* y, cudaStrea
     return -1;
   const size_t smem = sizeof(float) * static_cast<size_t>(m * padded_column(p.in) + kTiledWarps * 256);
   if (smem > static_cast<size_t>(smem_max)) return -1;
-  // Two blocks per SM, each walking rows grid-stride: x is staged once per block.
-  const int blocks = static_cast<int>(std::min<int64_t>((p.out + kTiledWarps - 1) / kTiledWarps, 2 * int64_t{sms}));
+  // A few blocks per SM, each walking rows grid-stride: x is staged once per block.
+  // EDKM_LUT_CUDA_BLOCKS_PER_SM (1..32, default 2) sets how many (benchmarks sweep it).
+  int64_t per_sm = 2;
+  if (const char* e = std::getenv("EDKM_LUT_CUDA_BLOCKS_PER_SM")) per_sm = std::clamp<int64_t>(std::atoll(e), 1, 32);
+  const int blocks =
+      static_cast<int>(std::min<int64_t>((p.out + kTiledWarps - 1) / kTiledWarps, per_sm * int64_t{sms}));
   const int mi = static_cast<int>(m);
   switch (p.bits) {
     case 1:
