@@ -257,7 +257,6 @@ int main(int argc, char** argv) try {
   if (baseline_bits.empty()) baseline_bits.push_back(bits);
   if (eval_seq_len == 0) eval_seq_len = seq_len;
   TORCH_CHECK(eval_seq_len >= 2, "--eval-seq-len must be at least 2");
-  TORCH_CHECK(!(resume && optimizer == "adamw-bf16"), "--resume needs --optimizer adamw or sgd");
   TORCH_CHECK(distill_alpha >= 0 && distill_alpha <= 1, "--distill-alpha must be in [0, 1]");
 
   if (threads < 0 && model_dir.empty() && preset == "tiny") threads = 1;

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 #include <edkm/distill.h>
+#include <edkm/optim.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 #include <torch/serialize.h>
@@ -15,42 +16,6 @@
 
 namespace llama_compress {
 
-void LeanAdamW::zero_grad() {
-  for (auto& p : params_) p.mutable_grad() = at::Tensor();
-}
-
-void LeanAdamW::step() {
-  at::NoGradGuard ng;
-  ++t_;
-  if (m_.empty()) {
-    for (auto& p : params_) {
-      m_.push_back(at::zeros_like(p, p.options().dtype(at::kBFloat16)));
-      v_.push_back(at::zeros_like(p, p.options().dtype(at::kBFloat16)));
-    }
-  }
-  const double c1 = 1 - std::pow(0.9, t_), c2 = 1 - std::pow(0.999, t_);
-  // In chunks of 2^22 elements: the fp32 temporaries stay small next to a 131M-entry embedding.
-  constexpr int64_t kChunk = int64_t{1} << 22;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    auto& p = params_[i];
-    if (!p.grad().defined()) continue;
-    TORCH_CHECK(p.is_contiguous() && p.grad().is_contiguous(), "adamw-bf16 expects contiguous parameters");
-    const at::Tensor pf = p.view({-1}), gf = p.grad().view({-1}), mf = m_[i].view({-1}), vf = v_[i].view({-1});
-    for (int64_t off = 0; off < pf.numel(); off += kChunk) {
-      const int64_t n = std::min(kChunk, pf.numel() - off);
-      const at::Tensor g = gf.narrow(0, off, n).to(at::kFloat);
-      const at::Tensor m = mf.narrow(0, off, n).to(at::kFloat).mul_(0.9).add_(g, 0.1);
-      const at::Tensor v = vf.narrow(0, off, n).to(at::kFloat).mul_(0.999).addcmul_(g, g, 0.001);
-      mf.narrow(0, off, n).copy_(m);
-      vf.narrow(0, off, n).copy_(v);
-      at::Tensor w = pf.narrow(0, off, n);
-      at::Tensor update = (m / c1).div_((v / c2).sqrt_().add_(1e-8));
-      if (wd_ > 0) update.add_(w.to(at::kFloat), wd_);
-      w.sub_((update * lr_).to(w.scalar_type()));
-    }
-  }
-}
-
 Optimizer::Optimizer(const std::string& kind, const std::vector<at::Tensor>& params, double lr, double wd) {
   if (kind == "adamw") {
     torch_opt = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(lr).weight_decay(wd));
@@ -58,29 +23,26 @@ Optimizer::Optimizer(const std::string& kind, const std::vector<at::Tensor>& par
   } else if (kind == "sgd") {
     torch_opt = std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(lr));
   } else {
-    lean = std::make_unique<LeanAdamW>(params, lr, wd);
-    state_bytes_per_param = LeanAdamW::kStateBytesPerParam;
+    torch_opt = std::make_unique<edkm::optim::AdamWBf16>(params, edkm::optim::AdamWBf16Options(lr).weight_decay(wd));
+    state_bytes_per_param = edkm::optim::AdamWBf16::kStateBytesPerParam;
   }
 }
 
-void Optimizer::zero_grad() { torch_opt ? torch_opt->zero_grad() : lean->zero_grad(); }
+void Optimizer::zero_grad() { torch_opt->zero_grad(); }
 
-void Optimizer::step() { torch_opt ? (void)torch_opt->step() : lean->step(); }
+void Optimizer::step() { torch_opt->step(); }
 
 void Optimizer::set_lr(double lr) {
-  if (lean) return lean->set_lr(lr);
   for (auto& g : torch_opt->param_groups()) g.options().set_lr(lr);
 }
 
 std::string Optimizer::save() const {
-  TORCH_CHECK(torch_opt, "--optimizer adamw-bf16 cannot be saved for --resume; use adamw or sgd");
   std::ostringstream out;
   torch::save(*torch_opt, out);
   return out.str();
 }
 
 void Optimizer::load(const std::string& bytes) {
-  TORCH_CHECK(torch_opt, "--optimizer adamw-bf16 cannot be resumed; use adamw or sgd");
   std::istringstream in(bytes);
   torch::load(*torch_opt, in);
 }

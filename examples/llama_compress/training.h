@@ -16,32 +16,15 @@ namespace llama_compress {
 using Clock = std::chrono::steady_clock;
 inline double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-/// AdamW whose moments are kept in bf16: 4 bytes of state per parameter instead of 8 (fp32
-/// moments). The update is computed in fp32, in chunks of 2^22 elements.
-class LeanAdamW {
- public:
-  LeanAdamW(std::vector<at::Tensor> params, double lr, double wd) : params_(std::move(params)), lr_(lr), wd_(wd) {}
-  void zero_grad();
-  void set_lr(double lr) { lr_ = lr; }
-  void step();
-  static constexpr int kStateBytesPerParam = 4;
-
- private:
-  std::vector<at::Tensor> params_, m_, v_;
-  double lr_, wd_;
-  int64_t t_ = 0;
-};
-
-/// One interface over the optimizers of --optimizer: adamw | adamw-bf16 | sgd.
+/// The optimizers of --optimizer: adamw (LibTorch) | adamw-bf16 (edkm::optim::AdamWBf16) | sgd.
 struct Optimizer {
   std::unique_ptr<torch::optim::Optimizer> torch_opt;
-  std::unique_ptr<LeanAdamW> lean;
   int state_bytes_per_param = 0;
   Optimizer(const std::string& kind, const std::vector<at::Tensor>& params, double lr, double wd);
   void zero_grad();
   void step();
   void set_lr(double lr);
-  /// torch::save / torch::load of the state (adamw and sgd; adamw-bf16 throws: not resumable).
+  /// torch::save / torch::load of the state (for --save-every / --resume).
   std::string save() const;
   void load(const std::string& bytes);
 };

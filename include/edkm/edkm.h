@@ -16,6 +16,7 @@
 #include "edkm/llama_runtime.h"
 #include "edkm/local_attention.h"
 #include "edkm/memory.h"
+#include "edkm/optim.h"
 #include "edkm/offload.h"
 #include "edkm/padding.h"
 #include "edkm/palette.h"

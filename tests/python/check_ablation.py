@@ -66,11 +66,15 @@ def main():
                         "table + index list, marshaled", "table", "streaming"} == set(layer), f"rows {sorted(rows)}")
     check(doc["not_measured_needs_torchrun"] == ["+sharding", "eDKM combined", "table + index list, sharded"],
           "without torchrun the sharded rows are listed as needing it")
-    # eDKM's layout: the explicit 16-bit index list (2 bytes per weight) costs memory the index-free
-    # table does not, and marshaling moves exactly that list to host.
-    check(rows["table + index list"]["overhead_bytes"] > rows["table"]["overhead_bytes"],
-          "the explicit index list costs memory the index-free table does not")
-    check(rows["table + index list, marshaled"]["host_peak_bytes"] >= 96 * 64 * 2,
+    # eDKM's layout: the explicit 16-bit index list (2 bytes per weight) is device memory, which
+    # marshaling frees, and moves to host. (Against the index-free table the list's cost shows at
+    # real shapes -- 90.6 MiB against 4.09 MiB for an 11008x4096 matrix, results/gpu_h200 -- but not
+    # at this tiny one, where both rows are dominated by the same fixed 65,536-entry tables and the
+    # order of their temporaries decides.)
+    list_bytes = 96 * 64 * 2
+    check(rows["table + index list"]["overhead_bytes"] - rows["table + index list, marshaled"]["overhead_bytes"]
+          >= list_bytes, "the explicit index list is device memory that marshaling frees")
+    check(rows["table + index list, marshaled"]["host_peak_bytes"] >= list_bytes,
           "marshaling moved the index list (2 bytes per weight) to host")
     check(all(rows[c]["traffic_bytes"] > 0 and rows[c]["host_peak_bytes"] > 0 for c in ("+marshaling",
                                                                                         "+uniquification")),

@@ -1,0 +1,71 @@
+#pragma once
+// Optimizers that save memory: AdamW with its two moments kept in bf16, 4 bytes of state per
+// parameter instead of torch::optim::AdamW's 8 (fp32 moments). A 7B model's optimizer state drops
+// from 56 GB to 28 GB; the update itself is computed in fp32, in chunks of 2^22 elements, so the
+// fp32 temporaries stay small next to a large embedding.
+//
+// A torch::optim::Optimizer: param groups, set_lr through the options, zero_grad, step(closure),
+// and torch::save / torch::load of its state (so a run with it can be resumed).
+//
+// Example:
+//   edkm::optim::AdamWBf16 opt(model->parameters(), edkm::optim::AdamWBf16Options(1e-4).weight_decay(0.01));
+//   loss.backward();
+//   opt.step();
+//   opt.zero_grad();
+//
+// Caveat with bf16 parameters: updates smaller than half a bf16 ulp of a weight are lost (no fp32
+// master copy, no stochastic rounding), as with any optimizer stepping bf16 weights in place.
+#include <torch/optim/optimizer.h>
+#include <torch/optim/serialize.h>
+
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "edkm/export.h"
+
+namespace edkm::optim {
+
+struct EDKM_API AdamWBf16Options : public torch::optim::OptimizerCloneableOptions<AdamWBf16Options> {
+  AdamWBf16Options(double lr = 1e-3);  // NOLINT(google-explicit-constructor): as torch::optim::AdamWOptions
+  TORCH_ARG(double, lr) = 1e-3;
+  typedef std::tuple<double, double> betas_t;
+  TORCH_ARG(betas_t, betas) = std::make_tuple(0.9, 0.999);
+  TORCH_ARG(double, eps) = 1e-8;
+  TORCH_ARG(double, weight_decay) = 1e-2;
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  double get_lr() const override;
+  void set_lr(const double lr) override;
+};
+
+struct EDKM_API AdamWBf16ParamState : public torch::optim::OptimizerCloneableParamState<AdamWBf16ParamState> {
+  TORCH_ARG(int64_t, step) = 0;
+  TORCH_ARG(at::Tensor, exp_avg);     ///< bf16, the parameter's shape
+  TORCH_ARG(at::Tensor, exp_avg_sq);  ///< bf16, the parameter's shape
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+};
+
+/// AdamW (decoupled weight decay, bias-corrected moments) with bf16 moments.
+class EDKM_API AdamWBf16 : public torch::optim::Optimizer {
+ public:
+  /// Throws c10::Error naming the bad option (lr, eps, betas or weight_decay out of range).
+  explicit AdamWBf16(const std::vector<torch::optim::OptimizerParamGroup>& param_groups,
+                     AdamWBf16Options defaults = {});
+  explicit AdamWBf16(std::vector<at::Tensor> params, AdamWBf16Options defaults = {})
+      : AdamWBf16({torch::optim::OptimizerParamGroup(std::move(params))}, std::move(defaults)) {}
+
+  at::Tensor step(LossClosure closure = nullptr) override;
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+
+  /// Bytes of optimizer state per parameter once every parameter has stepped.
+  static constexpr int kStateBytesPerParam = 4;
+};
+
+}  // namespace edkm::optim
