@@ -163,6 +163,28 @@ TEST(StreamingKernels, CudaMatchesCpu) {
   }
 }
 
+// Small shapes for compute-sanitizer racecheck (scripts/gpu_check.sh), covering both ways the CUDA
+// kernel sums its partials: per-warp copies (width K * d + K + 1 <= 768) and, wider, one shared
+// copy with fp64 atomics (8 bits with cluster_dim 4: width 1,281; no other GPU test reaches it).
+TEST(StreamingKernels, CudaSmallBothPartialSinks) {
+  EDKM_SKIP_WITHOUT_GPU();
+  for (int64_t dim : {1, 4}) {
+    for (int64_t bits : {3, 8}) {
+      auto w = test::llm_like({128, 64}, 73);
+      auto g = test::llm_like({128, 64}, 74);
+      auto o = DKMOptions(bits).engine(Engine::kStreaming).cluster_dim(dim);
+      auto c = functional::init_centroids(w, o);
+      auto cpu = run(w, c, g, o);
+      auto gpu = run(w.cuda(), c.cuda(), g.cuda(), o);
+      SCOPED_TRACE("bits " + std::to_string(bits) + ", cluster_dim " + std::to_string(dim));
+      EXPECT_EQ(gpu.iterations, cpu.iterations);
+      EXPECT_LT(max_rel(gpu.out.cpu(), cpu.out), 1e-5);
+      EXPECT_LT(max_rel(gpu.centroids.cpu(), cpu.centroids), 1e-5);
+      EXPECT_LT(max_rel(gpu.grad.cpu(), cpu.grad), 1e-4);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace edkm
 
