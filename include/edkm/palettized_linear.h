@@ -14,7 +14,9 @@
 // registers for bits <= 5 and from L1 above; AVX-512 or AVX2 chosen at run time, scalar
 // otherwise; multi-threaded over output rows); more rows run the LUT-GEMM (blocks of rows
 // decoded to fp32 and multiplied by LibTorch's matmul). CUDA: the GEMV with the LUT in shared
-// memory, the GEMM by decoding tiles and cuBLAS.
+// memory (a tiled kernel unpacking 32-index words with x staged in shared memory when in % 32 == 0,
+// else one warp per row), the GEMM by decoding tiles and cuBLAS. Measured on an H200: correct, but
+// 8-19% of HBM bandwidth (benchmarks/results/gpu_h200/).
 //
 // Example:
 //   auto pal = edkm::load_compressed("model.edkm.safetensors").palettes.at("fc.weight");
