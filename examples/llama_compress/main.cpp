@@ -33,20 +33,13 @@
 
 #include "baselines.h"
 #include "corpus.h"
+#include "report.h"
 #include "training.h"
 
 namespace {
 
 using json = nlohmann::json;
 using namespace llama_compress;
-
-std::string fixed(double v, int digits) {
-  std::ostringstream s;
-  s << std::fixed << std::setprecision(digits) << v;
-  return s.str();
-}
-
-std::string mib(int64_t bytes) { return fixed(static_cast<double>(bytes) / (1 << 20), 1) + " MiB"; }
 
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
@@ -74,22 +67,6 @@ void load_bytes(M& m, const std::string& bytes) {
   std::istringstream in(bytes);
   torch::load(m, in);
 }
-
-// A held-out text: its name and its tokens.
-struct EvalSet {
-  std::string label;
-  at::Tensor ids;
-};
-
-// A compared method: bits per weight over the decoder's Linear layers and over every clustered
-// layer, and the perplexity on each held-out text.
-struct Row {
-  std::string method;
-  int64_t bits = 0;  // bits per code of the decoder Linears (0: uncompressed)
-  double bits_per_weight = 0, linear_bits = 0;
-  std::vector<Eval> evals;
-  std::string note;  // e.g. steps and tokens seen
-};
 
 }  // namespace
 
@@ -503,12 +480,7 @@ int main(int argc, char** argv) try {
     add_row({dtype_name + " (uncompressed)", 0, dense_bits, dense_bits, evaluate(model), ""});
   std::string gptq_facts, sample_before, sample_after, sample_packed;
   std::vector<int64_t> after_ids;
-  // The written file run packed (LlamaRuntime: LUT kernels, KV cache, nothing decompressed).
-  struct PackedRun {
-    bool ran = false, same_tokens = false;
-    double tokens_per_s = 0, weight_mib = 0;
-    int64_t packed_layers = 0;
-  } packed_run;
+  PackedRun packed_run;  // the written file run packed (LlamaRuntime: LUT kernels, KV cache)
   const std::vector<int64_t> prompt_ids = generate > 0 ? tokenizer->encode(prompt) : std::vector<int64_t>{};
   if (generate > 0) {
     TORCH_CHECK(!prompt_ids.empty(), "--prompt is empty");
@@ -853,126 +825,68 @@ int main(int argc, char** argv) try {
   const double total_s = seconds_since(t_start);
 
   // 5. Report.
-  std::ostringstream md;
-  md << "| method | bits / weight, decoder Linear layers | bits / weight, all clustered layers |";
-  for (const auto& e : eval_sets) md << " perplexity, " << e.label << " |";
-  md << "\n|---|---|---|";
-  for (size_t i = 0; i < eval_sets.size(); ++i) md << "---|";
-  md << "\n";
-  for (const auto& r : rows) {
-    md << "| " << r.method << " | " << fixed(r.linear_bits, 3) << " | " << fixed(r.bits_per_weight, 3) << " |";
-    for (const auto& e : r.evals) md << " " << fixed(e.perplexity, 3) << " |";
-    md << "\n";
-  }
-  std::ostringstream facts;
-  facts << "- clustered: " << selected.size() << " layers, " << clustered_numel << " weights (Linear at " << bits
-        << " bits, embedding/head at "
-        << (embedding_bits ? std::to_string(embedding_bits) + " bits" +
-                                 (embedding_dkm ? " by DKM" : " by k-means (one LUT per tensor) in every row")
-                           : "dense")
-        << "); bits per weight include the LUT entries (16 bits each) or per-group scale and zero point (16 bits "
-           "each)\n";
-  if (palettizer) {
-    facts << "- compressed file: " << file_bytes << " bytes for " << n_params
-          << " parameters = " << fixed(8.0 * static_cast<double>(file_bytes) / static_cast<double>(n_params), 3)
-          << " bits per parameter overall (LUTs in the model dtype, norms stored plainly); reloaded model "
-          << (same ? "matches" : "DIFFERS") << "\n";
-  }
-  if (packed_run.ran)
-    facts << "- the file run packed (edkm::LlamaRuntime, CPU): " << fixed(packed_run.weight_mib, 1)
-          << " MiB of resident weights, " << packed_run.packed_layers << " projections packed, "
-          << fixed(packed_run.tokens_per_s, 1) << " tok/s generating " << generate << " tokens; greedy tokens "
-          << (packed_run.same_tokens ? "equal" : "DIFFER from") << " the compressed model's\n";
-  facts << "- peak host memory (LibTorch CPU allocations): whole run " << mib(mem.cpu.peak)
-        << ", during DKM fine-tuning " << mib(step_peak_cpu)
-        << (device.is_cuda() ? ", peak device memory of a step " + mib(step_peak_cuda) : "") << "\n"
-        << "- throughput: pre-training " << fixed(pretrain_tok_s, 0) << " tok/s, DKM fine-tuning "
-        << fixed(finetune_tok_s, 0) << " tok/s (last step " << fixed(step_seconds, 3) << " s), evaluation "
-        << (rows.empty() ? std::string("-") : fixed(rows.back().evals[0].tokens_per_s, 0)) << " tok/s\n"
-        << "- optimizer " << optimizer << ": " << state_bytes_per_param << " bytes of state per parameter; loss "
-        << loss_kind << "\n"
-        << gptq_facts << "- total time " << fixed(total_s, 1) << " s\n";
-  if (offload_stats) facts << "- offload: " << offload_stats->to_string() << "\n";
-  const std::string profile_md = steps > first_step ? profile.to_markdown() : "";
-  std::cout << "\n" << layer_table << "\n" << md.str() << "\n" << facts.str();
-  if (!profile_md.empty()) std::cout << "\nwhere a fine-tuning step's time goes:\n" << profile_md;
-  if (generate > 0) {
-    std::cout << "\ngreedy continuation of \"" << prompt << "\"\n  uncompressed: " << sample_before << "\n";
-    if (palettizer) std::cout << "  compressed:   " << sample_after << "\n";
-    if (packed_run.ran)
-      std::cout << "  packed (" << fixed(packed_run.tokens_per_s, 1) << " tok/s, " << fixed(packed_run.weight_mib, 1)
-                << " MiB): " << sample_packed << "\n";
-  }
-
   std::ostringstream cmd;
   for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
-  std::ostringstream full_md;
-  full_md << "# LLaMA compression: " << source << "\n\nCommand: `" << cmd.str() << "`\n\nCorpus: " << corpus << " ("
-          << train_docs.size() << " training documents, " << eval_docs.size() << " held out; tokenizer "
-          << tokenizer->name() << "); evaluation windows of " << eval_seq_len << " tokens.\n\n"
-          << md.str() << "\n"
-          << facts.str();
-  if (!profile_md.empty()) full_md << "\nWhere a fine-tuning step's time goes:\n\n" << profile_md;
-  edkm::write_text_file(out_dir + "/results.md", full_md.str());
-  json j = {{"command", cmd.str()},
-            {"model", source},
-            {"parameters", n_params},
-            {"corpus", corpus},
-            {"tokenizer", tokenizer->name()},
-            {"train_tokens", train_ids.numel()},
-            {"eval_seq_len", eval_seq_len},
-            {"seq_len", seq_len},
-            {"batch", batch},
-            {"steps", steps},
-            {"tokens_seen", steps * batch * seq_len},
-            {"pretrain_steps", pretrain_steps},
-            {"bits", bits},
-            {"group_size", group_size},
-            {"init", init},
-            {"tau", tau},
-            {"lr", lr},
-            {"embedding_bits", embedding_bits},
-            {"engine", engine},
-            {"offload", offload},
-            {"checkpoint_activations", checkpoint_activations},
-            {"loss", loss_kind},
-            {"distill", use_teacher},
-            {"embedding_dkm", embedding_dkm},
-            {"optimizer", optimizer},
-            {"optimizer_state_bytes_per_param", state_bytes_per_param},
-            {"compressed_file_bytes", file_bytes},
-            {"reloaded_matches", same},
-            {"peak_host_bytes", mem.cpu.peak},
-            {"peak_host_bytes_step", step_peak_cpu},
-            {"peak_device_bytes_step", step_peak_cuda},
-            {"pretrain_tokens_per_s", pretrain_tok_s},
-            {"finetune_tokens_per_s", finetune_tok_s},
-            {"last_step_seconds", step_seconds},
-            {"total_seconds", total_s},
-            {"curve", curve}};
-  if (generate > 0)
-    j["generation"] = {{"prompt", prompt}, {"uncompressed", sample_before}, {"compressed", sample_after}};
-  if (packed_run.ran)
-    j["generation"]["packed_runtime"] = {{"text", sample_packed},
-                                         {"tokens_per_s", packed_run.tokens_per_s},
-                                         {"resident_weight_mib", packed_run.weight_mib},
-                                         {"packed_projections", packed_run.packed_layers},
-                                         {"greedy_tokens_equal_compressed_model", packed_run.same_tokens}};
-  for (const auto& e : eval_sets) j["eval_sets"].push_back({{"label", e.label}, {"tokens", e.ids.numel()}});
-  if (steps > first_step) j["profile"] = json::parse(profile.to_json());
-  for (const auto& r : rows) {
-    json row = {{"method", r.method},
-                {"bits", r.bits},
-                {"bits_per_weight", r.bits_per_weight},
-                {"bits_per_weight_decoder_linear", r.linear_bits},
-                {"perplexity", r.evals[0].perplexity},
-                {"eval_tokens_per_s", r.evals[0].tokens_per_s}};
-    for (size_t i = 0; i < r.evals.size(); ++i) row["perplexities"][eval_sets[i].label] = r.evals[i].perplexity;
-    if (!r.note.empty()) row["note"] = r.note;
-    j["results"].push_back(row);
+  Report rep;
+  rep.command = cmd.str();
+  rep.source = source;
+  rep.corpus = corpus;
+  rep.tokenizer = tokenizer->name();
+  rep.init = init;
+  rep.engine = engine;
+  rep.optimizer = optimizer;
+  rep.loss_kind = loss_kind;
+  rep.out_dir = out_dir;
+  rep.parameters = n_params;
+  rep.train_tokens = train_ids.numel();
+  rep.train_documents = static_cast<int64_t>(train_docs.size());
+  rep.eval_documents = static_cast<int64_t>(eval_docs.size());
+  rep.eval_seq_len = eval_seq_len;
+  rep.seq_len = seq_len;
+  rep.batch = batch;
+  rep.steps = steps;
+  rep.pretrain_steps = pretrain_steps;
+  rep.bits = bits;
+  rep.group_size = group_size;
+  rep.embedding_bits = embedding_bits;
+  rep.tau = tau;
+  rep.lr = lr;
+  rep.embedding_dkm = embedding_dkm;
+  rep.offload = offload;
+  rep.checkpoint_activations = checkpoint_activations;
+  rep.distill = use_teacher;
+  rep.cuda = device.is_cuda();
+  rep.optimizer_state_bytes_per_param = state_bytes_per_param;
+  rep.eval_sets = eval_sets;
+  rep.rows = rows;
+  rep.clustered_layers = static_cast<int64_t>(selected.size());
+  rep.clustered_numel = clustered_numel;
+  rep.compressed = palettizer.has_value();
+  rep.compressed_path = compressed;
+  rep.file_bytes = file_bytes;
+  rep.reloaded_matches = same;
+  rep.packed_run = packed_run;
+  rep.peak_host_bytes = mem.cpu.peak;
+  rep.peak_host_bytes_step = step_peak_cpu;
+  rep.peak_device_bytes_step = step_peak_cuda;
+  rep.pretrain_tokens_per_s = pretrain_tok_s;
+  rep.finetune_tokens_per_s = finetune_tok_s;
+  rep.last_step_seconds = step_seconds;
+  rep.total_seconds = total_s;
+  rep.layer_table = layer_table;
+  rep.gptq_facts = gptq_facts;
+  if (offload_stats) rep.offload_facts = offload_stats->to_string();
+  if (steps > first_step) {
+    rep.profile_markdown = profile.to_markdown();
+    rep.profile = json::parse(profile.to_json());
   }
-  edkm::write_text_file(out_dir + "/results.json", j.dump(2) + "\n");
-  std::cout << "wrote " << (compressed.empty() ? "" : compressed + ", ") << out_dir << "/results.md and results.json\n";
+  rep.curve = curve;
+  rep.generate = generate;
+  rep.prompt = prompt;
+  rep.sample_before = sample_before;
+  rep.sample_after = sample_after;
+  rep.sample_packed = sample_packed;
+  write_report(rep);
   return same ? 0 : 1;
 } catch (const c10::Error& e) {
   std::cerr << "edkm_llama_compress: " << e.what_without_backtrace() << "\n";
