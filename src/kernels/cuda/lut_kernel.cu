@@ -131,25 +131,10 @@ int try_tiled(const LutParams& p, const float* x, int64_t m, float* y, cudaStrea
   if (const char* e = std::getenv("EDKM_LUT_CUDA_BLOCKS_PER_SM")) per_sm = std::clamp<int64_t>(std::atoll(e), 1, 32);
   const int blocks =
       static_cast<int>(std::min<int64_t>((p.out + kTiledWarps - 1) / kTiledWarps, per_sm * int64_t{sms}));
-  const int mi = static_cast<int>(m);
-  switch (p.bits) {
-    case 1:
-      return launch_tiled<1>(p, x, mi, y, smem, blocks, stream);
-    case 2:
-      return launch_tiled<2>(p, x, mi, y, smem, blocks, stream);
-    case 3:
-      return launch_tiled<3>(p, x, mi, y, smem, blocks, stream);
-    case 4:
-      return launch_tiled<4>(p, x, mi, y, smem, blocks, stream);
-    case 5:
-      return launch_tiled<5>(p, x, mi, y, smem, blocks, stream);
-    case 6:
-      return launch_tiled<6>(p, x, mi, y, smem, blocks, stream);
-    case 7:
-      return launch_tiled<7>(p, x, mi, y, smem, blocks, stream);
-    default:
-      return launch_tiled<8>(p, x, mi, y, smem, blocks, stream);
-  }
+  using Launch = int (*)(const LutParams&, const float*, int, float*, size_t, int, cudaStream_t);
+  static constexpr Launch kByBits[8] = {launch_tiled<1>, launch_tiled<2>, launch_tiled<3>, launch_tiled<4>,
+                                        launch_tiled<5>, launch_tiled<6>, launch_tiled<7>, launch_tiled<8>};
+  return kByBits[p.bits - 1](p, x, static_cast<int>(m), y, smem, blocks, stream);
 }
 
 __global__ void lut_decode_kernel(LutParams p, int64_t r0, int64_t r1, float* __restrict__ out) {
