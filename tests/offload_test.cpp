@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "offload/prefetch.h"
 #include "offload/unique_rows.h"
 #include "test_util.h"
 
@@ -75,6 +76,47 @@ TEST(SavedTensorHooks, EdkmEngineStartsItsOwnGpuQueuesAfterTheBaseEngineRan) {
     loss.backward();
     EXPECT_TRUE(at::allclose(z.grad(), 2 * z.detach()));
   }
+}
+
+// The prefetch heuristic's rules (offload/prefetch.h), alone.
+TEST(OffloadPrefetch, DirectionIsLearnedFromRestoresAndClamped) {
+  edkm::detail::PrefetchDirection d;
+  EXPECT_TRUE(d.reverse());  // reverse pack order until the restores say otherwise
+  d.observe(10);
+  EXPECT_EQ(d.score(), -2);  // the first restore says nothing
+  d.observe(10);             // the same storage again: no evidence
+  EXPECT_EQ(d.score(), -2);
+  for (int64_t seq : {11, 12, 13}) d.observe(seq);  // forward order
+  EXPECT_EQ(d.score(), 1);
+  EXPECT_FALSE(d.reverse());
+  for (int64_t seq : {14, 15, 16, 17, 18}) d.observe(seq);
+  EXPECT_EQ(d.score(), 4);  // clamped: a long forward run is undone by a few reverse restores
+  for (int64_t seq : {17, 16, 15, 14}) d.observe(seq);
+  EXPECT_EQ(d.score(), 0);
+  EXPECT_TRUE(d.reverse());
+  for (int64_t seq : {3, 2, 1, 0, 0}) d.observe(seq);  // the last one repeats: no evidence
+  EXPECT_EQ(d.score(), -4);
+}
+
+TEST(OffloadPrefetch, CursorMovesOnlyToTheNextRestoreInSequence) {
+  using edkm::detail::next_cursor;
+  // No cursor yet, or a new backward (the cursor's storage not restored in it): start at the restore.
+  EXPECT_EQ(next_cursor(-1, false, 7, -1, true), 7);
+  EXPECT_EQ(next_cursor(9, false, 7, 5, true), 7);
+  // Reverse walk from 9 whose next unrestored storage is 5: restoring 8, 7 or 6 (between) moves it.
+  EXPECT_EQ(next_cursor(9, true, 8, 5, true), 8);
+  EXPECT_EQ(next_cursor(9, true, 6, 5, true), 6);
+  // The weight used again in a later DKM iteration (packed first, seq 1) does not drag it back;
+  // neither does a storage behind the cursor.
+  EXPECT_EQ(next_cursor(9, true, 1, 5, true), 9);
+  EXPECT_EQ(next_cursor(9, true, 12, 5, true), 9);
+  // Reverse walk with nothing left to prefetch (next -1): any earlier restore is adjacent.
+  EXPECT_EQ(next_cursor(9, true, 2, -1, true), 2);
+  // Forward walk from 3 whose next unrestored storage is 6.
+  EXPECT_EQ(next_cursor(3, true, 4, 6, false), 4);
+  EXPECT_EQ(next_cursor(3, true, 7, 6, false), 3);
+  EXPECT_EQ(next_cursor(3, true, 2, 6, false), 3);
+  EXPECT_EQ(next_cursor(3, true, 9, -1, false), 9);
 }
 
 edkm::OffloadOptions h2h() { return edkm::OffloadOptions().host_to_host(true).min_bytes(0); }

@@ -19,6 +19,7 @@
 
 #include "edkm/offload.h"
 #include "memory/peak.h"
+#include "offload/prefetch.h"
 #include "offload/storage_registry.h"
 #include "offload/unique_rows.h"
 #include "util/format.h"
@@ -113,9 +114,8 @@ struct Offloader::State {
   std::map<int64_t, std::weak_ptr<HostStorage>> order;  // live host copies by pack sequence
   int64_t next_seq = 0;
   std::vector<std::weak_ptr<IndexList>> index_lists;
-  int64_t last_restored_seq = -1;
-  int direction_score = -2;           // <= 0: backward runs in reverse pack order (the usual case)
-  std::weak_ptr<HostStorage> cursor;  // where prefetching continues from (see prefetch_after)
+  detail::PrefetchDirection direction;  // learned from the order of restores (offload/prefetch.h)
+  std::weak_ptr<HostStorage> cursor;    // where prefetching continues from (see prefetch_after)
 
   std::mutex prefetch_mu;                             // guards `prefetched`; taken before any HostStorage::mu
   std::deque<std::weak_ptr<HostStorage>> prefetched;  // outstanding prefetches, oldest first
@@ -340,11 +340,8 @@ void Offloader::State::prefetch_after(const HostStorage& current, int64_t curren
   std::vector<std::shared_ptr<HostStorage>> candidates;
   {
     std::lock_guard<std::mutex> lock(mu);
-    // Learn the direction from the order of first unpacks (restores) of storages.
-    if (last_restored_seq >= 0 && last_restored_seq != current.seq)
-      direction_score = std::clamp(direction_score + (current.seq < last_restored_seq ? -1 : 1), -4, 4);
-    last_restored_seq = current.seq;
-    const bool reverse = direction_score <= 0;
+    direction.observe(current.seq);
+    const bool reverse = direction.reverse();
     // The walk in `order`, from `from`, over storages not restored yet in this backward.
     auto step = [&](std::map<int64_t, std::weak_ptr<HostStorage>>::iterator it) -> std::shared_ptr<HostStorage> {
       while (true) {
@@ -360,25 +357,21 @@ void Offloader::State::prefetch_after(const HostStorage& current, int64_t curren
         if (h->round < current_round && h->live_views > 0) return h;
       }
     };
-    // The cursor: the last storage restored in sequence. An unpack that is not the next one after
-    // it (a storage used again out of order, like the weight in every DKM iteration) leaves it where
-    // it is; a new backward (the cursor's storage not restored in it) starts from the unpacked one.
+    // The cursor: the last storage restored in sequence (the rules: offload/prefetch.h).
     auto cur = cursor.lock();
     int64_t cursor_round = -1;
     if (cur) {
       std::lock_guard<std::mutex> hl(cur->mu);
       cursor_round = cur->round;
     }
-    if (cur && cur.get() != &current && cursor_round == current_round) {
+    const bool in_round = cur && cur.get() != &current && cursor_round == current_round;
+    int64_t next_seq = -1;
+    if (in_round) {
       auto next = step(order.find(cur->seq));
-      const int64_t next_seq = next ? next->seq : -1;
-      // Restored in this backward already, so the walk skips it: is it next to the cursor?
-      const bool adjacent = reverse ? (current.seq < cur->seq && current.seq > next_seq)
-                                    : (current.seq > cur->seq && (next_seq < 0 || current.seq < next_seq));
-      if (adjacent) cursor = order[current.seq];
-    } else {
-      cursor = order[current.seq];
+      next_seq = next ? next->seq : -1;
     }
+    const int64_t moved = detail::next_cursor(cur ? cur->seq : -1, in_round, current.seq, next_seq, reverse);
+    if (!cur || moved != cur->seq) cursor = order[moved];
     auto from = cursor.lock();
     if (!from) return;
     auto it = order.find(from->seq);
