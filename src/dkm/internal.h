@@ -13,20 +13,6 @@
 
 namespace edkm::detail {
 
-/// The kernels' element type of a tensor's dtype (every kernel op maps it here, once).
-inline kernels::DType kernel_dtype(at::ScalarType st) {
-  switch (st) {
-    case at::kDouble:
-      return kernels::DType::kF64;
-    case at::kBFloat16:
-      return kernels::DType::kBF16;
-    case at::kHalf:
-      return kernels::DType::kF16;
-    default:
-      return kernels::DType::kF32;
-  }
-}
-
 /// Sums a tensor in place over the ranks that share a weight (the sharded engines pass one built
 /// on their communicator, see src/distributed/); empty: a single process, nothing to sum. The
 /// core never depends on the distributed code: it only calls this.

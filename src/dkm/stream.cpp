@@ -34,8 +34,6 @@ using kernels::DType;
 using kernels::StreamParams;
 using kernels::StreamPass;
 
-void run_pass(const StreamParams& p, const at::Tensor& on) { kernels::ops::stream_pass(p, on); }
-
 // Everything a pass needs besides its mode: geometry, options, the saved history.
 struct Plan {
   StreamParams base;
@@ -47,7 +45,7 @@ struct Plan {
   at::Tensor reduce(StreamParams p, const at::Tensor& on) {
     p.partials = partials.data_ptr<double>();
     partials.zero_();
-    run_pass(p, on);
+    kernels::ops::stream_pass(p, on);
     auto sums = partials.view({p.groups, p.chunks, p.width}).sum(1);
     if (reduce_ranks) reduce_ranks(sums);
     return sums;
@@ -59,7 +57,7 @@ Plan make_plan(const at::Tensor& x, const DKMOptions& o, at::ScalarType ct, Redu
   plan.reduce_ranks = std::move(reduce);
   auto& p = plan.base;
   p.x = x.data_ptr();
-  p.kind = kernel_dtype(x.scalar_type());
+  p.kind = kernels::ops::kernel_dtype(x.scalar_type());
   p.groups = x.size(0);
   p.n = x.size(1);
   p.d = x.size(2);
@@ -134,7 +132,7 @@ class StreamFunction : public torch::autograd::Function<StreamFunction> {
     auto y = at::empty_like(x);
     p.pass = StreamPass::kOutput;
     p.out = y.data_ptr();
-    run_pass(p, x);
+    kernels::ops::stream_pass(p, x);
 
     auto last_index = at::from_blob(iters.data(), {G}, at::TensorOptions().dtype(at::kInt)).to(at::kLong);
     auto final_index = (at::arange(G, last_index.options()) * (T + 1) + last_index).to(x.device());
@@ -198,7 +196,7 @@ class StreamFunction : public torch::autograd::Function<StreamFunction> {
     p.out = dx.data_ptr();
     p.grad_levels = fused ? 1 : static_cast<int32_t>(T);
     p.accumulate = fused;
-    run_pass(p, x);
+    kernels::ops::stream_pass(p, x);
     return {dx, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

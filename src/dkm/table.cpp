@@ -63,7 +63,7 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
                             const at::Tensor& centroids, const DKMOptions* options, DKMOutput* out,
                             const Reducer* reduce) {
     const auto w = weight.contiguous();
-    const DType dtype = kernel_dtype(w.scalar_type());
+    const DType dtype = kernels::ops::kernel_dtype(w.scalar_type());
     auto counts = kernels::ops::table_histogram(w);
     if (*reduce) (*reduce)(counts);  // sharded: the histogram of the whole weight
     auto values = pattern_values(dtype, w.options());

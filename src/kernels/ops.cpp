@@ -25,7 +25,8 @@ constexpr const char* kNoCudaKernels =
 // The device an op runs on: its guard and current stream for the op's lifetime.
 class DeviceScope {
  public:
-  DeviceScope(const at::Tensor& on, const char* op) : cuda_(on.is_cuda()) {
+  DeviceScope(const at::Tensor& on, const char* op) : cuda_(on.defined() && on.is_cuda()) {
+    TORCH_CHECK(on.defined(), "edkm: ", op, ": the input is an undefined tensor");
     const std::string why = unsupported_device(on);
     TORCH_CHECK(why.empty(), "edkm: ", op, ": ", why);
 #if defined(EDKM_WITH_CUDA)
@@ -68,25 +69,13 @@ void check_launch(int rc, const char* op) {
   } while (0)
 #endif
 
-// The table ops' weight: defined, contiguous, on a supported device, bf16 / fp16 / fp32.
+// The table ops' weight (on a device DeviceScope accepted): contiguous bf16 / fp16 / fp32.
 TableParams table_params(const at::Tensor& w, const char* op) {
-  TORCH_CHECK(w.defined() && w.is_contiguous(), "edkm: ", op, ": weight must be a defined contiguous tensor");
-  const std::string why = unsupported_device(w);
-  TORCH_CHECK(why.empty(), "edkm: ", op, ": ", why);
-  DType dtype = DType::kF32;
-  switch (w.scalar_type()) {
-    case at::kBFloat16:
-      dtype = DType::kBF16;
-      break;
-    case at::kHalf:
-      dtype = DType::kF16;
-      break;
-    case at::kFloat:
-      break;
-    default:
-      TORCH_CHECK(false, "edkm: ", op, ": weight must be bfloat16, float16 or float32, got ", w.scalar_type());
-  }
-  return TableParams{w.data_ptr(), w.numel(), dtype};
+  TORCH_CHECK(w.is_contiguous(), "edkm: ", op, ": weight must be contiguous");
+  const auto st = w.scalar_type();
+  TORCH_CHECK(st == at::kBFloat16 || st == at::kHalf || st == at::kFloat, "edkm: ", op,
+              ": weight must be bfloat16, float16 or float32, got ", st);
+  return TableParams{w.data_ptr(), w.numel(), kernel_dtype(st)};
 }
 
 void check_like(const at::Tensor& t, const char* name, const at::Tensor& w, const char* op) {
@@ -120,8 +109,8 @@ std::string unsupported_device(const at::Tensor& t) {
 
 at::Tensor table_histogram(const at::Tensor& w) {
   constexpr const char* op = "table histogram";
-  const TableParams p = table_params(w, op);
   DeviceScope scope(w, op);
+  const TableParams p = table_params(w, op);
   auto counts = at::empty({kTableSize}, w.options().dtype(at::kLong));
   if (w.numel() == 0) return counts.zero_();
   EDKM_DISPATCH(scope, op, table_histogram_cpu(p, counts.data_ptr<int64_t>()),
@@ -131,9 +120,9 @@ at::Tensor table_histogram(const at::Tensor& w) {
 
 at::Tensor table_gather(const at::Tensor& w, const at::Tensor& table) {
   constexpr const char* op = "table gather";
+  DeviceScope scope(w, op);
   const TableParams p = table_params(w, op);
   check_table(table, "table", w, op);
-  DeviceScope scope(w, op);
   auto out = at::empty_like(w);
   if (w.numel() == 0) return out;
   EDKM_DISPATCH(scope, op, table_gather_cpu(p, table.data_ptr<float>(), out.data_ptr()),
@@ -143,9 +132,9 @@ at::Tensor table_gather(const at::Tensor& w, const at::Tensor& table) {
 
 at::Tensor table_scatter_add(const at::Tensor& w, const at::Tensor& grad) {
   constexpr const char* op = "table scatter-add";
+  DeviceScope scope(w, op);
   const TableParams p = table_params(w, op);
   check_like(grad, "grad", w, op);
-  DeviceScope scope(w, op);
   auto sums = at::empty({kTableSize}, w.options().dtype(at::kDouble));
   if (w.numel() == 0) return sums.zero_();
   EDKM_DISPATCH(scope, op, table_scatter_add_cpu(p, grad.data_ptr(), sums.data_ptr<double>()),
@@ -156,11 +145,11 @@ at::Tensor table_scatter_add(const at::Tensor& w, const at::Tensor& grad) {
 at::Tensor table_backward(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& slope,
                           const at::Tensor& shift) {
   constexpr const char* op = "table backward";
+  DeviceScope scope(w, op);
   const TableParams p = table_params(w, op);
   check_like(grad, "grad", w, op);
   check_table(slope, "slope", w, op);
   check_table(shift, "shift", w, op);
-  DeviceScope scope(w, op);
   auto dw = at::empty_like(w);
   if (w.numel() == 0) return dw;
   EDKM_DISPATCH(scope, op,

@@ -18,6 +18,21 @@
 
 namespace edkm::kernels::ops {
 
+/// The kernels' element type of a tensor's dtype (the one at::ScalarType -> DType mapping; float
+/// for anything that is not double, bf16 or fp16).
+inline DType kernel_dtype(at::ScalarType st) {
+  switch (st) {
+    case at::kDouble:
+      return DType::kF64;
+    case at::kBFloat16:
+      return DType::kBF16;
+    case at::kHalf:
+      return DType::kF16;
+    default:
+      return DType::kF32;
+  }
+}
+
 /// Whether this build has the CUDA twins (EDKM_CUDA and nvcc at configure time).
 bool cuda_kernels_built();
 /// Why a tensor on its device cannot run edkm's kernels ("" when it can).
