@@ -25,7 +25,7 @@
 // W_soft and dL/dW (`--save-output`); every row also records the process's VmRSS before its first
 // step and VmHWM after its last, which are meaningful when one process runs one row.
 #include <ATen/ATen.h>
-#include <edkm/distributed.h>
+#include <edkm/distributed/distributed.h>
 #include <edkm/edkm.h>
 
 #include <CLI/CLI.hpp>
@@ -114,8 +114,8 @@ Measurement run_step(const StepInput& in, edkm::Engine engine, Saved saved = Sav
   m.dweight = step.weight.grad();
   if (off) {
     const auto st = off->stats();
-    m.host_peak = st.host_bytes_peak;
-    m.traffic = st.bytes_offloaded + st.bytes_restored;
+    m.host_peak = st.kept_bytes_peak;
+    m.traffic = st.bytes_stored + st.bytes_restored;
     if (in.device.is_cpu()) {
       // Are the host buffers counted by the CPU allocator meter? Free the pool and look.
       const int64_t cached = off->stats().pool_cached_bytes, before = edkm::cpu_bytes_in_use();
@@ -127,7 +127,7 @@ Measurement run_step(const StepInput& in, edkm::Engine engine, Saved saved = Sav
     // Per rank: the kept blocks (host pool: not counted by the device-role figure), what pack
     // copied into them plus what unpack's all-gathers returned. Max over the ranks.
     const auto st = shard->stats();
-    auto mine = at::tensor(std::vector<int64_t>{m.device_peak, st.block_bytes_peak, st.bytes_stored + st.bytes_gathered,
+    auto mine = at::tensor(std::vector<int64_t>{m.device_peak, st.kept_bytes_peak, st.bytes_stored + st.bytes_restored,
                                                 static_cast<int64_t>(m.seconds * 1e9)},
                            at::kLong);
     const auto all = in.comm->all_gather(mine).view({-1, 4}).amax(0);
@@ -177,11 +177,8 @@ std::vector<Configuration> configurations() {
   };
 }
 
-std::string mib(double bytes) {
-  std::ostringstream f;
-  f << std::fixed << std::setprecision(bytes < 10 * (1 << 20) ? 2 : 1) << bytes / (1 << 20);
-  return f.str();
-}
+// Two decimals below 10 MiB.
+std::string mib(double bytes) { return edkm::bench::mib(bytes, bytes < 10 * (1 << 20) ? 2 : 1); }
 
 /// "123x" / "inf" for a ratio (dense / config) of memory figures.
 std::string times(double dense, double value) {
@@ -535,10 +532,6 @@ int main(int argc, char** argv) try {
   }
   chart.save(out + ".svg");
   return 0;
-} catch (const c10::Error& e) {
-  std::cerr << "edkm_bench_ablation: " << e.what_without_backtrace() << "\n";
-  return 1;
-} catch (const std::exception& e) {
-  std::cerr << "edkm_bench_ablation: " << e.what() << "\n";
-  return 1;
+} catch (...) {
+  return edkm::bench::error_exit("edkm_bench_ablation");
 }

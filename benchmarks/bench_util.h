@@ -2,11 +2,13 @@
 // Helpers shared by the benchmark programs: argument parsing and device synchronisation (the
 // torch-free ones are in results_io.h).
 #include <ATen/core/Tensor.h>
-#include <edkm/dkm.h>
-#include <edkm/memory.h>
-#include <edkm/saved_tensor_hooks.h>
+#include <c10/util/Exception.h>
+#include <edkm/dkm/dkm.h>
+#include <edkm/memory/memory.h>
+#include <edkm/offload/saved_tensor_hooks.h>
 
 #include <chrono>
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -35,6 +37,19 @@ inline void sync(const at::Device& d) {
 #else
   (void)d;
 #endif
+}
+
+/// For main's `catch (...)`: prints "<program>: <message>" to stderr (a c10::Error without its
+/// backtrace) and returns main's exit status, 1. Other than std::exception, nothing is caught.
+inline int error_exit(const char* program) {
+  try {
+    throw;
+  } catch (const c10::Error& e) {
+    std::cerr << program << ": " << e.what_without_backtrace() << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << program << ": " << e.what() << "\n";
+  }
+  return 1;
 }
 
 /// One measured DKM forward+backward (`measured_dkm_step`).

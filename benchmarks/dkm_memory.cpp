@@ -118,7 +118,6 @@ int main(int argc, char** argv) try {
   edkm::write_text_file(out + ".md", md.str());
   std::cout << md.str();
   return 0;
-} catch (const std::exception& e) {
-  std::cerr << "edkm_bench_dkm_memory: " << e.what() << "\n";
-  return 1;
+} catch (...) {
+  return edkm::bench::error_exit("edkm_bench_dkm_memory");
 }

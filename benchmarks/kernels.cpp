@@ -422,10 +422,6 @@ int main(int argc, char** argv) try {
   chart.series.push_back(s);
   chart.save(out + ".svg");
   return 0;
-} catch (const c10::Error& e) {
-  std::cerr << "edkm_bench_kernels: " << e.what_without_backtrace() << "\n";
-  return 1;
-} catch (const std::exception& e) {
-  std::cerr << "edkm_bench_kernels: " << e.what() << "\n";
-  return 1;
+} catch (...) {
+  return edkm::bench::error_exit("edkm_bench_kernels");
 }

@@ -1,5 +1,5 @@
-// Running palettized weights without decompressing them (edkm/palettized_linear.h,
-// edkm/llama_runtime.h): the LUT-GEMV at SmolLM2 and LLaMA-7B shapes against LibTorch's fp32 and
+// Running palettized weights without decompressing them (edkm/nn/palettized_linear.h,
+// edkm/models/llama_runtime.h): the LUT-GEMV at SmolLM2 and LLaMA-7B shapes against LibTorch's fp32 and
 // bf16 matmul on the dense weight, as time, GB/s and % of the memory bandwidth a copy probe
 // measures in the same run; and, for compressed LLaMA checkpoints, end-to-end decode tokens/s and
 // resident weight memory packed against the same checkpoint decompressed to fp32 (with the
@@ -14,11 +14,11 @@
 // synchronises once (time per call = batch time / calls). Decode runs on the CPU only.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <edkm/checkpoint.h>
-#include <edkm/file_io.h>
-#include <edkm/llama.h>
-#include <edkm/llama_runtime.h>
-#include <edkm/palettized_linear.h>
+#include <edkm/io/checkpoint.h>
+#include <edkm/io/file_io.h>
+#include <edkm/models/llama.h>
+#include <edkm/models/llama_runtime.h>
+#include <edkm/nn/palettized_linear.h>
 #include <torch/cuda.h>
 #include <CLI/CLI.hpp>
 
@@ -31,6 +31,9 @@
 #include "bench_util.h"
 #include "results_io.h"
 #include "svg_chart.h"
+
+using edkm::bench::fixed;
+using edkm::bench::mib;
 
 namespace {
 
@@ -71,12 +74,6 @@ double copy_bandwidth(double min_time, at::Device device) {
   at::Tensor a = at::ones({n}, device), b = at::empty({n}, device);
   const double s = time_it([&] { b.copy_(a); }, min_time);
   return 2.0 * 4.0 * static_cast<double>(n) / s;
-}
-
-std::string fixed(double v, int digits) {
-  std::ostringstream s;
-  s << std::fixed << std::setprecision(digits) << v;
-  return s.str();
 }
 
 }  // namespace
@@ -241,15 +238,14 @@ int main(int argc, char** argv) try {
                         {"decode_tokens_per_s", tok_s},
                         {"speedup_vs_fp32", fp32_tok_s > 0 ? tok_s / fp32_tok_s : 1.0},
                         {"greedy_equal", same}});
-      dmd << "| " << label << " | " << kind << " | " << fixed(rt.weight_bytes() / 1048576.0, 1) << " | "
-          << fixed(prefill, 3) << " | " << fixed(tok_s, 2) << " | "
-          << fixed(fp32_tok_s > 0 ? tok_s / fp32_tok_s : 1.0, 2) << " | "
+      dmd << "| " << label << " | " << kind << " | " << mib(rt.weight_bytes()) << " | " << fixed(prefill, 3) << " | "
+          << fixed(tok_s, 2) << " | " << fixed(fp32_tok_s > 0 ? tok_s / fp32_tok_s : 1.0, 2) << " | "
           << (tokens.size() < 2 ? "-"
               : same            ? "yes"
                                 : "NO")
           << " |\n";
-      std::cout << label << " " << kind << ": " << fixed(rt.weight_bytes() / 1048576.0, 1) << " MiB of weights, "
-                << fixed(tok_s, 2) << " tok/s decode, prefill " << fixed(prefill, 3) << " s\n";
+      std::cout << label << " " << kind << ": " << mib(rt.weight_bytes()) << " MiB of weights, " << fixed(tok_s, 2)
+                << " tok/s decode, prefill " << fixed(prefill, 3) << " s\n";
     }
   }
 

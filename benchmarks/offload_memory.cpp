@@ -31,30 +31,6 @@ using edkm::bench::split;
 
 namespace {
 
-nlohmann::json to_json(const edkm::OffloadStats& s) {
-  return {{"tensors_packed", s.tensors_packed},
-          {"tensors_offloaded", s.tensors_offloaded},
-          {"tensors_unpacked", s.tensors_unpacked},
-          {"storages_copied", s.storages_copied},
-          {"bytes_offloaded", s.bytes_offloaded},
-          {"copies_avoided", s.copies_avoided},
-          {"bytes_not_copied", s.bytes_not_copied},
-          {"bytes_restored", s.bytes_restored},
-          {"restores_shared", s.restores_shared},
-          {"host_bytes_peak", s.host_bytes_peak},
-          {"pool_hits", s.pool_hits},
-          {"pool_misses", s.pool_misses},
-          {"pool_peak_in_use_bytes", s.pool.peak_in_use_bytes},
-          {"pool_peak_reserved_bytes", s.pool.peak_reserved_bytes},
-          {"prefetches", s.prefetches},
-          {"prefetch_hits", s.prefetch_hits},
-          {"prefetch_wasted", s.prefetch_wasted},
-          {"tensors_uniquified", s.tensors_uniquified},
-          {"uniquify_bytes_before", s.uniquify_bytes_before},
-          {"uniquify_bytes_after", s.uniquify_bytes_after},
-          {"index_lists_shared", s.index_lists_shared}};
-}
-
 at::ScalarType dtype_of(const std::string& name) {
   if (name == "bf16") return at::kBFloat16;
   if (name == "fp16") return at::kHalf;
@@ -132,7 +108,7 @@ int main(int argc, char** argv) try {
                               {"pinned_peak_bytes", pinned_peak},
                               {"step_seconds", best_s},
                               {"grad_bitwise_equal", same}};
-        if (offload) row["stats"] = to_json(off->stats());
+        if (offload) row["stats"] = nlohmann::json::parse(off->stats().to_json());  // every counter, `pool` nested
         results.push_back(row);
         bar.tick(s + " " + dt + " " + mode);
       }
@@ -141,7 +117,7 @@ int main(int argc, char** argv) try {
   bar.finish();
 
   edkm::write_text_file(out + ".json", results.dump(2) + "\n");
-  auto mib = [](const nlohmann::json& v) { return v.get<double>() / (1 << 20); };
+  auto mib = [](const nlohmann::json& v) { return edkm::bench::mib(v.get<double>()); };
   std::ostringstream md;
   md << std::fixed
      << "| shape | dtype | mode | device-role peak MiB | plain / this | fwd+bwd s | time vs plain | grads equal | "
@@ -169,8 +145,8 @@ int main(int argc, char** argv) try {
     md << " | " << (r["grad_bitwise_equal"].get<bool>() ? "yes" : "NO");
     if (r.contains("stats")) {
       const auto& st = r["stats"];
-      md << " | " << std::setprecision(1) << mib(st["pool_peak_in_use_bytes"]) << " | " << st["storages_copied"]
-         << " | " << st["copies_avoided"] << " | " << mib(st["bytes_offloaded"]) << " | " << mib(st["bytes_restored"])
+      md << " | " << std::setprecision(1) << mib(st["pool"]["peak_in_use_bytes"]) << " | " << st["storages_kept"]
+         << " | " << st["copies_avoided"] << " | " << mib(st["bytes_stored"]) << " | " << mib(st["bytes_restored"])
          << " | " << st["prefetches"] << " (" << st["prefetch_hits"] << ", " << st["prefetch_wasted"] << ") | "
          << st["tensors_uniquified"] << " (" << st["index_lists_shared"] << " shared index) | "
          << mib(st["uniquify_bytes_before"]) << " -> " << mib(st["uniquify_bytes_after"]) << " |\n";
@@ -181,7 +157,6 @@ int main(int argc, char** argv) try {
   edkm::write_text_file(out + ".md", md.str());
   std::cout << md.str();
   return 0;
-} catch (const std::exception& e) {
-  std::cerr << "edkm_bench_offload_memory: " << e.what() << "\n";
-  return 1;
+} catch (...) {
+  return edkm::bench::error_exit("edkm_bench_offload_memory");
 }

@@ -1,7 +1,8 @@
 #pragma once
 // Torch-free helpers of the benchmark programs: lists, process memory figures, the machine's
-// name. Result files are written with edkm::write_text_file (edkm/file_io.h: atomic).
-#include <edkm/file_io.h>
+// name. Result files are written with edkm::write_text_file (edkm/io/file_io.h: atomic).
+#include <edkm/io/file_io.h>
+#include <fmt/format.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -13,6 +14,11 @@
 #include <vector>
 
 namespace edkm::bench {
+
+/// `v` with `digits` decimals: "3.142".
+inline std::string fixed(double v, int digits) { return fmt::format("{:.{}f}", v, digits); }
+/// Bytes as MiB with `digits` decimals, the number only (table cells): "12.3".
+inline std::string mib(double bytes, int digits = 1) { return fixed(bytes / (1 << 20), digits); }
 
 /// "a,b,c" -> {"a", "b", "c"}.
 inline std::vector<std::string> split(const std::string& text, char sep = ',') {

@@ -9,7 +9,7 @@
 //   torchrun --standalone --no-python --nproc-per-node 4 edkm_bench_shard_memory --out results/shard_w4
 //   edkm_bench_shard_memory --merge results/shard_w1.json,results/shard_w2.json,... --out results/shard_cpu
 #include <ATen/ATen.h>
-#include <edkm/distributed.h>
+#include <edkm/distributed/distributed.h>
 #include <edkm/edkm.h>
 
 #include <CLI/CLI.hpp>
@@ -65,9 +65,9 @@ nlohmann::json measure(edkm::Communicator& comm, const std::shared_ptr<edkm::Com
         const auto s = off->stats();
         row[key]["host_pool_peak_bytes"] =
             max_over_ranks(static_cast<double>(off->host_pool_peak_reserved_bytes()), comm);
-        row[key]["block_bytes_peak"] = max_over_ranks(static_cast<double>(s.block_bytes_peak), comm);
-        row[key]["bytes_sharded"] = s.bytes_sharded;
-        row[key]["gathers"] = s.gathers;
+        row[key]["block_bytes_peak"] = max_over_ranks(static_cast<double>(s.kept_bytes_peak), comm);
+        row[key]["bytes_sharded"] = s.storage_bytes_kept;
+        row[key]["gathers"] = s.restores;
         row[key]["grad_bitwise_equal"] = max_over_ranks(at::equal(wr.grad(), reference) ? 0.0 : 1.0, comm) == 0.0;
       }
     }
@@ -100,7 +100,7 @@ nlohmann::json measure(edkm::Communicator& comm, const std::shared_ptr<edkm::Com
 }
 
 std::string markdown(const nlohmann::json& rows) {
-  auto mib = [](const nlohmann::json& v) { return v.get<double>() / (1 << 20); };
+  auto mib = [](const nlohmann::json& v) { return edkm::bench::mib(v.get<double>()); };
   std::ostringstream md;
   md << std::fixed;
   md << "Dense DKM (every rank the whole weight), plain vs dist::ShardedOffloader, per rank (max over ranks):\n\n"
@@ -161,7 +161,6 @@ int main(int argc, char** argv) try {
   }
   comm->barrier();
   return 0;
-} catch (const std::exception& e) {
-  std::cerr << "edkm_bench_shard_memory: " << e.what() << "\n";
-  return 1;
+} catch (...) {
+  return edkm::bench::error_exit("edkm_bench_shard_memory");
 }

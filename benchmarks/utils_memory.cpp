@@ -426,12 +426,7 @@ int main(int argc, char** argv) try {
 
   edkm::write_text_file(out + ".json", g_results.dump(2) + "\n");
   std::ostringstream md;
-  auto mib = [](int64_t b) {
-    std::ostringstream o;
-    if (b < 0) return std::string("-");
-    o << std::fixed << std::setprecision(1) << b / double(1 << 20);
-    return o.str();
-  };
+  auto mib = [](int64_t b) { return b < 0 ? std::string("-") : edkm::bench::mib(static_cast<double>(b)); };
   md << "| utility | config | plain | edkm | plain peak MiB | edkm peak MiB | saved | plain kept MiB | edkm kept MiB "
         "| plain s | edkm s | time x |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& r : g_results) {
@@ -451,7 +446,6 @@ int main(int argc, char** argv) try {
   edkm::write_text_file(out + ".md", md.str());
   std::cout << md.str();
   return 0;
-} catch (const std::exception& e) {
-  std::cerr << "edkm_bench_utils_memory: " << e.what() << "\n";
-  return 1;
+} catch (...) {
+  return edkm::bench::error_exit("edkm_bench_utils_memory");
 }

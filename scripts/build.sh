@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Configures and builds edkm into ${EDKM_BUILD_DIR:-build}; extra args go to cmake's configure step.
-# EDKM_TARGET builds one target only.
+# EDKM_TARGET builds one target only. Shared libraries unless EDKM_SHARED_LIBS=OFF.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/env.sh"
@@ -16,7 +16,7 @@ mkdir -p "$build"
 if ! cmake -S "$root" -B "$build" -G Ninja \
   -DCMAKE_BUILD_TYPE="${EDKM_BUILD_TYPE:-Release}" \
   -DCMAKE_PREFIX_PATH="$EDKM_TORCH_PREFIX" \
-  -DEDKM_PYTHON="$EDKM_PYTHON" "$@" >"$build/configure.log" 2>&1; then
+  -DEDKM_PYTHON="$EDKM_PYTHON" -DBUILD_SHARED_LIBS="${EDKM_SHARED_LIBS:-ON}" "$@" >"$build/configure.log" 2>&1; then
   cat "$build/configure.log" >&2
   exit 1
 fi

@@ -14,11 +14,9 @@
 # Environment: EDKM_GPU_BUILD_DIR (default build-gpu/; never build/), EDKM_GPU_BUNDLE_DIR (default
 # gpu_bundle/), EDKM_GPU_BUNDLE_MAX_MIB (default 60: the copy to the GPU machine holds 64 MiB with
 # the working tree), EDKM_JOBS (default 2), TORCH_CUDA_ARCH_LIST (default 9.0; must include 9.0).
-set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
+# shellcheck source=scripts/gpu_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_common.sh"  # here, root, bundle
 build="${EDKM_GPU_BUILD_DIR:-$root/build-gpu}"
-bundle="${EDKM_GPU_BUNDLE_DIR:-$root/gpu_bundle}"
 max_mib="${EDKM_GPU_BUNDLE_MAX_MIB:-60}"
 die() { echo "gpu_bundle.sh: $*" >&2; exit 1; }
 
@@ -36,7 +34,8 @@ benches=(edkm_bench_ablation edkm_bench_dkm_memory edkm_bench_kernels edkm_bench
 examples=(edkm_llama_compress)                                      # trains on --device cuda
 
 # EDKM_CUDA=ON: a build that silently fell back to CPU kernels would make the GPU check pointless.
-EDKM_BUILD_DIR="$build" EDKM_TARGET=edkm EDKM_JOBS="${EDKM_JOBS:-2}" bash "$here/build.sh" \
+# Static libraries: the bundle runs from another path, where build-tree rpaths would not resolve.
+EDKM_SHARED_LIBS=OFF EDKM_BUILD_DIR="$build" EDKM_TARGET=edkm_core EDKM_JOBS="${EDKM_JOBS:-2}" bash "$here/build.sh" \
   -DEDKM_BUILD_TESTS=ON -DEDKM_BUILD_EXAMPLES=ON -DEDKM_BUILD_BENCHMARKS=ON -DEDKM_CUDA=ON
 cmake --build "$build" -j"${EDKM_JOBS:-2}" --target "${tests[@]}" "${benches[@]}" "${examples[@]}"
 

@@ -15,10 +15,8 @@
 # Environment: EDKM_GPU_BUNDLE_DIR (default gpu_bundle/), EDKM_GPU_PYTHON (default python3),
 # EDKM_GPU_CHECK_BUDGET_S (whole run, default 450), EDKM_GPU_CHECK_STEPS (comma-separated subset).
 # shellcheck disable=SC2317  # the step functions are called indirectly ("step_$name")
-set -euo pipefail
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-root="$(cd "$here/.." && pwd)"
-bundle="${EDKM_GPU_BUNDLE_DIR:-$root/gpu_bundle}"
+# shellcheck source=scripts/gpu_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_common.sh"  # here, root, bundle
 bin="$bundle/bin"
 py="${EDKM_GPU_PYTHON:-python3}"
 # Order: correctness first, then the short kernel benchmarks (the figures a first run must bring

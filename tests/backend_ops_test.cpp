@@ -6,7 +6,7 @@
 // "cpu-avx512" (the vectorised streaming passes, cluster_dim 1 only), "cuda" (when a device is
 // usable; EDKM_REQUIRE_GPU=1 makes its absence a failure). The LUT matmul ops have their own
 // every-path test (palettized_linear_test.cpp).
-#include <edkm/dkm.h>
+#include <edkm/dkm/dkm.h>
 
 #include <functional>
 #include <string>

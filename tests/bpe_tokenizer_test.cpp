@@ -2,8 +2,8 @@
 // tokens kept whole, the pre-tokenizers (GPT-2, Llama 3, SmolLM, Split behaviours), tokenizer.json
 // and BpeVocab agreeing, and hostile files refused by name. Parity with Hugging Face on the real
 // SmolLM2 tokenizer: tests/parity/test_bpe_parity.py.
-#include <edkm/file_io.h>
-#include <edkm/tokenizer.h>
+#include <edkm/io/file_io.h>
+#include <edkm/models/tokenizer.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>

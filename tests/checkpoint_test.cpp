@@ -1,7 +1,7 @@
-// edkm/checkpoint.h: bit-packing, bit-exact round trips of palettes, decompression, strict
+// edkm/io/checkpoint.h: bit-packing, bit-exact round trips of palettes, decompression, strict
 // loading into modules, and rejection of inconsistent palette entries.
-#include <edkm/checkpoint.h>
-#include <edkm/safetensors.h>
+#include <edkm/io/checkpoint.h>
+#include <edkm/io/safetensors.h>
 #include <torch/nn/modules/linear.h>
 
 #include "io/safetensors_core.h"
@@ -138,10 +138,16 @@ TEST_F(CheckpointTest, LoadsStrictlyIntoModules) {
   test::expect_error([&] { load_tensors(*fc, wrong); }, {"'bias'", "shape"});
 }
 
+// The metadata JSON of a palette of an F32 weight of `shape` ("4,4"), cluster_dim 1, no scale.
+std::string palette_meta(const std::string& shape, int bits, const std::string& granularity = "per_tensor",
+                         int group_size = 0) {
+  return R"({"shape":[)" + shape + R"(],"dtype":"F32","bits":)" + std::to_string(bits) + R"(,"granularity":")" +
+         granularity + R"(","group_size":)" + std::to_string(group_size) + R"(,"cluster_dim":1,"scale":false})";
+}
+
 // A palette entry written with a hand-made metadata JSON and tensors.
 struct Crafted {
-  std::string meta = R"({"shape":[4,4],"dtype":"F32","bits":3,"granularity":"per_tensor","group_size":0,)"
-                     R"("cluster_dim":1,"scale":false})";
+  std::string meta = palette_meta("4,4", 3);
   at::Tensor lut = at::zeros({1, 8, 1});
   at::Tensor indices = at::zeros({6}, at::kByte);  // 16 indices * 3 bits = 6 bytes
   at::Tensor scale;
@@ -168,8 +174,7 @@ TEST_F(CheckpointTest, RejectsInconsistentPalettes) {
   EXPECT_EQ(load_compressed(p).palettes.at("w").decompress().sizes(), (std::vector<int64_t>{4, 4}));
 
   Crafted bits;  // metadata says 4 bits: 16 indices need 8 bytes, the file has 6
-  bits.meta = R"({"shape":[4,4],"dtype":"F32","bits":4,"granularity":"per_tensor","group_size":0,)"
-              R"("cluster_dim":1,"scale":false})";
+  bits.meta = palette_meta("4,4", 4);
   bits.lut = at::zeros({1, 16, 1});
   rejects(bits, {"palette 'w'", "16 indices of 4 bits need U8 [8]"});
   Crafted lut;
@@ -182,17 +187,14 @@ TEST_F(CheckpointTest, RejectsInconsistentPalettes) {
   idx_dtype.indices = at::zeros({6}, at::kChar);
   rejects(idx_dtype, {"indices are I8"});
   Crafted padding;  // 16 * 3 = 48 bits: no padding; use 15 elements -> 45 bits, 6 bytes, 3 padding bits
-  padding.meta = R"({"shape":[3,5],"dtype":"F32","bits":3,"granularity":"per_tensor","group_size":0,)"
-                 R"("cluster_dim":1,"scale":false})";
+  padding.meta = palette_meta("3,5", 3);
   padding.indices = at::full({6}, 0xff, at::kByte);
   rejects(padding, {"padding bits"});
   Crafted groups;
-  groups.meta = R"({"shape":[4,4],"dtype":"F32","bits":3,"granularity":"per_grouped_channel","group_size":3,)"
-                R"("cluster_dim":1,"scale":false})";
+  groups.meta = palette_meta("4,4", 3, "per_grouped_channel", 3);
   rejects(groups, {"group_size 3 does not divide the 4 rows"});
   Crafted gran;
-  gran.meta = R"({"shape":[4,4],"dtype":"F32","bits":3,"granularity":"per_row","group_size":0,)"
-              R"("cluster_dim":1,"scale":false})";
+  gran.meta = palette_meta("4,4", 3, "per_row");
   rejects(gran, {"unknown granularity 'per_row'"});
   Crafted scale;
   scale.scale = at::ones({4, 1});
@@ -204,8 +206,7 @@ TEST_F(CheckpointTest, RejectsInconsistentPalettes) {
   not_json.meta = "{shape";
   rejects(not_json, {"not valid JSON"});
   Crafted big_bits;
-  big_bits.meta = R"({"shape":[4,4],"dtype":"F32","bits":9,"granularity":"per_tensor","group_size":0,)"
-                  R"("cluster_dim":1,"scale":false})";
+  big_bits.meta = palette_meta("4,4", 9);
   rejects(big_bits, {"bits must be in 1..8, got 9"});
   Crafted version;
   version.format = "edkm-palette/99";

@@ -1,7 +1,7 @@
-// edkm/distributed.h in one process: the launch environment's errors, the world of one (every
+// edkm/distributed/distributed.h in one process: the launch environment's errors, the world of one (every
 // collective the identity; sharded engines and ShardedOffloader bitwise equal to the plain ones),
 // row blocks, refused options. The multi-process runs are tests/distributed_worker.cpp.
-#include <edkm/distributed.h>
+#include <edkm/distributed/distributed.h>
 
 #include <ATen/Context.h>
 
@@ -186,12 +186,12 @@ TEST(ShardedOffloader, WorldOfOneIsBitwiseAndDeduplicates) {
     EXPECT_TRUE(at::equal(got.out, ref.out));
     EXPECT_TRUE(at::equal(got.grad, ref.grad));
     const auto s = off->stats();
-    EXPECT_GT(s.storages_sharded, 0) << s.to_string();
+    EXPECT_GT(s.storages_kept, 0) << s.to_string();
     EXPECT_GT(s.copies_avoided, 0) << s.to_string();  // DKM saves views of the same storages
-    EXPECT_GT(s.gathers, 0) << s.to_string();
-    EXPECT_EQ(s.block_bytes, 0) << s.to_string();  // everything released with the graph
-    EXPECT_EQ(s.block_bytes_peak > 0, true);
-    if (to_host) EXPECT_GE(off->host_pool_peak_reserved_bytes(), s.block_bytes_peak);
+    EXPECT_GT(s.restores, 0) << s.to_string();
+    EXPECT_EQ(s.kept_bytes, 0) << s.to_string();  // everything released with the graph
+    EXPECT_EQ(s.kept_bytes_peak > 0, true);
+    if (to_host) EXPECT_GE(off->host_pool_peak_reserved_bytes(), s.kept_bytes_peak);
   }
 }
 
@@ -215,12 +215,12 @@ TEST(ShardedOffloader, WorldOfOneUniquifyIsBitwiseAndKeepsLess) {
     EXPECT_TRUE(at::equal(got.centroids, ref.centroids));
     EXPECT_TRUE(at::equal(got.grad, ref.grad));
     kept[uniquify] = off->stats();
-    EXPECT_EQ(kept[uniquify].block_bytes, 0) << kept[uniquify].to_string();
+    EXPECT_EQ(kept[uniquify].kept_bytes, 0) << kept[uniquify].to_string();
   }
   EXPECT_EQ(kept[0].tensors_uniquified, 0);
   EXPECT_GT(kept[1].tensors_uniquified, 0) << kept[1].to_string();
   EXPECT_GT(kept[1].index_lists_shared, 0) << kept[1].to_string();
-  EXPECT_LT(kept[1].block_bytes_peak, kept[0].block_bytes_peak) << kept[1].to_string() << " vs " << kept[0].to_string();
+  EXPECT_LT(kept[1].kept_bytes_peak, kept[0].kept_bytes_peak) << kept[1].to_string() << " vs " << kept[0].to_string();
 }
 
 TEST(AllReduceGradients, WorldOfOneLeavesGradientsAlone) {

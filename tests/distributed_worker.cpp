@@ -7,7 +7,7 @@
 // MODE timeout-init: rank 1 exits before the rendezvous; rank 0 must fail with the timeout error.
 // MODE timeout-collective: rank 1 exits after the rendezvous; rank 0's all-reduce must fail.
 #include <ATen/ATen.h>
-#include <edkm/distributed.h>
+#include <edkm/distributed/distributed.h>
 
 #include <chrono>
 #include <iostream>
@@ -73,11 +73,11 @@ void check_sharded_offloader(const std::shared_ptr<edkm::Communicator>& comm) {
   expect(at::equal(got.centroids, ref.centroids), "dense+ShardedOffloader: centroids not bitwise equal");
   expect(at::equal(got.grad, ref.grad), "dense+ShardedOffloader: gradient not bitwise equal");
   const auto s = off->stats();
-  expect(s.storages_sharded > 0 && s.gathers > 0, "dense+ShardedOffloader: nothing sharded: " + s.to_string());
-  expect(s.block_bytes == 0, "dense+ShardedOffloader: blocks still held after backward: " + s.to_string());
+  expect(s.storages_kept > 0 && s.restores > 0, "dense+ShardedOffloader: nothing sharded: " + s.to_string());
+  expect(s.kept_bytes == 0, "dense+ShardedOffloader: blocks still held after backward: " + s.to_string());
   const int64_t world = comm->world_size();
   // Every storage is kept as one ceil(bytes / world) block: at most 1/world of the bytes (+ padding).
-  expect(s.block_bytes_peak <= s.bytes_sharded / world + s.storages_sharded,
+  expect(s.kept_bytes_peak <= s.storage_bytes_kept / world + s.storages_kept,
          "dense+ShardedOffloader: a rank kept more than its 1/world share: " + s.to_string());
   if (my_rank == 0) std::cout << "ShardedOffloader: " << s.to_string() << "\n";
 }
@@ -104,12 +104,12 @@ void check_sharded_uniquify(const std::shared_ptr<edkm::Communicator>& comm) {
     expect(at::equal(got.centroids, ref.centroids), name + ": centroids not bitwise equal");
     expect(at::equal(got.grad, ref.grad), name + ": gradient not bitwise equal");
     kept[uniquify] = off->stats();
-    expect(kept[uniquify].block_bytes == 0, name + ": bytes still held after backward: " + kept[uniquify].to_string());
+    expect(kept[uniquify].kept_bytes == 0, name + ": bytes still held after backward: " + kept[uniquify].to_string());
   }
   expect(kept[1].tensors_uniquified > 0 && kept[1].index_lists_shared > 0,
          "ShardedOffloader(uniquify): no N x K map uniquified / no index list shared: " + kept[1].to_string());
   expect(kept[0].tensors_uniquified == 0, "ShardedOffloader: uniquified without the option");
-  expect(kept[1].block_bytes_peak < kept[0].block_bytes_peak,
+  expect(kept[1].kept_bytes_peak < kept[0].kept_bytes_peak,
          "ShardedOffloader(uniquify): a rank kept no fewer bytes than with sharding alone: " + kept[1].to_string() +
              " vs " + kept[0].to_string());
   if (my_rank == 0)

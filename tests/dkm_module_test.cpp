@@ -1,5 +1,5 @@
-// edkm/dkm_module.h: the DKM module (warm start, milestones, thresholds, eval, finalize).
-#include <edkm/dkm_module.h>
+// edkm/dkm/module.h: the DKM module (warm start, milestones, thresholds, eval, finalize).
+#include <edkm/dkm/module.h>
 
 #include "test_util.h"
 

@@ -1,5 +1,5 @@
-// edkm/dkm.h: options, layout, the dense engine (finite differences, semantics, bad input).
-#include <edkm/dkm.h>
+// edkm/dkm/dkm.h: options, layout, the dense engine (finite differences, semantics, bad input).
+#include <edkm/dkm/dkm.h>
 
 #include "test_util.h"
 

@@ -1,14 +1,14 @@
-// The GGUF reader (edkm/gguf.h): metadata of every value type, tensors of the simple types against
+// The GGUF reader (edkm/io/gguf.h): metadata of every value type, tensors of the simple types against
 // hand-computed values, hostile headers (each refused with a c10::Error naming the problem, every
 // truncation of a valid file too), and LLaMA models from GGUF (load_gguf_llama): a model written
 // the way convert_hf_to_gguf.py writes it (Q/K rows permuted) reloads with identical logits; absurd
 // metadata is refused before anything is allocated. Bit-exactness of the quantized types against
 // the gguf Python package and parity with transformers are tests/python/check_gguf_*.py.
 #include <ATen/ATen.h>
-#include <edkm/gguf.h>
-#include <edkm/llama.h>
-#include <edkm/llama_io.h>
-#include <edkm/tokenizer.h>
+#include <edkm/io/gguf.h>
+#include <edkm/models/llama.h>
+#include <edkm/models/llama_io.h>
+#include <edkm/models/tokenizer.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <torch/torch.h>
@@ -390,60 +390,46 @@ TEST(GgufLlama, RefusesOtherModelsAndAbsurdMetadata) {
   edkm::LlamaForCausalLM model(tiny_config());
   const LlamaGguf good = as_gguf(model);
   int n = 0;
-  auto refused = [&](const LlamaGguf& g, std::initializer_list<std::string> parts) {
+  // Each case: an edit of the good file, and what the refusal names.
+  auto refused = [&](auto&& edit, std::initializer_list<std::string> parts) {
+    LlamaGguf g = good;
+    edit(g);
     const std::string path = g.write(dir, "bad" + std::to_string(n++) + ".gguf");
     expect_error([&] { edkm::load_gguf_llama(path); }, parts);
   };
-  LlamaGguf g = good;
-  g.strings["general.architecture"] = "qwen2";
-  refused(g, {"architecture 'qwen2'", "not supported"});
-  g = good;
-  g.ints["llama.attention.head_count"] = 0;
-  refused(g, {"head_count 0", "positive"});
-  g = good;
-  g.ints["llama.block_count"] = 1000000000;
-  refused(g, {"block_count 1000000000", "impossible"});
-  g = good;
-  g.ints["llama.attention.head_count"] = 5;
-  refused(g, {"embedding_length 32", "head_count 5"});
-  g = good;
-  g.ints["llama.attention.head_count_kv"] = 3;
-  refused(g, {"num_key_value_heads 3", "divide"});
-  g = good;
-  g.ints["llama.attention.key_length"] = 4000000000u;
-  refused(g, {"attention.key_length 4000000000", "absurd"});
-  g = good;
-  g.ints["llama.expert_count"] = 8;
-  refused(g, {"expert_count 8", "mixture-of-experts"});
-  g = good;
-  g.strings["llama.rope.scaling.type"] = "yarn";
-  refused(g, {"rope.scaling.type 'yarn'"});
-  g = good;
-  g.ints["llama.rope.dimension_count"] = 4;
-  refused(g, {"rope.dimension_count 4", "partial rotary"});
-  g = good;
-  g.ints.erase("llama.embedding_length");
-  refused(g, {"llama.embedding_length", "missing"});
-  g = good;
-  g.tensors.emplace_back("rope_freqs.weight", at::ones({4}));
-  refused(g, {"rope_freqs.weight", "not supported"});
-  g = good;
-  g.erase("blk.1.ffn_up.weight");
-  refused(g, {"model.layers.1.mlp.up_proj.weight", "missing"});
-  g = good;
-  g.tensors.emplace_back("blk.0.extra.weight", at::ones({4}));
-  refused(g, {"unexpected tensor 'blk.0.extra.weight'"});
-  g = good;
-  g.tensors.emplace_back("blk.7.attn_q.weight", at::ones({32, 32}));
-  refused(g, {"unexpected tensor 'blk.7.attn_q.weight'"});
-  g = good;
-  g.tensors[0].second = at::ones({41, 32});  // token_embd with one row too many
-  g.ints["llama.vocab_size"] = 40;
-  refused(g, {"token_embd.weight", "[41, 32]", "[40, 32]"});
-  g = good;
-  g.strings["llama.feed_forward_length"] = "many";
-  g.ints.erase("llama.feed_forward_length");
-  refused(g, {"llama.feed_forward_length", "STRING", "integer"});
+  refused([](auto& g) { g.strings["general.architecture"] = "qwen2"; }, {"architecture 'qwen2'", "not supported"});
+  refused([](auto& g) { g.ints["llama.attention.head_count"] = 0; }, {"head_count 0", "positive"});
+  refused([](auto& g) { g.ints["llama.block_count"] = 1000000000; }, {"block_count 1000000000", "impossible"});
+  refused([](auto& g) { g.ints["llama.attention.head_count"] = 5; }, {"embedding_length 32", "head_count 5"});
+  refused([](auto& g) { g.ints["llama.attention.head_count_kv"] = 3; }, {"num_key_value_heads 3", "divide"});
+  refused([](auto& g) { g.ints["llama.attention.key_length"] = 4000000000u; },
+          {"attention.key_length 4000000000", "absurd"});
+  refused([](auto& g) { g.ints["llama.expert_count"] = 8; }, {"expert_count 8", "mixture-of-experts"});
+  refused([](auto& g) { g.strings["llama.rope.scaling.type"] = "yarn"; }, {"rope.scaling.type 'yarn'"});
+  refused([](auto& g) { g.ints["llama.rope.dimension_count"] = 4; }, {"rope.dimension_count 4", "partial rotary"});
+  refused([](auto& g) { g.ints.erase("llama.embedding_length"); }, {"llama.embedding_length", "missing"});
+  refused([](auto& g) { g.tensors.emplace_back("rope_freqs.weight", at::ones({4})); },
+          {"rope_freqs.weight", "not supported"});
+  refused([](auto& g) { g.erase("blk.1.ffn_up.weight"); }, {"model.layers.1.mlp.up_proj.weight", "missing"});
+  refused([](auto& g) { g.tensors.emplace_back("blk.0.extra.weight", at::ones({4})); },
+          {"unexpected tensor 'blk.0.extra.weight'"});
+  refused(
+      [](auto& g) {
+        g.tensors.emplace_back("blk.7.attn_q.weight", at::ones({32, 32}));
+      },
+      {"unexpected tensor 'blk.7.attn_q.weight'"});
+  refused(
+      [](auto& g) {
+        g.tensors[0].second = at::ones({41, 32});  // token_embd with one row too many
+        g.ints["llama.vocab_size"] = 40;
+      },
+      {"token_embd.weight", "[41, 32]", "[40, 32]"});
+  refused(
+      [](auto& g) {
+        g.strings["llama.feed_forward_length"] = "many";
+        g.ints.erase("llama.feed_forward_length");
+      },
+      {"llama.feed_forward_length", "STRING", "integer"});
 }
 
 // The real model when scripts/env.sh fetched it: its config and tensor types as published.

@@ -1,10 +1,10 @@
-// GPTQ (edkm/gptq.h) against a plain restatement of the algorithm (explicit inverse-Hessian
+// GPTQ (edkm/quant/gptq.h) against a plain restatement of the algorithm (explicit inverse-Hessian
 // updates, no lazy batches), its layer-output error against round-to-nearest on the same grid,
 // the LUT grid, bad inputs, and sequential GPTQ of a small LLaMA.
 #include <ATen/ATen.h>
-#include <edkm/gptq.h>
-#include <edkm/kmeans.h>
-#include <edkm/llama.h>
+#include <edkm/quant/gptq.h>
+#include <edkm/dkm/kmeans.h>
+#include <edkm/models/llama.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -59,7 +59,7 @@ at::Tensor nearest_in(const at::Tensor& w, const at::Tensor& luts, int64_t lut_r
 
 // GPTQ as the paper states it, without lazy batches: for each column in order, quantize it,
 // spread its error over the later columns with the current inverse Hessian, then remove the
-// column from the inverse Hessian (Gaussian elimination). Groups as in edkm/gptq.h: computed when
+// column from the inverse Hessian (Gaussian elimination). Groups as in edkm/quant/gptq.h: computed when
 // a group starts, from the updated weights; static (up front, on the original column groups)
 // with act_order or group_size 0. kLut takes the LUTs of `luts` (their making is tested apart).
 at::Tensor reference_gptq(at::Tensor w, at::Tensor h, const GPTQOptions& o, const at::Tensor& luts = {}) {

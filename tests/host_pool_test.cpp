@@ -1,7 +1,7 @@
-// edkm/host_pool.h: blocks are reused by size class, statistics add up, tensors return their
+// edkm/memory/host_pool.h: blocks are reused by size class, statistics add up, tensors return their
 // block, pinned memory on a GPU machine.
-#include <edkm/host_pool.h>
-#include <edkm/memory.h>
+#include <edkm/memory/host_pool.h>
+#include <edkm/memory/memory.h>
 
 #include <cstdlib>
 #include <cstring>

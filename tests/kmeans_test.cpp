@@ -1,6 +1,6 @@
-// edkm/kmeans.h and init_centroids: exact 1-D k-means and k-means++.
-#include <edkm/dkm.h>
-#include <edkm/kmeans.h>
+// edkm/dkm/kmeans.h and init_centroids: exact 1-D k-means and k-means++.
+#include <edkm/dkm/dkm.h>
+#include <edkm/dkm/kmeans.h>
 
 #include <algorithm>
 #include <random>

@@ -1,10 +1,10 @@
-// LlamaRuntime (edkm/llama_runtime.h): the KV-cache forward against the model's full forward,
+// LlamaRuntime (edkm/models/llama_runtime.h): the KV-cache forward against the model's full forward,
 // token by token and in chunks; a palettized checkpoint run packed against the decompressed model
 // (logits and greedy tokens); sampling options; bad input.
-#include <edkm/checkpoint.h>
-#include <edkm/llama.h>
-#include <edkm/llama_runtime.h>
-#include <edkm/palettizer.h>
+#include <edkm/io/checkpoint.h>
+#include <edkm/models/llama.h>
+#include <edkm/models/llama_runtime.h>
+#include <edkm/palettizer/palettizer.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 

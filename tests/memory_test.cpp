@@ -1,6 +1,6 @@
-// edkm/memory.h: the counting CPU allocator and MemoryMeter.
+// edkm/memory/memory.h: the counting CPU allocator and MemoryMeter.
 #include <c10/core/CPUAllocator.h>
-#include <edkm/memory.h>
+#include <edkm/memory/memory.h>
 
 #include <thread>
 

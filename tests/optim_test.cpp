@@ -1,6 +1,6 @@
-// edkm::optim::AdamWBf16 (edkm/optim.h): AdamW with bf16 moments against LibTorch's AdamW (fp32
+// edkm::optim::AdamWBf16 (edkm/optim/adamw_bf16.h): AdamW with bf16 moments against LibTorch's AdamW (fp32
 // moments), its state size, save / load for resuming, options through param groups, bad options.
-#include <edkm/optim.h>
+#include <edkm/optim/adamw_bf16.h>
 #include <gtest/gtest.h>
 #include <torch/optim/adamw.h>
 #include <torch/serialize.h>

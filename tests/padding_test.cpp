@@ -1,6 +1,6 @@
-// edkm/padding.h: dynamic padding, length bucketing, chunked processing equal to the plain call.
-#include <edkm/memory.h>
-#include <edkm/padding.h>
+// edkm/nn/padding.h: dynamic padding, length bucketing, chunked processing equal to the plain call.
+#include <edkm/memory/memory.h>
+#include <edkm/nn/padding.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>

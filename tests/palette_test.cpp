@@ -1,6 +1,6 @@
-// edkm/palette.h and the hard-assignment kernels (CPU, and CUDA against its CPU twin).
-#include <edkm/dkm.h>
-#include <edkm/palette.h>
+// edkm/dkm/palette.h and the hard-assignment kernels (CPU, and CUDA against its CPU twin).
+#include <edkm/dkm/dkm.h>
+#include <edkm/dkm/palette.h>
 
 #include "dkm/internal.h"
 #include "test_util.h"

@@ -1,9 +1,9 @@
-// LUT matmul kernels (edkm/palettized_linear.h) against a dense matmul on the decompressed weight:
+// LUT matmul kernels (edkm/nn/palettized_linear.h) against a dense matmul on the decompressed weight:
 // every bit width, per-tensor and grouped LUTs, per-channel scales, bias, odd shapes, 1..9 input
 // rows (GEMV and GEMM paths), non-contiguous and bf16 inputs, on every CPU path this machine has
 // (scalar, AVX2, AVX-512) and on CUDA when present; embeddings; packing and bad input.
-#include <edkm/checkpoint.h>
-#include <edkm/palettized_linear.h>
+#include <edkm/io/checkpoint.h>
+#include <edkm/nn/palettized_linear.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 

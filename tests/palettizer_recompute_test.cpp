@@ -1,13 +1,13 @@
-// edkm/palettizer.h with activation recompute: checkpointed models get bitwise the gradients of
+// edkm/palettizer/palettizer.h with activation recompute: checkpointed models get bitwise the gradients of
 // the plain model whether backward runs inside or after the clustered() scope (edkm::Checkpoint,
 // functional::checkpoint, nested, with the Offloader's hooks); the DKM state is a module; bad
 // uses (two palettizers, removed layers, replaced weights, model->to() in a scope) are refused by
 // name; host syncs per DKM step.
 #include <ATen/record_function.h>
-#include <edkm/activation_checkpoint.h>
-#include <edkm/offload.h>
-#include <edkm/palettizer.h>
-#include <edkm/saved_tensor_hooks.h>
+#include <edkm/nn/activation_checkpoint.h>
+#include <edkm/offload/offloader.h>
+#include <edkm/palettizer/palettizer.h>
+#include <edkm/offload/saved_tensor_hooks.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>

@@ -1,9 +1,9 @@
-// edkm/palettizer.h: layer selection, the clustered forward and its gradients, milestones,
+// edkm/palettizer/palettizer.h: layer selection, the clustered forward and its gradients, milestones,
 // finalize + export + reload, compressed size, and bitwise resume after an interruption.
 #include <ATen/ops/_unique.h>
-#include <edkm/checkpoint.h>
-#include <edkm/palettizer.h>
-#include <edkm/safetensors.h>
+#include <edkm/io/checkpoint.h>
+#include <edkm/palettizer/palettizer.h>
+#include <edkm/io/safetensors.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>

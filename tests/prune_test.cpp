@@ -1,6 +1,6 @@
-// edkm/prune.h: masks, in-place pruning with masked gradients equal to PyTorch's
+// edkm/nn/prune.h: masks, in-place pruning with masked gradients equal to PyTorch's
 // weight_orig * mask reparametrisation, remove, sparsity report.
-#include <edkm/prune.h>
+#include <edkm/nn/prune.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>
 

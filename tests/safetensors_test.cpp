@@ -1,5 +1,5 @@
-// edkm/safetensors.h: round trips, atomic writes, and rejection of corrupt or hostile files.
-#include <edkm/safetensors.h>
+// edkm/io/safetensors.h: round trips, atomic writes, and rejection of corrupt or hostile files.
+#include <edkm/io/safetensors.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -107,52 +107,27 @@ TEST_F(SafetensorsTest, RejectsHostileHeaders) {
   EXPECT_NO_THROW(load_safetensors(raw("ok", ok, eight)));
   test::expect_error([&] { load_safetensors(raw("f", ok, eight, ~uint64_t{0})); }, {"header length", "exceeds"});
   test::expect_error([&] { load_safetensors(raw("f", ok, eight, ok.size() + 9)); }, {"larger than", "truncated"});
-  test::expect_error([&] { load_safetensors(raw("f", "{not json at all", eight)); }, {"not valid JSON"});
-  test::expect_error([&] { load_safetensors(raw("f", "[1,2]   ", eight)); }, {"must be a JSON object"});
-  test::expect_error([&] { load_safetensors(raw("f", std::string(64, '[') + std::string(64, ']'), "")); },
-                     {"nested deeper"});
-  test::expect_error(
-      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", eight)); },
-      {"'a'", "past the 8-byte buffer"});
-  test::expect_error(
-      [&] {
-        load_safetensors(raw("f",
-                             R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-                             R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-                             eight));
-      },
-      {"overlaps"});
-  test::expect_error(
-      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight)); },
-      {"bytes 0..4", "belong to no tensor"});
-  test::expect_error(
-      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", eight)); },
-      {"cover 4 of the 8"});
-  test::expect_error(
-      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F33","shape":[2],"data_offsets":[0,8]}})", eight)); },
-      {"unsupported dtype 'F33'"});
-  test::expect_error(
-      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", eight)); },
-      {"needs 16 bytes", "span 8"});
-  test::expect_error(
-      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}})", eight)); },
-      {"reversed"});
-  test::expect_error(
-      [&] {
-        load_safetensors(
-            raw("f", R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", eight));
-      },
-      {"overflows"});
-  test::expect_error(
-      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight)); },
-      {"non-negative integer"});
-  test::expect_error(
-      [&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"extra":1}})", eight)); },
-      {"unknown field 'extra'"});
-  test::expect_error([&] { load_safetensors(raw("f", R"({"a":{"dtype":"F32","shape":[2]}})", eight)); },
-                     {"data_offsets"});
-  test::expect_error([&] { load_safetensors(raw("f", R"({"__metadata__":{"k":1}})", "")); },
-                     {"'k'", "must be a string"});
+  // A file of `header` and `data`, refused with an error naming every one of `parts`.
+  auto rejected = [&](const std::string& header, const std::string& data, std::initializer_list<std::string> parts) {
+    test::expect_error([&] { load_safetensors(raw("f", header, data)); }, parts);
+  };
+  rejected("{not json at all", eight, {"not valid JSON"});
+  rejected("[1,2]   ", eight, {"must be a JSON object"});
+  rejected(std::string(64, '[') + std::string(64, ']'), "", {"nested deeper"});
+  rejected(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", eight, {"'a'", "past the 8-byte buffer"});
+  rejected(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+           R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+           eight, {"overlaps"});
+  rejected(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", eight, {"bytes 0..4", "belong to no tensor"});
+  rejected(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", eight, {"cover 4 of the 8"});
+  rejected(R"({"a":{"dtype":"F33","shape":[2],"data_offsets":[0,8]}})", eight, {"unsupported dtype 'F33'"});
+  rejected(R"({"a":{"dtype":"F64","shape":[2],"data_offsets":[0,8]}})", eight, {"needs 16 bytes", "span 8"});
+  rejected(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}})", eight, {"reversed"});
+  rejected(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", eight, {"overflows"});
+  rejected(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight, {"non-negative integer"});
+  rejected(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"extra":1}})", eight, {"unknown field 'extra'"});
+  rejected(R"({"a":{"dtype":"F32","shape":[2]}})", eight, {"data_offsets"});
+  rejected(R"({"__metadata__":{"k":1}})", "", {"'k'", "must be a string"});
   test::expect_error([&] { load_safetensors(path("does_not_exist")); }, {"cannot open"});
 }
 

@@ -1,7 +1,7 @@
 // The streaming engine (Engine::kStreaming): against the dense engine (forward, centroids and
 // weight gradients) for every bit width, granularity and option that changes the math; memory.
-#include <edkm/dkm.h>
-#include <edkm/memory.h>
+#include <edkm/dkm/dkm.h>
+#include <edkm/memory/memory.h>
 
 #include <random>
 
@@ -91,17 +91,9 @@ TEST(StreamingEngine, EnforceZeroPruneScaleAndVectors) {
 
 TEST(StreamingEngine, SixteenBitWeightsKeepTheirDtype) {
   for (auto dt : {at::kBFloat16, at::kHalf}) {
-    auto w = test::llm_like({64, 128}, 41, dt);
-    auto g = test::llm_like({64, 128}, 42, dt);
-    auto o = DKMOptions(3).granularity(Granularity::kPerGroupedChannel).group_size(16);
-    auto c = functional::init_centroids(w, o);
-    auto dense = run(w, c, g, o);
-    auto streaming = run(w, c, g, DKMOptions(o).engine(Engine::kStreaming));
-    EXPECT_EQ(streaming.out.scalar_type(), dt);
-    EXPECT_EQ(streaming.grad.scalar_type(), dt);
     // both compute in fp32 and round to the 16-bit type once at the end
-    EXPECT_LT(max_rel(streaming.out, dense.out), 1e-2);
-    EXPECT_LT(max_rel(streaming.grad, dense.grad), 2e-2);
+    const auto o = DKMOptions(3).granularity(Granularity::kPerGroupedChannel).group_size(16);
+    const auto [dense, streaming] = test::expect_sixteen_bit_like_dense(dt, 41, o, Engine::kStreaming);
     EXPECT_LT(max_rel(streaming.centroids, dense.centroids), 1e-5);
   }
 }

@@ -1,12 +1,13 @@
 #pragma once
 // Shared helpers of the tests: seeded tensors, GPU skip, closeness.
 #include <ATen/ATen.h>
-#include <edkm/dkm.h>
+#include <edkm/dkm/dkm.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <utility>
 
 #if defined(EDKM_WITH_CUDA)
 #include <c10/cuda/CUDAFunctions.h>
@@ -102,6 +103,23 @@ inline void expect_as_accurate(const at::Tensor& engine, const at::Tensor& dense
 inline at::Tensor llm_like(std::vector<int64_t> shape, uint64_t seed, at::ScalarType dtype = at::kFloat) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   return (at::randn(shape, gen, at::TensorOptions().dtype(at::kDouble)) * 0.02).to(dtype);
+}
+
+/// A [64, 128] weight and gradient of 16-bit dtype `dt` (seeded `seed`, `seed` + 1) clustered by
+/// the dense engine and by `engine` with options `o`: the engine's weight and gradient keep `dt`
+/// and, both rounding to it once at the end, agree with dense at its precision. Returns both runs.
+inline std::pair<Run, Run> expect_sixteen_bit_like_dense(at::ScalarType dt, uint64_t seed, const DKMOptions& o,
+                                                         Engine engine) {
+  auto w = llm_like({64, 128}, seed, dt);
+  auto g = llm_like({64, 128}, seed + 1, dt);
+  auto c = functional::init_centroids(w, o);
+  auto dense = run(w, c, g, o);
+  auto other = run(w, c, g, DKMOptions(o).engine(engine));
+  EXPECT_EQ(other.out.scalar_type(), dt);
+  EXPECT_EQ(other.grad.scalar_type(), dt);
+  EXPECT_LT(max_rel(other.out, dense.out), 1e-2);
+  EXPECT_LT(max_rel(other.grad, dense.grad), 2e-2);
+  return {dense, other};
 }
 
 /// Heavy-tailed weights: 0.01 * Student-t(3), seeded, fp64.

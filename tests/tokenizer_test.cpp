@@ -1,7 +1,7 @@
 // Tokenizers: byte round trip, SentencePiece trained here on a real text then loaded back
 // (round trip, special ids), and bad files rejected.
-#include <edkm/llama_io.h>
-#include <edkm/tokenizer.h>
+#include <edkm/models/llama_io.h>
+#include <edkm/models/tokenizer.h>
 #include <gtest/gtest.h>
 
 #include "temp_dir.h"

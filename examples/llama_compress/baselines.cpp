@@ -1,8 +1,8 @@
 #include "baselines.h"
 
 #include <ATen/ATen.h>
-#include <edkm/gptq.h>
-#include <edkm/palette.h>
+#include <edkm/quant/gptq.h>
+#include <edkm/dkm/palette.h>
 
 namespace llama_compress {
 

@@ -4,7 +4,7 @@
 // (k-means, GPTQ onto a LUT, DKM), or per row and group of input columns a scale and a zero point
 // at 16 bits each (RTN, GPTQ on the uniform grid).
 #include <ATen/core/Tensor.h>
-#include <edkm/dkm.h>
+#include <edkm/dkm/dkm.h>
 
 #include <cstdint>
 #include <string>

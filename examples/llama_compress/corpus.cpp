@@ -3,7 +3,7 @@
 #include <ATen/ops/tensor.h>
 #include <c10/util/Exception.h>
 #include <dirent.h>
-#include <edkm/file_io.h>
+#include <edkm/io/file_io.h>
 #include <sys/stat.h>
 
 #include <algorithm>

@@ -2,7 +2,7 @@
 // Text corpora of the LLaMA example: documents from a text file, a JSONL file or a directory of
 // fortune files, split into training and held-out documents, and encoded to one token stream.
 #include <ATen/core/Tensor.h>
-#include <edkm/tokenizer.h>
+#include <edkm/models/tokenizer.h>
 
 #include <string>
 #include <vector>

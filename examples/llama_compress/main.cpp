@@ -317,7 +317,7 @@ int main(int argc, char** argv) try {
               " tokens but the model only ", config.vocab_size());
   if (pretrain_steps < 0) pretrain_steps = model_dir.empty() && preset == "tiny" ? 300 : 0;
   const int64_t n_params = config.num_parameters();
-  // GPTQ needs at least in_features calibration vectors per Linear (edkm/gptq.h): said now, not
+  // GPTQ needs at least in_features calibration vectors per Linear (edkm/quant/gptq.h): said now, not
   // after the other baselines ran.
   if (want_gptq) {
     const int64_t widest = std::max(config.hidden_size(), config.intermediate_size());

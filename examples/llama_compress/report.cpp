@@ -1,6 +1,7 @@
 #include "report.h"
 
-#include <edkm/file_io.h>
+#include <edkm/io/file_io.h>
+#include <fmt/format.h>
 
 #include <iomanip>
 #include <iostream>
@@ -10,13 +11,9 @@ namespace llama_compress {
 
 using json = nlohmann::json;
 
-std::string fixed(double v, int digits) {
-  std::ostringstream s;
-  s << std::fixed << std::setprecision(digits) << v;
-  return s.str();
-}
+std::string fixed(double v, int digits) { return fmt::format("{:.{}f}", v, digits); }
 
-std::string mib(int64_t bytes) { return fixed(static_cast<double>(bytes) / (1 << 20), 1) + " MiB"; }
+std::string mib(int64_t bytes) { return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20)); }
 
 namespace {
 

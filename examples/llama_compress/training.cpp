@@ -2,8 +2,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
-#include <edkm/distill.h>
-#include <edkm/optim.h>
+#include <edkm/nn/distill.h>
+#include <edkm/optim/adamw_bf16.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 #include <torch/serialize.h>

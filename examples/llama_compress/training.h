@@ -2,7 +2,7 @@
 // Training pieces of the LLaMA example: the optimizers of --optimizer, the learning-rate schedule,
 // held-out perplexity, and the per-step time profile.
 #include <ATen/core/Tensor.h>
-#include <edkm/llama.h>
+#include <edkm/models/llama.h>
 #include <torch/optim/optimizer.h>
 
 #include <chrono>

@@ -6,11 +6,11 @@
 //   edkm_llama_generate --compressed out/model.edkm.safetensors --tokenizer SmolLM2-135M-Instruct.Q4_1.gguf \
 //       --prompt "The best thing about open source software is" --max-new-tokens 48 [--temperature 0.8 --top-p 0.9]
 #include <ATen/Parallel.h>
-#include <edkm/checkpoint.h>
-#include <edkm/file_io.h>
-#include <edkm/llama.h>
-#include <edkm/llama_runtime.h>
-#include <edkm/tokenizer.h>
+#include <edkm/io/checkpoint.h>
+#include <edkm/io/file_io.h>
+#include <edkm/models/llama.h>
+#include <edkm/models/llama_runtime.h>
+#include <edkm/models/tokenizer.h>
 #include <CLI/CLI.hpp>
 
 #include <chrono>

@@ -9,3 +9,9 @@
 #else
 #define EDKM_API __attribute__((visibility("default")))
 #endif
+
+// Internal headers (under src/, not installed) whose functions edkm's other libraries, its tools
+// and its tests call put their declarations between these: exported from a shared library, yet
+// not public API.
+#define EDKM_INTERNAL_BEGIN _Pragma("GCC visibility push(default)")
+#define EDKM_INTERNAL_END _Pragma("GCC visibility pop")

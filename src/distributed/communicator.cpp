@@ -13,7 +13,7 @@
 #include <mutex>
 #include <sstream>
 
-#include "edkm/distributed.h"
+#include "edkm/distributed/distributed.h"
 
 #if defined(EDKM_WITH_GLOO)
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>

@@ -13,7 +13,7 @@
 #include <tuple>
 
 #include "dkm/internal.h"
-#include "edkm/distributed.h"
+#include "edkm/distributed/distributed.h"
 
 namespace edkm {
 namespace dist {

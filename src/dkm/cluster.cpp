@@ -5,7 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include "dkm/internal.h"
-#include "edkm/dkm.h"
+#include "edkm/dkm/dkm.h"
 
 namespace edkm {
 namespace detail {

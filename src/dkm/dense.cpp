@@ -14,7 +14,7 @@
 #include <limits>
 
 #include "dkm/internal.h"
-#include "edkm/dkm.h"
+#include "edkm/dkm/dkm.h"
 
 namespace edkm::detail {
 

@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "dkm/internal.h"
-#include "edkm/kmeans.h"
+#include "edkm/dkm/kmeans.h"
 
 namespace edkm {
 namespace {

@@ -8,9 +8,11 @@
 #include <memory>
 #include <string>
 
-#include "edkm/dkm.h"
+#include "edkm/dkm/dkm.h"
+#include "edkm/export.h"
 #include "kernels/dtype_math.h"
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::detail {
 
 /// Sums a tensor in place over the ranks that share a weight (the sharded engines pass one built
@@ -97,3 +99,4 @@ DKMOutput stream_cluster(const at::Tensor& weight, const at::Tensor& centroids, 
                          const at::Tensor& scale, const ClusterLayout& l, const Reducer& reduce);
 
 }  // namespace edkm::detail
+EDKM_INTERNAL_END

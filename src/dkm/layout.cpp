@@ -11,7 +11,7 @@
 #include <ATen/ops/where.h>
 #include <c10/util/Exception.h>
 
-#include "edkm/dkm.h"
+#include "edkm/dkm/dkm.h"
 
 namespace edkm {
 

@@ -7,7 +7,7 @@
 #include <ostream>
 
 #include "dkm/internal.h"
-#include "edkm/dkm_module.h"
+#include "edkm/dkm/module.h"
 
 // Buffers are registered once in reset(); set_data swaps their contents (also device and dtype),
 // as Module::to does, so state_dict and parameters stay consistent.

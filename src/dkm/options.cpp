@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "edkm/dkm.h"
+#include "edkm/dkm/dkm.h"
 
 namespace edkm {
 

@@ -6,7 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include "dkm/internal.h"
-#include "edkm/palette.h"
+#include "edkm/dkm/palette.h"
 
 namespace edkm {
 namespace {

@@ -1,4 +1,4 @@
-#include "edkm/checkpoint.h"
+#include "edkm/io/checkpoint.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
@@ -7,7 +7,7 @@
 #include <set>
 #include <sstream>
 
-#include "edkm/safetensors.h"
+#include "edkm/io/safetensors.h"
 #include "io/safetensors_core.h"
 #include "io/torch_io.h"
 

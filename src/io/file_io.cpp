@@ -1,4 +1,4 @@
-#include "edkm/file_io.h"
+#include "edkm/io/file_io.h"
 
 #include <c10/util/Exception.h>
 #include <sys/stat.h>

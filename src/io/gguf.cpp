@@ -1,4 +1,4 @@
-#include "edkm/gguf.h"
+#include "edkm/io/gguf.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>

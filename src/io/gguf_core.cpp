@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 // Every check happens on the header and the file size before any tensor byte is read; arithmetic
 // on untrusted numbers is overflow-checked, and nothing is allocated for a count before the bytes
@@ -247,99 +248,48 @@ double Value::float_at(uint64_t k) const {
 
 TypeTraits type_traits(uint32_t t) {
   constexpr uint64_t QK_K = 256;
-  switch (static_cast<TensorType>(t)) {
-    case TensorType::F32:
-      return {"F32", 1, 4};
-    case TensorType::F16:
-      return {"F16", 1, 2};
-    case TensorType::Q4_0:
-      return {"Q4_0", 32, 2 + 16};
-    case TensorType::Q4_1:
-      return {"Q4_1", 32, 2 + 2 + 16};
-    case TensorType::Q5_0:
-      return {"Q5_0", 32, 2 + 4 + 16};
-    case TensorType::Q5_1:
-      return {"Q5_1", 32, 2 + 2 + 4 + 16};
-    case TensorType::Q8_0:
-      return {"Q8_0", 32, 2 + 32};
-    case TensorType::Q8_1:
-      return {"Q8_1", 32, 4 + 4 + 32};
-    case TensorType::Q2_K:
-      return {"Q2_K", QK_K, 2 + 2 + QK_K / 16 + QK_K / 4};
-    case TensorType::Q3_K:
-      return {"Q3_K", QK_K, 2 + QK_K / 4 + QK_K / 8 + 12};
-    case TensorType::Q4_K:
-      return {"Q4_K", QK_K, 2 + 2 + QK_K / 2 + 12};
-    case TensorType::Q5_K:
-      return {"Q5_K", QK_K, 2 + 2 + QK_K / 2 + QK_K / 8 + 12};
-    case TensorType::Q6_K:
-      return {"Q6_K", QK_K, 2 + QK_K / 2 + QK_K / 4 + QK_K / 16};
-    case TensorType::Q8_K:
-      return {"Q8_K", QK_K, 4 + QK_K + QK_K / 8};
-    case TensorType::IQ2_XXS:
-      return {"IQ2_XXS", QK_K, 2 + QK_K / 4};
-    case TensorType::IQ2_XS:
-      return {"IQ2_XS", QK_K, 2 + QK_K / 4 + QK_K / 32};
-    case TensorType::IQ3_XXS:
-      return {"IQ3_XXS", QK_K, 2 + QK_K / 4 + QK_K / 8};
-    case TensorType::IQ1_S:
-      return {"IQ1_S", QK_K, 2 + QK_K / 8 + QK_K / 16};
-    case TensorType::IQ4_NL:
-      return {"IQ4_NL", 32, 2 + 16};
-    case TensorType::IQ3_S:
-      return {"IQ3_S", QK_K, 2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + 4};
-    case TensorType::IQ2_S:
-      return {"IQ2_S", QK_K, 2 + QK_K / 4 + QK_K / 16};
-    case TensorType::IQ4_XS:
-      return {"IQ4_XS", QK_K, 2 + 2 + QK_K / 2 + QK_K / 64};
-    case TensorType::I8:
-      return {"I8", 1, 1};
-    case TensorType::I16:
-      return {"I16", 1, 2};
-    case TensorType::I32:
-      return {"I32", 1, 4};
-    case TensorType::I64:
-      return {"I64", 1, 8};
-    case TensorType::F64:
-      return {"F64", 1, 8};
-    case TensorType::IQ1_M:
-      return {"IQ1_M", QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32};
-    case TensorType::BF16:
-      return {"BF16", 1, 2};
-    case TensorType::TQ1_0:
-      return {"TQ1_0", QK_K, 2 + 4 * 13};
-    case TensorType::TQ2_0:
-      return {"TQ2_0", QK_K, 2 + 64};
-    case TensorType::MXFP4:
-      return {"MXFP4", 32, 1 + 16};
-  }
+  static constexpr std::pair<TensorType, TypeTraits> kTypes[] = {
+      {TensorType::F32, {"F32", 1, 4}},
+      {TensorType::F16, {"F16", 1, 2}},
+      {TensorType::Q4_0, {"Q4_0", 32, 2 + 16}},
+      {TensorType::Q4_1, {"Q4_1", 32, 2 + 2 + 16}},
+      {TensorType::Q5_0, {"Q5_0", 32, 2 + 4 + 16}},
+      {TensorType::Q5_1, {"Q5_1", 32, 2 + 2 + 4 + 16}},
+      {TensorType::Q8_0, {"Q8_0", 32, 2 + 32}},
+      {TensorType::Q8_1, {"Q8_1", 32, 4 + 4 + 32}},
+      {TensorType::Q2_K, {"Q2_K", QK_K, 2 + 2 + QK_K / 16 + QK_K / 4}},
+      {TensorType::Q3_K, {"Q3_K", QK_K, 2 + QK_K / 4 + QK_K / 8 + 12}},
+      {TensorType::Q4_K, {"Q4_K", QK_K, 2 + 2 + QK_K / 2 + 12}},
+      {TensorType::Q5_K, {"Q5_K", QK_K, 2 + 2 + QK_K / 2 + QK_K / 8 + 12}},
+      {TensorType::Q6_K, {"Q6_K", QK_K, 2 + QK_K / 2 + QK_K / 4 + QK_K / 16}},
+      {TensorType::Q8_K, {"Q8_K", QK_K, 4 + QK_K + QK_K / 8}},
+      {TensorType::IQ2_XXS, {"IQ2_XXS", QK_K, 2 + QK_K / 4}},
+      {TensorType::IQ2_XS, {"IQ2_XS", QK_K, 2 + QK_K / 4 + QK_K / 32}},
+      {TensorType::IQ3_XXS, {"IQ3_XXS", QK_K, 2 + QK_K / 4 + QK_K / 8}},
+      {TensorType::IQ1_S, {"IQ1_S", QK_K, 2 + QK_K / 8 + QK_K / 16}},
+      {TensorType::IQ4_NL, {"IQ4_NL", 32, 2 + 16}},
+      {TensorType::IQ3_S, {"IQ3_S", QK_K, 2 + QK_K / 4 + QK_K / 8 + QK_K / 32 + 4}},
+      {TensorType::IQ2_S, {"IQ2_S", QK_K, 2 + QK_K / 4 + QK_K / 16}},
+      {TensorType::IQ4_XS, {"IQ4_XS", QK_K, 2 + 2 + QK_K / 2 + QK_K / 64}},
+      {TensorType::I8, {"I8", 1, 1}},
+      {TensorType::I16, {"I16", 1, 2}},
+      {TensorType::I32, {"I32", 1, 4}},
+      {TensorType::I64, {"I64", 1, 8}},
+      {TensorType::F64, {"F64", 1, 8}},
+      {TensorType::IQ1_M, {"IQ1_M", QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32}},
+      {TensorType::BF16, {"BF16", 1, 2}},
+      {TensorType::TQ1_0, {"TQ1_0", QK_K, 2 + 4 * 13}},
+      {TensorType::TQ2_0, {"TQ2_0", QK_K, 2 + 64}},
+      {TensorType::MXFP4, {"MXFP4", 32, 1 + 16}},
+  };
+  for (const auto& [type, traits] : kTypes)
+    if (static_cast<uint32_t>(type) == t) return traits;
   return {};
 }
 
 std::string type_name(uint32_t t) {
   const TypeTraits tr = type_traits(t);
   return tr.name ? tr.name : "type " + std::to_string(t);
-}
-
-bool can_dequantize(uint32_t t) {
-  switch (static_cast<TensorType>(t)) {
-    case TensorType::F32:
-    case TensorType::F16:
-    case TensorType::BF16:
-    case TensorType::Q4_0:
-    case TensorType::Q4_1:
-    case TensorType::Q5_0:
-    case TensorType::Q5_1:
-    case TensorType::Q8_0:
-    case TensorType::Q2_K:
-    case TensorType::Q3_K:
-    case TensorType::Q4_K:
-    case TensorType::Q5_K:
-    case TensorType::Q6_K:
-      return true;
-    default:
-      return false;
-  }
 }
 
 File parse(const uint8_t* data, size_t size) {
@@ -610,7 +560,28 @@ void block_q6_k(const uint8_t* b, float* y) {
   }
 }
 
+// One block of a quantized type to fp32 (type_size bytes -> block_size floats).
+using BlockDecoder = void (*)(const uint8_t*, float*);
+
+// The block decoder of type `t`; nullptr when none.
+BlockDecoder block_decoder(uint32_t t) {
+  static constexpr std::pair<TensorType, BlockDecoder> kDecoders[] = {
+      {TensorType::Q4_0, block_q4_0}, {TensorType::Q4_1, block_q4_1}, {TensorType::Q5_0, block_q5_0},
+      {TensorType::Q5_1, block_q5_1}, {TensorType::Q8_0, block_q8_0}, {TensorType::Q2_K, block_q2_k},
+      {TensorType::Q3_K, block_q3_k}, {TensorType::Q4_K, block_q4_k}, {TensorType::Q5_K, block_q5_k},
+      {TensorType::Q6_K, block_q6_k},
+  };
+  for (const auto& [type, decoder] : kDecoders)
+    if (static_cast<uint32_t>(type) == t) return decoder;
+  return nullptr;
+}
+
 }  // namespace
+
+bool can_dequantize(uint32_t t) {
+  const auto type = static_cast<TensorType>(t);
+  return type == TensorType::F32 || type == TensorType::F16 || type == TensorType::BF16 || block_decoder(t) != nullptr;
+}
 
 void dequantize(uint32_t type, const uint8_t* src, uint64_t numel, float* dst) {
   const TypeTraits tr = type_traits(type);
@@ -619,8 +590,6 @@ void dequantize(uint32_t type, const uint8_t* src, uint64_t numel, float* dst) {
     fail(std::to_string(numel) + " elements are not a multiple of the " + tr.name + " block size");
   }
   if (numel == 0) return;
-  const uint64_t blocks = numel / tr.block_size;
-  void (*block)(const uint8_t*, float*) = nullptr;
   switch (static_cast<TensorType>(type)) {
     case TensorType::F32:
       std::memcpy(dst, src, numel * 4);
@@ -634,39 +603,11 @@ void dequantize(uint32_t type, const uint8_t* src, uint64_t numel, float* dst) {
         std::memcpy(dst + k, &bits, 4);
       }
       return;
-    case TensorType::Q4_0:
-      block = block_q4_0;
-      break;
-    case TensorType::Q4_1:
-      block = block_q4_1;
-      break;
-    case TensorType::Q5_0:
-      block = block_q5_0;
-      break;
-    case TensorType::Q5_1:
-      block = block_q5_1;
-      break;
-    case TensorType::Q8_0:
-      block = block_q8_0;
-      break;
-    case TensorType::Q2_K:
-      block = block_q2_k;
-      break;
-    case TensorType::Q3_K:
-      block = block_q3_k;
-      break;
-    case TensorType::Q4_K:
-      block = block_q4_k;
-      break;
-    case TensorType::Q5_K:
-      block = block_q5_k;
-      break;
-    case TensorType::Q6_K:
-      block = block_q6_k;
-      break;
     default:
-      fail("dequantizing " + type_name(type) + " is not supported");
+      break;
   }
+  const BlockDecoder block = block_decoder(type);
+  const uint64_t blocks = numel / tr.block_size;
   for (uint64_t k = 0; k < blocks; ++k) block(src + k * tr.type_size, dst + k * tr.block_size);
 }
 

@@ -17,8 +17,10 @@
 #include <string>
 #include <vector>
 
+#include "edkm/export.h"
 #include "io/safetensors_core.h"  // FormatError
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::io::gguf {
 
 /// Metadata value types (gguf_type).
@@ -155,3 +157,4 @@ File parse(const uint8_t* data, size_t size);
 void dequantize(uint32_t type, const uint8_t* src, uint64_t numel, float* dst);
 
 }  // namespace edkm::io::gguf
+EDKM_INTERNAL_END

@@ -1,4 +1,4 @@
-#include "edkm/safetensors.h"
+#include "edkm/io/safetensors.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>

@@ -13,7 +13,9 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+#include "edkm/export.h"
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::io {
 
 /// A malformed or hostile file, or an I/O failure. The message says what is wrong.
@@ -118,3 +120,4 @@ std::string palette_metadata(const PaletteEntry& p);
 std::map<std::string, PaletteEntry> parse_palettes(const Header& h);
 
 }  // namespace edkm::io
+EDKM_INTERNAL_END

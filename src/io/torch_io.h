@@ -7,8 +7,10 @@
 #include <utility>
 #include <vector>
 
+#include "edkm/export.h"
 #include "io/safetensors_core.h"
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::detail {
 
 /// Writes tensors in the given order (atomically); errors as c10::Error.
@@ -31,3 +33,4 @@ class OpenSafetensors {
 };
 
 }  // namespace edkm::detail
+EDKM_INTERNAL_END

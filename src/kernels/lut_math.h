@@ -1,5 +1,5 @@
 #pragma once
-// Shared math of the LUT matmul kernels (edkm/palettized_linear.h): one definition of the index
+// Shared math of the LUT matmul kernels (edkm/nn/palettized_linear.h): one definition of the index
 // unpacking for the CPU (scalar, AVX2, AVX-512) and CUDA backends. No ATen: raw pointers.
 //
 // A packed weight of out x in: index i = r * in + c occupies bits [i * bits, (i + 1) * bits) of
@@ -9,8 +9,10 @@
 //   W[r, c] = lut[(r / rows_per_lut) * lut_stride + index(i)] * (scale ? scale[r] : 1)
 #include <cstdint>
 
+#include "edkm/export.h"
 #include "kernels/host_device.h"
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::kernels {
 
 /// Zero bytes after the index stream: a kernel may load 16 bytes starting at any index's byte.
@@ -89,3 +91,4 @@ int lut_decode_cuda(const LutParams& p, int64_t r0, int64_t r1, float* out, void
 #endif
 
 }  // namespace edkm::kernels
+EDKM_INTERNAL_END

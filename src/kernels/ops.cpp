@@ -78,6 +78,12 @@ TableParams table_params(const at::Tensor& w, const char* op) {
   return TableParams{w.data_ptr(), w.numel(), kernel_dtype(st)};
 }
 
+// A table op's device scope and its weight's parameters (the device checked first).
+struct TableScope : DeviceScope {
+  TableScope(const at::Tensor& w, const char* op) : DeviceScope(w, op), p(table_params(w, op)) {}
+  TableParams p;
+};
+
 void check_like(const at::Tensor& t, const char* name, const at::Tensor& w, const char* op) {
   TORCH_CHECK(t.defined() && t.is_contiguous() && t.numel() == w.numel() && t.scalar_type() == w.scalar_type() &&
                   t.device() == w.device(),
@@ -109,53 +115,50 @@ std::string unsupported_device(const at::Tensor& t) {
 
 at::Tensor table_histogram(const at::Tensor& w) {
   constexpr const char* op = "table histogram";
-  DeviceScope scope(w, op);
-  const TableParams p = table_params(w, op);
+  TableScope scope(w, op);
   auto counts = at::empty({kTableSize}, w.options().dtype(at::kLong));
   if (w.numel() == 0) return counts.zero_();
-  EDKM_DISPATCH(scope, op, table_histogram_cpu(p, counts.data_ptr<int64_t>()),
-                table_histogram_cuda(p, counts.data_ptr<int64_t>(), scope.stream()));
+  EDKM_DISPATCH(scope, op, table_histogram_cpu(scope.p, counts.data_ptr<int64_t>()),
+                table_histogram_cuda(scope.p, counts.data_ptr<int64_t>(), scope.stream()));
   return counts;
 }
 
 at::Tensor table_gather(const at::Tensor& w, const at::Tensor& table) {
   constexpr const char* op = "table gather";
-  DeviceScope scope(w, op);
-  const TableParams p = table_params(w, op);
+  TableScope scope(w, op);
   check_table(table, "table", w, op);
   auto out = at::empty_like(w);
   if (w.numel() == 0) return out;
-  EDKM_DISPATCH(scope, op, table_gather_cpu(p, table.data_ptr<float>(), out.data_ptr()),
-                table_gather_cuda(p, table.data_ptr<float>(), out.data_ptr(), scope.stream()));
+  EDKM_DISPATCH(scope, op, table_gather_cpu(scope.p, table.data_ptr<float>(), out.data_ptr()),
+                table_gather_cuda(scope.p, table.data_ptr<float>(), out.data_ptr(), scope.stream()));
   return out;
 }
 
 at::Tensor table_scatter_add(const at::Tensor& w, const at::Tensor& grad) {
   constexpr const char* op = "table scatter-add";
-  DeviceScope scope(w, op);
-  const TableParams p = table_params(w, op);
+  TableScope scope(w, op);
   check_like(grad, "grad", w, op);
   auto sums = at::empty({kTableSize}, w.options().dtype(at::kDouble));
   if (w.numel() == 0) return sums.zero_();
-  EDKM_DISPATCH(scope, op, table_scatter_add_cpu(p, grad.data_ptr(), sums.data_ptr<double>()),
-                table_scatter_add_cuda(p, grad.data_ptr(), sums.data_ptr<double>(), scope.stream()));
+  EDKM_DISPATCH(scope, op, table_scatter_add_cpu(scope.p, grad.data_ptr(), sums.data_ptr<double>()),
+                table_scatter_add_cuda(scope.p, grad.data_ptr(), sums.data_ptr<double>(), scope.stream()));
   return sums;
 }
 
 at::Tensor table_backward(const at::Tensor& w, const at::Tensor& grad, const at::Tensor& slope,
                           const at::Tensor& shift) {
   constexpr const char* op = "table backward";
-  DeviceScope scope(w, op);
-  const TableParams p = table_params(w, op);
+  TableScope scope(w, op);
   check_like(grad, "grad", w, op);
   check_table(slope, "slope", w, op);
   check_table(shift, "shift", w, op);
   auto dw = at::empty_like(w);
   if (w.numel() == 0) return dw;
-  EDKM_DISPATCH(scope, op,
-                table_backward_cpu(p, grad.data_ptr(), slope.data_ptr<float>(), shift.data_ptr<float>(), dw.data_ptr()),
-                table_backward_cuda(p, grad.data_ptr(), slope.data_ptr<float>(), shift.data_ptr<float>(), dw.data_ptr(),
-                                    scope.stream()));
+  EDKM_DISPATCH(
+      scope, op,
+      table_backward_cpu(scope.p, grad.data_ptr(), slope.data_ptr<float>(), shift.data_ptr<float>(), dw.data_ptr()),
+      table_backward_cuda(scope.p, grad.data_ptr(), slope.data_ptr<float>(), shift.data_ptr<float>(), dw.data_ptr(),
+                          scope.stream()));
   return dw;
 }
 

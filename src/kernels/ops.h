@@ -11,11 +11,13 @@
 #include <cstdint>
 #include <string>
 
+#include "edkm/export.h"
 #include "kernels/assign_math.h"
 #include "kernels/lut_math.h"
 #include "kernels/stream_math.h"
 #include "kernels/table_math.h"
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::kernels::ops {
 
 /// The kernels' element type of a tensor's dtype (the one at::ScalarType -> DType mapping; float
@@ -65,3 +67,4 @@ void lut_gemv(const LutParams& p, const at::Tensor& x, const at::Tensor& y);
 void lut_decode(const LutParams& p, int64_t r0, int64_t r1, const at::Tensor& out);
 
 }  // namespace edkm::kernels::ops
+EDKM_INTERNAL_END

@@ -17,10 +17,12 @@
 // Nothing N x K is stored: every pass recomputes the attention row of a vector from x_i and c^t.
 #include <cstdint>
 
+#include "edkm/export.h"
 #include "kernels/distance_math.h"
 #include "kernels/dtype_math.h"
 #include "kernels/host_device.h"
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::kernels {
 
 /// The passes over the weights.
@@ -69,20 +71,14 @@ inline int64_t stream_chunk(int64_t n, int64_t groups, int64_t width, int64_t pa
   return chunk < 1 ? 1 : chunk;
 }
 
-EDKM_HOST_DEVICE float stream_exp(float v) {
+// exp in the precision of its argument: CUDA's expf / exp on the device, the builtins on the host.
 #if defined(__CUDA_ARCH__)
-  return expf(v);
+EDKM_HOST_DEVICE float stream_exp(float v) { return expf(v); }
+EDKM_HOST_DEVICE double stream_exp(double v) { return exp(v); }
 #else
-  return __builtin_expf(v);
+EDKM_HOST_DEVICE float stream_exp(float v) { return __builtin_expf(v); }
+EDKM_HOST_DEVICE double stream_exp(double v) { return __builtin_exp(v); }
 #endif
-}
-EDKM_HOST_DEVICE double stream_exp(double v) {
-#if defined(__CUDA_ARCH__)
-  return exp(v);
-#else
-  return __builtin_exp(v);
-#endif
-}
 
 /// D_j of vector x to centroid j of c (K x d). DIM > 0 fixes d at compile time.
 template <class S, int DIM>
@@ -254,3 +250,4 @@ int stream_pass_cuda(const StreamParams& p, void* stream);
 #endif
 
 }  // namespace edkm::kernels
+EDKM_INTERNAL_END

@@ -7,9 +7,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include "edkm/export.h"
 #include "kernels/dtype_math.h"
 #include "kernels/host_device.h"
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::kernels {
 
 constexpr int64_t kTableSize = 65536;
@@ -47,3 +49,4 @@ int table_backward_cuda(const TableParams& p, const void* grad, const float* slo
 #endif
 
 }  // namespace edkm::kernels
+EDKM_INTERNAL_END

@@ -12,7 +12,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "edkm/host_pool.h"
+#include "edkm/memory/host_pool.h"
 #include "memory/host_pool_counter.h"
 #include "memory/peak.h"
 #include "util/format.h"

@@ -14,7 +14,7 @@
 #include <sstream>
 #include <unordered_map>
 
-#include "edkm/memory.h"
+#include "edkm/memory/memory.h"
 #include "memory/host_pool_counter.h"
 #include "memory/peak.h"
 #include "util/format.h"

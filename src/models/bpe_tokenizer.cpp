@@ -13,7 +13,7 @@
 #include <utility>
 #include <vector>
 
-#include "edkm/tokenizer.h"
+#include "edkm/models/tokenizer.h"
 #include "models/bpe_spec.h"
 
 #if defined(EDKM_WITH_PCRE2)

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "edkm/file_io.h"
-#include "edkm/tokenizer.h"
+#include "edkm/io/file_io.h"
+#include "edkm/models/tokenizer.h"
 #include "models/bpe_spec.h"
 
 namespace edkm {

@@ -1,4 +1,4 @@
-#include "edkm/llama.h"
+#include "edkm/models/llama.h"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
@@ -22,8 +22,8 @@
 #include <set>
 #include <vector>
 
-#include "edkm/activation_checkpoint.h"
-#include "edkm/glu.h"
+#include "edkm/nn/activation_checkpoint.h"
+#include "edkm/nn/glu.h"
 
 namespace edkm {
 
@@ -391,7 +391,7 @@ at::Tensor LlamaDecoderLayerImpl::forward_plain(const at::Tensor& x, const at::T
 at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   if (!config.checkpoint_layers() || !at::GradMode::is_enabled()) return forward_plain(x, cos, sin);
   // A Palettizer's clustered weights reach the recompute through functional::checkpoint itself
-  // (edkm/activation_checkpoint.h): nothing layer-specific here.
+  // (edkm/nn/activation_checkpoint.h): nothing layer-specific here.
   auto self = std::static_pointer_cast<LlamaDecoderLayerImpl>(shared_from_this());
   auto fn = [self](const std::vector<at::Tensor>& in) {
     return std::vector<at::Tensor>{self->forward_plain(in[0], in[1], in[2])};

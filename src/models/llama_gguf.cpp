@@ -10,9 +10,9 @@
 #include <sstream>
 #include <vector>
 
-#include "edkm/gguf.h"
-#include "edkm/llama_io.h"
-#include "edkm/tokenizer.h"
+#include "edkm/io/gguf.h"
+#include "edkm/models/llama_io.h"
+#include "edkm/models/tokenizer.h"
 
 namespace edkm {
 

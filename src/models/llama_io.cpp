@@ -1,4 +1,4 @@
-#include "edkm/llama_io.h"
+#include "edkm/models/llama_io.h"
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>

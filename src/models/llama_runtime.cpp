@@ -1,4 +1,4 @@
-#include "edkm/llama_runtime.h"
+#include "edkm/models/llama_runtime.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -12,7 +12,7 @@
 #include <limits>
 #include <vector>
 
-#include "edkm/file_io.h"
+#include "edkm/io/file_io.h"
 
 namespace edkm {
 

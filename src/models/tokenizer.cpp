@@ -1,5 +1,5 @@
-#include "edkm/tokenizer.h"
-#include "edkm/gguf.h"
+#include "edkm/models/tokenizer.h"
+#include "edkm/io/gguf.h"
 
 #include <c10/util/Exception.h>
 #include <sys/stat.h>

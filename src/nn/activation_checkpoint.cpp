@@ -12,8 +12,8 @@
 #include <algorithm>
 #include <ostream>
 
-#include "edkm/activation_checkpoint.h"
-#include "nn/member_swap.h"
+#include "edkm/nn/activation_checkpoint.h"
+#include "util/member_swap.h"
 #if defined(EDKM_WITH_CUDA)
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/cuda/CUDAFunctions.h>

@@ -6,7 +6,7 @@
 #include <ATen/ops/mse_loss.h>
 #include <c10/util/Exception.h>
 
-#include "edkm/distill.h"
+#include "edkm/nn/distill.h"
 
 namespace edkm {
 namespace functional {

@@ -11,7 +11,7 @@
 
 #include <ostream>
 
-#include "edkm/glu.h"
+#include "edkm/nn/glu.h"
 
 namespace edkm {
 

@@ -12,7 +12,7 @@
 #include <limits>
 #include <ostream>
 
-#include "edkm/local_attention.h"
+#include "edkm/nn/local_attention.h"
 
 namespace edkm {
 namespace {

@@ -10,7 +10,7 @@
 #include <numeric>
 #include <random>
 
-#include "edkm/padding.h"
+#include "edkm/nn/padding.h"
 
 namespace edkm {
 

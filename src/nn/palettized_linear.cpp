@@ -1,4 +1,4 @@
-#include "edkm/palettized_linear.h"
+#include "edkm/nn/palettized_linear.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -15,7 +15,7 @@
 #include <sstream>
 #include <unordered_map>
 
-#include "edkm/prune.h"
+#include "edkm/nn/prune.h"
 
 namespace edkm {
 namespace {

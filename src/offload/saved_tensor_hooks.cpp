@@ -1,6 +1,6 @@
 // C++ saved-tensor hooks: an autograd Engine subclass whose get_default_saved_variable_hooks()
 // forwards to the innermost edkm hooks of the calling thread.
-#include "edkm/saved_tensor_hooks.h"
+#include "edkm/offload/saved_tensor_hooks.h"
 
 #include <ATen/SavedTensorHooks.h>
 #include <c10/util/Exception.h>

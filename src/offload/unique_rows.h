@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <optional>
+#include "edkm/export.h"
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::detail {
 
 /// The most distinct rows a 16-bit index can address.
@@ -55,3 +57,4 @@ at::Tensor hash_rows(const at::Tensor& words);
 at::Tensor expand_unique_rows(const at::Tensor& table, const at::Tensor& index, int64_t row_bytes);
 
 }  // namespace edkm::detail
+EDKM_INTERNAL_END

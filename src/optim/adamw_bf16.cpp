@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "edkm/optim.h"
+#include "edkm/optim/adamw_bf16.h"
 
 namespace edkm::optim {
 

@@ -1,4 +1,4 @@
-#include "edkm/palettizer.h"
+#include "edkm/palettizer/palettizer.h"
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/_unique.h>
@@ -18,11 +18,11 @@
 #include <sstream>
 
 #include "dkm/internal.h"
-#include "edkm/file_io.h"
+#include "edkm/io/file_io.h"
 #include "io/safetensors_core.h"
 #include "io/torch_io.h"
-#include "nn/member_swap.h"
 #include "util/format.h"
+#include "util/member_swap.h"
 
 namespace edkm {
 namespace {
@@ -38,6 +38,7 @@ std::pair<at::Tensor*, std::string> weight_member(torch::nn::Module& m) {
   return {nullptr, ""};
 }
 
+// Every option by name (the object sorts its keys: the order below does not show).
 json options_json(const DKMOptions& o) {
   return json{{"bits", o.bits()},
               {"tau", o.tau()},
@@ -46,20 +47,21 @@ json options_json(const DKMOptions& o) {
               {"zero_threshold", o.zero_threshold()},
               {"prune_threshold", o.prune_threshold()},
               {"enforce_zero", o.enforce_zero()},
-              {"granularity", to_string(o.granularity())},
               {"group_size", o.group_size()},
               {"per_channel_scale", o.per_channel_scale()},
-              {"scale_scheme", to_string(o.scale_scheme())},
               {"cluster_dim", o.cluster_dim()},
               {"milestone", o.milestone()},
               {"weight_threshold", o.weight_threshold()},
-              {"init", to_string(o.init())},
               {"opt1d_max_unique", o.opt1d_max_unique()},
               {"init_max_iter", o.init_max_iter()},
               {"seed", o.seed()},
-              {"engine", to_string(o.engine())},
               {"table_fp32_as_bf16", o.table_fp32_as_bf16()},
-              {"table_index_list", o.table_index_list()}};
+              {"table_index_list", o.table_index_list()},
+              // the enums by name
+              {"granularity", to_string(o.granularity())},
+              {"scale_scheme", to_string(o.scale_scheme())},
+              {"init", to_string(o.init())},
+              {"engine", to_string(o.engine())}};
 }
 
 using detail::human_bytes;

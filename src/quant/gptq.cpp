@@ -1,6 +1,6 @@
-// GPTQ on one weight (see edkm/gptq.h): the options, the Hessian accumulator, the uniform and LUT
+// GPTQ on one weight (see edkm/quant/gptq.h): the options, the Hessian accumulator, the uniform and LUT
 // grids, the lazy-batch column loop, and the round-to-nearest baseline on the same uniform grid.
-#include "edkm/gptq.h"
+#include "edkm/quant/gptq.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -9,7 +9,7 @@
 #include <cmath>
 #include <vector>
 
-#include "edkm/kmeans.h"
+#include "edkm/dkm/kmeans.h"
 #include "quant/gptq_internal.h"
 
 namespace edkm {

@@ -5,9 +5,11 @@
 #include <cstdint>
 #include <functional>
 
-#include "edkm/gptq.h"
-#include "edkm/llama.h"
+#include "edkm/export.h"
+#include "edkm/models/llama.h"
+#include "edkm/quant/gptq.h"
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::detail {
 
 /// The uniform grid's scale and zero per row of x (rows x n, fp64): the reference's asymmetric
@@ -32,3 +34,4 @@ GPTQReport gptq_quantize_llama(LlamaForCausalLM& model, const at::Tensor& calibr
                                std::function<void(int64_t done, int64_t total)> progress, int64_t chunk_tokens);
 
 }  // namespace edkm::detail
+EDKM_INTERNAL_END

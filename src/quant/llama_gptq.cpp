@@ -1,4 +1,4 @@
-// Sequential GPTQ of a LLaMA model (see gptq_quantize_llama in edkm/gptq.h): the reference's
+// Sequential GPTQ of a LLaMA model (see gptq_quantize_llama in edkm/quant/gptq.h): the reference's
 // llama.py with true-sequential, on the calibration batch in chunks of sequences.
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -9,9 +9,9 @@
 #include <utility>
 #include <vector>
 
-#include "edkm/glu.h"
-#include "edkm/gptq.h"
-#include "edkm/llama.h"
+#include "edkm/nn/glu.h"
+#include "edkm/quant/gptq.h"
+#include "edkm/models/llama.h"
 #include "quant/gptq_internal.h"
 
 namespace edkm {

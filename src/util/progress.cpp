@@ -1,4 +1,4 @@
-#include "edkm/progress.h"
+#include "edkm/util/progress.h"
 
 #include <unistd.h>
 

@@ -1,8 +1,8 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/_unique.h>
 #include <ATen/ops/randn.h>
-#include <edkm/dkm.h>
-#include <edkm/palette.h>
+#include <edkm/dkm/dkm.h>
+#include <edkm/dkm/palette.h>
 
 #include <iostream>
 

@@ -4,6 +4,7 @@
 #include <iostream>
 #include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/safetensors_core.h"
@@ -33,6 +34,16 @@ void palette(const std::string& name, PaletteEntry p, uint64_t lut_entries, std:
   meta[kPaletteKeyPrefix + name] = palette_metadata(p);
 }
 
+// A palette entry of an F32 weight.
+PaletteEntry f32_entry(std::vector<uint64_t> shape, int bits, const std::string& granularity = "per_tensor") {
+  PaletteEntry p;
+  p.shape = std::move(shape);
+  p.dtype = "F32";
+  p.bits = bits;
+  p.granularity = granularity;
+  return p;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -48,12 +59,7 @@ int main(int argc, char** argv) {
   {
     std::vector<TensorBytes> t;
     std::map<std::string, std::string> meta = {{kFormatKey, kFormatValue}};
-    PaletteEntry p;
-    p.shape = {6, 5};
-    p.dtype = "F32";
-    p.bits = 3;
-    p.granularity = "per_tensor";
-    palette("fc.weight", p, 8, t, meta, keep);
+    palette("fc.weight", f32_entry({6, 5}, 3), 8, t, meta, keep);
     std::vector<float> bias(6, 0.25f);
     t.push_back({"fc.bias", "F32", {6}, bias.data(), 24});
     write_file(dir + "/palette.safetensors", t, meta);
@@ -61,21 +67,12 @@ int main(int argc, char** argv) {
   {
     std::vector<TensorBytes> t;
     std::map<std::string, std::string> meta = {{kFormatKey, kFormatValue}};
-    PaletteEntry p;
-    p.shape = {8, 3};
-    p.dtype = "F32";
-    p.bits = 2;
-    p.granularity = "per_grouped_channel";
+    PaletteEntry p = f32_entry({8, 3}, 2, "per_grouped_channel");
     p.group_size = 4;
     p.cluster_dim = 2;
     p.scale = true;
     palette("g", p, 2 * 4 * 2, t, meta, keep);
-    PaletteEntry q;
-    q.shape = {3};
-    q.dtype = "F32";
-    q.bits = 1;
-    q.granularity = "per_tensor";
-    palette("v", q, 2, t, meta, keep);
+    palette("v", f32_entry({3}, 1), 2, t, meta, keep);
     write_file(dir + "/grouped.safetensors", t, meta);
   }
   // Every seed must pass validation, or the fuzzer would start from rejected inputs only.

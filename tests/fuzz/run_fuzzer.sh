@@ -17,7 +17,7 @@ if ! "$cxx" -fsanitize=fuzzer,address probe.cpp -o probe > probe.log 2>&1; then
   cat probe.log
   exit 77
 fi
-flags=(-std=c++17 -g -O1 -fno-omit-frame-pointer -I"$root/src" -I"$root/tests" -idirafter "$json_inc")
+flags=(-std=c++17 -g -O1 -fno-omit-frame-pointer -I"$root/src" -I"$root/include" -I"$root/tests" -idirafter "$json_inc")
 san=(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
 case "$target" in
   safetensors) core="$root/src/io/safetensors_core.cpp" seeder="$root/tests/fuzz/make_seeds.cpp" ;;

@@ -6,8 +6,8 @@
 // TEXTS.json is a list of strings. Output: {"name", "vocab_size", "bos_id", "eos_id", "ids": [[...]],
 // "decoded": [...], "bench": {"bytes", "tokens", "cold_s", "warm_s"}} (bench only with --bench:
 // encode of the whole file on a fresh tokenizer, then again with its word cache warm).
-#include <edkm/file_io.h>
-#include <edkm/tokenizer.h>
+#include <edkm/io/file_io.h>
+#include <edkm/models/tokenizer.h>
 
 #include <c10/util/Exception.h>
 #include <chrono>

@@ -9,8 +9,8 @@
 #include <ATen/ops/mul.h>
 #include <ATen/ops/sum.h>
 #include <ATen/ops/zeros.h>
-#include <edkm/dkm.h>
-#include <edkm/palette.h>
+#include <edkm/dkm/dkm.h>
+#include <edkm/dkm/palette.h>
 
 #include <fstream>
 #include <iostream>

@@ -14,11 +14,11 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
-#include <edkm/file_io.h>
-#include <edkm/gguf.h>
-#include <edkm/llama.h>
-#include <edkm/llama_io.h>
-#include <edkm/safetensors.h>
+#include <edkm/io/file_io.h>
+#include <edkm/io/gguf.h>
+#include <edkm/models/llama.h>
+#include <edkm/models/llama_io.h>
+#include <edkm/io/safetensors.h>
 
 #include <sys/resource.h>
 

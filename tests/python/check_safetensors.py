@@ -4,7 +4,7 @@
 Usage: check_safetensors.py COMPRESSED PLAIN
 COMPRESSED is a compressed checkpoint written by edkm (palettes: LUT + bit-packed indices),
 PLAIN the plain checkpoint edkm decompressed from it. Every palette is unpacked here, in numpy,
-from the format description alone (README, include/edkm/checkpoint.h), and must equal the
+from the format description alone (README, include/edkm/io/checkpoint.h), and must equal the
 decompressed tensor bit for bit; plain tensors must be equal; file sizes must be exactly the
 8-byte prefix + header + tensor bytes.
 Exit code 77 (ctest: skipped) when safetensors or torch cannot be imported.

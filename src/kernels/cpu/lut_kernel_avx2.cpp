@@ -7,21 +7,14 @@
 
 #include <cstring>
 
+#include "kernels/cpu/lut_isa.h"
 #include "kernels/cpu/lut_rows.h"
 
 namespace edkm::kernels {
 namespace {
 
 struct Avx2 {
-  static constexpr int kLanes = 8;
-  using F = __m256;
-  using I = __m256i;
-  static F zero() { return _mm256_setzero_ps(); }
-  static F load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
-  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
-  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
-  static F set1(float v) { return _mm256_set1_ps(v); }
+  EDKM_LUT_ISA_BASICS(256)
   static float sum(F v) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 h = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -72,14 +65,6 @@ struct Avx2 {
       return _mm256_i32gather_ps(base, idx, 4);
     }
   };
-
-  template <class Body>
-  static void dispatch(int32_t bits, Body&& body) {
-    if (bits == 8) return body.template run<2, 8>();
-    if (bits <= 3) return body.template run<0, 0>();
-    if (bits == 4) return body.template run<1, 0>();
-    body.template run<2, 0>();
-  }
 };
 
 }  // namespace

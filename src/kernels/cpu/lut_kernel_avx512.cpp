@@ -8,21 +8,14 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/lut_isa.h"
 #include "kernels/cpu/lut_rows.h"
 
 namespace edkm::kernels {
 namespace {
 
 struct Avx512 {
-  static constexpr int kLanes = 16;
-  using F = __m512;
-  using I = __m512i;
-  static F zero() { return _mm512_setzero_ps(); }
-  static F load(const float* p) { return _mm512_loadu_ps(p); }
-  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
-  static F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
-  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
-  static F set1(float v) { return _mm512_set1_ps(v); }
+  EDKM_LUT_ISA_BASICS(512)
   static float sum(F v) { return _mm512_reduce_add_ps(v); }
 
   // The 16 indices starting at stream bit `bit` (inside a row every chunk starts at the same bit
@@ -84,14 +77,6 @@ struct Avx512 {
       return _mm512_i32gather_ps(_mm512_and_si512(idx, mask), base, 4);
     }
   };
-
-  template <class Body>
-  static void dispatch(int32_t bits, Body&& body) {
-    if (bits == 8) return body.template run<2, 8>();
-    if (bits <= 4) return body.template run<0, 0>();
-    if (bits == 5) return body.template run<1, 0>();
-    body.template run<2, 0>();
-  }
 };
 
 // 8-bit rows with the whole 256-entry LUT in registers, in place of a gather per 16 weights

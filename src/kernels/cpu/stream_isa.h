@@ -7,8 +7,10 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
+#include "edkm/export.h"
 #endif
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::kernels {
 
 /// Flush-to-zero for the calling thread while in scope (x86: MXCSR.FTZ). On real LLM weights
@@ -64,3 +66,4 @@ int64_t stream_skipped_terms();
 void add_stream_skipped_terms(int64_t n);
 
 }  // namespace edkm::kernels
+EDKM_INTERNAL_END

@@ -1,6 +1,6 @@
 #pragma once
 // Inference of a LLaMA with a key/value cache: each Linear (and the embedding / tied head) either
-// dense or kept palettized (edkm/palettized_linear.h), so a compressed checkpoint runs without
+// dense or kept palettized (edkm/nn/palettized_linear.h), so a compressed checkpoint runs without
 // being decompressed. Batch 1; greedy, temperature and top-p sampling. Packed q, k, v (and gate,
 // up) with the same bits and rows per LUT are stacked into one weight and run as one GEMV.
 //
@@ -17,10 +17,10 @@
 #include <string>
 #include <vector>
 
-#include "edkm/checkpoint.h"
+#include "edkm/io/checkpoint.h"
 #include "edkm/export.h"
-#include "edkm/llama.h"
-#include "edkm/palettized_linear.h"
+#include "edkm/models/llama.h"
+#include "edkm/nn/palettized_linear.h"
 
 namespace edkm {
 
@@ -57,7 +57,7 @@ class EDKM_API LlamaRuntime {
 
   /// A dense model's weights (shared, no copy).
   explicit LlamaRuntime(const LlamaForCausalLM& model);
-  /// A compressed checkpoint (edkm/checkpoint.h) with Hugging Face names: palettized 2-D weights of
+  /// A compressed checkpoint (edkm/io/checkpoint.h) with Hugging Face names: palettized 2-D weights of
   /// the Linears, the embedding and the head stay packed; the rest is used as stored (fp32).
   LlamaRuntime(const LlamaConfig& config, const CompressedCheckpoint& checkpoint);
   /// load_compressed(path) with the config.json at `config_path`.

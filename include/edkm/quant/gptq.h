@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "edkm/export.h"
-#include "edkm/llama.h"
+#include "edkm/models/llama.h"
 
 namespace edkm {
 

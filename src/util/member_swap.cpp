@@ -1,4 +1,4 @@
-#include "nn/member_swap.h"
+#include "util/member_swap.h"
 
 #include <c10/util/Exception.h>
 #include <torch/nn/module.h>

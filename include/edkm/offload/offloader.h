@@ -35,7 +35,7 @@
 //    (cudaHostAlloc with a GPU), not through LibTorch's CPU allocator, so edkm::MemoryMeter's
 //    `cpu` figure does not count pool bytes. In this mode the `cpu` figure therefore plays the
 //    part of device memory (what stays saved, the restored copies, the uniquify work) and the pool
-//    (`stats().pool`, `host_bytes`) the part of host memory: a drop of the `cpu` peak on CPU is the
+//    (`stats().pool`, `kept_bytes`) the part of host memory: a drop of the `cpu` peak on CPU is the
 //    drop the offloader gives a GPU's peak (benchmarks/offload_memory.cpp reports both).
 //
 // Example:
@@ -56,8 +56,9 @@
 #include <string>
 
 #include "edkm/export.h"
-#include "edkm/host_pool.h"
-#include "edkm/saved_tensor_hooks.h"
+#include "edkm/memory/host_pool.h"
+#include "edkm/offload/saved_store_stats.h"
+#include "edkm/offload/saved_tensor_hooks.h"
 
 namespace edkm {
 
@@ -105,32 +106,10 @@ struct EDKM_API OffloadOptions {
   void validate() const;
 };
 
-/// What an offloader did since it was made (or since reset_stats()). Bytes are storage bytes.
-struct EDKM_API OffloadStats {
-  int64_t tensors_packed = 0;         ///< saved tensors seen by pack
-  int64_t tensors_offloaded = 0;      ///< of those, stored in host memory (copied or de-duplicated)
-  int64_t tensors_unpacked = 0;       ///< unpack calls (retain_graph counts each backward)
-  int64_t storages_copied = 0;        ///< storages copied to host
-  int64_t bytes_offloaded = 0;        ///< bytes copied to host (device -> host traffic)
-  int64_t copies_avoided = 0;         ///< saved tensors whose storage was already on the host (de-dup)
-  int64_t bytes_not_copied = 0;       ///< their storage bytes, not copied again
-  int64_t bytes_restored = 0;         ///< bytes copied back (host -> device traffic)
-  int64_t restores_shared = 0;        ///< unpacks served by a device copy already restored for a view
-  int64_t host_bytes = 0;             ///< host buffer bytes held now by saved tensors
-  int64_t host_bytes_peak = 0;        ///< highest host_bytes
-  int64_t pool_hits = 0;              ///< host buffers of this offloader reused from the pool
-  int64_t pool_misses = 0;            ///< host buffers of this offloader newly allocated by the pool
-  int64_t pool_cached_bytes = 0;      ///< free host buffer bytes kept by the pool now (= pool.cached_bytes)
-  int64_t prefetches = 0;             ///< storages restored ahead of time in backward
-  int64_t prefetch_hits = 0;          ///< unpacks that found their storage already prefetched
-  int64_t prefetch_wasted = 0;        ///< prefetched copies freed without being used
-  int64_t tensors_uniquified = 0;     ///< storages stored as distinct rows + index
-  int64_t uniquify_bytes_before = 0;  ///< their storage bytes
-  int64_t uniquify_bytes_after = 0;   ///< what was stored for them: rows + the index lists made
-  int64_t index_lists_shared = 0;     ///< uniquified storages that reused an index list
-  HostPoolStats pool;                 ///< the host memory pool's own statistics (shared pools: all users)
-  std::string to_string() const;
-};
+/// What an offloader did since it was made (or since reset_stats()): the figures of the
+/// saved-tensor store it is built on (kept_bytes: host buffer bytes; bytes_stored: device -> host
+/// traffic; bytes_restored: host -> device traffic).
+using OffloadStats = SavedStoreStats;
 
 /// Saved-tensor hooks that offload to host memory. Push it with SavedTensorHooksGuard (it must be
 /// held by a shared_ptr). Thread-safe; the values it packed keep it alive.
@@ -146,7 +125,7 @@ class EDKM_API Offloader : public SavedTensorHooks {
 
   const OffloadOptions& options() const { return options_; }
   OffloadStats stats() const;
-  /// Zeroes the counters (host_bytes, host_bytes_peak and pool_cached_bytes stay current).
+  /// Zeroes the counters (kept_bytes and pool_cached_bytes stay current; kept_bytes_peak starts from kept_bytes).
   void reset_stats();
   /// Frees the host buffers the pool keeps for reuse (of a shared pool: everybody's).
   void empty_pool();

@@ -3,7 +3,7 @@
 // custom autograd functions alike) passes through `pack` at save time and `unpack` when backward
 // needs it. The C++ counterpart of Python's `torch.autograd.graph.saved_tensors_hooks`.
 //
-// Example (the identity hooks; see edkm/offload.h for a useful one):
+// Example (the identity hooks; see edkm/offload/offloader.h for a useful one):
 //   struct Keep : edkm::SavedTensorHooks {
 //     std::any pack(const at::Tensor& t) override { return t; }
 //     at::Tensor unpack(const std::any& p) override { return std::any_cast<at::Tensor>(p); }

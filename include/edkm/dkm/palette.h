@@ -4,7 +4,7 @@
 
 #include <vector>
 
-#include "edkm/dkm.h"
+#include "edkm/dkm/dkm.h"
 #include "edkm/export.h"
 
 namespace edkm {

@@ -70,11 +70,11 @@
 #include <utility>
 #include <vector>
 
-#include "edkm/checkpoint.h"
-#include "edkm/dkm.h"
-#include "edkm/dkm_module.h"
+#include "edkm/io/checkpoint.h"
+#include "edkm/dkm/dkm.h"
+#include "edkm/dkm/module.h"
 #include "edkm/export.h"
-#include "edkm/palette.h"
+#include "edkm/dkm/palette.h"
 
 namespace edkm {
 

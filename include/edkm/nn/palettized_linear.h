@@ -6,7 +6,7 @@
 // Storage (resident = what the compressed checkpoint stores): for a weight of out x in,
 //   lut     G x 2^bits fp32 (G = 1 per tensor, out / rows_per_lut per grouped channel)
 //   packed  uint8, the out x in indices row-major, LSB-first, bits per index (as
-//           edkm/checkpoint.h), plus 16 zero bytes so a kernel may load 16 bytes at any index
+//           edkm/io/checkpoint.h), plus 16 zero bytes so a kernel may load 16 bytes at any index
 //   scale   out fp32 per-channel scale, or undefined
 // W[r, c] = lut[r / rows_per_lut, index(r * in + c)] * scale[r].
 //
@@ -31,7 +31,7 @@
 #include <vector>
 
 #include "edkm/export.h"
-#include "edkm/palette.h"
+#include "edkm/dkm/palette.h"
 
 namespace edkm {
 

@@ -16,8 +16,8 @@
 #include <string>
 
 #include "edkm/export.h"
-#include "edkm/file_io.h"  // make_directories, write_text_file, read_text_file
-#include "edkm/llama.h"
+#include "edkm/io/file_io.h"  // make_directories, write_text_file, read_text_file
+#include "edkm/models/llama.h"
 
 namespace edkm {
 
@@ -71,7 +71,7 @@ EDKM_API void load_hf_llama_weights(LlamaForCausalLM& model, const std::string& 
 ///   auto config = edkm::load_gguf_llama_config("SmolLM2-135M-Instruct.Q4_1.gguf");
 EDKM_API LlamaConfig load_gguf_llama_config(const std::string& path);
 
-/// Builds the model of a LLaMA GGUF file and loads its tensors, dequantized (see edkm/gguf.h),
+/// Builds the model of a LLaMA GGUF file and loads its tensors, dequantized (see edkm/io/gguf.h),
 /// under Hugging Face's names (token_embd -> model.embed_tokens, blk.N.attn_q -> model.layers.N.
 /// self_attn.q_proj, ffn_gate -> mlp.gate_proj, attn_norm -> input_layernorm, ...), with the rows of
 /// Q and K put back in Hugging Face's order (llama.cpp interleaves the two rotary halves of each
@@ -97,7 +97,7 @@ EDKM_API void save_hf_llama(const LlamaForCausalLM& model, const std::string& di
 /// Writes a LLaMA GGUF file as a Hugging Face directory: config.json and model.safetensors
 /// (load_gguf_llama then save_hf_llama) and, when the file carries a byte-level BPE tokenizer
 /// (tokenizer.ggml.model "gpt2"), tokenizer.json and tokenizer_config.json (save_hf_tokenizer in
-/// edkm/tokenizer.h) that transformers' AutoTokenizer loads and that encode as
+/// edkm/models/tokenizer.h) that transformers' AutoTokenizer loads and that encode as
 /// load_gguf_tokenizer(gguf_path) does. Returns whether the tokenizer was written (false for
 /// another tokenizer model, e.g. SentencePiece "llama"). The tokenizer and the model are read
 /// before anything is written: a file edkm cannot read leaves `dir` untouched.

@@ -20,7 +20,7 @@
 // forward time (inside a clustered() scope) is replaced, as an input of the checkpoint node, by
 // that clustered tensor, and the recompute points the member at it again: the recompute sees the
 // forward's weights even when backward runs after the scope, and the gradient flows on through
-// DKM into the Parameter once (see edkm/palettizer.h).
+// DKM into the Parameter once (see edkm/palettizer/palettizer.h).
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>

@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "edkm/dkm.h"
+#include "edkm/dkm/dkm.h"
 #include "edkm/export.h"
-#include "edkm/palette.h"
+#include "edkm/dkm/palette.h"
 
 namespace edkm {
 

@@ -20,7 +20,7 @@ struct MemoryFigures {
 };
 
 /// A snapshot of all meters.
-struct MemoryReport {
+struct EDKM_API MemoryReport {
   MemoryFigures cpu;     ///< CPU tensors allocated through LibTorch's CPU allocator
   MemoryFigures cuda;    ///< CUDA caching allocator, allocated bytes, current device
   MemoryFigures pinned;  ///< pinned host memory of the CUDA host allocator (in use)

@@ -19,11 +19,13 @@
 #include <memory>
 #include <string>
 #include <vector>
+#include "edkm/export.h"
 
 namespace torch::nn {
 class Module;
 }
 
+EDKM_INTERNAL_BEGIN
 namespace edkm::detail {
 
 /// One registered member: `member` lives in `module` (kept alive), `parameter` is its Parameter.
@@ -71,3 +73,4 @@ class MemberOverride {
 };
 
 }  // namespace edkm::detail
+EDKM_INTERNAL_END

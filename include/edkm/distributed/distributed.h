@@ -39,9 +39,10 @@
 #include <string>
 #include <vector>
 
-#include "edkm/dkm.h"
+#include "edkm/dkm/dkm.h"
 #include "edkm/export.h"
-#include "edkm/saved_tensor_hooks.h"
+#include "edkm/offload/saved_store_stats.h"
+#include "edkm/offload/saved_tensor_hooks.h"
 
 namespace edkm {
 
@@ -189,28 +190,11 @@ struct EDKM_API ShardedOffloadOptions {
   void validate() const;
 };
 
-/// What a ShardedOffloader did (bytes are storage bytes).
-struct EDKM_API ShardedOffloadStats {
-  int64_t tensors_packed = 0;         ///< saved tensors seen by pack
-  int64_t tensors_sharded = 0;        ///< of those, kept as blocks (copied or de-duplicated)
-  int64_t storages_sharded = 0;       ///< storages split into blocks
-  int64_t copies_avoided = 0;         ///< saved tensors whose storage was already kept (de-dup by storage)
-  int64_t bytes_sharded = 0;          ///< whole-storage bytes of the storages kept as blocks
-  int64_t block_bytes = 0;            ///< bytes this rank keeps now (its blocks; uniquify: + tables, index blocks)
-  int64_t block_bytes_peak = 0;       ///< highest block_bytes
-  int64_t bytes_stored = 0;           ///< bytes pack copied into this rank's blocks (its device -> host traffic)
-  int64_t gathers = 0;                ///< all-gathers run by unpack
-  int64_t bytes_gathered = 0;         ///< bytes those all-gathers returned to this rank (its receive traffic)
-  int64_t restores_shared = 0;        ///< unpacks served by a storage already gathered
-  int64_t tensors_uniquified = 0;     ///< uniquify: storages kept as distinct rows + an index block
-  int64_t uniquify_bytes_before = 0;  ///< their whole-storage bytes
-  int64_t index_lists_shared = 0;     ///< of those, storages that reused an index list already kept
-  std::string to_string() const;
-};
-
-namespace detail {
-struct ShardedOffloadState;
-}  // namespace detail
+/// What a ShardedOffloader did: the figures of the saved-tensor store it is built on
+/// (tensors_kept: kept as blocks; kept_bytes: this rank's blocks, tables and index blocks now;
+/// bytes_stored: what pack copied into them; restores / bytes_restored: the all-gathers and the
+/// bytes they returned to this rank; storage_bytes_kept: the whole storages' bytes).
+using ShardedOffloadStats = SavedStoreStats;
 
 /// eDKM's sharding of saved tensors for a computation that every rank runs identically (the dense
 /// DKM of a replicated weight): pack keeps this rank's 1/world block of the bytes of each saved
@@ -239,7 +223,8 @@ class EDKM_API ShardedOffloader : public SavedTensorHooks {
   int64_t host_pool_peak_reserved_bytes() const;
 
  private:
-  std::shared_ptr<detail::ShardedOffloadState> state_;
+  struct State;
+  std::shared_ptr<State> state_;
 };
 
 }  // namespace dist

@@ -2,7 +2,7 @@
 // The LLaMA decoder as LibTorch modules (RMSNorm, rotary embedding, grouped-query attention
 // through scaled_dot_product_attention, SwiGLU MLP), with the parameter names of Hugging Face's
 // LlamaForCausalLM ("model.layers.0.self_attn.q_proj.weight", "lm_head.weight", ...) so that
-// Hugging Face checkpoints load by name (see edkm/llama_io.h).
+// Hugging Face checkpoints load by name (see edkm/models/llama_io.h).
 //
 // The rotary embedding follows Hugging Face's convention (rotate_half: the first and second
 // halves of each head are the pairs), which is the layout of their q_proj / k_proj weights.

@@ -14,7 +14,7 @@
 #include <functional>
 #include <vector>
 
-#include "edkm/activation_checkpoint.h"
+#include "edkm/nn/activation_checkpoint.h"
 #include "edkm/export.h"
 
 namespace edkm {

@@ -19,7 +19,7 @@
 #include <string>
 
 #include "edkm/export.h"
-#include "edkm/palette.h"
+#include "edkm/dkm/palette.h"
 
 namespace torch::nn {
 class Module;
