@@ -1,6 +1,8 @@
 #pragma once
 // The offloader (eDKM "marshaling"): saved-tensor hooks that move what autograd saves for
-// backward out of device memory into host memory, and bring it back in backward.
+// backward out of device memory into host memory, and bring it back in backward. It is the
+// saved-tensor store it shares with dist::ShardedOffloader (src/offload/saved_store.h: de-dup,
+// restore rounds, uniquify, SavedStoreStats) with a host placement and a prefetcher.
 //
 //  - Saved tensors of at least `min_bytes` are copied to host buffers; smaller ones stay. The
 //    whole storage of a saved view is copied (what the view would keep alive on the device).
