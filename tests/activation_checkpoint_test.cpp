@@ -1,8 +1,8 @@
 // edkm/nn/activation_checkpoint.h: checkpointed modules and callables give the plain gradients (RNG and autocast
 // state restored in the recompute), nest, and keep less memory.
 #include <ATen/autocast_mode.h>
-#include <edkm/nn/activation_checkpoint.h>
 #include <edkm/memory/memory.h>
+#include <edkm/nn/activation_checkpoint.h>
 #include <torch/autograd.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>

@@ -1,6 +1,6 @@
 // edkm/nn/distill.h: the losses equal PyTorch's formulations; the teacher never enters autograd.
-#include <edkm/nn/distill.h>
 #include <edkm/memory/memory.h>
+#include <edkm/nn/distill.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>

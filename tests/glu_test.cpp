@@ -1,7 +1,7 @@
 // edkm/nn/glu.h: fused GeGLU / SwiGLU equal the plain composition, keep less memory, and the
 // feed-forward module.
-#include <edkm/nn/glu.h>
 #include <edkm/memory/memory.h>
+#include <edkm/nn/glu.h>
 
 #include "test_util.h"
 

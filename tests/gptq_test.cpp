@@ -2,9 +2,9 @@
 // updates, no lazy batches), its layer-output error against round-to-nearest on the same grid,
 // the LUT grid, bad inputs, and sequential GPTQ of a small LLaMA.
 #include <ATen/ATen.h>
-#include <edkm/quant/gptq.h>
 #include <edkm/dkm/kmeans.h>
 #include <edkm/models/llama.h>
+#include <edkm/quant/gptq.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 

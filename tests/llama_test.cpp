@@ -1,10 +1,10 @@
 // The LLaMA decoder against plain restatements (RoPE, attention, GQA, SwiGLU), activation
 // checkpointing under a Palettizer, and the Hugging Face checkpoint reader/writer: round trips
 // (fp32 exact, bf16, sharded, tied) and malformed checkpoints.
+#include <edkm/io/safetensors.h>
 #include <edkm/models/llama.h>
 #include <edkm/models/llama_io.h>
 #include <edkm/palettizer/palettizer.h>
-#include <edkm/io/safetensors.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 

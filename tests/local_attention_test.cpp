@@ -1,7 +1,7 @@
 // edkm/nn/local_attention.h: blocked sliding-window attention equals full attention with a band
 // mask (forward and gradients), for both directions, any block size; memory linear in n.
-#include <edkm/nn/local_attention.h>
 #include <edkm/memory/memory.h>
+#include <edkm/nn/local_attention.h>
 
 #include "test_util.h"
 

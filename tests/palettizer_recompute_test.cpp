@@ -6,8 +6,8 @@
 #include <ATen/record_function.h>
 #include <edkm/nn/activation_checkpoint.h>
 #include <edkm/offload/offloader.h>
-#include <edkm/palettizer/palettizer.h>
 #include <edkm/offload/saved_tensor_hooks.h>
+#include <edkm/palettizer/palettizer.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>

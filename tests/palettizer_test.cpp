@@ -2,8 +2,8 @@
 // finalize + export + reload, compressed size, and bitwise resume after an interruption.
 #include <ATen/ops/_unique.h>
 #include <edkm/io/checkpoint.h>
-#include <edkm/palettizer/palettizer.h>
 #include <edkm/io/safetensors.h>
+#include <edkm/palettizer/palettizer.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/conv.h>

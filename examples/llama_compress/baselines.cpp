@@ -1,8 +1,8 @@
 #include "baselines.h"
 
 #include <ATen/ATen.h>
-#include <edkm/quant/gptq.h>
 #include <edkm/dkm/palette.h>
+#include <edkm/quant/gptq.h>
 
 namespace llama_compress {
 

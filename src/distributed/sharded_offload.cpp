@@ -38,13 +38,12 @@ class ShardPlacement : public edkm::detail::Placement {
 
   bool accepts(const at::Tensor& t) const override { return t.is_cpu() || t.is_cuda(); }
 
-  Block keep(const at::Tensor& bytes, Part part, bool& from_pool, bool& reused) override {
+  Block keep(const at::Tensor& bytes, Part part) override {
     const int64_t n = bytes.numel(), unit = part == Part::kLabels ? 2 : 1;
     const int64_t chunk = part == Part::kTable ? n : unit * ceil_div(n / unit, comm_->world_size());
     const int64_t begin = part == Part::kTable ? 0 : std::min(n, comm_->rank() * chunk);
     const int64_t mine = std::min(n, begin + chunk) - begin;
-    from_pool = to_host_;
-    Block b = to_host_ ? pool_block(*pool_, chunk, reused) : Block();
+    Block b = to_host_ ? pool_block(*pool_, chunk) : Block();
     if (!to_host_) b.bytes = at::empty({chunk}, at::TensorOptions().dtype(at::kByte).device(bytes.device()));
     b.accounted = chunk;  // the block, not its pool size class
     if (mine > 0) b.bytes.narrow(0, 0, mine).copy_(bytes.narrow(0, begin, mine));
@@ -52,7 +51,7 @@ class ShardPlacement : public edkm::detail::Placement {
     return b;
   }
 
-  at::Tensor restore(Block& b, Part part, int64_t nbytes, const at::Device& device, int64_t& moved) override {
+  at::Tensor restore(Block& b, Part part, const at::Device& device, int64_t& moved) override {
     if (part == Part::kTable) return b.bytes.to(device);
     // Every rank reaches this gather for the same storage in the same order (the same graph).
     auto whole = comm_->all_gather(b.bytes.to(device));

@@ -34,14 +34,13 @@ class HostPlacement : public Placement {
 
   bool accepts(const at::Tensor& t) const override { return t.is_cuda() || (t.is_cpu() && host_to_host_); }
 
-  Block keep(const at::Tensor& bytes, Part, bool& from_pool, bool& reused) override {
-    from_pool = true;
-    Block b = pool_block(*pool_, bytes.numel(), reused);
+  Block keep(const at::Tensor& bytes, Part) override {
+    Block b = pool_block(*pool_, bytes.numel());
     copy_in(b, bytes);
     return b;
   }
 
-  at::Tensor restore(Block& b, Part, int64_t, const at::Device& device, int64_t& moved) override {
+  at::Tensor restore(Block& b, Part, const at::Device& device, int64_t& moved) override {
     auto out = at::empty({b.bytes.numel()}, at::TensorOptions().dtype(at::kByte).device(device));
     if (device.is_cuda()) {
 #if defined(EDKM_WITH_CUDA)

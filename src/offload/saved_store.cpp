@@ -23,13 +23,15 @@ namespace edkm {
 
 namespace {
 // Every counter of the stats, by name: snapshot, reset and to_json walk one list.
-#define EDKM_STORE_COUNTERS(X)                                                                                      \
-  X(tensors_packed)                                                                                                 \
-  X(tensors_kept)                                                                                                   \
-  X(tensors_unpacked) X(storages_kept) X(storage_bytes_kept) X(bytes_stored) X(copies_avoided) X(bytes_not_copied)  \
-      X(restores) X(bytes_restored) X(restores_shared) X(kept_bytes) X(kept_bytes_peak) X(pool_hits) X(pool_misses) \
-          X(prefetches) X(prefetch_hits) X(prefetch_wasted) X(tensors_uniquified) X(uniquify_bytes_before)          \
-              X(uniquify_bytes_after) X(index_lists_shared)
+#define EDKM_STORE_COUNTERS(X)                                                                                         \
+  X(tensors_packed)                                                                                                    \
+  X(tensors_kept)                                                                                                      \
+  X(tensors_unpacked)                                                                                                  \
+  X(storages_kept)                                                                                                     \
+  X(storage_bytes_kept)                                                                                                \
+  X(bytes_stored) X(copies_avoided) X(bytes_not_copied) X(restores) X(bytes_restored) X(restores_shared) X(kept_bytes) \
+      X(kept_bytes_peak) X(pool_hits) X(pool_misses) X(prefetches) X(prefetch_hits) X(prefetch_wasted)                 \
+          X(tensors_uniquified) X(uniquify_bytes_before) X(uniquify_bytes_after) X(index_lists_shared)
 }  // namespace
 
 std::string SavedStoreStats::to_string() const {
@@ -90,10 +92,10 @@ void StoreCounters::reset() {
   kept_bytes_peak.store(now);
 }
 
-Block pool_block(HostMemoryPool& pool, int64_t n, bool& reused) {
+Block pool_block(HostMemoryPool& pool, int64_t n) {
   auto block = pool.allocate(static_cast<size_t>(n));
-  reused = block.reused();
   Block b;
+  b.pool = block.reused() ? Block::Pool::kHit : Block::Pool::kMiss;
   b.accounted = static_cast<int64_t>(block.capacity());
   b.pinned = block.pinned();
   b.bytes = HostMemoryPool::wrap(std::move(block), {n}, at::kByte);
@@ -110,9 +112,9 @@ SavedStore::SavedStore(std::unique_ptr<Placement> placement, SavedStoreOptions o
     : placement_(std::move(placement)), options_(options) {}
 
 Block SavedStore::keep(const at::Tensor& bytes, Part part) {
-  bool from_pool = false, reused = false;
-  Block b = placement_->keep(bytes, part, from_pool, reused);
-  if (from_pool) (reused ? counters.pool_hits : counters.pool_misses).fetch_add(1);
+  Block b = placement_->keep(bytes, part);
+  if (b.pool != Block::Pool::kNone)
+    (b.pool == Block::Pool::kHit ? counters.pool_hits : counters.pool_misses).fetch_add(1);
   add_to_current(counters.kept_bytes, counters.kept_bytes_peak, b.accounted);
   counters.bytes_stored.fetch_add(b.bytes.numel());
   return b;
@@ -130,11 +132,11 @@ at::Tensor SavedStore::restore(Kept& kept) {
   at::Tensor out;
   if (kept.index) {
     const int64_t rows = kept.index->rows;
-    const auto labels = placement_->restore(kept.index->labels, Part::kLabels, 2 * rows, kept.device, moved);
-    const auto table = placement_->restore(kept.data, Part::kTable, kept.data.bytes.numel(), kept.device, moved);
+    const auto labels = placement_->restore(kept.index->labels, Part::kLabels, kept.device, moved);
+    const auto table = placement_->restore(kept.data, Part::kTable, kept.device, moved);
     out = expand_unique_rows(table, labels.narrow(0, 0, 2 * rows).view(at::kShort), kept.row_bytes);
   } else {
-    out = placement_->restore(kept.data, Part::kStorage, kept.nbytes, kept.device, moved);
+    out = placement_->restore(kept.data, Part::kStorage, kept.device, moved);
   }
   counters.restores.fetch_add(1);
   counters.bytes_restored.fetch_add(moved);

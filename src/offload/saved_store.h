@@ -46,6 +46,7 @@ struct Block {
   at::Tensor bytes;       // uint8
   int64_t accounted = 0;  // bytes counted in kept_bytes while the block lives
   bool pinned = false;
+  enum class Pool : int8_t { kNone, kHit, kMiss } pool = Pool::kNone;  // from a host pool: served from its cache?
   bool copy_pending = false;  // CUDA: the copy into the block was queued on a side stream
 #if defined(EDKM_WITH_CUDA)
   c10::cuda::CUDAEvent copied, last_read;  // copy in done; last copy out done
@@ -77,9 +78,8 @@ struct Block {
   }
 };
 
-/// A block of `n` bytes from `pool`, accounted at the pool block's capacity; `reused` when the pool
-/// served it from its cache.
-Block pool_block(HostMemoryPool& pool, int64_t n, bool& reused);
+/// A block of `n` bytes from `pool`, accounted at the pool block's capacity.
+Block pool_block(HostMemoryPool& pool, int64_t n);
 
 /// Where a store keeps bytes. Every call but release is made under the store's lock, in pack and
 /// unpack order (the sharded placement runs collectives in them: every rank makes the same calls).
@@ -88,12 +88,11 @@ class Placement {
   virtual ~Placement() = default;
   /// Whether saved tensors on `t`'s device are kept at all.
   virtual bool accepts(const at::Tensor& t) const = 0;
-  /// Keeps `bytes` (uint8, contiguous, on the saved tensor's device); `from_pool` set when a host
-  /// pool block was used, `reused` when the pool served it from its cache.
-  virtual Block keep(const at::Tensor& bytes, Part part, bool& from_pool, bool& reused) = 0;
-  /// The `nbytes` kept in `block` back whole on `device`, on the current stream; `moved` is the
-  /// traffic it took.
-  virtual at::Tensor restore(Block& block, Part part, int64_t nbytes, const at::Device& device, int64_t& moved) = 0;
+  /// Keeps `bytes` (uint8, contiguous, on the saved tensor's device).
+  virtual Block keep(const at::Tensor& bytes, Part part) = 0;
+  /// The bytes kept in `block` back whole on `device` (a sharded part: all blocks, padding
+  /// included), on the current stream; `moved` is the traffic it took.
+  virtual at::Tensor restore(Block& block, Part part, const at::Device& device, int64_t& moved) = 0;
   /// The labels of an index list of `rows` rows that this placement holds, on `device`, and the
   /// first row they cover.
   virtual std::pair<at::Tensor, int64_t> held_labels(Block& labels, int64_t rows, const at::Device& device) = 0;

@@ -9,9 +9,9 @@
 #include <utility>
 #include <vector>
 
+#include "edkm/models/llama.h"
 #include "edkm/nn/glu.h"
 #include "edkm/quant/gptq.h"
-#include "edkm/models/llama.h"
 #include "quant/gptq_internal.h"
 
 namespace edkm {

@@ -16,9 +16,9 @@
 #include <c10/util/Exception.h>
 #include <edkm/io/file_io.h>
 #include <edkm/io/gguf.h>
+#include <edkm/io/safetensors.h>
 #include <edkm/models/llama.h>
 #include <edkm/models/llama_io.h>
-#include <edkm/io/safetensors.h>
 
 #include <sys/resource.h>
 

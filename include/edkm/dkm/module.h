@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "edkm/dkm/dkm.h"
-#include "edkm/export.h"
 #include "edkm/dkm/palette.h"
+#include "edkm/export.h"
 
 namespace edkm {
 

@@ -18,8 +18,8 @@
 #include <map>
 #include <string>
 
-#include "edkm/export.h"
 #include "edkm/dkm/palette.h"
+#include "edkm/export.h"
 
 namespace torch::nn {
 class Module;

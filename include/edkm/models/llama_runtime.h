@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "edkm/io/checkpoint.h"
 #include "edkm/export.h"
+#include "edkm/io/checkpoint.h"
 #include "edkm/models/llama.h"
 #include "edkm/nn/palettized_linear.h"
 

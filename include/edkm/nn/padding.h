@@ -14,8 +14,8 @@
 #include <functional>
 #include <vector>
 
-#include "edkm/nn/activation_checkpoint.h"
 #include "edkm/export.h"
+#include "edkm/nn/activation_checkpoint.h"
 
 namespace edkm {
 

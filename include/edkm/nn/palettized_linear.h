@@ -30,8 +30,8 @@
 #include <string>
 #include <vector>
 
-#include "edkm/export.h"
 #include "edkm/dkm/palette.h"
+#include "edkm/export.h"
 
 namespace edkm {
 

@@ -70,11 +70,11 @@
 #include <utility>
 #include <vector>
 
-#include "edkm/io/checkpoint.h"
 #include "edkm/dkm/dkm.h"
 #include "edkm/dkm/module.h"
-#include "edkm/export.h"
 #include "edkm/dkm/palette.h"
+#include "edkm/export.h"
+#include "edkm/io/checkpoint.h"
 
 namespace edkm {
 
