@@ -2,8 +2,8 @@
 // The streaming passes for cluster_dim 1 in fp32, over blocks of kLanes weights at a time: the
 // same math as stream_vector (kernels/stream_math.h, the reference and the CUDA twin's source),
 // laid out lane-parallel so the compiler vectorises every loop (this header is compiled once per
-// instruction set: stream_kernel_avx2.cpp, _avx512.cpp) and the exponentials go through SLEEF's
-// vector exp (1.0 ulp). Per-lane fp64 accumulators, summed once per work item: no false sharing,
+// instruction set: stream_kernel_avx2.cpp, _avx512.cpp) and the exponentials go through the
+// inline vector exp of vec_exp.h (1 ulp, as SLEEF's u10). Per-lane fp64 accumulators, summed once per work item: no false sharing,
 // no serial dependency through one fp64 slot. (Summing blocks in fp32 first, even only the
 // statistics' positive sums over 64 weights per lane, was measured: the DKM gradient amplifies
 // that rounding beyond the fp32 dense engine's own error.)
@@ -26,8 +26,8 @@
 // centroids a block needs are one contiguous window of positions [lo, hi), found by binary search.
 // Without skipping the same code runs with identity positions and the full window [1, K).
 //
-// Include after defining EDKM_STREAM_EXP_BLOCK(float* v) (exp of kLanes floats in place) and
-// EDKM_STREAM_ISA (the namespace of this instantiation).
+// Include after defining EDKM_STREAM_ISA (the namespace of this instantiation), in a translation
+// unit compiled for that instruction set (vec16.h picks its 16-lane type by __AVX512F__).
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "kernels/cpu/stream_isa.h"
+#include "kernels/cpu/vec16.h"
 #include "kernels/stream_math.h"
 
 namespace edkm::kernels::EDKM_STREAM_ISA {
@@ -97,6 +98,9 @@ struct Scratch {
   std::vector<double> out_x, out_n, out_g;  // K + 1: difference arrays of the skipped x, 1, g
   std::vector<LevelView> views;
   int64_t skipped = 0;  // terms left out
+  // The pass's constants in the lanes' precision: -1 / tau, zero_threshold, centroid 0's prune
+  // bias (0 without pruning) and the distance of a blocked lane.
+  float neg_inv_tau, zt, prune, blocked_value;
   explicit Scratch(const StreamParams& p)
       : prob(static_cast<size_t>(p.k) * kLanes),
         aux(static_cast<size_t>(p.k) * kLanes),
@@ -108,7 +112,11 @@ struct Scratch {
         hist(kBuckets + 1),
         out_x(static_cast<size_t>(p.k) + 1),
         out_n(static_cast<size_t>(p.k) + 1),
-        out_g(static_cast<size_t>(p.k) + 1) {}
+        out_g(static_cast<size_t>(p.k) + 1) ,
+        neg_inv_tau(static_cast<float>(-1.0 / p.tau)),
+        zt(static_cast<float>(p.zero_threshold)),
+        prune(p.prune_threshold > 0 ? static_cast<float>(p.prune_threshold) : 0.0f),
+        blocked_value(static_cast<float>(p.blocked)) {}
 };
 
 // Fills v from the arrays of level t of group g (in position order) and their prefix sums.
@@ -219,151 +227,100 @@ inline void block_window(const LevelView& v, const float* x, float w, int& lo, i
   hi = 1 + v.upper(xb + r);
 }
 
-// prob[j][l] = softmax_j(-D_jl / tau) over the window's positions of the block's values x (c: the
-// view's centroids); dmin[l] = min_j D_jl. Centroid 0 (prune bias, keep-sparsity) goes through
-// dkm_distance lane by lane; for j > 0 the distance is the plain square, as dkm_distance returns
-// it. Branch-free loops: vectorised.
-inline void block_attention(const StreamParams& p, const float* x, const bool* blocked, const float* c, int lo, int hi,
-                            float* prob, float* dmin) {
-  const float neg_inv_tau = static_cast<float>(-1.0 / p.tau);
-  float zmax[kLanes], sum[kLanes];
-  EDKM_LANES(l) {
-    const float diff = x[l] - c[0];
-    const float d0 = dkm_distance<float>(diff * diff, 0, p.prune_threshold, blocked[l], p.blocked);
-    dmin[l] = d0;
-    zmax[l] = d0 * neg_inv_tau;
-    prob[l] = zmax[l];
-  }
+// Softmax numerators of the block's values X over the window's positions (c: the view's
+// centroids): prob[j] = exp(z_j - max_k z_k), z_j = -D_j / tau; returns 1 / sum_j prob[j] (the
+// passes normalise as they read, one rounding as before); dmin = min_j D_j. Centroid 0 (prune
+// bias, keep-sparsity: `blocked` lanes) as dkm_distance computes it; for j > 0 the plain square.
+inline F16 block_attention(const Scratch& s, F16 X, M16 blocked, const float* c, int lo, int hi, float* prob,
+                           F16& dmin) {
+  const F16 nit = set16(s.neg_inv_tau);
+  const F16 diff0 = X - set16(c[0]);
+  const F16 d0 = select16(blocked, set16(s.blocked_value), diff0 * diff0 - set16(s.prune));
+  F16 zmax = d0 * nit;
+  dmin = d0;
+  store16(prob, zmax);
   for (int j = lo; j < hi; ++j) {
-    float* pj = prob + j * kLanes;
-    const float cj = c[j];
-    EDKM_LANES(l) {
-      const float diff = x[l] - cj;
-      const float dj = diff * diff;
-      const float z = dj * neg_inv_tau;
-      dmin[l] = dj < dmin[l] ? dj : dmin[l];
-      zmax[l] = z > zmax[l] ? z : zmax[l];
-      pj[l] = z;
-    }
+    const F16 diff = X - set16(c[j]);
+    const F16 dj = diff * diff;
+    const F16 z = dj * nit;
+    dmin = min16(dj, dmin);  // dj < dmin ? dj : dmin
+    zmax = max16(z, zmax);   // z > zmax ? z : zmax
+    store16(prob + j * kLanes, z);
   }
-  EDKM_LANES(l) sum[l] = 0;
+  F16 sum = set16(0.0f);
   EDKM_WINDOW(j, lo, hi) {
-    float* pj = prob + j * kLanes;
-    EDKM_LANES(l) pj[l] -= zmax[l];
-    EDKM_STREAM_EXP_BLOCK(pj);
-    EDKM_LANES(l) sum[l] += pj[l];
+    const F16 e = exp16(load16(prob + j * kLanes) - zmax);
+    store16(prob + j * kLanes, e);
+    sum = sum + e;
   }
-  EDKM_LANES(l) sum[l] = 1.0f / sum[l];
-  EDKM_WINDOW(j, lo, hi) {
-    float* pj = prob + j * kLanes;
-    EDKM_LANES(l) pj[l] *= sum[l];
-  }
+  return recip16(sum);
 }
 
 // One level of backward for the block (stream_backward_level, lane-parallel) over the window of
-// view v: adds dL/dx to xbar (when given) and -coef to the per-lane partials acc[j][l] (position
-// j), weighted by `live` (1 or 0), when reduce.
-inline void block_backward_level(const StreamParams& p, const float* x, const float* gy, const bool* blocked,
-                                 const LevelView& v, int lo, int hi, bool last, const double* live, Scratch& s,
-                                 float* xbar, bool reduce) {
+// view v: adds dL/dx to xbar (when given) and -coef to the per-lane partials acc[j] (position j)
+// of the `live` lanes, when reduce.
+inline void block_backward_level(const StreamParams& p, F16 X, F16 GY, M16 blocked, const LevelView& v, int lo, int hi,
+                                 bool last, M16 live, bool full, Scratch& s, F16* xbar, bool reduce) {
   const int K = v.k;
   const float *c = v.c.data(), *cn = v.cn.data(), *inv_s = v.is.data(), *gamma = v.gm.data();
-  float dmin[kLanes], ssum[kLanes], gl[kLanes], keep0[kLanes];
   float* prob = s.prob.data();
   float* aux = s.aux.data();
-  block_attention(p, x, blocked, c, lo, hi, prob, dmin);
-  const float zt = static_cast<float>(p.zero_threshold), neg_inv_tau = static_cast<float>(-1.0 / p.tau);
-  EDKM_LANES(l) {
-    ssum[l] = 0;
-    gl[l] = last ? gy[l] : 0.0f;  // a = [t = T-1] g . c^T_j
-    keep0[l] = blocked[l] ? 0.0f : 1.0f;
-  }
+  F16 dmin;
+  const F16 inv = block_attention(s, X, blocked, c, lo, hi, prob, dmin);
+  const F16 zt = set16(s.zt), nit = set16(s.neg_inv_tau), zero = set16(0.0f);
+  const F16 gl = last ? GY : zero;  // a = [t = T-1] g . c^T_j
+  const F16 keep0 = select16(blocked, zero, set16(1.0f));
+  F16 ssum = zero;
   EDKM_WINDOW(j, lo, hi) {
-    const float* pj = prob + j * kLanes;
-    float* aj = aux + j * kLanes;
-    const float cnj = cn[j], gj = gamma[j], isj = inv_s[j];
-    EDKM_LANES(l) {
-      const float a = 0.0f + gl[l] * cnj;
-      const float r = gj * (x[l] - cnj);
-      aj[l] = pj[l] >= zt ? a + r * isj : 0.0f;
-      ssum[l] += aj[l] * pj[l];
-    }
+    const F16 pj = load16(prob + j * kLanes) * inv;
+    store16(prob + j * kLanes, pj);
+    const F16 cnj = set16(cn[j]);
+    const F16 r = set16(gamma[j]) * (X - cnj);
+    const F16 aj = select16(ge16(pj, zt), fma16(r, set16(inv_s[j]), gl * cnj), zero);
+    store16(aux + j * kLanes, aj);
+    ssum = fma16(aj, pj, ssum);
   }
+  F16 xb = xbar ? *xbar : zero;
   EDKM_WINDOW(j, lo, hi) {
-    const float* pj = prob + j * kLanes;
-    const float* aj = aux + j * kLanes;
-    double* accj = s.acc.data() + static_cast<size_t>(j) * kLanes;
-    const float cj = c[j], gj = gamma[j], isj = inv_s[j];
-    float coef[kLanes];
-    EDKM_LANES(l) {
-      float dbar = pj[l] * (aj[l] - ssum[l]) * neg_inv_tau;
-      if (j == 0) dbar *= keep0[l];  // keep-sparsity: no gradient through the blocked distance
-      coef[l] = 2 * (x[l] - cj) * dbar;
-    }
-    if (xbar) {
-      EDKM_LANES(l) {
-        const float a_over_s = (pj[l] > zt ? pj[l] : zt) * isj;
-        xbar[l] += coef[l] + gj * a_over_s;
-      }
-    }
-    if (reduce) {
-      EDKM_LANES(l) accj[l] -= static_cast<double>(coef[l]) * live[l];
-    }
+    const F16 pj = load16(prob + j * kLanes), aj = load16(aux + j * kLanes);
+    F16 dbar = pj * (aj - ssum) * nit;
+    if (j == 0) dbar = dbar * keep0;  // keep-sparsity: no gradient through the blocked distance
+    const F16 coef = (X - set16(c[j])) * set16(2.0f) * dbar;
+    if (xbar) xb = xb + (coef + set16(gamma[j]) * (max16(pj, zt) * set16(inv_s[j])));
+    if (reduce) acc_sub16(s.acc.data() + static_cast<size_t>(j) * kLanes, full ? coef : select16(live, coef, zero));
   }
-  if (xbar && (lo > 1 || hi < K)) {  // skipped pairs: A_j / S_j = zero_threshold / S_j
-    const float e = static_cast<float>(static_cast<double>(zt) * outside(v.pre_gs.data(), lo, hi, K));
-    EDKM_LANES(l) xbar[l] += e;
-  }
+  if (xbar && (lo > 1 || hi < K))  // skipped pairs: A_j / S_j = zero_threshold / S_j
+    xb = xb + set16(static_cast<float>(static_cast<double>(s.zt) * outside(v.pre_gs.data(), lo, hi, K)));
+  if (xbar) *xbar = xb;
 }
 
 // kLanes values from base (count valid; the rest repeat the last one) as floats.
-inline void load_block(const void* data, int64_t base, int count, DType kind, float* out) {
-  switch (kind) {
-    case DType::kF32: {
-      const float* f = static_cast<const float*>(data) + base;
-      if (count == kLanes) {  // a full block: one vector load
-        EDKM_LANES(l) out[l] = f[l];
-      } else {
-        EDKM_LANES(l) out[l] = f[l < count ? l : count - 1];
-      }
-      break;
-    }
-    default:
-      EDKM_LANES(l) out[l] = load_value<float>(data, base + (l < count ? l : count - 1), kind);
-  }
+inline F16 load_block(const void* data, int64_t base, int count, DType kind) {
+  if (kind == DType::kF32 && count == kLanes) return load16(static_cast<const float*>(data) + base);
+  float out[kLanes];
+  for (int l = 0; l < kLanes; ++l) out[l] = load_value<float>(data, base + (l < count ? l : count - 1), kind);
+  return load16(out);
 }
 
 // The same through an index list: data[base + idx[l]].
-inline void gather_block(const void* data, int64_t base, const int32_t* idx, int count, DType kind, float* out) {
-  if (kind == DType::kF32 && count == kLanes) {
-    const float* f = static_cast<const float*>(data) + base;
-    EDKM_LANES(l) out[l] = f[idx[l]];
-    return;
-  }
-  EDKM_LANES(l) out[l] = load_value<float>(data, base + idx[l < count ? l : count - 1], kind);
+inline F16 gather_block(const void* data, int64_t base, const int32_t* idx, int count, DType kind) {
+  float out[kLanes];
+  for (int l = 0; l < kLanes; ++l) out[l] = load_value<float>(data, base + idx[l < count ? l : count - 1], kind);
+  return load16(out);
 }
 
-// The first `count` lanes of v to data[base ..] (out += v when accumulate).
-inline void store_block(void* data, int64_t base, int count, DType kind, const float* v, bool accumulate) {
-  if (kind == DType::kF32 && count == kLanes) {  // a full block: vector loads and stores
+// The first `count` lanes of V to data[base + idx[l]] (idx nullptr: base + l; out += V when
+// accumulate).
+inline void put_block(void* data, int64_t base, const int32_t* idx, int count, DType kind, F16 V, bool accumulate) {
+  if (!idx && kind == DType::kF32 && count == kLanes) {  // a full block: vector loads and stores
     float* f = static_cast<float*>(data) + base;
-    if (accumulate) {
-      EDKM_LANES(l) f[l] += v[l];
-    } else {
-      EDKM_LANES(l) f[l] = v[l];
-    }
+    store16(f, accumulate ? load16(f) + V : V);
     return;
   }
-  for (int l = 0; l < count; ++l)
-    store_value<float>(data, base + l, accumulate ? load_value<float>(data, base + l, kind) + v[l] : v[l], kind);
-}
-
-// The same through an index list (idx: nullptr for consecutive).
-inline void put_block(void* data, int64_t base, const int32_t* idx, int count, DType kind, const float* v,
-                      bool accumulate) {
-  if (!idx) return store_block(data, base, count, kind, v, accumulate);
+  float v[kLanes];
+  store16(v, V);
   for (int l = 0; l < count; ++l) {
-    const int64_t at = base + idx[l];
+    const int64_t at = base + (idx ? idx[l] : l);
     store_value<float>(data, at, accumulate ? load_value<float>(data, at, kind) + v[l] : v[l], kind);
   }
 }
@@ -407,109 +364,96 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
                        float w, Scratch& s) {
   const int K = static_cast<int>(p.k);
   const int T = p.iters[g];
-  const float zt = static_cast<float>(p.zero_threshold);
-  float x[kLanes], gy[kLanes], dmin[kLanes];
-  bool blocked[kLanes];
   const bool needs_grad =
       p.pass == StreamPass::kGammaLast || p.pass == StreamPass::kReduce || p.pass == StreamPass::kGradInput;
-  if (xs && count == kLanes) {
-    EDKM_LANES(l) x[l] = xs[l];
+  const bool full = count == kLanes;
+  float xl[kLanes];  // the values lane by lane (windows)
+  F16 X;
+  if (xs && full) {
+    X = load16(xs);
   } else if (xs) {
-    EDKM_LANES(l) x[l] = xs[l < count ? l : count - 1];
+    for (int l = 0; l < kLanes; ++l) xl[l] = xs[l < count ? l : count - 1];
+    X = load16(xl);
   } else {
-    load_block(p.x, base, count, p.kind, x);
+    X = load_block(p.x, base, count, p.kind);
   }
-  if (!needs_grad) {
-    EDKM_LANES(l) gy[l] = 0.0f;
-  } else if (idx) {
-    gather_block(p.grad, base, idx, count, p.kind, gy);
-  } else {
-    load_block(p.grad, base, count, p.kind, gy);
-  }
-  EDKM_LANES(l) blocked[l] = p.block_zero && x[l] != 0.0f;
+  const F16 zero = set16(0.0f), zt = set16(s.zt);
+  F16 GY = zero;
+  if (needs_grad) GY = idx ? gather_block(p.grad, base, idx, count, p.kind) : load_block(p.grad, base, count, p.kind);
+  const M16 blocked = p.block_zero ? ne16(X, zero) : lt16(zero, zero);
+  // Lanes past `count` (they repeat the last value) contribute nothing to the partials.
+  const M16 live = first16(count);
   float* prob = s.prob.data();
   double* acc = s.acc.data();
-  // Lanes past `count` (they repeat the last value) contribute nothing to the partials.
-  double live[kLanes];
-  EDKM_LANES(l) live[l] = l < count ? 1.0 : 0.0;
   const LevelView& v = s.views[0];
   int lo = 1, hi = K;
-  if (w > 0 && p.pass != StreamPass::kGradInput) block_window(v, x, w, lo, hi);
+  if (w > 0) store16(xl, X);
+  if (w > 0 && p.pass != StreamPass::kGradInput) block_window(v, xl, w, lo, hi);
   const bool skipped = lo > 1 || hi < K;
   s.skipped += static_cast<int64_t>(K - 1 - (hi - lo)) * count;
 
   switch (p.pass) {
     case StreamPass::kStats: {
-      block_attention(p, x, blocked, v.c.data(), lo, hi, prob, dmin);
+      F16 dmin;
+      const F16 inv = block_attention(s, X, blocked, v.c.data(), lo, hi, prob, dmin);
       EDKM_WINDOW(j, lo, hi) {
-        const float* pj = prob + j * kLanes;
-        double* m = acc + static_cast<size_t>(j) * kLanes;
-        double* sj = acc + static_cast<size_t>(K + j) * kLanes;
-        EDKM_LANES(l) {
-          const double a = static_cast<double>(pj[l] > zt ? pj[l] : zt) * live[l];
-          m[l] += a * static_cast<double>(x[l]);
-          sj[l] += a;
-        }
+        F16 a = max16(load16(prob + j * kLanes) * inv, zt);
+        if (!full) a = select16(live, a, zero);
+        acc_mul_add16(acc + static_cast<size_t>(j) * kLanes, a, X);
+        acc_add16(acc + static_cast<size_t>(K + j) * kLanes, a);
       }
-      double* in = acc + static_cast<size_t>(2 * K) * kLanes;
-      EDKM_LANES(l) in[l] += static_cast<double>(dmin[l]) * live[l];
+      acc_add16(acc + static_cast<size_t>(2 * K) * kLanes, full ? dmin : select16(live, dmin, zero));
       if (skipped) {
         double sx = 0;
-        for (int l = 0; l < count; ++l) sx += static_cast<double>(x[l]);
+        store16(xl, X);
+        for (int l = 0; l < count; ++l) sx += static_cast<double>(xl[l]);
         add_outside(s.out_x.data(), lo, hi, K, sx);
         add_outside(s.out_n.data(), lo, hi, K, static_cast<double>(count));
       }
       break;
     }
     case StreamPass::kOutput: {
-      block_attention(p, x, blocked, v.c.data(), lo, hi, prob, dmin);
-      float y[kLanes];
-      EDKM_LANES(l) y[l] = 0;
-      EDKM_WINDOW(j, lo, hi) {
-        const float* pj = prob + j * kLanes;
-        const float cj = v.cn[j];
-        EDKM_LANES(l) y[l] += (pj[l] > zt ? pj[l] : zt) * cj;
-      }
-      if (skipped) {
-        const float e = static_cast<float>(static_cast<double>(zt) * outside(v.pre_cn.data(), lo, hi, K));
-        EDKM_LANES(l) y[l] += e;
-      }
+      F16 dmin;
+      const F16 inv = block_attention(s, X, blocked, v.c.data(), lo, hi, prob, dmin);
+      F16 y = zero;
+      EDKM_WINDOW(j, lo, hi) y = fma16(max16(load16(prob + j * kLanes) * inv, zt), set16(v.cn[j]), y);
+      if (skipped) y = y + set16(static_cast<float>(static_cast<double>(s.zt) * outside(v.pre_cn.data(), lo, hi, K)));
       put_block(p.out, base, idx, count, p.kind, y, false);
       break;
     }
     case StreamPass::kGammaLast: {
-      block_attention(p, x, blocked, v.c.data(), lo, hi, prob, dmin);
+      F16 dmin;
+      const F16 inv = block_attention(s, X, blocked, v.c.data(), lo, hi, prob, dmin);
+      const F16 G = full ? GY : select16(live, GY, zero);
       EDKM_WINDOW(j, lo, hi) {
-        const float* pj = prob + j * kLanes;
-        double* m = acc + static_cast<size_t>(j) * kLanes;
-        EDKM_LANES(l)
-        m[l] += static_cast<double>(pj[l] > zt ? pj[l] : zt) * static_cast<double>(gy[l]) * live[l];
+        acc_mul_add16(acc + static_cast<size_t>(j) * kLanes, max16(load16(prob + j * kLanes) * inv, zt), G);
       }
       if (skipped) {
         double sg = 0;
-        for (int l = 0; l < count; ++l) sg += static_cast<double>(gy[l]);
+        float gl[kLanes];
+        store16(gl, GY);
+        for (int l = 0; l < count; ++l) sg += static_cast<double>(gl[l]);
         add_outside(s.out_g.data(), lo, hi, K, sg);
       }
       break;
     }
     case StreamPass::kReduce: {
-      float xbar[kLanes];  // fused gradient (out set): level t's share of dL/dx from the same row
-      EDKM_LANES(l) xbar[l] = 0;
-      block_backward_level(p, x, gy, blocked, v, lo, hi, p.level == T - 1, live, s, p.out ? xbar : nullptr, true);
+      F16 xbar = zero;  // fused gradient (out set): level t's share of dL/dx from the same row
+      block_backward_level(p, X, GY, blocked, v, lo, hi, p.level == T - 1, live, full, s, p.out ? &xbar : nullptr,
+                           true);
       if (p.out) put_block(p.out, base, idx, count, p.kind, xbar, true);
       break;
     }
     case StreamPass::kGradInput: {
-      float xbar[kLanes];
-      EDKM_LANES(l) xbar[l] = 0;
+      F16 xbar = zero;
       const int levels = std::min(T, p.grad_levels);
       for (int t = 0; t < levels; ++t) {
         const LevelView& vt = s.views[static_cast<size_t>(t)];
         if (w > 0) {
-          block_window(vt, x, w, lo, hi);
+          block_window(vt, xl, w, lo, hi);
           s.skipped += static_cast<int64_t>(K - 1 - (hi - lo)) * count;
         }
-        block_backward_level(p, x, gy, blocked, vt, lo, hi, t == T - 1, live, s, xbar, false);
+        block_backward_level(p, X, GY, blocked, vt, lo, hi, t == T - 1, live, full, s, &xbar, false);
       }
       put_block(p.out, base, idx, count, p.kind, xbar, p.accumulate);
       break;

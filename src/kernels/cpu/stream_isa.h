@@ -57,7 +57,13 @@ constexpr int64_t kStreamSkipMinK = 32;
 #if defined(EDKM_WITH_SLEEF)
 void stream_items_avx2(const StreamParams& p, int64_t begin, int64_t end, StreamSkip skip);
 void stream_items_avx512(const StreamParams& p, int64_t begin, int64_t end, StreamSkip skip);
+void stream_exp_avx2(bool sleef, const float* in, float* out, int64_t n);
+void stream_exp_avx512(bool sleef, const float* in, float* out, int64_t n);
 #endif
+/// out = exp(in) as the vectorised passes of `isa` compute it (kernels/cpu/vec_exp.h), or with
+/// SLEEF's u10 exp of that instruction set (sleef = true, the reference): for tests. n: a multiple
+/// of 16; isa must be available and vectorised.
+void stream_exp(StreamIsa isa, bool sleef, const float* in, float* out, int64_t n);
 /// The mode for this process; EDKM_STREAM_SKIP=0|auto|always in the environment sets the default (auto).
 void set_stream_skip(StreamSkip mode);
 StreamSkip stream_skip();

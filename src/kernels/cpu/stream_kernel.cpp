@@ -1,9 +1,11 @@
 // CPU twin of kernels/cuda/stream_kernel.cu: one pass of the streaming engine. Work items are
 // (group, chunk) pairs run in parallel; each sums its partials in a private double buffer.
 // cluster_dim 1 with fp32 compute takes the vectorised block path of this CPU (stream_block.h,
-// AVX-512 or AVX2 + FMA with SLEEF's exp) when the build has SLEEF; everything else, and
-// EDKM_STREAM_ISA=scalar, the per-weight reference path (stream_vector).
+// AVX-512 or AVX2 + FMA with the inline exp of vec_exp.h) when the build has SLEEF (its exp is
+// the tests' reference); everything else, and EDKM_STREAM_ISA=scalar, the per-weight reference
+// path (stream_vector).
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <atomic>
@@ -104,6 +106,18 @@ std::string to_string(StreamIsa isa) {
     default:
       return "scalar";
   }
+}
+
+void stream_exp(StreamIsa isa, bool sleef, const float* in, float* out, int64_t n) {
+  TORCH_CHECK(n % 16 == 0, "stream_exp: n must be a multiple of 16, got ", n);
+  TORCH_CHECK(isa != StreamIsa::kScalar && isa <= stream_isa_available(), "stream_exp: ", to_string(isa),
+              " is not a vectorised path of this CPU and build");
+#if defined(EDKM_WITH_SLEEF)
+  const FlushDenormalResults ftz;  // as in the passes
+  isa == StreamIsa::kAvx512 ? stream_exp_avx512(sleef, in, out, n) : stream_exp_avx2(sleef, in, out, n);
+#else
+  (void)sleef, (void)in, (void)out;
+#endif
 }
 
 void stream_pass_cpu(const StreamParams& p) {
