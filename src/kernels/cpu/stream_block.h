@@ -47,8 +47,12 @@ constexpr int kBuckets = 512;  // buckets of that counting sort
 // A loop over the lanes, kept a loop: fully unrolled first, GCC scalarises the lane arrays and
 // the vectoriser no longer sees them (measured: scalar adds in the gradient accumulation).
 #define EDKM_LANES(l) _Pragma("GCC unroll 1") for (int l = 0; l < kLanes; ++l)
-// The positions of a window: 0, then [lo, hi) (lo >= 1).
-#define EDKM_WINDOW(j, lo, hi) for (int j = 0; j < (hi); j = (j == 0 ? (lo) : j + 1))
+// The positions of a window: 0, then [lo, hi) (lo >= 1). In the block functions, templated on KC:
+// K known at compile time (KC > 0: the full window, a loop the compiler unrolls, so that the K
+// attention rows of a block stay in registers) or not (KC = 0: any window, the rows in a stack
+// array).
+#define EDKM_POSITIONS(j, lo, hi) \
+  _Pragma("GCC unroll 16") for (int j = 0; j < (KC > 0 ? KC : (hi)); j = (KC > 0 || j != 0) ? j + 1 : (lo))
 
 // The centroid arrays of one level in position order. Position 0 is centroid 0; positions
 // 1..K-1 hold centroids 1..K-1, by value when `sorted`, else in index order.
@@ -89,7 +93,6 @@ struct LevelView {
 // Per-work-item scratch: attention rows of a block, per-lane fp64 partials, the value-ordered
 // tile and the closed-form shares of skipped pairs.
 struct Scratch {
-  std::vector<float> prob, aux;             // K x kLanes
   std::vector<double> acc;                  // width x kLanes
   std::vector<float> xs, tmp;               // kTile: the tile in value order; its values in memory order
   std::vector<int32_t> order;               // kTile: tile offset of each value-ordered weight
@@ -102,9 +105,7 @@ struct Scratch {
   // bias (0 without pruning) and the distance of a blocked lane.
   float neg_inv_tau, zt, prune, blocked_value;
   explicit Scratch(const StreamParams& p)
-      : prob(static_cast<size_t>(p.k) * kLanes),
-        aux(static_cast<size_t>(p.k) * kLanes),
-        acc(static_cast<size_t>(p.width) * kLanes),
+      : acc(static_cast<size_t>(p.width) * kLanes),
         xs(kTile),
         tmp(kTile),
         order(kTile),
@@ -229,29 +230,31 @@ inline void block_window(const LevelView& v, const float* x, float w, int& lo, i
 
 // Softmax numerators of the block's values X over the window's positions (c: the view's
 // centroids): prob[j] = exp(z_j - max_k z_k), z_j = -D_j / tau; returns 1 / sum_j prob[j] (the
-// passes normalise as they read, one rounding as before); dmin = min_j D_j. Centroid 0 (prune
-// bias, keep-sparsity: `blocked` lanes) as dkm_distance computes it; for j > 0 the plain square.
-inline F16 block_attention(const Scratch& s, F16 X, M16 blocked, const float* c, int lo, int hi, float* prob,
-                           F16& dmin) {
+// passes normalise as they read, one rounding as before); dmin = min_j D_j (kDmin: only the
+// statistics pass needs it). Centroid 0 (prune bias, keep-sparsity: `blocked` lanes) as
+// dkm_distance computes it; for j > 0 the plain square.
+template <int KC, bool kDmin = false>
+inline F16 block_attention(const Scratch& s, F16 X, M16 blocked, const float* c, int lo, int hi, F16* prob,
+                           F16* dmin = nullptr) {
   const F16 nit = set16(s.neg_inv_tau);
   const F16 diff0 = X - set16(c[0]);
   const F16 d0 = select16(blocked, set16(s.blocked_value), diff0 * diff0 - set16(s.prune));
-  F16 zmax = d0 * nit;
-  dmin = d0;
-  store16(prob, zmax);
-  for (int j = lo; j < hi; ++j) {
+  F16 zmax = d0 * nit, dm = d0;
+  prob[0] = zmax;
+  EDKM_POSITIONS(j, lo, hi) {
+    if (j == 0) continue;
     const F16 diff = X - set16(c[j]);
     const F16 dj = diff * diff;
     const F16 z = dj * nit;
-    dmin = min16(dj, dmin);  // dj < dmin ? dj : dmin
-    zmax = max16(z, zmax);   // z > zmax ? z : zmax
-    store16(prob + j * kLanes, z);
+    if (kDmin) dm = min16(dj, dm);  // dj < dmin ? dj : dmin
+    zmax = max16(z, zmax);          // z > zmax ? z : zmax
+    prob[j] = z;
   }
+  if (kDmin) *dmin = dm;
   F16 sum = set16(0.0f);
-  EDKM_WINDOW(j, lo, hi) {
-    const F16 e = exp16(load16(prob + j * kLanes) - zmax);
-    store16(prob + j * kLanes, e);
-    sum = sum + e;
+  EDKM_POSITIONS(j, lo, hi) {
+    prob[j] = exp16(prob[j] - zmax);
+    sum = sum + prob[j];
   }
   return recip16(sum);
 }
@@ -259,33 +262,33 @@ inline F16 block_attention(const Scratch& s, F16 X, M16 blocked, const float* c,
 // One level of backward for the block (stream_backward_level, lane-parallel) over the window of
 // view v: adds dL/dx to xbar (when given) and -coef to the per-lane partials acc[j] (position j)
 // of the `live` lanes, when reduce.
+template <int KC>
 inline void block_backward_level(const StreamParams& p, F16 X, F16 GY, M16 blocked, const LevelView& v, int lo, int hi,
                                  bool last, M16 live, bool full, Scratch& s, F16* xbar, bool reduce) {
   const int K = v.k;
   const float *c = v.c.data(), *cn = v.cn.data(), *inv_s = v.is.data(), *gamma = v.gm.data();
-  float* prob = s.prob.data();
-  float* aux = s.aux.data();
-  F16 dmin;
-  const F16 inv = block_attention(s, X, blocked, c, lo, hi, prob, dmin);
-  const F16 zt = set16(s.zt), nit = set16(s.neg_inv_tau), zero = set16(0.0f);
+  F16 prob[KC > 0 ? KC : kStreamMaxK], aux[KC > 0 ? KC : kStreamMaxK];
+  const F16 inv = block_attention<KC>(s, X, blocked, c, lo, hi, prob);
+  // dbar_j 2 = P_j (aux_j - sum) (-2 / tau): the factor 2 of coef moved into the constant (exact).
+  const F16 zt = set16(s.zt), nit2 = set16(2.0f * s.neg_inv_tau), zero = set16(0.0f);
   const F16 gl = last ? GY : zero;  // a = [t = T-1] g . c^T_j
   const F16 keep0 = select16(blocked, zero, set16(1.0f));
   F16 ssum = zero;
-  EDKM_WINDOW(j, lo, hi) {
-    const F16 pj = load16(prob + j * kLanes) * inv;
-    store16(prob + j * kLanes, pj);
+  EDKM_POSITIONS(j, lo, hi) {
+    const F16 pj = prob[j] * inv;
+    prob[j] = pj;
     const F16 cnj = set16(cn[j]);
     const F16 r = set16(gamma[j]) * (X - cnj);
     const F16 aj = select16(ge16(pj, zt), fma16(r, set16(inv_s[j]), gl * cnj), zero);
-    store16(aux + j * kLanes, aj);
+    aux[j] = aj;
     ssum = fma16(aj, pj, ssum);
   }
   F16 xb = xbar ? *xbar : zero;
-  EDKM_WINDOW(j, lo, hi) {
-    const F16 pj = load16(prob + j * kLanes), aj = load16(aux + j * kLanes);
-    F16 dbar = pj * (aj - ssum) * nit;
-    if (j == 0) dbar = dbar * keep0;  // keep-sparsity: no gradient through the blocked distance
-    const F16 coef = (X - set16(c[j])) * set16(2.0f) * dbar;
+  EDKM_POSITIONS(j, lo, hi) {
+    const F16 pj = prob[j], aj = aux[j];
+    F16 dbar2 = pj * (aj - ssum) * nit2;
+    if (j == 0) dbar2 = dbar2 * keep0;  // keep-sparsity: no gradient through the blocked distance
+    const F16 coef = (X - set16(c[j])) * dbar2;
     if (xbar) xb = xb + (coef + set16(gamma[j]) * (max16(pj, zt) * set16(inv_s[j])));
     if (reduce) acc_sub16(s.acc.data() + static_cast<size_t>(j) * kLanes, full ? coef : select16(live, coef, zero));
   }
@@ -360,6 +363,7 @@ inline void sort_tile(const StreamParams& p, int64_t base, int n, Scratch& s) {
 // Vectors of group g: count <= kLanes of them, base + idx[l] (idx nullptr: base + l); their
 // values xs (nullptr: loaded from p.x). The tail lanes repeat the last value and are neither
 // accumulated nor stored. w: the window margin (skipping; 0 = none).
+template <int KC>
 inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int32_t* idx, const float* xs, int count,
                        float w, Scratch& s) {
   const int K = static_cast<int>(p.k);
@@ -383,7 +387,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
   const M16 blocked = p.block_zero ? ne16(X, zero) : lt16(zero, zero);
   // Lanes past `count` (they repeat the last value) contribute nothing to the partials.
   const M16 live = first16(count);
-  float* prob = s.prob.data();
+  F16 prob[KC > 0 ? KC : kStreamMaxK];
   double* acc = s.acc.data();
   const LevelView& v = s.views[0];
   int lo = 1, hi = K;
@@ -395,11 +399,12 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
   switch (p.pass) {
     case StreamPass::kStats: {
       F16 dmin;
-      const F16 inv = block_attention(s, X, blocked, v.c.data(), lo, hi, prob, dmin);
-      EDKM_WINDOW(j, lo, hi) {
-        F16 a = max16(load16(prob + j * kLanes) * inv, zt);
+      const F16 inv = block_attention<KC, true>(s, X, blocked, v.c.data(), lo, hi, prob, &dmin);
+      const D16 XD = widen16(X);
+      EDKM_POSITIONS(j, lo, hi) {
+        F16 a = max16(prob[j] * inv, zt);
         if (!full) a = select16(live, a, zero);
-        acc_mul_add16(acc + static_cast<size_t>(j) * kLanes, a, X);
+        acc_mul_add16(acc + static_cast<size_t>(j) * kLanes, a, XD);
         acc_add16(acc + static_cast<size_t>(K + j) * kLanes, a);
       }
       acc_add16(acc + static_cast<size_t>(2 * K) * kLanes, full ? dmin : select16(live, dmin, zero));
@@ -413,20 +418,18 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
       break;
     }
     case StreamPass::kOutput: {
-      F16 dmin;
-      const F16 inv = block_attention(s, X, blocked, v.c.data(), lo, hi, prob, dmin);
+      const F16 inv = block_attention<KC>(s, X, blocked, v.c.data(), lo, hi, prob);
       F16 y = zero;
-      EDKM_WINDOW(j, lo, hi) y = fma16(max16(load16(prob + j * kLanes) * inv, zt), set16(v.cn[j]), y);
+      EDKM_POSITIONS(j, lo, hi) y = fma16(max16(prob[j] * inv, zt), set16(v.cn[j]), y);
       if (skipped) y = y + set16(static_cast<float>(static_cast<double>(s.zt) * outside(v.pre_cn.data(), lo, hi, K)));
       put_block(p.out, base, idx, count, p.kind, y, false);
       break;
     }
     case StreamPass::kGammaLast: {
-      F16 dmin;
-      const F16 inv = block_attention(s, X, blocked, v.c.data(), lo, hi, prob, dmin);
-      const F16 G = full ? GY : select16(live, GY, zero);
-      EDKM_WINDOW(j, lo, hi) {
-        acc_mul_add16(acc + static_cast<size_t>(j) * kLanes, max16(load16(prob + j * kLanes) * inv, zt), G);
+      const F16 inv = block_attention<KC>(s, X, blocked, v.c.data(), lo, hi, prob);
+      const D16 G = widen16(full ? GY : select16(live, GY, zero));
+      EDKM_POSITIONS(j, lo, hi) {
+        acc_mul_add16(acc + static_cast<size_t>(j) * kLanes, max16(prob[j] * inv, zt), G);
       }
       if (skipped) {
         double sg = 0;
@@ -439,7 +442,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
     }
     case StreamPass::kReduce: {
       F16 xbar = zero;  // fused gradient (out set): level t's share of dL/dx from the same row
-      block_backward_level(p, X, GY, blocked, v, lo, hi, p.level == T - 1, live, full, s, p.out ? &xbar : nullptr,
+      block_backward_level<KC>(p, X, GY, blocked, v, lo, hi, p.level == T - 1, live, full, s, p.out ? &xbar : nullptr,
                            true);
       if (p.out) put_block(p.out, base, idx, count, p.kind, xbar, true);
       break;
@@ -453,7 +456,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
           block_window(vt, xl, w, lo, hi);
           s.skipped += static_cast<int64_t>(K - 1 - (hi - lo)) * count;
         }
-        block_backward_level(p, X, GY, blocked, vt, lo, hi, t == T - 1, live, full, s, &xbar, false);
+        block_backward_level<KC>(p, X, GY, blocked, vt, lo, hi, t == T - 1, live, full, s, &xbar, false);
       }
       put_block(p.out, base, idx, count, p.kind, xbar, p.accumulate);
       break;
@@ -525,10 +528,12 @@ inline void run_item(const StreamParams& p, int64_t g, int64_t begin, int64_t en
     if (sorted) {
       sort_tile(p, row + t0, n, s);
       for (int i = 0; i < n; i += kLanes)
-        block_pass(p, g, row + t0, s.order.data() + i, s.xs.data() + i, std::min(kLanes, n - i), w, s);
+        block_pass<0>(p, g, row + t0, s.order.data() + i, s.xs.data() + i, std::min(kLanes, n - i), w, s);
     } else {
-      for (int i = 0; i < n; i += kLanes)
-        block_pass(p, g, row + t0 + i, nullptr, nullptr, std::min(kLanes, n - i), 0, s);
+      // K of 1 to 4 bits at compile time (the rows in registers); other K through the stack.
+      auto pass = K == 2 ? &block_pass<2> : K == 4 ? &block_pass<4> : K == 8 ? &block_pass<8>
+                : K == 16 ? &block_pass<16> : &block_pass<0>;
+      for (int i = 0; i < n; i += kLanes) pass(p, g, row + t0 + i, nullptr, nullptr, std::min(kLanes, n - i), 0, s);
     }
   }
   if (!out) return;

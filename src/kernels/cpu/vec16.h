@@ -37,7 +37,19 @@ inline M16 ne16(F16 a, F16 b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_NEQ_UQ
 inline M16 first16(int count) { return {static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << count) - 1)}; }
 inline F16 select16(M16 m, F16 yes, F16 no) { return {_mm512_mask_mov_ps(no.v, m.m, yes.v)}; }
 inline F16 exp16(F16 a) { return {vec::exp16(a.v)}; }
-// acc[0, 16) += double(a) (x double(b)): each product exact in fp64, one rounding per add.
+// 16 lanes widened to fp64 (once per block for the values the centroid loops multiply by).
+struct D16 {
+  __m512d lo, hi;
+};
+inline D16 widen16(F16 a) {
+  return {_mm512_cvtps_pd(_mm512_castps512_ps256(a.v)), _mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1))};
+}
+// acc[0, 16) += double(a) (x b): each product exact in fp64, one rounding per add.
+inline void acc_mul_add16(double* acc, F16 a, const D16& b) {
+  const D16 w = widen16(a);
+  _mm512_storeu_pd(acc, _mm512_fmadd_pd(w.lo, b.lo, _mm512_loadu_pd(acc)));
+  _mm512_storeu_pd(acc + 8, _mm512_fmadd_pd(w.hi, b.hi, _mm512_loadu_pd(acc + 8)));
+}
 inline void acc_add16(double* acc, F16 a) {
   const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a.v));
   const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1));
@@ -49,14 +61,6 @@ inline void acc_sub16(double* acc, F16 a) {
   const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1));
   _mm512_storeu_pd(acc, _mm512_sub_pd(_mm512_loadu_pd(acc), lo));
   _mm512_storeu_pd(acc + 8, _mm512_sub_pd(_mm512_loadu_pd(acc + 8), hi));
-}
-inline void acc_mul_add16(double* acc, F16 a, F16 b) {
-  const __m512d alo = _mm512_cvtps_pd(_mm512_castps512_ps256(a.v));
-  const __m512d ahi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1));
-  const __m512d blo = _mm512_cvtps_pd(_mm512_castps512_ps256(b.v));
-  const __m512d bhi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(b.v, 1));
-  _mm512_storeu_pd(acc, _mm512_fmadd_pd(alo, blo, _mm512_loadu_pd(acc)));
-  _mm512_storeu_pd(acc + 8, _mm512_fmadd_pd(ahi, bhi, _mm512_loadu_pd(acc + 8)));
 }
 #else
 struct F16 {
@@ -99,6 +103,18 @@ inline F16 select16(M16 m, F16 yes, F16 no) {
   return {_mm256_blendv_ps(no.lo, yes.lo, m.lo), _mm256_blendv_ps(no.hi, yes.hi, m.hi)};
 }
 inline F16 exp16(F16 a) { return {vec::exp8(a.lo), vec::exp8(a.hi)}; }
+struct D16 {
+  __m256d q[4];
+};
+inline D16 widen16(F16 a) {
+  return {{_mm256_cvtps_pd(_mm256_castps256_ps128(a.lo)), _mm256_cvtps_pd(_mm256_extractf128_ps(a.lo, 1)),
+           _mm256_cvtps_pd(_mm256_castps256_ps128(a.hi)), _mm256_cvtps_pd(_mm256_extractf128_ps(a.hi, 1))}};
+}
+inline void acc_mul_add16(double* acc, F16 a, const D16& b) {
+  const D16 w = widen16(a);
+  for (int q = 0; q < 4; ++q)
+    _mm256_storeu_pd(acc + 4 * q, _mm256_fmadd_pd(w.q[q], b.q[q], _mm256_loadu_pd(acc + 4 * q)));
+}
 inline void acc_add16(double* acc, F16 a) {
   const __m256 h[2] = {a.lo, a.hi};
   for (int q = 0; q < 2; ++q) {
@@ -113,16 +129,6 @@ inline void acc_sub16(double* acc, F16 a) {
     double* at = acc + 8 * q;
     _mm256_storeu_pd(at, _mm256_sub_pd(_mm256_loadu_pd(at), _mm256_cvtps_pd(_mm256_castps256_ps128(h[q]))));
     _mm256_storeu_pd(at + 4, _mm256_sub_pd(_mm256_loadu_pd(at + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(h[q], 1))));
-  }
-}
-inline void acc_mul_add16(double* acc, F16 a, F16 b) {
-  const __m256 ha[2] = {a.lo, a.hi}, hb[2] = {b.lo, b.hi};
-  for (int q = 0; q < 2; ++q) {
-    double* at = acc + 8 * q;
-    const __m128 al = _mm256_castps256_ps128(ha[q]), ah = _mm256_extractf128_ps(ha[q], 1);
-    const __m128 bl = _mm256_castps256_ps128(hb[q]), bh = _mm256_extractf128_ps(hb[q], 1);
-    _mm256_storeu_pd(at, _mm256_fmadd_pd(_mm256_cvtps_pd(al), _mm256_cvtps_pd(bl), _mm256_loadu_pd(at)));
-    _mm256_storeu_pd(at + 4, _mm256_fmadd_pd(_mm256_cvtps_pd(ah), _mm256_cvtps_pd(bh), _mm256_loadu_pd(at + 4)));
   }
 }
 #endif
