@@ -33,6 +33,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/stream_isa.h"
@@ -61,6 +62,7 @@ struct LevelView {
   bool sorted = false;
   std::array<int32_t, kStreamMaxK> perm;               // position -> centroid
   std::array<float, kStreamMaxK> c, cn, is, gm;        // c^t, c^{t+1}, 1 / S^t, gamma^{t+1}
+  std::array<float, kStreamMaxK> gs;                   // gamma^{t+1} / S^t (gm * is, rounded once)
   std::array<double, kStreamMaxK + 1> pre_cn, pre_gs;  // prefix sums of cn and of gm * is
   // Locator of the sorted positions 1..K-1 (cs = c + 1, m = K - 1 of them): first[q] is at or
   // before the first position whose value reaches cell q of kCells equal cells over [cs[0],
@@ -133,6 +135,7 @@ inline void fill_view(const StreamParams& p, int64_t g, int t, LevelView& v) {
     v.cn[pos] = ch[K + j];
     v.is[pos] = is[j];
     v.gm[pos] = gm[j];
+    v.gs[pos] = gm[j] * is[j];
     v.pre_cn[pos + 1] = v.pre_cn[pos] + static_cast<double>(v.cn[pos]);
     v.pre_gs[pos + 1] = v.pre_gs[pos] + static_cast<double>(v.gm[pos]) * static_cast<double>(v.is[pos]);
   }
@@ -266,30 +269,33 @@ template <int KC>
 inline void block_backward_level(const StreamParams& p, F16 X, F16 GY, M16 blocked, const LevelView& v, int lo, int hi,
                                  bool last, M16 live, bool full, Scratch& s, F16* xbar, bool reduce) {
   const int K = v.k;
-  const float *c = v.c.data(), *cn = v.cn.data(), *inv_s = v.is.data(), *gamma = v.gm.data();
+  const float *c = v.c.data(), *cn = v.cn.data(), *gs = v.gs.data();
   F16 prob[KC > 0 ? KC : kStreamMaxK], aux[KC > 0 ? KC : kStreamMaxK];
   const F16 inv = block_attention<KC>(s, X, blocked, c, lo, hi, prob);
   // dbar_j 2 = P_j (aux_j - sum) (-2 / tau): the factor 2 of coef moved into the constant (exact).
   const F16 zt = set16(s.zt), nit2 = set16(2.0f * s.neg_inv_tau), zero = set16(0.0f);
-  const F16 gl = last ? GY : zero;  // a = [t = T-1] g . c^T_j
   const F16 keep0 = select16(blocked, zero, set16(1.0f));
   F16 ssum = zero;
-  EDKM_POSITIONS(j, lo, hi) {
-    const F16 pj = prob[j] * inv;
-    prob[j] = pj;
-    const F16 cnj = set16(cn[j]);
-    const F16 r = set16(gamma[j]) * (X - cnj);
-    const F16 aj = select16(ge16(pj, zt), fma16(r, set16(inv_s[j]), gl * cnj), zero);
-    aux[j] = aj;
-    ssum = fma16(aj, pj, ssum);
-  }
+  // aux_j = dL/dP_j = [t = T-1] g c^T_j + gamma_j / S_j (x - c^{t+1}_j), where the clamp passes.
+  auto aux_terms = [&](auto with_g) {
+    EDKM_POSITIONS(j, lo, hi) {
+      const F16 pj = prob[j] * inv;
+      prob[j] = pj;
+      const F16 cnj = set16(cn[j]);
+      const F16 r = set16(gs[j]) * (X - cnj);
+      const F16 aj = select16(ge16(pj, zt), decltype(with_g)::value ? fma16(GY, cnj, r) : r, zero);
+      aux[j] = aj;
+      ssum = fma16(aj, pj, ssum);
+    }
+  };
+  last ? aux_terms(std::true_type{}) : aux_terms(std::false_type{});
   F16 xb = xbar ? *xbar : zero;
   EDKM_POSITIONS(j, lo, hi) {
     const F16 pj = prob[j], aj = aux[j];
     F16 dbar2 = pj * (aj - ssum) * nit2;
     if (j == 0) dbar2 = dbar2 * keep0;  // keep-sparsity: no gradient through the blocked distance
     const F16 coef = (X - set16(c[j])) * dbar2;
-    if (xbar) xb = xb + (coef + set16(gamma[j]) * (max16(pj, zt) * set16(inv_s[j])));
+    if (xbar) xb = xb + (coef + max16(pj, zt) * set16(gs[j]));
     if (reduce) acc_sub16(s.acc.data() + static_cast<size_t>(j) * kLanes, full ? coef : select16(live, coef, zero));
   }
   if (xbar && (lo > 1 || hi < K))  // skipped pairs: A_j / S_j = zero_threshold / S_j
