@@ -362,6 +362,7 @@ int main(int argc, char** argv) try {
   };
 
   // Plain training of `m` (no clustering): the pre-training, and the control run of the fine-tuning.
+  double plain_steady_step_s = 0;
   auto train_plain = [&](edkm::LlamaForCausalLM& m, int64_t n, double peak_lr, const std::string& kind, uint64_t stream,
                          const std::string& label,
                          const std::function<at::Tensor(edkm::LlamaForCausalLM&, const at::Tensor&)>& loss_of) {
@@ -371,7 +372,10 @@ int main(int argc, char** argv) try {
     edkm::ProgressBar bar(n, label);
     const auto t0 = Clock::now();
     double tok_s = 0;
+    plain_steady_step_s = 0;  // mean of the steps after the first (the first allocates, e.g. AdamW's state)
+    auto after_first = t0;
     for (int64_t s = 0; s < n; ++s) {
+      if (s == 1) after_first = Clock::now();
       opt.set_lr(schedule(peak_lr, s, n));
       const at::Tensor x = sample(s, stream);
       const at::Tensor loss = loss_of(m, x);
@@ -381,6 +385,7 @@ int main(int argc, char** argv) try {
       tok_s = static_cast<double>((s + 1) * batch * seq_len) / seconds_since(t0);
       bar.tick("loss " + fixed(loss.item<double>(), 3) + ", " + fixed(tok_s, 0) + " tok/s");
     }
+    if (n > 1) plain_steady_step_s = seconds_since(after_first) / static_cast<double>(n - 1);
     bar.finish();
     return tok_s;
   };
@@ -428,11 +433,12 @@ int main(int argc, char** argv) try {
 
   // 1. fp32 pre-training (the tiny demo has no checkpoint); a resumed run reads the model the
   // fine-tuning started from instead.
-  double pretrain_tok_s = 0;
+  double pretrain_tok_s = 0, pretrain_step_s = 0;
   if (resuming) {
     load_bytes(model, edkm::read_text_file(state_dir + "/start.pt"));
   } else if (pretrain_steps > 0) {
     pretrain_tok_s = train_plain(model, pretrain_steps, pretrain_lr, "adamw", 1, "pretrain " + dtype_name, lm_loss);
+    pretrain_step_s = plain_steady_step_s;
   }
   if (!save_hf.empty()) {
     edkm::save_hf_llama(model, save_hf);  // with its reference logits, for other tools to compare
@@ -877,6 +883,7 @@ int main(int argc, char** argv) try {
   rep.gptq_facts = gptq_facts;
   if (offload_stats) rep.offload_facts = offload_stats->to_string();
   if (steps > first_step) {
+    profile.set_plain_step(pretrain_step_s);
     rep.profile_markdown = profile.to_markdown();
     rep.profile = json::parse(profile.to_json());
   }

@@ -149,6 +149,13 @@ void StepProfile::close_warmup(double seconds) {
   steps_ = 0;
 }
 
+double StepProfile::dkm_seconds() const {
+  double dkm = 0;
+  for (const auto& p : phases_)
+    if (p.first.rfind("DKM", 0) == 0) dkm += p.second;
+  return dkm;
+}
+
 std::string StepProfile::to_markdown() const {
   double total = 0;
   for (const auto& p : phases_) total += p.second;
@@ -163,6 +170,13 @@ std::string StepProfile::to_markdown() const {
   if (warmup_seconds_ > 0)
     md << "| first step (also initialises every layer's LUTs; not in the average above) | " << std::setprecision(3)
        << warmup_seconds_ << " | |\n";
+  const double dkm = dkm_seconds() / n, step = total / n;
+  if (dkm > 0 && step > dkm)
+    md << "| DKM step / the same steps without their DKM phases | " << std::setprecision(2) << step / (step - dkm)
+       << "x | |\n";
+  if (plain_step_seconds_ > 0)
+    md << "| plain step (the pre-training's steps after its first) | " << std::setprecision(3) << plain_step_seconds_
+       << " | |\n| DKM step / plain step | " << std::setprecision(2) << step / plain_step_seconds_ << "x | |\n";
   return md.str();
 }
 
@@ -172,6 +186,8 @@ std::string StepProfile::to_json() const {
   if (warmup_seconds_ > 0) j["first_step_seconds"] = warmup_seconds_;
   const double n = static_cast<double>(std::max<int64_t>(1, steps_));
   for (const auto& p : phases_) j["seconds_per_step"][p.first] = p.second / n;
+  if (plain_step_seconds_ > 0) j["plain_step_seconds"] = plain_step_seconds_;
+  j["dkm_seconds_per_step"] = dkm_seconds() / n;
   return j.dump();
 }
 

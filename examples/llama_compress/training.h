@@ -64,15 +64,19 @@ class StepProfile {
   void close_warmup(double seconds);
   /// Seconds of the DKM engines' backward nodes so far.
   double dkm_backward_seconds() const;
+  /// The same step without DKM, measured apart (the pre-training's steps after its first): the
+  /// table adds it and the ratio of the two. A phase whose name starts with "DKM" is DKM's share.
+  void set_plain_step(double seconds) { plain_step_seconds_ = seconds; }
   /// A Markdown table: phase, seconds per step, share of the step.
   std::string to_markdown() const;
   /// {"steps": n, "phases": {name: seconds per step}}.
   std::string to_json() const;
 
  private:
+  double dkm_seconds() const;  // summed over the steps
   std::vector<std::pair<std::string, double>> phases_;
   int64_t steps_ = 0;
-  double warmup_seconds_ = 0;
+  double warmup_seconds_ = 0, plain_step_seconds_ = 0;
   uint64_t handle_ = 0;
 };
 
