@@ -290,8 +290,21 @@ TEST(StreamingKernels, InlineExpIsWithinOneUlpLikeSleef) {
       EXPECT_LE(worst, 1) << "at x = " << worst_at;
     }
     const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
-    std::vector<float> special = {nan, -inf, inf, -88.0f, -87.34f, -1000.0f, 88.73f, 1000.0f,
-                                  0.0f, -0.0f, 1.0f, -1.0f, 1e-30f, -1e-30f, std::nextafter(hi, 0.0f),
+    std::vector<float> special = {nan,
+                                  -inf,
+                                  inf,
+                                  -88.0f,
+                                  -87.34f,
+                                  -1000.0f,
+                                  88.73f,
+                                  1000.0f,
+                                  0.0f,
+                                  -0.0f,
+                                  1.0f,
+                                  -1.0f,
+                                  1e-30f,
+                                  -1e-30f,
+                                  std::nextafter(hi, 0.0f),
                                   std::nextafter(lo, 0.0f)};  // hi and lo round outward: the last finite and normal
     std::vector<float> got(16);
     kernels::stream_exp(isa, false, special.data(), got.data(), 16);

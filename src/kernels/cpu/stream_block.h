@@ -3,10 +3,10 @@
 // same math as stream_vector (kernels/stream_math.h, the reference and the CUDA twin's source),
 // laid out lane-parallel so the compiler vectorises every loop (this header is compiled once per
 // instruction set: stream_kernel_avx2.cpp, _avx512.cpp) and the exponentials go through the
-// inline vector exp of vec_exp.h (1 ulp, as SLEEF's u10). Per-lane fp64 accumulators, summed once per work item: no false sharing,
-// no serial dependency through one fp64 slot. (Summing blocks in fp32 first, even only the
-// statistics' positive sums over 64 weights per lane, was measured: the DKM gradient amplifies
-// that rounding beyond the fp32 dense engine's own error.)
+// inline vector exp of vec_exp.h (1 ulp, as SLEEF's u10). Per-lane fp64 accumulators, summed once per work item: no
+// false sharing, no serial dependency through one fp64 slot. (Summing blocks in fp32 first, even only the statistics'
+// positive sums over 64 weights per lane, was measured: the DKM gradient amplifies that rounding beyond the fp32 dense
+// engine's own error.)
 //
 // Exact work skipping (`skip`). At small tau the attention row of a weight is nearly one-hot: the
 // term of centroid j is exp(-(D_j - D_min) / tau), below theta = min(2^-48, zero_threshold) once
@@ -115,7 +115,7 @@ struct Scratch {
         hist(kBuckets + 1),
         out_x(static_cast<size_t>(p.k) + 1),
         out_n(static_cast<size_t>(p.k) + 1),
-        out_g(static_cast<size_t>(p.k) + 1) ,
+        out_g(static_cast<size_t>(p.k) + 1),
         neg_inv_tau(static_cast<float>(-1.0 / p.tau)),
         zt(static_cast<float>(p.zero_threshold)),
         prune(p.prune_threshold > 0 ? static_cast<float>(p.prune_threshold) : 0.0f),
@@ -294,9 +294,11 @@ inline void block_backward_level(const StreamParams& p, F16 X, F16 GY, M16 block
     const F16 pj = prob[j], aj = aux[j];
     F16 dbar2 = pj * (aj - ssum) * nit2;
     if (j == 0) dbar2 = dbar2 * keep0;  // keep-sparsity: no gradient through the blocked distance
-    const F16 coef = (X - set16(c[j])) * dbar2;
-    if (xbar) xb = xb + (coef + max16(pj, zt) * set16(gs[j]));
-    if (reduce) acc_sub16(s.acc.data() + static_cast<size_t>(j) * kLanes, full ? coef : select16(live, coef, zero));
+    // -coef = 2 (c_j - x) dbar_j: the partial accumulates -coef, dL/dx adds coef (exact negations).
+    const F16 neg_coef = (set16(c[j]) - X) * dbar2;
+    if (xbar) xb = xb + (max16(pj, zt) * set16(gs[j]) - neg_coef);
+    if (reduce)
+      acc_add16(s.acc.data() + static_cast<size_t>(j) * kLanes, full ? neg_coef : select16(live, neg_coef, zero));
   }
   if (xbar && (lo > 1 || hi < K))  // skipped pairs: A_j / S_j = zero_threshold / S_j
     xb = xb + set16(static_cast<float>(static_cast<double>(s.zt) * outside(v.pre_gs.data(), lo, hi, K)));
@@ -434,9 +436,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
     case StreamPass::kGammaLast: {
       const F16 inv = block_attention<KC>(s, X, blocked, v.c.data(), lo, hi, prob);
       const D16 G = widen16(full ? GY : select16(live, GY, zero));
-      EDKM_POSITIONS(j, lo, hi) {
-        acc_mul_add16(acc + static_cast<size_t>(j) * kLanes, max16(prob[j] * inv, zt), G);
-      }
+      EDKM_POSITIONS(j, lo, hi) { acc_mul_add16(acc + static_cast<size_t>(j) * kLanes, max16(prob[j] * inv, zt), G); }
       if (skipped) {
         double sg = 0;
         float gl[kLanes];
@@ -449,7 +449,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
     case StreamPass::kReduce: {
       F16 xbar = zero;  // fused gradient (out set): level t's share of dL/dx from the same row
       block_backward_level<KC>(p, X, GY, blocked, v, lo, hi, p.level == T - 1, live, full, s, p.out ? &xbar : nullptr,
-                           true);
+                               true);
       if (p.out) put_block(p.out, base, idx, count, p.kind, xbar, true);
       break;
     }
@@ -537,8 +537,11 @@ inline void run_item(const StreamParams& p, int64_t g, int64_t begin, int64_t en
         block_pass<0>(p, g, row + t0, s.order.data() + i, s.xs.data() + i, std::min(kLanes, n - i), w, s);
     } else {
       // K of 1 to 4 bits at compile time (the rows in registers); other K through the stack.
-      auto pass = K == 2 ? &block_pass<2> : K == 4 ? &block_pass<4> : K == 8 ? &block_pass<8>
-                : K == 16 ? &block_pass<16> : &block_pass<0>;
+      auto pass = K == 2    ? &block_pass<2>
+                  : K == 4  ? &block_pass<4>
+                  : K == 8  ? &block_pass<8>
+                  : K == 16 ? &block_pass<16>
+                            : &block_pass<0>;
       for (int i = 0; i < n; i += kLanes) pass(p, g, row + t0 + i, nullptr, nullptr, std::min(kLanes, n - i), 0, s);
     }
   }

@@ -51,16 +51,9 @@ inline void acc_mul_add16(double* acc, F16 a, const D16& b) {
   _mm512_storeu_pd(acc + 8, _mm512_fmadd_pd(w.hi, b.hi, _mm512_loadu_pd(acc + 8)));
 }
 inline void acc_add16(double* acc, F16 a) {
-  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a.v));
-  const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1));
-  _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), lo));
-  _mm512_storeu_pd(acc + 8, _mm512_add_pd(_mm512_loadu_pd(acc + 8), hi));
-}
-inline void acc_sub16(double* acc, F16 a) {
-  const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(a.v));
-  const __m512d hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1));
-  _mm512_storeu_pd(acc, _mm512_sub_pd(_mm512_loadu_pd(acc), lo));
-  _mm512_storeu_pd(acc + 8, _mm512_sub_pd(_mm512_loadu_pd(acc + 8), hi));
+  const D16 w = widen16(a);
+  _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), w.lo));
+  _mm512_storeu_pd(acc + 8, _mm512_add_pd(_mm512_loadu_pd(acc + 8), w.hi));
 }
 #else
 struct F16 {
@@ -85,10 +78,8 @@ inline F16 recip16(F16 a) {
   const __m256 one = _mm256_set1_ps(1.0f);
   return {_mm256_div_ps(one, a.lo), _mm256_div_ps(one, a.hi)};
 }
-#define EDKM_VEC16_CMP(name, op)                                           \
-  inline M16 name(F16 a, F16 b) {                                          \
-    return {_mm256_cmp_ps(a.lo, b.lo, op), _mm256_cmp_ps(a.hi, b.hi, op)}; \
-  }
+#define EDKM_VEC16_CMP(name, op) \
+  inline M16 name(F16 a, F16 b) { return {_mm256_cmp_ps(a.lo, b.lo, op), _mm256_cmp_ps(a.hi, b.hi, op)}; }
 EDKM_VEC16_CMP(lt16, _CMP_LT_OQ)
 EDKM_VEC16_CMP(ge16, _CMP_GE_OQ)
 EDKM_VEC16_CMP(gt16, _CMP_GT_OQ)
@@ -116,20 +107,8 @@ inline void acc_mul_add16(double* acc, F16 a, const D16& b) {
     _mm256_storeu_pd(acc + 4 * q, _mm256_fmadd_pd(w.q[q], b.q[q], _mm256_loadu_pd(acc + 4 * q)));
 }
 inline void acc_add16(double* acc, F16 a) {
-  const __m256 h[2] = {a.lo, a.hi};
-  for (int q = 0; q < 2; ++q) {
-    double* at = acc + 8 * q;
-    _mm256_storeu_pd(at, _mm256_add_pd(_mm256_loadu_pd(at), _mm256_cvtps_pd(_mm256_castps256_ps128(h[q]))));
-    _mm256_storeu_pd(at + 4, _mm256_add_pd(_mm256_loadu_pd(at + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(h[q], 1))));
-  }
-}
-inline void acc_sub16(double* acc, F16 a) {
-  const __m256 h[2] = {a.lo, a.hi};
-  for (int q = 0; q < 2; ++q) {
-    double* at = acc + 8 * q;
-    _mm256_storeu_pd(at, _mm256_sub_pd(_mm256_loadu_pd(at), _mm256_cvtps_pd(_mm256_castps256_ps128(h[q]))));
-    _mm256_storeu_pd(at + 4, _mm256_sub_pd(_mm256_loadu_pd(at + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(h[q], 1))));
-  }
+  const D16 w = widen16(a);
+  for (int q = 0; q < 4; ++q) _mm256_storeu_pd(acc + 4 * q, _mm256_add_pd(_mm256_loadu_pd(acc + 4 * q), w.q[q]));
 }
 #endif
 

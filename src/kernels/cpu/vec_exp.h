@@ -26,24 +26,26 @@ constexpr float kExpLn2Lo = -2.12194440054690583e-4f;  // ln 2 - kExpLn2Hi
 constexpr float kExpMin = -87.3365447505531f;          // ln(FLT_MIN) = -126 ln 2
 constexpr float kExpMax = 88.7228391116729996f;        // ln(FLT_MAX)
 
+// k = round(x log2 e) (ROUND: round to nearest of the product), r = x - k ln 2 in two steps, and
 // p = exp(r) for |r| <= ln2 / 2: Taylor to degree 7, Horner with FMA.
-#define EDKM_EXP_TAYLOR7(FMA, SET, p, r)     \
-  p = FMA(SET(1.0f / 5040), r, SET(1.0f / 720)); \
-  p = FMA(p, r, SET(1.0f / 120));                \
-  p = FMA(p, r, SET(1.0f / 24));                 \
-  p = FMA(p, r, SET(1.0f / 6));                  \
-  p = FMA(p, r, SET(0.5f));                      \
-  p = FMA(p, r, SET(1.0f));                      \
+#define EDKM_EXP_REDUCE_TAYLOR7(ROUND, MUL, FMA, FNMADD, SET, x, k, p) \
+  const auto k = ROUND(MUL(x, SET(kExpLog2e)));                        \
+  auto r = FNMADD(k, SET(kExpLn2Hi), x);                               \
+  r = FNMADD(k, SET(kExpLn2Lo), r);                                    \
+  auto p = FMA(SET(1.0f / 5040), r, SET(1.0f / 720));                  \
+  p = FMA(p, r, SET(1.0f / 120));                                      \
+  p = FMA(p, r, SET(1.0f / 24));                                       \
+  p = FMA(p, r, SET(1.0f / 6));                                        \
+  p = FMA(p, r, SET(0.5f));                                            \
+  p = FMA(p, r, SET(1.0f));                                            \
   p = FMA(p, r, SET(1.0f))
+#define EDKM_EXP_NEAREST (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
 #if defined(__AVX512F__)
 inline __m512 exp16(__m512 x) {
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kExpLog2e)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kExpLn2Hi), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(kExpLn2Lo), r);
-  __m512 p;
-  EDKM_EXP_TAYLOR7(_mm512_fmadd_ps, _mm512_set1_ps, p, r);
+#define EDKM_EXP_ROUND16(v) _mm512_roundscale_ps((v), EDKM_EXP_NEAREST)
+  EDKM_EXP_REDUCE_TAYLOR7(EDKM_EXP_ROUND16, _mm512_mul_ps, _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_set1_ps, x, k, p);
+#undef EDKM_EXP_ROUND16
   const __m512 y = _mm512_scalef_ps(p, k);  // p 2^k: inf above the range, NaN stays NaN
   return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpMin), _CMP_LT_OQ), _mm512_setzero_ps());
 }
@@ -52,12 +54,9 @@ inline __m512 exp16(__m512 x) {
 #if defined(__AVX2__) && defined(__FMA__)
 inline __m256 exp8(__m256 x) {
   const __m256 xc = _mm256_min_ps(_mm256_set1_ps(kExpMax), x);  // min returns its second operand for NaN
-  const __m256 k =
-      _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(kExpLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kExpLn2Hi), xc);
-  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(kExpLn2Lo), r);
-  __m256 p;
-  EDKM_EXP_TAYLOR7(_mm256_fmadd_ps, _mm256_set1_ps, p, r);
+#define EDKM_EXP_ROUND8(v) _mm256_round_ps((v), EDKM_EXP_NEAREST)
+  EDKM_EXP_REDUCE_TAYLOR7(EDKM_EXP_ROUND8, _mm256_mul_ps, _mm256_fmadd_ps, _mm256_fnmadd_ps, _mm256_set1_ps, xc, k, p);
+#undef EDKM_EXP_ROUND8
   // 2^k in two factors, so that k = -126 and k = 128 both have normal halves.
   const __m256i ki = _mm256_cvtps_epi32(k), k1 = _mm256_srai_epi32(ki, 1), k2 = _mm256_sub_epi32(ki, k1);
   const __m256i bias = _mm256_set1_epi32(127);
@@ -69,6 +68,7 @@ inline __m256 exp8(__m256 x) {
 }
 #endif
 
-#undef EDKM_EXP_TAYLOR7
+#undef EDKM_EXP_REDUCE_TAYLOR7
+#undef EDKM_EXP_NEAREST
 
 }  // namespace edkm::kernels::vec
