@@ -13,6 +13,9 @@
 // their bytes are the minimum those passes move (every pass reads the weight, the backward
 // passes the upstream gradient too, the output passes write one weight-sized array). The passes
 // evaluate K exponentials per weight and are compute-bound: their fraction is expected to be small.
+// On CPU the passes also run one by one (stream_pass/*: the kernel alone on fp32 weights, the
+// vectorised path) against an exp probe (probe/exp: the vector exp those passes use, in L1): their
+// fraction of the exp bound is K exps per weight at that rate over the pass's time.
 //
 // --device cuda runs the same kernels on the GPU instead (the CUDA twins of the table kernels,
 // the engines through the public API), against a device-to-device copy probe of HBM bandwidth.
@@ -33,6 +36,8 @@
 #include <sstream>
 
 #include "bench_util.h"
+#include "kernels/cpu/stream_isa.h"
+#include "kernels/stream_math.h"
 #include "kernels/table_math.h"
 #include "svg_chart.h"
 
@@ -41,6 +46,7 @@ namespace {
 namespace k = edkm::kernels;
 
 double g_bandwidth = 0;                     // bytes/s: the best probe so far
+double g_exp_rate = 0;                      // exps/s of the streaming passes' vector exp (CPU probe)
 int64_t g_rows = 11008, g_cols = 4096;      // table kernels' weight shape
 int64_t g_stream_rows = 1024;               // streaming passes' weight rows (x g_cols)
 constexpr int64_t kProbeFloats = 64 << 20;  // 256 MiB per probe array
@@ -274,6 +280,92 @@ void BM_Streaming_ForwardBackward(benchmark::State& state) {
   set_weight_rate(state, n);
 }
 
+// --- the streaming passes one by one (CPU, fp32, cluster_dim 1: the vectorised path) -----------
+
+/// exps per second of the vector exp the streaming passes use (kernels/cpu/vec_exp.h), on a buffer
+/// that stays in L1: the compute bound of a pass is K exps per weight at this rate.
+/// Every thread of the passes runs its own buffer (the passes' parallel_for), 64 times per call.
+void BM_Probe_Exp(benchmark::State& state) {
+  constexpr int64_t kFloats = 4096, kRepeats = 64;
+  const int64_t threads = at::get_num_threads();
+  std::vector<float> in(static_cast<size_t>(kFloats * threads)), out(in.size());
+  for (size_t i = 0; i < in.size(); ++i) in[i] = -0.01f * static_cast<float>(i % 1000);
+  for (auto _ : state) {
+    at::parallel_for(0, threads, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t)
+        for (int64_t r = 0; r < kRepeats; ++r)
+          k::stream_exp(k::stream_isa(), false, in.data() + t * kFloats, out.data() + t * kFloats, kFloats);
+    });
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["exps_per_s"] =
+      benchmark::Counter(static_cast<double>(kFloats * kRepeats * threads) * static_cast<double>(state.iterations()),
+                         benchmark::Counter::kIsRate);
+}
+
+/// One pass of the streaming engine over g_stream_rows x g_cols fp32 weights (std 0.02, 3 bits,
+/// 3 iterations), on centroids at the weight's quantiles: the kernel alone (stream_pass_cpu), no
+/// autograd or allocation around it.
+struct StreamInputs {
+  static constexpr int kK = 8, kT = 3;
+  at::Tensor x, g, out, c_hist, inv_s, gamma, partials, iters;
+  k::StreamParams p;
+  StreamInputs() {
+    at::manual_seed(0);
+    x = at::randn({g_stream_rows * g_cols}) * 0.02;
+    g = at::randn_like(x) * 1e-3;
+    out = at::zeros_like(x);
+    const auto q = at::linspace(0.5 / kK, 1 - 0.5 / kK, kK, x.options());
+    const auto c = at::quantile(x.narrow(0, 0, std::min<int64_t>(x.numel(), 1 << 20)), q);
+    c_hist = c.repeat({kT + 1});
+    inv_s = at::full({kT * kK}, static_cast<double>(kK) / static_cast<double>(x.numel()), x.options());
+    gamma = at::linspace(1e-3, 8e-3, (kT + 1) * kK, x.options());
+    iters = at::full({1}, kT, at::TensorOptions().dtype(at::kInt));
+    p.x = x.data_ptr();
+    p.grad = g.data_ptr();
+    p.out = out.data_ptr();
+    p.kind = k::DType::kF32;
+    p.groups = 1;
+    p.n = x.numel();
+    p.d = 1;
+    p.k = kK;
+    p.width = 2 * kK + 1;
+    p.chunk = k::stream_chunk(p.n, 1, p.width, 4 * at::get_num_threads());
+    p.chunks = (p.n + p.chunk - 1) / p.chunk;
+    p.max_iter = kT;
+    p.iters = iters.data_ptr<int32_t>();
+    p.c_hist = c_hist.data_ptr();
+    p.inv_s_hist = inv_s.data_ptr();
+    p.gamma_hist = gamma.data_ptr();
+    partials = at::zeros({p.chunks, p.width}, at::TensorOptions().dtype(at::kDouble));
+    p.partials = partials.data_ptr<double>();
+  }
+};
+
+/// bytes: the minimum the pass moves (x 4 bytes per weight read, g read, out read and/or written).
+void run_stream_pass(benchmark::State& state, k::StreamPass pass, int level, bool fused, double bytes_per_weight) {
+  StreamInputs in;
+  in.p.pass = pass;
+  in.p.level = level;
+  in.p.grad_levels = fused ? 1 : 1 << 30;
+  in.p.accumulate = fused;
+  for (auto _ : state) {
+    k::stream_pass_cpu(in.p);
+    benchmark::ClobberMemory();
+  }
+  const double n = static_cast<double>(in.p.n);
+  set_bandwidth_counters(state, bytes_per_weight * n);
+  set_weight_rate(state, n);
+  state.counters["exp_fraction"] =  // the K exps per weight at the probe's rate, over the time taken
+      benchmark::Counter(g_exp_rate > 0 ? StreamInputs::kK * n * state.iterations() / g_exp_rate : 0.0,
+                         benchmark::Counter::kIsRate);
+}
+void BM_Pass_Stats(benchmark::State& s) { run_stream_pass(s, k::StreamPass::kStats, 1, false, 4); }
+void BM_Pass_Output(benchmark::State& s) { run_stream_pass(s, k::StreamPass::kOutput, 0, false, 8); }
+void BM_Pass_GammaLast(benchmark::State& s) { run_stream_pass(s, k::StreamPass::kGammaLast, 0, false, 8); }
+void BM_Pass_Reduce(benchmark::State& s) { run_stream_pass(s, k::StreamPass::kReduce, 1, true, 16); }
+void BM_Pass_GradInput(benchmark::State& s) { run_stream_pass(s, k::StreamPass::kGradInput, 0, true, 16); }
+
 /// Console output as usual, and every run kept for the JSON / Markdown / SVG.
 class CollectingReporter : public benchmark::ConsoleReporter {
  public:
@@ -342,6 +434,18 @@ int main(int argc, char** argv) try {
   add("table_engine/forward_backward", BM_TableEngine_ForwardBackward, shape + " bf16 3-bit", min_time);
   add("streaming/forward", BM_Streaming_Forward, sshape + " bf16 3-bit", min_time);
   add("streaming/forward_backward", BM_Streaming_ForwardBackward, sshape + " bf16 3-bit", min_time);
+  // The passes one by one, on the vectorised CPU path (fp32 weights), against the exp probe.
+  const bool passes = !g_cuda && k::stream_isa() != k::StreamIsa::kScalar;
+  if (passes) {
+    add("probe/exp", BM_Probe_Exp, "4096 floats per thread, in L1 (" + k::to_string(k::stream_isa()) + ")", min_time);
+    for (const auto& [name, fn] :
+         std::vector<std::pair<std::string, void (*)(benchmark::State&)>>{{"stream_pass/statistics", BM_Pass_Stats},
+                                                                          {"stream_pass/output", BM_Pass_Output},
+                                                                          {"stream_pass/gamma_last", BM_Pass_GammaLast},
+                                                                          {"stream_pass/reduce_fused", BM_Pass_Reduce},
+                                                                          {"stream_pass/gradient", BM_Pass_GradInput}})
+      add(name, fn, sshape + " fp32 3-bit", min_time);
+  }
 
   int bargc = static_cast<int>(rest.size());
   benchmark::Initialize(&bargc, rest.data());
@@ -351,8 +455,9 @@ int main(int argc, char** argv) try {
   CollectingReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter, "^probe/");
   for (const auto& r : reporter.runs) g_bandwidth = std::max(g_bandwidth, counter(r, "bytes_per_second"));
+  for (const auto& r : reporter.runs) g_exp_rate = std::max(g_exp_rate, counter(r, "exps_per_s"));
   std::cerr << "measured memory bandwidth: " << g_bandwidth / 1e9 << " GB/s (best probe)\n";
-  benchmark::RunSpecifiedBenchmarks(&reporter, "^(table|table_engine|streaming)/");
+  benchmark::RunSpecifiedBenchmarks(&reporter, "^(table|table_engine|streaming|stream_pass)/");
   benchmark::Shutdown();
 
   const std::string machine = edkm::bench::machine_name();
@@ -369,7 +474,9 @@ int main(int argc, char** argv) try {
                     {"iterations", r.iterations},
                     {"bytes_per_second", bps},
                     {"bandwidth_fraction", g_bandwidth > 0 ? bps / g_bandwidth : 0.0},
-                    {"weights_per_second", counter(r, "weights_per_s")}});
+                    {"weights_per_second", counter(r, "weights_per_s")},
+                    {"exps_per_second", counter(r, "exps_per_s")},
+                    {"exp_bound_fraction", counter(r, "exp_fraction")}});
   }
   std::ostringstream cmd;
   for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
@@ -379,6 +486,7 @@ int main(int argc, char** argv) try {
                         {"command", cmd.str()},
                         {"threads", at::get_num_threads()},
                         {"bandwidth_bytes_per_second", g_bandwidth},
+                        {"exps_per_second", g_exp_rate},
                         {"rows", rows}};
   edkm::write_text_file(out + ".json", doc.dump(2) + "\n");
 
@@ -390,23 +498,36 @@ int main(int argc, char** argv) try {
     md << at::get_num_threads() << " thread(s)";
   md << ". Command: `" << cmd.str()
      << "`. Memory bandwidth measured in the same run (best of the copy / triad probes): " << std::fixed
-     << std::setprecision(2) << g_bandwidth / 1e9
-     << " GB/s.\n\n| kernel | shape | time ms | GB/s | fraction of bandwidth | Mweights/s "
-        "|\n|---|---|---|---|---|---|\n";
+     << std::setprecision(2) << g_bandwidth / 1e9 << " GB/s.";
+  if (g_exp_rate > 0)
+    md << " Vector exp of the streaming passes (probe/exp, in L1): " << std::setprecision(2) << g_exp_rate / 1e9
+       << " G exps/s; a pass's compute bound is K = 8 exps per weight at that rate.";
+  md << "\n\n| kernel | shape | time ms | GB/s | fraction of bandwidth | Mweights/s | fraction of exp bound "
+        "|\n|---|---|---|---|---|---|---|\n";
   for (const auto& r : rows) {
     md << "| " << r["kernel"].get<std::string>() << " | " << r["shape"].get<std::string>() << " | "
-       << std::setprecision(3) << r["seconds"].get<double>() * 1e3 << " | " << std::setprecision(2)
-       << r["bytes_per_second"].get<double>() / 1e9 << " | " << std::setprecision(1)
-       << 100 * r["bandwidth_fraction"].get<double>() << "% | ";
-    const double wps = r["weights_per_second"].get<double>();
+       << std::setprecision(3) << r["seconds"].get<double>() * 1e3 << " | ";
+    if (r["bytes_per_second"].get<double>() > 0)
+      md << std::setprecision(2) << r["bytes_per_second"].get<double>() / 1e9 << " | " << std::setprecision(1)
+         << 100 * r["bandwidth_fraction"].get<double>() << "% | ";
+    else
+      md << "- | - | ";
+    const double wps = r["weights_per_second"].get<double>(), ef = r["exp_bound_fraction"].get<double>();
     if (wps > 0)
       md << std::setprecision(2) << wps / 1e6;
+    else
+      md << "-";
+    md << " | ";
+    if (ef > 0)
+      md << std::setprecision(1) << 100 * ef << "%";
     else
       md << "-";
     md << " |\n";
   }
   md << "\nBytes are the minimum each kernel must move (see benchmarks/kernels.cpp); the streaming passes are "
-        "compute-bound (K exponentials per weight per pass).\n";
+        "compute-bound (K exponentials per weight per pass): `stream_pass/*` times each pass alone on fp32 "
+        "weights, and its fraction of the exp bound is the time K exps per weight take at probe/exp's rate over "
+        "the pass's time (the rest is the distances, the softmax and the fp64 reductions).\n";
   edkm::write_text_file(out + ".md", md.str());
   std::cout << md.str();
 
