@@ -308,6 +308,7 @@ inline void block_backward_level(const StreamParams& p, F16 X, F16 GY, M16 block
 // kLanes values from base (count valid; the rest repeat the last one) as floats.
 inline F16 load_block(const void* data, int64_t base, int count, DType kind) {
   if (kind == DType::kF32 && count == kLanes) return load16(static_cast<const float*>(data) + base);
+  if (kind == DType::kBF16 && count == kLanes) return load16_bf16(static_cast<const uint16_t*>(data) + base);
   float out[kLanes];
   for (int l = 0; l < kLanes; ++l) out[l] = load_value<float>(data, base + (l < count ? l : count - 1), kind);
   return load16(out);
@@ -326,6 +327,11 @@ inline void put_block(void* data, int64_t base, const int32_t* idx, int count, D
   if (!idx && kind == DType::kF32 && count == kLanes) {  // a full block: vector loads and stores
     float* f = static_cast<float*>(data) + base;
     store16(f, accumulate ? load16(f) + V : V);
+    return;
+  }
+  if (!idx && kind == DType::kBF16 && count == kLanes) {
+    uint16_t* h = static_cast<uint16_t*>(data) + base;
+    store16_bf16(h, accumulate ? load16_bf16(h) + V : V);
     return;
   }
   float v[kLanes];

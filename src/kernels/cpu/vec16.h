@@ -9,6 +9,8 @@
 // per instruction set, so they must not share a name across translation units).
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "kernels/cpu/vec_exp.h"
 
 namespace edkm::kernels::EDKM_STREAM_ISA {
@@ -37,6 +39,18 @@ inline M16 ne16(F16 a, F16 b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_NEQ_UQ
 inline M16 first16(int count) { return {static_cast<__mmask16>(count >= 16 ? 0xFFFF : (1u << count) - 1)}; }
 inline F16 select16(M16 m, F16 yes, F16 no) { return {_mm512_mask_mov_ps(no.v, m.m, yes.v)}; }
 inline F16 exp16(F16 a) { return {vec::exp16(a.v)}; }
+// 16 bf16 patterns as floats (exact), and 16 floats to bf16 patterns rounded to nearest even as
+// kernels/dtype_math.h's bf16_round_bits does (the same integer arithmetic, lane by lane).
+inline F16 load16_bf16(const uint16_t* p) {
+  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+}
+inline void store16_bf16(uint16_t* p, F16 a) {
+  const __m512i u = _mm512_castps_si512(a.v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd), 16);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
 // 16 lanes widened to fp64 (once per block for the values the centroid loops multiply by).
 struct D16 {
   __m512d lo, hi;
@@ -94,6 +108,21 @@ inline F16 select16(M16 m, F16 yes, F16 no) {
   return {_mm256_blendv_ps(no.lo, yes.lo, m.lo), _mm256_blendv_ps(no.hi, yes.hi, m.hi)};
 }
 inline F16 exp16(F16 a) { return {vec::exp8(a.lo), vec::exp8(a.hi)}; }
+inline __m256 load8_bf16(const uint16_t* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+inline F16 load16_bf16(const uint16_t* p) { return {load8_bf16(p), load8_bf16(p + 8)}; }
+inline __m256i round8_bf16(__m256 a) {  // bf16_round_bits lane by lane, in the low 16 bits
+  const __m256i u = _mm256_castps_si256(a);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd), 16);
+}
+inline void store16_bf16(uint16_t* p, F16 a) {
+  // packus interleaves the 128-bit halves of its two sources; the permute restores lane order.
+  const __m256i packed = _mm256_packus_epi32(round8_bf16(a.lo), round8_bf16(a.hi));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_permute4x64_epi64(packed, 0xD8));
+}
 struct D16 {
   __m256d q[4];
 };
