@@ -170,11 +170,12 @@ std::string StepProfile::to_markdown() const {
   if (warmup_seconds_ > 0)
     md << "| first step (also initialises every layer's LUTs; not in the average above) | " << std::setprecision(3)
        << warmup_seconds_ << " | |\n";
+  // The ratios only over steady steps: a run of one step has the LUT initialisation in its average.
   const double dkm = dkm_seconds() / n, step = total / n;
-  if (dkm > 0 && step > dkm)
+  if (warmup_seconds_ > 0 && dkm > 0 && step > dkm)
     md << "| DKM step / the same steps without their DKM phases | " << std::setprecision(2) << step / (step - dkm)
        << "x | |\n";
-  if (plain_step_seconds_ > 0)
+  if (warmup_seconds_ > 0 && plain_step_seconds_ > 0)
     md << "| plain step (the pre-training's steps after its first) | " << std::setprecision(3) << plain_step_seconds_
        << " | |\n| DKM step / plain step | " << std::setprecision(2) << step / plain_step_seconds_ << "x | |\n";
   return md.str();

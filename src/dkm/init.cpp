@@ -1,5 +1,6 @@
 // Centroid initialisation: exact 1-D optimal k-means over the value histogram, and weighted
 // k-means++ seeding followed by weighted Lloyd iterations. Runs once per layer, on the CPU in fp64.
+#include <ATen/Parallel.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/_unique2.h>
 #include <ATen/ops/argmin.h>
@@ -205,46 +206,56 @@ at::Tensor lloyd(const at::Tensor& x, const at::Tensor& weights, at::Tensor c, i
 }  // namespace kmeans
 
 namespace functional {
+namespace {
+
+// The centroids of one group (xg: n x d of the vectors).
+at::Tensor init_group(const at::Tensor& xg, const DKMOptions& options, const ClusterLayout& l, int64_t g) {
+  const int64_t K = options.n_clusters();
+  at::Tensor c;
+  if (l.cluster_dim == 1) {
+    auto [vals, inverse, counts] = at::_unique2(xg.reshape({-1}), /*sorted=*/true, false, true);
+    auto cnt = counts.to(at::kDouble).contiguous();
+    vals = vals.contiguous();
+    const bool opt1d = options.init() == KMeansInit::kOptimal1D ||
+                       (options.init() == KMeansInit::kAuto && vals.numel() <= options.opt1d_max_unique());
+    if (opt1d) {
+      auto centers = kmeans::optimal_1d(vals.data_ptr<double>(), cnt.data_ptr<double>(), vals.numel(), K);
+      c = at::from_blob(centers.data(), {K, 1}, at::kDouble).clone();
+    } else if (options.init() == KMeansInit::kAuto) {  // too many values for the exact DP: binned
+      auto centers = kmeans::binned_1d(vals.data_ptr<double>(), cnt.data_ptr<double>(), vals.numel(), K,
+                                       options.opt1d_max_unique(), options.init_max_iter());
+      c = at::from_blob(centers.data(), {K, 1}, at::kDouble).clone();
+    } else {
+      auto v = vals.reshape({-1, 1});
+      c = kmeans::lloyd(v, cnt, kmeans::kmeans_plus_plus(v, cnt, K, options.seed() + g), options.init_max_iter());
+    }
+  } else {
+    auto w = at::ones({l.vectors}, xg.options());
+    c = kmeans::lloyd(xg, w, kmeans::kmeans_plus_plus(xg, w, K, options.seed() + g), options.init_max_iter());
+  }
+  if (options.enforce_zero()) {  // the centroid nearest to zero moves to slot 0 and becomes 0
+    const int64_t z = c.square().sum(1).argmin().item<int64_t>();
+    auto first = c[0].clone();
+    c[z].copy_(first);
+    c[0].zero_();
+  }
+  return c;
+}
+
+}  // namespace
 
 at::Tensor init_centroids(const at::Tensor& weight, const DKMOptions& options, const at::Tensor& scale) {
   const auto l = ClusterLayout::of(weight, options);
   detail::check_scale(scale, weight, l, options);
-  const int64_t K = options.n_clusters();
   auto x = to_vectors(weight.detach().to(at::kDouble), l, scale.defined() ? scale.to(at::kDouble) : scale)
                .to(at::kCPU)
                .contiguous();  // G x n x d
-  std::vector<at::Tensor> per_group;
-  for (int64_t g = 0; g < l.groups; ++g) {
-    at::Tensor c;
-    if (l.cluster_dim == 1) {
-      auto [vals, inverse, counts] = at::_unique2(x[g].reshape({-1}), /*sorted=*/true, false, true);
-      auto cnt = counts.to(at::kDouble).contiguous();
-      vals = vals.contiguous();
-      const bool opt1d = options.init() == KMeansInit::kOptimal1D ||
-                         (options.init() == KMeansInit::kAuto && vals.numel() <= options.opt1d_max_unique());
-      if (opt1d) {
-        auto centers = kmeans::optimal_1d(vals.data_ptr<double>(), cnt.data_ptr<double>(), vals.numel(), K);
-        c = at::from_blob(centers.data(), {K, 1}, at::kDouble).clone();
-      } else if (options.init() == KMeansInit::kAuto) {  // too many values for the exact DP: binned
-        auto centers = kmeans::binned_1d(vals.data_ptr<double>(), cnt.data_ptr<double>(), vals.numel(), K,
-                                         options.opt1d_max_unique(), options.init_max_iter());
-        c = at::from_blob(centers.data(), {K, 1}, at::kDouble).clone();
-      } else {
-        auto v = vals.reshape({-1, 1});
-        c = kmeans::lloyd(v, cnt, kmeans::kmeans_plus_plus(v, cnt, K, options.seed() + g), options.init_max_iter());
-      }
-    } else {
-      auto w = at::ones({l.vectors}, x.options());
-      c = kmeans::lloyd(x[g], w, kmeans::kmeans_plus_plus(x[g], w, K, options.seed() + g), options.init_max_iter());
-    }
-    if (options.enforce_zero()) {  // the centroid nearest to zero moves to slot 0 and becomes 0
-      const int64_t z = c.square().sum(1).argmin().item<int64_t>();
-      auto first = c[0].clone();
-      c[z].copy_(first);
-      c[0].zero_();
-    }
-    per_group.push_back(c);
-  }
+  // Groups are independent (k-means++ seeds with seed + g): they run in parallel, each group's
+  // result the same as in a serial loop. ATen ops inside run serially (nested parallel regions).
+  std::vector<at::Tensor> per_group(static_cast<size_t>(l.groups));
+  at::parallel_for(0, l.groups, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) per_group[static_cast<size_t>(g)] = init_group(x[g], options, l, g);
+  });
   return at::stack(per_group).to(weight.device(), detail::compute_dtype(weight));
 }
 
