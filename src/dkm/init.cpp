@@ -20,8 +20,10 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "dkm/internal.h"
@@ -208,14 +210,38 @@ at::Tensor lloyd(const at::Tensor& x, const at::Tensor& weights, at::Tensor c, i
 namespace functional {
 namespace {
 
+// The distinct values of a 1-D double tensor in increasing order and how often each occurs (both
+// double, contiguous): a plain sort and one counting sweep, several times faster than
+// at::_unique2's key-index sort. With a NaN (no order) _unique2 decides, as before.
+std::pair<at::Tensor, at::Tensor> sorted_unique(const at::Tensor& values) {
+  const auto v = values.contiguous();
+  const double* p = v.data_ptr<double>();
+  const int64_t n = v.numel();
+  if (std::any_of(p, p + n, [](double a) { return std::isnan(a); })) {
+    auto [vals, inverse, counts] = at::_unique2(v, /*sorted=*/true, false, true);
+    return {vals.contiguous(), counts.to(at::kDouble).contiguous()};
+  }
+  std::vector<double> sorted(p, p + n);
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<double> vals, counts;
+  for (int64_t i = 0; i < n;) {
+    int64_t j = i + 1;
+    while (j < n && sorted[static_cast<size_t>(j)] == sorted[static_cast<size_t>(i)]) ++j;
+    vals.push_back(sorted[static_cast<size_t>(i)]);
+    counts.push_back(static_cast<double>(j - i));
+    i = j;
+  }
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const auto u = static_cast<int64_t>(vals.size());
+  return {at::from_blob(vals.data(), {u}, opts).clone(), at::from_blob(counts.data(), {u}, opts).clone()};
+}
+
 // The centroids of one group (xg: n x d of the vectors).
 at::Tensor init_group(const at::Tensor& xg, const DKMOptions& options, const ClusterLayout& l, int64_t g) {
   const int64_t K = options.n_clusters();
   at::Tensor c;
   if (l.cluster_dim == 1) {
-    auto [vals, inverse, counts] = at::_unique2(xg.reshape({-1}), /*sorted=*/true, false, true);
-    auto cnt = counts.to(at::kDouble).contiguous();
-    vals = vals.contiguous();
+    auto [vals, cnt] = sorted_unique(xg.reshape({-1}));
     const bool opt1d = options.init() == KMeansInit::kOptimal1D ||
                        (options.init() == KMeansInit::kAuto && vals.numel() <= options.opt1d_max_unique());
     if (opt1d) {
