@@ -23,15 +23,29 @@ namespace edkm {
 
 namespace {
 // Every counter of the stats, by name: snapshot, reset and to_json walk one list.
-#define EDKM_STORE_COUNTERS(X)                                                                                         \
-  X(tensors_packed)                                                                                                    \
-  X(tensors_kept)                                                                                                      \
-  X(tensors_unpacked)                                                                                                  \
-  X(storages_kept)                                                                                                     \
-  X(storage_bytes_kept)                                                                                                \
-  X(bytes_stored) X(copies_avoided) X(bytes_not_copied) X(restores) X(bytes_restored) X(restores_shared) X(kept_bytes) \
-      X(kept_bytes_peak) X(pool_hits) X(pool_misses) X(prefetches) X(prefetch_hits) X(prefetch_wasted)                 \
-          X(tensors_uniquified) X(uniquify_bytes_before) X(uniquify_bytes_after) X(index_lists_shared)
+#define EDKM_STORE_COUNTERS(X) \
+  X(tensors_packed)            \
+  X(tensors_kept)              \
+  X(tensors_unpacked)          \
+  X(storages_kept)             \
+  X(storage_bytes_kept)        \
+  X(bytes_stored)              \
+  X(copies_avoided)            \
+  X(bytes_not_copied)          \
+  X(restores)                  \
+  X(bytes_restored)            \
+  X(restores_shared)           \
+  X(kept_bytes)                \
+  X(kept_bytes_peak)           \
+  X(pool_hits)                 \
+  X(pool_misses)               \
+  X(prefetches)                \
+  X(prefetch_hits)             \
+  X(prefetch_wasted)           \
+  X(tensors_uniquified)        \
+  X(uniquify_bytes_before)     \
+  X(uniquify_bytes_after)      \
+  X(index_lists_shared)
 }  // namespace
 
 std::string SavedStoreStats::to_string() const {
