@@ -63,7 +63,9 @@ Plan make_plan(const at::Tensor& x, const DKMOptions& o, at::ScalarType ct, Redu
   p.d = x.size(2);
   p.k = o.n_clusters();
   p.width = p.k * p.d + p.k + 1;
-  const int64_t parallelism = x.is_cuda() ? 2048 : 4 * static_cast<int64_t>(at::get_num_threads());
+  // CPU: 16 items per thread, handed out one at a time (kernels::StreamQueue), so that a thread
+  // the machine slows down takes fewer of them.
+  const int64_t parallelism = x.is_cuda() ? 2048 : 16 * static_cast<int64_t>(at::get_num_threads());
   p.chunk = kernels::stream_chunk(p.n, p.groups, p.width, parallelism);
   p.chunks = (p.n + p.chunk - 1) / p.chunk;
   p.tau = o.tau();

@@ -3,8 +3,9 @@
 // same math as stream_vector (kernels/stream_math.h, the reference and the CUDA twin's source),
 // laid out lane-parallel so the compiler vectorises every loop (this header is compiled once per
 // instruction set: stream_kernel_avx2.cpp, _avx512.cpp) and the exponentials go through the
-// inline vector exp of vec_exp.h (1 ulp, as SLEEF's u10). Per-lane fp64 accumulators, summed once per work item: no
-// false sharing, no serial dependency through one fp64 slot. (Summing blocks in fp32 first, even only the statistics'
+// inline vector exp of vec_exp.h (1 ulp, as SLEEF's u10). Per-lane fp64 accumulators (16 lanes folded into 8, D8),
+// held by the block loop (in registers where they fit) and summed once per work item: no false
+// sharing, no serial dependency through one fp64 slot. (Summing blocks in fp32 first, even only the statistics'
 // positive sums over 64 weights per lane, was measured: the DKM gradient amplifies that rounding beyond the fp32 dense
 // engine's own error.)
 //
@@ -95,7 +96,7 @@ struct LevelView {
 // Per-work-item scratch: attention rows of a block, per-lane fp64 partials, the value-ordered
 // tile and the closed-form shares of skipped pairs.
 struct Scratch {
-  std::vector<double> acc;                  // width x kLanes
+  std::vector<double> acc;                  // width x 8: the block loop's D8 partials of the item
   std::vector<float> xs, tmp;               // kTile: the tile in value order; its values in memory order
   std::vector<int32_t> order;               // kTile: tile offset of each value-ordered weight
   std::vector<uint16_t> bucket;             // kTile
@@ -107,7 +108,7 @@ struct Scratch {
   // bias (0 without pruning) and the distance of a blocked lane.
   float neg_inv_tau, zt, prune, blocked_value;
   explicit Scratch(const StreamParams& p)
-      : acc(static_cast<size_t>(p.width) * kLanes),
+      : acc(static_cast<size_t>(p.width) * 8),
         xs(kTile),
         tmp(kTile),
         order(kTile),
@@ -263,11 +264,11 @@ inline F16 block_attention(const Scratch& s, F16 X, M16 blocked, const float* c,
 }
 
 // One level of backward for the block (stream_backward_level, lane-parallel) over the window of
-// view v: adds dL/dx to xbar (when given) and -coef to the per-lane partials acc[j] (position j)
-// of the `live` lanes, when reduce.
+// view v: adds dL/dx to xbar (when given) and -coef to the partials acc[j] (position j) of the
+// `live` lanes, when acc is given.
 template <int KC>
 inline void block_backward_level(const StreamParams& p, F16 X, F16 GY, M16 blocked, const LevelView& v, int lo, int hi,
-                                 bool last, M16 live, bool full, Scratch& s, F16* xbar, bool reduce) {
+                                 bool last, M16 live, bool full, Scratch& s, F16* xbar, D8* acc) {
   const int K = v.k;
   const float *c = v.c.data(), *cn = v.cn.data(), *gs = v.gs.data();
   F16 prob[KC > 0 ? KC : kStreamMaxK], aux[KC > 0 ? KC : kStreamMaxK];
@@ -297,8 +298,7 @@ inline void block_backward_level(const StreamParams& p, F16 X, F16 GY, M16 block
     // -coef = 2 (c_j - x) dbar_j: the partial accumulates -coef, dL/dx adds coef (exact negations).
     const F16 neg_coef = (set16(c[j]) - X) * dbar2;
     if (xbar) xb = xb + (max16(pj, zt) * set16(gs[j]) - neg_coef);
-    if (reduce)
-      acc_add16(s.acc.data() + static_cast<size_t>(j) * kLanes, full ? neg_coef : select16(live, neg_coef, zero));
+    if (acc) acc[j] = fold_add(acc[j], full ? neg_coef : select16(live, neg_coef, zero));
   }
   if (xbar && (lo > 1 || hi < K))  // skipped pairs: A_j / S_j = zero_threshold / S_j
     xb = xb + set16(static_cast<float>(static_cast<double>(s.zt) * outside(v.pre_gs.data(), lo, hi, K)));
@@ -376,10 +376,11 @@ inline void sort_tile(const StreamParams& p, int64_t base, int n, Scratch& s) {
 
 // Vectors of group g: count <= kLanes of them, base + idx[l] (idx nullptr: base + l); their
 // values xs (nullptr: loaded from p.x). The tail lanes repeat the last value and are neither
-// accumulated nor stored. w: the window margin (skipping; 0 = none).
+// accumulated nor stored. w: the window margin (skipping; 0 = none). acc: the item's partials
+// (width of them, in position order).
 template <int KC>
 inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int32_t* idx, const float* xs, int count,
-                       float w, Scratch& s) {
+                       float w, Scratch& s, D8* acc) {
   const int K = static_cast<int>(p.k);
   const int T = p.iters[g];
   const bool needs_grad =
@@ -402,7 +403,6 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
   // Lanes past `count` (they repeat the last value) contribute nothing to the partials.
   const M16 live = first16(count);
   F16 prob[KC > 0 ? KC : kStreamMaxK];
-  double* acc = s.acc.data();
   const LevelView& v = s.views[0];
   int lo = 1, hi = K;
   if (w > 0) store16(xl, X);
@@ -418,10 +418,10 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
       EDKM_POSITIONS(j, lo, hi) {
         F16 a = max16(prob[j] * inv, zt);
         if (!full) a = select16(live, a, zero);
-        acc_mul_add16(acc + static_cast<size_t>(j) * kLanes, a, XD);
-        acc_add16(acc + static_cast<size_t>(K + j) * kLanes, a);
+        acc[j] = fold_mul_add(acc[j], a, XD);
+        acc[K + j] = fold_add(acc[K + j], a);
       }
-      acc_add16(acc + static_cast<size_t>(2 * K) * kLanes, full ? dmin : select16(live, dmin, zero));
+      acc[2 * K] = fold_add(acc[2 * K], full ? dmin : select16(live, dmin, zero));
       if (skipped) {
         double sx = 0;
         store16(xl, X);
@@ -442,7 +442,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
     case StreamPass::kGammaLast: {
       const F16 inv = block_attention<KC>(s, X, blocked, v.c.data(), lo, hi, prob);
       const D16 G = widen16(full ? GY : select16(live, GY, zero));
-      EDKM_POSITIONS(j, lo, hi) { acc_mul_add16(acc + static_cast<size_t>(j) * kLanes, max16(prob[j] * inv, zt), G); }
+      EDKM_POSITIONS(j, lo, hi) acc[j] = fold_mul_add(acc[j], max16(prob[j] * inv, zt), G);
       if (skipped) {
         double sg = 0;
         float gl[kLanes];
@@ -455,7 +455,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
     case StreamPass::kReduce: {
       F16 xbar = zero;  // fused gradient (out set): level t's share of dL/dx from the same row
       block_backward_level<KC>(p, X, GY, blocked, v, lo, hi, p.level == T - 1, live, full, s, p.out ? &xbar : nullptr,
-                               true);
+                               acc);
       if (p.out) put_block(p.out, base, idx, count, p.kind, xbar, true);
       break;
     }
@@ -468,7 +468,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
           block_window(vt, xl, w, lo, hi);
           s.skipped += static_cast<int64_t>(K - 1 - (hi - lo)) * count;
         }
-        block_backward_level<KC>(p, X, GY, blocked, vt, lo, hi, t == T - 1, live, full, s, &xbar, false);
+        block_backward_level<KC>(p, X, GY, blocked, vt, lo, hi, t == T - 1, live, full, s, &xbar, nullptr);
       }
       put_block(p.out, base, idx, count, p.kind, xbar, p.accumulate);
       break;
@@ -504,6 +504,30 @@ inline bool worth_skipping(const LevelView& v, float w) {
   return 1.0 + total / m + kSkipOverhead <= 0.9 * v.k;
 }
 
+// The blocks of vectors [begin, end) of group g, tile by tile (in value order when w > 0), their
+// partials held here (KC > 0: 2 KC + 1 of them, which the compiler keeps in registers where they
+// fit) and stored to s.acc at the end.
+template <int KC>
+inline void run_blocks(const StreamParams& p, int64_t g, int64_t begin, int64_t end, float w, Scratch& s) {
+  constexpr int kMaxWidth = 2 * (KC > 0 ? KC : static_cast<int>(kStreamMaxK)) + 1;
+  const int width = static_cast<int>(p.width);
+  D8 acc[kMaxWidth];
+  for (int i = 0; i < (KC > 0 ? kMaxWidth : width); ++i) acc[i] = zero8();
+  const int64_t row = g * p.n;
+  for (int64_t t0 = begin; t0 < end; t0 += kTile) {
+    const int n = static_cast<int>(std::min<int64_t>(kTile, end - t0));
+    if (KC == 0 && w > 0) {
+      sort_tile(p, row + t0, n, s);
+      for (int i = 0; i < n; i += kLanes)
+        block_pass<KC>(p, g, row + t0, s.order.data() + i, s.xs.data() + i, std::min(kLanes, n - i), w, s, acc);
+    } else {
+      for (int i = 0; i < n; i += kLanes)
+        block_pass<KC>(p, g, row + t0 + i, nullptr, nullptr, std::min(kLanes, n - i), 0, s, acc);
+    }
+  }
+  for (int i = 0; i < width; ++i) store8(s.acc.data() + static_cast<size_t>(i) * 8, acc[i]);
+}
+
 // A work item (group g, vectors [begin, end)): blocks of kLanes, in value order per tile when
 // skipping; partials summed lane by lane into out (width doubles, centroid order) when the pass
 // reduces, with the closed-form shares of the skipped pairs.
@@ -512,7 +536,6 @@ inline void run_item(const StreamParams& p, int64_t g, int64_t begin, int64_t en
   const bool skip = mode != StreamSkip::kOff;
   const int K = static_cast<int>(p.k);
   const int T = p.iters[g];
-  std::fill(s.acc.begin(), s.acc.end(), 0.0);
   const int levels = pass_levels(p, T);
   if (s.views.size() < static_cast<size_t>(levels)) s.views.resize(static_cast<size_t>(levels));
   bool sorted = skip;
@@ -534,22 +557,14 @@ inline void run_item(const StreamParams& p, int64_t g, int64_t begin, int64_t en
     std::fill(s.out_n.begin(), s.out_n.end(), 0.0);
     std::fill(s.out_g.begin(), s.out_g.end(), 0.0);
   }
-  const int64_t row = g * p.n;
-  for (int64_t t0 = begin; t0 < end; t0 += kTile) {
-    const int n = static_cast<int>(std::min<int64_t>(kTile, end - t0));
-    if (sorted) {
-      sort_tile(p, row + t0, n, s);
-      for (int i = 0; i < n; i += kLanes)
-        block_pass<0>(p, g, row + t0, s.order.data() + i, s.xs.data() + i, std::min(kLanes, n - i), w, s);
-    } else {
-      // K of 1 to 4 bits at compile time (the rows in registers); other K through the stack.
-      auto pass = K == 2    ? &block_pass<2>
-                  : K == 4  ? &block_pass<4>
-                  : K == 8  ? &block_pass<8>
-                  : K == 16 ? &block_pass<16>
-                            : &block_pass<0>;
-      for (int i = 0; i < n; i += kLanes) pass(p, g, row + t0 + i, nullptr, nullptr, std::min(kLanes, n - i), 0, s);
-    }
+  if (sorted) {
+    run_blocks<0>(p, g, begin, end, w, s);
+  } else {  // K of 1 to 4 bits at compile time (the rows and partials in registers); other K through the stack
+    K == 2    ? run_blocks<2>(p, g, begin, end, 0, s)
+    : K == 4  ? run_blocks<4>(p, g, begin, end, 0, s)
+    : K == 8  ? run_blocks<8>(p, g, begin, end, 0, s)
+    : K == 16 ? run_blocks<16>(p, g, begin, end, 0, s)
+              : run_blocks<0>(p, g, begin, end, 0, s);
   }
   if (!out) return;
   const LevelView& v = s.views[0];
@@ -563,10 +578,10 @@ inline void run_item(const StreamParams& p, int64_t g, int64_t begin, int64_t en
     }
     const int j = v.perm[pos];
     double a = 0, b = 0;
-    EDKM_LANES(l) a += s.acc[static_cast<size_t>(pos) * kLanes + l];
+    for (int l = 0; l < 8; ++l) a += s.acc[static_cast<size_t>(pos) * 8 + l];
     switch (p.pass) {
       case StreamPass::kStats:
-        EDKM_LANES(l) b += s.acc[static_cast<size_t>(K + pos) * kLanes + l];
+        for (int l = 0; l < 8; ++l) b += s.acc[static_cast<size_t>(K + pos) * 8 + l];
         out[j] = a + zt * ex;
         out[K + j] = b + zt * en;
         break;
@@ -579,7 +594,7 @@ inline void run_item(const StreamParams& p, int64_t g, int64_t begin, int64_t en
   }
   if (p.pass == StreamPass::kStats) {
     double in = 0;
-    EDKM_LANES(l) in += s.acc[static_cast<size_t>(2 * K) * kLanes + l];
+    for (int l = 0; l < 8; ++l) in += s.acc[static_cast<size_t>(2 * K) * 8 + l];
     out[2 * K] = in;
   }
 }
@@ -587,13 +602,13 @@ inline void run_item(const StreamParams& p, int64_t g, int64_t begin, int64_t en
 }  // namespace edkm::kernels::EDKM_STREAM_ISA
 
 namespace edkm::kernels::EDKM_STREAM_ISA {
-// Items [item_begin, item_end) of pass p (cluster_dim 1, fp32 compute), one scratch per call;
-// skip: exact work skipping (see the top of this file).
-inline void stream_items_block(const StreamParams& p, int64_t item_begin, int64_t item_end, StreamSkip skip) {
+// The items of pass p (cluster_dim 1, fp32 compute) this thread takes from the queue, one scratch
+// per call; skip: exact work skipping (see the top of this file).
+inline void stream_items_block(const StreamParams& p, StreamQueue& items, StreamSkip skip) {
   const FlushDenormalResults ftz;
   Scratch s(p);
   const bool reduces = stream_pass_reduces(p.pass);
-  for (int64_t item = item_begin; item < item_end; ++item) {
+  for (int64_t item; items.take(item);) {
     const int64_t g = item / p.chunks, c = item % p.chunks;
     if (!stream_group_active(p, g)) continue;
     run_item(p, g, c * p.chunk, std::min(p.n, (c + 1) * p.chunk), skip, s,

@@ -1,5 +1,6 @@
 #pragma once
 // Instruction-set variants of the CPU streaming passes and their run-time choice.
+#include <atomic>
 #include <cstdint>
 #include <string>
 
@@ -52,11 +53,28 @@ enum class StreamSkip : int32_t {
   kAuto = 1,    ///< where it pays: K >= kStreamSkipMinK and a cost model (stream_block.h) says so
   kAlways = 2,  ///< every work item whose centroids are finite (tests)
 };
+/// The work items of a pass, handed out one at a time to whichever thread asks next: a thread
+/// slowed by the machine (a shared CI runner, a core taken by another process) takes fewer items
+/// instead of holding the others at the pass's end.
+class StreamQueue {
+ public:
+  explicit StreamQueue(int64_t items) : next_(0), items_(items) {}
+  /// The next item, or false when none is left.
+  bool take(int64_t& item) {
+    item = next_.fetch_add(1, std::memory_order_relaxed);
+    return item < items_;
+  }
+
+ private:
+  std::atomic<int64_t> next_;
+  int64_t items_;
+};
+
 /// Measured: with 8 or 16 centroids the value-order sort costs what the windows save.
 constexpr int64_t kStreamSkipMinK = 32;
 #if defined(EDKM_WITH_SLEEF)
-void stream_items_avx2(const StreamParams& p, int64_t begin, int64_t end, StreamSkip skip);
-void stream_items_avx512(const StreamParams& p, int64_t begin, int64_t end, StreamSkip skip);
+void stream_items_avx2(const StreamParams& p, StreamQueue& items, StreamSkip skip);
+void stream_items_avx512(const StreamParams& p, StreamQueue& items, StreamSkip skip);
 void stream_exp_avx2(bool sleef, const float* in, float* out, int64_t n);
 void stream_exp_avx512(bool sleef, const float* in, float* out, int64_t n);
 #endif

@@ -1,5 +1,6 @@
 // CPU twin of kernels/cuda/stream_kernel.cu: one pass of the streaming engine. Work items are
-// (group, chunk) pairs run in parallel; each sums its partials in a private double buffer.
+// (group, chunk) pairs, taken one at a time from a shared queue by the threads of the pass; each
+// sums its partials in a private double buffer.
 // cluster_dim 1 with fp32 compute takes the vectorised block path of this CPU (stream_block.h,
 // AVX-512 or AVX2 + FMA with the inline exp of vec_exp.h) when the build has SLEEF (its exp is
 // the tests' reference); everything else, and EDKM_STREAM_ISA=scalar, the per-weight reference
@@ -25,11 +26,11 @@ struct BufferSink {
 };
 
 template <class S, int DIM>
-void run_items(const StreamParams& p, int64_t b, int64_t e) {
+void run_items(const StreamParams& p, StreamQueue& items) {
   const FlushDenormalResults ftz;
   const bool reduces = stream_pass_reduces(p.pass);
   std::vector<double> acc(static_cast<size_t>(p.width));
-  for (int64_t item = b; item < e; ++item) {
+  for (int64_t item; items.take(item);) {
     const int64_t g = item / p.chunks, c = item % p.chunks;
     if (!stream_group_active(p, g)) continue;
     std::fill(acc.begin(), acc.end(), 0.0);
@@ -125,19 +126,23 @@ void stream_pass_cpu(const StreamParams& p) {
   const bool f64 = p.kind == DType::kF64;
   const StreamIsa isa = stream_isa();
   const StreamSkip skip = stream_skip();
-  at::parallel_for(0, items, 1, [&](int64_t b, int64_t e) {
+  StreamQueue queue(items);
+  // One task per thread, each taking items until none is left (at::parallel_for alone would split
+  // the items into equal contiguous ranges up front).
+  const int64_t workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), items));
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
 #if defined(EDKM_WITH_SLEEF)
     if (p.d == 1 && !f64 && isa != StreamIsa::kScalar) {
-      isa == StreamIsa::kAvx512 ? stream_items_avx512(p, b, e, skip) : stream_items_avx2(p, b, e, skip);
+      isa == StreamIsa::kAvx512 ? stream_items_avx512(p, queue, skip) : stream_items_avx2(p, queue, skip);
       return;
     }
 #endif
     (void)isa;
     (void)skip;
     if (p.d == 1)
-      f64 ? run_items<double, 1>(p, b, e) : run_items<float, 1>(p, b, e);
+      f64 ? run_items<double, 1>(p, queue) : run_items<float, 1>(p, queue);
     else
-      f64 ? run_items<double, 0>(p, b, e) : run_items<float, 0>(p, b, e);
+      f64 ? run_items<double, 0>(p, queue) : run_items<float, 0>(p, queue);
   });
 }
 

@@ -11,8 +11,8 @@
 #include "kernels/cpu/stream_isa.h"
 
 namespace edkm::kernels {
-void stream_items_avx2(const StreamParams& p, int64_t begin, int64_t end, StreamSkip skip) {
-  avx2::stream_items_block(p, begin, end, skip);
+void stream_items_avx2(const StreamParams& p, StreamQueue& items, StreamSkip skip) {
+  avx2::stream_items_block(p, items, skip);
 }
 
 void stream_exp_avx2(bool sleef, const float* in, float* out, int64_t n) {

@@ -1,7 +1,8 @@
 #pragma once
 // 16 floats as one value for the vectorised streaming passes (stream_block.h): one __m512 under
 // AVX-512, two __m256 under AVX2 + FMA, with the few operations the passes need, and fp64
-// accumulation of 16 lanes into 16 doubles in memory. Written out rather than left to the
+// accumulation of 16 lanes folded into 8 doubles (D8: one value, so a block loop can hold the
+// partial sums in registers). Written out rather than left to the
 // auto-vectoriser: measured on 2026-12-04, GCC kept the lane loops with a branch (centroid 0's
 // distance, keep-sparsity) or two inner loops scalar, and those were half of every pass.
 //
@@ -58,16 +59,22 @@ struct D16 {
 inline D16 widen16(F16 a) {
   return {_mm512_cvtps_pd(_mm512_castps512_ps256(a.v)), _mm512_cvtps_pd(_mm512_extractf32x8_ps(a.v, 1))};
 }
-// acc[0, 16) += double(a) (x b): each product exact in fp64, one rounding per add.
-inline void acc_mul_add16(double* acc, F16 a, const D16& b) {
+// Eight fp64 partial sums: 16 lanes folded into 8 as they are added, lane l and l + 8 into one
+// (fewer accumulators, so that a block loop can keep them in registers). Each product is exact
+// in fp64; one rounding per add.
+struct D8 {
+  __m512d v;
+};
+inline D8 zero8() { return {_mm512_setzero_pd()}; }
+inline void store8(double* p, D8 a) { _mm512_storeu_pd(p, a.v); }
+// acc + double(a) (x b), lanes folded.
+inline D8 fold_add(D8 acc, F16 a) {
   const D16 w = widen16(a);
-  _mm512_storeu_pd(acc, _mm512_fmadd_pd(w.lo, b.lo, _mm512_loadu_pd(acc)));
-  _mm512_storeu_pd(acc + 8, _mm512_fmadd_pd(w.hi, b.hi, _mm512_loadu_pd(acc + 8)));
+  return {_mm512_add_pd(acc.v, _mm512_add_pd(w.lo, w.hi))};
 }
-inline void acc_add16(double* acc, F16 a) {
+inline D8 fold_mul_add(D8 acc, F16 a, const D16& b) {
   const D16 w = widen16(a);
-  _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), w.lo));
-  _mm512_storeu_pd(acc + 8, _mm512_add_pd(_mm512_loadu_pd(acc + 8), w.hi));
+  return {_mm512_add_pd(acc.v, _mm512_fmadd_pd(w.lo, b.lo, _mm512_mul_pd(w.hi, b.hi)))};
 }
 #else
 struct F16 {
@@ -130,14 +137,22 @@ inline D16 widen16(F16 a) {
   return {{_mm256_cvtps_pd(_mm256_castps256_ps128(a.lo)), _mm256_cvtps_pd(_mm256_extractf128_ps(a.lo, 1)),
            _mm256_cvtps_pd(_mm256_castps256_ps128(a.hi)), _mm256_cvtps_pd(_mm256_extractf128_ps(a.hi, 1))}};
 }
-inline void acc_mul_add16(double* acc, F16 a, const D16& b) {
-  const D16 w = widen16(a);
-  for (int q = 0; q < 4; ++q)
-    _mm256_storeu_pd(acc + 4 * q, _mm256_fmadd_pd(w.q[q], b.q[q], _mm256_loadu_pd(acc + 4 * q)));
+struct D8 {
+  __m256d lo, hi;  // lanes 0-3 (+ 8-11), 4-7 (+ 12-15)
+};
+inline D8 zero8() { return {_mm256_setzero_pd(), _mm256_setzero_pd()}; }
+inline void store8(double* p, D8 a) {
+  _mm256_storeu_pd(p, a.lo);
+  _mm256_storeu_pd(p + 4, a.hi);
 }
-inline void acc_add16(double* acc, F16 a) {
+inline D8 fold_add(D8 acc, F16 a) {
   const D16 w = widen16(a);
-  for (int q = 0; q < 4; ++q) _mm256_storeu_pd(acc + 4 * q, _mm256_add_pd(_mm256_loadu_pd(acc + 4 * q), w.q[q]));
+  return {_mm256_add_pd(acc.lo, _mm256_add_pd(w.q[0], w.q[2])), _mm256_add_pd(acc.hi, _mm256_add_pd(w.q[1], w.q[3]))};
+}
+inline D8 fold_mul_add(D8 acc, F16 a, const D16& b) {
+  const D16 w = widen16(a);
+  return {_mm256_add_pd(acc.lo, _mm256_fmadd_pd(w.q[0], b.q[0], _mm256_mul_pd(w.q[2], b.q[2]))),
+          _mm256_add_pd(acc.hi, _mm256_fmadd_pd(w.q[1], b.q[1], _mm256_mul_pd(w.q[3], b.q[3])))};
 }
 #endif
 
