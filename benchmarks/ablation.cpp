@@ -216,6 +216,7 @@ int main(int argc, char** argv) try {
   app.add_option("--save-output", save_output, "write <matrix>.<config>.soft / .dweight to this safetensors file");
   app.add_option("--out", out, "output path without extension (.json, .md and .svg are written)");
   CLI11_PARSE(app, argc, argv);
+  edkm::bench::make_out_dir(out);
   if (quick && scale == 1) scale = 8;
 
   // Under torchrun (WORLD_SIZE > 1) the sharded rows run on every rank; rank 0 runs the others

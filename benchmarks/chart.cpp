@@ -41,6 +41,7 @@ int main(int argc, char** argv) try {
   app.add_flag("--log", log_scale, "log-scale y axis");
   app.add_option("--out", out, "SVG file to write")->required();
   CLI11_PARSE(app, argc, argv);
+  edkm::bench::make_out_dir(out);
 
   std::ifstream f(json_path);
   if (!f) throw std::runtime_error("cannot open " + json_path);

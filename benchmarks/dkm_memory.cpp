@@ -45,6 +45,7 @@ int main(int argc, char** argv) try {
       ->capture_default_str();
   app.add_option("--out", out, "output path without extension (.json and .md are written)");
   CLI11_PARSE(app, argc, argv);
+  edkm::bench::make_out_dir(out);
 
   const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
   const auto st = dtype == "bf16" ? at::kBFloat16 : dtype == "fp16" ? at::kHalf : at::kFloat;

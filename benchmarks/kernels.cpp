@@ -401,6 +401,7 @@ int main(int argc, char** argv) try {
     else
       rest.push_back(argv[i]);
   }
+  edkm::bench::make_out_dir(out);
   if (device == "cuda") {
     if (!torch::cuda::is_available()) {
       std::cerr << "edkm_bench_kernels: --device cuda, but no CUDA device is available\n";

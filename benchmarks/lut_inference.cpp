@@ -100,6 +100,7 @@ int main(int argc, char** argv) try {
       ->capture_default_str();
   app.add_option("--out", out, "write OUT.json, OUT.md and OUT.svg")->required();
   CLI11_PARSE(app, argc, argv);
+  edkm::bench::make_out_dir(out);
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
   at::NoGradGuard ng;
   g_cuda = device_name == "cuda";

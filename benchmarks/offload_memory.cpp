@@ -54,6 +54,7 @@ int main(int argc, char** argv) try {
   app.add_option("--repeats", repeats, "timed repetitions after one warm-up");
   app.add_option("--out", out, "output path without extension (.json and .md are written)");
   CLI11_PARSE(app, argc, argv);
+  edkm::bench::make_out_dir(out);
 
   const at::Device dev(device == "cuda" ? at::kCUDA : at::kCPU);
   const auto shape_list = split(shapes), dtype_list = split(dtypes), mode_list = split(modes);

@@ -36,6 +36,13 @@ inline int64_t proc_status_bytes(const std::string& field) {
   return -1;
 }
 
+/// Creates the folder the result path `out` (with or without its extension) is written in, at the
+/// start of a run rather than failing at its end; says which folder when it cannot.
+inline void make_out_dir(const std::string& out) {
+  const auto slash = out.rfind('/');
+  if (slash != std::string::npos && slash > 0) edkm::make_directories(out.substr(0, slash));
+}
+
 /// The machine's name in results, from EDKM_BENCH_MACHINE or the default of this project's CI box.
 inline std::string machine_name() {
   const char* m = std::getenv("EDKM_BENCH_MACHINE");

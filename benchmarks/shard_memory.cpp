@@ -139,6 +139,7 @@ int main(int argc, char** argv) try {
   app.add_option("--out", out, "output path without extension (.json, and .md with --merge)");
   app.add_option("--merge", merge, "comma-separated JSON files of runs to merge into OUT.json / OUT.md");
   CLI11_PARSE(app, argc, argv);
+  edkm::bench::make_out_dir(out);
 
   if (!merge.empty()) {
     nlohmann::json rows = nlohmann::json::array();

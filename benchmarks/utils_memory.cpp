@@ -400,6 +400,7 @@ int main(int argc, char** argv) try {
   app.add_option("--threads", threads, "intra-op threads (0: LibTorch's default)");
   app.add_option("--out", out, "output path without extension (.json and .md are written)");
   CLI11_PARSE(app, argc, argv);
+  edkm::bench::make_out_dir(out);
   g_device = at::Device(device == "cuda" ? at::kCUDA : at::kCPU);
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
   edkm::install_cpu_memory_counter();
