@@ -3,9 +3,8 @@
 #include <ATen/ops/abs.h>
 #include <ATen/ops/amax.h>
 #include <ATen/ops/amin.h>
+#include <ATen/ops/aminmax.h>
 #include <ATen/ops/isfinite.h>
-#include <ATen/ops/max.h>
-#include <ATen/ops/min.h>
 #include <ATen/ops/ones_like.h>
 #include <ATen/ops/stack.h>
 #include <ATen/ops/where.h>
@@ -23,8 +22,9 @@ ClusterLayout ClusterLayout::of(const at::Tensor& weight, const DKMOptions& opti
               weight.scalar_type());
   TORCH_CHECK(weight.numel() > 0, "edkm: the weight tensor is empty (shape ", weight.sizes(), ")");
   TORCH_CHECK(weight.dim() >= 1, "edkm: the weight must have at least one dimension");
-  // max and min propagate NaN, and an infinity is one of them: two reductions, no N-sized temporary.
-  TORCH_CHECK(at::isfinite(at::stack({weight.max(), weight.min()})).all().item<bool>(),
+  // min and max propagate NaN, and an infinity is one of them: one reduction, no N-sized temporary.
+  const auto [lo, hi] = at::aminmax(weight);
+  TORCH_CHECK(at::isfinite(at::stack({lo, hi})).all().item<bool>(),
               "edkm: the weight contains NaN or Inf values; DKM needs finite weights");
   ClusterLayout l;
   l.rows = weight.size(0);
