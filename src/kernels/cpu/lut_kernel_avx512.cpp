@@ -188,29 +188,43 @@ struct Unpack64 {
 template <int M>
 EDKM_VBMI void gemv_rows_small(const LutParams& p, const float* x, float* y, int64_t r0, int64_t r1) {
   const int64_t in = p.in, body = in / 64 * 64, row_bytes = in * p.bits / 8;
-  std::vector<float> xp(static_cast<size_t>(M * body));  // x in the unpack's lane order
-  for (int j = 0; j < M; ++j)
-    for (int64_t c = 0; c < body; c += 64)
+  // 4 bits: 128 indices per step straight from the stream (32-bit lane l holds indices 8l .. 8l + 7
+  // as nibbles; vpermps reads index 8l + s after a shift by 4s): no byte shuffles at all.
+  const int64_t nib = p.bits == 4 ? in / 128 * 128 : 0;
+  std::vector<float> xp(static_cast<size_t>(M * body));  // x in the unpacks' lane orders
+  for (int j = 0; j < M; ++j) {
+    float* xj = xp.data() + j * body;
+    for (int64_t c = 0; c < nib; c += 128)
+      for (int sh = 0; sh < 8; ++sh)
+        for (int l = 0; l < 16; ++l) xj[c + 16 * sh + l] = x[j * in + c + 8 * l + sh];
+    for (int64_t c = nib; c < body; c += 64)
       for (int sh = 0; sh < 4; ++sh)
-        for (int l = 0; l < 16; ++l) xp[j * body + c + 16 * sh + l] = x[j * in + c + 4 * l + sh];
+        for (int l = 0; l < 16; ++l) xj[c + 16 * sh + l] = x[j * in + c + 4 * l + sh];
+  }
   const Unpack64 unpack(p.bits);
   Avx512::Table<0> table;
   int64_t current = -1;
   for (int64_t r = r0; r < r1; ++r) {
     const float* lut = lut_rows::row_lut(p, r, table, current);
     const uint8_t* row = p.packed + r * row_bytes;
-    __m512 acc[M][2];
-    for (int j = 0; j < M; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < body; c += 64) {
+    __m512 acc[M][4];  // four FMA chains per row of x
+    for (int j = 0; j < M; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < nib; c += 128) {
+      const __m512i v = _mm512_loadu_si512(row + c / 2);
+#pragma GCC unroll 8
+      for (int sh = 0; sh < 8; ++sh) {
+        const __m512 w = table(sh == 0 ? v : _mm512_srli_epi32(v, 4 * sh));
+        for (int j = 0; j < M; ++j)
+          acc[j][sh & 3] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.data() + j * body + c + 16 * sh), acc[j][sh & 3]);
+      }
+    }
+    for (int64_t c = nib; c < body; c += 64) {
       const __m512i v = unpack(row + c / 8 * p.bits);
-      const __m512 w0 = table(v), w1 = table(_mm512_srli_epi32(v, 8)), w2 = table(_mm512_srli_epi32(v, 16)),
-                   w3 = table(_mm512_srli_epi32(v, 24));
-      for (int j = 0; j < M; ++j) {
-        const float* xj = xp.data() + j * body + c;
-        acc[j][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xj), acc[j][0]);
-        acc[j][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xj + 16), acc[j][1]);
-        acc[j][0] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xj + 32), acc[j][0]);
-        acc[j][1] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xj + 48), acc[j][1]);
+#pragma GCC unroll 4
+      for (int sh = 0; sh < 4; ++sh) {
+        const __m512 w = table(sh == 0 ? v : _mm512_srli_epi32(v, 8 * sh));
+        for (int j = 0; j < M; ++j)
+          acc[j][sh] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.data() + j * body + c + 16 * sh), acc[j][sh]);
       }
     }
     float tail[M] = {};
@@ -218,8 +232,10 @@ EDKM_VBMI void gemv_rows_small(const LutParams& p, const float* x, float* y, int
       const float w = lut[lut_index_at(row, static_cast<uint64_t>(c) * p.bits, p.bits)];
       for (int j = 0; j < M; ++j) tail[j] += w * x[j * in + c];
     }
-    for (int j = 0; j < M; ++j)
-      y[j * p.out + r] = lut_finish(p, r, _mm512_reduce_add_ps(acc[j][0]) + _mm512_reduce_add_ps(acc[j][1]) + tail[j]);
+    for (int j = 0; j < M; ++j) {
+      const __m512 a = _mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), _mm512_add_ps(acc[j][2], acc[j][3]));
+      y[j * p.out + r] = lut_finish(p, r, _mm512_reduce_add_ps(a) + tail[j]);
+    }
   }
 }
 
