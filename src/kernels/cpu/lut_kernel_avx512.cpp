@@ -1,7 +1,8 @@
 // LUT matmul rows for AVX-512 (compiled with -mavx512f -mavx512bw -mavx512dq -mfma; chosen at run
 // time by lut_kernel.cpp; the rows themselves: lut_rows.h). 16 indices are unpacked by one byte
 // shuffle and per-lane shifts (at 8 bits zero-extended from bytes; 1-4 bit byte-aligned rows on
-// VBMI CPUs: 64 at a time by a byte permute and a multishift, gemv_rows_small); the LUT sits in one register
+// VBMI CPUs: 64 at a time by a byte permute and a multishift, 4 bits 128 at a time straight from
+// the stream's nibbles, gemv_rows_small); the LUT sits in one register
 // (bits <= 4, vpermps), two (5 bits, vpermt2ps), or is gathered from L1 (6, 7 bits); the 8-bit
 // GEMV keeps its LUT in 16 registers as byte planes where the CPU has VBMI (Lut8).
 #include <immintrin.h>
