@@ -186,6 +186,26 @@ struct Unpack64 {
   }
 };
 
+// One step of STEPS x 16 indices held in v (lane l: index STEPS l + s at bit SHIFT s): x's
+// reordered rows xo (row j at xo + j * stride, step s at + 16 s) into the four FMA chains acc.
+template <int M, int STEPS, int SHIFT>
+EDKM_VBMI inline void lut_steps(const Avx512::Table<0>& table, __m512i v, const float* xo, int64_t stride,
+                                __m512 (&acc)[M][4]) {
+#pragma GCC unroll 8
+  for (int sh = 0; sh < STEPS; ++sh) {
+    const __m512 w = table(_mm512_srli_epi32(v, SHIFT * sh));
+    for (int j = 0; j < M; ++j)
+      acc[j][sh & 3] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xo + j * stride + 16 * sh), acc[j][sh & 3]);
+  }
+}
+
+// x's block of 16 STEPS values from c in the order of lut_steps: out[16 s + l] = x[c + STEPS l + s].
+template <int STEPS>
+void order_x(const float* x, float* out) {
+  for (int sh = 0; sh < STEPS; ++sh)
+    for (int l = 0; l < 16; ++l) out[16 * sh + l] = x[STEPS * l + sh];
+}
+
 template <int M>
 EDKM_VBMI void gemv_rows_small(const LutParams& p, const float* x, float* y, int64_t r0, int64_t r1) {
   const int64_t in = p.in, body = in / 64 * 64, row_bytes = in * p.bits / 8;
@@ -194,13 +214,8 @@ EDKM_VBMI void gemv_rows_small(const LutParams& p, const float* x, float* y, int
   const int64_t nib = p.bits == 4 ? in / 128 * 128 : 0;
   std::vector<float> xp(static_cast<size_t>(M * body));  // x in the unpacks' lane orders
   for (int j = 0; j < M; ++j) {
-    float* xj = xp.data() + j * body;
-    for (int64_t c = 0; c < nib; c += 128)
-      for (int sh = 0; sh < 8; ++sh)
-        for (int l = 0; l < 16; ++l) xj[c + 16 * sh + l] = x[j * in + c + 8 * l + sh];
-    for (int64_t c = nib; c < body; c += 64)
-      for (int sh = 0; sh < 4; ++sh)
-        for (int l = 0; l < 16; ++l) xj[c + 16 * sh + l] = x[j * in + c + 4 * l + sh];
+    for (int64_t c = 0; c < nib; c += 128) order_x<8>(x + j * in + c, xp.data() + j * body + c);
+    for (int64_t c = nib; c < body; c += 64) order_x<4>(x + j * in + c, xp.data() + j * body + c);
   }
   const Unpack64 unpack(p.bits);
   Avx512::Table<0> table;
@@ -210,24 +225,10 @@ EDKM_VBMI void gemv_rows_small(const LutParams& p, const float* x, float* y, int
     const uint8_t* row = p.packed + r * row_bytes;
     __m512 acc[M][4];  // four FMA chains per row of x
     for (int j = 0; j < M; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < nib; c += 128) {
-      const __m512i v = _mm512_loadu_si512(row + c / 2);
-#pragma GCC unroll 8
-      for (int sh = 0; sh < 8; ++sh) {
-        const __m512 w = table(sh == 0 ? v : _mm512_srli_epi32(v, 4 * sh));
-        for (int j = 0; j < M; ++j)
-          acc[j][sh & 3] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.data() + j * body + c + 16 * sh), acc[j][sh & 3]);
-      }
-    }
-    for (int64_t c = nib; c < body; c += 64) {
-      const __m512i v = unpack(row + c / 8 * p.bits);
-#pragma GCC unroll 4
-      for (int sh = 0; sh < 4; ++sh) {
-        const __m512 w = table(sh == 0 ? v : _mm512_srli_epi32(v, 8 * sh));
-        for (int j = 0; j < M; ++j)
-          acc[j][sh] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xp.data() + j * body + c + 16 * sh), acc[j][sh]);
-      }
-    }
+    for (int64_t c = 0; c < nib; c += 128)
+      lut_steps<M, 8, 4>(table, _mm512_loadu_si512(row + c / 2), xp.data() + c, body, acc);
+    for (int64_t c = nib; c < body; c += 64)
+      lut_steps<M, 4, 8>(table, unpack(row + c / 8 * p.bits), xp.data() + c, body, acc);
     float tail[M] = {};
     for (int64_t c = body; c < in; ++c) {
       const float w = lut[lut_index_at(row, static_cast<uint64_t>(c) * p.bits, p.bits)];
