@@ -3,7 +3,7 @@
 // shuffle and per-lane shifts (at 8 bits zero-extended from bytes; 1-4 bit byte-aligned rows on
 // VBMI CPUs: 64 at a time by a byte permute and a multishift, 4 bits 128 at a time straight from
 // the stream's nibbles, gemv_rows_small, which reads 4 rows a quarter of the range apart per load of
-// x when decoding); the LUT sits in one register
+// x when decoding: gemv_row_group); the LUT sits in one register
 // (bits <= 4, vpermps), two (5 bits, vpermt2ps), or is gathered from L1 (6, 7 bits); the 8-bit
 // GEMV keeps its LUT in 16 registers as byte planes where the CPU has VBMI (Lut8).
 #include <immintrin.h>
@@ -187,32 +187,32 @@ struct Unpack64 {
   }
 };
 
-// One step of STEPS x 16 indices held in v (lane l: index STEPS l + s at bit SHIFT s): x's
-// reordered rows xo (row j at xo + j * stride, step s at + 16 s) into the four FMA chains acc.
-template <int M, int STEPS, int SHIFT>
-EDKM_VBMI inline void lut_steps(const Avx512::Table<0>& table, __m512i v, const float* xo, int64_t stride,
-                                __m512 (&acc)[M][4]) {
+// One step of STEPS x 16 indices for R rows of W (row i: indices v[i], lane l holding index
+// STEPS l + s at bit SHIFT s; LUT t[i]) and M rows of x (reordered, xo: row j at + j * stride,
+// step s at + 16 s), into the C FMA chains acc[i][j]. With R > 1 each load of x feeds the R rows'
+// FMAs (kept in a register: folded into each FMA it would be loaded R times).
+template <int M, int R, int C, int STEPS, int SHIFT>
+EDKM_VBMI inline void lut_steps(const Avx512::Table<0> (&t)[R], const __m512i (&v)[R], const float* xo, int64_t stride,
+                                __m512 (&acc)[R][M][C]) {
 #pragma GCC unroll 8
   for (int sh = 0; sh < STEPS; ++sh) {
-    const __m512 w = table(_mm512_srli_epi32(v, SHIFT * sh));
-    for (int j = 0; j < M; ++j)
-      acc[j][sh & 3] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xo + j * stride + 16 * sh), acc[j][sh & 3]);
-  }
-}
-
-// The same for R rows at once (one row of x): each load of x feeds the R rows' FMAs (kept in a
-// register: folded into each FMA it would be loaded R times). Row i: indices v[i], LUT t[i], FMA
-// chains acc[i] (two per row: R of them are independent already).
-template <int R, int STEPS, int SHIFT>
-EDKM_VBMI inline void lut_steps_rows(const Avx512::Table<0> (&t)[R], const __m512i (&v)[R], const float* xo,
-                                     __m512 (&acc)[R][2]) {
-#pragma GCC unroll 8
-  for (int sh = 0; sh < STEPS; ++sh) {
-    __m512 x = _mm512_loadu_ps(xo + 16 * sh);
-    asm("" : "+v"(x));
+    __m512 xs[M];  // R > 1 only (one row of W: the loads stay folded into its FMAs)
+    if constexpr (R > 1) {
 #pragma GCC unroll 4
-    for (int i = 0; i < R; ++i)
-      acc[i][sh & 1] = _mm512_fmadd_ps(t[i](_mm512_srli_epi32(v[i], SHIFT * sh)), x, acc[i][sh & 1]);
+      for (int j = 0; j < M; ++j) {
+        xs[j] = _mm512_loadu_ps(xo + j * stride + 16 * sh);
+        asm("" : "+v"(xs[j]));
+      }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      const __m512 w = t[i](_mm512_srli_epi32(v[i], SHIFT * sh));
+#pragma GCC unroll 4
+      for (int j = 0; j < M; ++j) {
+        const __m512 xj = R > 1 ? xs[j] : _mm512_loadu_ps(xo + j * stride + 16 * sh);
+        acc[i][j][sh % C] = _mm512_fmadd_ps(w, xj, acc[i][j][sh % C]);
+      }
+    }
   }
 }
 
@@ -223,9 +223,63 @@ void order_x(const float* x, float* out) {
     for (int l = 0; l < 16; ++l) out[16 * sh + l] = x[STEPS * l + sh];
 }
 
+// The R rows rows[i] of W against the M rows of x (xp: x reordered for the steps): y[j * out +
+// rows[i]]. Row i's LUT goes into t[i] when its group changes (cur[i]: the group t[i] holds). FMA
+// chains per (row of W, row of x): four for one row of W, two for several (R of them are
+// independent already).
+template <int M, int R>
+EDKM_VBMI inline void gemv_row_group(const LutParams& p, const float* x, const float* xp, const Unpack64& unpack,
+                                     const int64_t (&rows)[R], Avx512::Table<0> (&t)[R], int64_t (&cur)[R], float* y) {
+  constexpr int C = R == 1 ? 4 : 2;
+  const int64_t in = p.in, body = in / 64 * 64, row_bytes = in * p.bits / 8;
+  const int64_t nib = p.bits == 4 ? in / 128 * 128 : 0;  // see gemv_rows_small
+  const float* lut[R];
+  const uint8_t* w[R];
+  __m512 acc[R][M][C];
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i) {
+    lut[i] = lut_rows::row_lut(p, rows[i], t[i], cur[i]);
+    w[i] = p.packed + rows[i] * row_bytes;
+    for (int j = 0; j < M; ++j)
+      for (int c = 0; c < C; ++c) acc[i][j][c] = _mm512_setzero_ps();
+  }
+  for (int64_t c = 0; c < nib; c += 128) {
+    __m512i v[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) v[i] = _mm512_loadu_si512(w[i] + c / 2);
+    lut_steps<M, R, C, 8, 4>(t, v, xp + c, body, acc);
+  }
+  for (int64_t c = nib; c < body; c += 64) {
+    __m512i v[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) v[i] = unpack(w[i] + c / 8 * p.bits);
+    lut_steps<M, R, C, 4, 8>(t, v, xp + c, body, acc);
+  }
+  // The chains summed with constant indices: a loop over i that also held the tail loop below kept
+  // acc in memory, stored at every step.
+  float dot[R][M];
+#pragma GCC unroll 4
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < M; ++j) {
+      const __m512* a = acc[i][j];
+      const __m512 s =
+          C == 4 ? _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])) : _mm512_add_ps(a[0], a[1]);
+      dot[i][j] = _mm512_reduce_add_ps(s);
+    }
+  for (int i = 0; i < R; ++i) {
+    float tail[M] = {};
+    for (int64_t c = body; c < in; ++c) {
+      const float wc = lut[i][lut_index_at(w[i], static_cast<uint64_t>(c) * p.bits, p.bits)];
+      for (int j = 0; j < M; ++j) tail[j] += wc * x[j * in + c];
+    }
+    for (int j = 0; j < M; ++j) y[j * p.out + rows[i]] = lut_finish(p, rows[i], dot[i][j] + tail[j]);
+  }
+}
+
 template <int M>
 EDKM_VBMI void gemv_rows_small(const LutParams& p, const float* x, float* y, int64_t r0, int64_t r1) {
-  const int64_t in = p.in, body = in / 64 * 64, row_bytes = in * p.bits / 8;
+  const int64_t in = p.in, body = in / 64 * 64;
   // 4 bits: 128 indices per step straight from the stream (32-bit lane l holds indices 8l .. 8l + 7
   // as nibbles; vpermps reads index 8l + s after a shift by 4s): no byte shuffles at all.
   const int64_t nib = p.bits == 4 ? in / 128 * 128 : 0;
@@ -235,77 +289,24 @@ EDKM_VBMI void gemv_rows_small(const LutParams& p, const float* x, float* y, int
     for (int64_t c = nib; c < body; c += 64) order_x<4>(x + j * in + c, xp.data() + j * body + c);
   }
   const Unpack64 unpack(p.bits);
-  Avx512::Table<0> table;
-  int64_t current = -1;
   int64_t r = r0;
-  if (M == 1) {
-    // One row of x (decode): RS rows at a time, each x load read by all, the rows a quarter of the
-    // range apart (rows k, h + k, 2h + k, 3h + k): RS long sequential streams, which a thread reads
-    // from DRAM faster than one. Measured (AVX-512, 2 threads, GB/s of packed indices):
-    // 11008x4096 3 bits 17.5 -> 19.5, 4 bits 16-20 -> 30-33; 4096x11008 4 bits 14-16 -> 28-31;
-    // in cache (one thread, SmolLM2 shapes) 0-20% fewer cycles. Adjacent rows as the pairs were
-    // slower (runs of one row each for the prefetchers), 8 rows too (registers). The rows left
-    // over (< RS) go one at a time below.
-    constexpr int RS = 4;
-    Avx512::Table<0> tabs[RS];
-    int64_t cur[RS];
-    for (int i = 0; i < RS; ++i) cur[i] = -1;
-    const int64_t h = (r1 - r0) / RS;
-    for (int64_t k = 0; k < h; ++k) {
-      int64_t rr[RS];
-      const float* lut[RS];
-      const uint8_t* row[RS];
-      __m512 acc[RS][2];
-#pragma GCC unroll 4
-      for (int i = 0; i < RS; ++i) {
-        rr[i] = r0 + i * h + k;
-        lut[i] = lut_rows::row_lut(p, rr[i], tabs[i], cur[i]);
-        row[i] = p.packed + rr[i] * row_bytes;
-        acc[i][0] = acc[i][1] = _mm512_setzero_ps();
-      }
-      for (int64_t c = 0; c < nib; c += 128) {
-        __m512i v[RS];
-#pragma GCC unroll 4
-        for (int i = 0; i < RS; ++i) v[i] = _mm512_loadu_si512(row[i] + c / 2);
-        lut_steps_rows<RS, 8, 4>(tabs, v, xp.data() + c, acc);
-      }
-      for (int64_t c = nib; c < body; c += 64) {
-        __m512i v[RS];
-#pragma GCC unroll 4
-        for (int i = 0; i < RS; ++i) v[i] = unpack(row[i] + c / 8 * p.bits);
-        lut_steps_rows<RS, 4, 8>(tabs, v, xp.data() + c, acc);
-      }
-      float dot[RS];  // a loop over i that also held the tail loop kept acc in memory, stored at every step
-#pragma GCC unroll 4
-      for (int i = 0; i < RS; ++i) dot[i] = _mm512_reduce_add_ps(_mm512_add_ps(acc[i][0], acc[i][1]));
-      for (int i = 0; i < RS; ++i) {
-        float tail = 0;
-        for (int64_t c = body; c < in; ++c)
-          tail += lut[i][lut_index_at(row[i], static_cast<uint64_t>(c) * p.bits, p.bits)] * x[c];
-        y[rr[i]] = lut_finish(p, rr[i], dot[i] + tail);
-      }
-    }
-    r = r0 + RS * h;
+  if constexpr (M == 1) {
+    // One row of x (decode): 4 rows at a time, a quarter of the range apart (rows k, h + k, 2h + k,
+    // 3h + k): 4 long sequential streams, which a thread reads from DRAM faster than one. Measured
+    // (AVX-512, 2 threads, weights out of the caches, us; benchmarks/results/lut_inference.md):
+    // 4 bits 1.6-2.3x, 3 bits 1.1-1.5x on the LLaMA-7B shapes; in cache (one thread, SmolLM2
+    // shapes) 0-20% fewer cycles. Adjacent rows were slower (runs of one row each for the
+    // prefetchers), 8 rows too (registers). The rows left over (< 4) go one at a time below.
+    Avx512::Table<0> tabs[4];
+    int64_t cur[4] = {-1, -1, -1, -1};
+    const int64_t h = (r1 - r0) / 4;
+    for (int64_t k = 0; k < h; ++k)
+      gemv_row_group<1, 4>(p, x, xp.data(), unpack, {r0 + k, r0 + h + k, r0 + 2 * h + k, r0 + 3 * h + k}, tabs, cur, y);
+    r = r0 + 4 * h;
   }
-  for (; r < r1; ++r) {
-    const float* lut = lut_rows::row_lut(p, r, table, current);
-    const uint8_t* row = p.packed + r * row_bytes;
-    __m512 acc[M][4];  // four FMA chains per row of x
-    for (int j = 0; j < M; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < nib; c += 128)
-      lut_steps<M, 8, 4>(table, _mm512_loadu_si512(row + c / 2), xp.data() + c, body, acc);
-    for (int64_t c = nib; c < body; c += 64)
-      lut_steps<M, 4, 8>(table, unpack(row + c / 8 * p.bits), xp.data() + c, body, acc);
-    float tail[M] = {};
-    for (int64_t c = body; c < in; ++c) {
-      const float w = lut[lut_index_at(row, static_cast<uint64_t>(c) * p.bits, p.bits)];
-      for (int j = 0; j < M; ++j) tail[j] += w * x[j * in + c];
-    }
-    for (int j = 0; j < M; ++j) {
-      const __m512 a = _mm512_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]), _mm512_add_ps(acc[j][2], acc[j][3]));
-      y[j * p.out + r] = lut_finish(p, r, _mm512_reduce_add_ps(a) + tail[j]);
-    }
-  }
+  Avx512::Table<0> table[1];
+  int64_t current[1] = {-1};
+  for (; r < r1; ++r) gemv_row_group<M, 1>(p, x, xp.data(), unpack, {r}, table, current, y);
 }
 
 bool has_vbmi() {
