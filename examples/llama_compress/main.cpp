@@ -68,6 +68,23 @@ void load_bytes(M& m, const std::string& bytes) {
   torch::load(m, in);
 }
 
+// The tokenizer beside the compressed checkpoint, where edkm_llama_generate looks for it: a
+// byte-level BPE (a GGUF's own, or a tokenizer.json) as tokenizer.json + tokenizer_config.json,
+// a SentencePiece model as tokenizer.model (copied from `file`, what load_tokenizer read: the file,
+// or a directory's tokenizer.model); the byte tokenizer needs none.
+void save_tokenizer_beside(const edkm::Tokenizer& tok, const std::string& file, const std::string& dir) {
+  if (const auto* bpe = dynamic_cast<const edkm::BpeTokenizer*>(&tok)) return edkm::save_hf_tokenizer(*bpe, dir);
+  if (!dynamic_cast<const edkm::SentencePieceTokenizer*>(&tok)) return;
+  struct stat st {};
+  const bool is_dir = ::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  const std::string src = is_dir ? file + "/tokenizer.model" : file, dst = dir + "/tokenizer.model";
+  struct stat a {};
+  struct stat b {};
+  const bool same =
+      ::stat(src.c_str(), &a) == 0 && ::stat(dst.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+  if (!same) edkm::write_text_file(dst, edkm::read_text_file(src));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -258,11 +275,13 @@ int main(int argc, char** argv) try {
   // directory does.
   if (tokenizer_spec.empty()) tokenizer_spec = model_dir.empty() ? "bytes" : model_dir;
   std::unique_ptr<edkm::Tokenizer> tokenizer;
+  std::string tokenizer_file = tokenizer_spec;  // what load_tokenizer read (save_tokenizer_beside)
   if (tokenizer_spec.compare(0, 6, "train:") == 0) {
     const std::string prefix = out_dir + "/tokenizer";
     edkm::write_text_file(prefix + ".train.txt", train_text);
     edkm::train_sentencepiece(prefix + ".train.txt", prefix, std::stoll(tokenizer_spec.substr(6)));
-    tokenizer = edkm::load_tokenizer(prefix + ".model");
+    tokenizer_file = prefix + ".model";
+    tokenizer = edkm::load_tokenizer(tokenizer_file);
   } else {
     tokenizer = edkm::load_tokenizer(tokenizer_spec);
   }
@@ -787,6 +806,7 @@ int main(int argc, char** argv) try {
     compressed = out_dir + "/model.edkm.safetensors";
     palettizer->save_compressed(compressed);
     edkm::write_text_file(out_dir + "/config.json", config.to_json());
+    save_tokenizer_beside(*tokenizer, tokenizer_file, out_dir);
     edkm::LlamaForCausalLM reloaded(config);
     reloaded->to(dtype);
     edkm::load_compressed(*reloaded, compressed);

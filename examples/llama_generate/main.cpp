@@ -3,7 +3,10 @@
 // KV cache serves the decode (edkm::LlamaRuntime). --check also runs the same checkpoint
 // decompressed to fp32 and fails unless both give the same greedy tokens.
 //
-//   edkm_llama_generate --compressed out/model.edkm.safetensors --tokenizer SmolLM2-135M-Instruct.Q4_1.gguf \
+// The tokenizer is the one edkm_llama_compress wrote beside the checkpoint (tokenizer.json or
+// tokenizer.model), unless --tokenizer names another.
+//
+//   edkm_llama_generate --compressed out/model.edkm.safetensors \
 //       --prompt "The best thing about open source software is" --max-new-tokens 48 [--temperature 0.8 --top-p 0.9]
 #include <ATen/Parallel.h>
 #include <edkm/io/checkpoint.h>
@@ -13,18 +16,23 @@
 #include <edkm/models/tokenizer.h>
 #include <CLI/CLI.hpp>
 
+#include <sys/stat.h>
+
 #include <chrono>
 #include <iostream>
 
 namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+bool exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) try {
   CLI::App app{"edkm: generate text from a compressed LLaMA, running its LUTs directly"};
-  std::string compressed, config_path, tokenizer_spec = "bytes",
-                                       prompt = "The best thing about open source software is";
+  std::string compressed, config_path, tokenizer_spec, prompt = "The best thing about open source software is";
   int64_t max_new = 32, threads = -1;
   double temperature = 0.0, top_p = 1.0;
   uint64_t seed = 0;
@@ -33,9 +41,10 @@ int main(int argc, char** argv) try {
       ->required()
       ->check(CLI::ExistingFile);
   app.add_option("--config", config_path, "config.json (default: the one beside --compressed)");
-  app.add_option("--tokenizer", tokenizer_spec,
-                 "bytes | a GGUF file | tokenizer.json | tokenizer.model | a directory holding one")
-      ->capture_default_str();
+  app.add_option(
+      "--tokenizer", tokenizer_spec,
+      "bytes | a GGUF file | tokenizer.json | tokenizer.model | a directory holding one (default: the "
+      "tokenizer.json or tokenizer.model beside --compressed, which edkm_llama_compress writes, else bytes)");
   app.add_option("--prompt", prompt)->capture_default_str();
   app.add_option("--max-new-tokens", max_new)->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--temperature", temperature, "0: greedy")->check(CLI::NonNegativeNumber)->capture_default_str();
@@ -46,14 +55,26 @@ int main(int argc, char** argv) try {
                "also run the checkpoint decompressed to fp32 and fail unless the greedy tokens agree");
   CLI11_PARSE(app, argc, argv);
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
-  if (config_path.empty()) {
-    const auto slash = compressed.rfind('/');
-    config_path = (slash == std::string::npos ? std::string(".") : compressed.substr(0, slash)) + "/config.json";
-  }
+  const auto slash = compressed.rfind('/');
+  const std::string dir = slash == std::string::npos ? std::string(".") : compressed.substr(0, slash);
+  if (config_path.empty()) config_path = dir + "/config.json";
   const auto config = edkm::LlamaConfig::from_json(edkm::read_text_file(config_path));
+  if (tokenizer_spec.empty())
+    tokenizer_spec = exists(dir + "/tokenizer.json") || exists(dir + "/tokenizer.model") ? dir : "bytes";
   const auto tokenizer = edkm::load_tokenizer(tokenizer_spec);
   TORCH_CHECK(tokenizer->vocab_size() <= config.vocab_size(), "the tokenizer has ", tokenizer->vocab_size(),
               " tokens but the model only ", config.vocab_size());
+  std::cout << "tokenizer: " << tokenizer->name() << "\n";
+  // Text of ids, refusing by name an id the tokenizer lacks (a model run with another tokenizer
+  // than its own, e.g. bytes for SmolLM2, produces them).
+  auto text = [&](const std::vector<int64_t>& ids) {
+    for (const int64_t id : ids)
+      TORCH_CHECK(id >= 0 && id < tokenizer->vocab_size(), "the model produced token id ", id,
+                  ", outside the tokenizer's ", tokenizer->vocab_size(), " tokens (", tokenizer->name(),
+                  "): pass --tokenizer the model's own (the GGUF file, tokenizer.json or tokenizer.model it was "
+                  "compressed with)");
+    return tokenizer->decode(ids);
+  };
   auto t0 = Clock::now();
   const auto ckpt = edkm::load_compressed(compressed);
   const edkm::LlamaRuntime rt(config, ckpt);
@@ -68,7 +89,7 @@ int main(int argc, char** argv) try {
                            .eos_id(tokenizer->eos_id());
   std::cout << prompt << std::flush;
   t0 = Clock::now();
-  const auto out = rt.generate(ids, options, [&](int64_t id) { std::cout << tokenizer->decode({id}) << std::flush; });
+  const auto out = rt.generate(ids, options, [&](int64_t id) { std::cout << text({id}) << std::flush; });
   const double s = seconds_since(t0);
   std::cout << "\n"
             << out.size() << " tokens in " << s << " s (" << static_cast<double>(out.size()) / s
@@ -84,13 +105,16 @@ int main(int argc, char** argv) try {
     const auto got = temperature == 0 ? out : rt.generate(ids, greedy);
     if (got != want) {
       std::cerr << "FAIL: the packed model's greedy tokens differ from the decompressed model's\n  packed:       "
-                << tokenizer->decode(got) << "\n  decompressed: " << tokenizer->decode(want) << "\n";
+                << text(got) << "\n  decompressed: " << text(want) << "\n";
       return 1;
     }
     std::cout << "check: the decompressed fp32 model gives the same " << want.size() << " greedy tokens\n";
   }
   return 0;
+} catch (const c10::Error& e) {
+  std::cerr << "\nedkm_llama_generate: " << e.what_without_backtrace() << "\n";
+  return 1;
 } catch (const std::exception& e) {
-  std::cerr << "error: " << e.what() << "\n";
+  std::cerr << "\nedkm_llama_generate: " << e.what() << "\n";
   return 1;
 }
