@@ -265,7 +265,9 @@ at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) cons
         const float* vh = vc + (hd / group) * cap * d;
         float mx = -std::numeric_limits<float>::infinity();
         for (int64_t j = 0; j < keys; ++j) {
+          // omp simd: a float sum is left scalar unless the reduction may be reordered
           float s = 0;
+#pragma omp simd reduction(+ : s)
           for (int64_t i = 0; i < d; ++i) s += qh[i] * kh[j * d + i];
           score[j] = s * scale;
           mx = std::max(mx, score[j]);
