@@ -12,11 +12,6 @@
 
 namespace llama_compress {
 
-bool is_dir(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 std::vector<std::string> split_documents(const std::string& text) {
   std::vector<std::string> docs;
   const bool fortune = text.find("\n%\n") != std::string::npos;
@@ -35,7 +30,7 @@ std::vector<std::string> split_documents(const std::string& text) {
 
 std::vector<std::string> read_corpus(const std::string& path, size_t min_documents) {
   std::vector<std::string> docs;
-  if (is_dir(path)) {  // fortune files: the plain ones (not the .dat indices, not the .u8 links, no links)
+  if (edkm::is_directory(path)) {  // fortune files: the plain ones (not the .dat indices, not the .u8 links, no links)
     std::vector<std::string> names;
     if (DIR* d = ::opendir(path.c_str())) {
       while (dirent* e = ::readdir(d)) {

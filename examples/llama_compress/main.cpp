@@ -50,11 +50,6 @@ std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
-bool file_exists(const std::string& p) {
-  struct stat st {};
-  return ::stat(p.c_str(), &st) == 0;
-}
-
 // torch::save of a module to bytes, and back: the run state of --save-every / --resume.
 template <class M>
 std::string save_bytes(const M& m) {
@@ -75,9 +70,7 @@ void load_bytes(M& m, const std::string& bytes) {
 void save_tokenizer_beside(const edkm::Tokenizer& tok, const std::string& file, const std::string& dir) {
   if (const auto* bpe = dynamic_cast<const edkm::BpeTokenizer*>(&tok)) return edkm::save_hf_tokenizer(*bpe, dir);
   if (!dynamic_cast<const edkm::SentencePieceTokenizer*>(&tok)) return;
-  struct stat st {};
-  const bool is_dir = ::stat(file.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-  const std::string src = is_dir ? file + "/tokenizer.model" : file, dst = dir + "/tokenizer.model";
+  const std::string src = edkm::is_directory(file) ? file + "/tokenizer.model" : file, dst = dir + "/tokenizer.model";
   struct stat a {};
   struct stat b {};
   const bool same =
@@ -345,7 +338,7 @@ int main(int argc, char** argv) try {
                 ") are fewer than the widest Linear input (", widest, "); raise --calibration-tokens");
   }
   const std::string state_dir = out_dir + "/state";
-  const bool resuming = resume && file_exists(state_dir + "/progress.json");
+  const bool resuming = resume && edkm::is_file(state_dir + "/progress.json");
 
   std::cout << "edkm " << EDKM_VERSION_STRING << " LLaMA compression\n"
             << "  model      " << source << ": " << config.num_hidden_layers() << " layers, hidden "

@@ -16,18 +16,12 @@
 #include <edkm/models/tokenizer.h>
 #include <CLI/CLI.hpp>
 
-#include <sys/stat.h>
-
 #include <chrono>
 #include <iostream>
 
 namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-bool exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0;
-}
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -60,7 +54,7 @@ int main(int argc, char** argv) try {
   if (config_path.empty()) config_path = dir + "/config.json";
   const auto config = edkm::LlamaConfig::from_json(edkm::read_text_file(config_path));
   if (tokenizer_spec.empty())
-    tokenizer_spec = exists(dir + "/tokenizer.json") || exists(dir + "/tokenizer.model") ? dir : "bytes";
+    tokenizer_spec = edkm::is_file(dir + "/tokenizer.json") || edkm::is_file(dir + "/tokenizer.model") ? dir : "bytes";
   const auto tokenizer = edkm::load_tokenizer(tokenizer_spec);
   TORCH_CHECK(tokenizer->vocab_size() <= config.vocab_size(), "the tokenizer has ", tokenizer->vocab_size(),
               " tokens but the model only ", config.vocab_size());

@@ -21,12 +21,21 @@ std::string read_text_file(const std::string& path) {
   return s.str();
 }
 
+bool is_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 void make_directories(const std::string& dir) {
   for (size_t at = 1; at <= dir.size(); ++at) {
     if (at < dir.size() && dir[at] != '/') continue;
     const std::string part = dir.substr(0, at);
-    struct stat st {};
-    if (::stat(part.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) continue;
+    if (is_directory(part)) continue;
     TORCH_CHECK(::mkdir(part.c_str(), 0755) == 0 || errno == EEXIST, "cannot create directory ", part, ": ",
                 std::strerror(errno));
   }

@@ -2,7 +2,7 @@
 // Face names, Q/K rows back in Hugging Face's rotary order.
 #include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
-#include <sys/stat.h>
+#include "edkm/io/file_io.h"
 
 #include <map>
 #include <memory>
@@ -266,8 +266,7 @@ bool export_gguf_to_hf(const std::string& gguf_path, const std::string& dir, con
 }
 
 LlamaForCausalLM load_llama(const std::string& path, const LlamaLoadOptions& options) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return load_hf_llama(path, options);
+  if (is_directory(path)) return load_hf_llama(path, options);
   TORCH_CHECK(is_gguf_file(path), "edkm: ", path, " is neither a Hugging Face checkpoint directory nor a GGUF file");
   return load_gguf_llama(path, options);
 }

@@ -2,7 +2,7 @@
 
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
-#include <sys/stat.h>
+#include "edkm/io/file_io.h"
 
 #include <cstdio>
 #include <map>
@@ -18,11 +18,6 @@ namespace edkm {
 namespace {
 
 using nlohmann::json;
-
-bool file_exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
 
 std::string shape_string(at::IntArrayRef s) {
   std::ostringstream o;
@@ -45,7 +40,7 @@ int64_t layer_of(const std::string& name) {
 std::map<std::string, std::string> weight_files(const std::string& dir) {
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   std::map<std::string, std::string> out;
-  if (file_exists(index)) {
+  if (is_file(index)) {
     json j;
     try {
       j = json::parse(read_text_file(index));
@@ -64,12 +59,11 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
     std::set<std::string> shards;
     for (const auto& [name, f] : out) shards.insert(f);
     for (const auto& f : shards) {
-      TORCH_CHECK(file_exists(dir + "/" + f), "shard ", f, " listed in ", index, " is missing from ", dir);
+      TORCH_CHECK(is_file(dir + "/" + f), "shard ", f, " listed in ", index, " is missing from ", dir);
     }
     return out;
   }
-  TORCH_CHECK(file_exists(single), "no weights in ", dir,
-              ": expected model.safetensors or model.safetensors.index.json");
+  TORCH_CHECK(is_file(single), "no weights in ", dir, ": expected model.safetensors or model.safetensors.index.json");
   detail::OpenSafetensors file(single);
   for (const auto& [name, entry] : file.header().tensors) out[name] = "model.safetensors";
   return out;
@@ -79,7 +73,7 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
 
 LlamaConfig load_hf_llama_config(const std::string& dir) {
   const std::string path = dir + "/config.json";
-  TORCH_CHECK(file_exists(path), "no config.json in ", dir);
+  TORCH_CHECK(is_file(path), "no config.json in ", dir);
   try {
     return LlamaConfig::from_json(read_text_file(path));
   } catch (const c10::Error& e) {

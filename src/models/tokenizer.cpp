@@ -2,7 +2,7 @@
 #include "edkm/io/gguf.h"
 
 #include <c10/util/Exception.h>
-#include <sys/stat.h>
+#include "edkm/io/file_io.h"
 
 #include <string>
 
@@ -132,16 +132,12 @@ std::unique_ptr<Tokenizer> load_gguf_tokenizer(const std::string& path) {
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (spec == "bytes") return std::make_unique<ByteTokenizer>();
   if (is_gguf_file(spec)) return load_gguf_tokenizer(spec);
-  struct stat st {};
-  TORCH_CHECK(::stat(spec.c_str(), &st) == 0, "tokenizer '", spec, "' does not exist (expected \"bytes\", a ",
+  TORCH_CHECK(is_file(spec) || is_directory(spec), "tokenizer '", spec, "' does not exist (expected \"bytes\", a ",
               "checkpoint directory with tokenizer.model or tokenizer.json, a SentencePiece model file or a ",
               "tokenizer.json)");
-  if (S_ISDIR(st.st_mode)) {
-    struct stat json_st {};
-    if (::stat((spec + "/tokenizer.model").c_str(), &json_st) != 0 &&
-        ::stat((spec + "/tokenizer.json").c_str(), &json_st) == 0) {
+  if (is_directory(spec)) {
+    if (!is_file(spec + "/tokenizer.model") && is_file(spec + "/tokenizer.json"))
       return BpeTokenizer::from_tokenizer_json(spec + "/tokenizer.json");
-    }
     return std::make_unique<SentencePieceTokenizer>(spec + "/tokenizer.model");
   }
   if (spec.size() >= 5 && spec.compare(spec.size() - 5, 5, ".json") == 0)

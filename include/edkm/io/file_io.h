@@ -14,5 +14,9 @@ EDKM_API void make_directories(const std::string& dir);
 EDKM_API void write_text_file(const std::string& path, const std::string& content);
 /// Reads a whole file; throws c10::Error when it cannot be read.
 EDKM_API std::string read_text_file(const std::string& path);
+/// Whether `path` names a regular file (following links; nothing there, or a directory: false).
+EDKM_API bool is_file(const std::string& path);
+/// Whether `path` names a directory (following links).
+EDKM_API bool is_directory(const std::string& path);
 
 }  // namespace edkm
