@@ -53,11 +53,16 @@ int main(int argc, char** argv) try {
   const std::string dir = slash == std::string::npos ? std::string(".") : compressed.substr(0, slash);
   if (config_path.empty()) config_path = dir + "/config.json";
   const auto config = edkm::LlamaConfig::from_json(edkm::read_text_file(config_path));
-  if (tokenizer_spec.empty())
-    tokenizer_spec = edkm::is_file(dir + "/tokenizer.json") || edkm::is_file(dir + "/tokenizer.model") ? dir : "bytes";
+  if (tokenizer_spec.empty()) {
+    const bool json = edkm::is_file(dir + "/tokenizer.json"), model = edkm::is_file(dir + "/tokenizer.model");
+    TORCH_CHECK(!(json && model), "both tokenizer.json and tokenizer.model lie beside ", compressed,
+                " (left by different runs?): pass --tokenizer to choose");
+    tokenizer_spec = json || model ? dir : "bytes";
+  }
   const auto tokenizer = edkm::load_tokenizer(tokenizer_spec);
-  TORCH_CHECK(tokenizer->vocab_size() <= config.vocab_size(), "the tokenizer has ", tokenizer->vocab_size(),
-              " tokens but the model only ", config.vocab_size());
+  TORCH_CHECK(tokenizer->vocab_size() <= config.vocab_size(), "the tokenizer (", tokenizer->name(), ") has ",
+              tokenizer->vocab_size(), " tokens but the model only ", config.vocab_size(),
+              ": pass --tokenizer the model's own");
   std::cout << "tokenizer: " << tokenizer->name() << "\n";
   // Text of ids, refusing by name an id the tokenizer lacks (a model run with another tokenizer
   // than its own, e.g. bytes for SmolLM2, produces them).
