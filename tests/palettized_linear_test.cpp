@@ -66,7 +66,7 @@ TEST(PalettizedLinear, EqualsDenseMatmulOnEveryPathAndBitWidth) {
     cases.push_back({12, 131, bits, 1, false});   // one LUT per row, tails
     cases.push_back({48, 576, bits, 16, false});  // a SmolLM2 width
     cases.push_back({16, 200, bits, 4, true});    // 128 + 64 + 8 columns: every step of the VBMI rows
-    cases.push_back({8, 1048, bits, 0, false});   // 1048 columns: 8 x 128 + 24 at 4 bits, 16 x 64 + 24 at 3
+    cases.push_back({8, 1048, bits, 0, false});   // 1048 columns: 8 x 128 + 24 at 3, 4 bits, 4 x 256 + 24 at 2
     cases.push_back({6, 4424, bits, 2, true});    // decode rows 4 at a time + 2 alone; 34 x 128 + 72 columns
   }
   cases.push_back({1, 1, 3, 0, false});

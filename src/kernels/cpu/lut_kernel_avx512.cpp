@@ -1,9 +1,10 @@
 // LUT matmul rows for AVX-512 (compiled with -mavx512f -mavx512bw -mavx512dq -mfma; chosen at run
 // time by lut_kernel.cpp; the rows themselves: lut_rows.h). 16 indices are unpacked by one byte
 // shuffle and per-lane shifts (at 8 bits zero-extended from bytes; 1-4 bit byte-aligned rows on
-// VBMI CPUs: 64 at a time by a byte permute and a multishift, 4 bits 128 at a time straight from
-// the stream's nibbles, gemv_rows_small, which reads 4 rows a quarter of the range apart per load of
-// x when decoding: gemv_row_group); the LUT sits in one register
+// VBMI CPUs: 32 / bits indices per 32-bit lane straight from the stream, 8 at 3 bits spread from
+// 3-byte groups by one byte permute (Wide), the rest 64 at a time by a byte permute and a
+// multishift (Unpack64); gemv_rows_small, which reads 4 rows a quarter of the range apart per load
+// of x when decoding: gemv_row_group); the LUT sits in one register
 // (bits <= 4, vpermps), two (5 bits, vpermt2ps), or is gathered from L1 (6, 7 bits); the 8-bit
 // GEMV keeps its LUT in 16 registers as byte planes where the CPU has VBMI (Lut8).
 #include <immintrin.h>
@@ -187,6 +188,44 @@ struct Unpack64 {
   }
 };
 
+// Wide steps (1-4 bit rows): each 32-bit lane holds STEPS = 32 / bits consecutive indices
+// straight from the stream (4 bits: 8 nibbles; 2 bits: 16; 1 bit: 32), so vpermps reads index
+// STEPS l + s of lane l after a shift by s * bits: per 16 weights one shift, one permute, one FMA,
+// and no byte shuffles. 3 bits: one byte permute spreads the 16 groups of 3 bytes (8 indices each)
+// of 48 stream bytes into the lanes (STEPS 8, bits 24..31 of a lane any: the table ignores them).
+// Against Unpack64 (a byte permute and a multishift per 64 weights) decode GEMVs took 8-15% less
+// time at 3 bits, 13-24% at 1 and 2 (LLaMA-7B shapes out of the caches, 2 threads; SmolLM2 shapes
+// in cache, one thread).
+template <int BITS>
+struct Wide {
+  static constexpr int kSteps = BITS == 3 ? 8 : 32 / BITS;
+  static constexpr int kIndices = 16 * kSteps;  // per step
+  __m512i spread = _mm512_setzero_si512();
+  EDKM_VBMI Wide() {  // built per group of rows: one load
+    if constexpr (BITS == 3) {
+      // lane l's 4 bytes from stream bytes 3l, 3l + 1, 3l + 2 (and 3l + 2 again: any)
+      alignas(64) static constexpr uint8_t sp[64] = {
+          0,  1,  2,  2,  3,  4,  5,  5,  6,  7,  8,  8,  9,  10, 11, 11, 12, 13, 14, 14, 15, 16,
+          17, 17, 18, 19, 20, 20, 21, 22, 23, 23, 24, 25, 26, 26, 27, 28, 29, 29, 30, 31, 32, 32,
+          33, 34, 35, 35, 36, 37, 38, 38, 39, 40, 41, 41, 42, 43, 44, 44, 45, 46, 47, 47,
+      };
+      spread = _mm512_load_si512(sp);
+    }
+  }
+  // The lanes of the kIndices indices from `packed` (a byte-aligned step).
+  EDKM_VBMI __m512i operator()(const uint8_t* packed) const {
+    if constexpr (BITS == 3)
+      return _mm512_permutexvar_epi8(spread, _mm512_maskz_loadu_epi8((__mmask64{1} << 48) - 1, packed));
+    return _mm512_loadu_si512(packed);
+  }
+};
+
+/// Columns [0, wide_columns) of a 1-4 bit row go in wide steps (Wide), the rest 64 at a time.
+int64_t wide_columns(int32_t bits, int64_t in) {
+  const int64_t n = bits == 3 ? 128 : bits <= 4 ? 512 / bits : 0;
+  return n ? in / n * n : 0;
+}
+
 // One step of STEPS x 16 indices for R rows of W (row i: indices v[i], lane l holding index
 // STEPS l + s at bit SHIFT s; LUT t[i]) and M rows of x (reordered, xo: row j at + j * stride,
 // step s at + 16 s), into the C FMA chains acc[i][j]. With R > 1 each load of x feeds the R rows'
@@ -194,7 +233,7 @@ struct Unpack64 {
 template <int M, int R, int C, int STEPS, int SHIFT>
 EDKM_VBMI inline void lut_steps(const Avx512::Table<0> (&t)[R], const __m512i (&v)[R], const float* xo, int64_t stride,
                                 __m512 (&acc)[R][M][C]) {
-#pragma GCC unroll 8
+#pragma GCC unroll 32
   for (int sh = 0; sh < STEPS; ++sh) {
     __m512 xs[M];  // R > 1 only (one row of W: the loads stay folded into its FMAs)
     if constexpr (R > 1) {
@@ -217,10 +256,23 @@ EDKM_VBMI inline void lut_steps(const Avx512::Table<0> (&t)[R], const __m512i (&
 }
 
 // x's block of 16 STEPS values from c in the order of lut_steps: out[16 s + l] = x[c + STEPS l + s].
-template <int STEPS>
-void order_x(const float* x, float* out) {
-  for (int sh = 0; sh < STEPS; ++sh)
-    for (int l = 0; l < 16; ++l) out[16 * sh + l] = x[STEPS * l + sh];
+void order_x(const float* x, int steps, float* out) {
+  for (int sh = 0; sh < steps; ++sh)
+    for (int l = 0; l < 16; ++l) out[16 * sh + l] = x[steps * l + sh];
+}
+
+// The wide steps of R rows of W (w[i]: row i's stream) over columns [0, wide).
+template <int M, int R, int C, int BITS>
+EDKM_VBMI inline void wide_steps(const Avx512::Table<0> (&t)[R], const uint8_t* const (&w)[R], const float* xp,
+                                 int64_t stride, int64_t wide, __m512 (&acc)[R][M][C]) {
+  using W = Wide<BITS>;
+  const W lanes;
+  for (int64_t c = 0; c < wide; c += W::kIndices) {
+    __m512i v[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) v[i] = lanes(w[i] + c / 8 * BITS);
+    lut_steps<M, R, C, W::kSteps, BITS>(t, v, xp + c, stride, acc);
+  }
 }
 
 // The R rows rows[i] of W against the M rows of x (xp: x reordered for the steps): y[j * out +
@@ -232,7 +284,7 @@ EDKM_VBMI inline void gemv_row_group(const LutParams& p, const float* x, const f
                                      const int64_t (&rows)[R], Avx512::Table<0> (&t)[R], int64_t (&cur)[R], float* y) {
   constexpr int C = R == 1 ? 4 : 2;
   const int64_t in = p.in, body = in / 64 * 64, row_bytes = in * p.bits / 8;
-  const int64_t nib = p.bits == 4 ? in / 128 * 128 : 0;  // see gemv_rows_small
+  const int64_t wide = wide_columns(p.bits, in);
   const float* lut[R];
   const uint8_t* w[R];
   __m512 acc[R][M][C];
@@ -243,13 +295,20 @@ EDKM_VBMI inline void gemv_row_group(const LutParams& p, const float* x, const f
     for (int j = 0; j < M; ++j)
       for (int c = 0; c < C; ++c) acc[i][j][c] = _mm512_setzero_ps();
   }
-  for (int64_t c = 0; c < nib; c += 128) {
-    __m512i v[R];
-#pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) v[i] = _mm512_loadu_si512(w[i] + c / 2);
-    lut_steps<M, R, C, 8, 4>(t, v, xp + c, body, acc);
+  switch (p.bits) {
+    case 1:
+      wide_steps<M, R, C, 1>(t, w, xp, body, wide, acc);
+      break;
+    case 2:
+      wide_steps<M, R, C, 2>(t, w, xp, body, wide, acc);
+      break;
+    case 3:
+      wide_steps<M, R, C, 3>(t, w, xp, body, wide, acc);
+      break;
+    default:
+      wide_steps<M, R, C, 4>(t, w, xp, body, wide, acc);
   }
-  for (int64_t c = nib; c < body; c += 64) {
+  for (int64_t c = wide; c < body; c += 64) {
     __m512i v[R];
 #pragma GCC unroll 4
     for (int i = 0; i < R; ++i) v[i] = unpack(w[i] + c / 8 * p.bits);
@@ -280,13 +339,14 @@ EDKM_VBMI inline void gemv_row_group(const LutParams& p, const float* x, const f
 template <int M>
 EDKM_VBMI void gemv_rows_small(const LutParams& p, const float* x, float* y, int64_t r0, int64_t r1) {
   const int64_t in = p.in, body = in / 64 * 64;
-  // 4 bits: 128 indices per step straight from the stream (32-bit lane l holds indices 8l .. 8l + 7
-  // as nibbles; vpermps reads index 8l + s after a shift by 4s): no byte shuffles at all.
-  const int64_t nib = p.bits == 4 ? in / 128 * 128 : 0;
+  // Columns [0, wide) in wide steps (Wide: 32 / bits indices per lane, 8 at 3 bits), the rest of
+  // the body 64 at a time (Unpack64: 4 per lane).
+  const int64_t wide = wide_columns(p.bits, in);
+  const int steps = p.bits == 3 ? 8 : 32 / p.bits;
   std::vector<float> xp(static_cast<size_t>(M * body));  // x in the unpacks' lane orders
   for (int j = 0; j < M; ++j) {
-    for (int64_t c = 0; c < nib; c += 128) order_x<8>(x + j * in + c, xp.data() + j * body + c);
-    for (int64_t c = nib; c < body; c += 64) order_x<4>(x + j * in + c, xp.data() + j * body + c);
+    for (int64_t c = 0; c < wide; c += 16 * steps) order_x(x + j * in + c, steps, xp.data() + j * body + c);
+    for (int64_t c = wide; c < body; c += 64) order_x(x + j * in + c, 4, xp.data() + j * body + c);
   }
   const Unpack64 unpack(p.bits);
   int64_t r = r0;
