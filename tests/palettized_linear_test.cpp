@@ -46,6 +46,7 @@ std::vector<kernels::LutIsa> isas() {
   std::vector<kernels::LutIsa> out{kernels::LutIsa::kScalar};
   if (kernels::lut_isa_available() >= kernels::LutIsa::kAvx2) out.push_back(kernels::LutIsa::kAvx2);
   if (kernels::lut_isa_available() >= kernels::LutIsa::kAvx512) out.push_back(kernels::LutIsa::kAvx512);
+  if (kernels::lut_isa_available() >= kernels::LutIsa::kAvx512Vbmi) out.push_back(kernels::LutIsa::kAvx512Vbmi);
   return out;
 }
 
@@ -53,8 +54,15 @@ struct IsaGuard {
   ~IsaGuard() { kernels::set_lut_isa(kernels::lut_isa_available()); }
 };
 
-const char* isa_name(kernels::LutIsa i) {
-  return i == kernels::LutIsa::kAvx512 ? "avx512" : i == kernels::LutIsa::kAvx2 ? "avx2" : "scalar";
+TEST(PalettizedLinear, ReportsThePathItTakes) {
+  IsaGuard guard;
+  const char* names[] = {"scalar", "avx2", "avx512", "avx512vbmi"};
+  for (const auto isa : isas()) {
+    kernels::set_lut_isa(isa);
+    EXPECT_EQ(functional::lut_kernel_isa(), names[static_cast<int>(isa)]);
+  }
+  kernels::set_lut_isa(kernels::LutIsa::kAvx512Vbmi);  // capped by what this CPU has
+  EXPECT_EQ(kernels::lut_isa(), kernels::lut_isa_available());
 }
 
 TEST(PalettizedLinear, EqualsDenseMatmulOnEveryPathAndBitWidth) {
@@ -84,7 +92,7 @@ TEST(PalettizedLinear, EqualsDenseMatmulOnEveryPathAndBitWidth) {
       kernels::set_lut_isa(isa);
       for (int64_t m : {1, 2, 3, 4, 5, 9}) {
         const at::Tensor x = at::randn({m, c.in}, g);
-        const std::string what = std::string(isa_name(isa)) + " bits " + std::to_string(c.bits) + " " +
+        const std::string what = functional::lut_kernel_isa() + " bits " + std::to_string(c.bits) + " " +
                                  std::to_string(c.out) + "x" + std::to_string(c.in) + " rows/LUT " +
                                  std::to_string(c.rows_per_lut) + " m " + std::to_string(m);
         expect_close(fc(x), at::linear(x.to(at::kDouble), dense.to(at::kDouble), bias.to(at::kDouble)), c.in, what);
@@ -172,7 +180,7 @@ TEST(PalettizedEmbedding, LooksUpTheDecompressedRowsAndServesATiedHead) {
       PalettizedEmbedding emb(pal);
       const at::Tensor table = pal.decompress().to(at::kFloat);
       const at::Tensor ids = at::tensor(std::vector<int64_t>{0, 49, 7, 7, 13, 31}, at::kLong).reshape({2, 3});
-      EXPECT_TRUE(at::equal(emb(ids), at::embedding(table, ids))) << isa_name(isa) << " bits " << bits;
+      EXPECT_TRUE(at::equal(emb(ids), at::embedding(table, ids))) << functional::lut_kernel_isa() << " bits " << bits;
       const at::Tensor h = at::randn({1, 24});
       expect_close(emb->linear(h), at::linear(h.to(at::kDouble), table.to(at::kDouble)), 24, "tied head");
     }

@@ -60,7 +60,8 @@ EDKM_HOST_DEVICE float lut_finish(const LutParams& p, int64_t r, float dot) {
 }
 
 /// The CPU path of the LUT kernels.
-enum class LutIsa : int32_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+/// kAvx512: AVX-512 F/BW/DQ; kAvx512Vbmi: with VBMI (byte permutes) as well.
+enum class LutIsa : int32_t { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Vbmi = 3 };
 
 // CPU (kernels/cpu/lut_kernel.cpp). x: m x in, y: m x out, both contiguous fp32; m <= 4 for the
 // GEMV. Rows [r0, r1) of the output.
@@ -71,8 +72,9 @@ void lut_gemv_rows_avx2(const LutParams& p, const float* x, int64_t m, float* y,
 void lut_decode_rows_avx2(const LutParams& p, int64_t r0, int64_t r1, float* out);
 void lut_gemv_rows_avx512(const LutParams& p, const float* x, int64_t m, float* y, int64_t r0, int64_t r1);
 void lut_decode_rows_avx512(const LutParams& p, int64_t r0, int64_t r1, float* out);
+void lut_gemv_rows_avx512_vbmi(const LutParams& p, const float* x, int64_t m, float* y, int64_t r0, int64_t r1);
 #endif
-/// The path taken (the best the CPU and build support, capped by EDKM_LUT_ISA=scalar|avx2).
+/// The path taken (the best the CPU and build support, capped by EDKM_LUT_ISA=scalar|avx2|avx512).
 LutIsa lut_isa();
 /// The best path available; set_lut_isa caps the path of this process (tests, benchmarks).
 LutIsa lut_isa_available();

@@ -164,6 +164,8 @@ namespace functional {
 
 std::string lut_kernel_isa() {
   switch (kernels::lut_isa()) {
+    case kernels::LutIsa::kAvx512Vbmi:
+      return "avx512vbmi";
     case kernels::LutIsa::kAvx512:
       return "avx512";
     case kernels::LutIsa::kAvx2:

@@ -67,7 +67,8 @@ constexpr int64_t kGemvMaxRows = 4;
 EDKM_API at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias = {});
 /// Rows of W for token ids (any shape, int64) -> [..., in] fp32: a palettized embedding lookup.
 EDKM_API at::Tensor lut_embedding(const at::Tensor& ids, const PackedWeight& w);
-/// Which CPU path the LUT kernels take: "avx512", "avx2" or "scalar" (EDKM_LUT_ISA caps it).
+/// Which CPU path the LUT kernels take: "avx512vbmi" (AVX-512 with VBMI), "avx512", "avx2" or
+/// "scalar" (EDKM_LUT_ISA=scalar|avx2|avx512 caps it).
 EDKM_API std::string lut_kernel_isa();
 }  // namespace functional
 

@@ -1,5 +1,6 @@
 // CPU LUT matmul kernels: the scalar reference rows, the run-time choice of the AVX2 / AVX-512
-// rows (kernels/cpu/lut_kernel_avx2.cpp, lut_kernel_avx512.cpp), and the multi-threaded drivers.
+// rows (kernels/cpu/lut_kernel_avx2.cpp; lut_rows_avx512.h, built without and with VBMI by
+// lut_kernel_avx512.cpp and lut_kernel_avx512_vbmi.cpp), and the multi-threaded drivers.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -38,13 +39,16 @@ LutIsa detect() {
 #if defined(EDKM_LUT_SIMD)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = LutIsa::kAvx2;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
     best = LutIsa::kAvx512;
+    if (__builtin_cpu_supports("avx512vbmi")) best = LutIsa::kAvx512Vbmi;
+  }
 #endif
   if (const char* cap = std::getenv("EDKM_LUT_ISA")) {
     LutIsa want = best;
     if (std::strcmp(cap, "scalar") == 0) want = LutIsa::kScalar;
     if (std::strcmp(cap, "avx2") == 0) want = LutIsa::kAvx2;
+    if (std::strcmp(cap, "avx512") == 0) want = LutIsa::kAvx512;  // without VBMI
     best = std::min(best, want);
   }
   return best;
@@ -73,6 +77,7 @@ void lut_gemv_cpu(const LutParams& p, const float* x, int64_t m, float* y) {
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, p.in));
   at::parallel_for(0, p.out, grain, [&](int64_t r0, int64_t r1) {
 #if defined(EDKM_LUT_SIMD)
+    if (isa == LutIsa::kAvx512Vbmi) return lut_gemv_rows_avx512_vbmi(p, x, m, y, r0, r1);
     if (isa == LutIsa::kAvx512) return lut_gemv_rows_avx512(p, x, m, y, r0, r1);
     if (isa == LutIsa::kAvx2) return lut_gemv_rows_avx2(p, x, m, y, r0, r1);
 #endif
@@ -87,7 +92,7 @@ void lut_decode_cpu(const LutParams& p, int64_t r0, int64_t r1, float* out) {
   at::parallel_for(r0, r1, grain, [&](int64_t b, int64_t e) {
     float* o = out + (b - r0) * p.in;
 #if defined(EDKM_LUT_SIMD)
-    if (isa == LutIsa::kAvx512) return lut_decode_rows_avx512(p, b, e, o);
+    if (isa >= LutIsa::kAvx512) return lut_decode_rows_avx512(p, b, e, o);
     if (isa == LutIsa::kAvx2) return lut_decode_rows_avx2(p, b, e, o);
 #endif
     (void)isa;

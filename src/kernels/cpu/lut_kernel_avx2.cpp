@@ -92,7 +92,7 @@ struct Avx2 {
 // lanes), so vpermps reads index STEPS l + s of lane l after a shift by s * bits: per 8 weights a
 // shift, the table (one permute; at 4 bits two, blended on the index's bit 3) and the FMAs, against
 // a broadcast load, a byte shuffle and a variable shift more (Decoder). x is put in the lanes'
-// order once per call. The AVX-512 rows' scheme (lut_kernel_avx512.cpp, Wide) at 8 lanes; one
+// order once per call. The AVX-512 rows' scheme (lut_rows_avx512.h, Wide) at 8 lanes; one
 // thread in cache, SmolLM2 and LLaMA-7B shapes: 1.5-1.7x faster than the Decoder rows at 3 bits,
 // 1.3x at 4 (benchmarks/results/lut_inference.md).
 template <int BITS>

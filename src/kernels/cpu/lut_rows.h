@@ -1,6 +1,6 @@
 #pragma once
 // The LUT matmul rows of one SIMD instruction set, written once: included by lut_kernel_avx2.cpp
-// and lut_kernel_avx512.cpp after they define `Isa`, a traits struct of that set:
+// and lut_rows_avx512.h after they define `Isa`, a traits struct of that set:
 //   static constexpr int kLanes;                       // floats per vector
 //   using F;                                           // float vector
 //   static F zero(); static F load(const float*); static void store(float*, F);
