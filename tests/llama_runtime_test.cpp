@@ -1,12 +1,16 @@
 // LlamaRuntime (edkm/models/llama_runtime.h): the KV-cache forward against the model's full forward,
 // token by token and in chunks; a palettized checkpoint run packed against the decompressed model
-// (logits and greedy tokens); sampling options; bad input.
+// (logits and greedy tokens); sampling options (top-k, repetition penalty, stop tokens against a
+// reference loop); bad input.
 #include <edkm/io/checkpoint.h>
 #include <edkm/models/llama.h>
 #include <edkm/models/llama_runtime.h>
 #include <edkm/palettizer/palettizer.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+
+#include <algorithm>
+#include <set>
 
 #include "test_util.h"
 
@@ -128,6 +132,64 @@ TEST(LlamaRuntime, SamplingOptions) {
   EXPECT_EQ(rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(100)).size(), 38u);
 }
 
+// Top-k, the repetition penalty and stop tokens, against a reference loop written from their
+// definitions (Hugging Face's TopKLogitsWarper and RepetitionPenaltyLogitsProcessor) on the
+// model's full forward.
+TEST(LlamaRuntime, TopKRepetitionPenaltyAndStopTokens) {
+  torch::manual_seed(8);
+  LlamaForCausalLM model(runtime_config(true));
+  LlamaRuntime rt(model);
+  const std::vector<int64_t> prompt{7, 8, 9, 7};
+  auto logits_of = [&](const std::vector<int64_t>& ids) {
+    torch::NoGradGuard ng;
+    return model(at::tensor(ids, at::kLong).unsqueeze(0)).select(1, -1).squeeze(0).to(at::kDouble);
+  };
+  // Greedy with a penalty: the reference applies it to every token of prompt + output so far.
+  for (const double penalty : {1.3, 0.7, 50.0}) {
+    std::vector<int64_t> ids = prompt, want;
+    for (int i = 0; i < 12; ++i) {
+      at::Tensor l = logits_of(ids);
+      std::vector<int64_t> distinct(ids);
+      std::sort(distinct.begin(), distinct.end());
+      distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+      for (const int64_t t : distinct) {
+        const double v = l[t].item<double>();
+        l[t] = v > 0 ? v / penalty : v * penalty;
+      }
+      want.push_back(l.argmax().item<int64_t>());
+      ids.push_back(want.back());
+    }
+    EXPECT_EQ(rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(12).repetition_penalty(penalty)), want)
+        << "penalty " << penalty;
+  }
+  EXPECT_NE(rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(12).repetition_penalty(50.0)),
+            rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(12)))
+      << "a strong penalty changes the greedy text";
+  // top_k = 1 is greedy whatever the temperature; top_k = 3 only ever samples the 3 most likely.
+  const auto greedy = rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(8));
+  EXPECT_EQ(rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(8).temperature(4.0).top_k(1).seed(3)), greedy);
+  const at::Tensor first = logits_of(prompt);
+  const at::Tensor top3 = std::get<1>(first.topk(3));
+  std::set<int64_t> drawn;
+  for (uint64_t seed = 0; seed < 60; ++seed) {
+    const auto a =
+        rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(1).temperature(3.0).top_k(3).seed(seed));
+    ASSERT_EQ(a.size(), 1u);
+    EXPECT_TRUE((top3 == a[0]).any().item<bool>()) << "token " << a[0] << " outside the top 3";
+    drawn.insert(a[0]);
+  }
+  EXPECT_EQ(drawn.size(), 3u) << "a hot temperature draws each of the top 3";
+  // Without top_k the same temperature draws more than those 3.
+  drawn.clear();
+  for (uint64_t seed = 0; seed < 60; ++seed)
+    drawn.insert(rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(1).temperature(3.0).seed(seed))[0]);
+  EXPECT_GT(drawn.size(), 3u);
+  // Stop tokens end generation before their first occurrence, like eos_id.
+  const auto at = std::find(greedy.begin(), greedy.end(), greedy.back());
+  EXPECT_EQ(rt.generate(prompt, edkm::GenerationOptions().max_new_tokens(8).stop_ids({60, greedy.back()})),
+            std::vector<int64_t>(greedy.begin(), at));
+}
+
 TEST(LlamaRuntime, BadInputIsRefusedByName) {
   torch::manual_seed(7);
   LlamaForCausalLM model(runtime_config(false));
@@ -137,6 +199,8 @@ TEST(LlamaRuntime, BadInputIsRefusedByName) {
   expect_error([&] { rt.generate({1, 99}, edkm::GenerationOptions()); }, {"token 99", "vocabulary of 61"});
   expect_error([&] { rt.generate({1}, edkm::GenerationOptions().top_p(0)); }, {"top_p"});
   expect_error([&] { rt.generate({1}, edkm::GenerationOptions().temperature(-1)); }, {"temperature"});
+  expect_error([&] { rt.generate({1}, edkm::GenerationOptions().top_k(-2)); }, {"top_k", "-2"});
+  expect_error([&] { rt.generate({1}, edkm::GenerationOptions().repetition_penalty(0)); }, {"repetition_penalty"});
   expect_error([&] { rt.generate(std::vector<int64_t>(40, 1), edkm::GenerationOptions()); }, {"no room"});
   auto cache = rt.new_cache(4);
   expect_error([&] { rt.forward(at::zeros({5}, at::kLong), cache); }, {"exceed the 4-position cache"});

@@ -8,6 +8,8 @@
 //
 //   edkm_llama_generate --compressed out/model.edkm.safetensors \
 //       --prompt "The best thing about open source software is" --max-new-tokens 48 [--temperature 0.8 --top-p 0.9]
+//   edkm_llama_generate --compressed out/model.edkm.safetensors --chat --prompt "What is gravity?" \
+//       --repetition-penalty 1.2   # an instruct model's ChatML turn (SmolLM2-Instruct, Qwen, ...)
 #include <ATen/Parallel.h>
 #include <edkm/io/checkpoint.h>
 #include <edkm/io/file_io.h>
@@ -28,9 +30,11 @@ int main(int argc, char** argv) try {
   CLI::App app{"edkm: generate text from a compressed LLaMA, running its LUTs directly"};
   std::string compressed, config_path, tokenizer_spec, prompt = "The best thing about open source software is";
   int64_t max_new = 32, threads = -1;
-  double temperature = 0.0, top_p = 1.0;
+  double temperature = 0.0, top_p = 1.0, repetition_penalty = 1.0;
+  int64_t top_k = 0;
   uint64_t seed = 0;
-  bool check = false;
+  bool check = false, chat = false;
+  std::string system;
   app.add_option("--compressed", compressed, "compressed checkpoint (edkm_llama_compress's model.edkm.safetensors)")
       ->required()
       ->check(CLI::ExistingFile);
@@ -43,6 +47,17 @@ int main(int argc, char** argv) try {
   app.add_option("--max-new-tokens", max_new)->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--temperature", temperature, "0: greedy")->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--top-p", top_p, "nucleus sampling mass")->check(CLI::Range(1e-9, 1.0))->capture_default_str();
+  app.add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--repetition-penalty", repetition_penalty,
+                 "divide (multiply) the positive (negative) logits of tokens already seen by it; 1: none")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_flag("--chat", chat,
+               "wrap --prompt as one user turn of the ChatML format (<|im_start|>user ... <|im_end|>, then the "
+               "assistant's turn, which ends at <|im_end|>); the tokenizer must know those tokens");
+  app.add_option("--system", system, "with --chat: a system turn before the user's (default: none)");
   app.add_option("--seed", seed)->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (default: LibTorch's)");
   app.add_flag("--check", check,
@@ -79,14 +94,34 @@ int main(int argc, char** argv) try {
   const edkm::LlamaRuntime rt(config, ckpt);
   std::cout << "loaded " << compressed << " in " << seconds_since(t0) << " s: " << rt.packed_layers()
             << " layers kept packed, " << rt.weight_bytes() / 1048576.0 << " MiB of weights resident\n";
-  const auto ids = tokenizer->encode(prompt);
-  const auto options = edkm::GenerationOptions()
-                           .max_new_tokens(max_new)
-                           .temperature(temperature)
-                           .top_p(top_p)
-                           .seed(seed)
-                           .eos_id(tokenizer->eos_id());
-  std::cout << prompt << std::flush;
+  auto options = edkm::GenerationOptions()
+                     .max_new_tokens(max_new)
+                     .temperature(temperature)
+                     .top_p(top_p)
+                     .top_k(top_k)
+                     .repetition_penalty(repetition_penalty)
+                     .seed(seed)
+                     .eos_id(tokenizer->eos_id());
+  TORCH_CHECK(chat || system.empty(), "--system needs --chat");
+  std::string text_in = prompt;
+  if (chat) {
+    // ChatML: the tokenizer must hold its two markers as single tokens (special tokens).
+    auto special = [&](const std::string& marker) {
+      const auto m = tokenizer->encode(marker);
+      TORCH_CHECK(m.size() == 1, "--chat needs a ChatML tokenizer, and ", tokenizer->name(), " reads ", marker, " as ",
+                  m.size(), " tokens, not one");
+      return m[0];
+    };
+    special("<|im_start|>");
+    options.stop_ids({special("<|im_end|>")});
+    text_in = (system.empty() ? std::string() : "<|im_start|>system\n" + system + "<|im_end|>\n") +
+              "<|im_start|>user\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n";
+    std::cout << "user: " << prompt << "\nassistant: ";
+  } else {
+    std::cout << prompt;
+  }
+  std::cout << std::flush;
+  const auto ids = tokenizer->encode(text_in);
   t0 = Clock::now();
   const auto out = rt.generate(ids, options, [&](int64_t id) { std::cout << text({id}) << std::flush; });
   const double s = seconds_since(t0);

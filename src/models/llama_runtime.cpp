@@ -414,25 +414,46 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& prompt, 
   TORCH_CHECK(!prompt.empty(), "edkm: LlamaRuntime::generate: empty prompt");
   TORCH_CHECK(o.temperature() >= 0, "edkm: GenerationOptions: temperature must be >= 0, got ", o.temperature());
   TORCH_CHECK(o.top_p() > 0 && o.top_p() <= 1, "edkm: GenerationOptions: top_p must be in (0, 1], got ", o.top_p());
+  TORCH_CHECK(o.top_k() >= 0, "edkm: GenerationOptions: top_k must be >= 0 (0: all tokens), got ", o.top_k());
+  TORCH_CHECK(o.repetition_penalty() > 0, "edkm: GenerationOptions: repetition_penalty must be > 0 (1: none), got ",
+              o.repetition_penalty());
   TORCH_CHECK(o.max_new_tokens() >= 0, "edkm: GenerationOptions: max_new_tokens must be >= 0");
-  const int64_t ctx = config_.max_position_embeddings();
+  const int64_t ctx = config_.max_position_embeddings(), vocab = config_.vocab_size();
   TORCH_CHECK(static_cast<int64_t>(prompt.size()) < ctx, "edkm: LlamaRuntime::generate: a prompt of ", prompt.size(),
               " tokens leaves no room in the ", ctx, "-token context");
   for (const int64_t t : prompt)
-    TORCH_CHECK(t >= 0 && t < config_.vocab_size(), "edkm: LlamaRuntime::generate: token ", t,
-                " outside the vocabulary of ", config_.vocab_size());
+    TORCH_CHECK(t >= 0 && t < vocab, "edkm: LlamaRuntime::generate: token ", t, " outside the vocabulary of ", vocab);
   // The last generated token is never fed back, so the cache needs prompt + max_new - 1 positions.
   const int64_t capacity = std::min<int64_t>(ctx, static_cast<int64_t>(prompt.size()) + o.max_new_tokens());
   Cache cache = new_cache(std::max<int64_t>(capacity, static_cast<int64_t>(prompt.size())));
   auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
   std::vector<int64_t> out;
+  std::vector<int64_t> seen;  // distinct tokens of prompt + output, for the repetition penalty
+  std::vector<char> is_seen(static_cast<size_t>(vocab), 0);
+  auto see = [&](int64_t t) {
+    if (!is_seen[t]) seen.push_back(t);
+    is_seen[t] = 1;
+  };
+  for (const int64_t t : prompt) see(t);
+  auto stops = [&](int64_t t) {
+    return t == o.eos_id() || std::find(o.stop_ids().begin(), o.stop_ids().end(), t) != o.stop_ids().end();
+  };
   at::Tensor logits = forward(at::tensor(prompt, at::kLong), cache).select(0, -1);
   while (static_cast<int64_t>(out.size()) < o.max_new_tokens()) {
+    at::Tensor scores = logits.to(at::kDouble).contiguous();
+    if (o.repetition_penalty() != 1) {
+      double* l = scores.data_ptr<double>();
+      for (const int64_t t : seen) l[t] = l[t] > 0 ? l[t] / o.repetition_penalty() : l[t] * o.repetition_penalty();
+    }
     int64_t next;
     if (o.temperature() == 0) {
-      next = logits.argmax().item<int64_t>();
+      next = scores.argmax().item<int64_t>();
     } else {
-      at::Tensor probs = at::softmax(logits.to(at::kDouble) / o.temperature(), -1);
+      if (o.top_k() > 0 && o.top_k() < vocab) {
+        const at::Tensor kth = std::get<0>(scores.topk(o.top_k())).min();
+        scores.masked_fill_(scores < kth, -std::numeric_limits<double>::infinity());
+      }
+      at::Tensor probs = at::softmax(scores / o.temperature(), -1);
       if (o.top_p() < 1) {
         auto [sorted, order] = probs.sort(/*dim=*/-1, /*descending=*/true);
         const at::Tensor before = sorted.cumsum(-1) - sorted;  // mass of the more likely tokens
@@ -441,8 +462,9 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& prompt, 
       }
       next = at::multinomial(probs, 1, false, gen).item<int64_t>();
     }
-    if (next == o.eos_id()) break;
+    if (stops(next)) break;
     out.push_back(next);
+    see(next);
     if (on_token) on_token(next);
     if (static_cast<int64_t>(out.size()) == o.max_new_tokens() || cache.length >= cache.k[0].size(2)) break;
     logits = forward(at::tensor(std::vector<int64_t>{next}, at::kLong), cache).select(0, -1);

@@ -1,7 +1,8 @@
 #pragma once
 // Inference of a LLaMA with a key/value cache: each Linear (and the embedding / tied head) either
 // dense or kept palettized (edkm/nn/palettized_linear.h), so a compressed checkpoint runs without
-// being decompressed. Batch 1; greedy, temperature and top-p sampling. Packed q, k, v (and gate,
+// being decompressed. Batch 1; greedy, temperature, top-k and top-p sampling, a repetition
+// penalty, stop tokens. Packed q, k, v (and gate,
 // up) with the same bits and rows per LUT are stacked into one weight and run as one GEMV.
 //
 // Example:
@@ -35,6 +36,16 @@ struct EDKM_API GenerationOptions {
   TORCH_ARG(uint64_t, seed) = 0;
   /// Stop at this token (not returned); -1: never. Default -1.
   TORCH_ARG(int64_t, eos_id) = -1;
+  /// More tokens to stop at (not returned), e.g. a chat format's end of turn. Default none.
+  TORCH_ARG(std::vector<int64_t>, stop_ids) = {};
+  /// Sample among the top_k most likely tokens only (ties at the k-th logit kept); 0: all.
+  /// Default 0.
+  TORCH_ARG(int64_t, top_k) = 0;
+  /// Penalty on every token already in the prompt or the output (Hugging Face's
+  /// RepetitionPenaltyLogitsProcessor): its logit divided by it when positive, multiplied when
+  /// negative, before the temperature, top_k and top_p; applies to greedy decoding too. 1: none.
+  /// Default 1.
+  TORCH_ARG(double, repetition_penalty) = 1.0;
 };
 
 /// A projection for inference: a dense weight (shared with a model, not copied) or a packed one.
