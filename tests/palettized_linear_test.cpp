@@ -236,8 +236,9 @@ TEST(PalettizedLinear, WordAlignedUnpackMatchesTheByteStream) {
   expect_word_unpack_matches_stream<8>(bytes);
 }
 
-// Both CUDA GEMV kernels (tiled: in % 32 == 0; warp: any shape, or forced by
-// EDKM_LUT_CUDA_KERNEL=warp) and the decode / GEMM path against the CPU kernels, every width;
+// The CUDA GEMV kernels (tiled: in % 32 == 0; warp: any shape, or forced by
+// EDKM_LUT_CUDA_KERNEL=warp; wide: opt-in, EDKM_LUT_CUDA_KERNEL=wide, in % 32 == 0, else the others
+// run) and the decode / GEMM path against the CPU kernels, every width;
 // 40 x 11008 with 4 rows stages 190 KB of x (past the 48 KB default: the opt-in limit).
 TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
   EDKM_SKIP_WITHOUT_GPU();
@@ -248,7 +249,7 @@ TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
       PalettizedLinear cpu(pal);
       PalettizedLinear gpu(pal);
       gpu->to(at::kCUDA);
-      for (const char* kernel : {"", "warp"}) {
+      for (const char* kernel : {"", "warp", "wide"}) {
         ::setenv("EDKM_LUT_CUDA_KERNEL", kernel, 1);
         for (int64_t m : {1, 4, 7}) {
           const at::Tensor x = at::randn({m, c.in});

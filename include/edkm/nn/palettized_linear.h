@@ -16,7 +16,9 @@
 // decoded to fp32 and multiplied by LibTorch's matmul). CUDA: the GEMV with the LUT in shared
 // memory (a tiled kernel unpacking 32-index words with x staged in shared memory when in % 32 == 0,
 // else one warp per row), the GEMM by decoding tiles and cuBLAS. Measured on an H200: correct, but
-// 8-19% of HBM bandwidth (benchmarks/results/gpu_h200/).
+// 8-19% of HBM bandwidth (benchmarks/results/gpu_h200/). EDKM_LUT_CUDA_KERNEL=wide opts into a
+// third GEMV (two rows per warp, no staging, many small blocks) written for that gap and not yet
+// measured on a GPU.
 //
 // Example:
 //   auto pal = edkm::load_compressed("model.edkm.safetensors").palettes.at("fc.weight");

@@ -6,6 +6,13 @@
 //    lane loading a run of 32 indices as BITS aligned 32-bit words (a warp reads 128 * BITS
 //    contiguous bytes) and unpacking them in registers (lut_index_in_words, compile-time BITS);
 //  - warp (any shape): every lane unpacks its own indices two bytes at a time (lut_index_at).
+//  - wide (opt-in, EDKM_LUT_CUDA_KERNEL=wide; in % 32 == 0, x 16-byte aligned): no staging and no
+//    block barrier: a warp takes 2 rows, a lane loads the 32-index runs of both rows (BITS words
+//    each) before it unpacks any, reads x as float4 through the read-only cache (each x value
+//    serving both rows), and blocks are small (4 warps, 2 KiB-8 KiB of LUTs) so many are resident.
+//    Written after the H200 measurements (the tiled kernel at 8-19% of HBM bandwidth, where its
+//    16 resident warps per SM and 3 loads in flight per lane leave the memory latency exposed);
+//    not yet measured on a GPU, so not the default.
 // EDKM_LUT_CUDA_KERNEL=warp forces the second (benchmarks compare them).
 #include <cuda_runtime.h>
 
@@ -108,10 +115,94 @@ int launch_tiled(const LutParams& p, const float* x, int m, float* y, size_t sme
   return static_cast<int>(cudaGetLastError());
 }
 
-bool warp_kernel_forced() {
-  const char* k = std::getenv("EDKM_LUT_CUDA_KERNEL");
-  return k && std::strcmp(k, "warp") == 0;
+constexpr int kWideWarps = 4;
+constexpr int kWideRows = 2;  // rows per warp
+
+template <int BITS>
+__global__ void __launch_bounds__(kWideWarps * 32)
+    lut_gemv_wide_kernel(LutParams p, const float* __restrict__ x, int m, float* __restrict__ y) {
+  constexpr int K = 1 << BITS;
+  __shared__ float s_lut[kWideWarps][kWideRows][K];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t runs = p.in / 32;  // 32-index runs per row, BITS words each
+  const uint32_t* packed = reinterpret_cast<const uint32_t*>(p.packed);
+  const int64_t pairs = (p.out + kWideRows - 1) / kWideRows;
+  for (int64_t pr = int64_t(blockIdx.x) * kWideWarps + warp; pr < pairs; pr += int64_t(gridDim.x) * kWideWarps) {
+    int64_t rows[kWideRows];  // a row past the end repeats the last one and writes nothing
+#pragma unroll
+    for (int i = 0; i < kWideRows; ++i) rows[i] = min(pr * kWideRows + i, p.out - 1);
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < kWideRows; ++i) {
+      const float* lut = p.lut + (rows[i] / p.rows_per_lut) * p.lut_stride;
+      for (int k = lane; k < K; k += 32) s_lut[warp][i][k] = lut[k];
+    }
+    __syncwarp();
+    float acc[kWideRows][4] = {};
+    for (int64_t run = lane; run < runs; run += 32) {
+      uint32_t w[kWideRows][BITS];
+#pragma unroll
+      for (int i = 0; i < kWideRows; ++i)
+#pragma unroll
+        for (int b = 0; b < BITS; ++b) w[i][b] = __ldg(packed + (rows[i] * runs + run) * BITS + b);
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {  // columns 32 run + 4q .. + 3
+        float4 xv[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (j < m) xv[j] = __ldg(reinterpret_cast<const float4*>(x + j * p.in + run * 32) + q);
+#pragma unroll
+        for (int i = 0; i < kWideRows; ++i) {
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+            const float wt = s_lut[warp][i][lut_index_in_words<BITS>(w[i], 4 * q + t)];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              if (j >= m) continue;
+              const float xs = t == 0 ? xv[j].x : t == 1 ? xv[j].y : t == 2 ? xv[j].z : xv[j].w;
+              acc[i][j] = __fmaf_rn(wt, xs, acc[i][j]);
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kWideRows; ++i) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float v = acc[i][j];
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0 && j < m && pr * kWideRows + i < p.out) y[j * p.out + rows[i]] = lut_finish(p, rows[i], v);
+      }
+    }
+  }
 }
+
+template <int BITS>
+int launch_wide(const LutParams& p, const float* x, int m, float* y, cudaStream_t stream) {
+  const int64_t pairs = (p.out + kWideRows - 1) / kWideRows;
+  const int64_t blocks = std::min<int64_t>((pairs + kWideWarps - 1) / kWideWarps, int64_t{1} << 20);
+  lut_gemv_wide_kernel<BITS><<<static_cast<unsigned>(blocks), kWideWarps * 32, 0, stream>>>(p, x, m, y);
+  return static_cast<int>(cudaGetLastError());
+}
+
+bool kernel_forced(const char* name) {
+  const char* k = std::getenv("EDKM_LUT_CUDA_KERNEL");
+  return k && std::strcmp(k, name) == 0;
+}
+
+// The wide kernel when asked for (EDKM_LUT_CUDA_KERNEL=wide) and the shape allows it; -1 otherwise.
+int try_wide(const LutParams& p, const float* x, int64_t m, float* y, cudaStream_t stream) {
+  if (!kernel_forced("wide") || p.in % 32 != 0 || reinterpret_cast<uintptr_t>(p.packed) % 4 != 0 ||
+      reinterpret_cast<uintptr_t>(x) % 16 != 0 || p.bits < 1 || p.bits > 8 || p.lut_stride != (int64_t{1} << p.bits))
+    return -1;
+  using Launch = int (*)(const LutParams&, const float*, int, float*, cudaStream_t);
+  static constexpr Launch kByBits[8] = {launch_wide<1>, launch_wide<2>, launch_wide<3>, launch_wide<4>,
+                                        launch_wide<5>, launch_wide<6>, launch_wide<7>, launch_wide<8>};
+  return kByBits[p.bits - 1](p, x, static_cast<int>(m), y, stream);
+}
+
+bool warp_kernel_forced() { return kernel_forced("warp"); }
 
 // The tiled kernel when the shape and the device allow it; -1 when they do not.
 int try_tiled(const LutParams& p, const float* x, int64_t m, float* y, cudaStream_t stream) {
@@ -150,6 +241,8 @@ __global__ void lut_decode_kernel(LutParams p, int64_t r0, int64_t r1, float* __
 
 int lut_gemv_cuda(const LutParams& p, const float* x, int64_t m, float* y, void* stream) {
   if (p.out == 0) return 0;
+  const int wide = try_wide(p, x, m, y, static_cast<cudaStream_t>(stream));
+  if (wide >= 0) return wide;
   const int tiled = try_tiled(p, x, m, y, static_cast<cudaStream_t>(stream));
   if (tiled >= 0) return tiled;
   const int64_t blocks = std::min<int64_t>((p.out + kWarps - 1) / kWarps, int64_t{1} << 20);
