@@ -907,6 +907,16 @@ int main(int argc, char** argv) try {
   rep.sample_after = sample_after;
   rep.sample_packed = sample_packed;
   write_report(rep);
+  if (!rep.compressed_path.empty()) {
+    // The next thing to try: the checkpoint run packed, as a chat turn where the tokenizer has the
+    // ChatML markers (SmolLM2-Instruct's format).
+    const std::string self = argv[0], bin = self.substr(0, self.rfind('/') + 1);
+    const bool chatml = tokenizer->encode("<|im_start|>").size() == 1 && tokenizer->encode("<|im_end|>").size() == 1;
+    std::cout << "run it packed: " << bin << "edkm_llama_generate --compressed " << rep.compressed_path
+              << (chatml ? " --chat --prompt \"What is gravity?\" --repetition-penalty 1.2"
+                         : " --prompt \"" + prompt + "\"")
+              << "\n";
+  }
   return same ? 0 : 1;
 } catch (const c10::Error& e) {
   std::cerr << "edkm_llama_compress: " << e.what_without_backtrace() << "\n";
