@@ -41,11 +41,26 @@ TEST(PackIndices, RoundTripsEveryWidthAndCount) {
       io::pack_indices(idx.data_ptr<uint8_t>(), count, bits, packed.data());
       io::unpack_indices(packed.data(), packed.size(), count, bits, back.data());
       EXPECT_TRUE(std::equal(back.begin(), back.end(), idx.data_ptr<uint8_t>())) << bits << " " << count;
+      // The layout bit by bit (the 8-at-a-time paths against the definition): bit t of index i is
+      // stream bit i * bits + t, LSB-first.
+      for (uint64_t i = 0; i < count; ++i)
+        for (int t = 0; t < bits; ++t) {
+          const uint64_t b = i * bits + t;
+          ASSERT_EQ((packed[b / 8] >> (b % 8)) & 1, (idx.data_ptr<uint8_t>()[i] >> t) & 1) << bits << " " << i;
+        }
     }
   }
   const uint8_t big[] = {8};
   uint8_t out[1];
   EXPECT_THROW(io::pack_indices(big, 1, 3, out), io::FormatError);
+  const uint8_t nine[] = {1, 2, 3, 4, 5, 6, 9, 7, 0};  // 9 in the first group of 8 does not fit 3 bits
+  uint8_t out9[4];
+  try {
+    io::pack_indices(nine, 9, 3, out9);
+    ADD_FAILURE() << "an index of 9 packed into 3 bits";
+  } catch (const io::FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("index 9 does not fit in 3 bits"), std::string::npos) << e.what();
+  }
   const uint8_t padded[] = {0b10000001};  // one 3-bit index, padding bit 7 set
   uint8_t one[1];
   EXPECT_THROW(io::unpack_indices(padded, 1, 1, 3, one), io::FormatError);

@@ -148,24 +148,26 @@ TEST(PalettizedLinear, FromACompressedCheckpointFile) {
 }
 
 TEST(PalettizedLinear, StackedRowBlocksEqualTheParts) {
-  for (int64_t bits : {3, 5}) {
-    // 8 x 13 x 3 bits = 312 bits: the second part's stream starts mid-byte.
-    const std::vector<Case> cases{{8, 13, bits, 4, true}, {12, 13, bits, 4, true}, {4, 13, bits, 4, true}};
-    std::vector<PackedWeight> parts;
-    std::vector<at::Tensor> dense;
-    uint64_t seed = 60;
-    for (const auto& c : cases) {
-      const Palette pal = make_palette(c, ++seed);
-      parts.push_back(PackedWeight::from_palette(pal));
-      dense.push_back(pal.decompress().to(at::kFloat));
+  for (const int64_t in : {13, 16})
+    for (int64_t bits : {3, 5}) {
+      // in 13: 8 x 13 x 3 bits = 312 bits, the second part's stream starts mid-byte (re-packed);
+      // in 16: every part ends on a byte (byte copies).
+      const std::vector<Case> cases{{8, in, bits, 4, true}, {12, in, bits, 4, true}, {4, in, bits, 4, true}};
+      std::vector<PackedWeight> parts;
+      std::vector<at::Tensor> dense;
+      uint64_t seed = 60;
+      for (const auto& c : cases) {
+        const Palette pal = make_palette(c, ++seed);
+        parts.push_back(PackedWeight::from_palette(pal));
+        dense.push_back(pal.decompress().to(at::kFloat));
+      }
+      const PackedWeight all = PackedWeight::concat_rows(parts);
+      EXPECT_EQ(all.out_features, 24);
+      EXPECT_TRUE(at::equal(all.decompress(), at::cat(dense, 0)));
+      const at::Tensor x = at::randn({2, in});
+      expect_close(functional::lut_linear(x, all), at::linear(x.to(at::kDouble), at::cat(dense, 0).to(at::kDouble)), in,
+                   "stacked");
     }
-    const PackedWeight all = PackedWeight::concat_rows(parts);
-    EXPECT_EQ(all.out_features, 24);
-    EXPECT_TRUE(at::equal(all.decompress(), at::cat(dense, 0)));
-    const at::Tensor x = at::randn({2, 13});
-    expect_close(functional::lut_linear(x, all), at::linear(x.to(at::kDouble), at::cat(dense, 0).to(at::kDouble)), 13,
-                 "stacked");
-  }
   const auto a = PackedWeight::from_palette(make_palette({8, 13, 3, 4, false}, 1));
   const auto b = PackedWeight::from_palette(make_palette({8, 13, 3, 8, false}, 2));
   test::expect_error([&] { PackedWeight::concat_rows({a, b}); }, {"rows per LUT"});

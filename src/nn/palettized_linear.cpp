@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstring>
 #include <ostream>
 
 #include "io/safetensors_core.h"
@@ -136,22 +137,37 @@ PackedWeight PackedWeight::concat_rows(const std::vector<PackedWeight>& parts) {
     luts.push_back(w.lut.cpu());
     if (w.scale.defined()) scales.push_back(w.scale.cpu());
   }
-  // The index streams re-packed one after the other (a part's stream need not end on a byte).
+  // The index streams one after the other: byte copies where every part's stream ends on a byte
+  // (rows x in x bits a multiple of 8, as for any in that is a multiple of 8), else re-packed.
   const uint64_t total = static_cast<uint64_t>(out.out_features * out.in_features);
-  std::vector<uint8_t> idx(total);
-  uint64_t at = 0;
-  for (const auto& w : parts) {
-    const at::Tensor packed = w.packed.cpu();
-    const uint8_t* src = packed.data_ptr<uint8_t>();
-    const uint64_t n = static_cast<uint64_t>(w.out_features * w.in_features);
-    for (uint64_t i = 0; i < n; ++i)
-      idx[at + i] = static_cast<uint8_t>(
-          kernels::lut_index_at(src, i * static_cast<uint64_t>(w.bits), static_cast<int32_t>(w.bits)));
-    at += n;
-  }
   const uint64_t bytes = io::packed_bytes(total, static_cast<int>(out.bits));
   out.packed = at::zeros({static_cast<int64_t>(bytes) + kernels::kLutPadBytes}, at::kByte);
-  io::pack_indices(idx.data(), total, static_cast<int>(out.bits), out.packed.data_ptr<uint8_t>());
+  uint8_t* dst = out.packed.data_ptr<uint8_t>();
+  const bool on_bytes = std::all_of(parts.begin(), parts.end(), [](const PackedWeight& w) {
+    return w.out_features * w.in_features * w.bits % 8 == 0;
+  });
+  if (on_bytes) {
+    uint64_t at = 0;
+    for (const auto& w : parts) {
+      const at::Tensor packed = w.packed.cpu();
+      const uint64_t n = static_cast<uint64_t>(w.out_features * w.in_features * w.bits / 8);
+      std::memcpy(dst + at, packed.data_ptr<uint8_t>(), n);
+      at += n;
+    }
+  } else {
+    std::vector<uint8_t> idx(total);
+    uint64_t at = 0;
+    for (const auto& w : parts) {
+      const at::Tensor packed = w.packed.cpu();
+      const uint8_t* src = packed.data_ptr<uint8_t>();
+      const uint64_t n = static_cast<uint64_t>(w.out_features * w.in_features);
+      for (uint64_t i = 0; i < n; ++i)
+        idx[at + i] = static_cast<uint8_t>(
+            kernels::lut_index_at(src, i * static_cast<uint64_t>(w.bits), static_cast<int32_t>(w.bits)));
+      at += n;
+    }
+    io::pack_indices(idx.data(), total, static_cast<int>(out.bits), dst);
+  }
   const auto device = first.lut.device();
   out.packed = out.packed.to(device);
   out.lut = at::cat(luts, 0).to(device).contiguous();
