@@ -90,7 +90,7 @@ TEST(PalettizedLinear, EqualsDenseMatmulOnEveryPathAndBitWidth) {
     EXPECT_TRUE(at::equal(fc->weight(), dense)) << "decompress";
     for (const auto isa : isas()) {
       kernels::set_lut_isa(isa);
-      for (int64_t m : {1, 2, 3, 4, 5, 9}) {
+      for (int64_t m : {1, 2, 3, 4, 5, 9, 40}) {  // 5, 9: GEMV passes of 4 rows; 40: the LUT-GEMM
         const at::Tensor x = at::randn({m, c.in}, g);
         const std::string what = functional::lut_kernel_isa() + " bits " + std::to_string(c.bits) + " " +
                                  std::to_string(c.out) + "x" + std::to_string(c.in) + " rows/LUT " +

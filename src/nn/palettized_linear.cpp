@@ -191,6 +191,8 @@ std::string lut_kernel_isa() {
   }
 }
 
+int64_t cpu_gemv_max_rows(int64_t bits) { return bits <= 4 ? 32 : 24; }
+
 at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias) {
   check_packed(w);
   TORCH_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == w.in_features, "edkm: lut_linear: input ",
@@ -212,6 +214,15 @@ at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tens
   } else if (m <= kGemvMaxRows) {
     y = at::empty({m, w.out_features}, xs.options());
     kernels::ops::lut_gemv(params_of(w, b), xs, y);
+  } else if (xs.is_cpu() && m <= cpu_gemv_max_rows(w.bits)) {
+    // A few rows more (a short prompt): the GEMV 4 rows of x at a time, each pass reading the packed
+    // weight once, beats decoding every weight to fp32 for a matmul (cpu_gemv_max_rows).
+    y = at::empty({m, w.out_features}, xs.options());
+    const kernels::LutParams p = params_of(w, b);
+    for (int64_t r = 0; r < m; r += kGemvMaxRows) {
+      const int64_t n = std::min(kGemvMaxRows, m - r);
+      kernels::ops::lut_gemv(p, xs.narrow(0, r, n), y.narrow(0, r, n));
+    }
   } else {
     // LUT-GEMM: blocks of rows decoded to fp32 (about 4 MiB each), multiplied by LibTorch's matmul.
     y = at::empty({m, w.out_features}, xs.options());

@@ -10,7 +10,8 @@
 //   scale   out fp32 per-channel scale, or undefined
 // W[r, c] = lut[r / rows_per_lut, index(r * in + c)] * scale[r].
 //
-// Kernels: batch rows up to kGemvMaxRows run the LUT-GEMV (indices unpacked in registers, LUT in
+// Kernels: batch rows up to kGemvMaxRows run the LUT-GEMV (on the CPU up to cpu_gemv_max_rows in
+// passes of kGemvMaxRows; indices unpacked in registers, LUT in
 // registers for bits <= 5 and from L1 above; AVX-512 or AVX2 chosen at run time, scalar
 // otherwise; multi-threaded over output rows); more rows run the LUT-GEMM (blocks of rows
 // decoded to fp32 and multiplied by LibTorch's matmul). CUDA: the GEMV with the LUT in shared
@@ -62,8 +63,14 @@ struct EDKM_API PackedWeight {
 };
 
 namespace functional {
-/// Rows of x up to this many run the LUT-GEMV; more run the LUT-GEMM.
+/// Rows of x up to this many run the LUT-GEMV in one pass.
 constexpr int64_t kGemvMaxRows = 4;
+/// On the CPU, rows of x up to this many (32 at 1-4 bits, 24 at 5-8) run the GEMV 4 rows at a
+/// time; more run the LUT-GEMM (rows of W decoded to fp32 and multiplied by LibTorch). Measured
+/// on a 2-core AVX-512 CPU (benchmarks/results/lut_inference.md): at 5-12 rows the passes take
+/// 2.2-4x less time than the GEMM on SmolLM2 and LLaMA-7B shapes, and break even near 32-48 rows
+/// at 3 bits, 24-32 at 8 bits, past 64 at 4 bits.
+EDKM_API int64_t cpu_gemv_max_rows(int64_t bits);
 /// y = x W^T (+ bias) with W packed: x [..., in] (any strides, fp32 or bf16) -> [..., out] in x's
 /// dtype, computed in fp32.
 EDKM_API at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias = {});
