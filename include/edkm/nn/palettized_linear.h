@@ -68,8 +68,8 @@ constexpr int64_t kGemvMaxRows = 4;
 /// On the CPU, rows of x up to this many (32 at 1-4 bits, 24 at 5-8) run the GEMV 4 rows at a
 /// time; more run the LUT-GEMM (rows of W decoded to fp32 and multiplied by LibTorch). Measured
 /// on a 2-core AVX-512 CPU (benchmarks/results/lut_inference.md): at 5-12 rows the passes take
-/// 2.2-4x less time than the GEMM on SmolLM2 and LLaMA-7B shapes, and break even near 32-48 rows
-/// at 3 bits, 24-32 at 8 bits, past 64 at 4 bits.
+/// 2.1-4.2x less time than the GEMM on SmolLM2 and LLaMA-7B shapes, and break even near 32-48
+/// rows at 3 and 4 bits, 24-32 at 8 bits.
 EDKM_API int64_t cpu_gemv_max_rows(int64_t bits);
 /// y = x W^T (+ bias) with W packed: x [..., in] (any strides, fp32 or bf16) -> [..., out] in x's
 /// dtype, computed in fp32.
