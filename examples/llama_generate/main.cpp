@@ -10,6 +10,7 @@
 //       --prompt "The best thing about open source software is" --max-new-tokens 48 [--temperature 0.8 --top-p 0.9]
 //   edkm_llama_generate --compressed out/model.edkm.safetensors --chat --prompt "What is gravity?" \
 //       --repetition-penalty 1.2   # an instruct model's ChatML turn (SmolLM2-Instruct, Qwen, ...)
+//   ... --chat --interactive       # then more turns from stdin, one per line
 #include <ATen/Parallel.h>
 #include <edkm/io/checkpoint.h>
 #include <edkm/io/file_io.h>
@@ -17,6 +18,8 @@
 #include <edkm/models/llama_runtime.h>
 #include <edkm/models/tokenizer.h>
 #include <CLI/CLI.hpp>
+
+#include <unistd.h>
 
 #include <chrono>
 #include <iostream>
@@ -33,7 +36,7 @@ int main(int argc, char** argv) try {
   double temperature = 0.0, top_p = 1.0, repetition_penalty = 1.0;
   int64_t top_k = 0;
   uint64_t seed = 0;
-  bool check = false, chat = false;
+  bool check = false, chat = false, interactive = false;
   std::string system;
   app.add_option("--compressed", compressed, "compressed checkpoint (edkm_llama_compress's model.edkm.safetensors)")
       ->required()
@@ -58,6 +61,9 @@ int main(int argc, char** argv) try {
                "wrap --prompt as one user turn of the ChatML format (<|im_start|>user ... <|im_end|>, then the "
                "assistant's turn, which ends at <|im_end|>); the tokenizer must know those tokens");
   app.add_option("--system", system, "with --chat: a system turn before the user's (default: none)");
+  app.add_flag("--interactive", interactive,
+               "with --chat: after the answer to --prompt, read further user turns from stdin, one per line, "
+               "until an empty line or end of input (the whole conversation is the next turn's prompt)");
   app.add_option("--seed", seed)->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (default: LibTorch's)");
   app.add_flag("--check", check,
@@ -103,6 +109,7 @@ int main(int argc, char** argv) try {
                      .seed(seed)
                      .eos_id(tokenizer->eos_id());
   TORCH_CHECK(chat || system.empty(), "--system needs --chat");
+  TORCH_CHECK(chat || !interactive, "--interactive needs --chat");
   std::string text_in = prompt;
   if (chat) {
     // ChatML: the tokenizer must hold its two markers as single tokens (special tokens).
@@ -128,6 +135,29 @@ int main(int argc, char** argv) try {
   std::cout << "\n"
             << out.size() << " tokens in " << s << " s (" << static_cast<double>(out.size()) / s
             << " tok/s including the prompt's prefill)\n";
+  if (interactive) {
+    // The conversation as token ids: each answer as generated (not re-encoded from its text),
+    // closed by <|im_end|>, then the next user turn and the assistant's opening.
+    std::vector<int64_t> conversation = ids;
+    conversation.insert(conversation.end(), out.begin(), out.end());
+    conversation.push_back(options.stop_ids().front());
+    std::string line;
+    while (std::cout << "user: " << std::flush, std::getline(std::cin, line) && !line.empty()) {
+      if (!isatty(STDIN_FILENO)) std::cout << line << "\n";  // piped turns: shown as if typed
+      const auto turn = tokenizer->encode("\n<|im_start|>user\n" + line + "<|im_end|>\n<|im_start|>assistant\n");
+      conversation.insert(conversation.end(), turn.begin(), turn.end());
+      std::cout << "assistant: " << std::flush;
+      const auto t1 = Clock::now();
+      const auto answer =
+          rt.generate(conversation, options, [&](int64_t id) { std::cout << text({id}) << std::flush; });
+      std::cout << "\n"
+                << answer.size() << " tokens in " << seconds_since(t1) << " s (" << conversation.size()
+                << " tokens of conversation before them)\n";
+      conversation.insert(conversation.end(), answer.begin(), answer.end());
+      conversation.push_back(options.stop_ids().front());
+    }
+    std::cout << "\n";
+  }
   if (check) {
     edkm::LlamaForCausalLM dense(config);
     edkm::load_tensors(*dense, ckpt.decompress());
