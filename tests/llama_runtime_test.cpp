@@ -190,6 +190,35 @@ TEST(LlamaRuntime, TopKRepetitionPenaltyAndStopTokens) {
             std::vector<int64_t>(greedy.begin(), at));
 }
 
+// A conversation continued in one cache (each turn feeding only what the cache lacks, the cache
+// grown from 2 positions) generates what generating from the whole sequence does, with the
+// repetition penalty seeing the earlier turns.
+TEST(LlamaRuntime, ContinuingACacheEqualsGeneratingFromTheWholeSequence) {
+  torch::manual_seed(9);
+  LlamaForCausalLM model(runtime_config(true));
+  LlamaRuntime rt(model);
+  const auto o = edkm::GenerationOptions().max_new_tokens(5).repetition_penalty(1.5);
+  auto cache = rt.new_cache(2);
+  std::vector<int64_t> conversation{3, 4, 5};
+  for (const std::vector<int64_t>& turn : {std::vector<int64_t>{}, {11, 12}, {13}}) {
+    conversation.insert(conversation.end(), turn.begin(), turn.end());
+    const auto want = rt.generate(conversation, o);  // a fresh cache, the whole sequence
+    ASSERT_LE(cache.length, static_cast<int64_t>(conversation.size()));
+    EXPECT_TRUE(std::equal(cache.tokens.begin(), cache.tokens.end(), conversation.begin()));
+    const std::vector<int64_t> input(conversation.begin() + cache.length, conversation.end());
+    const auto got = rt.generate(input, o, cache);
+    EXPECT_EQ(got, want) << "turn after " << conversation.size() << " tokens";
+    ASSERT_FALSE(got.empty());
+    conversation.insert(conversation.end(), got.begin(), got.end());
+    EXPECT_EQ(cache.length, static_cast<int64_t>(conversation.size()) - 1) << "all but the last generated id";
+    EXPECT_EQ(cache.tokens.size(), static_cast<size_t>(cache.length));
+  }
+  EXPECT_GE(cache.k[0].size(2), cache.length);
+  // A cache whose ids do not match its length (edited by hand) is refused.
+  cache.tokens.pop_back();
+  edkm::test::expect_error([&] { rt.generate({1}, o, cache); }, {"token ids"});
+}
+
 TEST(LlamaRuntime, BadInputIsRefusedByName) {
   torch::manual_seed(7);
   LlamaForCausalLM model(runtime_config(false));

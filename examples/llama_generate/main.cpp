@@ -130,14 +130,18 @@ int main(int argc, char** argv) try {
   std::cout << std::flush;
   const auto ids = tokenizer->encode(text_in);
   t0 = Clock::now();
-  const auto out = rt.generate(ids, options, [&](int64_t id) { std::cout << text({id}) << std::flush; });
+  // One cache for the whole session: with --interactive a turn computes only its own tokens.
+  auto cache = rt.new_cache(std::min<int64_t>(config.max_position_embeddings(),
+                                              static_cast<int64_t>(ids.size()) + std::max<int64_t>(1, max_new)));
+  const auto out = rt.generate(ids, options, cache, [&](int64_t id) { std::cout << text({id}) << std::flush; });
   const double s = seconds_since(t0);
   std::cout << "\n"
             << out.size() << " tokens in " << s << " s (" << static_cast<double>(out.size()) / s
             << " tok/s including the prompt's prefill)\n";
   if (interactive) {
     // The conversation as token ids: each answer as generated (not re-encoded from its text),
-    // closed by <|im_end|>, then the next user turn and the assistant's opening.
+    // closed by <|im_end|>, then the next user turn and the assistant's opening. Each turn feeds
+    // only what the cache lacks (the cache holds a prefix of the conversation).
     std::vector<int64_t> conversation = ids;
     conversation.insert(conversation.end(), out.begin(), out.end());
     conversation.push_back(options.stop_ids().front());
@@ -148,11 +152,13 @@ int main(int argc, char** argv) try {
       conversation.insert(conversation.end(), turn.begin(), turn.end());
       std::cout << "assistant: " << std::flush;
       const auto t1 = Clock::now();
+      const int64_t cached = cache.length;
+      const std::vector<int64_t> input(conversation.begin() + cached, conversation.end());
       const auto answer =
-          rt.generate(conversation, options, [&](int64_t id) { std::cout << text({id}) << std::flush; });
+          rt.generate(input, options, cache, [&](int64_t id) { std::cout << text({id}) << std::flush; });
       std::cout << "\n"
-                << answer.size() << " tokens in " << seconds_since(t1) << " s (" << conversation.size()
-                << " tokens of conversation before them)\n";
+                << answer.size() << " tokens in " << seconds_since(t1) << " s (after " << conversation.size()
+                << " tokens of conversation, " << cached << " of them cached)\n";
       conversation.insert(conversation.end(), answer.begin(), answer.end());
       conversation.push_back(options.stop_ids().front());
     }

@@ -329,6 +329,7 @@ at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) cons
     for (int64_t i = 0; i < D; ++i) xp[i] += dp[i];
   }
   cache.length = pos + 1;
+  cache.tokens.push_back(tokens.item<int64_t>());
   rms_norm_row(xp, norm_.data_ptr<float>(), D, eps, h.data_ptr<float>());
   return head(h).reshape({1, config_.vocab_size()});
 }
@@ -343,6 +344,23 @@ LlamaRuntime::Cache LlamaRuntime::new_cache(int64_t capacity) const {
     c.v.push_back(at::zeros_like(c.k.back()));
   }
   return c;
+}
+
+void LlamaRuntime::reserve(Cache& cache, int64_t capacity) const {
+  const int64_t ctx = config_.max_position_embeddings();
+  TORCH_CHECK(cache.k.size() == layers_.size() && cache.v.size() == layers_.size(),
+              "edkm: LlamaRuntime::reserve: the cache is not this model's");
+  TORCH_CHECK(capacity <= ctx, "edkm: LlamaRuntime: cache of ", capacity, " positions exceeds max_position_embeddings ",
+              ctx);
+  const int64_t have = cache.k.empty() ? 0 : cache.k[0].size(2);
+  if (capacity <= have) return;
+  const int64_t grown = std::min(ctx, std::max(capacity, 2 * have));
+  for (size_t l = 0; l < layers_.size(); ++l)
+    for (at::Tensor* t : {&cache.k[l], &cache.v[l]}) {
+      at::Tensor bigger = at::zeros({t->size(0), t->size(1), grown, t->size(3)}, t->options());
+      bigger.narrow(2, 0, cache.length).copy_(t->narrow(2, 0, cache.length));
+      *t = bigger;
+    }
 }
 
 at::Tensor LlamaRuntime::embed(const at::Tensor& ids) const {
@@ -406,39 +424,56 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
     }
   }
   cache.length = pos + n;
+  const at::Tensor ids = tokens.contiguous();
+  cache.tokens.insert(cache.tokens.end(), ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + n);
   return head(functional::rms_norm(x, norm_, eps)).squeeze(0);
 }
 
 std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& prompt, const GenerationOptions& o,
                                             const std::function<void(int64_t)>& on_token) const {
   TORCH_CHECK(!prompt.empty(), "edkm: LlamaRuntime::generate: empty prompt");
+  TORCH_CHECK(o.max_new_tokens() >= 0, "edkm: GenerationOptions: max_new_tokens must be >= 0");
+  // The last generated token is never fed back, so the cache needs prompt + max_new - 1 positions.
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  Cache cache = new_cache(std::min(config_.max_position_embeddings(), std::max<int64_t>(1, n + o.max_new_tokens())));
+  return generate(prompt, o, cache, on_token);
+}
+
+std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& input, const GenerationOptions& o, Cache& cache,
+                                            const std::function<void(int64_t)>& on_token) const {
+  TORCH_CHECK(!input.empty(), "edkm: LlamaRuntime::generate: empty prompt");
   TORCH_CHECK(o.temperature() >= 0, "edkm: GenerationOptions: temperature must be >= 0, got ", o.temperature());
   TORCH_CHECK(o.top_p() > 0 && o.top_p() <= 1, "edkm: GenerationOptions: top_p must be in (0, 1], got ", o.top_p());
   TORCH_CHECK(o.top_k() >= 0, "edkm: GenerationOptions: top_k must be >= 0 (0: all tokens), got ", o.top_k());
   TORCH_CHECK(o.repetition_penalty() > 0, "edkm: GenerationOptions: repetition_penalty must be > 0 (1: none), got ",
               o.repetition_penalty());
   TORCH_CHECK(o.max_new_tokens() >= 0, "edkm: GenerationOptions: max_new_tokens must be >= 0");
+  TORCH_CHECK(static_cast<int64_t>(cache.tokens.size()) == cache.length,
+              "edkm: LlamaRuntime::generate: the cache holds ", cache.length, " positions but ", cache.tokens.size(),
+              " token ids");
   const int64_t ctx = config_.max_position_embeddings(), vocab = config_.vocab_size();
-  TORCH_CHECK(static_cast<int64_t>(prompt.size()) < ctx, "edkm: LlamaRuntime::generate: a prompt of ", prompt.size(),
-              " tokens leaves no room in the ", ctx, "-token context");
-  for (const int64_t t : prompt)
+  const int64_t total = cache.length + static_cast<int64_t>(input.size());
+  TORCH_CHECK(total < ctx, "edkm: LlamaRuntime::generate: a prompt of ", total, " tokens leaves no room in the ", ctx,
+              "-token context");
+  for (const int64_t t : input)
     TORCH_CHECK(t >= 0 && t < vocab, "edkm: LlamaRuntime::generate: token ", t, " outside the vocabulary of ", vocab);
-  // The last generated token is never fed back, so the cache needs prompt + max_new - 1 positions.
-  const int64_t capacity = std::min<int64_t>(ctx, static_cast<int64_t>(prompt.size()) + o.max_new_tokens());
-  Cache cache = new_cache(std::max<int64_t>(capacity, static_cast<int64_t>(prompt.size())));
+  // The last generated token is never fed back: input + max_new - 1 more positions at most.
+  reserve(cache, std::min(ctx, total + std::max<int64_t>(0, o.max_new_tokens() - 1)));
+  const int64_t capacity = cache.k.empty() ? 0 : cache.k[0].size(2);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
   std::vector<int64_t> out;
-  std::vector<int64_t> seen;  // distinct tokens of prompt + output, for the repetition penalty
+  std::vector<int64_t> seen;  // distinct tokens of the sequence so far, for the repetition penalty
   std::vector<char> is_seen(static_cast<size_t>(vocab), 0);
   auto see = [&](int64_t t) {
     if (!is_seen[t]) seen.push_back(t);
     is_seen[t] = 1;
   };
-  for (const int64_t t : prompt) see(t);
+  for (const int64_t t : cache.tokens) see(t);
+  for (const int64_t t : input) see(t);
   auto stops = [&](int64_t t) {
     return t == o.eos_id() || std::find(o.stop_ids().begin(), o.stop_ids().end(), t) != o.stop_ids().end();
   };
-  at::Tensor logits = forward(at::tensor(prompt, at::kLong), cache).select(0, -1);
+  at::Tensor logits = forward(at::tensor(input, at::kLong), cache).select(0, -1);
   while (static_cast<int64_t>(out.size()) < o.max_new_tokens()) {
     at::Tensor scores = logits.to(at::kDouble).contiguous();
     if (o.repetition_penalty() != 1) {
@@ -466,7 +501,7 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& prompt, 
     out.push_back(next);
     see(next);
     if (on_token) on_token(next);
-    if (static_cast<int64_t>(out.size()) == o.max_new_tokens() || cache.length >= cache.k[0].size(2)) break;
+    if (static_cast<int64_t>(out.size()) == o.max_new_tokens() || cache.length >= capacity) break;
     logits = forward(at::tensor(std::vector<int64_t>{next}, at::kLong), cache).select(0, -1);
   }
   return out;

@@ -2,7 +2,7 @@
 // Inference of a LLaMA with a key/value cache: each Linear (and the embedding / tied head) either
 // dense or kept palettized (edkm/nn/palettized_linear.h), so a compressed checkpoint runs without
 // being decompressed. Batch 1; greedy, temperature, top-k and top-p sampling, a repetition
-// penalty, stop tokens. Packed q, k, v (and gate,
+// penalty, stop tokens; a conversation continued in one cache (generate with a Cache). Packed q, k, v (and gate,
 // up) with the same bits and rows per LUT are stacked into one weight and run as one GEMV.
 //
 // Example:
@@ -60,10 +60,12 @@ struct EDKM_API InferenceLinear {
 
 class EDKM_API LlamaRuntime {
  public:
-  /// The key/value cache of one sequence: per layer [1, kv_heads, capacity, head_dim] fp32.
+  /// The key/value cache of one sequence: per layer [1, kv_heads, capacity, head_dim] fp32, and
+  /// the ids of its first `length` positions.
   struct Cache {
     std::vector<at::Tensor> k, v;
     int64_t length = 0;
+    std::vector<int64_t> tokens;  ///< the ids fed so far (length of them)
   };
 
   /// A dense model's weights (shared, no copy).
@@ -75,10 +77,20 @@ class EDKM_API LlamaRuntime {
   static LlamaRuntime load(const std::string& compressed_path, const std::string& config_path);
 
   Cache new_cache(int64_t capacity = 0) const;  ///< 0: max_position_embeddings
+  /// Grows `cache` to hold at least `capacity` positions (at most max_position_embeddings; doubling,
+  /// so appending stays cheap), keeping what it holds.
+  void reserve(Cache& cache, int64_t capacity) const;
   /// Appends `tokens` (1-D int64) to the cache; logits [n, vocab] fp32 of those positions.
   at::Tensor forward(const at::Tensor& tokens, Cache& cache) const;
   /// Generated ids after `prompt` (prompt not included); on_token is called with each new id.
   std::vector<int64_t> generate(const std::vector<int64_t>& prompt, const GenerationOptions& options,
+                                const std::function<void(int64_t)>& on_token = {}) const;
+  /// The same continuing the sequence in `cache` (a conversation: only the new turn is computed):
+  /// `input` is fed after cache.tokens, the cache grows as needed, and on return it holds the
+  /// input and the generated ids but the last one unless generation ended at a stop token. The
+  /// repetition penalty sees cache.tokens too. The next call's input is whatever of the
+  /// conversation cache.tokens lacks.
+  std::vector<int64_t> generate(const std::vector<int64_t>& input, const GenerationOptions& options, Cache& cache,
                                 const std::function<void(int64_t)>& on_token = {}) const;
   /// Resident bytes of the weights (packed indices + LUTs for palettized ones).
   int64_t weight_bytes() const;
