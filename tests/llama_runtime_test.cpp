@@ -219,6 +219,32 @@ TEST(LlamaRuntime, ContinuingACacheEqualsGeneratingFromTheWholeSequence) {
   edkm::test::expect_error([&] { rt.generate({1}, o, cache); }, {"token ids"});
 }
 
+// A bf16 key/value cache: token by token (the written-out decode step reading bf16 rows) and in
+// one chunk (LibTorch's attention on the cache converted back) agree to fp32 rounding, both round
+// the keys and values, so they differ from the fp32 cache but little; generate takes it.
+TEST(LlamaRuntime, Bf16CacheAgreesAcrossPathsAndStaysCloseToFp32) {
+  torch::manual_seed(10);
+  LlamaForCausalLM model(runtime_config(false));
+  LlamaRuntime rt(model);
+  const at::Tensor ids = at::randint(61, {17}, at::kLong);
+  auto c32 = rt.new_cache(20);
+  auto c16 = rt.new_cache(20, at::kBFloat16);
+  EXPECT_EQ(c16.k[0].scalar_type(), at::kBFloat16);
+  const at::Tensor f32 = rt.forward(ids, c32), chunk = rt.forward(ids, c16);
+  auto steps_cache = rt.new_cache(20, at::kBFloat16);
+  std::vector<at::Tensor> rows;
+  for (int64_t i = 0; i < 17; ++i) rows.push_back(rt.forward(ids.narrow(0, i, 1), steps_cache));
+  const at::Tensor steps = at::cat(rows, 0);
+  EXPECT_LE(edkm::test::max_rel(steps, chunk), 1e-5) << "decode step against one chunk, both bf16";
+  const double off = edkm::test::max_rel(chunk, f32);
+  EXPECT_GT(off, 0.0) << "bf16 rounds the cache";
+  EXPECT_LT(off, 3e-2);
+  const auto o = edkm::GenerationOptions().max_new_tokens(6);
+  auto o16 = o;
+  EXPECT_EQ(rt.generate({3, 4, 5}, o16.cache_dtype(at::kBFloat16)).size(), 6u);
+  edkm::test::expect_error([&] { rt.new_cache(4, at::kHalf); }, {"fp32 or bf16"});
+}
+
 TEST(LlamaRuntime, BadInputIsRefusedByName) {
   torch::manual_seed(7);
   LlamaForCausalLM model(runtime_config(false));

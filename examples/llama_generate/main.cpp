@@ -37,7 +37,7 @@ int main(int argc, char** argv) try {
   int64_t top_k = 0;
   uint64_t seed = 0;
   bool check = false, chat = false, interactive = false;
-  std::string system;
+  std::string system, kv_cache = "fp32";
   app.add_option("--compressed", compressed, "compressed checkpoint (edkm_llama_compress's model.edkm.safetensors)")
       ->required()
       ->check(CLI::ExistingFile);
@@ -66,6 +66,9 @@ int main(int argc, char** argv) try {
                "until an empty line or end of input (the whole conversation is the next turn's prompt)");
   app.add_option("--seed", seed)->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (default: LibTorch's)");
+  app.add_option("--kv-cache", kv_cache, "key/value cache dtype: bf16 halves what a long context reads per token")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   app.add_flag("--check", check,
                "also run the checkpoint decompressed to fp32 and fail unless the greedy tokens agree");
   CLI11_PARSE(app, argc, argv);
@@ -107,7 +110,8 @@ int main(int argc, char** argv) try {
                      .top_k(top_k)
                      .repetition_penalty(repetition_penalty)
                      .seed(seed)
-                     .eos_id(tokenizer->eos_id());
+                     .eos_id(tokenizer->eos_id())
+                     .cache_dtype(kv_cache == "bf16" ? at::kBFloat16 : at::kFloat);
   TORCH_CHECK(chat || system.empty(), "--system needs --chat");
   TORCH_CHECK(chat || !interactive, "--interactive needs --chat");
   std::string text_in = prompt;
@@ -132,7 +136,8 @@ int main(int argc, char** argv) try {
   t0 = Clock::now();
   // One cache for the whole session: with --interactive a turn computes only its own tokens.
   auto cache = rt.new_cache(std::min<int64_t>(config.max_position_embeddings(),
-                                              static_cast<int64_t>(ids.size()) + std::max<int64_t>(1, max_new)));
+                                              static_cast<int64_t>(ids.size()) + std::max<int64_t>(1, max_new)),
+                            options.cache_dtype());
   const auto out = rt.generate(ids, options, cache, [&](int64_t id) { std::cout << text({id}) << std::flush; });
   const double s = seconds_since(t0);
   std::cout << "\n"

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -31,46 +32,108 @@ int64_t InferenceLinear::bytes() const {
 
 namespace {
 
+// 16 floats as one GCC vector (one zmm, two ymm or four xmm per clone): accumulators that stay in
+// registers. Plain float arrays did not: the per-key dot products ended in 16 sequential scalar
+// adds through the stack, and the value sums were loaded and stored at every key.
+// V16 passes only between the always-inlined helpers of the clones below (GCC reports the ABI of a
+// 64-byte vector return when a baseline-ISA function returns one, at the end of the file).
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float V16 __attribute__((vector_size(64)));
+typedef uint32_t U16 __attribute__((vector_size(64)));
+typedef int32_t I16 __attribute__((vector_size(64)));
+typedef uint16_t H16 __attribute__((vector_size(32)));
+
+// 16 cached key / value elements as fp32: fp32 as is, bf16 (the cache's kBFloat16 option: the top
+// 16 bits of an fp32) shifted into place.
+inline V16 load16(const float* p) {
+  V16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline V16 load16(const uint16_t* p) {
+  H16 h;
+  std::memcpy(&h, p, sizeof h);
+  return reinterpret_cast<V16>(__builtin_convertvector(h, U16) << 16);
+}
+inline float as_float(float x) { return x; }
+inline float as_float(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+// The sum of the 16 lanes, as a tree (8 + 8, 4 + 4, 2 + 2, 1 + 1).
+inline float sum16(V16 v) {
+  v += __builtin_shuffle(v, I16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  v += __builtin_shuffle(v, I16{4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3});
+  v += __builtin_shuffle(v, I16{2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1});
+  v += __builtin_shuffle(v, I16{1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0});
+  return v[0];
+}
+
 // One head's attention for one query: softmax(q . k_j * scale) over the `keys` cached positions
-// k, v (rows of d), into out (d); score: keys floats of scratch. Cloned for AVX-512, AVX2 and the
-// baseline and chosen when the library loads (this file is compiled for baseline x86-64, where
-// these loops are 4 floats wide: 12% of a 600-token SmolLM2 decode).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-void attend(const float* q, const float* k, const float* v, int64_t keys, int64_t d, float scale, float* score,
-            float* out) {
+// k, v (rows of d; fp32, or bf16 bits), into out (d); score: keys floats of scratch. Cloned for
+// AVX-512, AVX2 and the baseline and chosen when the library loads (this file is compiled for
+// baseline x86-64).
+template <class T>
+inline __attribute__((always_inline)) void attend_rows(const float* q, const T* k, const T* v, int64_t keys, int64_t d,
+                                                       float scale, float* score, float* out) {
+  const int64_t d16 = d / 16 * 16;
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < keys; ++j) {
-    float s = 0;  // omp simd: a float sum is left scalar unless the reduction may be reordered
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < d; ++i) s += q[i] * k[j * d + i];
+    const T* kj = k + j * d;
+    V16 acc = {};
+    for (int64_t i = 0; i < d16; i += 16) acc += load16(q + i) * load16(kj + i);
+    float s = sum16(acc);
+    for (int64_t i = d16; i < d; ++i) s += q[i] * as_float(kj[i]);
     score[j] = s * scale;
     mx = std::max(mx, score[j]);
   }
   float sum = 0;
   for (int64_t j = 0; j < keys; ++j) sum += (score[j] = std::exp(score[j] - mx));
   for (int64_t j = 0; j < keys; ++j) score[j] /= sum;
-  // Columns of out in blocks held in registers over the keys (out[i] += ... per key went through
-  // memory, a store-to-load chain per key): 64 at a time (four independent FMA chains; head_dim
-  // 64 or 128), then 16.
+  // Columns of out in blocks of 64 held in four vector accumulators over the keys (head_dim 64 or
+  // 128), then 16, then one by one.
   int64_t i0 = 0;
-  auto block = [&](auto width) {
-    constexpr int W = decltype(width)::value;
-    for (; i0 + W <= d; i0 += W) {
-      float a[W] = {};
-      for (int64_t j = 0; j < keys; ++j)
-        for (int i = 0; i < W; ++i) a[i] += score[j] * v[j * d + i0 + i];
-      std::copy_n(a, W, out + i0);
+  for (; i0 + 64 <= d; i0 += 64) {
+    V16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t j = 0; j < keys; ++j) {
+      const T* vj = v + j * d + i0;
+      const V16 p = V16{} + score[j];
+      a0 += p * load16(vj);
+      a1 += p * load16(vj + 16);
+      a2 += p * load16(vj + 32);
+      a3 += p * load16(vj + 48);
     }
-  };
-  block(std::integral_constant<int, 64>{});
-  block(std::integral_constant<int, 16>{});
+    std::memcpy(out + i0, &a0, 64);
+    std::memcpy(out + i0 + 16, &a1, 64);
+    std::memcpy(out + i0 + 32, &a2, 64);
+    std::memcpy(out + i0 + 48, &a3, 64);
+  }
+  for (; i0 + 16 <= d; i0 += 16) {
+    V16 a = {};
+    for (int64_t j = 0; j < keys; ++j) a += (V16{} + score[j]) * load16(v + j * d + i0);
+    std::memcpy(out + i0, &a, 64);
+  }
   for (; i0 < d; ++i0) {
     float a = 0;
-    for (int64_t j = 0; j < keys; ++j) a += score[j] * v[j * d + i0];
+    for (int64_t j = 0; j < keys; ++j) a += score[j] * as_float(v[j * d + i0]);
     out[i0] = a;
   }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EDKM_ATTEND_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define EDKM_ATTEND_CLONES
+#endif
+EDKM_ATTEND_CLONES void attend(const float* q, const float* k, const float* v, int64_t keys, int64_t d, float scale,
+                               float* score, float* out) {
+  attend_rows(q, k, v, keys, d, scale, score, out);
+}
+EDKM_ATTEND_CLONES void attend(const float* q, const uint16_t* k, const uint16_t* v, int64_t keys, int64_t d,
+                               float scale, float* score, float* out) {
+  attend_rows(q, k, v, keys, d, scale, score, out);
 }
 
 InferenceLinear dense_linear(const torch::nn::Linear& l) {
@@ -291,20 +354,36 @@ at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) cons
     rotate_heads(qp, H, d, cos, sin);
     rotate_heads(kp, KV, d, cos, sin);
     const int64_t cap = cache.k[l].size(2);
-    float* kc = cache.k[l].data_ptr<float>();
-    float* vc = cache.v[l].data_ptr<float>();
+    const bool bf16 = cache.k[l].scalar_type() == at::kBFloat16;
+    float* kc = bf16 ? nullptr : cache.k[l].data_ptr<float>();
+    float* vc = bf16 ? nullptr : cache.v[l].data_ptr<float>();
+    // bf16 cache: its raw bits (the conversion rounds to nearest even, as at::Tensor::to does).
+    uint16_t* kb = bf16 ? reinterpret_cast<uint16_t*>(cache.k[l].data_ptr<at::BFloat16>()) : nullptr;
+    uint16_t* vb = bf16 ? reinterpret_cast<uint16_t*>(cache.v[l].data_ptr<at::BFloat16>()) : nullptr;
     for (int64_t g = 0; g < KV; ++g) {
-      std::copy_n(kp + g * d, d, kc + (g * cap + pos) * d);
-      std::copy_n(vp + g * d, d, vc + (g * cap + pos) * d);
+      const int64_t at_row = (g * cap + pos) * d;
+      if (!bf16) {
+        std::copy_n(kp + g * d, d, kc + at_row);
+        std::copy_n(vp + g * d, d, vc + at_row);
+        continue;
+      }
+      for (int64_t i = 0; i < d; ++i) {
+        kb[at_row + i] = at::BFloat16(kp[g * d + i]).x;
+        vb[at_row + i] = at::BFloat16(vp[g * d + i]).x;
+      }
     }
     float* ap = attn.data_ptr<float>();
     const int64_t keys = pos + 1;
     const int64_t grain = std::max<int64_t>(1, 65536 / (keys * d));
     at::parallel_for(0, H, grain, [&](int64_t h0, int64_t h1) {
       std::vector<float> score(static_cast<size_t>(keys));
-      for (int64_t hd = h0; hd < h1; ++hd)
-        attend(qp + hd * d, kc + (hd / group) * cap * d, vc + (hd / group) * cap * d, keys, d, scale, score.data(),
-               ap + hd * d);
+      for (int64_t hd = h0; hd < h1; ++hd) {
+        const int64_t at_head = (hd / group) * cap * d;
+        if (bf16)
+          attend(qp + hd * d, kb + at_head, vb + at_head, keys, d, scale, score.data(), ap + hd * d);
+        else
+          attend(qp + hd * d, kc + at_head, vc + at_head, keys, d, scale, score.data(), ap + hd * d);
+      }
     });
     const at::Tensor o = L.o.forward(attn).contiguous();
     const float* op = o.data_ptr<float>();
@@ -334,13 +413,15 @@ at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) cons
   return head(h).reshape({1, config_.vocab_size()});
 }
 
-LlamaRuntime::Cache LlamaRuntime::new_cache(int64_t capacity) const {
+LlamaRuntime::Cache LlamaRuntime::new_cache(int64_t capacity, at::ScalarType dtype) const {
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16,
+              "edkm: LlamaRuntime: the key/value cache is fp32 or bf16, not ", dtype);
   if (capacity <= 0) capacity = config_.max_position_embeddings();
   TORCH_CHECK(capacity <= config_.max_position_embeddings(), "edkm: LlamaRuntime: cache of ", capacity,
               " positions exceeds max_position_embeddings ", config_.max_position_embeddings());
   Cache c;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    c.k.push_back(at::zeros({1, config_.num_key_value_heads(), capacity, config_.resolved_head_dim()}, at::kFloat));
+    c.k.push_back(at::zeros({1, config_.num_key_value_heads(), capacity, config_.resolved_head_dim()}, dtype));
     c.v.push_back(at::zeros_like(c.k.back()));
   }
   return c;
@@ -382,7 +463,10 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
   const int64_t n = tokens.numel(), pos = cache.length, capacity = cache.k.empty() ? 0 : cache.k[0].size(2);
   TORCH_CHECK(pos + n <= capacity, "edkm: LlamaRuntime::forward: ", pos, " cached + ", n, " new tokens exceed the ",
               capacity, "-position cache");
-  if (n == 1 && fast_decode_ && !cache.k.empty() && fp32_cpu(cache.k[0]) && fp32_cpu(cache.v[0]))
+  auto cpu_cache = [](const at::Tensor& t) {
+    return t.is_cpu() && t.is_contiguous() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
+  };
+  if (n == 1 && fast_decode_ && !cache.k.empty() && cpu_cache(cache.k[0]) && cpu_cache(cache.v[0]))
     return decode_one(tokens, cache);
   at::NoGradGuard ng;
   const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(), d = config_.resolved_head_dim();
@@ -410,9 +494,9 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
     const at::Tensor q = functional::apply_rotary_embedding(heads(qp, H), cos, sin);
     cache.k[l].narrow(2, pos, n).copy_(functional::apply_rotary_embedding(heads(kp, KV), cos, sin));
     cache.v[l].narrow(2, pos, n).copy_(heads(vp, KV));
-    const at::Tensor a =
-        at::scaled_dot_product_attention(q, cache.k[l].narrow(2, 0, pos + n), cache.v[l].narrow(2, 0, pos + n), mask,
-                                         0.0, /*is_causal=*/false, std::nullopt, /*enable_gqa=*/KV != H);
+    const at::Tensor a = at::scaled_dot_product_attention(q, cache.k[l].narrow(2, 0, pos + n).to(at::kFloat),
+                                                          cache.v[l].narrow(2, 0, pos + n).to(at::kFloat), mask, 0.0,
+                                                          /*is_causal=*/false, std::nullopt, /*enable_gqa=*/KV != H);
     x = x + L.o.forward(a.transpose(1, 2).reshape({1, n, H * d}));
     const at::Tensor h2 = functional::rms_norm(x, L.post_norm, eps);
     if (L.gate_up.parts > 1) {
@@ -435,7 +519,8 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& prompt, 
   TORCH_CHECK(o.max_new_tokens() >= 0, "edkm: GenerationOptions: max_new_tokens must be >= 0");
   // The last generated token is never fed back, so the cache needs prompt + max_new - 1 positions.
   const int64_t n = static_cast<int64_t>(prompt.size());
-  Cache cache = new_cache(std::min(config_.max_position_embeddings(), std::max<int64_t>(1, n + o.max_new_tokens())));
+  Cache cache = new_cache(std::min(config_.max_position_embeddings(), std::max<int64_t>(1, n + o.max_new_tokens())),
+                          o.cache_dtype());
   return generate(prompt, o, cache, on_token);
 }
 

@@ -46,6 +46,10 @@ struct EDKM_API GenerationOptions {
   /// negative, before the temperature, top_k and top_p; applies to greedy decoding too. 1: none.
   /// Default 1.
   TORCH_ARG(double, repetition_penalty) = 1.0;
+  /// The key/value cache a generate() without one allocates: kFloat, or kBFloat16 (half the
+  /// memory and the bytes a long context reads per token; keys and values rounded to bf16).
+  /// Default kFloat.
+  TORCH_ARG(at::ScalarType, cache_dtype) = at::kFloat;
 };
 
 /// A projection for inference: a dense weight (shared with a model, not copied) or a packed one.
@@ -60,8 +64,8 @@ struct EDKM_API InferenceLinear {
 
 class EDKM_API LlamaRuntime {
  public:
-  /// The key/value cache of one sequence: per layer [1, kv_heads, capacity, head_dim] fp32, and
-  /// the ids of its first `length` positions.
+  /// The key/value cache of one sequence: per layer [1, kv_heads, capacity, head_dim] fp32 or bf16,
+  /// and the ids of its first `length` positions.
   struct Cache {
     std::vector<at::Tensor> k, v;
     int64_t length = 0;
@@ -76,7 +80,8 @@ class EDKM_API LlamaRuntime {
   /// load_compressed(path) with the config.json at `config_path`.
   static LlamaRuntime load(const std::string& compressed_path, const std::string& config_path);
 
-  Cache new_cache(int64_t capacity = 0) const;  ///< 0: max_position_embeddings
+  /// capacity 0: max_position_embeddings; dtype kFloat or kBFloat16.
+  Cache new_cache(int64_t capacity = 0, at::ScalarType dtype = at::kFloat) const;
   /// Grows `cache` to hold at least `capacity` positions (at most max_position_embeddings; doubling,
   /// so appending stays cheap), keeping what it holds.
   void reserve(Cache& cache, int64_t capacity) const;
