@@ -135,9 +135,7 @@ int main(int argc, char** argv) try {
   const auto ids = tokenizer->encode(text_in);
   t0 = Clock::now();
   // One cache for the whole session: with --interactive a turn computes only its own tokens.
-  auto cache = rt.new_cache(std::min<int64_t>(config.max_position_embeddings(),
-                                              static_cast<int64_t>(ids.size()) + std::max<int64_t>(1, max_new)),
-                            options.cache_dtype());
+  auto cache = rt.new_cache(1, options.cache_dtype());  // generate grows it
   const auto out = rt.generate(ids, options, cache, [&](int64_t id) { std::cout << text({id}) << std::flush; });
   const double s = seconds_since(t0);
   std::cout << "\n"

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Exception.h>
 
 #include <ATen/Parallel.h>
@@ -56,12 +57,7 @@ inline V16 load16(const uint16_t* p) {
   return reinterpret_cast<V16>(__builtin_convertvector(h, U16) << 16);
 }
 inline float as_float(float x) { return x; }
-inline float as_float(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+inline float as_float(uint16_t b) { return c10::detail::f32_from_bits(b); }
 // The sum of the 16 lanes, as a tree (8 + 8, 4 + 4, 2 + 2, 1 + 1).
 inline float sum16(V16 v) {
   v += __builtin_shuffle(v, I16{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
@@ -515,12 +511,7 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
 
 std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& prompt, const GenerationOptions& o,
                                             const std::function<void(int64_t)>& on_token) const {
-  TORCH_CHECK(!prompt.empty(), "edkm: LlamaRuntime::generate: empty prompt");
-  TORCH_CHECK(o.max_new_tokens() >= 0, "edkm: GenerationOptions: max_new_tokens must be >= 0");
-  // The last generated token is never fed back, so the cache needs prompt + max_new - 1 positions.
-  const int64_t n = static_cast<int64_t>(prompt.size());
-  Cache cache = new_cache(std::min(config_.max_position_embeddings(), std::max<int64_t>(1, n + o.max_new_tokens())),
-                          o.cache_dtype());
+  Cache cache = new_cache(1, o.cache_dtype());  // generate reserves what the prompt and output need
   return generate(prompt, o, cache, on_token);
 }
 

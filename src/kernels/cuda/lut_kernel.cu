@@ -202,12 +202,10 @@ int try_wide(const LutParams& p, const float* x, int64_t m, float* y, cudaStream
   return kByBits[p.bits - 1](p, x, static_cast<int>(m), y, stream);
 }
 
-bool warp_kernel_forced() { return kernel_forced("warp"); }
-
 // The tiled kernel when the shape and the device allow it; -1 when they do not.
 int try_tiled(const LutParams& p, const float* x, int64_t m, float* y, cudaStream_t stream) {
   if (p.in % 32 != 0 || reinterpret_cast<uintptr_t>(p.packed) % 4 != 0 || p.bits < 1 || p.bits > 8 ||
-      p.lut_stride != (int64_t{1} << p.bits) || warp_kernel_forced())
+      p.lut_stride != (int64_t{1} << p.bits) || kernel_forced("warp"))
     return -1;
   int device = 0, smem_max = 0, sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
