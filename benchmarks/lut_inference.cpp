@@ -244,7 +244,7 @@ int main(int argc, char** argv) try {
       const auto o = edkm::GenerationOptions().max_new_tokens(decode_tokens);
       auto cache = rt.new_cache(prompt_tokens + decode_tokens);
       auto t0 = Clock::now();
-      at::Tensor logits = rt.forward(at::tensor(prompt, at::kLong), cache);
+      at::Tensor logits = rt.forward(at::tensor(prompt, at::kLong), cache, edkm::LlamaRuntime::Logits::kLast);
       const double prefill = seconds_since(t0);
       std::vector<int64_t> gen;
       t0 = Clock::now();

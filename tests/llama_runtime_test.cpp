@@ -56,6 +56,12 @@ TEST(LlamaRuntime, CachedForwardEqualsTheFullForward) {
     }
     auto cache = rt.new_cache();
     EXPECT_LE(edkm::test::max_rel(rt.forward(ids, cache), full), 1e-5) << "one chunk";
+    auto last_cache = rt.new_cache();  // Logits::kLast: the same cache, the last row only
+    const at::Tensor last = rt.forward(ids, last_cache, LlamaRuntime::Logits::kLast);
+    EXPECT_EQ(last.sizes(), (std::vector<int64_t>{1, full.size(1)}));
+    EXPECT_LE(edkm::test::max_rel(last, full.narrow(0, 22, 1)), 1e-5);
+    EXPECT_EQ(last_cache.length, 23);
+    EXPECT_TRUE(last_cache.k[0].narrow(2, 0, 23).equal(cache.k[0].narrow(2, 0, 23)));
     for (const std::vector<int64_t>& chunks : {std::vector<int64_t>(23, 1), std::vector<int64_t>{5, 1, 7, 10}}) {
       auto c = rt.new_cache(30);
       int64_t at = 0;

@@ -22,11 +22,38 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <iomanip>
 #include <iostream>
+#include <sstream>
 
 namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+// Times one generate() call as llama.cpp reports it: the first token arrives after the input's
+// prefill (one forward over it, then a sample); each further token costs one forward of one token.
+struct TurnTimer {
+  Clock::time_point start = Clock::now(), first, last;
+  int64_t tokens = 0;
+  void token() {
+    last = Clock::now();
+    if (tokens++ == 0) first = last;
+  }
+  void report(std::ostream& out, int64_t input_tokens, int64_t cached) const {
+    std::ostringstream os;
+    os << std::fixed << std::setprecision(3);
+    const double prefill = tokens ? seconds(start, first) : seconds_since(start);
+    os << "input " << input_tokens << " tokens";
+    if (cached) os << " (after " << cached << " cached)";
+    os << " in " << prefill << " s (" << static_cast<double>(input_tokens) / prefill << " tok/s, first token)";
+    if (tokens > 1)
+      os << ", then " << tokens - 1 << " tokens in " << seconds(first, last) << " s ("
+         << static_cast<double>(tokens - 1) / seconds(first, last) << " tok/s)";
+    os << "; " << tokens << " generated\n";
+    out << os.str();
+  }
+};
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -133,14 +160,15 @@ int main(int argc, char** argv) try {
   }
   std::cout << std::flush;
   const auto ids = tokenizer->encode(text_in);
-  t0 = Clock::now();
   // One cache for the whole session: with --interactive a turn computes only its own tokens.
   auto cache = rt.new_cache(1, options.cache_dtype());  // generate grows it
-  const auto out = rt.generate(ids, options, cache, [&](int64_t id) { std::cout << text({id}) << std::flush; });
-  const double s = seconds_since(t0);
-  std::cout << "\n"
-            << out.size() << " tokens in " << s << " s (" << static_cast<double>(out.size()) / s
-            << " tok/s including the prompt's prefill)\n";
+  TurnTimer timer;
+  const auto out = rt.generate(ids, options, cache, [&](int64_t id) {
+    timer.token();
+    std::cout << text({id}) << std::flush;
+  });
+  std::cout << "\n";
+  timer.report(std::cout, static_cast<int64_t>(ids.size()), 0);
   if (interactive) {
     // The conversation as token ids: each answer as generated (not re-encoded from its text),
     // closed by <|im_end|>, then the next user turn and the assistant's opening. Each turn feeds
@@ -154,14 +182,15 @@ int main(int argc, char** argv) try {
       const auto turn = tokenizer->encode("\n<|im_start|>user\n" + line + "<|im_end|>\n<|im_start|>assistant\n");
       conversation.insert(conversation.end(), turn.begin(), turn.end());
       std::cout << "assistant: " << std::flush;
-      const auto t1 = Clock::now();
       const int64_t cached = cache.length;
       const std::vector<int64_t> input(conversation.begin() + cached, conversation.end());
-      const auto answer =
-          rt.generate(input, options, cache, [&](int64_t id) { std::cout << text({id}) << std::flush; });
-      std::cout << "\n"
-                << answer.size() << " tokens in " << seconds_since(t1) << " s (after " << conversation.size()
-                << " tokens of conversation, " << cached << " of them cached)\n";
+      TurnTimer turn_timer;
+      const auto answer = rt.generate(input, options, cache, [&](int64_t id) {
+        turn_timer.token();
+        std::cout << text({id}) << std::flush;
+      });
+      std::cout << "\n";
+      turn_timer.report(std::cout, static_cast<int64_t>(input.size()), cached);
       conversation.insert(conversation.end(), answer.begin(), answer.end());
       conversation.push_back(options.stop_ids().front());
     }

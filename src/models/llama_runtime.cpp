@@ -451,7 +451,7 @@ at::Tensor LlamaRuntime::head(const at::Tensor& h) const {
   return at::linear(h.to(embed_dense_.scalar_type()), embed_dense_).to(at::kFloat);
 }
 
-at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
+at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits which) const {
   TORCH_CHECK(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.numel() > 0,
               "edkm: LlamaRuntime::forward: expected a non-empty 1-D int64 tensor of tokens, got ",
               tokens.scalar_type(), " ", tokens.sizes());
@@ -506,6 +506,7 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache) const {
   cache.length = pos + n;
   const at::Tensor ids = tokens.contiguous();
   cache.tokens.insert(cache.tokens.end(), ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + n);
+  if (which == Logits::kLast) x = x.narrow(1, n - 1, 1);
   return head(functional::rms_norm(x, norm_, eps)).squeeze(0);
 }
 
@@ -549,7 +550,7 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& input, c
   auto stops = [&](int64_t t) {
     return t == o.eos_id() || std::find(o.stop_ids().begin(), o.stop_ids().end(), t) != o.stop_ids().end();
   };
-  at::Tensor logits = forward(at::tensor(input, at::kLong), cache).select(0, -1);
+  at::Tensor logits = forward(at::tensor(input, at::kLong), cache, Logits::kLast).select(0, -1);
   while (static_cast<int64_t>(out.size()) < o.max_new_tokens()) {
     at::Tensor scores = logits.to(at::kDouble).contiguous();
     if (o.repetition_penalty() != 1) {

@@ -85,8 +85,13 @@ class EDKM_API LlamaRuntime {
   /// Grows `cache` to hold at least `capacity` positions (at most max_position_embeddings; doubling,
   /// so appending stays cheap), keeping what it holds.
   void reserve(Cache& cache, int64_t capacity) const;
-  /// Appends `tokens` (1-D int64) to the cache; logits [n, vocab] fp32 of those positions.
-  at::Tensor forward(const at::Tensor& tokens, Cache& cache) const;
+  /// Which positions forward() computes logits for.
+  enum class Logits : uint8_t {
+    kAll,   ///< every new position: [n, vocab]
+    kLast,  ///< the last one only: [1, vocab] (a prompt's prefill skips the head for the others)
+  };
+  /// Appends `tokens` (1-D int64) to the cache; logits fp32 of those positions (see Logits).
+  at::Tensor forward(const at::Tensor& tokens, Cache& cache, Logits which = Logits::kAll) const;
   /// Generated ids after `prompt` (prompt not included); on_token is called with each new id.
   std::vector<int64_t> generate(const std::vector<int64_t>& prompt, const GenerationOptions& options,
                                 const std::function<void(int64_t)>& on_token = {}) const;
