@@ -43,7 +43,7 @@ nlohmann::json measure(edkm::Communicator& comm, const std::shared_ptr<edkm::Com
   nlohmann::json row = {{"world_size", comm.world_size()}, {"bits", bits}};
   {  // dense, every rank the whole weight
     const auto shape = parse_shape(dense_shape);
-    const auto opts = edkm::DKMOptions(bits).epsilon(0);  // all max_iter iterations: the worst case
+    const auto opts = edkm::DKMOptions(bits).epsilon(0).engine(edkm::Engine::kDense);  // all iterations: the worst case
     at::manual_seed(0);
     const auto w = at::randn(shape) * 0.02;
     const auto c = edkm::functional::init_centroids(w, opts);

@@ -95,9 +95,10 @@ TEST(BackendOps, CudaAssignBeyond65535GroupsAndAtLlamaScale) {
     DKMOptions options;
   };
   const std::vector<Case> cases{
-      {{70000, 8}, DKMOptions(2).granularity(Granularity::kPerGroupedChannel).group_size(1)},  // 70,000 LUTs
-      {{4096, 4096}, DKMOptions(3)},                                                           // 16.8M weights
-      {{11008, 64}, DKMOptions(4).granularity(Granularity::kPerGroupedChannel).group_size(16)},
+      {{70000, 8},
+       DKMOptions(2).engine(Engine::kDense).granularity(Granularity::kPerGroupedChannel).group_size(1)},  // 70,000 LUTs
+      {{4096, 4096}, DKMOptions(3).engine(Engine::kDense)},  // 16.8M weights
+      {{11008, 64}, DKMOptions(4).engine(Engine::kDense).granularity(Granularity::kPerGroupedChannel).group_size(16)},
   };
   for (const auto& c : cases) {
     const at::Tensor w = test::llm_like(c.shape, 5);

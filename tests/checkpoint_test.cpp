@@ -74,13 +74,17 @@ std::vector<std::pair<std::string, Palette>> sample_palettes() {
     out.emplace_back(name, Palette::from_centroids(w, functional::init_centroids(w, o, s), o, s));
   };
   for (int bits = 1; bits <= 8; ++bits)
-    add("bits" + std::to_string(bits), test::llm_like({24, 40}, bits), DKMOptions(bits));
-  add("bf16", test::llm_like({16, 48}, 11, at::kBFloat16), DKMOptions(3));
-  add("f16", test::llm_like({16, 48}, 12, at::kHalf), DKMOptions(4));
+    add("bits" + std::to_string(bits), test::llm_like({24, 40}, bits), DKMOptions(bits).engine(Engine::kDense));
+  add("bf16", test::llm_like({16, 48}, 11, at::kBFloat16), DKMOptions(3).engine(Engine::kDense));
+  add("f16", test::llm_like({16, 48}, 12, at::kHalf), DKMOptions(4).engine(Engine::kDense));
   add("grouped.scaled", test::llm_like({32, 20}, 13),
-      DKMOptions(3).granularity(Granularity::kPerGroupedChannel).group_size(8).per_channel_scale(true));
-  add("vector", test::llm_like({16, 12}, 14), DKMOptions(2).cluster_dim(2));
-  add("conv", test::llm_like({8, 4, 3, 3}, 15), DKMOptions(3));
+      DKMOptions(3)
+          .engine(Engine::kDense)
+          .granularity(Granularity::kPerGroupedChannel)
+          .group_size(8)
+          .per_channel_scale(true));
+  add("vector", test::llm_like({16, 12}, 14), DKMOptions(2).engine(Engine::kDense).cluster_dim(2));
+  add("conv", test::llm_like({8, 4, 3, 3}, 15), DKMOptions(3).engine(Engine::kDense));
   return out;
 }
 

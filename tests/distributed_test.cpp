@@ -155,8 +155,8 @@ TEST(ShardedDKM, WorldOfOneIsBitwiseThePlainEngine) {
 TEST(ShardedDKM, RefusesWhatItDoesNotShard) {
   auto comm = dist::world_of_one();
   const auto w = test::llm_like({32, 48}, 1, at::kFloat);
-  const auto c = functional::init_centroids(w, DKMOptions(3));
-  test::expect_error([&] { dist::dkm_cluster_sharded(w, c, DKMOptions(3), comm); },
+  const auto c = functional::init_centroids(w, DKMOptions(3).engine(Engine::kDense));
+  test::expect_error([&] { dist::dkm_cluster_sharded(w, c, DKMOptions(3).engine(Engine::kDense), comm); },
                      {"dense engine is not sharded", "ShardedOffloader"});
   const auto og = DKMOptions(3).engine(Engine::kStreaming).granularity(Granularity::kPerGroupedChannel).group_size(8);
   test::expect_error([&] { dist::dkm_cluster_sharded(w, functional::init_centroids(w, og), og, comm); },
@@ -172,7 +172,7 @@ TEST(ShardedOffloader, WorldOfOneIsBitwiseAndDeduplicates) {
   auto comm = dist::world_of_one();
   const auto w = test::llm_like({64, 64}, 2);
   const auto g = test::llm_like({64, 64}, 3);
-  const auto o = DKMOptions(3);
+  const auto o = DKMOptions(3).engine(Engine::kDense);
   const auto c = functional::init_centroids(w, o);
   const auto ref = test::run(w, c, g, o);
   for (bool to_host : {true, false}) {
@@ -199,7 +199,7 @@ TEST(ShardedOffloader, WorldOfOneUniquifyIsBitwiseAndKeepsLess) {
   auto comm = dist::world_of_one();
   const auto w = test::llm_like({256, 64}, 2, at::kBFloat16);
   const auto g = test::llm_like({256, 64}, 3, at::kBFloat16);
-  const auto o = DKMOptions(3).epsilon(0).max_iter(3);
+  const auto o = DKMOptions(3).engine(Engine::kDense).epsilon(0).max_iter(3);
   const auto c = functional::init_centroids(w, o);
   const auto ref = test::run(w, c, g, o);
   dist::ShardedOffloadStats kept[2];

@@ -60,7 +60,7 @@ void check_sharded(const std::shared_ptr<edkm::Communicator>& comm, const at::Te
 void check_sharded_offloader(const std::shared_ptr<edkm::Communicator>& comm) {
   const auto w = edkm::test::llm_like({48, 64}, 7, at::kFloat);
   const auto r = edkm::test::llm_like({48, 64}, 8, at::kFloat);
-  const auto o = edkm::DKMOptions(3);
+  const auto o = edkm::DKMOptions(3).engine(edkm::Engine::kDense);
   const auto c = edkm::functional::init_centroids(w, o);
   const auto ref = edkm::test::run(w, c, r, o);
   auto off = std::make_shared<edkm::dist::ShardedOffloader>(comm, edkm::dist::ShardedOffloadOptions().min_bytes(0));
@@ -87,7 +87,7 @@ void check_sharded_offloader(const std::shared_ptr<edkm::Communicator>& comm) {
 void check_sharded_uniquify(const std::shared_ptr<edkm::Communicator>& comm) {
   const auto w = edkm::test::llm_like({256, 64}, 12, at::kBFloat16);
   const auto r = edkm::test::llm_like({256, 64}, 13, at::kBFloat16);
-  const auto o = edkm::DKMOptions(3).epsilon(0).max_iter(3);
+  const auto o = edkm::DKMOptions(3).engine(edkm::Engine::kDense).epsilon(0).max_iter(3);
   const auto c = edkm::functional::init_centroids(w, o);
   const auto ref = edkm::test::run(w, c, r, o);
   edkm::dist::ShardedOffloadStats kept[2];

@@ -8,7 +8,7 @@ namespace {
 
 TEST(DKMModule, WarmStartsFromDetachedCentroids) {
   auto w = test::llm_like({32, 32}, 1).requires_grad_(true);
-  DKM dkm(DKMOptions(3).weight_threshold(0));
+  DKM dkm(DKMOptions(3).engine(Engine::kDense).weight_threshold(0));
   auto y1 = dkm(w);
   auto c1 = dkm->centroids().clone();
   EXPECT_FALSE(c1.requires_grad());
@@ -23,19 +23,19 @@ TEST(DKMModule, WarmStartsFromDetachedCentroids) {
 
 TEST(DKMModule, MilestoneAndThreshold) {
   auto w = test::llm_like({16, 16}, 2);
-  DKM dkm(DKMOptions(2).milestone(2).weight_threshold(0));
+  DKM dkm(DKMOptions(2).engine(Engine::kDense).milestone(2).weight_threshold(0));
   EXPECT_TRUE(at::equal(dkm(w), w));
   dkm->step();
   EXPECT_TRUE(at::equal(dkm(w), w));
   dkm->step();
   EXPECT_FALSE(at::equal(dkm(w), w));
-  DKM small(DKMOptions(2));  // default threshold 2048 > 256 elements
+  DKM small(DKMOptions(2).engine(Engine::kDense));  // default threshold 2048 > 256 elements
   EXPECT_TRUE(at::equal(small(w), w));
 }
 
 TEST(DKMModule, EvalIsHardAssignment) {
   auto w = test::llm_like({32, 16}, 3);
-  DKM dkm(DKMOptions(2).weight_threshold(0));
+  DKM dkm(DKMOptions(2).engine(Engine::kDense).weight_threshold(0));
   dkm(w);
   dkm->eval();
   auto hard = dkm(w);
@@ -45,7 +45,7 @@ TEST(DKMModule, EvalIsHardAssignment) {
 
 TEST(DKMModule, PerChannelScaleIsComputedOnce) {
   auto w = test::llm_like({8, 64}, 4);
-  DKM dkm(DKMOptions(2).weight_threshold(0).per_channel_scale(true));
+  DKM dkm(DKMOptions(2).engine(Engine::kDense).weight_threshold(0).per_channel_scale(true));
   dkm(w);
   auto s = dkm->scale().clone();
   EXPECT_EQ(s.numel(), 8);

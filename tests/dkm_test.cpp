@@ -45,6 +45,7 @@ TEST(DKMOptions, DefaultsEqualTheReference) {
   EXPECT_EQ(o.cluster_dim(), 1);
   EXPECT_EQ(o.milestone(), 0);
   EXPECT_EQ(o.weight_threshold(), 2048);
+  EXPECT_EQ(o.engine(), Engine::kAuto);  // not a coremltools option: the engine that saves memory
   EXPECT_NO_THROW(o.validate());
 }
 
@@ -52,45 +53,46 @@ TEST(DKMOptions, InvalidOptionsNameTheProblem) {
   auto expect_error = [](const DKMOptions& o, const std::string& what) {
     test::expect_error([&] { o.validate(); }, {what});
   };
-  expect_error(DKMOptions(0), "bits must be in 1..8");
-  expect_error(DKMOptions(9), "bits must be in 1..8");
-  expect_error(DKMOptions(3).tau(0), "tau");
-  expect_error(DKMOptions(3).max_iter(0), "max_iter");
-  expect_error(DKMOptions(3).granularity(Granularity::kPerGroupedChannel), "group_size");
-  expect_error(DKMOptions(3).cluster_dim(0), "cluster_dim");
-  expect_error(DKMOptions(3).zero_threshold(1.5), "zero_threshold");
-  expect_error(DKMOptions(3).init(KMeansInit::kOptimal1D).cluster_dim(2), "opt1d");
+  expect_error(DKMOptions(0).engine(Engine::kDense), "bits must be in 1..8");
+  expect_error(DKMOptions(9).engine(Engine::kDense), "bits must be in 1..8");
+  expect_error(DKMOptions(3).engine(Engine::kDense).tau(0), "tau");
+  expect_error(DKMOptions(3).engine(Engine::kDense).max_iter(0), "max_iter");
+  expect_error(DKMOptions(3).engine(Engine::kDense).granularity(Granularity::kPerGroupedChannel), "group_size");
+  expect_error(DKMOptions(3).engine(Engine::kDense).cluster_dim(0), "cluster_dim");
+  expect_error(DKMOptions(3).engine(Engine::kDense).zero_threshold(1.5), "zero_threshold");
+  expect_error(DKMOptions(3).engine(Engine::kDense).init(KMeansInit::kOptimal1D).cluster_dim(2), "opt1d");
 }
 
 TEST(DKMBadInput, ClearErrors) {
   auto w = llm_like({8, 16}, 1);
-  auto c = functional::init_centroids(w, DKMOptions(2));
+  auto c = functional::init_centroids(w, DKMOptions(2).engine(Engine::kDense));
   auto expect_error = [&](const at::Tensor& weight, const at::Tensor& cent, const DKMOptions& o,
                           const std::string& what) {
     test::expect_error([&] { functional::dkm_cluster(weight, cent, o); }, {what});
   };
   auto nan_w = w.clone();
   nan_w[0][0] = std::numeric_limits<float>::quiet_NaN();
-  expect_error(nan_w, c, DKMOptions(2), "NaN or Inf");
+  expect_error(nan_w, c, DKMOptions(2).engine(Engine::kDense), "NaN or Inf");
   auto inf_w = w.clone();
   inf_w[1][2] = std::numeric_limits<float>::infinity();
-  expect_error(inf_w, c, DKMOptions(2), "NaN or Inf");
-  expect_error(at::empty({0, 16}), c, DKMOptions(2), "empty");
-  expect_error(at::ones({8, 16}, at::kInt), c, DKMOptions(2), "floating-point");
-  expect_error(at::Tensor(), c, DKMOptions(2), "undefined");
-  expect_error(w, c, DKMOptions(9), "bits must be in 1..8");
-  expect_error(w, c, DKMOptions(2).granularity(Granularity::kPerGroupedChannel).group_size(3), "does not divide");
-  expect_error(w, c.slice(1, 0, 3), DKMOptions(2), "centroids must have shape");
-  expect_error(w, c, DKMOptions(2).per_channel_scale(true), "no scale was given");
-  if (test::has_gpu()) expect_error(w.cuda(), c, DKMOptions(2), "same device");
+  expect_error(inf_w, c, DKMOptions(2).engine(Engine::kDense), "NaN or Inf");
+  expect_error(at::empty({0, 16}), c, DKMOptions(2).engine(Engine::kDense), "empty");
+  expect_error(at::ones({8, 16}, at::kInt), c, DKMOptions(2).engine(Engine::kDense), "floating-point");
+  expect_error(at::Tensor(), c, DKMOptions(2).engine(Engine::kDense), "undefined");
+  expect_error(w, c, DKMOptions(9).engine(Engine::kDense), "bits must be in 1..8");
+  expect_error(w, c, DKMOptions(2).engine(Engine::kDense).granularity(Granularity::kPerGroupedChannel).group_size(3),
+               "does not divide");
+  expect_error(w, c.slice(1, 0, 3), DKMOptions(2).engine(Engine::kDense), "centroids must have shape");
+  expect_error(w, c, DKMOptions(2).engine(Engine::kDense).per_channel_scale(true), "no scale was given");
+  if (test::has_gpu()) expect_error(w.cuda(), c, DKMOptions(2).engine(Engine::kDense), "same device");
   // mismatched devices through a meta tensor on machines without a GPU
-  expect_error(w, c.to(at::kMeta), DKMOptions(2), "same device");
+  expect_error(w, c.to(at::kMeta), DKMOptions(2).engine(Engine::kDense), "same device");
 }
 
 TEST(DKMDense, MatchesPlainRestatement) {
   for (int64_t bits : {1, 2, 3, 4}) {
     auto w = llm_like({32, 24}, 10 + bits, at::kDouble);
-    auto o = DKMOptions(bits).epsilon(0);
+    auto o = DKMOptions(bits).engine(Engine::kDense).epsilon(0);
     auto c = functional::init_centroids(w, o);
     int64_t iters = 0;
     auto expect = naive_dkm(w, c[0], o, &iters);
@@ -104,7 +106,7 @@ TEST(DKMDense, MatchesPlainRestatement) {
 
 TEST(DKMDense, EarlyStopFollowsInertia) {
   auto w = llm_like({64, 32}, 3, at::kDouble) * 50;  // unit scale: near-hard attention converges fast
-  auto o = DKMOptions(3).max_iter(50).epsilon(1e-4);
+  auto o = DKMOptions(3).engine(Engine::kDense).max_iter(50).epsilon(1e-4);
   auto c = functional::init_centroids(w, o);
   int64_t iters = 0;
   auto expect = naive_dkm(w, c[0], o, &iters);
@@ -118,7 +120,12 @@ TEST(DKMDense, GroupsStopIndependently) {
   // Grouped clustering equals clustering every group on its own (the reference's sequential mode).
   auto w = llm_like({12, 20}, 4, at::kDouble);
   w.slice(0, 8, 12).mul_(30);  // a group on another scale converges differently
-  auto o = DKMOptions(2).granularity(Granularity::kPerGroupedChannel).group_size(4).max_iter(20).epsilon(1e-9);
+  auto o = DKMOptions(2)
+               .engine(Engine::kDense)
+               .granularity(Granularity::kPerGroupedChannel)
+               .group_size(4)
+               .max_iter(20)
+               .epsilon(1e-9);
   auto c = functional::init_centroids(w, o);
   auto out = functional::dkm_cluster(w, c, o);
   for (int64_t g = 0; g < 3; ++g) {
@@ -130,7 +137,7 @@ TEST(DKMDense, GroupsStopIndependently) {
 
 TEST(DKMDense, SoftWeightsAreConvexCombinationsOfCentroids) {
   auto w = llm_like({64, 64}, 5);
-  auto o = DKMOptions(3);
+  auto o = DKMOptions(3).engine(Engine::kDense);
   auto c = functional::init_centroids(w, o);
   auto out = functional::dkm_cluster(w, c, o);
   const double lo = out.centroids.min().item<double>(), hi = out.centroids.max().item<double>();
@@ -148,7 +155,7 @@ TEST(DKMDense, EnforceZeroKeepsZeroCentroid) {
   w.masked_fill_(w.abs() < 0.01, 0.0);  // a pruned weight
   const auto nonzero = w != 0;
   for (double prune : {0.0, 1e-7}) {
-    auto o = DKMOptions(2).enforce_zero(true).prune_threshold(prune).tau(1e-7);
+    auto o = DKMOptions(2).engine(Engine::kDense).enforce_zero(true).prune_threshold(prune).tau(1e-7);
     auto c = functional::init_centroids(w, o);
     EXPECT_EQ(c[0][0][0].item<double>(), 0.0);
     auto out = functional::dkm_cluster(w, c, o);
@@ -163,7 +170,7 @@ TEST(DKMDense, EnforceZeroKeepsZeroCentroid) {
 TEST(DKMDense, LowPrecisionWeights) {
   for (auto dt : {at::kBFloat16, at::kHalf}) {
     auto w = llm_like({32, 64}, 7, dt);
-    auto o = DKMOptions(3);
+    auto o = DKMOptions(3).engine(Engine::kDense);
     auto c = functional::init_centroids(w, o);
     EXPECT_EQ(c.scalar_type(), at::kFloat);
     auto wr = w.clone().requires_grad_(true);
@@ -181,7 +188,7 @@ TEST(DKMDense, LowPrecisionWeights) {
 TEST(DKMDense, CudaMatchesCpu) {
   EDKM_SKIP_WITHOUT_GPU();
   auto w = llm_like({64, 48}, 8);
-  auto o = DKMOptions(3);
+  auto o = DKMOptions(3).engine(Engine::kDense);
   auto c = functional::init_centroids(w, o);
   auto wc = w.cuda().requires_grad_(true), wh = w.clone().requires_grad_(true);
   auto g = llm_like({64, 48}, 9);
@@ -239,19 +246,41 @@ TEST_P(DKMFiniteDifference, GradientMatches) {
 INSTANTIATE_TEST_SUITE_P(
     OptionSets, DKMFiniteDifference,
     ::testing::Values(
-        FDCase{"bits2_tau", DKMOptions(2).tau(0.05).epsilon(0).zero_threshold(0), {4, 6}, 1.0, false},
-        FDCase{"bits3_default_clamp", DKMOptions(3).tau(0.02).epsilon(0), {6, 5}, 1.0, false},
-        FDCase{"bits1_one_iter", DKMOptions(1).tau(0.1).max_iter(1), {5, 4}, 1.0, false},
-        FDCase{"grouped",
-               DKMOptions(2).tau(0.05).epsilon(0).granularity(Granularity::kPerGroupedChannel).group_size(2),
+        FDCase{"bits2_tau",
+               DKMOptions(2).engine(Engine::kDense).tau(0.05).epsilon(0).zero_threshold(0),
                {4, 6},
                1.0,
                false},
-        FDCase{"enforce_zero", DKMOptions(2).tau(0.05).epsilon(0).enforce_zero(true), {4, 6}, 1.0, false},
-        FDCase{"prune_threshold", DKMOptions(2).tau(0.05).epsilon(0).prune_threshold(0.05), {4, 6}, 1.0, false},
-        FDCase{"per_channel_scale", DKMOptions(2).tau(0.05).epsilon(0).per_channel_scale(true), {4, 6}, 1.0, true},
-        FDCase{"vector_dim2", DKMOptions(2).tau(0.1).epsilon(0).cluster_dim(2), {4, 6}, 1.0, false},
-        FDCase{"llm_scale_default_tau", DKMOptions(3).epsilon(0), {4, 8}, 0.02, false}),
+        FDCase{"bits3_default_clamp", DKMOptions(3).engine(Engine::kDense).tau(0.02).epsilon(0), {6, 5}, 1.0, false},
+        FDCase{"bits1_one_iter", DKMOptions(1).engine(Engine::kDense).tau(0.1).max_iter(1), {5, 4}, 1.0, false},
+        FDCase{"grouped",
+               DKMOptions(2)
+                   .engine(Engine::kDense)
+                   .tau(0.05)
+                   .epsilon(0)
+                   .granularity(Granularity::kPerGroupedChannel)
+                   .group_size(2),
+               {4, 6},
+               1.0,
+               false},
+        FDCase{"enforce_zero",
+               DKMOptions(2).engine(Engine::kDense).tau(0.05).epsilon(0).enforce_zero(true),
+               {4, 6},
+               1.0,
+               false},
+        FDCase{"prune_threshold",
+               DKMOptions(2).engine(Engine::kDense).tau(0.05).epsilon(0).prune_threshold(0.05),
+               {4, 6},
+               1.0,
+               false},
+        FDCase{"per_channel_scale",
+               DKMOptions(2).engine(Engine::kDense).tau(0.05).epsilon(0).per_channel_scale(true),
+               {4, 6},
+               1.0,
+               true},
+        FDCase{
+            "vector_dim2", DKMOptions(2).engine(Engine::kDense).tau(0.1).epsilon(0).cluster_dim(2), {4, 6}, 1.0, false},
+        FDCase{"llm_scale_default_tau", DKMOptions(3).engine(Engine::kDense).epsilon(0), {4, 8}, 0.02, false}),
     [](const auto& info) { return info.param.name; });
 
 // --- layout ------------------------------------------------------------------------------------
@@ -259,7 +288,8 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(ClusterLayout, VectorsRoundTrip) {
   for (int64_t d : {1, 2, 4}) {
     auto w = llm_like({8, 3, 2}, 11);
-    auto o = DKMOptions(2).cluster_dim(d).granularity(Granularity::kPerGroupedChannel).group_size(4);
+    auto o =
+        DKMOptions(2).engine(Engine::kDense).cluster_dim(d).granularity(Granularity::kPerGroupedChannel).group_size(4);
     auto l = ClusterLayout::of(w, o);
     EXPECT_EQ(l.groups, 2);
     EXPECT_EQ(l.vectors * d, 24);

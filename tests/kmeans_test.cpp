@@ -107,7 +107,7 @@ TEST(KMeans, PlusPlusIsSeededAndLloydImproves) {
 TEST(InitCentroids, AutoUsesExactInitForHistograms) {
   // 16-bit weights: at most 65536 distinct values per group, so auto == opt1d.
   auto w = test::llm_like({64, 128}, 5, at::kBFloat16);
-  auto o = DKMOptions(3);
+  auto o = DKMOptions(3).engine(Engine::kDense);
   auto a = functional::init_centroids(w, o);
   auto e = functional::init_centroids(w, DKMOptions(o).init(KMeansInit::kOptimal1D));
   EXPECT_TRUE(at::equal(a, e));
@@ -122,7 +122,11 @@ TEST(InitCentroids, AutoUsesExactInitForHistograms) {
 
 TEST(InitCentroids, GroupedAndEnforceZero) {
   auto w = test::llm_like({16, 32}, 9);
-  auto o = DKMOptions(2).granularity(Granularity::kPerGroupedChannel).group_size(4).enforce_zero(true);
+  auto o = DKMOptions(2)
+               .engine(Engine::kDense)
+               .granularity(Granularity::kPerGroupedChannel)
+               .group_size(4)
+               .enforce_zero(true);
   auto c = functional::init_centroids(w, o);
   EXPECT_EQ(c.sizes(), (std::vector<int64_t>{4, 4, 1}));
   EXPECT_TRUE((c.select(1, 0) == 0).all().item<bool>());

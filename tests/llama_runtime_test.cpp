@@ -80,9 +80,12 @@ TEST(LlamaRuntime, PalettizedCheckpointRunsPackedAndGeneratesTheDecompressedMode
     torch::manual_seed(4);
     LlamaForCausalLM model(runtime_config(tied));
     // Linears at 3 bits with 8 rows per LUT, embedding/head at 6 bits per tensor.
-    auto linear =
-        edkm::DKMOptions(3).weight_threshold(0).granularity(edkm::Granularity::kPerGroupedChannel).group_size(8);
-    auto head = edkm::DKMOptions(6).weight_threshold(0);
+    auto linear = edkm::DKMOptions(3)
+                      .engine(edkm::Engine::kDense)
+                      .weight_threshold(0)
+                      .granularity(edkm::Granularity::kPerGroupedChannel)
+                      .group_size(8);
+    auto head = edkm::DKMOptions(6).engine(edkm::Engine::kDense).weight_threshold(0);
     edkm::Palettizer pal(model,
                          edkm::PalettizerOptions(linear).module_type("Embedding", head).module_name("lm_head", head));
     {

@@ -179,7 +179,8 @@ TEST(Llama, ActivationCheckpointingUnderPalettizerKeepsGradients) {
   const at::Tensor x = tokens(2, 12, 50);
   auto grads = [&](LlamaForCausalLM& m, bool backward_in_scope) {
     for (auto& p : m->parameters()) p.mutable_grad() = at::Tensor();
-    edkm::Palettizer pal(m, edkm::PalettizerOptions(edkm::DKMOptions(3).weight_threshold(0)));
+    edkm::Palettizer pal(m,
+                         edkm::PalettizerOptions(edkm::DKMOptions(3).engine(edkm::Engine::kDense).weight_threshold(0)));
     at::Tensor loss;
     {
       auto scope = pal.clustered();

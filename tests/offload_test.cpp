@@ -125,7 +125,7 @@ edkm::OffloadOptions h2h() { return edkm::OffloadOptions().host_to_host(true).mi
 // Output and input gradient of dense DKM (default options) against upstream gradient `g`.
 std::pair<at::Tensor, at::Tensor> dkm_step(const at::Tensor& w, const at::Tensor& c, const at::Tensor& g) {
   auto wr = w.clone().requires_grad_(true);
-  auto out = edkm::functional::dkm_cluster(wr, c, edkm::DKMOptions(3)).weight;
+  auto out = edkm::functional::dkm_cluster(wr, c, edkm::DKMOptions(3).engine(edkm::Engine::kDense)).weight;
   out.backward(g);
   return {out.detach(), wr.grad()};
 }
@@ -392,7 +392,7 @@ TEST(Offloader, BadUseGivesClearErrors) {
 
 TEST(Offloader, DenseDkmGradientsAreBitwiseIdentical) {
   auto w = edkm::test::llm_like({256, 128}, 1);
-  auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3));
+  auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3).engine(edkm::Engine::kDense));
   auto g = edkm::test::llm_like({256, 128}, 2);
   auto [out_ref, grad_ref] = dkm_step(w, c, g);
   auto counting = std::make_shared<CountingHooks>();  // what autograd saves and unpacks in one step
@@ -607,7 +607,7 @@ TEST(Offloader, SmallTensorsAndCpuTensorsWithoutHostToHostAreKept) {
 TEST(Offloader, PrefetchAndUniquifyKeepDenseDkmBitwise) {
   for (const auto dtype : {at::kFloat, at::kBFloat16}) {
     auto w = edkm::test::llm_like({512, 128}, 5).to(dtype);
-    auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3));
+    auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3).engine(edkm::Engine::kDense));
     auto g = edkm::test::llm_like({512, 128}, 6).to(dtype);
     auto [out_ref, grad_ref] = dkm_step(w, c, g);
     for (const int64_t prefetch : {0, 1, 3}) {
@@ -627,7 +627,7 @@ TEST(Offloader, PrefetchAndUniquifyKeepDenseDkmBitwise) {
         {  // a graph freed without backward leaves nothing either
           edkm::SavedTensorHooksGuard guard(off);
           auto wr = w.clone().requires_grad_(true);
-          (void)edkm::functional::dkm_cluster(wr, c, edkm::DKMOptions(3)).weight;
+          (void)edkm::functional::dkm_cluster(wr, c, edkm::DKMOptions(3).engine(edkm::Engine::kDense)).weight;
         }
         EXPECT_EQ(off->stats().kept_bytes, 0) << what;
         EXPECT_EQ(off->stats().pool.in_use_bytes, 0) << what;
@@ -837,7 +837,7 @@ TEST(Offloader, GpuPrefetchAndUniquifyKeepDenseDkmBitwise) {
 #if defined(EDKM_WITH_CUDA)
   for (const auto dtype : {at::kFloat, at::kBFloat16}) {
     auto w = edkm::test::llm_like({1024, 512}, 7).to(dtype).cuda();
-    auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3));
+    auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3).engine(edkm::Engine::kDense));
     auto g = edkm::test::llm_like({1024, 512}, 8).to(dtype).cuda();
     auto [out_ref, grad_ref] = dkm_step(w, c, g);
     auto off = std::make_shared<edkm::Offloader>(edkm::OffloadOptions().min_bytes(4096).prefetch(2).uniquify(true));
@@ -867,7 +867,7 @@ TEST(Offloader, GpuPeakMemoryOfDenseDkmDrops) {
   EDKM_SKIP_WITHOUT_GPU();
 #if defined(EDKM_WITH_CUDA)
   auto w = edkm::test::llm_like({1024, 1024}, 3).cuda();
-  auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3));
+  auto c = edkm::functional::init_centroids(w, edkm::DKMOptions(3).engine(edkm::Engine::kDense));
   auto g = edkm::test::llm_like({1024, 1024}, 4).cuda();
   auto measure = [&](bool offload, at::Tensor* grad, edkm::OffloadStats* stats) {
     auto off = std::make_shared<edkm::Offloader>();
@@ -877,7 +877,7 @@ TEST(Offloader, GpuPeakMemoryOfDenseDkmDrops) {
       std::optional<edkm::SavedTensorHooksGuard> guard;
       if (offload) guard.emplace(off);
       auto wr = w.clone().requires_grad_(true);
-      auto out = edkm::functional::dkm_cluster(wr, c, edkm::DKMOptions(3)).weight;
+      auto out = edkm::functional::dkm_cluster(wr, c, edkm::DKMOptions(3).engine(edkm::Engine::kDense)).weight;
       guard.reset();
       out.backward(g);
       *grad = wr.grad();

@@ -10,7 +10,7 @@ namespace {
 
 TEST(Palette, FromCentroidsDecompressesToNearestCentroid) {
   auto w = test::llm_like({32, 48}, 1);
-  auto o = DKMOptions(3).prune_threshold(0);
+  auto o = DKMOptions(3).engine(Engine::kDense).prune_threshold(0);
   auto c = functional::init_centroids(w, o);
   auto p = Palette::from_centroids(w, c, o);
   EXPECT_EQ(p.indices.scalar_type(), at::kByte);
@@ -26,8 +26,12 @@ TEST(Palette, GroupedScaledAndVectors) {
   auto w = test::llm_like({16, 12}, 2);
   auto s = functional::channel_scale(w, ScaleScheme::kMinMax);
   for (int64_t d : {1, 2}) {
-    auto o =
-        DKMOptions(2).granularity(Granularity::kPerGroupedChannel).group_size(4).cluster_dim(d).per_channel_scale(true);
+    auto o = DKMOptions(2)
+                 .engine(Engine::kDense)
+                 .granularity(Granularity::kPerGroupedChannel)
+                 .group_size(4)
+                 .cluster_dim(d)
+                 .per_channel_scale(true);
     auto c = functional::init_centroids(w, o, s);
     auto p = Palette::from_centroids(w, c, o, s);
     auto back = p.decompress();
@@ -45,7 +49,7 @@ TEST(Palette, GroupedScaledAndVectors) {
 
 TEST(Palette, FromClusteredRecoversTheLut) {
   auto w = test::llm_like({8, 64}, 3);
-  auto o = DKMOptions(2);
+  auto o = DKMOptions(2).engine(Engine::kDense);
   auto p = Palette::from_centroids(w, functional::init_centroids(w, o), o);
   auto hard = p.decompress();
   auto q = Palette::from_clustered(hard, o);
@@ -56,10 +60,11 @@ TEST(Palette, FromClusteredRecoversTheLut) {
 TEST(Palette, PruneThresholdBiasesTowardsCentroidZero) {
   auto w = at::tensor({0.5f, 0.5f}).reshape({2, 1});
   auto c = at::tensor({0.0f, 1.0f}).reshape({1, 2, 1});  // 0.5 is equidistant
-  EXPECT_EQ(functional::assign(w, c, DKMOptions(1).prune_threshold(0.01))[0][0].item<int>(), 0);
+  EXPECT_EQ(functional::assign(w, c, DKMOptions(1).engine(Engine::kDense).prune_threshold(0.01))[0][0].item<int>(), 0);
   auto c2 = at::tensor({1.0f, 0.0f}).reshape({1, 2, 1});
-  EXPECT_EQ(functional::assign(w, c2, DKMOptions(1).prune_threshold(0.01))[0][0].item<int>(), 0);
-  EXPECT_EQ(functional::assign(w, c2, DKMOptions(1).prune_threshold(0))[0][0].item<int>(), 0);  // tie: first
+  EXPECT_EQ(functional::assign(w, c2, DKMOptions(1).engine(Engine::kDense).prune_threshold(0.01))[0][0].item<int>(), 0);
+  EXPECT_EQ(functional::assign(w, c2, DKMOptions(1).engine(Engine::kDense).prune_threshold(0))[0][0].item<int>(),
+            0);  // tie: first
 }
 
 // The hard assignment uses the soft assignment's distance (kernels/distance_math.h): under
@@ -69,16 +74,19 @@ TEST(Palette, PruneThresholdBiasesTowardsCentroidZero) {
 TEST(Palette, HardAssignmentIsTheSoftAssignmentsArgmin) {
   auto w = at::tensor({0.0f, 0.01f, -0.02f, 0.4f, 0.9f}).reshape({5, 1});
   auto c = at::tensor({0.0f, 0.5f, 1.0f, -0.5f}).reshape({1, 4, 1});
-  auto keep = DKMOptions(2).enforce_zero(true).prune_threshold(0);
+  auto keep = DKMOptions(2).engine(Engine::kDense).enforce_zero(true).prune_threshold(0);
   auto idx = functional::assign(w, c, keep)[0];
   EXPECT_EQ(idx[0].item<int>(), 0);  // zero stays at the zero centroid
   EXPECT_NE(idx[1].item<int>(), 0);  // non-zero: never pruned by the assignment
   EXPECT_NE(idx[2].item<int>(), 0);
-  EXPECT_EQ(functional::assign(w, c, DKMOptions(2).enforce_zero(true))[0][1].item<int>(), 0);  // bias only
+  EXPECT_EQ(functional::assign(w, c, DKMOptions(2).engine(Engine::kDense).enforce_zero(true))[0][1].item<int>(),
+            0);  // bias only
   for (bool fp64 : {false, true}) {
-    for (const auto& o : {keep, DKMOptions(3), DKMOptions(3).prune_threshold(0.02), DKMOptions(3).cluster_dim(2),
-                          DKMOptions(2).cluster_dim(2).enforce_zero(true).prune_threshold(0),
-                          DKMOptions(3).granularity(Granularity::kPerGroupedChannel).group_size(4)}) {
+    for (const auto& o :
+         {keep, DKMOptions(3).engine(Engine::kDense), DKMOptions(3).engine(Engine::kDense).prune_threshold(0.02),
+          DKMOptions(3).engine(Engine::kDense).cluster_dim(2),
+          DKMOptions(2).engine(Engine::kDense).cluster_dim(2).enforce_zero(true).prune_threshold(0),
+          DKMOptions(3).engine(Engine::kDense).granularity(Granularity::kPerGroupedChannel).group_size(4)}) {
       auto wt = test::llm_like({16, 24}, 7).to(fp64 ? at::kDouble : at::kFloat);
       wt.index_put_({at::indexing::Slice(0, 4)}, 0);  // some exact zeros
       auto ct = functional::init_centroids(wt, o);
@@ -94,7 +102,7 @@ TEST(Palette, HardAssignmentIsTheSoftAssignmentsArgmin) {
   // fp64 weights are not rounded to fp32 first: values 1e-9 apart go to different centroids.
   auto w64 = at::tensor({0.5 - 1e-9, 0.5 + 1e-9}, at::kDouble).reshape({2, 1});
   auto c64 = at::tensor({0.0, 1.0}, at::kDouble).reshape({1, 2, 1});
-  auto i64 = functional::assign(w64, c64, DKMOptions(1).prune_threshold(0))[0];
+  auto i64 = functional::assign(w64, c64, DKMOptions(1).engine(Engine::kDense).prune_threshold(0))[0];
   EXPECT_EQ(i64[0].item<int>(), 0);
   EXPECT_EQ(i64[1].item<int>(), 1);
 }
@@ -102,7 +110,7 @@ TEST(Palette, HardAssignmentIsTheSoftAssignmentsArgmin) {
 TEST(Palette, CudaAssignMatchesCpuTwin) {
   EDKM_SKIP_WITHOUT_GPU();
   auto w = test::llm_like({256, 1000}, 4);
-  auto o = DKMOptions(4).granularity(Granularity::kPerGroupedChannel).group_size(32);
+  auto o = DKMOptions(4).engine(Engine::kDense).granularity(Granularity::kPerGroupedChannel).group_size(32);
   auto c = functional::init_centroids(w, o);
   auto cpu = functional::assign(w, c, o);
   auto gpu = functional::assign(w.cuda(), c.cuda(), o);

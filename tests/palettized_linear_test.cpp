@@ -26,7 +26,7 @@ struct Case {
 Palette make_palette(const Case& c, uint64_t seed) {
   auto g = at::make_generator<at::CPUGeneratorImpl>(seed);
   const at::Tensor w = at::randn({c.out, c.in}, g);
-  auto o = DKMOptions(c.bits);
+  auto o = DKMOptions(c.bits).engine(Engine::kDense);
   if (c.rows_per_lut > 0) o.granularity(Granularity::kPerGroupedChannel).group_size(c.rows_per_lut);
   const int64_t groups = c.rows_per_lut > 0 ? c.out / c.rows_per_lut : 1;
   const at::Tensor centroids = at::randn({groups, int64_t{1} << c.bits, 1}, g);

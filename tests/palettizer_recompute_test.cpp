@@ -81,7 +81,7 @@ using Grads = std::map<std::string, at::Tensor>;
 std::vector<Grads> train_two_steps(Wrap wrap, bool backward_in_scope, bool offload) {
   torch::manual_seed(3);
   TwoBlocks model(wrap);
-  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)));
   torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.05));
   auto off = std::make_shared<Offloader>(OffloadOptions().min_bytes(0).host_to_host(true));
   std::vector<Grads> out;
@@ -145,23 +145,30 @@ TEST(PalettizerRecompute, OffloaderCheckpointAndPalettizerTogether) {
 TEST(PalettizerRecompute, TwoPalettizersOnOneModelAreRefused) {
   TwoBlocks model(Wrap::kPlain);
   auto first = std::make_unique<Palettizer>(
-      model, PalettizerOptions(DKMOptions(3).weight_threshold(0)).module_name("b2\\.2", std::nullopt));
-  test::expect_error([&] { Palettizer second(model, PalettizerOptions(DKMOptions(4).weight_threshold(0))); },
-                     {"layer 'b1.0'", "already clustered by another Palettizer"});
+      model,
+      PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)).module_name("b2\\.2", std::nullopt));
+  test::expect_error(
+      [&] { Palettizer second(model, PalettizerOptions(DKMOptions(4).engine(Engine::kDense).weight_threshold(0))); },
+      {"layer 'b1.0'", "already clustered by another Palettizer"});
   // A palettizer of the layers the first one leaves alone is fine.
-  Palettizer disjoint(model, PalettizerOptions(std::nullopt).module_name("b2\\.2", DKMOptions(2).weight_threshold(0)));
+  Palettizer disjoint(
+      model,
+      PalettizerOptions(std::nullopt).module_name("b2\\.2", DKMOptions(2).engine(Engine::kDense).weight_threshold(0)));
   EXPECT_EQ(disjoint.layer_names(), std::vector<std::string>{"b2.2"});
   // A refused palettizer registered nothing: after the first is gone, its layers are free.
   first.reset();
-  Palettizer third(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)).module_name("b2\\.2", std::nullopt));
+  Palettizer third(
+      model,
+      PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)).module_name("b2\\.2", std::nullopt));
   EXPECT_EQ(third.layer_names().size(), 3u);
-  test::expect_error([&] { Palettizer again(model, PalettizerOptions(DKMOptions(2).weight_threshold(0))); },
-                     {"already clustered"});
+  test::expect_error(
+      [&] { Palettizer again(model, PalettizerOptions(DKMOptions(2).engine(Engine::kDense).weight_threshold(0))); },
+      {"already clustered"});
 }
 
 TEST(PalettizerRecompute, RemovedLayerIsNamed) {
   TwoBlocks model(Wrap::kPlain);
-  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)));
   model->b2->replace_module("0", torch::nn::Linear(16, 40));
   test::expect_error([&] { auto s = pal.clustered(); }, {"layer 'b2.0'", "removed from the model or replaced"});
   test::expect_error([&] { pal.finalize(); }, {"layer 'b2.0'"});
@@ -169,7 +176,7 @@ TEST(PalettizerRecompute, RemovedLayerIsNamed) {
 
 TEST(PalettizerRecompute, WeightReplacedInsideAScopeIsReportedAndRestored) {
   TwoBlocks model(Wrap::kPlain);
-  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)));
   auto* lin = model->b1[0]->as<torch::nn::Linear>();
   const at::Tensor param = lin->named_parameters(false)["weight"];
   {
@@ -188,7 +195,7 @@ TEST(PalettizerRecompute, WeightReplacedInsideAScopeIsReportedAndRestored) {
 
 TEST(PalettizerRecompute, ModelToInsideAScopeIsReported) {
   TwoBlocks model(Wrap::kPlain);
-  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)));
   {
     auto s = pal.clustered();
     model->to(at::kDouble);
@@ -216,8 +223,10 @@ TEST(PalettizerRecompute, StateIsAModuleThatSavesLoadsAndClones) {
   test::TempDir tmp;
   torch::manual_seed(4);
   TwoBlocks model(Wrap::kPlain);
-  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0))
-                            .module_name("b2\\.2", DKMOptions(2).weight_threshold(0).per_channel_scale(true)));
+  Palettizer pal(
+      model,
+      PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0))
+          .module_name("b2\\.2", DKMOptions(2).engine(Engine::kDense).weight_threshold(0).per_channel_scale(true)));
   for (int i = 0; i < 2; ++i) {
     at::Tensor loss;
     {
@@ -245,8 +254,10 @@ TEST(PalettizerRecompute, StateIsAModuleThatSavesLoadsAndClones) {
   // torch::save / torch::load into a fresh palettizer of the same configuration.
   torch::save(pal.state(), tmp.path("state.pt"));
   TwoBlocks other_model(Wrap::kPlain);
-  Palettizer other(other_model, PalettizerOptions(DKMOptions(3).weight_threshold(0))
-                                    .module_name("b2\\.2", DKMOptions(2).weight_threshold(0).per_channel_scale(true)));
+  Palettizer other(
+      other_model,
+      PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0))
+          .module_name("b2\\.2", DKMOptions(2).engine(Engine::kDense).weight_threshold(0).per_channel_scale(true)));
   auto other_state = other.state();
   torch::load(other_state, tmp.path("state.pt"));
   EXPECT_EQ(other.current_step(), 2);
@@ -256,7 +267,7 @@ TEST(PalettizerRecompute, StateIsAModuleThatSavesLoadsAndClones) {
 
   // Different options: refused by name, nothing changed.
   TwoBlocks third_model(Wrap::kPlain);
-  Palettizer third(third_model, PalettizerOptions(DKMOptions(4).weight_threshold(0)));
+  Palettizer third(third_model, PalettizerOptions(DKMOptions(4).engine(Engine::kDense).weight_threshold(0)));
   auto third_state = third.state();
   test::expect_error([&] { torch::load(third_state, tmp.path("state.pt")); }, {"layer 'b1.0'", "bits = 3", "4"});
   EXPECT_EQ(third.current_step(), 0);
@@ -307,9 +318,11 @@ TEST(PalettizerRecompute, ChecksRunOncePerSetUpNotPerStep) {
 TEST(PalettizerRecompute, AutoFallingBackToDenseWarnsOnceNamingTheLayer) {
   // cluster_dim 32 is beyond the streaming engine: kAuto falls back to dense.
   TwoBlocks model(Wrap::kPlain);
-  Palettizer pal(model,
-                 PalettizerOptions(std::nullopt)
-                     .module_name("b1\\.0", DKMOptions(2).weight_threshold(0).cluster_dim(20).engine(Engine::kAuto)));
+  Palettizer pal(
+      model,
+      PalettizerOptions(std::nullopt)
+          .module_name("b1\\.0",
+                       DKMOptions(2).engine(Engine::kDense).weight_threshold(0).cluster_dim(20).engine(Engine::kAuto)));
   std::string warnings;
   struct Capture : c10::WarningHandler {
     std::string* out;

@@ -11,6 +11,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adam.h>
 #include <torch/serialize.h>
+#include <map>
 
 #include "io/safetensors_core.h"
 #include "temp_dir.h"
@@ -75,12 +76,32 @@ void train(TinyLm& model, torch::optim::Adam& opt, Palettizer& pal, int64_t from
   }
 }
 
+// DKMOptions' default engine is kAuto: options that name no engine get the table engine on 16-bit
+// weights and the streaming engine on fp32 ones (memory O(N)), the dense reference's O(T * N * K)
+// maps only where neither takes the weight (vectors longer than 16 values).
+TEST(PalettizerOptions, DefaultEngineIsTableOrStreamingWhereTheyApply) {
+  torch::manual_seed(5);
+  TinyLm model(64, 32, 96, 2);
+  model->mlps[1]->down->to(at::kBFloat16);
+  EXPECT_EQ(DKMOptions(3).engine(), Engine::kAuto);
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0))
+                            .module_type("Embedding", DKMOptions(8).weight_threshold(0))
+                            .module_name("layers.0.down", DKMOptions(2).weight_threshold(0).cluster_dim(32)));
+  std::map<std::string, std::string> engine;
+  for (const auto& l : pal.report().layers) engine[l.name] = l.engine;
+  EXPECT_EQ(engine.at("embed"), "streaming");
+  EXPECT_EQ(engine.at("layers.0.up"), "streaming");
+  EXPECT_EQ(engine.at("layers.1.down"), "table");
+  EXPECT_EQ(engine.at("layers.0.down"), "dense");  // cluster_dim 32 > 16: only the dense engine
+  EXPECT_EQ(engine.at("head"), "streaming");
+}
+
 TEST(PalettizerOptions, NameBeatsTypeBeatsGlobal) {
   torch::manual_seed(0);
   TinyLm model(64, 32, 96, 2);
-  auto opts = PalettizerOptions(DKMOptions(3).weight_threshold(0))
-                  .module_type("Embedding", DKMOptions(8).weight_threshold(0))
-                  .module_name(R"(layers\.1\..*)", DKMOptions(4).weight_threshold(0))
+  auto opts = PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0))
+                  .module_type("Embedding", DKMOptions(8).engine(Engine::kDense).weight_threshold(0))
+                  .module_name(R"(layers\.1\..*)", DKMOptions(4).engine(Engine::kDense).weight_threshold(0))
                   .module_name("head", std::nullopt);
   // One Palettizer per model at a time (a second one on the same layers is refused): each below
   // is destroyed before the next is built.
@@ -96,27 +117,32 @@ TEST(PalettizerOptions, NameBeatsTypeBeatsGlobal) {
   {
     // Global "none": only what types and names select; names match the whole path.
     Palettizer only(model, PalettizerOptions(std::nullopt)
-                               .module_type("Linear", DKMOptions(2).weight_threshold(0))
+                               .module_type("Linear", DKMOptions(2).engine(Engine::kDense).weight_threshold(0))
                                .module_name("layers.0.up", std::nullopt)
-                               .module_name("layers", DKMOptions(5).weight_threshold(0)));
+                               .module_name("layers", DKMOptions(5).engine(Engine::kDense).weight_threshold(0)));
     EXPECT_EQ(only.layer_names(), (std::vector<std::string>{"layers.0.down", "layers.1.up", "layers.1.down", "head"}));
   }
   {
     // The size threshold: 64 x 32 = 2048 elements is not more than the default 2048.
-    Palettizer sized(model, PalettizerOptions(DKMOptions(3)).module_type("Embedding", DKMOptions(3)));
+    Palettizer sized(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense))
+                                .module_type("Embedding", DKMOptions(3).engine(Engine::kDense)));
     EXPECT_EQ(sized.layer_names(),
               (std::vector<std::string>{"layers.0.up", "layers.0.down", "layers.1.up", "layers.1.down"}));
   }
 
-  test::expect_error([&] { PalettizerOptions().module_type("LSTM", DKMOptions(3)); }, {"'LSTM'", "not supported"});
-  test::expect_error([&] { PalettizerOptions().module_name("layers.(", DKMOptions(3)); },
+  test::expect_error([&] { PalettizerOptions().module_type("LSTM", DKMOptions(3).engine(Engine::kDense)); },
+                     {"'LSTM'", "not supported"});
+  test::expect_error([&] { PalettizerOptions().module_name("layers.(", DKMOptions(3).engine(Engine::kDense)); },
                      {"not a valid regular expression"});
-  test::expect_error([&] { PalettizerOptions().module_name("x", DKMOptions(9)); }, {"bits must be in 1..8"});
+  test::expect_error([&] { PalettizerOptions().module_name("x", DKMOptions(9).engine(Engine::kDense)); },
+                     {"bits must be in 1..8"});
   test::expect_error(
       [&] {
-        Palettizer(model,
-                   PalettizerOptions(
-                       DKMOptions(3).weight_threshold(0).granularity(Granularity::kPerGroupedChannel).group_size(7)));
+        Palettizer(model, PalettizerOptions(DKMOptions(3)
+                                                .engine(Engine::kDense)
+                                                .weight_threshold(0)
+                                                .granularity(Granularity::kPerGroupedChannel)
+                                                .group_size(7)));
       },
       {"layer 'embed'", "group_size 7 does not divide"});
 }
@@ -126,7 +152,7 @@ TEST(PalettizerOptions, NameBeatsTypeBeatsGlobal) {
 TEST(Palettizer, GradientsReachTheOriginalParameters) {
   torch::manual_seed(1);
   TinyLm model(64, 32, 96, 1);
-  const auto o = DKMOptions(3).weight_threshold(0);
+  const auto o = DKMOptions(3).engine(Engine::kDense).weight_threshold(0);
   Palettizer pal(model, PalettizerOptions(o));
   const auto params_before = model->parameters();
   const auto x = tokens(0, 64);
@@ -172,7 +198,7 @@ TEST(Palettizer, GradientsReachTheOriginalParameters) {
 TEST(Palettizer, MilestonesEvalAndScopeRules) {
   torch::manual_seed(2);
   TinyLm model(64, 32, 96, 1);
-  Palettizer pal(model, PalettizerOptions(DKMOptions(2).weight_threshold(0).milestone(1)));
+  Palettizer pal(model, PalettizerOptions(DKMOptions(2).engine(Engine::kDense).weight_threshold(0).milestone(1)));
   {
     auto clustered = pal.clustered();  // step 0 < milestone: the weight passes through
     EXPECT_TRUE(model->head->weight.is_same(model->head->named_parameters()["weight"]));
@@ -196,11 +222,14 @@ TEST_F(PalettizerTest, FinalizeExportReloadAndReport) {
   torch::manual_seed(3);
   TinyLm model(64, 32, 96, 2);
   auto opts =
-      PalettizerOptions(DKMOptions(3).weight_threshold(0))
-          .module_type("Embedding", DKMOptions(8).weight_threshold(0))
-          .module_name("layers.1.down",
-                       DKMOptions(4).weight_threshold(0).granularity(Granularity::kPerGroupedChannel).group_size(8))
-          .module_name("layers.1.up", DKMOptions(3).weight_threshold(0).per_channel_scale(true));
+      PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0))
+          .module_type("Embedding", DKMOptions(8).engine(Engine::kDense).weight_threshold(0))
+          .module_name("layers.1.down", DKMOptions(4)
+                                            .engine(Engine::kDense)
+                                            .weight_threshold(0)
+                                            .granularity(Granularity::kPerGroupedChannel)
+                                            .group_size(8))
+          .module_name("layers.1.up", DKMOptions(3).engine(Engine::kDense).weight_threshold(0).per_channel_scale(true));
   Palettizer pal(model, opts);
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
   train(model, opt, pal, 0, 3);
@@ -257,8 +286,9 @@ TEST_F(PalettizerTest, CompressedSizeIsBitsPerWeight) {
     m->up->bias.data().zero_();
     m->down->bias.data().zero_();
   }
-  Palettizer pal(model,
-                 PalettizerOptions(DKMOptions(3).max_iter(1).init(KMeansInit::kKMeansPlusPlus).init_max_iter(3)));
+  Palettizer pal(
+      model, PalettizerOptions(
+                 DKMOptions(3).engine(Engine::kDense).max_iter(1).init(KMeansInit::kKMeansPlusPlus).init_max_iter(3)));
   pal.finalize();
   pal.save_compressed(path("big.safetensors"));
   int64_t n = 0, luts = 0, plain = 0;
@@ -286,11 +316,14 @@ class PalettizerResume : public PalettizerTest, public ::testing::WithParamInter
 TEST_P(PalettizerResume, EqualsUninterruptedRun) {
   const int64_t total = 6, k = GetParam();
   auto make_opts = [] {
-    return PalettizerOptions(DKMOptions(3).weight_threshold(0).milestone(2))
-        .module_type("Embedding", DKMOptions(4).weight_threshold(0))
-        .module_name("layers.0.up", DKMOptions(3).weight_threshold(0).per_channel_scale(true))
-        .module_name("layers.0.down",
-                     DKMOptions(2).weight_threshold(0).granularity(Granularity::kPerGroupedChannel).group_size(8));
+    return PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0).milestone(2))
+        .module_type("Embedding", DKMOptions(4).engine(Engine::kDense).weight_threshold(0))
+        .module_name("layers.0.up", DKMOptions(3).engine(Engine::kDense).weight_threshold(0).per_channel_scale(true))
+        .module_name("layers.0.down", DKMOptions(2)
+                                          .engine(Engine::kDense)
+                                          .weight_threshold(0)
+                                          .granularity(Granularity::kPerGroupedChannel)
+                                          .group_size(8));
   };
   // Uninterrupted.
   torch::manual_seed(5);
@@ -332,17 +365,20 @@ TEST_P(PalettizerResume, EqualsUninterruptedRun) {
 
   // A palettizer configured differently refuses the state.
   TinyLm d(64, 32, 96, 2);
-  Palettizer other(
-      d,
-      PalettizerOptions(DKMOptions(4).weight_threshold(0).milestone(2))
-          .module_type("Embedding", DKMOptions(4).weight_threshold(0))
-          .module_name("layers.0.up", DKMOptions(3).weight_threshold(0).per_channel_scale(true))
-          .module_name("layers.0.down",
-                       DKMOptions(2).weight_threshold(0).granularity(Granularity::kPerGroupedChannel).group_size(8)));
+  Palettizer other(d, PalettizerOptions(DKMOptions(4).engine(Engine::kDense).weight_threshold(0).milestone(2))
+                          .module_type("Embedding", DKMOptions(4).engine(Engine::kDense).weight_threshold(0))
+                          .module_name("layers.0.up",
+                                       DKMOptions(3).engine(Engine::kDense).weight_threshold(0).per_channel_scale(true))
+                          .module_name("layers.0.down", DKMOptions(2)
+                                                            .engine(Engine::kDense)
+                                                            .weight_threshold(0)
+                                                            .granularity(Granularity::kPerGroupedChannel)
+                                                            .group_size(8)));
   test::expect_error([&] { other.load_state(path("palettizer.pt")); },
                      {"palettizer.pt", "saved with bits = 3", "with 4"});
   TinyLm e(64, 32, 96, 2);  // one Palettizer per model
-  Palettizer fewer(e, PalettizerOptions(DKMOptions(3).weight_threshold(0)).module_name("head", std::nullopt));
+  Palettizer fewer(
+      e, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)).module_name("head", std::nullopt));
   test::expect_error([&] { fewer.load_state(path("palettizer.pt")); }, {"holds 6 layers", "has 5"});
 }
 INSTANTIATE_TEST_SUITE_P(Interrupt, PalettizerResume, ::testing::Values(1, 3));
@@ -352,7 +388,9 @@ TEST_F(PalettizerTest, ClustersConvolutions) {
   torch::manual_seed(6);
   torch::nn::Sequential net(torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 8, 3)),
                             torch::nn::Conv2d(torch::nn::Conv2dOptions(8, 4, 3)));
-  Palettizer pal(net, PalettizerOptions(std::nullopt).module_type("Conv2d", DKMOptions(2).weight_threshold(0)));
+  Palettizer pal(
+      net,
+      PalettizerOptions(std::nullopt).module_type("Conv2d", DKMOptions(2).engine(Engine::kDense).weight_threshold(0)));
   ASSERT_EQ(pal.layer_names(), (std::vector<std::string>{"0", "1"}));
   auto conv = net[0]->as<torch::nn::Conv2dImpl>();
   const auto x = test::llm_like({2, 3, 8, 8}, 1) * 50;
@@ -380,7 +418,7 @@ TEST_F(PalettizerTest, TrainsFinalizesAndExportsOnGpu) {
   torch::manual_seed(7);
   TinyLm model(64, 32, 96, 1);
   model->to(at::kCUDA);
-  Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)));
   torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
   for (int64_t s = 0; s < 2; ++s) {
     at::Tensor loss;

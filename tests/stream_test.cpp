@@ -42,7 +42,7 @@ TEST(StreamingEngine, EqualsDenseForBitsGranularityAndStopping) {
         for (double eps : {0.0, 1e-4}) {
           auto w = weights({96, 64}, 11 * bits + heavy, heavy);
           auto g = test::llm_like({96, 64}, 200 + bits) / 0.02;
-          auto o = DKMOptions(bits).epsilon(eps).max_iter(eps == 0 ? 3 : 6);
+          auto o = DKMOptions(bits).engine(Engine::kDense).epsilon(eps).max_iter(eps == 0 ? 3 : 6);
           if (grouped) o.granularity(Granularity::kPerGroupedChannel).group_size(16);
           SCOPED_TRACE("bits " + std::to_string(bits) + " eps " + std::to_string(eps) + " heavy " +
                        std::to_string(heavy) + " grouped " + std::to_string(grouped));
@@ -55,9 +55,11 @@ TEST(StreamingEngine, EqualsDenseForBitsGranularityAndStopping) {
 
 // In fp64 both engines compute the same function to rounding: a sharp check of the math.
 TEST(StreamingEngine, Float64IdenticalToDense) {
-  for (auto o : {DKMOptions(3), DKMOptions(4).granularity(Granularity::kPerGroupedChannel).group_size(8),
-                 DKMOptions(2).enforce_zero(true).prune_threshold(0).epsilon(0),
-                 DKMOptions(3).cluster_dim(2).epsilon(0), DKMOptions(5).tau(1e-3).max_iter(6)}) {
+  for (auto o : {DKMOptions(3).engine(Engine::kDense),
+                 DKMOptions(4).engine(Engine::kDense).granularity(Granularity::kPerGroupedChannel).group_size(8),
+                 DKMOptions(2).engine(Engine::kDense).enforce_zero(true).prune_threshold(0).epsilon(0),
+                 DKMOptions(3).engine(Engine::kDense).cluster_dim(2).epsilon(0),
+                 DKMOptions(5).engine(Engine::kDense).tau(1e-3).max_iter(6)}) {
     auto w = test::llm_like({64, 48}, 21, at::kDouble);
     w.masked_fill_(w.abs() < 0.004, 0.0);
     auto g = test::llm_like({64, 48}, 22, at::kDouble) / 0.02;
@@ -77,25 +79,30 @@ TEST(StreamingEngine, EnforceZeroPruneScaleAndVectors) {
   auto g = test::llm_like({64, 64}, 32) / 0.02;
   for (double prune : {0.0, 1e-7}) {
     SCOPED_TRACE("prune " + std::to_string(prune));
-    expect_matches_dense(w, g, DKMOptions(3).enforce_zero(true).prune_threshold(prune).epsilon(0));
+    expect_matches_dense(w, g,
+                         DKMOptions(3).engine(Engine::kDense).enforce_zero(true).prune_threshold(prune).epsilon(0));
   }
   {
     SCOPED_TRACE("per-channel scale");
-    auto o = DKMOptions(3).per_channel_scale(true);
+    auto o = DKMOptions(3).engine(Engine::kDense).per_channel_scale(true);
     expect_matches_dense(w, g, o, functional::channel_scale(w, o.scale_scheme()));
   }
   for (int64_t d : {2, 4}) {
     SCOPED_TRACE("cluster_dim " + std::to_string(d));
-    expect_matches_dense(w, g, DKMOptions(3).cluster_dim(d).epsilon(0));
+    expect_matches_dense(w, g, DKMOptions(3).engine(Engine::kDense).cluster_dim(d).epsilon(0));
     expect_matches_dense(w, g,
-                         DKMOptions(2).cluster_dim(d).granularity(Granularity::kPerGroupedChannel).group_size(16));
+                         DKMOptions(2)
+                             .engine(Engine::kDense)
+                             .cluster_dim(d)
+                             .granularity(Granularity::kPerGroupedChannel)
+                             .group_size(16));
   }
 }
 
 TEST(StreamingEngine, SixteenBitWeightsKeepTheirDtype) {
   for (auto dt : {at::kBFloat16, at::kHalf}) {
     // both compute in fp32 and round to the 16-bit type once at the end
-    const auto o = DKMOptions(3).granularity(Granularity::kPerGroupedChannel).group_size(16);
+    const auto o = DKMOptions(3).engine(Engine::kDense).granularity(Granularity::kPerGroupedChannel).group_size(16);
     const auto [dense, streaming] = test::expect_sixteen_bit_like_dense(dt, 41, o, Engine::kStreaming);
     EXPECT_LT(max_rel(streaming.centroids, dense.centroids), 1e-5);
   }
@@ -107,7 +114,7 @@ TEST(StreamingEngine, AutoPicksStreamingWhenTableCannot) {
   auto c = functional::init_centroids(w, o);
   EXPECT_TRUE(at::equal(functional::dkm_cluster(w, c, o).weight,
                         functional::dkm_cluster(w, c, DKMOptions(o).engine(Engine::kStreaming)).weight));
-  auto ov = DKMOptions(2).cluster_dim(32).engine(Engine::kAuto);  // beyond streaming: dense
+  auto ov = DKMOptions(2).engine(Engine::kDense).cluster_dim(32).engine(Engine::kAuto);  // beyond streaming: dense
   auto cv = functional::init_centroids(w, ov);
   EXPECT_TRUE(at::equal(functional::dkm_cluster(w, cv, ov).weight,
                         functional::dkm_cluster(w, cv, DKMOptions(ov).engine(Engine::kDense)).weight));
@@ -115,7 +122,7 @@ TEST(StreamingEngine, AutoPicksStreamingWhenTableCannot) {
 
 TEST(StreamingEngine, BadInputNamesTheEngine) {
   auto w = test::llm_like({64, 64}, 52);
-  auto o = DKMOptions(2).cluster_dim(32).engine(Engine::kStreaming);
+  auto o = DKMOptions(2).engine(Engine::kDense).cluster_dim(32).engine(Engine::kStreaming);
   auto c = functional::init_centroids(w, DKMOptions(o).engine(Engine::kDense));
   test::expect_error([&] { functional::dkm_cluster(w, c, o); }, {"streaming engine", "cluster_dim"});
 }
@@ -338,11 +345,12 @@ TEST(StreamingEngine, ExactSkippingMatchesTheUnskippedPasses) {
   } reset;
   std::vector<DKMOptions> configs;
   for (int64_t bits = 1; bits <= 8; ++bits)
-    for (double tau : {1e-5, 1e-4, 1e-3, 1e-2}) configs.push_back(DKMOptions(bits).tau(tau).max_iter(3));
-  configs.push_back(DKMOptions(4).granularity(Granularity::kPerGroupedChannel).group_size(16));
-  configs.push_back(DKMOptions(6).enforce_zero(true).prune_threshold(0).epsilon(0));
-  configs.push_back(DKMOptions(5).prune_threshold(1e-3).tau(1e-3).max_iter(4));
-  configs.push_back(DKMOptions(8).zero_threshold(1e-20).tau(1e-5));
+    for (double tau : {1e-5, 1e-4, 1e-3, 1e-2})
+      configs.push_back(DKMOptions(bits).engine(Engine::kDense).tau(tau).max_iter(3));
+  configs.push_back(DKMOptions(4).engine(Engine::kDense).granularity(Granularity::kPerGroupedChannel).group_size(16));
+  configs.push_back(DKMOptions(6).engine(Engine::kDense).enforce_zero(true).prune_threshold(0).epsilon(0));
+  configs.push_back(DKMOptions(5).engine(Engine::kDense).prune_threshold(1e-3).tau(1e-3).max_iter(4));
+  configs.push_back(DKMOptions(8).engine(Engine::kDense).zero_threshold(1e-20).tau(1e-5));
   int64_t left_out_total = 0;
   for (auto o : configs) {
     o.engine(Engine::kStreaming);

@@ -28,7 +28,7 @@ TEST(TableEngine, EqualsDenseForBitsAndStopping) {
       for (double eps : {0.0, 1e-4}) {
         auto w = bf16_valued({128, 96}, 7 * bits + heavy, heavy);
         auto g = test::llm_like({128, 96}, 100 + bits, at::kFloat) / 0.02;
-        auto o = DKMOptions(bits).epsilon(eps).max_iter(eps == 0 ? 3 : 10);
+        auto o = DKMOptions(bits).engine(Engine::kDense).epsilon(eps).max_iter(eps == 0 ? 3 : 10);
         auto c = functional::init_centroids(w, o);
         auto dense64 = run(w.to(at::kDouble), c.to(at::kDouble), g.to(at::kDouble), o);
         auto dense = run(w, c, g, o);
@@ -49,7 +49,7 @@ TEST(TableEngine, EnforceZeroAndPruneThreshold) {
   w.masked_fill_(w.abs() < 0.005, 0.0);
   auto g = test::llm_like({64, 64}, 4) / 0.02;
   for (double prune : {0.0, 1e-7}) {
-    auto o = DKMOptions(3).enforce_zero(true).prune_threshold(prune).epsilon(0);
+    auto o = DKMOptions(3).engine(Engine::kDense).enforce_zero(true).prune_threshold(prune).epsilon(0);
     auto c = functional::init_centroids(w, o);
     auto dense64 = run(w.to(at::kDouble), c.to(at::kDouble), g.to(at::kDouble), o);
     auto dense = run(w, c, g, o);
@@ -61,7 +61,8 @@ TEST(TableEngine, EnforceZeroAndPruneThreshold) {
 
 TEST(TableEngine, SixteenBitWeights) {
   // both round to the 16-bit type at the end: compare at its precision
-  for (auto dt : {at::kBFloat16, at::kHalf}) test::expect_sixteen_bit_like_dense(dt, 5, DKMOptions(3), Engine::kTable);
+  for (auto dt : {at::kBFloat16, at::kHalf})
+    test::expect_sixteen_bit_like_dense(dt, 5, DKMOptions(3).engine(Engine::kDense), Engine::kTable);
 }
 
 // Records what autograd saves (dtype and size), passing it through.

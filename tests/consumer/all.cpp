@@ -10,7 +10,7 @@
 int main() {
   edkm::MemoryMeter meter;  // core
   auto w = at::randn({64, 32}) * 0.02;
-  auto opts = edkm::DKMOptions(3);
+  auto opts = edkm::DKMOptions(3).engine(edkm::Engine::kDense);
   auto palette = edkm::Palette::from_centroids(w, edkm::functional::init_centroids(w, opts), opts);
   edkm::PalettizedLinear linear(palette);  // nn
   const auto y = linear->forward(at::ones({2, 32}));

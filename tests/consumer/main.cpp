@@ -8,7 +8,7 @@
 
 int main() {
   auto w = at::randn({16, 8}) * 0.02;
-  auto opts = edkm::DKMOptions(2);
+  auto opts = edkm::DKMOptions(2).engine(edkm::Engine::kDense);
   auto c = edkm::functional::init_centroids(w, opts);
   auto out = edkm::functional::dkm_cluster(w, c, opts);
   auto p = edkm::Palette::from_centroids(w, out.centroids, opts);

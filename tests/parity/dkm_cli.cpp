@@ -51,7 +51,8 @@ int main(int argc, char** argv) try {
   g_dtype = spec.value("dtype", std::string("float32")) == "float64" ? at::kDouble : at::kFloat;
   auto shape = spec.at("shape").get<std::vector<int64_t>>();
   edkm::DKMOptions o(spec.at("bits").get<int64_t>());
-  o.tau(spec.value("tau", o.tau()))
+  o.engine(edkm::Engine::kDense)  // the reference (DKMOptions' default is kAuto)
+      .tau(spec.value("tau", o.tau()))
       .max_iter(spec.value("max_iter", o.max_iter()))
       .epsilon(spec.value("epsilon", o.epsilon()))
       .zero_threshold(spec.value("zero_threshold", o.zero_threshold()))

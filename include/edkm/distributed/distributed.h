@@ -208,7 +208,8 @@ using ShardedOffloadStats = SavedStoreStats;
 ///   auto off = std::make_shared<edkm::dist::ShardedOffloader>(comm);
 ///   {
 ///     edkm::SavedTensorHooksGuard guard(off);
-///     auto out = edkm::functional::dkm_cluster(w, c, edkm::DKMOptions(3)).weight;  // every rank
+///     auto opts = edkm::DKMOptions(3).engine(edkm::Engine::kDense);  // eDKM: the dense engine
+///     auto out = edkm::functional::dkm_cluster(w, c, opts).weight;    // every rank
 ///     out.backward(grad);
 ///   }
 class EDKM_API ShardedOffloader : public SavedTensorHooks {

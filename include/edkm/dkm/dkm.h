@@ -100,8 +100,9 @@ struct EDKM_API DKMOptions {
   TORCH_ARG(int64_t, init_max_iter) = 100;
   /// Seed of the k-means++ sampling. Default 0.
   TORCH_ARG(uint64_t, seed) = 0;
-  /// Engine. Default kDense.
-  TORCH_ARG(Engine, engine) = Engine::kDense;
+  /// Engine. Default kAuto: the table or streaming engine wherever they take the weight (memory
+  /// O(N), the same values and gradients as the dense reference), kDense only where neither does.
+  TORCH_ARG(Engine, engine) = Engine::kAuto;
   /// Table engine on fp32 weights: cluster their bf16 rounding (identity in backward). Default false.
   TORCH_ARG(bool, table_fp32_as_bf16) = false;
   /// Table engine: keep eDKM's explicit 16-bit index per weight (into the table of the U distinct

@@ -44,7 +44,8 @@
 //   auto off = std::make_shared<edkm::Offloader>(edkm::OffloadOptions().min_bytes(1 << 20).uniquify(true));
 //   {
 //     edkm::SavedTensorHooksGuard guard(off);
-//     auto out = edkm::functional::dkm_cluster(w, c, edkm::DKMOptions(3)).weight;
+//     auto opts = edkm::DKMOptions(3).engine(edkm::Engine::kDense);  // its N x K maps are what is saved
+//     auto out = edkm::functional::dkm_cluster(w, c, opts).weight;
 //     out.backward(grad);  // saved tensors are restored (and prefetched) from host memory here
 //   }
 //   std::cout << off->stats().to_string() << "\n";
