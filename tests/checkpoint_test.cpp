@@ -4,6 +4,8 @@
 #include <edkm/io/safetensors.h>
 #include <torch/nn/modules/linear.h>
 
+#include <limits>
+
 #include "io/safetensors_core.h"
 #include "temp_dir.h"
 #include "test_util.h"
@@ -230,6 +232,10 @@ TEST_F(CheckpointTest, RejectsInconsistentPalettes) {
   Crafted version;
   version.format = "edkm-palette/99";
   rejects(version, {"unsupported format 'edkm-palette/99'"});
+  Crafted nan_lut;  // the layout is fine; a NaN entry would become every weight indexing it
+  nan_lut.lut = at::zeros({1, 8, 1});
+  nan_lut.lut[0][5][0] = std::numeric_limits<float>::quiet_NaN();
+  rejects(nan_lut, {"palette 'w'", "LUT entry that is NaN or infinite"});
 }
 
 TEST_F(CheckpointTest, RejectsBadPalettesOnSave) {

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <limits>
 #include <set>
 
 #include "test_util.h"
@@ -265,7 +266,15 @@ TEST(LlamaRuntime, BadInputIsRefusedByName) {
   expect_error([&] { rt.generate({1}, edkm::GenerationOptions().temperature(-1)); }, {"temperature"});
   expect_error([&] { rt.generate({1}, edkm::GenerationOptions().top_k(-2)); }, {"top_k", "-2"});
   expect_error([&] { rt.generate({1}, edkm::GenerationOptions().repetition_penalty(0)); }, {"repetition_penalty"});
-  expect_error([&] { rt.generate(std::vector<int64_t>(40, 1), edkm::GenerationOptions()); }, {"no room"});
+  expect_error([&] { rt.generate(std::vector<int64_t>(41, 1), edkm::GenerationOptions()); },
+               {"41 tokens", "40-token context"});
+  // A prompt of the whole context still yields one token (nothing is fed back); max_new_tokens
+  // "until a stop token" (INT64_MAX) ends at the context's end instead of overflowing.
+  EXPECT_EQ(rt.generate(std::vector<int64_t>(40, 1), edkm::GenerationOptions()).size(), 1u);
+  EXPECT_EQ(
+      rt.generate({1, 2, 3}, edkm::GenerationOptions().max_new_tokens(std::numeric_limits<int64_t>::max()).eos_id(-1))
+          .size(),
+      38u);
   auto cache = rt.new_cache(4);
   expect_error([&] { rt.forward(at::zeros({5}, at::kLong), cache); }, {"exceed the 4-position cache"});
   expect_error([&] { rt.new_cache(41); }, {"max_position_embeddings 40"});
@@ -275,6 +284,37 @@ TEST(LlamaRuntime, BadInputIsRefusedByName) {
   expect_error([&] { LlamaRuntime(model->config, ckpt); }, {"model.layers.1.mlp.up_proj.weight"});
   ckpt.tensors["model.layers.1.mlp.up_proj.weight"] = at::zeros({48, 31});
   expect_error([&] { LlamaRuntime(model->config, ckpt); }, {"up_proj", "48 x 31", "48 x 32"});
+  ckpt.tensors["model.layers.1.mlp.up_proj.weight"] = at::zeros({1536});
+  expect_error([&] { LlamaRuntime(model->config, ckpt); }, {"up_proj.weight is [1536]", "48 x 32"});
+  ckpt.tensors["model.layers.1.mlp.up_proj.weight"] = model->named_parameters()["model.layers.1.mlp.up_proj.weight"];
+  EXPECT_NO_THROW(LlamaRuntime(model->config, ckpt));
+  ckpt.tensors["model.norm.weight"] = at::ones({31});
+  expect_error([&] { LlamaRuntime(model->config, ckpt); }, {"model.norm.weight is [31]", "needs [32]"});
+  ckpt.tensors["model.norm.weight"] = at::ones({32});
+  // A config that does not describe the checkpoint: fewer layers, or a tied head over a
+  // checkpoint with its own, leaves tensors unread; refused by name, as the dense reader does.
+  auto fewer = model->config;
+  fewer.num_hidden_layers(1);
+  expect_error([&] { LlamaRuntime(fewer, ckpt); }, {"'model.layers.1.", "num_hidden_layers 1", "config.json"});
+  auto tied = model->config;
+  tied.tie_word_embeddings(true);
+  expect_error([&] { LlamaRuntime(tied, ckpt); }, {"'lm_head.weight'", "tie_word_embeddings true"});
+}
+
+TEST(LlamaConfig, AbsurdOrFractionalSizesAreRefusedByName) {
+  using edkm::test::expect_error;
+  auto huge = runtime_config(false);
+  huge.max_position_embeddings(int64_t{1} << 40);
+  expect_error([&] { huge.validate(); }, {"max_position_embeddings", "absurd"});
+  auto config = [](const std::string& layers, const std::string& positions) {
+    return R"({"vocab_size": 61, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "num_hidden_layers": )" +
+           layers + R"(, "max_position_embeddings": )" + positions + "}";
+  };
+  EXPECT_EQ(LlamaConfig::from_json(config("2", "40")).num_hidden_layers(), 2);
+  expect_error([&] { LlamaConfig::from_json(config("1.9", "40")); },
+               {"num_hidden_layers", "must be an integer", "1.9"});
+  expect_error([&] { LlamaConfig::from_json(config("2", "1e12")); }, {"max_position_embeddings"});
 }
 
 }  // namespace

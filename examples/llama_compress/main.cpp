@@ -31,6 +31,7 @@
 #include <set>
 #include <sstream>
 
+#include "../common/cli.h"
 #include "baselines.h"
 #include "corpus.h"
 #include "report.h"
@@ -40,6 +41,20 @@ namespace {
 
 using json = nlohmann::json;
 using namespace llama_compress;
+
+// N of --tokenizer train:N.
+int64_t vocab_size_of(const std::string& spec) {
+  const std::string n = spec.substr(6);
+  size_t used = 0;
+  int64_t v = 0;
+  try {
+    v = std::stoll(n, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  TORCH_CHECK(!n.empty() && used == n.size(), "--tokenizer ", spec, ": expected train:N with N the number of pieces");
+  return v;
+}
 
 std::vector<std::string> split_list(const std::string& s) {
   std::vector<std::string> out;
@@ -110,8 +125,9 @@ int main(int argc, char** argv) try {
   app.add_option("--eval-corpus", eval_corpora, "another held-out text (same formats), evaluated whole; repeatable")
       ->check(CLI::ExistingPath);
   app.add_option("--tokenizer", tokenizer_spec,
-                 "bytes | train:N (SentencePiece BPE of N pieces trained on the training split) | tokenizer.model "
-                 "path (default: bytes for a preset, the checkpoint's tokenizer.model for --model)");
+                 "bytes | train:N (SentencePiece BPE of N pieces trained on the training split) | a tokenizer.model, "
+                 "tokenizer.json or GGUF file | a directory holding one (default: bytes for a preset, --model's own "
+                 "tokenizer for --model)");
   app.add_option("--bits", bits, "bits of every decoder Linear")->check(CLI::Range(1, 8))->capture_default_str();
   app.add_option("--embedding-bits", embedding_bits, "bits of the embedding and the head (0: left dense)")
       ->check(CLI::Range(0, 8))
@@ -246,8 +262,21 @@ int main(int argc, char** argv) try {
   TORCH_CHECK(eval_seq_len >= 2, "--eval-seq-len must be at least 2");
   TORCH_CHECK(distill_alpha >= 0 && distill_alpha <= 1, "--distill-alpha must be in [0, 1]");
 
+  // --model before anything reads it: it is also the default tokenizer, and a mistyped path must
+  // not surface as a tokenizer error.
+  if (!model_dir.empty()) {
+    struct stat st {};
+    TORCH_CHECK(stat(model_dir.c_str(), &st) == 0, "--model ", model_dir, ": no such file or directory");
+    if (edkm::is_directory(model_dir)) {
+      TORCH_CHECK(stat((model_dir + "/config.json").c_str(), &st) == 0, "--model ", model_dir,
+                  ": a directory without config.json (a Hugging Face checkpoint directory has one)");
+    } else {
+      TORCH_CHECK(edkm::is_gguf_file(model_dir), "--model ", model_dir,
+                  " is neither a Hugging Face checkpoint directory nor a GGUF file");
+    }
+  }
   if (threads < 0 && model_dir.empty() && preset == "tiny") threads = 1;
-  if (threads > 0) at::set_num_threads(static_cast<int>(threads));
+  edkm::examples::set_threads(threads);
   edkm::MemoryMeter whole_run;
   const auto t_start = Clock::now();
   at::manual_seed(seed);
@@ -272,7 +301,7 @@ int main(int argc, char** argv) try {
   if (tokenizer_spec.compare(0, 6, "train:") == 0) {
     const std::string prefix = out_dir + "/tokenizer";
     edkm::write_text_file(prefix + ".train.txt", train_text);
-    edkm::train_sentencepiece(prefix + ".train.txt", prefix, std::stoll(tokenizer_spec.substr(6)));
+    edkm::train_sentencepiece(prefix + ".train.txt", prefix, vocab_size_of(tokenizer_spec));
     tokenizer_file = prefix + ".model";
     tokenizer = edkm::load_tokenizer(tokenizer_file);
   } else {
@@ -664,6 +693,29 @@ int main(int argc, char** argv) try {
   const int state_bytes_per_param = opt ? opt->state_bytes_per_param : 0;
   int64_t first_step = 0;
   json curve = json::array();
+  // What shapes the training trajectory besides --steps (which may grow): a resumed run must
+  // continue the saved one, or its results would describe a run that never happened.
+  const json run_options = {{"model", source},
+                            {"preset", model_dir.empty() ? preset : ""},
+                            {"corpus", corpus},
+                            {"tokenizer", tokenizer_spec},
+                            {"dtype", dtype_name},
+                            {"seq_len", seq_len},
+                            {"batch", batch},
+                            {"lr", lr},
+                            {"weight_decay", weight_decay},
+                            {"optimizer", optimizer},
+                            {"loss", loss_kind},
+                            {"distill_temperature", distill_temperature},
+                            {"distill_alpha", distill_alpha},
+                            {"distill_hidden", distill_hidden},
+                            {"pretrain_steps", pretrain_steps},
+                            {"pretrain_lr", pretrain_lr},
+                            {"init", init},
+                            {"engine", engine},
+                            {"tau", tau},
+                            {"dkm_iters", dkm_iters},
+                            {"seed", seed}};
   if (resuming) {
     load_bytes(model, edkm::read_text_file(state_dir + "/model.pt"));
     palettizer->load_state(state_dir + "/palettizer.pt");
@@ -671,6 +723,15 @@ int main(int argc, char** argv) try {
     const json progress = json::parse(edkm::read_text_file(state_dir + "/progress.json"));
     first_step = progress.at("step").get<int64_t>();
     curve = progress.value("curve", json::array());
+    if (progress.contains("run")) {  // (states saved before the check have none)
+      std::string differ;
+      for (const auto& [key, value] : run_options.items()) {
+        const json saved = progress.at("run").value(key, json());
+        if (saved != value) differ += "\n  --" + key + ": " + value.dump() + " now, " + saved.dump() + " saved";
+      }
+      TORCH_CHECK(differ.empty(), "--resume: these options differ from the saved run's (", state_dir,
+                  "/progress.json):", differ, "\nresume with the saved options, or write to another --out");
+    }
     TORCH_CHECK(first_step <= steps, "--resume: the saved run is at step ", first_step, ", past --steps ", steps);
     std::cout << "resumed at step " << first_step << " from " << state_dir << "\n";
   }
@@ -679,7 +740,8 @@ int main(int argc, char** argv) try {
     palettizer->save_state(state_dir + "/palettizer.pt");
     edkm::write_text_file(state_dir + "/optimizer.pt", opt->save());
     // Last: a progress file names a complete state.
-    edkm::write_text_file(state_dir + "/progress.json", json{{"step", step}, {"curve", curve}}.dump(2) + "\n");
+    edkm::write_text_file(state_dir + "/progress.json",
+                          json{{"step", step}, {"curve", curve}, {"run", run_options}}.dump(2) + "\n");
   };
   // The compressed model's perplexity (hard assignment to the current centroids) mid-run.
   auto evaluate_compressed = [&]() {

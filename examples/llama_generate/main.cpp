@@ -26,6 +26,8 @@
 #include <iostream>
 #include <sstream>
 
+#include "../common/cli.h"
+
 namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -99,7 +101,7 @@ int main(int argc, char** argv) try {
   app.add_flag("--check", check,
                "also run the checkpoint decompressed to fp32 and fail unless the greedy tokens agree");
   CLI11_PARSE(app, argc, argv);
-  if (threads > 0) at::set_num_threads(static_cast<int>(threads));
+  edkm::examples::set_threads(threads);
   const auto slash = compressed.rfind('/');
   const std::string dir = slash == std::string::npos ? std::string(".") : compressed.substr(0, slash);
   if (config_path.empty()) config_path = dir + "/config.json";
@@ -169,6 +171,11 @@ int main(int argc, char** argv) try {
   });
   std::cout << "\n";
   timer.report(std::cout, static_cast<int64_t>(ids.size()), 0);
+  const int64_t ctx = config.max_position_embeddings();
+  auto note_full_context = [&] {  // generation ends there, whatever --max-new-tokens says
+    if (cache.length >= ctx) std::cout << "(the model's " << ctx << "-token context is full)\n";
+  };
+  note_full_context();
   if (interactive) {
     // The conversation as token ids: each answer as generated (not re-encoded from its text),
     // closed by <|im_end|>, then the next user turn and the assistant's opening. Each turn feeds
@@ -181,6 +188,11 @@ int main(int argc, char** argv) try {
       if (!isatty(STDIN_FILENO)) std::cout << line << "\n";  // piped turns: shown as if typed
       const auto turn = tokenizer->encode("\n<|im_start|>user\n" + line + "<|im_end|>\n<|im_start|>assistant\n");
       conversation.insert(conversation.end(), turn.begin(), turn.end());
+      if (static_cast<int64_t>(conversation.size()) >= ctx) {
+        std::cout << "the conversation (" << conversation.size() << " tokens) fills the model's " << ctx
+                  << "-token context: ending the session\n";
+        break;
+      }
       std::cout << "assistant: " << std::flush;
       const int64_t cached = cache.length;
       const std::vector<int64_t> input(conversation.begin() + cached, conversation.end());
@@ -191,6 +203,7 @@ int main(int argc, char** argv) try {
       });
       std::cout << "\n";
       turn_timer.report(std::cout, static_cast<int64_t>(input.size()), cached);
+      note_full_context();
       conversation.insert(conversation.end(), answer.begin(), answer.end());
       conversation.push_back(options.stop_ids().front());
     }

@@ -1,6 +1,7 @@
 #include "edkm/io/checkpoint.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
 #include <c10/util/Exception.h>
 #include <torch/nn/module.h>
 
@@ -144,6 +145,11 @@ CompressedCheckpoint load_compressed(const std::string& path) {
       p.scale = f.read(name + ".scale");
       owned.insert(name + ".scale");
     }
+    // Corrupt values the layout checks cannot see: a NaN entry would silently become every
+    // weight that indexes it (and NaN logits decode as token 0).
+    for (const auto* t : {&p.lut, &p.scale})
+      TORCH_CHECK(!t->defined() || at::isfinite(*t).all().item<bool>(), "edkm: ", path, ": palette '", name, "' has a ",
+                  t == &p.lut ? "LUT" : "scale", " entry that is NaN or infinite");
     ckpt.palettes[name] = std::move(p);
   }
   for (const auto& [name, e] : h.tensors) {

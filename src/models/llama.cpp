@@ -20,6 +20,8 @@
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <set>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "edkm/nn/activation_checkpoint.h"
@@ -57,6 +59,8 @@ template <class T>
 T get_or(const json& j, const char* key, T fallback) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return fallback;
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>)  // 128.7 must not become 128
+    TORCH_CHECK(!it->is_number_float(), "config.json: key '", key, "' must be an integer, got ", it->dump());
   try {
     return it->get<T>();
   } catch (const json::exception& e) {
@@ -238,6 +242,18 @@ void LlamaConfig::validate() const {
               "LlamaConfig: sizes must be positive (vocab ", vocab_size(), ", hidden ", hidden_size(), ", mlp ",
               intermediate_size(), ", layers ", num_hidden_layers(), ", heads ", num_attention_heads(), ", kv heads ",
               num_key_value_heads(), ", max positions ", max_position_embeddings(), ")");
+  // The GGUF reader's bound too: larger sizes are corrupt files, and would only fail later in an
+  // allocation (the rotary tables of max_position_embeddings, the weights of the others).
+  constexpr int64_t kMaxSize = int64_t{1} << 24;
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"vocab_size", vocab_size()},
+                                   {"hidden_size", hidden_size()},
+                                   {"intermediate_size", intermediate_size()},
+                                   {"num_hidden_layers", num_hidden_layers()},
+                                   {"num_attention_heads", num_attention_heads()},
+                                   {"num_key_value_heads", num_key_value_heads()},
+                                   {"head_dim", head_dim()},
+                                   {"max_position_embeddings", max_position_embeddings()}})
+    TORCH_CHECK(value <= kMaxSize, "LlamaConfig: ", key, " ", value, " is absurd (limit ", kMaxSize, ")");
   TORCH_CHECK(head_dim() > 0 || hidden_size() % num_attention_heads() == 0, "LlamaConfig: hidden_size ", hidden_size(),
               " is not a multiple of num_attention_heads ", num_attention_heads());
   TORCH_CHECK(resolved_head_dim() % 2 == 0, "LlamaConfig: head_dim ", resolved_head_dim(),
@@ -259,7 +275,9 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return weight * normed.to(x.scalar_type());
 }
 
-std::pair<at::Tensor, at::Tensor> rotary_cos_sin(const LlamaConfig& config, int64_t seq_len, c10::Device device) {
+std::pair<at::Tensor, at::Tensor> rotary_cos_sin(const LlamaConfig& config, int64_t seq_len, c10::Device device,
+                                                 int64_t start) {
+  TORCH_CHECK(seq_len >= 0 && start >= 0, "rotary_cos_sin: positions ", start, " + ", seq_len, " must be >= 0");
   const int64_t d = config.resolved_head_dim();
   auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
   at::Tensor inv_freq = 1.0 / at::pow(config.rope_theta(), at::arange(0, d, 2, at::TensorOptions().dtype(at::kDouble)) /
@@ -273,7 +291,8 @@ std::pair<at::Tensor, at::Tensor> rotary_cos_sin(const LlamaConfig& config, int6
     at::Tensor scaled = at::where(wavelen > old / lo, inv_freq / factor, inv_freq);
     inv_freq = at::where((wavelen >= old / hi).logical_and(wavelen <= old / lo), blended, scaled);
   }
-  const at::Tensor freqs = at::outer(at::arange(seq_len, at::TensorOptions().dtype(at::kDouble)), inv_freq);
+  const at::Tensor freqs =
+      at::outer(at::arange(start, start + seq_len, at::TensorOptions().dtype(at::kDouble)), inv_freq);
   const at::Tensor emb = at::cat({freqs, freqs}, -1);
   return {emb.cos().to(f32), emb.sin().to(f32)};
 }

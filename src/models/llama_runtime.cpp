@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <set>
 #include <type_traits>
 #include <vector>
 
@@ -141,12 +142,21 @@ InferenceLinear dense_linear(const torch::nn::Linear& l) {
 
 struct CheckpointReader {
   const CompressedCheckpoint& ckpt;
+  mutable std::set<std::string> used;  // names read, so that what the config leaves out is refused
   at::Tensor dense(const std::string& name) const {
+    used.insert(name);
     const auto it = ckpt.tensors.find(name);
     if (it != ckpt.tensors.end()) return it->second.to(at::kFloat).contiguous();
     const auto p = ckpt.palettes.find(name);
     TORCH_CHECK(p != ckpt.palettes.end(), "edkm: LlamaRuntime: the checkpoint has no tensor ", name);
     return p->second.decompress().to(at::kFloat).contiguous();  // e.g. a clustered norm: rebuilt
+  }
+  // A 1-D tensor of n values (a norm's weight).
+  at::Tensor vector(const std::string& name, int64_t n) const {
+    at::Tensor t = dense(name);
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == n, "edkm: LlamaRuntime: ", name, " is ", t.sizes(), ", the config needs [",
+                n, "]");
+    return t;
   }
   bool has(const std::string& name) const { return ckpt.tensors.count(name) || ckpt.palettes.count(name); }
   InferenceLinear linear(const std::string& prefix, bool bias) const {
@@ -154,6 +164,7 @@ struct CheckpointReader {
     const std::string w = prefix + ".weight", b = prefix + ".bias";
     at::Tensor bt;
     if (bias) bt = dense(b);
+    used.insert(w);
     const auto p = ckpt.palettes.find(w);
     if (p != ckpt.palettes.end() && p->second.shape.size() == 2 && p->second.cluster_dim == 1) {
       out.packed = PalettizedLinear(p->second, bt);
@@ -162,6 +173,19 @@ struct CheckpointReader {
       out.bias = bt;
     }
     return out;
+  }
+  // Refuses a checkpoint tensor the model never read: a config that does not describe this
+  // checkpoint (fewer layers, a tied head over a checkpoint with its own) would otherwise run.
+  void check_all_used(const LlamaConfig& c) const {
+    auto check = [&](const std::string& name) {
+      TORCH_CHECK(used.count(name), "edkm: LlamaRuntime: the checkpoint's tensor '", name,
+                  "' is not part of the model its config describes (num_hidden_layers ", c.num_hidden_layers(),
+                  ", tie_word_embeddings ", c.tie_word_embeddings() ? "true" : "false", ", attention_bias ",
+                  c.attention_bias() ? "true" : "false", ", mlp_bias ", c.mlp_bias() ? "true" : "false",
+                  "): is it the config.json of this checkpoint?");
+    };
+    for (const auto& kv : ckpt.tensors) check(kv.first);
+    for (const auto& kv : ckpt.palettes) check(kv.first);
   }
 };
 
@@ -189,6 +213,11 @@ bool stack(const std::vector<InferenceLinear*>& ls, InferenceLinear& out) {
 }
 
 void check_shape(const InferenceLinear& l, int64_t out, int64_t in, const std::string& name) {
+  TORCH_CHECK(l.packed || l.weight.dim() == 2, "edkm: LlamaRuntime: ", name, ".weight is ", l.weight.sizes(),
+              ", the config needs ", out, " x ", in);
+  const at::Tensor& bias = l.packed ? l.packed->bias : l.bias;
+  TORCH_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == out), "edkm: LlamaRuntime: ", name, ".bias is ",
+              bias.sizes(), ", the config needs [", out, "]");
   const int64_t o = l.packed ? l.packed->packed.out_features : l.weight.size(0);
   const int64_t i = l.packed ? l.packed->packed.in_features : l.weight.size(1);
   TORCH_CHECK(o == out && i == in, "edkm: LlamaRuntime: ", name, " is ", o, " x ", i, ", the config needs ", out, " x ",
@@ -217,7 +246,7 @@ LlamaRuntime::LlamaRuntime(const LlamaForCausalLM& model) : config_(model->confi
   norm_ = m.norm->weight.detach();
   tied_ = !model->lm_head;
   if (!tied_) head_ = dense_linear(model->lm_head);
-  init_rotary();
+  init_fast_decode();
 }
 
 LlamaRuntime::LlamaRuntime(const LlamaConfig& config, const CompressedCheckpoint& ckpt) : config_(config) {
@@ -228,6 +257,7 @@ LlamaRuntime::LlamaRuntime(const LlamaConfig& config, const CompressedCheckpoint
   const std::string emb = "model.embed_tokens.weight";
   const auto pe = ckpt.palettes.find(emb);
   if (pe != ckpt.palettes.end() && pe->second.cluster_dim == 1) {
+    r.used.insert(emb);
     embed_packed_ = PalettizedEmbedding(pe->second);
     TORCH_CHECK(embed_packed_->packed.out_features == config_.vocab_size() && embed_packed_->packed.in_features == h,
                 "edkm: LlamaRuntime: ", emb, " does not match vocab ", config_.vocab_size(), " x hidden ", h);
@@ -255,19 +285,20 @@ LlamaRuntime::LlamaRuntime(const LlamaConfig& config, const CompressedCheckpoint
     check_shape(L.gate, mi, h, p + "mlp.gate_proj");
     check_shape(L.up, mi, h, p + "mlp.up_proj");
     check_shape(L.down, h, mi, p + "mlp.down_proj");
-    L.input_norm = r.dense(p + "input_layernorm.weight");
-    L.post_norm = r.dense(p + "post_attention_layernorm.weight");
+    L.input_norm = r.vector(p + "input_layernorm.weight", h);
+    L.post_norm = r.vector(p + "post_attention_layernorm.weight", h);
     stack({&L.q, &L.k, &L.v}, L.qkv);
     stack({&L.gate, &L.up}, L.gate_up);
     layers_.push_back(std::move(L));
   }
-  norm_ = r.dense("model.norm.weight");
+  norm_ = r.vector("model.norm.weight", h);
   tied_ = config_.tie_word_embeddings() || !r.has("lm_head.weight");
   if (!tied_) {
     head_ = r.linear("lm_head", false);
     check_shape(head_, config_.vocab_size(), h, "lm_head");
   }
-  init_rotary();
+  r.check_all_used(config_);
+  init_fast_decode();
 }
 
 LlamaRuntime LlamaRuntime::load(const std::string& compressed_path, const std::string& config_path) {
@@ -304,12 +335,9 @@ void rotate_heads(float* x, int64_t heads, int64_t d, const float* cos, const fl
 
 }  // namespace
 
-void LlamaRuntime::init_rotary() {
-  std::tie(cos_, sin_) = functional::rotary_cos_sin(config_, config_.max_position_embeddings());
-  cos_ = cos_.contiguous();
-  sin_ = sin_.contiguous();
+void LlamaRuntime::init_fast_decode() {
   auto norm_ok = [](const at::Tensor& t) { return fp32_cpu(t) && t.dim() == 1; };
-  fast_decode_ = fp32_cpu(cos_) && norm_ok(norm_);
+  fast_decode_ = norm_ok(norm_);
   for (const Layer& L : layers_) fast_decode_ = fast_decode_ && norm_ok(L.input_norm) && norm_ok(L.post_norm);
 }
 
@@ -326,8 +354,11 @@ at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) cons
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   at::Tensor x = embed(tokens).reshape({1, D}).contiguous();
   at::Tensor h = at::empty({1, D}, at::kFloat), attn = at::empty({1, H * d}, at::kFloat);
-  const float* cos = cos_.data_ptr<float>() + pos * d;
-  const float* sin = sin_.data_ptr<float>() + pos * d;
+  // The rotary rows of this position only: tables for max_position_embeddings would cost
+  // 8 * max_positions * head_dim bytes whatever the context used.
+  const auto rotary = functional::rotary_cos_sin(config_, 1, c10::kCPU, pos);
+  const float* cos = rotary.first.data_ptr<float>();
+  const float* sin = rotary.second.data_ptr<float>();
   float* xp = x.data_ptr<float>();
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
@@ -468,7 +499,7 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
   const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(), d = config_.resolved_head_dim();
   const double eps = config_.rms_norm_eps();
   at::Tensor x = embed(tokens).unsqueeze(0);  // [1, n, hidden]
-  const at::Tensor cos = cos_.narrow(0, pos, n), sin = sin_.narrow(0, pos, n);
+  const auto [cos, sin] = functional::rotary_cos_sin(config_, n, c10::kCPU, pos);
   std::optional<at::Tensor> mask;
   if (n > 1)  // query i (position pos + i) sees keys 0..pos + i
     mask = at::arange(pos + n, at::kLong).unsqueeze(0) <= (at::arange(n, at::kLong) + pos).unsqueeze(1);
@@ -530,12 +561,13 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& input, c
               " token ids");
   const int64_t ctx = config_.max_position_embeddings(), vocab = config_.vocab_size();
   const int64_t total = cache.length + static_cast<int64_t>(input.size());
-  TORCH_CHECK(total < ctx, "edkm: LlamaRuntime::generate: a prompt of ", total, " tokens leaves no room in the ", ctx,
+  TORCH_CHECK(total <= ctx, "edkm: LlamaRuntime::generate: a prompt of ", total, " tokens does not fit the ", ctx,
               "-token context");
   for (const int64_t t : input)
     TORCH_CHECK(t >= 0 && t < vocab, "edkm: LlamaRuntime::generate: token ", t, " outside the vocabulary of ", vocab);
   // The last generated token is never fed back: input + max_new - 1 more positions at most.
-  reserve(cache, std::min(ctx, total + std::max<int64_t>(0, o.max_new_tokens() - 1)));
+  // (ctx - total first: max_new_tokens may be INT64_MAX, "until a stop token".)
+  reserve(cache, total + std::min(ctx - total, std::max<int64_t>(0, o.max_new_tokens() - 1)));
   const int64_t capacity = cache.k.empty() ? 0 : cache.k[0].size(2);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed());
   std::vector<int64_t> out;

@@ -57,7 +57,8 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1], model = argv[2], arg = argv[3];
   try {
     if (cmd == "dequant") {
-      const at::ScalarType dtype = argc > 4 && std::string(argv[4]) == "bf16" ? at::kBFloat16 : at::kFloat;
+      if (argc > 5 || (argc == 5 && std::string(argv[4]) != "bf16")) return usage();
+      const at::ScalarType dtype = argc == 5 ? at::kBFloat16 : at::kFloat;
       edkm::GgufFile f(model);
       edkm::SafetensorsFile out;
       for (const auto& t : f.tensors()) out.tensors[t.name] = f.tensor(t.name, dtype);

@@ -107,10 +107,11 @@ namespace functional {
 /// x / sqrt(mean(x^2, -1) + eps) * weight, computed in fp32 and returned in x's dtype (as
 /// Hugging Face's LlamaRMSNorm).
 EDKM_API at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
-/// cos and sin tables [seq_len, head_dim] for positions 0..seq_len-1 (fp32), Hugging Face layout
-/// (each frequency twice: [f0..f(d/2-1), f0..f(d/2-1)]).
+/// cos and sin tables [seq_len, head_dim] for positions start..start+seq_len-1 (fp32), Hugging
+/// Face layout (each frequency twice: [f0..f(d/2-1), f0..f(d/2-1)]). A row does not depend on the
+/// others: the rows of any range equal those rows of a table from position 0.
 EDKM_API std::pair<at::Tensor, at::Tensor> rotary_cos_sin(const LlamaConfig& config, int64_t seq_len,
-                                                          c10::Device device = c10::kCPU);
+                                                          c10::Device device = c10::kCPU, int64_t start = 0);
 /// x * cos + rotate_half(x) * sin over the last dim; x: [batch, heads, seq, head_dim], cos/sin:
 /// [seq, head_dim]. rotate_half([a, b]) = [-b, a].
 EDKM_API at::Tensor apply_rotary_embedding(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);

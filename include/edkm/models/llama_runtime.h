@@ -121,9 +121,8 @@ class EDKM_API LlamaRuntime {
   bool tied_ = false;
   std::vector<Layer> layers_;
   at::Tensor norm_;
-  at::Tensor cos_, sin_;      ///< [max_position_embeddings, head_dim]
   bool fast_decode_ = false;  ///< one-token steps run decode_one (CPU, fp32 norms)
-  void init_rotary();
+  void init_fast_decode();
   at::Tensor decode_one(const at::Tensor& tokens, Cache& cache) const;
   at::Tensor embed(const at::Tensor& ids) const;
   at::Tensor head(const at::Tensor& h) const;
