@@ -11,6 +11,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/optim/adam.h>
 #include <torch/serialize.h>
+#include <limits>
 #include <map>
 
 #include "io/safetensors_core.h"
@@ -276,6 +277,130 @@ TEST_F(PalettizerTest, FinalizeExportReloadAndReport) {
     EXPECT_TRUE(at::equal(back.palettes.at(name).lut, p.lut)) << name;
   }
   EXPECT_EQ(back.tensors.size(), 5u);  // 4 MLP biases + head bias
+}
+
+// A finalized state resumed with its finalized model exports the same file (the palettes are
+// the hard assignment of its weights); weights moved after finalize(), or not finalized, are
+// refused at export instead of leaving the file stale or uncompressed.
+TEST_F(PalettizerTest, ExportChecksThePalettesAgainstTheWeights) {
+  torch::manual_seed(11);
+  TinyLm model(64, 32, 96, 2);
+  const auto opts = PalettizerOptions(DKMOptions(3).weight_threshold(0));
+  Palettizer pal(model, opts);
+  torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
+  train(model, opt, pal, 0, 2);
+  pal.finalize();
+  pal.save_compressed(path("ref.safetensors"));
+  pal.save_state(path("state.pt"));
+  torch::save(model, path("model.pt"));
+  {
+    TinyLm again(64, 32, 96, 2);
+    Palettizer resumed(again, opts);
+    torch::load(again, path("model.pt"));
+    resumed.load_state(path("state.pt"));
+    ASSERT_TRUE(resumed.finalized());
+    resumed.save_compressed(path("resumed.safetensors"));
+    const auto a = load_compressed(path("ref.safetensors")), b = load_compressed(path("resumed.safetensors"));
+    ASSERT_EQ(a.palettes.size(), 6u);
+    ASSERT_EQ(b.palettes.size(), a.palettes.size());
+    for (const auto& [name, p] : a.palettes) {
+      EXPECT_TRUE(at::equal(b.palettes.at(name).indices, p.indices)) << name;
+      EXPECT_TRUE(at::equal(b.palettes.at(name).lut, p.lut)) << name;
+    }
+  }
+  {
+    TinyLm unfinalized(64, 32, 96, 2);  // fresh weights with the finalized state
+    Palettizer resumed(unfinalized, opts);
+    resumed.load_state(path("state.pt"));
+    test::expect_error([&] { resumed.save_compressed(path("x.safetensors")); },
+                       {"not on its palette", "were not finalized", "call finalize() again"});
+  }
+  train(model, opt, pal, 2, 3);  // trains on after finalize()
+  test::expect_error([&] { pal.save_compressed(path("x.safetensors")); },
+                     {"is not on its palette", "changed after finalize()"});
+  pal.finalize();
+  EXPECT_NO_THROW(pal.save_compressed(path("x.safetensors")));
+}
+
+// A NaN or Inf weight: step() names the layer, every engine keeps the previous centroids (the
+// table engine's soft weight is NaN there, not a finite stand-in), and restoring the weight
+// recovers the layer.
+TEST_F(PalettizerTest, NonFiniteWeightsAreReportedAndDoNotPoisonTheCentroids) {
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {  // streaming, table
+    torch::manual_seed(12);
+    TinyLm model(64, 32, 96, 1);
+    model->to(dtype);
+    Palettizer pal(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+    auto& w = model->mlps[0]->up->weight;
+    const at::Tensor good = w.detach().clone();
+    auto forward = [&] {
+      auto clustered = pal.clustered();
+      return model->mlps[0]->up->weight.detach().clone();  // the soft weight inside the scope
+    };
+    forward();
+    pal.step();
+    const at::Tensor before = pal.state()->dkm(1)->centroids().clone();
+    {
+      at::NoGradGuard ng;
+      w[3][5] = std::numeric_limits<float>::quiet_NaN();
+      w[7][1] = std::numeric_limits<float>::infinity();
+    }
+    const at::Tensor soft = forward();
+    EXPECT_TRUE(at::isnan(soft[3][5]).item<bool>()) << dtype;
+    test::expect_error([&] { pal.step(); }, {"met NaN or Inf", "'layers.0.up'"});
+    EXPECT_TRUE(at::equal(pal.state()->dkm(1)->centroids(), before)) << dtype;
+    {
+      at::NoGradGuard ng;
+      w.copy_(good);
+    }
+    EXPECT_TRUE(at::isfinite(forward()).all().item<bool>()) << dtype;
+    EXPECT_NO_THROW(pal.step());
+  }
+}
+
+// A state saved when kDense was DKMOptions' default resumes under the default (kAuto): engines
+// compute the same values. A module registered twice is clustered once (it was refused as "already
+// clustered by another Palettizer") and exported packed under both names; a sparse-gradient
+// Embedding is refused by name.
+TEST_F(PalettizerTest, ResumesAcrossEnginesSharedModulesAndSparseEmbeddings) {
+  torch::manual_seed(13);
+  TinyLm model(64, 32, 96, 1);
+  {
+    Palettizer dense(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)));
+    torch::optim::Adam opt(model->parameters(), torch::optim::AdamOptions(1e-3));
+    train(model, opt, dense, 0, 1);
+    dense.save_state(path("dense.pt"));
+  }
+  Palettizer automatic(model, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  EXPECT_NO_THROW(automatic.load_state(path("dense.pt")));
+  EXPECT_EQ(automatic.current_step(), 1);
+
+  struct SharedImpl : torch::nn::Module {
+    SharedImpl() : a(register_module("a", torch::nn::Linear(32, 16))) { register_module("b", a); }
+    torch::nn::Linear a;
+  };
+  auto shared = std::make_shared<SharedImpl>();
+  Palettizer pal(shared, PalettizerOptions(DKMOptions(3).weight_threshold(0)));
+  EXPECT_EQ(pal.report().layers.size(), 1u);
+  {
+    auto clustered = pal.clustered();
+    shared->a->forward(at::randn({2, 32})).sum().backward();
+  }
+  pal.finalize();
+  const auto ckpt = pal.compressed_checkpoint();
+  EXPECT_EQ(ckpt.palettes.count("a.weight") + ckpt.palettes.count("b.weight"), 2u);  // both names, packed
+  EXPECT_EQ(ckpt.tensors.count("b.weight"), 0u);
+  test::expect_error(
+      [&] {
+        Palettizer other(
+            shared,
+            PalettizerOptions(DKMOptions(3).weight_threshold(0)).module_name("b", DKMOptions(4).weight_threshold(0)));
+      },
+      {"'b' shares its weight with layer 'a'", "other options"});
+
+  torch::nn::Embedding sparse(torch::nn::EmbeddingOptions(64, 32).sparse(true));
+  test::expect_error([&] { Palettizer p(sparse.ptr(), PalettizerOptions(DKMOptions(3).weight_threshold(0))); },
+                     {"sparse gradients", "sparse(false)"});
 }
 
 // ~1M clustered weights at 3 bits: the file is N * 3 / 8 bytes plus LUTs plus a small header.

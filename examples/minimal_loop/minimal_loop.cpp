@@ -14,8 +14,9 @@ struct NetImpl : torch::nn::Module {
 };
 TORCH_MODULE(Net);
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
   const std::string dir = argc > 1 ? argv[1] : ".", out = dir + "/model.edkm.safetensors";
+  edkm::make_directories(dir);
   torch::manual_seed(0);
   Net model;
   const at::Tensor A = at::randn({64, 64}) / 8;  // the task: learn x -> tanh(x A)
@@ -48,4 +49,8 @@ int main(int argc, char** argv) {
   const bool same = at::equal(model->forward(x), reloaded->forward(x));
   std::cout << "wrote " << out << "; reloaded model " << (same ? "matches" : "DIFFERS") << "\n";
   return same ? 0 : 1;
+} catch (const std::exception& e) {  // c10::Error too: its message without the C++ backtrace
+  const auto* c10e = dynamic_cast<const c10::Error*>(&e);
+  std::cerr << "edkm_minimal_loop: " << (c10e ? c10e->what_without_backtrace() : e.what()) << "\n";
+  return 1;
 }

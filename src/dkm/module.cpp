@@ -1,6 +1,8 @@
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/where.h>
 #include <c10/util/Exception.h>
 #include <torch/serialize/input-archive.h>
 
@@ -24,7 +26,17 @@ void DKMImpl::reset() {
   prepared_.reset();
 }
 
-void DKMImpl::step() { set_step(step_host_ + 1); }
+void DKMImpl::step() {
+  if (nonfinite_.defined()) {
+    const bool bad = nonfinite_.item<bool>();
+    nonfinite_ = at::Tensor();
+    TORCH_CHECK(!bad, "edkm: DKM", name.empty() ? "" : " of layer '" + name + "'", " met NaN or Inf at step ",
+                step_host_,
+                ": its weight has non-finite values (the centroids were not updated; restore the weight, "
+                "e.g. from a checkpoint, or lower the learning rate)");
+  }
+  set_step(step_host_ + 1);
+}
 
 void DKMImpl::set_step(int64_t s) {
   step_host_ = s;
@@ -92,7 +104,14 @@ at::Tensor DKMImpl::forward(const at::Tensor& weight) {
   if (!is_training()) return finalize(weight).decompress().to(weight.device());
   const Prepared& p = prepare(weight);
   auto out = detail::cluster(weight, centroids_, options, s, p.layout, p.engine);
-  centroids_.set_data(out.centroids);
+  // A NaN or Inf weight would leave NaN centroids for good (and the table engine, which leaves
+  // non-finite values out of its table, would hide it). Kept instead: the previous centroids,
+  // and a flag for step(). The weight's sum is non-finite iff a weight is (an overflow of a real
+  // weight's sum is out of reach); no N-sized temporary, no host sync.
+  const at::Tensor c = out.centroids.to(detail::compute_dtype(weight));
+  const at::Tensor bad = at::isfinite(weight.detach().sum()).logical_and(at::isfinite(c).all()).logical_not();
+  centroids_.set_data(at::where(bad, centroids_, c));
+  nonfinite_ = nonfinite_.defined() ? nonfinite_.logical_or(bad) : bad;
   last_iterations_ = out.iterations;
   last_inertia_ = out.inertia;
   return out.weight;

@@ -15,8 +15,10 @@
 #include <ATen/ops/ones_like.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
+
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <limits>
 
 #include "dkm/internal.h"
 #include "kernels/ops.h"
@@ -53,8 +55,11 @@ at::Tensor pattern_values(DType kind, const at::TensorOptions& opts) {
 }
 
 // Expands a U-entry table to the 65,536 patterns (zero where no weight has the pattern).
+// The soft value of every bit pattern: those of the table, NaN for the rest (no weight has the
+// finite ones; a NaN or Inf weight, left out of the table, gets NaN, not a finite stand-in).
 at::Tensor full_table(const at::Tensor& compact, const at::Tensor& uidx) {
-  return at::zeros({kTableSize}, compact.options().dtype(at::kFloat)).index_copy_(0, uidx, compact.to(at::kFloat));
+  return at::full({kTableSize}, std::numeric_limits<float>::quiet_NaN(), compact.options().dtype(at::kFloat))
+      .index_copy_(0, uidx, compact.to(at::kFloat));
 }
 
 class TableFunction : public torch::autograd::Function<TableFunction> {
@@ -109,7 +114,7 @@ class TableFunction : public torch::autograd::Function<TableFunction> {
     ctx->saved_data["c_in"] = it.attention_centroids.detach();
     ctx->saved_data["c_out"] = it.centroids.detach();
     ctx->saved_data["state"] = engine_state(*options, *reduce);
-    out->centroids = it.centroids.detach();
+    out->centroids = it.centroids.detach().to(at::kFloat);  // DKMOutput's fp32, whatever the table's ct
     out->iterations = it.iterations;
     out->inertia = it.inertia.sum().item<double>();
     return result;

@@ -229,6 +229,9 @@ void PalettizerStateImpl::load(torch::serialize::InputArchive& archive) {
     const json expect = options_json(o);
     const json got = entry.value("options", json::object());
     for (const auto& [k, v] : expect.items()) {
+      // Every engine computes the same values (and table_index_list only changes what backward
+      // keeps): a run may resume on another, e.g. a state saved when kDense was the default.
+      if (k == "engine" || k == "table_index_list") continue;
       TORCH_CHECK(got.is_object() && got.contains(k) && got[k] == v, "edkm: the Palettizer state's layer '", path,
                   "' was saved with ", k, " = ", got.is_object() ? got.value(k, json()).dump() : std::string("?"),
                   " but is configured with ", v.dump());
@@ -274,6 +277,22 @@ Palettizer::Palettizer(std::shared_ptr<torch::nn::Module> model, PalettizerOptio
     TORCH_CHECK(param && param->defined() && member->is_same(*param), "edkm: Palettizer: layer '", item.key(),
                 "' has no registered `weight` parameter matching its member");
     if (param->numel() <= o->weight_threshold()) continue;
+    if (auto* e = dynamic_cast<torch::nn::EmbeddingImpl*>(item.value().get())) {
+      TORCH_CHECK(!e->options.sparse(), "edkm: Palettizer: Embedding '", item.key(),
+                  "' has sparse gradients (sparse(true)); its clustered weight is a dense function of the whole "
+                  "weight: build it with sparse(false), or exclude it (module_name(\"",
+                  item.key(), "\", std::nullopt))");
+    }
+    // One module (or weight) under several names: clustered once, under the first; the others
+    // must resolve to the same options.
+    const auto seen =
+        std::find_if(layers_.begin(), layers_.end(), [&](const Layer& l) { return l.parameter.is_same(*param); });
+    if (seen != layers_.end()) {
+      const auto& first = selected[static_cast<size_t>(seen - layers_.begin())].second;
+      TORCH_CHECK(options_json(first) == options_json(*o), "edkm: Palettizer: layer '", item.key(),
+                  "' shares its weight with layer '", seen->path, "' but resolves to other options");
+      continue;
+    }
     try {
       ClusterLayout::of(*param, *o);
     } catch (const c10::Error& e) {
@@ -390,6 +409,25 @@ Palettizer::Scope Palettizer::clustered() { return Scope(this); }
 
 void Palettizer::step() {
   throw_pending();
+  // The layers' NaN / Inf flags (DKMImpl::nonfinite) read with one host sync, then cleared, so
+  // that advance() (each DKM's step()) reads none.
+  std::vector<at::Tensor> flags;
+  std::vector<const Layer*> flagged;
+  for (const auto& l : layers_)
+    if (l.dkm->nonfinite().defined()) {
+      flags.push_back(l.dkm->nonfinite().to(layers_.front().parameter.device()).reshape({1}));
+      flagged.push_back(&l);
+    }
+  for (auto& l : layers_) l.dkm->clear_nonfinite();
+  if (!flags.empty() && at::cat(flags).any().item<bool>()) {
+    std::string names;
+    const at::Tensor all = at::cat(flags);
+    for (size_t i = 0; i < flagged.size(); ++i)
+      if (all[static_cast<int64_t>(i)].item<bool>()) names += (names.empty() ? "'" : ", '") + flagged[i]->path + "'";
+    TORCH_CHECK(false, "edkm: Palettizer: step ", current_step(), " met NaN or Inf in the weights of ", names,
+                ": their centroids were not updated (restore the weights, e.g. from a checkpoint, or lower the "
+                "learning rate)");
+  }
   state_->advance();
 }
 
@@ -400,7 +438,12 @@ const std::map<std::string, Palette>& Palettizer::finalize() {
   at::NoGradGuard no_grad;
   palettes_.clear();
   for (auto& l : layers_) {
-    Palette p = l.dkm->finalize(l.parameter.detach());
+    Palette p;
+    try {
+      p = l.dkm->finalize(l.parameter.detach());
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "edkm: Palettizer::finalize: layer '", l.path, "': ", e.what_without_backtrace());
+    }
     l.parameter.copy_(p.decompress().to(l.parameter.device()));
     palettes_[tensor_name(l)] = std::move(p);
   }
@@ -413,9 +456,37 @@ std::string Palettizer::tensor_name(const Layer& l) const { return l.path.empty(
 CompressedCheckpoint Palettizer::compressed_checkpoint() const {
   TORCH_CHECK(finalized(), "edkm: Palettizer: call finalize() before exporting a compressed checkpoint");
   CompressedCheckpoint ckpt;
-  ckpt.palettes = palettes_;
+  // Each layer's palette must still be its weight: not when the model trained on after finalize(),
+  // or when a finalized state was loaded with weights that were not finalized. A state loaded
+  // finalized has no palettes cached: they are the hard assignment of its (finalized) weights.
+  for (const auto& l : layers_) {
+    const at::Tensor w = l.parameter.detach();
+    auto it = palettes_.find(tensor_name(l));
+    Palette derived;
+    if (it == palettes_.end()) {
+      DKM dkm = l.dkm;  // (finalize may initialise centroids: never here, a finalized state has them)
+      derived = dkm->finalize(w);
+    }
+    const Palette& p = it == palettes_.end() ? derived : it->second;
+    TORCH_CHECK(at::equal(p.decompress().to(w.device()), w), "edkm: Palettizer: the weight of layer '", l.path,
+                "' is not on its palette (",
+                it == palettes_.end() ? "a finalized state was loaded with weights that "
+                                        "were not finalized"
+                                      : "it changed after finalize()",
+                "); call finalize() again before exporting");
+    ckpt.palettes[tensor_name(l)] = p;
+  }
   for (const auto& item : model_->named_parameters(/*recurse=*/true)) {
-    if (!palettes_.count(item.key())) ckpt.tensors[item.key()] = item.value().detach();
+    if (ckpt.palettes.count(item.key())) continue;
+    // A layer's weight under another name (a module registered twice) is that palette too.
+    const auto shared =
+        std::find_if(layers_.begin(), layers_.end(), [&](const Layer& l) { return l.parameter.is_same(item.value()); });
+    if (shared != layers_.end()) {
+      const Palette p = ckpt.palettes.at(tensor_name(*shared));
+      ckpt.palettes[item.key()] = p;
+    } else {
+      ckpt.tensors[item.key()] = item.value().detach();
+    }
   }
   for (const auto& item : model_->named_buffers(/*recurse=*/true)) ckpt.tensors[item.key()] = item.value().detach();
   return ckpt;

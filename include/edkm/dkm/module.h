@@ -32,8 +32,15 @@ class EDKM_API DKMImpl : public torch::nn::Cloneable<DKMImpl> {
   /// weight of a new shape, dtype or device first arrives, not on every call (one host sync per
   /// check); kAuto falling back to the dense engine warns once, naming `name` and the reason.
   at::Tensor forward(const at::Tensor& weight);
-  /// Advances the step counter (milestones count these).
+  /// Advances the step counter (milestones count these). Throws, naming `name`, when a forward
+  /// since the last step met NaN or Inf (see nonfinite()).
   void step();
+  /// A device flag, true when a training forward since the last step() or clear_nonfinite() met a
+  /// NaN or Inf weight or produced non-finite centroids; undefined before any. Such a forward keeps
+  /// the previous centroids (so restoring good weights recovers the layer). Set without a host
+  /// sync: step() reads it (the Palettizer reads all its layers' flags with one sync).
+  const at::Tensor& nonfinite() const { return nonfinite_; }
+  void clear_nonfinite() { nonfinite_ = at::Tensor(); }
   int64_t current_step() const { return step_host_; }
   void set_step(int64_t s);
   /// Reads the buffers (centroids, scale, step) of torch::save; the step counter follows them.
@@ -67,6 +74,7 @@ class EDKM_API DKMImpl : public torch::nn::Cloneable<DKMImpl> {
   };
   const Prepared& prepare(const at::Tensor& weight);
   std::optional<Prepared> prepared_;
+  at::Tensor nonfinite_;
   at::Tensor centroids_;
   at::Tensor scale_;
   at::Tensor step_;  // int64 scalar buffer: saved with the module; step_host_ mirrors it
