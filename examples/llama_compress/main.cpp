@@ -15,16 +15,22 @@
 // schedule, perplexity, step profile), baselines.{h,cpp} (RTN, k-means, GPTQ rows), main.cpp
 // (the command line and the run).
 #include <ATen/ATen.h>
+#include <dirent.h>
 #include <edkm/edkm.h>
 #include <sys/stat.h>
+#include <torch/cuda.h>
 #include <torch/serialize.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -261,6 +267,11 @@ int main(int argc, char** argv) try {
   if (eval_seq_len == 0) eval_seq_len = seq_len;
   TORCH_CHECK(eval_seq_len >= 2, "--eval-seq-len must be at least 2");
   TORCH_CHECK(distill_alpha >= 0 && distill_alpha <= 1, "--distill-alpha must be in [0, 1]");
+  TORCH_CHECK(distill_temperature > 0, "--distill-temperature must be positive, got ", distill_temperature);
+  TORCH_CHECK(engine != "table" || (dtype_name == "bf16" && group_size == 0),
+              "--engine table clusters 16-bit weights with one LUT per tensor: it needs --dtype bf16 and no "
+              "--group-size (--engine auto takes it wherever it applies)");
+  TORCH_CHECK(device_name != "cuda" || torch::cuda::is_available(), "--device cuda: no CUDA device is available");
 
   // --model before anything reads it: it is also the default tokenizer, and a mistyped path must
   // not surface as a tokenizer error.
@@ -282,7 +293,42 @@ int main(int argc, char** argv) try {
   at::manual_seed(seed);
   const at::ScalarType dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
   const c10::Device device(device_name == "cuda" ? c10::kCUDA : c10::kCPU);
-  edkm::make_directories(out_dir);
+  // Every output directory, before any long work: it must be (or become) a directory we can write.
+  for (const auto& [flag, dir] : {std::pair<const char*, std::string>{"--out", out_dir},
+                                  {"--save-hf", save_hf},
+                                  {"--save-hf-compressed", save_hf_compressed}}) {
+    if (dir.empty()) continue;
+    try {
+      edkm::make_directories(dir);
+      TORCH_CHECK(edkm::is_directory(dir), "it exists and is not a directory");
+      const std::string probe = dir + "/.edkm_write_probe";
+      edkm::write_text_file(probe, "");
+      std::remove(probe.c_str());
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, flag, " ", dir, " cannot hold this run's output: ", e.what_without_backtrace());
+    }
+  }
+  // Files of an earlier run into the same --out that this run may not write again: a stale
+  // tokenizer would be picked up beside the new checkpoint, a stale state by a later --resume.
+  if (!resume) {
+    // (POSIX calls: std::filesystem here resolved to the copy libtorch.so exports and crashed.)
+    std::vector<std::string> removed;
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"})
+      if (std::remove((out_dir + "/" + f).c_str()) == 0) removed.push_back(f);
+    const std::string state = out_dir + "/state";
+    if (DIR* d = opendir(state.c_str())) {  // flat: the files save_state writes
+      while (const dirent* e = readdir(d))
+        if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
+          std::remove((state + "/" + e->d_name).c_str());
+      closedir(d);
+      if (rmdir(state.c_str()) == 0) removed.push_back("state/");
+    }
+    if (!removed.empty()) {
+      std::cout << "note: " << out_dir << " held an earlier run's";
+      for (const auto& f : removed) std::cout << " " << f;
+      std::cout << "; removed (this run writes its own; --resume continues a saved run instead)\n";
+    }
+  }
 
   // Corpus: every 10th document held out; the --eval-corpus texts are held out whole.
   const auto docs = read_corpus(corpus);
@@ -445,7 +491,10 @@ int main(int argc, char** argv) try {
   };
   std::optional<edkm::DKMOptions> head_options;
   if (embedding_bits > 0) {
-    head_options = dkm_options(embedding_bits).milestone(embedding_dkm ? milestone : steps + 1);
+    // Without --embedding-dkm: never clustered in training (k-means at finalize()); "never", not
+    // steps + 1, so that a resumed run may grow --steps.
+    head_options =
+        dkm_options(embedding_bits).milestone(embedding_dkm ? milestone : std::numeric_limits<int64_t>::max());
     head_options->granularity(edkm::Granularity::kPerTensor).group_size(0);
   }
   const auto pal_options = edkm::PalettizerOptions(dkm_options(bits))

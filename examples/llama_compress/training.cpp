@@ -4,6 +4,7 @@
 #include <ATen/record_function.h>
 #include <edkm/nn/distill.h>
 #include <edkm/optim/adamw_bf16.h>
+#include <edkm/util/progress.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 #include <torch/serialize.h>
@@ -54,7 +55,8 @@ double schedule(double lr, int64_t step, int64_t steps) {
   return lr * (0.1 + 0.45 * (1 + std::cos(M_PI * t)));
 }
 
-Eval perplexity(edkm::LlamaForCausalLM& model, const at::Tensor& stream, int64_t seq, int64_t batch) {
+Eval perplexity(edkm::LlamaForCausalLM& model, const at::Tensor& stream, int64_t seq, int64_t batch,
+                const std::string& label) {
   const bool was_training = model->is_training();
   model->eval();
   at::NoGradGuard ng;
@@ -64,11 +66,13 @@ Eval perplexity(edkm::LlamaForCausalLM& model, const at::Tensor& stream, int64_t
   double nll = 0;
   int64_t count = 0;
   const auto t0 = Clock::now();
+  edkm::ProgressBar bar(windows, label);
   for (int64_t i = 0; i < windows; i += batch) {
     const at::Tensor x = all.narrow(0, i, std::min(batch, windows - i)).to(model->model->norm->weight.device());
     const at::Tensor logits = model(x);
     nll += edkm::functional::causal_lm_loss(logits, x).item<double>() * x.size(0) * (seq - 1);
     count += x.size(0) * (seq - 1);
+    bar.tick({}, x.size(0));
   }
   model->train(was_training);
   return {std::exp(nll / count), static_cast<double>(count) / seconds_since(t0), count};

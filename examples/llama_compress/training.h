@@ -38,8 +38,10 @@ struct Eval {
 };
 
 /// Perplexity over non-overlapping windows of `seq` tokens of `stream` (each predicts its tokens
-/// 1..seq-1), `batch` windows at a time; the model is put in eval mode and back in train mode.
-Eval perplexity(edkm::LlamaForCausalLM& model, const at::Tensor& stream, int64_t seq, int64_t batch);
+/// 1..seq-1), `batch` windows at a time; the model is put in eval mode and back in train mode. A
+/// progress bar labelled `label` shows the windows' rate and ETA.
+Eval perplexity(edkm::LlamaForCausalLM& model, const at::Tensor& stream, int64_t seq, int64_t batch,
+                const std::string& label = "perplexity");
 
 /// Greedy decoding: `n` tokens after `prompt` (stops at `eos` when >= 0), recomputing the whole
 /// context each token (no KV cache: a short sample of what the model says).
