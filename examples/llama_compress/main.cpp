@@ -268,6 +268,10 @@ int main(int argc, char** argv) try {
   TORCH_CHECK(eval_seq_len >= 2, "--eval-seq-len must be at least 2");
   TORCH_CHECK(distill_alpha >= 0 && distill_alpha <= 1, "--distill-alpha must be in [0, 1]");
   TORCH_CHECK(distill_temperature > 0, "--distill-temperature must be positive, got ", distill_temperature);
+  TORCH_CHECK(eval_tokens >= 0, "--eval-tokens must be >= 0 (0: all of each held-out text), got ", eval_tokens);
+  TORCH_CHECK(init != "gptq" || steps > 0 || baselines_only,
+              "--init gptq starts the fine-tuning from GPTQ's LUTs, and --steps 0 runs none: for GPTQ onto LUTs "
+              "without fine-tuning use --baselines gptq-lut");
   TORCH_CHECK(engine != "table" || (dtype_name == "bf16" && group_size == 0),
               "--engine table clusters 16-bit weights with one LUT per tensor: it needs --dtype bf16 and no "
               "--group-size (--engine auto takes it wherever it applies)");
