@@ -48,6 +48,17 @@ namespace {
 using json = nlohmann::json;
 using namespace llama_compress;
 
+// `s` as one shell word: as is when it has only safe characters, else in single quotes.
+std::string shell_quote(const std::string& s) {
+  const bool safe = !s.empty() && s.find_first_not_of(
+                                      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                                      "@%+=:,./_-") == std::string::npos;
+  if (safe) return s;
+  std::string out = "'";
+  for (const char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
 // N of --tokenizer train:N.
 int64_t vocab_size_of(const std::string& spec) {
   const std::string n = spec.substr(6);
@@ -959,8 +970,8 @@ int main(int argc, char** argv) try {
   const double total_s = seconds_since(t_start);
 
   // 5. Report.
-  std::ostringstream cmd;
-  for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
+  std::ostringstream cmd;  // pasteable back into a shell
+  for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << shell_quote(argv[i]);
   Report rep;
   rep.command = cmd.str();
   rep.source = source;
@@ -1027,9 +1038,10 @@ int main(int argc, char** argv) try {
     // ChatML markers (SmolLM2-Instruct's format).
     const std::string self = argv[0], bin = self.substr(0, self.rfind('/') + 1);
     const bool chatml = tokenizer->encode("<|im_start|>").size() == 1 && tokenizer->encode("<|im_end|>").size() == 1;
-    std::cout << "run it packed: " << bin << "edkm_llama_generate --compressed " << rep.compressed_path
-              << (chatml ? " --chat --prompt \"What is gravity?\" --repetition-penalty 1.2"
-                         : " --prompt \"" + prompt + "\"")
+    std::cout << "run it packed: " << shell_quote(bin + "edkm_llama_generate") << " --compressed "
+              << shell_quote(rep.compressed_path)
+              << (chatml ? " --chat --prompt 'What is gravity?' --repetition-penalty 1.2"
+                         : " --prompt " + shell_quote(prompt))
               << "\n";
   }
   return same ? 0 : 1;
