@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 #include "edkm/io/file_io.h"
 
+#include <fstream>
 #include <string>
 
 #if defined(EDKM_WITH_SENTENCEPIECE)
@@ -94,11 +95,25 @@ void train_sentencepiece(const std::string& text_file, const std::string& model_
   TORCH_CHECK(model_type == "bpe" || model_type == "unigram",
               "train_sentencepiece: model_type must be bpe or unigram, got ", model_type);
   TORCH_CHECK(vocab_size > 3, "train_sentencepiece: vocab_size must exceed 3, got ", vocab_size);
-  const std::string args = "--input=" + text_file + " --model_prefix=" + model_prefix +
-                           " --vocab_size=" + std::to_string(vocab_size) + " --model_type=" + model_type +
+  // The trainer's options are one space-separated string: paths go around it (a path with a space
+  // broke --input / --model_prefix), the lines through an iterator and the model back as bytes.
+  struct Lines : sentencepiece::SentenceIterator {
+    std::ifstream in;
+    std::string line;
+    bool end = false;
+    explicit Lines(const std::string& path) : in(path) { Next(); }
+    bool done() const override { return end; }
+    void Next() override { end = !std::getline(in, line); }
+    const std::string& value() const override { return line; }
+    sentencepiece::util::Status status() const override { return {}; }
+  } lines(text_file);
+  TORCH_CHECK(lines.in.is_open(), "train_sentencepiece: cannot read ", text_file);
+  const std::string args = "--vocab_size=" + std::to_string(vocab_size) + " --model_type=" + model_type +
                            " --character_coverage=1.0 --byte_fallback=true --minloglevel=2 --num_threads=1";
-  const auto status = sentencepiece::SentencePieceTrainer::Train(args);
+  std::string model;
+  const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines, &model);
   TORCH_CHECK(status.ok(), "SentencePiece training on ", text_file, " failed: ", status.ToString());
+  write_text_file(model_prefix + ".model", model);  // atomic, as every file edkm writes
 }
 #else
 bool has_sentencepiece_trainer() { return false; }
