@@ -979,6 +979,8 @@ int main(int argc, char** argv) try {
   rep.tokenizer = tokenizer->name();
   rep.init = init;
   rep.engine = engine;
+  rep.dtype = dtype_name;
+  rep.layers = config.num_hidden_layers();
   rep.optimizer = optimizer;
   rep.loss_kind = loss_kind;
   rep.out_dir = out_dir;
