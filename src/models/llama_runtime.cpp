@@ -251,7 +251,7 @@ LlamaRuntime::LlamaRuntime(const LlamaForCausalLM& model) : config_(model->confi
 
 LlamaRuntime::LlamaRuntime(const LlamaConfig& config, const CompressedCheckpoint& ckpt) : config_(config) {
   config_.validate();
-  const CheckpointReader r{ckpt};
+  const CheckpointReader r{ckpt, {}};
   const int64_t h = config_.hidden_size(), mi = config_.intermediate_size(), d = config_.resolved_head_dim();
   const int64_t qh = config_.num_attention_heads() * d, kvh = config_.num_key_value_heads() * d;
   const std::string emb = "model.embed_tokens.weight";
@@ -354,11 +354,8 @@ at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) cons
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
   at::Tensor x = embed(tokens).reshape({1, D}).contiguous();
   at::Tensor h = at::empty({1, D}, at::kFloat), attn = at::empty({1, H * d}, at::kFloat);
-  // The rotary rows of this position only: tables for max_position_embeddings would cost
-  // 8 * max_positions * head_dim bytes whatever the context used.
-  const auto rotary = functional::rotary_cos_sin(config_, 1, c10::kCPU, pos);
-  const float* cos = rotary.first.data_ptr<float>();
-  const float* sin = rotary.second.data_ptr<float>();
+  const float* cos = cache.cos.data_ptr<float>() + pos * d;
+  const float* sin = cache.sin.data_ptr<float>() + pos * d;
   float* xp = x.data_ptr<float>();
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
@@ -447,11 +444,21 @@ LlamaRuntime::Cache LlamaRuntime::new_cache(int64_t capacity, at::ScalarType dty
   TORCH_CHECK(capacity <= config_.max_position_embeddings(), "edkm: LlamaRuntime: cache of ", capacity,
               " positions exceeds max_position_embeddings ", config_.max_position_embeddings());
   Cache c;
+  set_rotary(c, capacity);
   for (size_t i = 0; i < layers_.size(); ++i) {
     c.k.push_back(at::zeros({1, config_.num_key_value_heads(), capacity, config_.resolved_head_dim()}, dtype));
     c.v.push_back(at::zeros_like(c.k.back()));
   }
   return c;
+}
+
+// The rotary rows live with the cache, sized by its capacity: tables for max_position_embeddings
+// would cost 8 * max_positions * head_dim bytes whatever the context used (a 1M-position config:
+// +1 GB), and rows per forward cost a dozen LibTorch ops per decoded token.
+void LlamaRuntime::set_rotary(Cache& cache, int64_t capacity) const {
+  auto [cos, sin] = functional::rotary_cos_sin(config_, capacity);
+  cache.cos = cos.contiguous();
+  cache.sin = sin.contiguous();
 }
 
 void LlamaRuntime::reserve(Cache& cache, int64_t capacity) const {
@@ -463,6 +470,7 @@ void LlamaRuntime::reserve(Cache& cache, int64_t capacity) const {
   const int64_t have = cache.k.empty() ? 0 : cache.k[0].size(2);
   if (capacity <= have) return;
   const int64_t grown = std::min(ctx, std::max(capacity, 2 * have));
+  set_rotary(cache, grown);
   for (size_t l = 0; l < layers_.size(); ++l)
     for (at::Tensor* t : {&cache.k[l], &cache.v[l]}) {
       at::Tensor bigger = at::zeros({t->size(0), t->size(1), grown, t->size(3)}, t->options());
@@ -486,7 +494,9 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
   TORCH_CHECK(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.numel() > 0,
               "edkm: LlamaRuntime::forward: expected a non-empty 1-D int64 tensor of tokens, got ",
               tokens.scalar_type(), " ", tokens.sizes());
-  TORCH_CHECK(cache.k.size() == layers_.size(), "edkm: LlamaRuntime::forward: the cache is not this model's");
+  TORCH_CHECK(
+      cache.k.size() == layers_.size() && cache.cos.defined() && cache.cos.size(1) == config_.resolved_head_dim(),
+      "edkm: LlamaRuntime::forward: the cache is not this model's (make it with new_cache)");
   const int64_t n = tokens.numel(), pos = cache.length, capacity = cache.k.empty() ? 0 : cache.k[0].size(2);
   TORCH_CHECK(pos + n <= capacity, "edkm: LlamaRuntime::forward: ", pos, " cached + ", n, " new tokens exceed the ",
               capacity, "-position cache");
@@ -499,7 +509,7 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
   const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(), d = config_.resolved_head_dim();
   const double eps = config_.rms_norm_eps();
   at::Tensor x = embed(tokens).unsqueeze(0);  // [1, n, hidden]
-  const auto [cos, sin] = functional::rotary_cos_sin(config_, n, c10::kCPU, pos);
+  const at::Tensor cos = cache.cos.narrow(0, pos, n), sin = cache.sin.narrow(0, pos, n);
   std::optional<at::Tensor> mask;
   if (n > 1)  // query i (position pos + i) sees keys 0..pos + i
     mask = at::arange(pos + n, at::kLong).unsqueeze(0) <= (at::arange(n, at::kLong) + pos).unsqueeze(1);

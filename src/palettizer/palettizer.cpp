@@ -419,9 +419,9 @@ void Palettizer::step() {
       flagged.push_back(&l);
     }
   for (auto& l : layers_) l.dkm->clear_nonfinite();
-  if (!flags.empty() && at::cat(flags).any().item<bool>()) {
+  const at::Tensor all = flags.empty() ? at::Tensor() : at::cat(flags);
+  if (all.defined() && all.any().item<bool>()) {
     std::string names;
-    const at::Tensor all = at::cat(flags);
     for (size_t i = 0; i < flagged.size(); ++i)
       if (all[static_cast<int64_t>(i)].item<bool>()) names += (names.empty() ? "'" : ", '") + flagged[i]->path + "'";
     TORCH_CHECK(false, "edkm: Palettizer: step ", current_step(), " met NaN or Inf in the weights of ", names,

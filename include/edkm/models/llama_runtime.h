@@ -70,6 +70,7 @@ class EDKM_API LlamaRuntime {
     std::vector<at::Tensor> k, v;
     int64_t length = 0;
     std::vector<int64_t> tokens;  ///< the ids fed so far (length of them)
+    at::Tensor cos, sin;          ///< rotary rows of its capacity's positions, [capacity, head_dim] fp32
   };
 
   /// A dense model's weights (shared, no copy).
@@ -123,6 +124,7 @@ class EDKM_API LlamaRuntime {
   at::Tensor norm_;
   bool fast_decode_ = false;  ///< one-token steps run decode_one (CPU, fp32 norms)
   void init_fast_decode();
+  void set_rotary(Cache& cache, int64_t capacity) const;
   at::Tensor decode_one(const at::Tensor& tokens, Cache& cache) const;
   at::Tensor embed(const at::Tensor& ids) const;
   at::Tensor head(const at::Tensor& h) const;
