@@ -6,6 +6,7 @@
 #include <edkm/edkm.h>
 
 #include <iostream>
+#include <string>
 
 int main() {
   edkm::MemoryMeter meter;  // core
@@ -20,5 +21,9 @@ int main() {
   std::cout << "consumer (edkm " << EDKM_VERSION_STRING << "): y " << y.sizes() << ", llama dim "
             << config.hidden_size() << ", rank device " << device << "; " << offloader.stats().to_string() << "; "
             << meter.report().to_string() << "\n";
+  // An installed edkm loads its SentencePiece module from its own lib directory (not the build tree).
+  const std::string sp = edkm::sentencepiece_status();
+  std::cout << "consumer: " << sp << "\n";
+  if (edkm::has_sentencepiece() && sp.find(EDKM_CONSUMER_LIBDIR) == std::string::npos) return 2;
   return y.size(1) == 64 ? 0 : 1;
 }

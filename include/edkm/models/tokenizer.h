@@ -163,8 +163,11 @@ class EDKM_API BpeTokenizer : public Tokenizer {
 /// Whether edkm was built with PCRE2 (BpeTokenizer works).
 EDKM_API bool has_pcre2();
 
-/// Whether edkm was built with libsentencepiece (SentencePieceTokenizer works).
+/// Whether SentencePieceTokenizer works: edkm was built with libsentencepiece and its module
+/// (libedkm_sentencepiece.so, loaded on first use; $EDKM_SENTENCEPIECE_MODULE overrides where) loads.
 EDKM_API bool has_sentencepiece();
+/// Where the SentencePiece module was loaded from, or why it could not be.
+EDKM_API std::string sentencepiece_status();
 /// Whether train_sentencepiece works (libsentencepiece_train was found).
 EDKM_API bool has_sentencepiece_trainer();
 
