@@ -95,6 +95,27 @@ void load_bytes(M& m, const std::string& bytes) {
   torch::load(m, in);
 }
 
+// A Hugging Face checkpoint of `model` with its reference logits (edkm_logits.safetensors: the
+// first seq_len held-out tokens and edkm's logits on them, for other tools to compare) and, for a
+// byte-level BPE (a GGUF's own, or a tokenizer.json), tokenizer.json, so transformers'
+// AutoTokenizer reads the same ids.
+void save_hf_with_logits(edkm::LlamaForCausalLM& model, const std::string& dir, const at::Tensor& held_out,
+                         int64_t seq_len, const edkm::Tokenizer& tokenizer) {
+  edkm::save_hf_llama(model, dir);
+  const bool training = model->is_training();
+  model->eval();
+  {
+    at::NoGradGuard ng;
+    const at::Tensor x = held_out.narrow(0, 0, std::min(seq_len, held_out.numel())).unsqueeze(0);
+    edkm::SafetensorsFile ref;
+    ref.tensors["tokens"] = x;
+    ref.tensors["logits"] = model(x.to(model->parameters()[0].device())).to(at::kFloat).cpu();
+    edkm::save_safetensors(dir + "/edkm_logits.safetensors", ref);
+  }
+  model->train(training);
+  if (const auto* bpe = dynamic_cast<const edkm::BpeTokenizer*>(&tokenizer)) edkm::save_hf_tokenizer(*bpe, dir);
+}
+
 // The tokenizer beside the compressed checkpoint, where edkm_llama_generate looks for it: a
 // byte-level BPE (a GGUF's own, or a tokenizer.json) as tokenizer.json + tokenizer_config.json,
 // a SentencePiece model as tokenizer.model (copied from `file`, what load_tokenizer read: the file,
@@ -167,7 +188,9 @@ int main(int argc, char** argv) try {
       ->check(CLI::IsMember({"dense", "table", "streaming", "auto"}))
       ->capture_default_str();
   app.add_flag("--offload", offload, "offload saved tensors to host memory (host-to-host on CPU)");
-  app.add_option("--offload-min-bytes", offload_min_bytes, "smallest saved tensor offloaded")->capture_default_str();
+  app.add_option("--offload-min-bytes", offload_min_bytes, "smallest saved tensor offloaded")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_flag("--embedding-dkm", embedding_dkm,
                "train the embedding and head with DKM too (default: they are fine-tuned unclustered and "
                "palettized by k-means at the end; DKM with 256 centroids costs far more per step)");
@@ -178,22 +201,30 @@ int main(int argc, char** argv) try {
       ->check(CLI::IsMember({"auto", "ce", "distill"}))
       ->capture_default_str();
   app.add_flag("--distill", distill, "same as --loss distill");
-  app.add_option("--distill-temperature", distill_temperature)->capture_default_str();
-  app.add_option("--distill-alpha", distill_alpha, "weight of the KL term")->capture_default_str();
+  app.add_option("--distill-temperature", distill_temperature)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--distill-alpha", distill_alpha, "weight of the KL term")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
   app.add_option("--distill-hidden", distill_hidden,
                  "weight of an MSE between the student's and the teacher's final hidden states (0: none)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--steps", steps, "DKM fine-tuning steps")->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--pretrain-steps", pretrain_steps,
-                 "fp32 training steps before compression (default: 300 for the tiny preset, else 0)");
-  app.add_option("--milestone", milestone, "step at which clustering starts")->capture_default_str();
+                 "fp32 training steps before compression (default: 300 for the tiny preset, else 0)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--milestone", milestone, "step at which clustering starts")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--seq-len", seq_len, "tokens per training sequence")
       ->check(CLI::Range(2, 1 << 20))
       ->capture_default_str();
   app.add_option("--batch", batch, "sequences per step")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--lr", lr, "peak fine-tuning learning rate (warm-up, cosine)")->capture_default_str();
-  app.add_option("--pretrain-lr", pretrain_lr)->capture_default_str();
-  app.add_option("--weight-decay", weight_decay)->capture_default_str();
+  app.add_option("--lr", lr, "peak fine-tuning learning rate (warm-up, cosine)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--pretrain-lr", pretrain_lr)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--weight-decay", weight_decay)->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--optimizer", optimizer,
                  "adamw (8 B state/param) | adamw-bf16 (bf16 moments, 4 B/param) | sgd (no state)")
       ->check(CLI::IsMember({"adamw", "adamw-bf16", "sgd"}))
@@ -247,7 +278,8 @@ int main(int argc, char** argv) try {
   app.add_option("--seed", seed)->capture_default_str();
   app.add_option("--threads", threads,
                  "CPU threads (default: 1 for the tiny preset, whose small matrices gain little from more and lose "
-                 "much on a loaded machine; else LibTorch's default)");
+                 "much on a loaded machine; else LibTorch's default; 0: that default)")
+      ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
   std::cout << std::unitbuf;  // progress lines reach a log file as they happen
 
@@ -546,21 +578,8 @@ int main(int argc, char** argv) try {
     pretrain_step_s = plain_steady_step_s;
   }
   if (!save_hf.empty()) {
-    edkm::save_hf_llama(model, save_hf);  // with its reference logits, for other tools to compare
-    const at::Tensor x = eval_sets[0].ids.narrow(0, 0, std::min(seq_len, eval_sets[0].ids.numel())).unsqueeze(0);
-    model->eval();
-    at::NoGradGuard ng;
-    edkm::SafetensorsFile ref;
-    ref.tensors["tokens"] = x;
-    ref.tensors["logits"] = model(x.to(device)).to(at::kFloat).cpu();
-    edkm::save_safetensors(save_hf + "/edkm_logits.safetensors", ref);
-    model->train();
-    // A byte-level BPE (a GGUF's own, or a tokenizer.json) goes with it, so transformers'
-    // AutoTokenizer reads the same ids.
-    const auto* bpe = dynamic_cast<const edkm::BpeTokenizer*>(tokenizer.get());
-    if (bpe) edkm::save_hf_tokenizer(*bpe, save_hf);
-    std::cout << "wrote the uncompressed model" << (bpe ? " and its tokenizer" : "") << " to " << save_hf
-              << " (Hugging Face layout)\n";
+    save_hf_with_logits(model, save_hf, eval_sets[0].ids, seq_len, *tokenizer);
+    std::cout << "wrote the uncompressed model to " << save_hf << " (Hugging Face layout)\n";
   }
 
   // 2. Held-out perplexity of the uncompressed model and of the post-training baselines.
@@ -939,9 +958,7 @@ int main(int argc, char** argv) try {
       same = at::equal(model(x).to(at::kFloat), reloaded(x).to(at::kFloat));
     }
     if (!save_hf_compressed.empty()) {
-      edkm::save_hf_llama(model, save_hf_compressed);
-      if (const auto* bpe = dynamic_cast<const edkm::BpeTokenizer*>(tokenizer.get()))
-        edkm::save_hf_tokenizer(*bpe, save_hf_compressed);
+      save_hf_with_logits(model, save_hf_compressed, eval_sets[0].ids, seq_len, *tokenizer);
       std::cout << "wrote the compressed model (decompressed weights) to " << save_hf_compressed
                 << " (Hugging Face layout)\n";
     }

@@ -254,6 +254,9 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (is_directory(spec)) {
     if (!is_file(spec + "/tokenizer.model") && is_file(spec + "/tokenizer.json"))
       return BpeTokenizer::from_tokenizer_json(spec + "/tokenizer.json");
+    TORCH_CHECK(is_file(spec + "/tokenizer.model"), "the directory ", spec,
+                " holds no tokenizer (tokenizer.model or tokenizer.json); name one, or \"bytes\" for a model "
+                "trained on bytes (what edkm's tiny preset writes)");
     return std::make_unique<SentencePieceTokenizer>(spec + "/tokenizer.model");
   }
   if (spec.size() >= 5 && spec.compare(spec.size() - 5, 5, ".json") == 0)

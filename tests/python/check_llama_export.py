@@ -3,7 +3,7 @@
 Default: the compressed model opens with the Python `safetensors` package, the decoder's Linear
 weights are 3-bit palettes and the embedding/head 8-bit ones, and results.json holds the seven
 compared rows. With --transformers: Hugging Face `transformers` loads the exported hf/
-checkpoint and reproduces edkm's logits (exit 77 when transformers is not installed).
+and hfc/ (--save-hf-compressed) checkpoints and reproduces edkm's logits (exit 77 when transformers is not installed).
 """
 import json
 import sys
@@ -19,13 +19,21 @@ def main() -> int:
         except ImportError as e:
             print(f"skipped: {e}")
             return 77
-        model = transformers.LlamaForCausalLM.from_pretrained(f"{root}/hf", torch_dtype=torch.float32).eval()
-        ref = load_file(f"{root}/hf/edkm_logits.safetensors")
-        with torch.no_grad():
-            logits = model(ref["tokens"]).logits
-        diff = (logits - ref["logits"]).abs().max().item() / ref["logits"].abs().max().item()
-        print(f"transformers vs edkm logits: max relative difference {diff:.2e}")
-        return 0 if diff < 1e-4 else 1
+        worst = 0.0
+        for sub in ("hf", "hfc"):  # --save-hf (uncompressed) and --save-hf-compressed
+            model = transformers.LlamaForCausalLM.from_pretrained(f"{root}/{sub}", torch_dtype=torch.float32).eval()
+            ref = load_file(f"{root}/{sub}/edkm_logits.safetensors")
+            with torch.no_grad():
+                logits = model(ref["tokens"]).logits
+            diff = (logits - ref["logits"]).abs().max().item() / ref["logits"].abs().max().item()
+            print(f"{sub}: transformers vs edkm logits: max relative difference {diff:.2e}")
+            worst = max(worst, diff)
+            if sub == "hfc":  # the compressed export holds the palettes' values: at most 2^3 per decoder Linear
+                distinct = torch.unique(model.model.layers[0].mlp.down_proj.weight).numel()
+                print(f"hfc: down_proj holds {distinct} distinct values")
+                if distinct > 8:
+                    return 1
+        return 0 if worst < 1e-4 else 1
     try:
         from safetensors import safe_open
     except ImportError as e:
