@@ -1,5 +1,5 @@
 // LUT matmul kernels (edkm/nn/palettized_linear.h) against a dense matmul on the decompressed weight:
-// every bit width, per-tensor and grouped LUTs, per-channel scales, bias, odd shapes, 1..9 input
+// every bit width, per-tensor and grouped LUTs, per-channel scales, bias, odd shapes, 1..40 input
 // rows (GEMV and GEMM paths), non-contiguous and bf16 inputs, on every CPU path this machine has
 // (scalar, AVX2, AVX-512) and on CUDA when present; embeddings; packing and bad input.
 #include <edkm/io/checkpoint.h>
@@ -79,6 +79,10 @@ TEST(PalettizedLinear, EqualsDenseMatmulOnEveryPathAndBitWidth) {
   }
   cases.push_back({1, 1, 3, 0, false});
   cases.push_back({5, 15, 5, 0, true});
+  // 8 bits past the L1 (x over 24 KB in lane order): rows in pairs of one LUT, a pair never
+  // spanning two LUTs (3 rows per LUT), the odd row alone; 42 tail columns.
+  cases.push_back({9, 6250, 8, 3, true});
+  cases.push_back({7, 6208, 8, 0, false});
   uint64_t seed = 0;
   for (const auto& c : cases) {
     const Palette pal = make_palette(c, ++seed);

@@ -125,6 +125,14 @@ struct Lut8 {
   }
 };
 
+// Rows [r0, r1) of 8-bit weights against M rows of x. Where x in lane order passes ~24 KB (past
+// the 32 KB L1 beside the weights: 4096 x 11008's 44 KB), batch-1 rows go in pairs of one LUT,
+// each row's lookups and FMAs done before the other's start: the second reads x from L1, where
+// the first just brought it, x stays a memory operand, and the 16 table registers are not spilled
+// (an earlier lockstep that held x and both rows' weights in registers spilled them, and lost
+// 1.4-2.2x where x fits L1: pairs are not used there). Each row's next weights are prefetched 2 KB
+// ahead: with x streaming through L1 the hardware prefetch of the weights fell behind (measured on
+// 4096 x 11008: pairs alone no gain, prefetch alone 2-8%, both 17-19%; benchmarks/results/lut_inference.md).
 template <int M>
 void gemv_rows8(const LutParams& p, const float* x, float* y, int64_t r0, int64_t r1) {
   const int64_t in = p.in, body = in / 64 * 64;
@@ -134,9 +142,10 @@ void gemv_rows8(const LutParams& p, const float* x, float* y, int64_t r0, int64_
       for (int m = 0; m < 4; ++m)
         for (int k = 0; k < 4; ++k)
           for (int q = 0; q < 4; ++q) xp[j * body + c + 16 * m + 4 * k + q] = x[j * in + c + 16 * k + 4 * m + q];
+  const bool pairs = M == 1 && body * 4 > 24 * 1024;
   Lut8 table;
   int64_t current = -1;
-  for (int64_t r = r0; r < r1; ++r) {
+  for (int64_t r = r0; r < r1;) {
     const int64_t g = r / p.rows_per_lut;
     const float* lut = p.lut + g * p.lut_stride;
     if (g != current) {
@@ -144,6 +153,35 @@ void gemv_rows8(const LutParams& p, const float* x, float* y, int64_t r0, int64_
       current = g;
     }
     const uint8_t* row = p.packed + r * in;
+    if (pairs && r + 1 < r1 && (r + 1) / p.rows_per_lut == g) {
+      const uint8_t* next = row + in;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+      for (int64_t c = 0; c < body; c += 64) {
+        const float* xc = xp.data() + c;
+        _mm_prefetch(reinterpret_cast<const char*>(row + c + 2048), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(next + c + 2048), _MM_HINT_T0);
+        __m512 w[4];
+        table(row + c, w);
+        a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xc), a0);
+        a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xc + 16), a1);
+        a0 = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xc + 32), a0);
+        a1 = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xc + 48), a1);
+        table(next + c, w);
+        b0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xc), b0);
+        b1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xc + 16), b1);
+        b0 = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xc + 32), b0);
+        b1 = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xc + 48), b1);
+      }
+      float ta = 0, tb = 0;
+      for (int64_t c = body; c < in; ++c) {
+        ta += lut[row[c]] * x[c];
+        tb += lut[next[c]] * x[c];
+      }
+      y[r] = lut_finish(p, r, _mm512_reduce_add_ps(a0) + _mm512_reduce_add_ps(a1) + ta);
+      y[r + 1] = lut_finish(p, r + 1, _mm512_reduce_add_ps(b0) + _mm512_reduce_add_ps(b1) + tb);
+      r += 2;
+      continue;
+    }
     __m512 acc[M][2];
     for (int j = 0; j < M; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
     for (int64_t c = 0; c < body; c += 64) {
@@ -162,6 +200,7 @@ void gemv_rows8(const LutParams& p, const float* x, float* y, int64_t r0, int64_
       for (int64_t c = body; c < in; ++c) tail += lut[row[c]] * x[j * in + c];
       y[j * p.out + r] = lut_finish(p, r, _mm512_reduce_add_ps(acc[j][0]) + _mm512_reduce_add_ps(acc[j][1]) + tail);
     }
+    ++r;
   }
 }
 
