@@ -58,8 +58,12 @@ mkdir -p "$bundle/bin" "$bundle/lib" "$bundle/data"
 for t in "${tests[@]}"; do cp "$build/tests/$t" "$bundle/bin/"; done
 for t in "${benches[@]}"; do cp "$build/benchmarks/$t" "$bundle/bin/"; done
 for t in "${examples[@]}"; do cp "$build/examples/$t" "$bundle/bin/"; done
+# The SentencePiece module, dlopened (so not in ldd's list): the binaries look for it in ../lib.
+spm="$build/src/libedkm_sentencepiece.so"
+[ ! -f "$spm" ] || cp "$spm" "$bundle/lib/"
 declare -A libs=()
-for b in "$bundle"/bin/*; do
+for b in "$bundle"/bin/* "$bundle"/lib/libedkm_sentencepiece.so; do
+  [ -f "$b" ] || continue
   missing="$(ldd "$b" | grep 'not found' || true)"
   [ -z "$missing" ] || die "$(basename "$b") has unresolved libraries here: $missing"
   while read -r name _ path _; do
