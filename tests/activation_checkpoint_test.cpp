@@ -247,6 +247,26 @@ TEST(Checkpoint, BadInput) {
       },
       {x});
   test::expect_error([&] { out[0].sum().backward(); }, {"same function"});
+  test::expect_error(
+      [&] {
+        functional::checkpoint([](const std::vector<at::Tensor>& in) { return in; }, {x, at::Tensor()});
+      },
+      {"inputs[1] is undefined"});
+}
+
+// The module form with a holder whose forward is not a template (checkpoint(linear, x) did not
+// compile: the callable overloads instantiated Linear's operator() with a vector).
+TEST(Checkpoint, ModuleFormTakesAnyHolder) {
+  torch::nn::Linear lin(6, 3);
+  auto x = at::randn({2, 6}).requires_grad_(true);
+  auto y = functional::checkpoint(lin, x);
+  y.square().sum().backward();
+  auto x2 = x.detach().clone().requires_grad_(true);
+  const auto gw = lin->weight.grad().clone();
+  lin->weight.mutable_grad().zero_();
+  lin->forward(x2).square().sum().backward();
+  EXPECT_TRUE(at::allclose(x.grad(), x2.grad()));
+  EXPECT_TRUE(at::allclose(gw, lin->weight.grad()));
 }
 
 }  // namespace

@@ -1,9 +1,16 @@
 // edkm/nn/distill.h: the losses equal PyTorch's formulations; the teacher never enters autograd.
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/kl_div.h>
+#include <ATen/ops/log_softmax.h>
+#include <ATen/ops/softmax.h>
 #include <edkm/memory/memory.h>
 #include <edkm/nn/distill.h>
 #include <torch/nn/modules/activation.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>
+
+#include <cmath>
+#include <limits>
 
 #include "test_util.h"
 
@@ -100,6 +107,31 @@ TEST(Distill, BadInput) {
   test::expect_error([&] { Distiller(f, f, DistillerOptions().temperature(-1)); }, {"temperature"});
   test::expect_error([&] { Distiller(f, f).step(a, at::zeros({3}, at::kLong)); }, {"labels"});
   test::expect_error([&] { Distiller(f, f, DistillerOptions().hidden_weight(1)).step(a); }, {"hidden states"});
+  const double inf = std::numeric_limits<double>::infinity();
+  test::expect_error([&] { functional::distillation_kl_loss(a, a, inf); }, {"temperature", "finite"});
+  test::expect_error([&] { Distiller(f, f, DistillerOptions().temperature(inf)); }, {"temperature", "finite"});
+  test::expect_error([&] { Distiller(f, f).step(a, at::tensor({0.9, 2.7})); }, {"labels", "integer"});
+  auto two = [](const at::Tensor& x) { return std::vector<at::Tensor>{x, x}; };
+  auto three = [](const at::Tensor& x) { return std::vector<at::Tensor>{x, x, x}; };
+  test::expect_error([&] { Distiller(three, two, DistillerOptions().hidden_weight(1)).step(a); },
+                     {"student returned 2 outputs", "teacher 3"});
+}
+
+// A teacher logit of -inf (a masked class) has probability 0 and adds 0 (0 log 0 = 0), as in
+// at::kl_div; the gradient stays finite.
+TEST(Distill, MaskedTeacherClassesAddNothing) {
+  const double inf = std::numeric_limits<double>::infinity();
+  auto s = at::tensor({0.0, 1.0, 1.0, 0.5, -0.5, 2.0}, at::kDouble).view({2, 3}).requires_grad_(true);
+  auto t = at::tensor({0.0, -inf, 1.0, -inf, 0.3, -inf}, at::kDouble).view({2, 3});
+  const auto loss = functional::distillation_kl_loss(s, t, 2.0);
+  const auto want = at::kl_div(at::log_softmax(s / 2.0, -1), at::softmax(t / 2.0, -1), at::Reduction::Sum) * 4.0 / 2;
+  EXPECT_TRUE(std::isfinite(loss.item<double>()));
+  EXPECT_NEAR(loss.item<double>(), want.item<double>(), 1e-12);
+  loss.backward();
+  EXPECT_TRUE(at::isfinite(s.grad()).all().item<bool>());
+  auto s2 = s.detach().clone().requires_grad_(true);
+  (at::kl_div(at::log_softmax(s2 / 2.0, -1), at::softmax(t / 2.0, -1), at::Reduction::Sum) * 4.0 / 2).backward();
+  EXPECT_TRUE(at::allclose(s.grad(), s2.grad(), 1e-12, 1e-12));
 }
 
 }  // namespace

@@ -31,6 +31,8 @@ TEST(DKMModule, MilestoneAndThreshold) {
   EXPECT_FALSE(at::equal(dkm(w), w));
   DKM small(DKMOptions(2).engine(Engine::kDense));  // default threshold 2048 > 256 elements
   EXPECT_TRUE(at::equal(small(w), w));
+  test::expect_error([&] { dkm->set_step(-5); }, {"set_step", ">= 0", "-5"});
+  EXPECT_EQ(dkm->current_step(), 2);
 }
 
 TEST(DKMModule, EvalIsHardAssignment) {

@@ -3,6 +3,9 @@
 #include <edkm/memory/memory.h>
 #include <edkm/nn/local_attention.h>
 
+#include <cmath>
+#include <limits>
+
 #include "test_util.h"
 
 namespace edkm {
@@ -127,6 +130,9 @@ TEST(LocalAttention, BadInput) {
       [&] { functional::local_attention(in.q, in.k.to(at::kDouble), in.v, LocalAttentionFuncOptions(2)); }, {"dtype"});
   test::expect_error([] { LocalSelfAttention(LocalSelfAttentionOptions(10, 3, 4)); }, {"divisible"});
   test::expect_error([] { functional::band_mask(4, 0, true); }, {"window"});
+  for (double bad : {std::nan(""), -1.0, std::numeric_limits<double>::infinity()})
+    test::expect_error([&] { functional::local_attention(in.q, in.k, in.v, LocalAttentionFuncOptions(2).scale(bad)); },
+                       {"scale must be positive and finite"});
 }
 
 }  // namespace

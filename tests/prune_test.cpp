@@ -126,6 +126,7 @@ TEST(Prune, BadInput) {
   test::expect_error([&] { prune::l1_unstructured(*fc, "kernel", 0.5); }, {"no parameter 'kernel'"});
   test::expect_error([&] { prune::remove(*fc, "weight"); }, {"not pruned"});
   test::expect_error([&] { prune::apply_mask(*fc, "weight", at::ones({3, 4})); }, {"does not match"});
+  test::expect_error([&] { prune::apply_mask(*fc, "weight", at::full({4, 4}, 0.5)); }, {"only 0 and 1"});
 }
 
 }  // namespace

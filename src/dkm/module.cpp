@@ -39,6 +39,7 @@ void DKMImpl::step() {
 }
 
 void DKMImpl::set_step(int64_t s) {
+  TORCH_CHECK(s >= 0, "edkm: DKM::set_step: the step must be >= 0, got ", s);
   step_host_ = s;
   at::NoGradGuard no_grad;
   step_.fill_(s);  // on the buffer's device; no host sync

@@ -229,9 +229,12 @@ void collect_cuda_devices(const std::vector<at::Tensor>& ts, std::vector<c10::De
 
 namespace functional {
 
-std::vector<at::Tensor> checkpoint(TensorsFunction fn, const std::vector<at::Tensor>& inputs,
-                                   const std::vector<at::Tensor>& params, const CheckpointOptions& options) {
+std::vector<at::Tensor> checkpoint_tensors(TensorsFunction fn, const std::vector<at::Tensor>& inputs,
+                                           const std::vector<at::Tensor>& params, const CheckpointOptions& options) {
   TORCH_CHECK(fn, "edkm: checkpoint: the callable is empty");
+  for (size_t i = 0; i < inputs.size(); ++i)
+    TORCH_CHECK(inputs[i].defined(), "edkm: checkpoint: inputs[", i,
+                "] is undefined (pass defined tensors; an optional one can be captured by the callable)");
   for (size_t i = 0; i < params.size(); ++i)
     TORCH_CHECK(params[i].defined(), "edkm: checkpoint: params[", i, "] is undefined");
   if (!at::GradMode::is_enabled()) return fn(inputs);
@@ -246,12 +249,12 @@ std::vector<at::Tensor> checkpoint(TensorsFunction fn, const std::vector<at::Ten
   return CheckpointFunction::apply(std::move(state), at::TensorList(inputs), at::TensorList(edges));
 }
 
-at::Tensor checkpoint(TensorFunction fn, const at::Tensor& input, const std::vector<at::Tensor>& params,
-                      const CheckpointOptions& options) {
+at::Tensor checkpoint_tensor(TensorFunction fn, const at::Tensor& input, const std::vector<at::Tensor>& params,
+                             const CheckpointOptions& options) {
   TORCH_CHECK(fn, "edkm: checkpoint: the callable is empty");
-  auto outs =
-      checkpoint([f = std::move(fn)](const std::vector<at::Tensor>& in) { return std::vector<at::Tensor>{f(in[0])}; },
-                 {input}, params, options);
+  auto outs = checkpoint_tensors(
+      [f = std::move(fn)](const std::vector<at::Tensor>& in) { return std::vector<at::Tensor>{f(in[0])}; }, {input},
+      params, options);
   return outs[0];
 }
 
@@ -276,8 +279,8 @@ CheckpointImpl::CheckpointImpl(torch::nn::AnyModule module, CheckpointOptions op
 void CheckpointImpl::reset() { register_module("module", module_); }
 
 void CheckpointImpl::pretty_print(std::ostream& stream) const {
-  stream << "edkm::Checkpoint(preserve_rng_state=" << options.preserve_rng_state()
-         << ", preserve_autocast_state=" << options.preserve_autocast_state() << ")";
+  stream << "edkm::Checkpoint(preserve_rng_state=" << (options.preserve_rng_state() ? "true" : "false")
+         << ", preserve_autocast_state=" << (options.preserve_autocast_state() ? "true" : "false") << ")";
 }
 
 std::shared_ptr<torch::nn::Module> CheckpointImpl::clone(const std::optional<torch::Device>& device) const {

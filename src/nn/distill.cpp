@@ -4,9 +4,14 @@
 #include <ATen/ops/cross_entropy_loss.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/mse_loss.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 #include "edkm/nn/distill.h"
+
+#include <cmath>
+#include <limits>
 
 namespace edkm {
 namespace functional {
@@ -15,7 +20,8 @@ at::Tensor distillation_kl_loss(const at::Tensor& student_logits, const at::Tens
                                 double temperature) {
   TORCH_CHECK(student_logits.defined() && teacher_logits.defined(),
               "edkm: distillation_kl_loss: logits must be defined");
-  TORCH_CHECK(temperature > 0, "edkm: distillation_kl_loss: temperature must be positive, got ", temperature);
+  TORCH_CHECK(temperature > 0 && std::isfinite(temperature),
+              "edkm: distillation_kl_loss: temperature must be positive and finite, got ", temperature);
   TORCH_CHECK(student_logits.dim() >= 1 && student_logits.sizes() == teacher_logits.sizes(),
               "edkm: distillation_kl_loss: student logits ", student_logits.sizes(), " and teacher logits ",
               teacher_logits.sizes(), " must have one shape [..., classes]");
@@ -25,7 +31,11 @@ at::Tensor distillation_kl_loss(const at::Tensor& student_logits, const at::Tens
   TORCH_CHECK(rows > 0, "edkm: distillation_kl_loss: logits are empty");
   const at::Tensor log_p = at::log_softmax(teacher_logits.detach() / temperature, -1);
   const at::Tensor log_q = at::log_softmax(student_logits / temperature, -1);
-  return (log_p.exp() * (log_p - log_q)).sum() * (temperature * temperature / static_cast<double>(rows));
+  // A class the teacher gives probability 0 (a logit of -inf: a masked vocabulary entry) adds 0,
+  // as 0 log 0 = 0 in at::kl_div; the plain product would be 0 * inf = NaN.
+  const at::Tensor terms = at::where(log_p > -std::numeric_limits<double>::infinity(), log_p.exp() * (log_p - log_q),
+                                     at::zeros({}, log_p.options()));
+  return terms.sum() * (temperature * temperature / static_cast<double>(rows));
 }
 
 at::Tensor hidden_state_mse_loss(const at::Tensor& student_hidden, const at::Tensor& teacher_hidden) {
@@ -39,9 +49,11 @@ at::Tensor hidden_state_mse_loss(const at::Tensor& student_hidden, const at::Ten
 }  // namespace functional
 
 void DistillerOptions::validate() const {
-  TORCH_CHECK(temperature() > 0, "edkm: DistillerOptions: temperature must be positive, got ", temperature());
+  TORCH_CHECK(temperature() > 0 && std::isfinite(temperature()),
+              "edkm: DistillerOptions: temperature must be positive and finite, got ", temperature());
   TORCH_CHECK(alpha() >= 0 && alpha() <= 1, "edkm: DistillerOptions: alpha must be in [0, 1], got ", alpha());
-  TORCH_CHECK(hidden_weight() >= 0, "edkm: DistillerOptions: hidden_weight must be >= 0, got ", hidden_weight());
+  TORCH_CHECK(hidden_weight() >= 0 && std::isfinite(hidden_weight()),
+              "edkm: DistillerOptions: hidden_weight must be >= 0, got ", hidden_weight());
 }
 
 Distiller::Distiller(Forward teacher, Forward student, DistillerOptions options)
@@ -70,11 +82,16 @@ DistillationOutput Distiller::step(const at::Tensor& input, const at::Tensor& la
   if (labels.defined()) {
     TORCH_CHECK(labels.numel() * s.size(-1) == s.numel(), "edkm: Distiller: labels ", labels.sizes(),
                 " must hold one class index per row of the logits ", s.sizes());
+    TORCH_CHECK(at::isIntegralType(labels.scalar_type(), /*includeBool=*/false),
+                "edkm: Distiller: labels must be integer class indices, got ", labels.scalar_type());
     out.ce_loss = at::cross_entropy_loss(s.reshape({-1, s.size(-1)}), labels.reshape({-1}).to(at::kLong));
     out.loss = out.kl_loss * options_.alpha() + out.ce_loss * (1.0 - options_.alpha());
   }
   if (options_.hidden_weight() > 0) {
-    const size_t pairs = std::min(out.student_outputs.size(), out.teacher_outputs.size()) - 1;
+    TORCH_CHECK(out.student_outputs.size() == out.teacher_outputs.size(),
+                "edkm: Distiller: hidden_weight > 0 pairs the hidden states, but the student returned ",
+                out.student_outputs.size(), " outputs and the teacher ", out.teacher_outputs.size());
+    const size_t pairs = out.student_outputs.size() - 1;
     TORCH_CHECK(pairs > 0, "edkm: Distiller: hidden_weight > 0 needs hidden states after the logits in both outputs");
     at::Tensor sum;
     for (size_t i = 1; i <= pairs; ++i) {

@@ -158,8 +158,8 @@ void GLUFeedForwardImpl::reset() {
 
 void GLUFeedForwardImpl::pretty_print(std::ostream& stream) const {
   stream << "edkm::GLUFeedForward(d_model=" << options.d_model() << ", hidden=" << options.hidden()
-         << ", activation=" << to_string(options.activation()) << ", bias=" << options.bias()
-         << ", fused=" << options.fused() << ")";
+         << ", activation=" << to_string(options.activation()) << ", bias=" << (options.bias() ? "true" : "false")
+         << ", fused=" << (options.fused() ? "true" : "false") << ")";
 }
 
 at::Tensor GLUFeedForwardImpl::forward(const at::Tensor& x) {

@@ -31,6 +31,8 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
 }
 
 double scale_of(const at::Tensor& q, std::optional<double> scale) {
+  TORCH_CHECK(!scale || (*scale > 0 && std::isfinite(*scale)),
+              "edkm: local attention: scale must be positive and finite, got ", *scale);
   return scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
 }
 

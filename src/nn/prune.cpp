@@ -116,6 +116,9 @@ void apply_mask(torch::nn::Module& module, const std::string& name, const at::Te
               new_mask.defined() ? new_mask.sizes() : at::IntArrayRef{}, " does not match parameter '", name,
               "' of shape ", param.sizes());
   at::NoGradGuard no_grad;
+  // A mask of 0 / 1 (any dtype) or bools: a fractional value (a soft mask) would be read as keep.
+  TORCH_CHECK(new_mask.scalar_type() == at::kBool || new_mask.eq(0).logical_or(new_mask.eq(1)).all().item<bool>(),
+              "edkm: prune::apply_mask: the mask for '", name, "' must hold only 0 and 1 (or bools)");
   at::Tensor keep = new_mask.to(param.device()).to(at::kBool);
   auto masks = masks_of(module);
   if (!masks) masks = module.register_module(kMasks, std::make_shared<PruneMasks>());

@@ -210,6 +210,7 @@ void SavedStore::store(Kept& kept, const at::Tensor& source, int64_t row_bytes) 
 std::any SavedStore::pack(const at::Tensor& tensor) {
   counters.tensors_packed.fetch_add(1);
   auto packed = std::make_shared<Packed>();
+  if (tensor.defined()) packed->record_version(tensor);
   if (!storage_backed(tensor) || !placement_->accepts(tensor) ||
       tensor.numel() * static_cast<int64_t>(tensor.element_size()) < options_.min_bytes) {
     packed->kept = tensor;
@@ -252,6 +253,7 @@ at::Tensor SavedStore::unpack(const std::any& value, const char* who) {
   TORCH_CHECK(p && *p, who, "::unpack: the value was not packed by an edkm::", who, " (or was moved from)");
   Packed& packed = **p;
   counters.tensors_unpacked.fetch_add(1);
+  packed.check_version(who);
   if (!packed.storage) return packed.kept;
   Kept& kept = *packed.storage;
   TORCH_CHECK(kept.store.get() == this, who, "::unpack: the value was packed by another edkm::", who);

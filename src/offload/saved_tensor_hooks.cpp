@@ -47,6 +47,9 @@ class ForwardingHooks final : public torch::autograd::SavedVariableHooks {
       value_ = hooks_->pack(tensor.detach());
     } catch (const std::exception& e) {
       TORCH_CHECK(false, "edkm saved-tensor pack hook failed on a ", describe(tensor), ": ", e.what());
+    } catch (...) {
+      TORCH_CHECK(false, "edkm saved-tensor pack hook failed on a ", describe(tensor),
+                  ": it threw something that is not a std::exception");
     }
     packed_ = true;
     live_values.fetch_add(1, std::memory_order_relaxed);
@@ -60,6 +63,9 @@ class ForwardingHooks final : public torch::autograd::SavedVariableHooks {
     } catch (const std::exception& e) {
       TORCH_CHECK(false, "edkm saved-tensor unpack hook failed (saved tensor ", dtype_, sizes_, " on ", device_,
                   "): ", e.what());
+    } catch (...) {
+      TORCH_CHECK(false, "edkm saved-tensor unpack hook failed (saved tensor ", dtype_, sizes_, " on ", device_,
+                  "): it threw something that is not a std::exception");
     }
     TORCH_CHECK(out.defined(), "edkm saved-tensor unpack hook returned an undefined tensor for a saved ", dtype_,
                 sizes_, " on ", device_);

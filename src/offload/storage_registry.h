@@ -8,6 +8,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/Storage.h>
+#include <c10/core/TensorImpl.h>
+#include <c10/util/Exception.h>
 
 #include <cstdint>
 #include <memory>
@@ -74,6 +76,9 @@ struct SavedView {
   int64_t offset = 0;
   at::ScalarType dtype = at::kFloat;
   int64_t round_seen = -1;  // the storage's restore round in which this view was last unpacked
+  // The saved tensor's version counter (held without its storage) and its version when saved.
+  c10::VariableVersion version{c10::VariableVersion::DISABLED};
+  uint32_t saved_version = 0;
 
   SavedView() = default;
   SavedView(const SavedView&) = delete;
@@ -84,6 +89,26 @@ struct SavedView {
     strides = t.strides().vec();
     offset = t.storage_offset();
     dtype = t.scalar_type();
+  }
+  /// Records t's version counter: check_version compares it at unpack.
+  void record_version(const at::Tensor& t) {
+    version = t.unsafeGetTensorImpl()->version_counter();
+    if (version.enabled()) saved_version = version.current_version();
+  }
+  /// LibTorch checks that a saved tensor was not written in place before backward reads it, but
+  /// not when saved-tensor hooks are installed: a kept tensor written since would give silently
+  /// wrong gradients, a copied one the values from before the write where autograd raises. This is
+  /// that check, with autograd's message.
+  void check_version(const char* who) const {
+    if (!version.enabled()) return;
+    const uint32_t now = version.current_version();
+    if (now == saved_version) return;
+    const bool whole = kept.defined();
+    TORCH_CHECK(false,
+                "one of the variables needed for gradient computation has been modified by an inplace operation: [",
+                whole ? kept.scalar_type() : dtype, " ", whole ? kept.sizes() : at::IntArrayRef(sizes),
+                "] is at version ", now, "; expected version ", saved_version, " instead (checked by edkm::", who,
+                ": LibTorch skips this check under saved-tensor hooks)");
   }
   void attach(std::shared_ptr<S> s) {
     std::lock_guard<std::mutex> lock(s->mu);

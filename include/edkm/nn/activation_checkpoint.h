@@ -28,6 +28,8 @@
 #include <torch/nn/pimpl.h>
 
 #include <functional>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "edkm/export.h"
@@ -42,6 +44,17 @@ struct EDKM_API CheckpointOptions {
   TORCH_ARG(bool, preserve_autocast_state) = true;
 };
 
+namespace detail {
+// Callables the function forms take: not module holders (those take the module form), and
+// convertible to F. Checked in that order, so that a holder's operator() (a deduced return type,
+// not SFINAE-friendly) is never instantiated with the wrong arguments: checkpoint(linear, x) used
+// not to compile.
+template <typename C, typename F>
+constexpr bool is_checkpoint_callable_v =
+    std::conjunction_v<std::negation<std::is_base_of<torch::detail::ModuleHolderIndicator, std::decay_t<C>>>,
+                       std::is_constructible<F, C>>;
+}  // namespace detail
+
 namespace functional {
 
 /// A callable over tensors.
@@ -49,26 +62,40 @@ using TensorsFunction = std::function<std::vector<at::Tensor>(const std::vector<
 /// A callable over one tensor.
 using TensorFunction = std::function<at::Tensor(const at::Tensor&)>;
 
+/// The non-template forms of checkpoint() below (what they call).
+EDKM_API std::vector<at::Tensor> checkpoint_tensors(TensorsFunction fn, const std::vector<at::Tensor>& inputs,
+                                                    const std::vector<at::Tensor>& params = {},
+                                                    const CheckpointOptions& options = {});
+EDKM_API at::Tensor checkpoint_tensor(TensorFunction fn, const at::Tensor& input,
+                                      const std::vector<at::Tensor>& params = {},
+                                      const CheckpointOptions& options = {});
+
+
 /// Runs `fn(inputs)` checkpointed. `params`: tensors used by `fn` that are not among `inputs`
 /// and need gradients (e.g. a module's parameters); those not listed get no gradient. `fn` must
 /// stay callable until backward and compute the same function when called again. Without grad
-/// mode, just calls `fn`.
+/// mode, just calls `fn`. Every input must be defined.
 ///
 /// Example:
 ///   auto outs = edkm::functional::checkpoint(
 ///       [&](const std::vector<at::Tensor>& in) { return std::vector<at::Tensor>{block->forward(in[0], in[1])}; },
 ///       {x, mask}, block->parameters());
-EDKM_API std::vector<at::Tensor> checkpoint(TensorsFunction fn, const std::vector<at::Tensor>& inputs,
-                                            const std::vector<at::Tensor>& params = {},
-                                            const CheckpointOptions& options = {});
+template <typename Fn, std::enable_if_t<edkm::detail::is_checkpoint_callable_v<Fn, TensorsFunction>, int> = 0>
+std::vector<at::Tensor> checkpoint(Fn&& fn, const std::vector<at::Tensor>& inputs,
+                                   const std::vector<at::Tensor>& params = {}, const CheckpointOptions& options = {}) {
+  return checkpoint_tensors(TensorsFunction(std::forward<Fn>(fn)), inputs, params, options);
+}
 
 /// One tensor in, one tensor out.
 ///
 /// Example:
 ///   auto y = edkm::functional::checkpoint([mlp](const at::Tensor& t) { return mlp->forward(t); }, x,
 ///                                         mlp->parameters());
-EDKM_API at::Tensor checkpoint(TensorFunction fn, const at::Tensor& input, const std::vector<at::Tensor>& params = {},
-                               const CheckpointOptions& options = {});
+template <typename Fn, std::enable_if_t<edkm::detail::is_checkpoint_callable_v<Fn, TensorFunction>, int> = 0>
+at::Tensor checkpoint(Fn&& fn, const at::Tensor& input, const std::vector<at::Tensor>& params = {},
+                      const CheckpointOptions& options = {}) {
+  return checkpoint_tensor(TensorFunction(std::forward<Fn>(fn)), input, params, options);
+}
 
 /// A module's `forward(Tensor)` checkpointed, with all its parameters (nested modules included).
 ///
@@ -79,8 +106,8 @@ template <typename ModuleType>
 at::Tensor checkpoint(const torch::nn::ModuleHolder<ModuleType>& module, const at::Tensor& input,
                       const CheckpointOptions& options = {}) {
   auto held = module;  // shared: keeps the module alive until backward
-  return checkpoint(TensorFunction([held](const at::Tensor& t) mutable { return held->forward(t); }), input,
-                    held->parameters(), options);
+  return checkpoint_tensor([held](const at::Tensor& t) mutable { return held->forward(t); }, input, held->parameters(),
+                           options);
 }
 
 }  // namespace functional
