@@ -250,6 +250,10 @@ TEST_F(CheckpointTest, RejectsBadPalettesOnSave) {
   ckpt.tensors.clear();
   ckpt.palettes["w"].indices = at::full_like(p.indices, 3);  // 1-bit palette with index 3
   test::expect_error([&] { save_compressed(path("x"), ckpt); }, {"does not fit in 1 bits"});
+  ckpt.palettes["w"] = p;  // what load_compressed refuses is not written: a NaN LUT entry
+  ckpt.palettes["w"].lut = p.lut.clone();
+  ckpt.palettes["w"].lut.view({-1})[0] = std::nan("");
+  test::expect_error([&] { save_compressed(path("x"), ckpt); }, {"LUT entry that is NaN or infinite"});
   EXPECT_EQ(test::file_size(path("x")), -1);
 }
 

@@ -284,6 +284,7 @@ TEST(GPTQ, BadInputsNameTheProblem) {
   at::Tensor nan = w.clone();
   nan[1][2] = std::nan("");
   expect_error([&] { edkm::gptq_quantize(nan, h, o); }, {"non-finite"});
+  expect_error([&] { edkm::rtn_quantize(nan, 4, 8); }, {"rtn_quantize", "non-finite"});
   expect_error([&] { edkm::gptq_quantize(random_weight(8, 12, 2), h, o); }, {"Hessian size mismatch"});
   expect_error([&] { edkm::gptq_quantize(w, GPTQHessian(16), o); }, {"no calibration"});
   const GPTQHessian few = hessian_of(correlated_inputs(10, 16, 3));

@@ -69,6 +69,12 @@ TEST(KMeans, Optimal1DFewerValuesThanClusters) {
 TEST(KMeans, Optimal1DRejectsUnsortedValues) {
   std::vector<double> v{1, 0}, w{1, 1};
   EXPECT_THROW(kmeans::optimal_1d(v.data(), w.data(), 2, 1), c10::Error);
+  std::vector<double> s{0, 1}, zero{0, 0}, negative{1, -1};
+  test::expect_error([&] { kmeans::optimal_1d(s.data(), zero.data(), 2, 1); }, {"all zero"});
+  test::expect_error([&] { kmeans::optimal_1d(s.data(), negative.data(), 2, 1); }, {"negative or not finite"});
+  const auto x = at::randn({5, 1}, at::kDouble), ones = at::ones({5}, at::kDouble);
+  test::expect_error([&] { kmeans::kmeans_plus_plus(x, ones, 0, 1); }, {"k >= 1"});
+  test::expect_error([&] { kmeans::kmeans_plus_plus(x, at::ones({4}, at::kDouble), 2, 1); }, {"n weights"});
 }
 
 TEST(KMeans, Binned1DIsNearOptimalAndExactWhenItFits) {

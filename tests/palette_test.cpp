@@ -2,6 +2,9 @@
 #include <edkm/dkm/dkm.h>
 #include <edkm/dkm/palette.h>
 
+#include <ATen/ops/cat.h>
+#include <ATen/ops/rand.h>
+
 #include "dkm/internal.h"
 #include "test_util.h"
 
@@ -20,6 +23,25 @@ TEST(Palette, FromCentroidsDecompressesToNearestCentroid) {
   auto back = p.decompress();
   EXPECT_EQ(back.sizes(), w.sizes());
   EXPECT_TRUE(at::equal(back.reshape({-1}), c[0].reshape({-1}).index_select(0, expect_idx)));
+}
+
+// An fp64 palette decompresses in fp64: exactly lut[index] (times the row's fp32 scale). It was
+// rebuilt through fp32 (7e-9 off); a LUT whose last dimension is not cluster_dim is refused.
+TEST(Palette, Fp64PalettesStayFp64) {
+  auto w = test::llm_like({16, 24}, 3).to(at::kDouble);
+  auto o = DKMOptions(3).engine(Engine::kDense);
+  const auto c = functional::init_centroids(w, o) + 1e-12;  // values fp32 cannot hold
+  const auto p = Palette::from_centroids(w, c, o);
+  const auto idx = p.indices[0].to(at::kLong);
+  EXPECT_EQ(p.decompress().scalar_type(), at::kDouble);
+  EXPECT_TRUE(at::equal(p.decompress().reshape({-1}), p.lut[0].reshape({-1}).index_select(0, idx)));
+  const auto s = at::rand({16, 1}, at::kDouble) + 0.5;
+  const auto ps = Palette::from_centroids(w, c, DKMOptions(o).per_channel_scale(true), s);
+  const auto rows = ps.lut[0].reshape({-1}).index_select(0, ps.indices[0].to(at::kLong)).view({16, 24});
+  EXPECT_TRUE(at::equal(ps.decompress(), rows * ps.scale.to(at::kDouble)));
+  Palette bad = p;
+  bad.lut = at::cat({p.lut, p.lut}, 2);  // K x 2 for cluster_dim 1
+  test::expect_error([&] { bad.decompress(); }, {"inconsistent LUT", "cluster_dim 1"});
 }
 
 TEST(Palette, GroupedScaledAndVectors) {

@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <fstream>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "temp_dir.h"
 #include "test_util.h"
 
@@ -88,6 +91,33 @@ TEST_F(SafetensorsTest, WritesAtomically) {
   test::expect_error([&] { save_safetensors(path("missing_dir/y.safetensors"), f); }, {"cannot create"});
 }
 
+// Replacing a file keeps its permission bits; a symlink is written through (the link stays, its
+// target gets the new contents); the temporary of a writer killed before its rename (its process
+// gone) is removed by the next write of that file.
+TEST_F(SafetensorsTest, OverwritesKeepModeLinksAndNoLeftovers) {
+  SafetensorsFile f;
+  f.tensors["x"] = at::ones({4});
+  save_safetensors(path("m.safetensors"), f);
+  ASSERT_EQ(::chmod(path("m.safetensors").c_str(), 0600), 0);
+  save_safetensors(path("m.safetensors"), f);
+  struct stat st {};
+  ASSERT_EQ(::stat(path("m.safetensors").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(::symlink("m.safetensors", path("link.safetensors").c_str()), 0);
+  f.tensors["x"] = at::zeros({4});
+  save_safetensors(path("link.safetensors"), f);
+  ASSERT_EQ(::lstat(path("link.safetensors").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISLNK(st.st_mode));
+  EXPECT_TRUE(at::equal(load_safetensors(path("m.safetensors")).tensors.at("x"), at::zeros({4})));
+  // A pid that no process has (above the kernel's pid_max) stands for a killed writer.
+  std::ofstream(path("m.safetensors.tmp.99999999.0")) << "partial";
+  std::ofstream(path("m.safetensors.tmp.notapid")) << "someone else's";
+  save_safetensors(path("m.safetensors"), f);
+  auto entries = tmp.entries();
+  std::sort(entries.begin(), entries.end());
+  EXPECT_EQ(entries, (std::vector<std::string>{"link.safetensors", "m.safetensors", "m.safetensors.tmp.notapid"}));
+}
+
 TEST_F(SafetensorsTest, RejectsEveryTruncation) {
   SafetensorsFile f;
   f.tensors["a"] = at::arange(0, 10, at::kFloat);
@@ -112,6 +142,12 @@ TEST_F(SafetensorsTest, RejectsHostileHeaders) {
     test::expect_error([&] { load_safetensors(raw("f", header, data)); }, parts);
   };
   rejected("{not json at all", eight, {"not valid JSON"});
+  rejected(
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+      eight, {"the key \"a\" twice"});
+  rejected(
+      R"({"__metadata__":{"k":"1"},"__metadata__":{"k":"2"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+      eight, {"__metadata__", "twice"});
   rejected("[1,2]   ", eight, {"must be a JSON object"});
   rejected(std::string(64, '[') + std::string(64, ']'), "", {"nested deeper"});
   rejected(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", eight, {"'a'", "past the 8-byte buffer"});

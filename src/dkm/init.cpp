@@ -78,6 +78,13 @@ std::vector<double> optimal_1d(const double* values, const double* counts, int64
   TORCH_CHECK(u >= 1 && k >= 1, "edkm: optimal_1d needs at least one value and one cluster");
   for (int64_t i = 1; i < u; ++i)
     TORCH_CHECK(values[i] > values[i - 1], "edkm: optimal_1d needs strictly increasing values");
+  double total = 0;
+  for (int64_t i = 0; i < u; ++i) {
+    TORCH_CHECK(std::isfinite(values[i]) && std::isfinite(counts[i]) && counts[i] >= 0, "edkm: optimal_1d: value ", i,
+                " (", values[i], ") or its count (", counts[i], ") is negative or not finite");
+    total += counts[i];
+  }
+  TORCH_CHECK(total > 0, "edkm: optimal_1d: the counts are all zero");
   std::vector<double> centers;
   if (u <= k) {  // every distinct value is its own centroid; the rest repeat the largest
     centers.assign(values, values + u);
@@ -152,6 +159,10 @@ std::vector<double> binned_1d(const double* values, const double* counts, int64_
 
 at::Tensor kmeans_plus_plus(const at::Tensor& x, const at::Tensor& weights, int64_t k, uint64_t seed) {
   // x: n x d fp64 CPU, weights: n fp64 CPU
+  TORCH_CHECK(x.defined() && x.dim() == 2 && weights.defined() && weights.dim() == 1 && weights.size(0) == x.size(0),
+              "edkm: k-means++ needs points n x d and n weights, got ", x.defined() ? x.sizes() : at::IntArrayRef{},
+              " and ", weights.defined() ? weights.sizes() : at::IntArrayRef{});
+  TORCH_CHECK(k >= 1, "edkm: k-means++ needs k >= 1, got ", k);
   const int64_t n = x.size(0);
   TORCH_CHECK(n >= 1, "edkm: k-means++ needs at least one point");
   std::mt19937_64 rng(seed);

@@ -68,8 +68,9 @@ DKMOptions Palette::options() const {
 
 at::Tensor Palette::decompress() const {
   TORCH_CHECK(lut.defined() && indices.defined(), "edkm: Palette is empty");
-  TORCH_CHECK(lut.dim() == 3 && indices.dim() == 2 && lut.size(0) == indices.size(0),
-              "edkm: Palette has inconsistent LUT ", lut.sizes(), " and indices ", indices.sizes());
+  TORCH_CHECK(lut.dim() == 3 && indices.dim() == 2 && lut.size(0) == indices.size(0) && lut.size(2) == cluster_dim,
+              "edkm: Palette has inconsistent LUT ", lut.sizes(), " and indices ", indices.sizes(), " for cluster_dim ",
+              cluster_dim);
   TORCH_CHECK(indices.numel() * cluster_dim == numel(), "edkm: Palette indices (", indices.numel(), " vectors of ",
               cluster_dim, ") do not cover the weight shape ", shape);
   ClusterLayout l;
@@ -80,9 +81,11 @@ at::Tensor Palette::decompress() const {
   auto idx = indices.to(at::kLong);
   TORCH_CHECK(idx.numel() == 0 || (idx.max().item<int64_t>() < lut.size(1)), "edkm: Palette index out of range of the ",
               lut.size(1), "-entry LUT");
-  // G x n x d gather from G x K x d
-  auto vec = lut.to(at::kFloat).gather(1, idx.to(lut.device()).unsqueeze(-1).expand({-1, -1, cluster_dim}));
-  auto s = scale.defined() ? scale.to(lut.device()) : scale;
+  // G x n x d gather from G x K x d, in fp32 (exact for the 16-bit LUTs) or fp64 for an fp64 LUT:
+  // lut[g, index] (times the row's fp32 scale) as the format defines it.
+  const auto ct = lut.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto vec = lut.to(ct).gather(1, idx.to(lut.device()).unsqueeze(-1).expand({-1, -1, cluster_dim}));
+  auto s = scale.defined() ? scale.to(lut.device()).to(ct) : scale;
   return functional::from_vectors(vec, shape, l, s).to(dtype);
 }
 

@@ -47,6 +47,10 @@ io::PaletteEntry describe(const std::string& name, const Palette& p) {
     TORCH_CHECK(p.scale.numel() == rows, "edkm: palette '", name, "' scale has ", p.scale.numel(), " entries for ",
                 rows, " rows");
   }
+  // What load_compressed refuses is not written: a NaN or infinite LUT entry or scale.
+  for (const auto* t : {&p.lut, &p.scale})
+    TORCH_CHECK(!t->defined() || at::isfinite(*t).all().item<bool>(), "edkm: palette '", name, "' has a ",
+                t == &p.lut ? "LUT" : "scale", " entry that is NaN or infinite");
   return e;
 }
 

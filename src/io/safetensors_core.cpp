@@ -1,13 +1,18 @@
 #include "io/safetensors_core.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <tuple>
 
@@ -29,9 +34,19 @@ uint64_t checked_mul(uint64_t a, uint64_t b, const std::string& what) {
 
 // The header is two levels deep (tensor -> shape); anything deeper is rejected while parsing, so
 // a hostile "[[[[..." never builds a deep value.
+// A key twice in one object is refused, as the safetensors package does (nlohmann keeps the last).
 json parse_json(const char* text, size_t n, const std::string& what, int max_depth) {
-  json::parser_callback_t limit = [&](int depth, json::parse_event_t, json&) {
+  std::vector<std::set<std::string>> keys;  // of the objects being parsed, innermost last
+  json::parser_callback_t limit = [&](int depth, json::parse_event_t event, json& parsed) {
     if (depth > max_depth) fail(what + " is nested deeper than " + std::to_string(max_depth) + " levels");
+    if (event == json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (event == json::parse_event_t::object_end) {
+      if (!keys.empty()) keys.pop_back();
+    } else if (event == json::parse_event_t::key && !keys.empty()) {
+      const auto key = parsed.get<std::string>();
+      if (!keys.back().insert(key).second) fail(what + " has the key \"" + key + "\" twice");
+    }
     return true;
   };
   try {
@@ -223,18 +238,51 @@ void write_all(int fd, const void* data, uint64_t n, const std::string& path) {
 
 namespace {
 
+// Removes the temporaries `<name>.tmp.<pid>.<n>` in `dir` that a write of `name` killed before
+// its rename left behind (the process is gone); a live writer's are kept.
+void remove_stale_temporaries(const std::string& dir, const std::string& name) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  const std::string prefix = name + ".tmp.";
+  while (const dirent* e = ::readdir(d)) {
+    const std::string entry = e->d_name;
+    if (entry.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string rest = entry.substr(prefix.size());  // <pid>.<n>
+    const auto dot = rest.find('.');
+    if (dot == std::string::npos || dot == 0 || rest.find_first_not_of("0123456789.") != std::string::npos) continue;
+    const long pid = std::strtol(rest.substr(0, dot).c_str(), nullptr, 10);
+    if (pid <= 0 || pid == ::getpid() || ::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
+    ::unlink((dir + "/" + entry).c_str());
+  }
+  ::closedir(d);
+}
+
 // Runs `body(fd, tmp)` on a new temporary file next to `path`, then fsync, rename, fsync of the
-// directory. On failure the destination is untouched and the temporary removed.
+// directory. On failure the destination is untouched and the temporary removed. A symlink is
+// written through (its target is replaced, the link kept), and an existing file keeps its
+// permission bits.
 template <class Body>
-void write_atomic(const std::string& path, Body&& body) {
+void write_atomic(const std::string& requested, Body&& body) {
+  std::string path = requested;
+  struct stat link {};
+  if (::lstat(requested.c_str(), &link) == 0 && S_ISLNK(link.st_mode)) {
+    if (char* real = ::realpath(requested.c_str(), nullptr)) {
+      path = real;
+      std::free(real);
+    }
+  }
+  struct stat old {};
+  const bool existed = ::stat(path.c_str(), &old) == 0;
   const auto slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  remove_stale_temporaries(dir, slash == std::string::npos ? path : path.substr(slash + 1));
   static std::atomic<uint64_t> counter{0};
   const std::string tmp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
   try {
     Fd f;
     f.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (f.fd < 0) fail("cannot create " + tmp + ": " + std::strerror(errno));
+    if (existed && S_ISREG(old.st_mode)) ::fchmod(f.fd, old.st_mode & 07777);
     body(f.fd, tmp);
     if (::fsync(f.fd) != 0) fail("fsync of " + tmp + " failed: " + std::strerror(errno));
     if (::close(f.fd) != 0) {

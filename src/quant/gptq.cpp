@@ -95,6 +95,7 @@ at::Tensor rtn_quantize(const at::Tensor& weight, int64_t bits, int64_t group_si
   TORCH_CHECK(group_size >= 0, "rtn_quantize: group_size must be >= 0, got ", group_size);
   const int64_t gs = group_size > 0 ? std::min(group_size, cols) : cols, maxq = (int64_t{1} << bits) - 1;
   const at::Tensor w = weight.detach().to(at::kCPU, at::kDouble);
+  TORCH_CHECK(at::isfinite(w).all().item<bool>(), "rtn_quantize: weight has non-finite values");
   at::Tensor out = at::empty_like(w);
   for (int64_t c0 = 0; c0 < cols; c0 += gs) {  // the last group is narrower when gs does not divide cols
     const at::Tensor v = w.narrow(1, c0, std::min(gs, cols - c0));
