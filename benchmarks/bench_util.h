@@ -23,11 +23,18 @@
 
 namespace edkm::bench {
 
-/// "RxC" -> {R, C}.
+/// "RxC" -> {R, C}: two positive integers (at most 2^31 each), nothing else.
 inline std::vector<int64_t> parse_shape(const std::string& s) {
-  auto x = s.find('x');
-  if (x == std::string::npos) throw std::invalid_argument("shape must be RxC, got " + s);
-  return {std::stoll(s.substr(0, x)), std::stoll(s.substr(x + 1))};
+  const auto x = s.find('x');
+  auto number = [&s](const std::string& part) {
+    if (part.empty() || part.size() > 10 || part.find_first_not_of("0123456789") != std::string::npos)
+      throw std::invalid_argument("shape must be RxC with two positive integers, got '" + s + "'");
+    const int64_t v = std::stoll(part);
+    if (v < 1 || v > (int64_t{1} << 31)) throw std::invalid_argument("shape '" + s + "': sizes must be in 1..2^31");
+    return v;
+  };
+  if (x == std::string::npos) throw std::invalid_argument("shape must be RxC, got '" + s + "'");
+  return {number(s.substr(0, x)), number(s.substr(x + 1))};
 }
 
 /// Waits for the device's queued work (no-op on the CPU).

@@ -401,7 +401,6 @@ int main(int argc, char** argv) try {
     else
       rest.push_back(argv[i]);
   }
-  edkm::bench::make_out_dir(out);
   if (device == "cuda") {
     if (!torch::cuda::is_available()) {
       std::cerr << "edkm_bench_kernels: --device cuda, but no CUDA device is available\n";
@@ -460,6 +459,15 @@ int main(int argc, char** argv) try {
   std::cerr << "measured memory bandwidth: " << g_bandwidth / 1e9 << " GB/s (best probe)\n";
   benchmark::RunSpecifiedBenchmarks(&reporter, "^(table|table_engine|streaming|stream_pass)/");
   benchmark::Shutdown();
+  // --benchmark_list_tests, or a filter that matched no kernel: nothing measured, nothing written
+  // (an empty table would replace the results file).
+  bool measured = false;
+  for (const auto& r : reporter.runs) measured = measured || r.benchmark_name().rfind("probe/", 0) != 0;
+  if (!measured) {
+    std::cerr << "edkm_bench_kernels: no kernel was measured; " << out << ".* left as it was\n";
+    return 0;
+  }
+  edkm::bench::make_out_dir(out);
 
   const std::string machine = edkm::bench::machine_name();
   nlohmann::json rows = nlohmann::json::array();

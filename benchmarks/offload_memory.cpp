@@ -51,7 +51,7 @@ int main(int argc, char** argv) try {
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--min-bytes", min_bytes, "offload saved tensors of at least this many bytes");
   app.add_option("--prefetch", prefetch, "storages prefetched ahead in backward (0: off)")->check(CLI::Range(0, 64));
-  app.add_option("--repeats", repeats, "timed repetitions after one warm-up");
+  app.add_option("--repeats", repeats, "timed repetitions after one warm-up")->check(CLI::PositiveNumber);
   app.add_option("--out", out, "output path without extension (.json and .md are written)");
   CLI11_PARSE(app, argc, argv);
   edkm::bench::make_out_dir(out);

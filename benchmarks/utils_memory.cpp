@@ -391,7 +391,7 @@ int main(int argc, char** argv) try {
   int64_t repeats = 2;
   bool quick = false;
   app.add_option("--device", device)->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--repeats", repeats, "timed repetitions after one warm-up");
+  app.add_option("--repeats", repeats, "timed repetitions after one warm-up")->check(CLI::PositiveNumber);
   app.add_option("--only", only,
                  "comma-separated subset: checkpoint,glu,local_attention,prune,distill,padding,"
                  "chunked,host_pool");

@@ -10,6 +10,7 @@
 #include <edkm/distributed/distributed.h>
 
 #include <chrono>
+#include <functional>
 #include <iostream>
 #include <string>
 
@@ -156,6 +157,51 @@ void check_collectives(const std::shared_ptr<edkm::Communicator>& comm) {
   comm->barrier();
 }
 
+// Ranks that call the sharded forms differently: every rank raises the same named error (one
+// agreement all_gather first), none runs on with wrong sums or dies inside a collective, and the
+// communicator stays usable.
+void check_disagreements(const std::shared_ptr<edkm::Communicator>& comm) {
+  const int64_t world = comm->world_size(), rank = comm->rank();
+  auto raises = [&](const std::function<void()>& f, const std::string& part, const std::string& what) {
+    std::string msg;
+    try {
+      f();
+    } catch (const c10::Error& e) {
+      msg = e.what();
+    }
+    expect(msg.find(part) != std::string::npos,
+           what + ": expected an error with '" + part + "', got '" + msg.substr(0, msg.find('\n')) + "'");
+  };
+  const auto w = edkm::test::llm_like({8 * world, 16}, 9, at::kFloat);
+  const auto b = edkm::dist::row_block(w.size(0), *comm);
+  const auto blk = w.narrow(0, b.begin, b.rows).contiguous();
+  const auto base = edkm::DKMOptions(2).engine(edkm::Engine::kStreaming);
+  const auto c = edkm::dist::init_centroids_sharded(blk, base, *comm);
+  // tau differs on the last rank (no shape differs: this ran on silently).
+  auto other = base;
+  if (rank == world - 1) other.tau(1e-2);
+  raises([&] { edkm::dist::dkm_cluster_sharded(blk, c, other, comm); }, "disagree on tau", "tau per rank");
+  // Grouped LUTs, one group a rank (the block's own count of groups was 1).
+  const auto grouped = edkm::DKMOptions(2)
+                           .engine(edkm::Engine::kStreaming)
+                           .granularity(edkm::Granularity::kPerGroupedChannel)
+                           .group_size(8);
+  raises([&] { edkm::dist::dkm_cluster_sharded(blk, c, grouped, comm); }, "per-tensor LUT", "grouped LUTs");
+  // cluster_dim 2 on blocks of odd rows (the last rank's; the others agree to stop).
+  const auto cd2 = edkm::DKMOptions(2).engine(edkm::Engine::kStreaming).cluster_dim(2);
+  const int64_t rows = rank == world - 1 ? 3 : 4;
+  const auto odd = edkm::test::llm_like({rows, 16}, 10 + rank, at::kFloat);
+  raises(
+      [&] {
+        edkm::dist::dkm_cluster_sharded(odd, at::zeros({1, 4, 2}), cd2, comm);
+      },
+      rank == world - 1 ? "not a multiple of cluster_dim 2" : "refused its block", "cluster_dim 2, odd block");
+  // Columns per rank differ: refused by name before the gather of the rows.
+  const auto wide = at::zeros({2, rank == world - 1 ? 17 : 16});
+  raises([&] { edkm::dist::all_gather_rows(wide, *comm); }, "does not match rank 0's", "columns per rank");
+  comm->barrier();  // still usable
+}
+
 int run_check() {
   auto comm = edkm::dist::init_from_env(edkm::dist::DistOptions().timeout_s(120));
   my_rank = comm->rank();
@@ -174,6 +220,7 @@ int run_check() {
   check_sharded_offloader(comm);
   check_sharded_uniquify(comm);
   check_replicated(comm);
+  if (comm->world_size() > 1) check_disagreements(comm);
   comm->barrier();
   std::cout << "[rank " << my_rank << " of " << comm->world_size() << "] " << (failures ? "FAILED" : "all equal")
             << "\n";

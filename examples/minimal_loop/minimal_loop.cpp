@@ -15,7 +15,13 @@ struct NetImpl : torch::nn::Module {
 TORCH_MODULE(Net);
 
 int main(int argc, char** argv) try {
-  const std::string dir = argc > 1 ? argv[1] : ".", out = dir + "/model.edkm.safetensors";
+  const std::string arg = argc > 1 ? argv[1] : "";
+  if (argc > 2 || (!arg.empty() && arg[0] == '-')) {
+    std::cout << "usage: " << argv[0] << " [OUT_DIR]\n  trains a small MLP with edkm's Palettizer (3-bit DKM), "
+              << "then finalizes, exports OUT_DIR/model.edkm.safetensors and reloads it (default OUT_DIR: .)\n";
+    return arg == "-h" || arg == "--help" ? 0 : 2;
+  }
+  const std::string dir = arg.empty() ? "." : arg, out = dir + "/model.edkm.safetensors";
   edkm::make_directories(dir);
   torch::manual_seed(0);
   Net model;

@@ -26,7 +26,7 @@
 //
 // Example (run with `torchrun --standalone --no-python --nproc-per-node 4 ./train`):
 //   auto comm = edkm::dist::init_from_env();
-//   auto block = edkm::dist::row_block(weight.size(0), *comm);        // this rank's rows
+//   auto block = edkm::dist::row_block(weight.size(0), *comm, opts.cluster_dim());  // this rank's rows
 //   auto w = weight.narrow(0, block.begin, block.rows).clone().requires_grad_();
 //   auto c = edkm::dist::init_centroids_sharded(w, opts, *comm);     // the same on every rank
 //   auto out = edkm::dist::dkm_cluster_sharded(w, c, opts, comm);    // rows of W_soft
