@@ -82,6 +82,8 @@ int main(int argc, char** argv) try {
   chart.save(out);
   return 0;
 } catch (const std::exception& e) {
-  std::cerr << "edkm_bench_chart: " << e.what() << "\n";
+  // A c10::Error's message without its C++ backtrace.
+  const std::string what = e.what();
+  std::cerr << "edkm_bench_chart: " << what.substr(0, what.find("\nException raised from")) << "\n";
   return 1;
 }

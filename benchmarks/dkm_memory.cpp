@@ -37,7 +37,8 @@ int main(int argc, char** argv) try {
   app.add_option("--dtype", dtype)->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
   app.add_option("--engines", engines,
                  "comma-separated: dense, table, streaming, auto (table on fp32 clusters the bf16 rounding)");
-  app.add_option("--group-size", group_size, "rows per LUT (per-grouped-channel); 0: one LUT per tensor");
+  app.add_option("--group-size", group_size, "rows per LUT (per-grouped-channel); 0: one LUT per tensor")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--repeats", repeats, "timed repetitions after one warm-up")->check(CLI::PositiveNumber);
   app.add_option("--weight-std", weight_std,
                  "standard deviation of the Gaussian weights (SmolLM2-135M's layers: 0.14-0.22)")

@@ -101,20 +101,32 @@ int main(int argc, char** argv) try {
   double min_time = 0.5;
   app.add_option("--shapes", shapes, "out x in of the GEMVs")->capture_default_str();
   app.add_option("--bits", bits_list)->capture_default_str();
-  app.add_option("--rows-per-lut", rows_per_lut, "rows sharing a LUT (0: one LUT per tensor)")->capture_default_str();
+  app.add_option("--rows-per-lut", rows_per_lut, "rows sharing a LUT (0: one LUT per tensor)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--decode", decodes,
                  "label=PATH of a compressed LLaMA checkpoint (config.json beside it): decode tokens/s, packed and "
                  "decompressed; repeatable");
-  app.add_option("--decode-tokens", decode_tokens)->capture_default_str();
-  app.add_option("--prompt-tokens", prompt_tokens)->capture_default_str();
-  app.add_option("--min-time", min_time, "seconds per measurement")->capture_default_str();
-  app.add_option("--threads", threads, "LibTorch threads (default: all cores)");
+  app.add_option("--decode-tokens", decode_tokens)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--prompt-tokens", prompt_tokens)->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--min-time", min_time, "seconds per measurement")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch threads (default: all cores)")->check(CLI::PositiveNumber);
   std::string device_name = "cpu";
   app.add_option("--device", device_name, "cpu or cuda (the GEMVs; decode runs on the CPU)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   app.add_option("--out", out, "write OUT.json, OUT.md and OUT.svg")->required();
   CLI11_PARSE(app, argc, argv);
+  // Everything the run will parse, checked before any measurement.
+  for (const auto& s : edkm::bench::split(shapes)) {
+    const auto shape = edkm::bench::parse_shape(s);
+    TORCH_CHECK(rows_per_lut == 0 || shape[0] % rows_per_lut == 0, "--rows-per-lut ", rows_per_lut,
+                " does not divide the ", shape[0], " rows of ", s);
+  }
+  for (const auto& b : edkm::bench::split(bits_list)) {
+    TORCH_CHECK(!b.empty() && b.size() <= 1 && b.find_first_not_of("12345678") == std::string::npos,
+                "--bits takes comma-separated widths in 1..8, got '", b, "'");
+  }
   edkm::bench::make_out_dir(out);
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
   at::NoGradGuard ng;
@@ -315,7 +327,6 @@ int main(int argc, char** argv) try {
   chart.save(out + ".svg");
   std::cout << "wrote " << out << ".json, .md, .svg\n";
   return 0;
-} catch (const std::exception& e) {
-  std::cerr << "error: " << e.what() << "\n";
-  return 1;
+} catch (...) {
+  return edkm::bench::error_exit("edkm_bench_lut_inference");
 }

@@ -397,9 +397,15 @@ int main(int argc, char** argv) try {
                  "chunked,host_pool");
   app.add_flag("--quick", quick, "small shapes (a smoke run)");
   int64_t threads = 0;
-  app.add_option("--threads", threads, "intra-op threads (0: LibTorch's default)");
+  app.add_option("--threads", threads, "intra-op threads (0: LibTorch's default)")->check(CLI::NonNegativeNumber);
   app.add_option("--out", out, "output path without extension (.json and .md are written)");
   CLI11_PARSE(app, argc, argv);
+  for (const auto& name : edkm::bench::split(only)) {
+    const std::string known = ",checkpoint,glu,local_attention,prune,distill,padding,chunked,host_pool,";
+    if (known.find("," + name + ",") == std::string::npos)
+      throw std::invalid_argument("--only: unknown part '" + name + "' (known: " + known.substr(1, known.size() - 2) +
+                                  ")");
+  }
   edkm::bench::make_out_dir(out);
   g_device = at::Device(device == "cuda" ? at::kCUDA : at::kCPU);
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));

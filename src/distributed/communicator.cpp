@@ -237,7 +237,8 @@ LaunchEnv LaunchEnv::from_environment() {
   TORCH_CHECK(world != nullptr, "edkm: environment variable WORLD_SIZE is not set", kLaunchHint);
   env.rank = parse_int("RANK", rank);
   env.world_size = parse_int("WORLD_SIZE", world);
-  TORCH_CHECK(env.world_size >= 1, "edkm: WORLD_SIZE must be >= 1, got ", env.world_size);
+  TORCH_CHECK(env.world_size >= 1 && env.world_size <= (int64_t{1} << 24), "edkm: WORLD_SIZE must be in 1..2^24, got ",
+              env.world_size);
   TORCH_CHECK(env.rank >= 0 && env.rank < env.world_size, "edkm: RANK must be in [0, WORLD_SIZE = ", env.world_size,
               "), got ", env.rank);
   const char* local = getenv_or_null("LOCAL_RANK");
