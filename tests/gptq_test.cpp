@@ -430,6 +430,13 @@ TEST(GPTQ, LlamaSequentialQuantization) {
     edkm::LlamaForCausalLM model = copy_of(reference);
     expect_error([&] { edkm::gptq_quantize_llama(model, calibration.narrow(0, 0, 1), GPTQOptions(4).group_size(16)); },
                  {"calibration set too small"});
+    // Token ids outside the vocabulary, and ids of another dtype, are named before any work too.
+    auto oov = calibration.clone();
+    oov.view({-1})[3] = model->config.vocab_size();
+    expect_error([&] { edkm::gptq_quantize_llama(model, oov, GPTQOptions(4).group_size(16)); },
+                 {"outside the vocabulary"});
+    expect_error([&] { edkm::gptq_quantize_llama(model, calibration.to(at::kInt), GPTQOptions(4).group_size(16)); },
+                 {"int64 token ids", "Int"});
     const auto after = linears(model), before = linears(reference);
     for (size_t i = 0; i < after.size(); ++i) EXPECT_TRUE(at::equal(after[i]->weight, before[i]->weight));
   }

@@ -71,11 +71,17 @@ GPTQReport gptq_quantize_llama(LlamaForCausalLM& model, const at::Tensor& calibr
   TORCH_CHECK(model, "gptq_quantize_llama: the model is empty");
   TORCH_CHECK(calibration.defined() && calibration.dim() == 2 && calibration.scalar_type() == at::kLong,
               "gptq_quantize_llama: calibration must be int64 token ids [batch, seq], got ",
+              calibration.defined() ? calibration.scalar_type() : at::ScalarType::Undefined, " ",
               calibration.defined() ? calibration.sizes() : at::IntArrayRef{});
   const LlamaConfig& config = model->config;
   const int64_t batch = calibration.size(0), seq = calibration.size(1), samples = batch * seq;
   TORCH_CHECK(seq >= 1 && seq <= config.max_position_embeddings(), "gptq_quantize_llama: calibration sequences of ",
               seq, " tokens (1..", config.max_position_embeddings(), " allowed)");
+  if (calibration.numel() > 0) {  // once, before any work (a forward would say only "index out of range")
+    const int64_t lo = calibration.min().item<int64_t>(), hi = calibration.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < config.vocab_size(), "gptq_quantize_llama: calibration token ids span ", lo, "..", hi,
+                ", outside the vocabulary 0..", config.vocab_size() - 1);
+  }
   // Every check of every layer before any work: a too-small calibration set or a lut_rows that does
   // not divide some layer fails here, with the model untouched.
   const int64_t hidden = config.hidden_size(), attn_width = config.num_attention_heads() * config.resolved_head_dim(),
