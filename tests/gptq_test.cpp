@@ -226,6 +226,8 @@ TEST(GPTQ, LayerErrorNeverAboveRoundToNearest) {
   EXPECT_EQ(compared, 72);
   EXPECT_DOUBLE_EQ(edkm::uniform_bits_per_weight(rows, cols, 4, 32), 5.0);
   EXPECT_DOUBLE_EQ(edkm::uniform_bits_per_weight(rows, cols, 4, 0), 4.25);
+  expect_error([&] { edkm::uniform_bits_per_weight(rows, 0, 4, 0); }, {"cols >= 1"});  // was inf
+  expect_error([&] { edkm::lut_bits_per_weight(rows, cols, 9, 0); }, {"bits in 1..8"});
 }
 
 TEST(GPTQ, RoundToNearestGrid) {

@@ -78,11 +78,17 @@ void check_layer(int64_t rows, int64_t cols, int64_t samples, const GPTQOptions&
 }  // namespace detail
 
 double uniform_bits_per_weight(int64_t rows, int64_t cols, int64_t bits, int64_t group_size) {
+  TORCH_CHECK(rows >= 1 && cols >= 1 && bits >= 1 && bits <= 8 && group_size >= 0,
+              "uniform_bits_per_weight: needs rows, cols >= 1, bits in 1..8 and group_size >= 0, got ", rows, ", ",
+              cols, ", ", bits, ", ", group_size);
   const int64_t groups = group_size > 0 ? (cols + group_size - 1) / group_size : 1;
   return static_cast<double>(bits) + 32.0 * static_cast<double>(groups) / static_cast<double>(cols);
 }
 
 double lut_bits_per_weight(int64_t rows, int64_t cols, int64_t bits, int64_t lut_rows) {
+  TORCH_CHECK(rows >= 1 && cols >= 1 && bits >= 1 && bits <= 8 && lut_rows >= 0,
+              "lut_bits_per_weight: needs rows, cols >= 1, bits in 1..8 and lut_rows >= 0, got ", rows, ", ", cols,
+              ", ", bits, ", ", lut_rows);
   return static_cast<double>(bits) +
          16.0 * static_cast<double>(int64_t{1} << bits) / static_cast<double>((lut_rows > 0 ? lut_rows : rows) * cols);
 }
