@@ -72,6 +72,13 @@ class GatherRows : public torch::autograd::Function<GatherRows> {
 
 }  // namespace
 
+namespace {
+// What every rank's row block must share past its rows (-1 for a block without rows).
+int64_t elements_per_row(const at::Tensor& block) {
+  return block.defined() && block.dim() >= 1 && block.size(0) > 0 ? block.numel() / block.size(0) : -1;
+}
+}  // namespace
+
 RowBlock row_block(int64_t total_rows, const Communicator& comm, int64_t multiple) {
   TORCH_CHECK(total_rows >= 0, "edkm: row_block of ", total_rows, " rows");
   TORCH_CHECK(multiple >= 1, "edkm: row_block multiple must be >= 1, got ", multiple);
@@ -87,7 +94,7 @@ at::Tensor all_gather_rows(const at::Tensor& block, Communicator& comm) {
   if (comm.world_size() == 1) return block.clone();
   // Rows, then what must match (dims, elements per row, dtype): a block of other columns or dtype
   // would abort inside the collective that gathers the rows.
-  const int64_t per_row = block.size(0) > 0 ? block.numel() / block.size(0) : -1;
+  const int64_t per_row = elements_per_row(block);
   const auto shape =
       comm.all_gather(at::tensor({block.size(0), block.dim(), per_row, static_cast<int64_t>(block.scalar_type())},
                                  at::TensorOptions().dtype(at::kLong)))
@@ -141,8 +148,7 @@ void agree_across_ranks(const at::Tensor& block, const at::Tensor& centroids, co
   const std::vector<std::pair<const char*, int64_t>> fields = {
       {"this rank's own checks", local_error.empty() ? 0 : 1},
       {"the weight's dims", block.defined() ? block.dim() : -1},
-      {"the elements per row",
-       block.defined() && block.dim() >= 1 && block.size(0) > 0 ? block.numel() / block.size(0) : -1},
+      {"the elements per row", elements_per_row(block)},
       {"the dtype", block.defined() ? static_cast<int64_t>(block.scalar_type()) : -1},
       {"the centroids' size", centroids.defined() ? centroids.numel() : -1},
       {"a per-channel scale", scale.defined() ? 1 : 0},

@@ -17,6 +17,14 @@ namespace {
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
 
+// A NaN or infinite LUT entry or scale (which the layout checks cannot see) would silently become
+// every weight that indexes it: refused on save and on load. `where` prefixes the message.
+void check_finite(const std::string& where, const std::string& name, const Palette& p) {
+  for (const auto* t : {&p.lut, &p.scale})
+    TORCH_CHECK(!t->defined() || at::isfinite(*t).all().item<bool>(), where, "palette '", name, "' has a ",
+                t == &p.lut ? "LUT" : "scale", " entry that is NaN or infinite");
+}
+
 io::PaletteEntry describe(const std::string& name, const Palette& p) {
   TORCH_CHECK(p.lut.defined() && p.indices.defined(), "edkm: palette '", name, "' is empty");
   TORCH_CHECK(p.bits >= 1 && p.bits <= 8, "edkm: palette '", name, "' has bits ", p.bits, ", expected 1..8");
@@ -47,10 +55,7 @@ io::PaletteEntry describe(const std::string& name, const Palette& p) {
     TORCH_CHECK(p.scale.numel() == rows, "edkm: palette '", name, "' scale has ", p.scale.numel(), " entries for ",
                 rows, " rows");
   }
-  // What load_compressed refuses is not written: a NaN or infinite LUT entry or scale.
-  for (const auto* t : {&p.lut, &p.scale})
-    TORCH_CHECK(!t->defined() || at::isfinite(*t).all().item<bool>(), "edkm: palette '", name, "' has a ",
-                t == &p.lut ? "LUT" : "scale", " entry that is NaN or infinite");
+  check_finite("edkm: ", name, p);  // what load_compressed refuses is not written
   return e;
 }
 
@@ -151,9 +156,7 @@ CompressedCheckpoint load_compressed(const std::string& path) {
     }
     // Corrupt values the layout checks cannot see: a NaN entry would silently become every
     // weight that indexes it (and NaN logits decode as token 0).
-    for (const auto* t : {&p.lut, &p.scale})
-      TORCH_CHECK(!t->defined() || at::isfinite(*t).all().item<bool>(), "edkm: ", path, ": palette '", name, "' has a ",
-                  t == &p.lut ? "LUT" : "scale", " entry that is NaN or infinite");
+    check_finite("edkm: " + path + ": ", name, p);
     ckpt.palettes[name] = std::move(p);
   }
   for (const auto& [name, e] : h.tensors) {

@@ -4,10 +4,8 @@
 #include <c10/util/Exception.h>
 #include "edkm/io/file_io.h"
 
-#include <fstream>
-#include <string>
-
 #include <cstdlib>
+#include <string>
 #include <vector>
 
 #if defined(EDKM_WITH_SENTENCEPIECE)
@@ -35,8 +33,8 @@ std::string ByteTokenizer::decode(const std::vector<int64_t>& ids) const {
   return out;
 }
 
-// SentencePiece lives in the libedkm_sentencepiece module, loaded on first use with RTLD_DEEPBIND
-// (why: models/sentencepiece_module.h).
+// SentencePiece lives in the libedkm_sentencepiece module, loaded on first use into a linker
+// namespace of its own (why: models/sentencepiece_module.h).
 namespace {
 
 #if defined(EDKM_WITH_SENTENCEPIECE)
@@ -81,17 +79,15 @@ const SpmModule& spm_module() {
     // the std::cerr the program's copy relocation left unconstructed in libstdc++.
     std::string tried;
     void* lib = nullptr;
-    std::string path_loaded;
     for (const auto& path : spm_module_candidates()) {
       lib = ::dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
       if (lib) {
-        path_loaded = path;
+        m.path = path;
         break;
       }
       const char* why = ::dlerror();
       tried += "\n  " + path + ": " + (why ? why : "not loadable");
     }
-    if (lib) m.path = path_loaded;
     if (!lib) {
       m.error = "edkm cannot load its SentencePiece module (set EDKM_SENTENCEPIECE_MODULE to its path):" + tried;
       return m;

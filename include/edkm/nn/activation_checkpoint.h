@@ -70,7 +70,6 @@ EDKM_API at::Tensor checkpoint_tensor(TensorFunction fn, const at::Tensor& input
                                       const std::vector<at::Tensor>& params = {},
                                       const CheckpointOptions& options = {});
 
-
 /// Runs `fn(inputs)` checkpointed. `params`: tensors used by `fn` that are not among `inputs`
 /// and need gradients (e.g. a module's parameters); those not listed get no gradient. `fn` must
 /// stay callable until backward and compute the same function when called again. Without grad

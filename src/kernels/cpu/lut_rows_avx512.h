@@ -125,6 +125,14 @@ struct Lut8 {
   }
 };
 
+// The 64 weights of one Lut8 lookup times x (in the lookup's lane order) into two FMA chains.
+inline void fma64(const __m512 (&w)[4], const float* x, __m512& a0, __m512& a1) {
+  a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x), a0);
+  a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x + 16), a1);
+  a0 = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(x + 32), a0);
+  a1 = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(x + 48), a1);
+}
+
 // Rows [r0, r1) of 8-bit weights against M rows of x. Where x in lane order passes ~24 KB (past
 // the 32 KB L1 beside the weights: 4096 x 11008's 44 KB), batch-1 rows go in pairs of one LUT,
 // each row's lookups and FMAs done before the other's start: the second reads x from L1, where
@@ -162,15 +170,9 @@ void gemv_rows8(const LutParams& p, const float* x, float* y, int64_t r0, int64_
         _mm_prefetch(reinterpret_cast<const char*>(next + c + 2048), _MM_HINT_T0);
         __m512 w[4];
         table(row + c, w);
-        a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xc), a0);
-        a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xc + 16), a1);
-        a0 = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xc + 32), a0);
-        a1 = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xc + 48), a1);
+        fma64(w, xc, a0, a1);
         table(next + c, w);
-        b0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xc), b0);
-        b1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xc + 16), b1);
-        b0 = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xc + 32), b0);
-        b1 = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xc + 48), b1);
+        fma64(w, xc, b0, b1);
       }
       float ta = 0, tb = 0;
       for (int64_t c = body; c < in; ++c) {
@@ -187,13 +189,7 @@ void gemv_rows8(const LutParams& p, const float* x, float* y, int64_t r0, int64_
     for (int64_t c = 0; c < body; c += 64) {
       __m512 w[4];
       table(row + c, w);
-      for (int j = 0; j < M; ++j) {
-        const float* xj = xp.data() + j * body + c;
-        acc[j][0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xj), acc[j][0]);
-        acc[j][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xj + 16), acc[j][1]);
-        acc[j][0] = _mm512_fmadd_ps(w[2], _mm512_loadu_ps(xj + 32), acc[j][0]);
-        acc[j][1] = _mm512_fmadd_ps(w[3], _mm512_loadu_ps(xj + 48), acc[j][1]);
-      }
+      for (int j = 0; j < M; ++j) fma64(w, xp.data() + j * body + c, acc[j][0], acc[j][1]);
     }
     for (int j = 0; j < M; ++j) {
       float tail = 0;
