@@ -25,6 +25,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -126,6 +127,21 @@ int main(int argc, char** argv) try {
   for (const auto& b : edkm::bench::split(bits_list)) {
     TORCH_CHECK(!b.empty() && b.size() <= 1 && b.find_first_not_of("12345678") == std::string::npos,
                 "--bits takes comma-separated widths in 1..8, got '", b, "'");
+  }
+  // --decode label=PATH: the checkpoint and the config.json beside it, both readable.
+  struct Decode {
+    std::string label, path, dir;
+  };
+  std::vector<Decode> decode_runs;
+  for (const auto& d : decodes) {
+    const auto eq = d.find('=');
+    TORCH_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < d.size(), "--decode: expected label=PATH, got '", d, "'");
+    Decode r{d.substr(0, eq), d.substr(eq + 1), {}};
+    r.dir = r.path.find('/') == std::string::npos ? "." : r.path.substr(0, r.path.rfind('/'));
+    TORCH_CHECK(std::ifstream(r.path).good(), "--decode ", r.label, ": cannot open the checkpoint ", r.path);
+    TORCH_CHECK(std::ifstream(r.dir + "/config.json").good(), "--decode ", r.label, ": no readable config.json beside ",
+                r.path, " (", r.dir, "/config.json); edkm_llama_compress --out writes both");
+    decode_runs.push_back(std::move(r));
   }
   edkm::bench::make_out_dir(out);
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
@@ -234,11 +250,7 @@ int main(int argc, char** argv) try {
     dmd << "| model | weights | resident weight MiB | prefill " << prompt_tokens
         << " tokens, s | decode tok/s | x fp32 "
         << "| greedy tokens equal to the decompressed model |\n|---|---|---|---|---|---|---|\n";
-  for (const auto& d : decodes) {
-    const auto eq = d.find('=');
-    TORCH_CHECK(eq != std::string::npos, "--decode: expected label=PATH, got ", d);
-    const std::string label = d.substr(0, eq), path = d.substr(eq + 1);
-    const std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+  for (const auto& [label, path, dir] : decode_runs) {
     const auto config = edkm::LlamaConfig::from_json(edkm::read_text_file(dir + "/config.json"));
     const auto ckpt = edkm::load_compressed(path);
     edkm::LlamaForCausalLM dense(config);

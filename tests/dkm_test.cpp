@@ -84,6 +84,12 @@ TEST(DKMBadInput, ClearErrors) {
                "does not divide");
   expect_error(w, c.slice(1, 0, 3), DKMOptions(2).engine(Engine::kDense), "centroids must have shape");
   expect_error(w, c, DKMOptions(2).engine(Engine::kDense).per_channel_scale(true), "no scale was given");
+  // A scale the options do not announce: the table engine would drop it, the others apply it.
+  const at::Tensor scale = functional::channel_scale(w, ScaleScheme::kAbs);
+  for (Engine e : {Engine::kDense, Engine::kTable, Engine::kStreaming, Engine::kAuto}) {
+    test::expect_error([&] { functional::dkm_cluster(w.to(at::kBFloat16), c, DKMOptions(2).engine(e), scale); },
+                       {"a scale was given but per_channel_scale is not set"});
+  }
   if (test::has_gpu()) expect_error(w.cuda(), c, DKMOptions(2).engine(Engine::kDense), "same device");
   // mismatched devices through a meta tensor on machines without a GPU
   expect_error(w, c.to(at::kMeta), DKMOptions(2).engine(Engine::kDense), "same device");

@@ -140,6 +140,79 @@ TEST(PalettizerRecompute, OffloaderCheckpointAndPalettizerTogether) {
   }
 }
 
+// A frozen first layer (clustered, no gradient) and a trainable second one, checkpointed with
+// params naming the trainable layer's tensors: its Parameters, or what `l2->weight` holds inside
+// the scope (the clustered tensor). The recompute reads both layers' clustered weights.
+struct FrozenFirstImpl : torch::nn::Module {
+  FrozenFirstImpl() {
+    l1 = register_module("l1", torch::nn::Linear(16, 32));
+    l2 = register_module("l2", torch::nn::Linear(32, 16));
+  }
+  at::Tensor body(const at::Tensor& x) { return l2->forward(at::gelu(l1->forward(x))); }
+  torch::nn::Linear l1{nullptr}, l2{nullptr};
+};
+TORCH_MODULE(FrozenFirst);
+
+enum class Listed { kNone, kParameters, kReadInScope };
+
+// Gradients of l2 (weight, bias) and of the input after one step.
+std::vector<at::Tensor> frozen_first_grads(Listed listed, bool backward_in_scope, bool freeze_first = true) {
+  torch::manual_seed(8);
+  FrozenFirst model;
+  if (freeze_first) {
+    for (auto& p : model->l1->parameters()) p.requires_grad_(false);
+  }
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)));
+  const at::Tensor x = at::randn({5, 16}, at::make_generator<at::CPUGeneratorImpl>(21)).requires_grad_(true);
+  at::Tensor loss;
+  {
+    auto scope = pal.clustered();
+    auto fn = [model](const at::Tensor& t) mutable { return model->body(t); };
+    at::Tensor y;
+    switch (listed) {
+      case Listed::kNone:
+        y = model->body(x);
+        break;
+      case Listed::kParameters:
+        y = functional::checkpoint(fn, x, model->l2->parameters());
+        break;
+      case Listed::kReadInScope:
+        y = functional::checkpoint(fn, x, {model->l2->weight, model->l2->bias});
+        break;
+    }
+    loss = y.square().mean();
+    if (backward_in_scope) loss.backward();
+  }
+  if (!backward_in_scope) loss.backward();
+  return {model->l2->named_parameters(false)["weight"].grad(), model->l2->named_parameters(false)["bias"].grad(),
+          x.grad()};
+}
+
+TEST(PalettizerRecompute, ListedClusteredTensorsAndFrozenLayersGetThePlainGradients) {
+  for (bool inside : {true, false}) {
+    const auto reference = frozen_first_grads(Listed::kNone, inside);
+    for (Listed l : {Listed::kParameters, Listed::kReadInScope}) {
+      const auto got = frozen_first_grads(l, inside);
+      const std::string what = std::string(l == Listed::kParameters ? "parameters()" : "l2->weight in the scope") +
+                               (inside ? ", backward in the scope" : ", backward after the scope");
+      for (size_t i = 0; i < reference.size(); ++i) {
+        ASSERT_TRUE(got[i].defined()) << what << ", gradient " << i;
+        EXPECT_GT(got[i].abs().max().item<double>(), 0) << what << ", gradient " << i;
+        EXPECT_TRUE(at::equal(got[i], reference[i]))
+            << what << ", gradient " << i << ": max rel diff " << test::max_rel(got[i], reference[i]);
+      }
+    }
+  }
+}
+
+// l1 trainable but only l2's parameters listed: its gradient has nowhere to go.
+TEST(PalettizerRecompute, TrainableLayerLeftOutOfParamsIsNamed) {
+  for (bool inside : {true, false}) {
+    test::expect_error([&] { frozen_first_grads(Listed::kParameters, inside, /*freeze_first=*/false); },
+                       {"layer 'l1'", "not among params", "parameters()"});
+  }
+}
+
 // ---- bad uses ------------------------------------------------------------------------------------
 
 TEST(PalettizerRecompute, TwoPalettizersOnOneModelAreRefused) {
@@ -276,6 +349,25 @@ TEST(PalettizerRecompute, StateIsAModuleThatSavesLoadsAndClones) {
   torch::save(model, tmp.path("model.pt"));
   test::expect_error([&] { other.load_state(tmp.path("model.pt")); }, {"model.pt", "not a Palettizer state"});
   test::expect_error([&] { other.load_state(tmp.path("missing.pt")); }, {"missing.pt"});
+
+  // to(dtype) converts the centroids and scales; step and finalized keep their types, so the
+  // state still saves and loads.
+  pal.state()->to(at::kBFloat16);
+  buffers = pal.state()->named_buffers();
+  EXPECT_EQ(buffers["b1_0.centroids"].scalar_type(), at::kBFloat16);
+  EXPECT_EQ(buffers["b2_2.scale"].scalar_type(), at::kBFloat16);
+  EXPECT_EQ(buffers["step"].scalar_type(), at::kLong);
+  EXPECT_EQ(buffers["b1_0.step"].scalar_type(), at::kLong);
+  EXPECT_EQ(buffers["finalized"].scalar_type(), at::kBool);
+  torch::save(pal.state(), tmp.path("state_bf16.pt"));
+  pal.state()->to(at::kCPU, at::kFloat);
+  EXPECT_EQ(pal.state()->named_buffers()["step"].scalar_type(), at::kLong);
+  torch::load(other_state, tmp.path("state_bf16.pt"));  // into an fp32 state: the file's dtype
+  EXPECT_EQ(other.current_step(), 2);
+  EXPECT_EQ(other.dkm("b1.0")->current_step(), 2);
+  EXPECT_EQ(other_state->named_buffers()["b1_0.centroids"].scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(at::equal(other_state->named_buffers()["b1_0.centroids"],
+                        pal.state()->named_buffers()["b1_0.centroids"].to(at::kBFloat16)));
 }
 
 // ---- per-step cost --------------------------------------------------------------------------------

@@ -195,7 +195,7 @@ DKMOutput dkm_cluster_sharded(const at::Tensor& block, const at::Tensor& centroi
     TORCH_CHECK(block.defined() && block.dim() >= 1 && block.size(0) > 0,
                 "edkm: dkm_cluster_sharded needs a non-empty row block on every rank (rank ", comm->rank(),
                 " has none: use fewer ranks than rows)");
-    l = edkm::detail::check_inputs(block, centroids, options, scale);
+    l = edkm::detail::check_inputs(block, centroids, options, scale, /*scale_needs_flag=*/true);
     // Grouped LUTs: a rank's block may hold exactly one group, which would pass a count of the
     // block's groups and then be all-reduced with the other ranks' groups into one LUT.
     TORCH_CHECK(options.granularity() == Granularity::kPerTensor && l.groups == 1,

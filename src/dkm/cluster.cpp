@@ -40,12 +40,16 @@ void check_centroids(const at::Tensor& centroids, const at::Tensor& weight, cons
   TORCH_CHECK(at::isfinite(centroids).all().item<bool>(), "edkm: the centroids contain NaN or Inf");
 }
 
-void check_scale(const at::Tensor& scale, const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options) {
+void check_scale(const at::Tensor& scale, const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options,
+                 bool scale_needs_flag) {
   if (options.per_channel_scale()) {
     TORCH_CHECK(scale.defined(), "edkm: per_channel_scale is set but no scale was given ",
                 "(compute it with edkm::functional::channel_scale)");
   }
   if (!scale.defined()) return;
+  TORCH_CHECK(!scale_needs_flag || options.per_channel_scale(),
+              "edkm: a scale was given but per_channel_scale is not set: set DKMOptions::per_channel_scale(true) "
+              "to cluster the scaled weight, or pass no scale");
   TORCH_CHECK(scale.numel() == l.rows, "edkm: the scale must have one value per output row (", l.rows, "), got shape ",
               scale.sizes());
   TORCH_CHECK(scale.device() == weight.device(), "edkm: the scale is on ", scale.device(), " but the weight is on ",
@@ -55,10 +59,10 @@ void check_scale(const at::Tensor& scale, const at::Tensor& weight, const Cluste
 }
 
 ClusterLayout check_inputs(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
-                           const at::Tensor& scale) {
+                           const at::Tensor& scale, bool scale_needs_flag) {
   const auto l = ClusterLayout::of(weight, options);
   check_centroids(centroids, weight, l, options);
-  check_scale(scale, weight, l, options);
+  check_scale(scale, weight, l, options, scale_needs_flag);
   return l;
 }
 
@@ -112,7 +116,7 @@ namespace functional {
 
 DKMOutput dkm_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
                       const at::Tensor& scale) {
-  const auto l = detail::check_inputs(weight, centroids, options, scale);
+  const auto l = detail::check_inputs(weight, centroids, options, scale, /*scale_needs_flag=*/true);
   return detail::cluster(weight, centroids, options, scale, l, detail::resolve_engine(weight, l, options));
 }
 

@@ -44,7 +44,12 @@ auto converged(const T& last, const T& current, double epsilon) {
 at::ScalarType compute_dtype(const at::Tensor& weight);
 void check_centroids(const at::Tensor& centroids, const at::Tensor& weight, const ClusterLayout& l,
                      const DKMOptions& options);
-void check_scale(const at::Tensor& scale, const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options);
+// scale_needs_flag: a defined scale requires options.per_channel_scale(). Set where the options
+// pick an engine (dkm_cluster, sharded or not): the table engine takes no scale, so a scale the
+// options do not announce would be applied by some engines and dropped by others. Elsewhere (init,
+// hard assignment, palettes) every path applies a given scale.
+void check_scale(const at::Tensor& scale, const at::Tensor& weight, const ClusterLayout& l, const DKMOptions& options,
+                 bool scale_needs_flag = false);
 /// DKM distances G x n x K of vectors x (G x n x d) to centroids c (G x K x d): squared
 /// Euclidean, the prune_threshold bias on centroid 0, and the keep-sparsity `block` (from
 /// sparsity_block; undefined: none). The tensor form of kernels::dkm_distance (soft and hard
@@ -82,7 +87,7 @@ std::string streaming_unsupported(const at::Tensor& weight, const ClusterLayout&
 /// Checks a weight, its centroids and scale against the options; returns the layout. What
 /// functional::dkm_cluster runs on every call and modules run once per set-up.
 ClusterLayout check_inputs(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
-                           const at::Tensor& scale);
+                           const at::Tensor& scale, bool scale_needs_flag = false);
 
 /// The one entry to the engines, without checks (see check_inputs): `engine` resolved (not
 /// kAuto). With `reduce`, `weight` is a row block of a weight sharded across ranks: the table

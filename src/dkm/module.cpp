@@ -10,6 +10,7 @@
 
 #include "dkm/internal.h"
 #include "edkm/dkm/module.h"
+#include "util/module_state.h"
 
 // Buffers are registered once in reset(); set_data swaps their contents (also device and dtype),
 // as Module::to does, so state_dict and parameters stay consistent.
@@ -45,8 +46,18 @@ void DKMImpl::set_step(int64_t s) {
   step_.fill_(s);  // on the buffer's device; no host sync
 }
 
+void DKMImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  detail::to_keeping_state(*this, device, dtype, non_blocking);
+  prepared_.reset();
+}
+
+void DKMImpl::to(torch::Dtype dtype, bool non_blocking) {
+  detail::to_keeping_state(*this, std::nullopt, dtype, non_blocking);
+  prepared_.reset();
+}
+
 void DKMImpl::load(torch::serialize::InputArchive& archive) {
-  torch::nn::Module::load(archive);
+  detail::load_adopting_dtypes(*this, archive);
   TORCH_CHECK(step_.numel() == 1 && !at::isFloatingType(step_.scalar_type()), "edkm: DKM: the saved step counter of '",
               name, "' is not an integer scalar");
   step_host_ = step_.item<int64_t>();
@@ -107,10 +118,13 @@ at::Tensor DKMImpl::forward(const at::Tensor& weight) {
   auto out = detail::cluster(weight, centroids_, options, s, p.layout, p.engine);
   // A NaN or Inf weight would leave NaN centroids for good (and the table engine, which leaves
   // non-finite values out of its table, would hide it). Kept instead: the previous centroids,
-  // and a flag for step(). The weight's sum is non-finite iff a weight is (an overflow of a real
-  // weight's sum is out of reach); no N-sized temporary, no host sync.
+  // and a flag for step(). The weight's sum is non-finite iff a weight is: summed in fp32 for
+  // 16-bit weights (an fp16 sum overflows past 65504, e.g. 45M weights of mean 0.0015), in the
+  // weight's dtype otherwise (out of reach for real weights); no N-sized temporary, no host sync.
   const at::Tensor c = out.centroids.to(detail::compute_dtype(weight));
-  const at::Tensor bad = at::isfinite(weight.detach().sum()).logical_and(at::isfinite(c).all()).logical_not();
+  const bool half = weight.scalar_type() == at::kHalf || weight.scalar_type() == at::kBFloat16;
+  const at::Tensor total = half ? weight.detach().sum(at::kFloat) : weight.detach().sum();
+  const at::Tensor bad = at::isfinite(total).logical_and(at::isfinite(c).all()).logical_not();
   centroids_.set_data(at::where(bad, centroids_, c));
   nonfinite_ = nonfinite_.defined() ? nonfinite_.logical_or(bad) : bad;
   last_iterations_ = out.iterations;

@@ -112,9 +112,11 @@ struct CheckpointState : torch::CustomClassHolder {
   size_t num_inputs = 0;
   CheckpointOptions options;
   std::vector<c10::DeviceIndex> cuda_devices;
-  // Params whose module member read another tensor at forward time (a Palettizer's clustered
-  // weight): that tensor is the node's input in their place, and the recompute reads it again.
-  std::vector<detail::MemberBinding> bound;
+  // Members that held another tensor than their Parameter at forward time (a Palettizer's
+  // clustered weight). Named by a param: that tensor is the node's input in its place. Not named
+  // (a frozen clustered layer, or a Parameter left out of params): kept here without a gradient
+  // edge. Either way the recompute reads the tensor the forward read.
+  detail::BoundMembers bound;
   RngStates rng;
   AutocastState autocast;
 };
@@ -173,7 +175,7 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
     std::vector<size_t> where;  // their position among saved
     std::vector<at::Tensor> leaves(saved.size());
     auto is_bound = [&](size_t i) {
-      return i >= n_in && std::any_of(state->bound.begin(), state->bound.end(),
+      return i >= n_in && std::any_of(state->bound.listed.begin(), state->bound.listed.end(),
                                       [&](const detail::MemberBinding& b) { return b.index + n_in == i; });
     };
     for (size_t i = 0; i < saved.size(); ++i) {
@@ -191,11 +193,30 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
       }
     }
 
+    // Unlisted members: the forward's tensors, detached. One that needs a gradient is a target too,
+    // only to find out whether the callable read it: its gradient has no edge to flow into.
+    const size_t n_targets = targets.size();
+    std::vector<size_t> unlisted_targets;
+    std::vector<at::Tensor> unlisted(state->bound.unlisted.size());
+    for (size_t u = 0; u < unlisted.size(); ++u) {
+      const at::Tensor& v = state->bound.unlisted[u].value;
+      unlisted[u] = v.detach();
+      if (v.requires_grad()) {
+        unlisted[u].requires_grad_(true);
+        targets.push_back(unlisted[u]);
+        unlisted_targets.push_back(u);
+      }
+    }
+
     variable_list outputs;
     {
       // The members read what the forward read, as fresh leaves, whatever they hold now.
       detail::MemberOverride members;
-      for (const auto& b : state->bound) members.set(b, leaves[n_in + b.index]);
+      for (const auto& b : state->bound.listed) members.set(b, leaves[n_in + b.index]);
+      for (size_t u = 0; u < unlisted.size(); ++u) {
+        const auto& m = state->bound.unlisted[u];
+        members.set(detail::MemberBinding{0, m.module, m.member}, unlisted[u]);
+      }
       RecomputeScope scope(*state);
       AutocastCacheOff cache_off;
       at::AutoGradMode grad_mode(true);
@@ -215,6 +236,11 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
     variable_list g = torch::autograd::grad(outs, targets, gouts, /*retain_graph=*/false, /*create_graph=*/false,
                                             /*allow_unused=*/true);
     for (size_t k = 0; k < where.size(); ++k) result[1 + where[k]] = g[k];
+    for (size_t k = 0; k < unlisted_targets.size(); ++k)
+      TORCH_CHECK(!g[n_targets + k].defined(), "edkm: checkpoint: the callable read the clustered weight of layer '",
+                  state->bound.unlisted[unlisted_targets[k]].name,
+                  "', which needs a gradient but is not among params, so its gradient would be lost: pass the "
+                  "modules' parameters() (or that layer's weight) in params");
     return result;
   }
 };

@@ -23,6 +23,7 @@
 #include "io/torch_io.h"
 #include "util/format.h"
 #include "util/member_swap.h"
+#include "util/module_state.h"
 
 namespace edkm {
 namespace {
@@ -185,6 +186,14 @@ void PalettizerStateImpl::reset() {
   finalized_ = register_buffer("finalized", at::full({}, finalized_host_, at::TensorOptions().dtype(at::kBool)));
 }
 
+void PalettizerStateImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {
+  detail::to_keeping_state(*this, device, dtype, non_blocking);
+}
+
+void PalettizerStateImpl::to(torch::Dtype dtype, bool non_blocking) {
+  detail::to_keeping_state(*this, std::nullopt, dtype, non_blocking);
+}
+
 void PalettizerStateImpl::pretty_print(std::ostream& stream) const {
   stream << "edkm::PalettizerState(layers=" << layers_.size() << ", step=" << step_host_
          << (finalized_host_ ? ", finalized" : "") << ")";
@@ -239,9 +248,12 @@ void PalettizerStateImpl::load(torch::serialize::InputArchive& archive) {
   }
   // Read into a copy, check, then apply: nothing changes when the file is refused.
   auto copy = std::dynamic_pointer_cast<PalettizerStateImpl>(clone());
-  copy->torch::nn::Module::load(archive);
-  TORCH_CHECK(copy->step_.numel() == 1 && copy->finalized_.numel() == 1,
-              "edkm: the Palettizer state's step / finalized entries are not scalars");
+  detail::load_adopting_dtypes(*copy, archive);
+  TORCH_CHECK(copy->step_.numel() == 1 && copy->finalized_.numel() == 1 &&
+                  !at::isFloatingType(copy->step_.scalar_type()) && copy->finalized_.scalar_type() == at::kBool,
+              "edkm: the Palettizer state's step / finalized entries are not an integer and a bool scalar (got ",
+              copy->step_.scalar_type(), " ", copy->step_.sizes(), " and ", copy->finalized_.scalar_type(), " ",
+              copy->finalized_.sizes(), ")");
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& d = copy->dkms_[i];
     const auto& c = d->centroids();
@@ -423,7 +435,8 @@ void Palettizer::step() {
   if (all.defined() && all.any().item<bool>()) {
     std::string names;
     for (size_t i = 0; i < flagged.size(); ++i)
-      if (all[static_cast<int64_t>(i)].item<bool>()) names += (names.empty() ? "'" : ", '") + flagged[i]->path + "'";
+      if (all[static_cast<int64_t>(i)].item<bool>())
+        names += (names.empty() ? "" : ", ") + (flagged[i]->path.empty() ? "(root)" : "'" + flagged[i]->path + "'");
     TORCH_CHECK(false, "edkm: Palettizer: step ", current_step(), " met NaN or Inf in the weights of ", names,
                 ": their centroids were not updated (restore the weights, e.g. from a checkpoint, or lower the "
                 "learning rate)");

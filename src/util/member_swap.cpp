@@ -3,6 +3,7 @@
 #include <c10/util/Exception.h>
 #include <torch/nn/module.h>
 
+#include <algorithm>
 #include <mutex>
 #include <unordered_map>
 #include <utility>
@@ -44,20 +45,30 @@ void unregister_member(const at::Tensor& parameter) {
   r.owners.erase(parameter.unsafeGetTensorImpl());
 }
 
-std::vector<MemberBinding> bind_members(std::vector<at::Tensor>& params) {
-  std::vector<MemberBinding> out;
+BoundMembers bind_members(std::vector<at::Tensor>& params) {
+  BoundMembers out;
   auto& r = registry();
   std::lock_guard<std::mutex> lock(r.mutex);
   if (r.members.empty()) return out;
-  for (size_t i = 0; i < params.size(); ++i) {
-    if (!params[i].defined()) continue;
-    auto it = r.members.find(params[i].unsafeGetTensorImpl());
-    if (it == r.members.end()) continue;
-    const at::Tensor& now = *it->second.member;
-    if (!now.defined() || now.is_same(params[i])) continue;
-    params[i] = now;
-    out.push_back(MemberBinding{i, it->second.module, it->second.member});
+  for (const auto& [key, m] : r.members) {
+    const at::Tensor& now = *m.member;
+    if (!now.defined() || now.is_same(m.parameter)) continue;  // not swapped now
+    bool named = false;
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!params[i].defined()) continue;
+      if (params[i].unsafeGetTensorImpl() == key) {
+        params[i] = now;
+      } else if (!params[i].is_same(now)) {
+        continue;
+      }
+      out.listed.push_back(MemberBinding{i, m.module, m.member});
+      named = true;
+    }
+    if (!named) out.unlisted.push_back(UnlistedMember{m.module, m.member, now, m.name});
   }
+  // Bindings in param order (the registry's order is a hash map's).
+  std::sort(out.listed.begin(), out.listed.end(),
+            [](const MemberBinding& a, const MemberBinding& b) { return a.index < b.index; });
   return out;
 }
 

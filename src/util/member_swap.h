@@ -9,7 +9,8 @@
 //   - the Palettizer registers each clustered layer's member with its Parameter (and refuses a
 //     Parameter registered twice: two Palettizers on one model);
 //   - `bind_members` (used by edkm::functional::checkpoint at forward time) replaces each listed
-//     Parameter whose member currently holds another tensor by that tensor, and returns where;
+//     Parameter whose member currently holds another tensor by that tensor, and returns where,
+//     and also every other member that holds another tensor (the recompute reads it again too);
 //   - `MemberOverride` (used by the recompute) points those members at given tensors for the
 //     duration of a call and puts back what they held.
 // Gradients then flow recompute -> the tensor the forward read -> (its graph, e.g. DKM) -> the
@@ -50,9 +51,26 @@ struct MemberBinding {
   at::Tensor* member = nullptr;
 };
 
-/// For each of `params` that is a registered Parameter whose member holds another tensor now,
-/// replaces params[i] by that tensor and returns the binding. Others are left as they are.
-std::vector<MemberBinding> bind_members(std::vector<at::Tensor>& params);
+/// A member that holds another tensor than its Parameter now, and that no param names.
+struct UnlistedMember {
+  std::shared_ptr<torch::nn::Module> module;
+  at::Tensor* member = nullptr;
+  at::Tensor value;  ///< what the member holds now
+  std::string name;
+};
+
+/// What a checkpoint binds at forward time.
+struct BoundMembers {
+  std::vector<MemberBinding> listed;     ///< params naming a member (by its Parameter or what it holds)
+  std::vector<UnlistedMember> unlisted;  ///< every other member that holds another tensor now
+};
+
+/// For each registered member that holds another tensor than its Parameter now (inside a
+/// Palettizer scope): a param that is its Parameter is replaced by that tensor, a param that is
+/// that tensor already is kept, and either way the binding is returned in `listed`; a member no
+/// param names goes to `unlisted` with the tensor it holds (a frozen clustered layer, or a
+/// Parameter the caller left out). Other params are left as they are.
+BoundMembers bind_members(std::vector<at::Tensor>& params);
 
 /// RAII: points each member at a tensor; restores what the members held when destroyed.
 class MemberOverride {

@@ -154,7 +154,8 @@ EDKM_API at::Tensor from_vectors(const at::Tensor& vectors, at::IntArrayRef shap
 EDKM_API at::Tensor init_centroids(const at::Tensor& weight, const DKMOptions& options, const at::Tensor& scale = {});
 
 /// One differentiable clustering pass from `centroids` (G x K x d, treated as constants).
-/// `scale` (rows x 1) is required when options.per_channel_scale() is set.
+/// `scale` (rows x 1) is required when options.per_channel_scale() is set, and refused when it is
+/// not (every engine must see the same weight).
 EDKM_API DKMOutput dkm_cluster(const at::Tensor& weight, const at::Tensor& centroids, const DKMOptions& options,
                                const at::Tensor& scale = {});
 

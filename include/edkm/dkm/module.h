@@ -43,8 +43,14 @@ class EDKM_API DKMImpl : public torch::nn::Cloneable<DKMImpl> {
   void clear_nonfinite() { nonfinite_ = at::Tensor(); }
   int64_t current_step() const { return step_host_; }
   void set_step(int64_t s);
-  /// Reads the buffers (centroids, scale, step) of torch::save; the step counter follows them.
+  /// Reads the buffers (centroids, scale, step) of torch::save, in the file's dtype (one saved
+  /// after to(bf16), or with fp64 centroids, loads into a fresh module); the step counter follows.
   void load(torch::serialize::InputArchive& archive) override;
+  /// As Module::to, but a dtype changes the floating-point buffers only (the step counter stays
+  /// int64, so the module still saves and loads).
+  using torch::nn::Module::to;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
   /// Whether forward clusters `weight` at the current step.
   bool active(const at::Tensor& weight) const;
   /// Hard assignment of `weight` to the current centroids (initialising them if needed).

@@ -18,9 +18,13 @@
 //
 // Under an edkm::Palettizer, a listed Parameter whose layer member reads a clustered weight at
 // forward time (inside a clustered() scope) is replaced, as an input of the checkpoint node, by
-// that clustered tensor, and the recompute points the member at it again: the recompute sees the
+// that clustered tensor (listing the clustered tensor itself, `layer->weight` read inside the
+// scope, does the same), and the recompute points the member at it again: the recompute sees the
 // forward's weights even when backward runs after the scope, and the gradient flows on through
-// DKM into the Parameter once (see edkm/palettizer/palettizer.h).
+// DKM into the Parameter once (see edkm/palettizer/palettizer.h). Every other layer clustered at
+// forward time (a frozen one, not listed) is read in the recompute with its clustered weight too,
+// without a gradient; one that needs a gradient but was left out of `params` makes backward
+// throw, naming the layer, instead of losing its gradient.
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>

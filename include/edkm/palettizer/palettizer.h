@@ -149,8 +149,14 @@ class EDKM_API PalettizerStateImpl : public torch::nn::Cloneable<PalettizerState
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   void save(torch::serialize::OutputArchive& archive) const override;
-  /// Checks the file's layers and options against this state before anything is changed.
+  /// Checks the file's layers and options against this state before anything is changed; the
+  /// centroids and scales keep the file's dtype (a state saved after to(bf16) loads anywhere).
   void load(torch::serialize::InputArchive& archive) override;
+  /// As Module::to, but a dtype changes the floating-point buffers only (step and finalized keep
+  /// their int64 / bool type, so the state still saves and loads).
+  using torch::nn::Module::to;
+  void to(torch::Device device, torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
 
   const Layers& layers() const { return layers_; }
   /// The DKM module of layer i (module order).
