@@ -264,6 +264,12 @@ TEST(LlamaRuntime, BadInputIsRefusedByName) {
   expect_error([&] { rt.generate({1, 99}, edkm::GenerationOptions()); }, {"token 99", "vocabulary of 61"});
   expect_error([&] { rt.generate({1}, edkm::GenerationOptions().top_p(0)); }, {"top_p"});
   expect_error([&] { rt.generate({1}, edkm::GenerationOptions().temperature(-1)); }, {"temperature"});
+  expect_error(
+      [&] { rt.generate({1}, edkm::GenerationOptions().temperature(std::numeric_limits<double>::infinity())); },
+      {"temperature must be finite"});
+  // A subnormal temperature is sampling from the argmax (no inf - inf in the softmax).
+  EXPECT_EQ(rt.generate({1, 2}, edkm::GenerationOptions().temperature(1e-310).top_k(3).max_new_tokens(4).eos_id(-1)),
+            rt.generate({1, 2}, edkm::GenerationOptions().temperature(0).max_new_tokens(4).eos_id(-1)));
   expect_error([&] { rt.generate({1}, edkm::GenerationOptions().top_k(-2)); }, {"top_k", "-2"});
   expect_error([&] { rt.generate({1}, edkm::GenerationOptions().repetition_penalty(0)); }, {"repetition_penalty"});
   expect_error([&] { rt.generate(std::vector<int64_t>(41, 1), edkm::GenerationOptions()); },
@@ -290,6 +296,11 @@ TEST(LlamaRuntime, BadInputIsRefusedByName) {
   EXPECT_NO_THROW(LlamaRuntime(model->config, ckpt));
   ckpt.tensors["model.norm.weight"] = at::ones({31});
   expect_error([&] { LlamaRuntime(model->config, ckpt); }, {"model.norm.weight is [31]", "needs [32]"});
+  ckpt.tensors["model.norm.weight"] = at::ones({32}, at::kInt);  // converted, it would run as garbage
+  expect_error([&] { LlamaRuntime(model->config, ckpt); }, {"model.norm.weight is Int", "floating point"});
+  ckpt.tensors["model.norm.weight"] = at::ones({32});
+  ckpt.tensors["model.norm.weight"][3] = std::numeric_limits<float>::quiet_NaN();  // greedy: token 0 forever
+  expect_error([&] { LlamaRuntime(model->config, ckpt); }, {"model.norm.weight holds NaN or Inf"});
   ckpt.tensors["model.norm.weight"] = at::ones({32});
   // A config that does not describe the checkpoint: fewer layers, or a tied head over a
   // checkpoint with its own, leaves tensors unread; refused by name, as the dense reader does.
@@ -315,6 +326,25 @@ TEST(LlamaConfig, AbsurdOrFractionalSizesAreRefusedByName) {
   expect_error([&] { LlamaConfig::from_json(config("1.9", "40")); },
                {"num_hidden_layers", "must be an integer", "1.9"});
   expect_error([&] { LlamaConfig::from_json(config("2", "1e12")); }, {"max_position_embeddings"});
+  auto with = [&](const std::string& extra) {
+    std::string c = config("2", "40");
+    return c.substr(0, c.size() - 1) + ", " + extra + "}";
+  };
+  expect_error([&] { LlamaConfig::from_json(with(R"("head_dim": -4)")); }, {"head_dim -4", ">= 0"});
+  const std::string llama3 = R"("rope_scaling": {"rope_type": "llama3", "factor": 8, "high_freq_factor": 4, )";
+  EXPECT_NO_THROW(
+      LlamaConfig::from_json(with(llama3 + R"("low_freq_factor": 1, "original_max_position_embeddings": 8192})")));
+  expect_error(
+      [&] {
+        LlamaConfig::from_json(with(llama3 + R"("low_freq_factor": 1, "original_max_position_embeddings": 1e30})"));
+      },
+      {"original_max_position_embeddings", "1e+30"});
+  expect_error(
+      [&] {
+        LlamaConfig::from_json(with(llama3 + R"("low_freq_factor": 1, "original_max_position_embeddings": 8192.5})"));
+      },
+      {"integer original_max_position_embeddings"});
+  expect_error([&] { LlamaConfig::from_json(with(llama3 + R"("low_freq_factor": -1})")); }, {"low_freq_factor > 0"});
 }
 
 }  // namespace

@@ -212,6 +212,44 @@ TEST(PalettizedLinear, BadInputIsRefusedByName) {
   PackedWeight w = PackedWeight::from_palette(pal);
   w.packed = w.packed.narrow(0, 0, w.packed.numel() - 1).contiguous();  // a truncated index stream
   test::expect_error([&] { functional::lut_linear(at::randn({1, 16}), w); }, {"contiguous bytes"});
+  Palette empty = pal;
+  empty.shape = {8, 0};
+  empty.indices = at::empty({1, 0}, at::kByte);
+  test::expect_error([&] { PackedWeight::from_palette(empty); }, {"empty weight", "[8, 0]"});
+}
+
+// The packed weight is fixed; x and the bias get the gradients of the dense layer on every path
+// (one-pass GEMV, GEMV in passes, LUT-GEMM), and a [out, 1] bias is read as [out] on all of them.
+TEST(PalettizedLinear, GradientsReachTheInputAndBiasOnEveryPath) {
+  for (int64_t bits : {3, 8}) {
+    const Case c{24, 40, bits, 8, true};
+    const Palette pal = make_palette(c, 30 + bits);
+    const PackedWeight w = PackedWeight::from_palette(pal);
+    const at::Tensor dense = w.decompress();
+    for (int64_t m : {1, 3, 7, 24, 40}) {
+      const std::string what = "bits " + std::to_string(bits) + ", m " + std::to_string(m);
+      auto g = at::make_generator<at::CPUGeneratorImpl>(m);
+      const at::Tensor x0 = at::randn({m, 2, c.in}, g).transpose(0, 1);  // [2, m, in], not contiguous
+      const at::Tensor b0 = at::randn({c.out, 1}, g);
+      const at::Tensor r = at::randn({2, m, c.out}, g);
+      at::Tensor x = x0.clone().requires_grad_(true), b = b0.clone().requires_grad_(true);
+      const at::Tensor y = functional::lut_linear(x, w, b);
+      ASSERT_TRUE(y.requires_grad()) << what;
+      (y * r).sum().backward();
+      at::Tensor xd = x0.clone().requires_grad_(true), bd = b0.clone().requires_grad_(true);
+      const at::Tensor yd = at::matmul(xd, dense.t()) + bd.view(-1);
+      (yd * r).sum().backward();
+      expect_close(y.detach(), yd.detach(), c.in, what + ": output");
+      expect_close(x.grad(), xd.grad(), c.out, what + ": input gradient");
+      ASSERT_EQ(b.grad().sizes(), b0.sizes()) << what;
+      expect_close(b.grad(), bd.grad(), m, what + ": bias gradient");
+      // Without a gradient: the same values, no graph.
+      at::NoGradGuard no_grad;
+      const at::Tensor y2 = functional::lut_linear(x, w, b);
+      EXPECT_FALSE(y2.requires_grad()) << what;
+      EXPECT_TRUE(at::equal(y2, y.detach())) << what;
+    }
+  }
 }
 
 // The tiled CUDA GEMV unpacks a run of 32 indices from BITS aligned words: the same indices as

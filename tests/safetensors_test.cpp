@@ -161,6 +161,10 @@ TEST_F(SafetensorsTest, RejectsHostileHeaders) {
   rejected(R"({"a":{"dtype":"U8","shape":[0],"data_offsets":[8,0]}})", eight, {"reversed"});
   rejected(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}})", eight, {"overflows"});
   rejected(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight, {"non-negative integer"});
+  // A zero dimension keeps the product 0, but the other would not fit a tensor's int64 size.
+  rejected(R"({"a":{"dtype":"F32","shape":[0,18446744073709551615],"data_offsets":[0,0]},)"
+           R"("b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+           eight, {"'a'", "18446744073709551615", "out of range"});
   rejected(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"extra":1}})", eight, {"unknown field 'extra'"});
   rejected(R"({"a":{"dtype":"F32","shape":[2]}})", eight, {"data_offsets"});
   rejected(R"({"__metadata__":{"k":1}})", "", {"'k'", "must be a string"});

@@ -64,7 +64,11 @@ uint64_t as_u64(const json& v, const std::string& what) {
 std::vector<uint64_t> as_shape(const json& v, const std::string& what) {
   if (!v.is_array()) fail(what + " must be an array of non-negative integers");
   std::vector<uint64_t> shape;
-  for (const auto& d : v) shape.push_back(as_u64(d, what + " entry"));
+  for (const auto& d : v) {
+    shape.push_back(as_u64(d, what + " entry"));
+    // A zero elsewhere keeps the product in range, but a tensor dimension is an int64.
+    if (shape.back() > (uint64_t{1} << 62)) fail(what + " entry " + d.dump() + " is out of range");
+  }
   return shape;
 }
 

@@ -136,14 +136,19 @@ void parse_rope(const json& j, LlamaConfig& c) {
   if (type == "llama3") {
     known.insert({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"});
     TORCH_CHECK(lookup("factor", false).second != nullptr, "config.json: llama3 rope scaling needs 'factor'");
+    const double old_max = number("original_max_position_embeddings", false, 8192.0);
+    // Checked before the cast: a double outside int64 converts to anything.
+    TORCH_CHECK(old_max >= 1 && old_max <= static_cast<double>(int64_t{1} << 24) && old_max == std::floor(old_max),
+                "config.json: llama3 rope scaling needs an integer original_max_position_embeddings in 1..2^24, got ",
+                old_max);
     c.rope_scaling_factor(number("factor", false, 0.0))
         .rope_low_freq_factor(number("low_freq_factor", false, 1.0))
         .rope_high_freq_factor(number("high_freq_factor", false, 4.0))
-        .rope_original_max_position(static_cast<int64_t>(number("original_max_position_embeddings", false, 8192.0)));
-    TORCH_CHECK(c.rope_scaling_factor() > 0 && c.rope_high_freq_factor() > c.rope_low_freq_factor() &&
-                    c.rope_original_max_position() > 0,
-                "config.json: llama3 rope scaling needs factor > 0, high_freq_factor > low_freq_factor and "
-                "original_max_position_embeddings > 0");
+        .rope_original_max_position(static_cast<int64_t>(old_max));
+    TORCH_CHECK(c.rope_scaling_factor() > 0 && c.rope_low_freq_factor() > 0 &&
+                    c.rope_high_freq_factor() > c.rope_low_freq_factor(),
+                "config.json: llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor > 0 (got ",
+                c.rope_scaling_factor(), ", ", c.rope_high_freq_factor(), ", ", c.rope_low_freq_factor(), ")");
   }
   for (const auto& s : sources) {
     for (const auto& [k, v] : s.value->items()) {
@@ -254,6 +259,7 @@ void LlamaConfig::validate() const {
                                    {"head_dim", head_dim()},
                                    {"max_position_embeddings", max_position_embeddings()}})
     TORCH_CHECK(value <= kMaxSize, "LlamaConfig: ", key, " ", value, " is absurd (limit ", kMaxSize, ")");
+  TORCH_CHECK(head_dim() >= 0, "LlamaConfig: head_dim ", head_dim(), " must be >= 0 (0: hidden_size / heads)");
   TORCH_CHECK(head_dim() > 0 || hidden_size() % num_attention_heads() == 0, "LlamaConfig: hidden_size ", hidden_size(),
               " is not a multiple of num_attention_heads ", num_attention_heads());
   TORCH_CHECK(resolved_head_dim() % 2 == 0, "LlamaConfig: head_dim ", resolved_head_dim(),

@@ -146,7 +146,14 @@ struct CheckpointReader {
   at::Tensor dense(const std::string& name) const {
     used.insert(name);
     const auto it = ckpt.tensors.find(name);
-    if (it != ckpt.tensors.end()) return it->second.to(at::kFloat).contiguous();
+    if (it != ckpt.tensors.end()) {
+      const at::Tensor& t = it->second;
+      TORCH_CHECK(at::isFloatingType(t.scalar_type()), "edkm: LlamaRuntime: ", name, " is ", t.scalar_type(),
+                  ", a model tensor must be floating point");
+      at::Tensor f = t.to(at::kFloat).contiguous();
+      TORCH_CHECK(at::isfinite(f).all().item<bool>(), "edkm: LlamaRuntime: ", name, " holds NaN or Inf");
+      return f;
+    }
     const auto p = ckpt.palettes.find(name);
     TORCH_CHECK(p != ckpt.palettes.end(), "edkm: LlamaRuntime: the checkpoint has no tensor ", name);
     return p->second.decompress().to(at::kFloat).contiguous();  // e.g. a clustered norm: rebuilt
@@ -560,7 +567,8 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& prompt, 
 std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& input, const GenerationOptions& o, Cache& cache,
                                             const std::function<void(int64_t)>& on_token) const {
   TORCH_CHECK(!input.empty(), "edkm: LlamaRuntime::generate: empty prompt");
-  TORCH_CHECK(o.temperature() >= 0, "edkm: GenerationOptions: temperature must be >= 0, got ", o.temperature());
+  TORCH_CHECK(o.temperature() >= 0 && std::isfinite(o.temperature()),
+              "edkm: GenerationOptions: temperature must be finite and >= 0, got ", o.temperature());
   TORCH_CHECK(o.top_p() > 0 && o.top_p() <= 1, "edkm: GenerationOptions: top_p must be in (0, 1], got ", o.top_p());
   TORCH_CHECK(o.top_k() >= 0, "edkm: GenerationOptions: top_k must be >= 0 (0: all tokens), got ", o.top_k());
   TORCH_CHECK(o.repetition_penalty() > 0, "edkm: GenerationOptions: repetition_penalty must be > 0 (1: none), got ",
@@ -595,6 +603,13 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& input, c
   at::Tensor logits = forward(at::tensor(input, at::kLong), cache, Logits::kLast).select(0, -1);
   while (static_cast<int64_t>(out.size()) < o.max_new_tokens()) {
     at::Tensor scores = logits.to(at::kDouble).contiguous();
+    // NaN logits would decode as token 0 forever (argmax) or fail deep in multinomial.
+    TORCH_CHECK(at::isfinite(scores).all().item<bool>(),
+                "edkm: LlamaRuntime::generate: the model produced NaN or Inf "
+                "logits at generated token ",
+                out.size(),
+                " (non-finite weights, or activations that overflow the "
+                "cache dtype)");
     if (o.repetition_penalty() != 1) {
       double* l = scores.data_ptr<double>();
       for (const int64_t t : seen) l[t] = l[t] > 0 ? l[t] / o.repetition_penalty() : l[t] * o.repetition_penalty();
@@ -607,7 +622,8 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& input, c
         const at::Tensor kth = std::get<0>(scores.topk(o.top_k())).min();
         scores.masked_fill_(scores < kth, -std::numeric_limits<double>::infinity());
       }
-      at::Tensor probs = at::softmax(scores / o.temperature(), -1);
+      // Shifted by the maximum first: a tiny temperature sends the others to -inf, not inf - inf.
+      at::Tensor probs = at::softmax((scores - scores.max()) / o.temperature(), -1);
       if (o.top_p() < 1) {
         auto [sorted, order] = probs.sort(/*dim=*/-1, /*descending=*/true);
         const at::Tensor before = sorted.cumsum(-1) - sorted;  // mass of the more likely tokens

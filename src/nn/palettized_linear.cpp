@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
 #include <cstring>
@@ -64,6 +66,8 @@ PackedWeight PackedWeight::from_palette(const Palette& palette) {
               c10::IntArrayRef(palette.shape));
   TORCH_CHECK(palette.cluster_dim == 1, "edkm: PackedWeight supports cluster_dim 1 only, got ", palette.cluster_dim);
   TORCH_CHECK(palette.bits >= 1 && palette.bits <= 8, "edkm: PackedWeight bits must be in 1..8, got ", palette.bits);
+  TORCH_CHECK(palette.shape[0] > 0 && palette.shape[1] > 0, "edkm: PackedWeight: an empty weight (shape ",
+              c10::IntArrayRef(palette.shape), ") has nothing to pack");
   PackedWeight w;
   w.out_features = palette.shape[0];
   w.in_features = palette.shape[1];
@@ -193,21 +197,16 @@ std::string lut_kernel_isa() {
 
 int64_t cpu_gemv_max_rows(int64_t bits) { return bits <= 4 ? 32 : 24; }
 
-at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias) {
-  check_packed(w);
-  TORCH_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == w.in_features, "edkm: lut_linear: input ",
-              x.defined() ? x.sizes() : c10::IntArrayRef{}, " does not end in the weight's ", w.in_features,
-              " input features");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "edkm: lut_linear: input must be floating point, got ",
-              x.scalar_type());
-  TORCH_CHECK(x.device() == w.lut.device(), "edkm: lut_linear: input on ", x.device(), ", weight on ", w.lut.device());
-  TORCH_CHECK(!bias.defined() || (bias.numel() == w.out_features && bias.device() == x.device()),
-              "edkm: lut_linear: bias must hold ", w.out_features, " values on ", x.device());
+namespace {
+
+// y = x W^T (+ b), checked inputs, no autograd.
+at::Tensor lut_linear_impl(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias) {
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = w.out_features;
-  const at::Tensor xs = x.reshape({-1, w.in_features}).to(at::kFloat).contiguous();
-  const int64_t m = xs.size(0);
-  const at::Tensor b = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;
+  const int64_t m = c10::multiply_integers(x.sizes().begin(), x.sizes().end() - 1);
+  const at::Tensor xs = x.reshape({m, w.in_features}).to(at::kFloat).contiguous();
+  // Every path reads the bias as [out] (a [out, 1] bias would broadcast over rows in add_).
+  const at::Tensor b = bias.defined() ? bias.reshape({-1}).to(at::kFloat).contiguous() : bias;
   at::Tensor y;
   if (m == 0 || w.out_features == 0) {
     y = at::zeros({m, w.out_features}, xs.options());
@@ -238,6 +237,78 @@ at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tens
     if (b.defined()) y.add_(b);
   }
   return y.reshape(out_shape).to(x.scalar_type());
+}
+
+// dx = dy W, W decoded a block of rows at a time ([m, out] fp32 -> [m, in] fp32).
+at::Tensor lut_linear_input_grad(const at::Tensor& dy, const PackedWeight& w) {
+  at::Tensor dx = at::zeros({dy.size(0), w.in_features}, dy.options());
+  if (dy.size(0) == 0 || w.out_features == 0) return dx;
+  const int64_t block =
+      std::min(w.out_features, std::max<int64_t>(16, (int64_t{1} << 20) / std::max<int64_t>(1, w.in_features)));
+  at::Tensor tile = at::empty({block, w.in_features}, dy.options());
+  for (int64_t r0 = 0; r0 < w.out_features; r0 += block) {
+    const int64_t r1 = std::min(w.out_features, r0 + block);
+    at::Tensor t = tile.narrow(0, 0, r1 - r0);
+    decode_into(w, r0, r1, t);
+    dx.addmm_(dy.narrow(1, r0, r1 - r0), t);
+  }
+  return dx;
+}
+
+struct PackedWeightHolder : torch::CustomClassHolder {
+  PackedWeight w;
+};
+
+// The packed weight is fixed (a LUT and indices have no gradient); x and the bias get theirs, so a
+// PalettizedLinear trains adapters or distils through a packed base at every batch size.
+struct LutLinearFunction : public torch::autograd::Function<LutLinearFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
+                            const PackedWeight& w) {
+    auto holder = c10::make_intrusive<PackedWeightHolder>();
+    holder->w = w;
+    ctx->saved_data["w"] = c10::IValue::make_capsule(std::move(holder));
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    ctx->saved_data["x_shape"] = x.sizes().vec();
+    ctx->saved_data["bias_dtype"] = bias.defined() ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1};
+    ctx->saved_data["bias_shape"] = bias.defined() ? bias.sizes().vec() : std::vector<int64_t>{};
+    return lut_linear_impl(x, w, bias);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto holder = c10::static_intrusive_pointer_cast<PackedWeightHolder>(ctx->saved_data["w"].toCapsule());
+    const PackedWeight& w = holder->w;
+    const at::Tensor dy = grads[0].reshape({-1, w.out_features}).to(at::kFloat).contiguous();
+    torch::autograd::variable_list out(3);
+    if (ctx->needs_input_grad(0)) {
+      out[0] = lut_linear_input_grad(dy, w)
+                   .reshape(ctx->saved_data["x_shape"].toIntVector())
+                   .to(static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
+    }
+    if (ctx->needs_input_grad(1)) {
+      out[1] = dy.sum(0)
+                   .reshape(ctx->saved_data["bias_shape"].toIntVector())
+                   .to(static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
+    }
+    return out;
+  }
+};
+
+}  // namespace
+
+at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias) {
+  check_packed(w);
+  TORCH_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == w.in_features, "edkm: lut_linear: input ",
+              x.defined() ? x.sizes() : c10::IntArrayRef{}, " does not end in the weight's ", w.in_features,
+              " input features");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "edkm: lut_linear: input must be floating point, got ",
+              x.scalar_type());
+  TORCH_CHECK(x.device() == w.lut.device(), "edkm: lut_linear: input on ", x.device(), ", weight on ", w.lut.device());
+  TORCH_CHECK(!bias.defined() || (bias.numel() == w.out_features && bias.device() == x.device() &&
+                                  at::isFloatingType(bias.scalar_type())),
+              "edkm: lut_linear: bias must hold ", w.out_features, " floating-point values on ", x.device());
+  const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || (bias.defined() && bias.requires_grad()));
+  if (!grad) return lut_linear_impl(x, w, bias);
+  return LutLinearFunction::apply(x, bias, w);
 }
 
 at::Tensor lut_embedding(const at::Tensor& ids, const PackedWeight& w) {

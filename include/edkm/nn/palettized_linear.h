@@ -72,7 +72,8 @@ constexpr int64_t kGemvMaxRows = 4;
 /// rows at 3 and 4 bits, 24-32 at 8 bits.
 EDKM_API int64_t cpu_gemv_max_rows(int64_t bits);
 /// y = x W^T (+ bias) with W packed: x [..., in] (any strides, fp32 or bf16) -> [..., out] in x's
-/// dtype, computed in fp32.
+/// dtype, computed in fp32; bias holds out values (any shape). Differentiable in x and bias (dx =
+/// dy W, W decoded a block of rows at a time); the packed weight has no gradient.
 EDKM_API at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias = {});
 /// Rows of W for token ids (any shape, int64) -> [..., in] fp32: a palettized embedding lookup.
 EDKM_API at::Tensor lut_embedding(const at::Tensor& ids, const PackedWeight& w);

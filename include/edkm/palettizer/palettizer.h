@@ -193,8 +193,9 @@ class EDKM_API Palettizer {
   ~Palettizer();
 
   /// RAII: while alive, each selected layer's `weight` member is its DKM output (soft-clustered
-  /// when the model is in training mode, hard-assigned in eval mode; the weight itself before the
-  /// layer's milestone). Restores the members when destroyed. Not nestable.
+  /// when the model is in training mode, hard-assigned in eval mode — no gradient reaches the
+  /// Parameter then —; the weight itself before the layer's milestone). Restores the members when
+  /// destroyed. Not nestable.
   class EDKM_API Scope {
    public:
     Scope(Scope&& other) noexcept;
