@@ -298,6 +298,11 @@ TEST(GPTQ, BadInputsNameTheProblem) {
   expect_error([&] { edkm::gptq_quantize(w, h, GPTQOptions(0)); }, {"bits"});
   expect_error([&] { edkm::gptq_quantize(w, h, GPTQOptions(9)); }, {"bits"});
   expect_error([&] { edkm::gptq_quantize(w, h, GPTQOptions(4).damp(-1)); }, {"damp"});
+  expect_error([&] { edkm::gptq_quantize(w, h, GPTQOptions(4).damp(1e308)); }, {"damp", "[0, 1000]"});
+  // All-zero calibration inputs: a zero Hessian would quantize the weight to 0 with error 0.
+  edkm::GPTQHessian zeros(w.size(1));
+  zeros.add(at::zeros({2 * w.size(1), w.size(1)}));
+  expect_error([&] { edkm::gptq_quantize(w, zeros, GPTQOptions(4)); }, {"input features are zero", "Hessian is 0"});
   expect_error([&] { edkm::gptq_quantize(w, h, GPTQOptions(4).block_size(0)); }, {"block_size"});
   expect_error([&] { edkm::rtn_quantize(w, 4, -1); }, {"group_size"});
   expect_error([&] { edkm::rtn_quantize(w, 9, 0); }, {"bits"});

@@ -407,6 +407,117 @@ TEST(PalettizerRecompute, ChecksRunOncePerSetUpNotPerStep) {
   }
 }
 
+// Warnings raised while `f` runs, one per line.
+template <class F>
+std::string warnings_of(F&& f) {
+  std::string warnings;
+  struct Capture : c10::WarningHandler {
+    std::string* out;
+    explicit Capture(std::string* o) : out(o) {}
+    void process(const c10::Warning& w) override { *out += w.msg() + "\n"; }
+  } capture(&warnings);
+  c10::WarningUtils::WarningHandlerGuard guard(&capture);
+  f();
+  return warnings;
+}
+
+// One training step and a saved state of a one-Linear model of `rows` output rows.
+void save_one_step_state(int64_t rows, const PalettizerOptions& options, const std::string& path) {
+  torch::nn::Sequential model(torch::nn::Linear(16, rows));
+  Palettizer pal(model, options);
+  at::Tensor loss;
+  {
+    auto s = pal.clustered();
+    loss = model->forward(at::randn({3, 16})).square().sum();
+  }
+  loss.backward();
+  pal.step();
+  pal.save_state(path);
+}
+
+TEST(PalettizerRecompute, StateOfAModelWithOtherShapesIsRefusedChangingNothing) {
+  test::TempDir tmp;
+  const auto grouped = PalettizerOptions(DKMOptions(3)
+                                             .engine(Engine::kDense)
+                                             .weight_threshold(0)
+                                             .granularity(Granularity::kPerGroupedChannel)
+                                             .group_size(16));
+  const auto scaled =
+      PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0).per_channel_scale(true));
+  for (const auto& [options, what] :
+       {std::pair<PalettizerOptions, std::string>{grouped, "centroids"}, {scaled, "scale"}}) {
+    save_one_step_state(48, options, tmp.path("big.pt"));
+    save_one_step_state(32, options, tmp.path("small.pt"));
+    torch::nn::Sequential model(torch::nn::Linear(16, 32));
+    Palettizer pal(model, options);
+    pal.load_state(tmp.path("small.pt"));
+    EXPECT_EQ(pal.current_step(), 1);
+    const at::Tensor before = pal.dkm("0")->centroids().clone();
+    test::expect_error([&] { pal.load_state(tmp.path("big.pt")); },
+                       {"big.pt", "layer '0'", what, "a state of a model with other shapes"});
+    EXPECT_TRUE(at::equal(pal.dkm("0")->centroids(), before)) << what;
+    EXPECT_NO_THROW({ auto s = pal.clustered(); }) << what;
+  }
+}
+
+// A finalized state loaded with its finalized model exports, also into a palettizer that was
+// finalized before (its cached palettes belong to the weights it had then).
+TEST(PalettizerRecompute, LoadingAFinalizedStateDropsThePalettesOfAnEarlierFinalize) {
+  test::TempDir tmp;
+  const auto options = PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0));
+  auto train_and_finalize = [&](uint64_t seed, TwoBlocks& model, Palettizer& pal) {
+    torch::manual_seed(seed);
+    for (auto& p : model->parameters()) {
+      at::NoGradGuard ng;
+      p.copy_(at::randn_like(p));
+    }
+    at::Tensor loss;
+    {
+      auto s = pal.clustered();
+      loss = model->forward(at::randn({3, 16})).square().sum();
+    }
+    loss.backward();
+    pal.step();
+    pal.finalize();
+  };
+  TwoBlocks first(Wrap::kPlain);
+  Palettizer first_pal(first, options);
+  train_and_finalize(1, first, first_pal);
+  first_pal.save_state(tmp.path("state.pt"));
+  torch::save(first, tmp.path("model.pt"));
+  const CompressedCheckpoint expect = first_pal.compressed_checkpoint();
+
+  TwoBlocks second(Wrap::kPlain);
+  Palettizer second_pal(second, options);
+  train_and_finalize(2, second, second_pal);
+  EXPECT_FALSE(second_pal.palettes().empty());
+  torch::load(second, tmp.path("model.pt"));
+  second_pal.load_state(tmp.path("state.pt"));
+  EXPECT_TRUE(second_pal.palettes().empty());
+  const CompressedCheckpoint got = second_pal.compressed_checkpoint();
+  ASSERT_EQ(got.palettes.size(), expect.palettes.size());
+  for (const auto& [name, p] : expect.palettes)
+    EXPECT_TRUE(at::equal(got.palettes.at(name).decompress(), p.decompress())) << name;
+}
+
+TEST(PalettizerRecompute, PatternsMatchingNothingNoLayerAndTrainingAfterFinalizeWarn) {
+  TwoBlocks model(Wrap::kPlain);
+  std::string w = warnings_of([&] {
+    Palettizer pal(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0))
+                              .module_name("lm_head", std::nullopt)
+                              .module_name("b1\\.0", std::nullopt));
+    EXPECT_EQ(pal.layer_names().size(), 3u);
+  });
+  EXPECT_NE(w.find("pattern 'lm_head' matches no module path"), std::string::npos) << w;
+  EXPECT_EQ(w.find("b1\\.0"), std::string::npos) << w;
+  w = warnings_of([&] { Palettizer none(model, PalettizerOptions(DKMOptions(3).weight_threshold(1 << 20))); });
+  EXPECT_NE(w.find("no layer of the model is selected"), std::string::npos) << w;
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)));
+  pal.finalize();
+  w = warnings_of([&] { auto s = pal.clustered(); });
+  EXPECT_NE(w.find("after finalize()"), std::string::npos) << w;
+}
+
 TEST(PalettizerRecompute, AutoFallingBackToDenseWarnsOnceNamingTheLayer) {
   // cluster_dim 32 is beyond the streaming engine: kAuto falls back to dense.
   TwoBlocks model(Wrap::kPlain);

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -120,15 +121,18 @@ void save_hf_with_logits(edkm::LlamaForCausalLM& model, const std::string& dir, 
 // byte-level BPE (a GGUF's own, or a tokenizer.json) as tokenizer.json + tokenizer_config.json,
 // a SentencePiece model as tokenizer.model (copied from `file`, what load_tokenizer read: the file,
 // or a directory's tokenizer.model); the byte tokenizer needs none.
+// Whether two paths name one existing file (or directory).
+bool same_file(const std::string& x, const std::string& y) {
+  struct stat a {};
+  struct stat b {};
+  return ::stat(x.c_str(), &a) == 0 && ::stat(y.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
 void save_tokenizer_beside(const edkm::Tokenizer& tok, const std::string& file, const std::string& dir) {
   if (const auto* bpe = dynamic_cast<const edkm::BpeTokenizer*>(&tok)) return edkm::save_hf_tokenizer(*bpe, dir);
   if (!dynamic_cast<const edkm::SentencePieceTokenizer*>(&tok)) return;
   const std::string src = edkm::is_directory(file) ? file + "/tokenizer.model" : file, dst = dir + "/tokenizer.model";
-  struct stat a {};
-  struct stat b {};
-  const bool same =
-      ::stat(src.c_str(), &a) == 0 && ::stat(dst.c_str(), &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
-  if (!same) edkm::write_text_file(dst, edkm::read_text_file(src));
+  if (!same_file(src, dst)) edkm::write_text_file(dst, edkm::read_text_file(src));
 }
 
 }  // namespace
@@ -319,6 +323,11 @@ int main(int argc, char** argv) try {
               "--engine table clusters 16-bit weights with one LUT per tensor: it needs --dtype bf16 and no "
               "--group-size (--engine auto takes it wherever it applies)");
   TORCH_CHECK(device_name != "cuda" || torch::cuda::is_available(), "--device cuda: no CUDA device is available");
+  TORCH_CHECK(milestone == 0 || milestone < steps || steps == 0 || baselines_only, "--milestone ", milestone,
+              " is not below --steps ", steps,
+              ": no step would cluster the weights (the DKM row would be plain "
+              "fine-tuning and k-means)");
+  TORCH_CHECK(generate == 0 || !prompt.empty(), "--prompt is empty (--generate ", generate, " needs one)");
 
   // --model before anything reads it: it is also the default tokenizer, and a mistyped path must
   // not surface as a tokenizer error.
@@ -355,26 +364,11 @@ int main(int argc, char** argv) try {
       TORCH_CHECK(false, flag, " ", dir, " cannot hold this run's output: ", e.what_without_backtrace());
     }
   }
-  // Files of an earlier run into the same --out that this run may not write again: a stale
-  // tokenizer would be picked up beside the new checkpoint, a stale state by a later --resume.
-  if (!resume) {
-    // (POSIX calls: std::filesystem here resolved to the copy libtorch.so exports and crashed.)
-    std::vector<std::string> removed;
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"})
-      if (std::remove((out_dir + "/" + f).c_str()) == 0) removed.push_back(f);
-    const std::string state = out_dir + "/state";
-    if (DIR* d = opendir(state.c_str())) {  // flat: the files save_state writes
-      while (const dirent* e = readdir(d))
-        if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
-          std::remove((state + "/" + e->d_name).c_str());
-      closedir(d);
-      if (rmdir(state.c_str()) == 0) removed.push_back("state/");
-    }
-    if (!removed.empty()) {
-      std::cout << "note: " << out_dir << " held an earlier run's";
-      for (const auto& f : removed) std::cout << " " << f;
-      std::cout << "; removed (this run writes its own; --resume continues a saved run instead)\n";
-    }
+  // --save-hf and --save-hf-compressed write the same file names: one directory would keep only
+  // the compressed model (--out shares config.json with them and is allowed: the configs agree).
+  if (!save_hf.empty() && !save_hf_compressed.empty()) {
+    TORCH_CHECK(!same_file(save_hf, save_hf_compressed), "--save-hf ", save_hf, " and --save-hf-compressed ",
+                save_hf_compressed, " are one directory: the compressed model would overwrite the uncompressed one");
   }
 
   // Corpus: every 10th document held out; the --eval-corpus texts are held out whole.
@@ -461,6 +455,34 @@ int main(int argc, char** argv) try {
   }
   const std::string state_dir = out_dir + "/state";
   const bool resuming = resume && edkm::is_file(state_dir + "/progress.json");
+  // Files of an earlier run into the same --out that this run may not write again: a stale
+  // tokenizer would be picked up beside the new checkpoint, a stale state by a later --resume.
+  // Removed when this run writes its own state or outputs, not before: a run that a check refuses
+  // (or that stops) first leaves the earlier run's files, a resumable state among them, as they
+  // were. (POSIX calls: std::filesystem here resolved to the copy libtorch.so exports and crashed.)
+  bool stale_removed = resume;
+  auto remove_stale_outputs = [&] {
+    if (stale_removed) return;
+    stale_removed = true;
+    std::vector<std::string> removed;
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"}) {
+      const std::string path = out_dir + "/" + f;
+      if (same_file(path, tokenizer_file)) continue;  // what this run read or trained
+      if (std::remove(path.c_str()) == 0) removed.push_back(f);
+    }
+    if (DIR* d = opendir(state_dir.c_str())) {  // flat: the files save_state writes
+      while (const dirent* e = readdir(d))
+        if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
+          std::remove((state_dir + "/" + e->d_name).c_str());
+      closedir(d);
+      if (rmdir(state_dir.c_str()) == 0) removed.push_back("state/");
+    }
+    if (!removed.empty()) {
+      std::cout << "note: " << out_dir << " held an earlier run's";
+      for (const auto& f : removed) std::cout << " " << f;
+      std::cout << "; removed (this run writes its own; --resume continues a saved run instead)\n";
+    }
+  };
 
   std::cout << "edkm " << EDKM_VERSION_STRING << " LLaMA compression\n"
             << "  model      " << source << ": " << config.num_hidden_layers() << " layers, hidden "
@@ -751,6 +773,7 @@ int main(int argc, char** argv) try {
   // The pretrained model (the teacher of a resumed run and what --init gptq starts
   // from), written once up front.
   if (!resuming && (save_every > 0 || stop_after > 0) && !baselines_only) {
+    remove_stale_outputs();
     edkm::make_directories(state_dir);
     edkm::write_text_file(state_dir + "/start.pt", save_bytes(model));
   }
@@ -798,23 +821,34 @@ int main(int argc, char** argv) try {
                             {"engine", engine},
                             {"tau", tau},
                             {"dkm_iters", dkm_iters},
-                            {"seed", seed}};
+                            {"seed", seed},
+                            {"layers", layers},
+                            {"bits", bits},
+                            {"group_size", group_size},
+                            {"embedding_bits", embedding_bits},
+                            {"milestone", milestone}};
+  if (resume && !resuming)
+    std::cout << "note: --resume, but " << state_dir << " holds no saved run: starting from step 0\n";
   if (resuming) {
-    load_bytes(model, edkm::read_text_file(state_dir + "/model.pt"));
-    palettizer->load_state(state_dir + "/palettizer.pt");
-    opt->load(edkm::read_text_file(state_dir + "/optimizer.pt"));
     const json progress = json::parse(edkm::read_text_file(state_dir + "/progress.json"));
-    first_step = progress.at("step").get<int64_t>();
-    curve = progress.value("curve", json::array());
-    if (progress.contains("run")) {  // (states saved before the check have none)
+    // The options first, naming them, before the saved tensors meet this run's shapes.
+    if (progress.contains("run")) {  // (states saved before the check have none; older ones fewer keys)
       std::string differ;
       for (const auto& [key, value] : run_options.items()) {
-        const json saved = progress.at("run").value(key, json());
-        if (saved != value) differ += "\n  --" + key + ": " + value.dump() + " now, " + saved.dump() + " saved";
+        if (!progress.at("run").contains(key)) continue;
+        const json saved = progress.at("run").at(key);
+        std::string flag = key;  // seq_len -> --seq-len
+        std::replace(flag.begin(), flag.end(), '_', '-');
+        if (saved != value) differ += "\n  --" + flag + ": " + value.dump() + " now, " + saved.dump() + " saved";
       }
       TORCH_CHECK(differ.empty(), "--resume: these options differ from the saved run's (", state_dir,
                   "/progress.json):", differ, "\nresume with the saved options, or write to another --out");
     }
+    load_bytes(model, edkm::read_text_file(state_dir + "/model.pt"));
+    palettizer->load_state(state_dir + "/palettizer.pt");
+    opt->load(edkm::read_text_file(state_dir + "/optimizer.pt"));
+    first_step = progress.at("step").get<int64_t>();
+    curve = progress.value("curve", json::array());
     TORCH_CHECK(first_step <= steps, "--resume: the saved run is at step ", first_step, ", past --steps ", steps);
     std::cout << "resumed at step " << first_step << " from " << state_dir << "\n";
   }
@@ -942,6 +976,7 @@ int main(int argc, char** argv) try {
 
     // 4. Export and reload.
     compressed = out_dir + "/model.edkm.safetensors";
+    remove_stale_outputs();
     palettizer->save_compressed(compressed);
     edkm::write_text_file(out_dir + "/config.json", config.to_json());
     save_tokenizer_beside(*tokenizer, tokenizer_file, out_dir);

@@ -94,7 +94,7 @@ int main(int argc, char** argv) try {
                "with --chat: after the answer to --prompt, read further user turns from stdin, one per line, "
                "until an empty line or end of input (the whole conversation is the next turn's prompt)");
   app.add_option("--seed", seed)->capture_default_str();
-  app.add_option("--threads", threads, "CPU threads (default: LibTorch's)");
+  app.add_option("--threads", threads, "CPU threads (default: LibTorch's)")->check(CLI::NonNegativeNumber);
   app.add_option("--kv-cache", kv_cache, "key/value cache dtype: bf16 halves what a long context reads per token")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();

@@ -199,6 +199,20 @@ int64_t cpu_gemv_max_rows(int64_t bits) { return bits <= 4 ? 32 : 24; }
 
 namespace {
 
+// fn(r0, r1, rows) for blocks of rows of W decoded to fp32 (about 4 MiB each, one buffer reused).
+template <class Fn>
+void for_each_decoded_block(const PackedWeight& w, const at::TensorOptions& options, Fn&& fn) {
+  const int64_t block =
+      std::min(w.out_features, std::max<int64_t>(16, (int64_t{1} << 20) / std::max<int64_t>(1, w.in_features)));
+  at::Tensor tile = at::empty({block, w.in_features}, options);
+  for (int64_t r0 = 0; r0 < w.out_features; r0 += block) {
+    const int64_t r1 = std::min(w.out_features, r0 + block);
+    at::Tensor t = tile.narrow(0, 0, r1 - r0);
+    decode_into(w, r0, r1, t);
+    fn(r0, r1, t);
+  }
+}
+
 // y = x W^T (+ b), checked inputs, no autograd.
 at::Tensor lut_linear_impl(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias) {
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
@@ -225,15 +239,9 @@ at::Tensor lut_linear_impl(const at::Tensor& x, const PackedWeight& w, const at:
   } else {
     // LUT-GEMM: blocks of rows decoded to fp32 (about 4 MiB each), multiplied by LibTorch's matmul.
     y = at::empty({m, w.out_features}, xs.options());
-    const int64_t block =
-        std::min(w.out_features, std::max<int64_t>(16, (int64_t{1} << 20) / std::max<int64_t>(1, w.in_features)));
-    at::Tensor tile = at::empty({block, w.in_features}, xs.options());
-    for (int64_t r0 = 0; r0 < w.out_features; r0 += block) {
-      const int64_t r1 = std::min(w.out_features, r0 + block);
-      at::Tensor t = tile.narrow(0, 0, r1 - r0);
-      decode_into(w, r0, r1, t);
+    for_each_decoded_block(w, xs.options(), [&](int64_t r0, int64_t r1, const at::Tensor& t) {
       y.narrow(1, r0, r1 - r0).copy_(at::mm(xs, t.t()));
-    }
+    });
     if (b.defined()) y.add_(b);
   }
   return y.reshape(out_shape).to(x.scalar_type());
@@ -242,16 +250,9 @@ at::Tensor lut_linear_impl(const at::Tensor& x, const PackedWeight& w, const at:
 // dx = dy W, W decoded a block of rows at a time ([m, out] fp32 -> [m, in] fp32).
 at::Tensor lut_linear_input_grad(const at::Tensor& dy, const PackedWeight& w) {
   at::Tensor dx = at::zeros({dy.size(0), w.in_features}, dy.options());
-  if (dy.size(0) == 0 || w.out_features == 0) return dx;
-  const int64_t block =
-      std::min(w.out_features, std::max<int64_t>(16, (int64_t{1} << 20) / std::max<int64_t>(1, w.in_features)));
-  at::Tensor tile = at::empty({block, w.in_features}, dy.options());
-  for (int64_t r0 = 0; r0 < w.out_features; r0 += block) {
-    const int64_t r1 = std::min(w.out_features, r0 + block);
-    at::Tensor t = tile.narrow(0, 0, r1 - r0);
-    decode_into(w, r0, r1, t);
-    dx.addmm_(dy.narrow(1, r0, r1 - r0), t);
-  }
+  if (dy.size(0) == 0) return dx;
+  for_each_decoded_block(w, dy.options(),
+                         [&](int64_t r0, int64_t r1, const at::Tensor& t) { dx.addmm_(dy.narrow(1, r0, r1 - r0), t); });
   return dx;
 }
 

@@ -107,6 +107,16 @@ std::optional<DKMOptions> PalettizerOptions::resolve(const std::string& path, co
   return global_;
 }
 
+std::vector<std::string> PalettizerOptions::unmatched_patterns(const std::vector<std::string>& paths) const {
+  std::vector<std::string> out;
+  for (const auto& entry : names_) {
+    const std::regex re(entry.first);
+    if (std::none_of(paths.begin(), paths.end(), [&](const std::string& p) { return std::regex_match(p, re); }))
+      out.push_back(entry.first);
+  }
+  return out;
+}
+
 // --- report ------------------------------------------------------------------------------------
 
 std::string PalettizerReport::to_string() const {
@@ -171,7 +181,12 @@ json layers_json(const PalettizerStateImpl::Layers& layers) {
 
 }  // namespace
 
-PalettizerStateImpl::PalettizerStateImpl(Layers layers) : layers_(std::move(layers)) { reset(); }
+PalettizerStateImpl::PalettizerStateImpl(Layers layers, std::vector<ClusterLayout> layouts)
+    : layers_(std::move(layers)), layouts_(std::move(layouts)) {
+  TORCH_CHECK(layouts_.empty() || layouts_.size() == layers_.size(), "edkm: PalettizerState: ", layouts_.size(),
+              " layouts for ", layers_.size(), " layers");
+  reset();
+}
 
 void PalettizerStateImpl::reset() {
   dkms_.clear();
@@ -261,6 +276,18 @@ void PalettizerStateImpl::load(torch::serialize::InputArchive& archive) {
     TORCH_CHECK(c.numel() == 0 || (c.dim() == 3 && c.size(1) == K && at::isFloatingType(c.scalar_type())),
                 "edkm: the Palettizer state's centroids of layer '", layers_[i].first, "' have shape ", c.sizes(),
                 ", expected [groups, ", K, ", cluster_dim]");
+    if (layouts_.empty()) continue;
+    // Same path and options, another weight shape (a state of another model size): its LUTs or
+    // scales would fail every later step, far from the file.
+    const ClusterLayout& l = layouts_[i];
+    TORCH_CHECK(c.numel() == 0 || (c.size(0) == l.groups && c.size(2) == l.cluster_dim),
+                "edkm: the Palettizer state's centroids of layer '", layers_[i].first, "' have shape ", c.sizes(),
+                ", but the layer's weight (", l.rows, " rows) takes [", l.groups, ", ", K, ", ", l.cluster_dim,
+                "]: a state of a model with other shapes");
+    const at::Tensor& s = d->scale();
+    TORCH_CHECK(s.numel() == 0 || s.numel() == l.rows, "edkm: the Palettizer state's scale of layer '",
+                layers_[i].first, "' holds ", s.numel(), " values, but the layer's weight has ", l.rows,
+                " rows: a state of a model with other shapes");
   }
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < dkms_.size(); ++i) {
@@ -271,6 +298,7 @@ void PalettizerStateImpl::load(torch::serialize::InputArchive& archive) {
   step_host_ = copy->step_.item<int64_t>();
   step_.set_data(copy->step_);
   set_finalized(copy->finalized_.item<bool>());
+  ++loads_;
 }
 
 // --- palettizer --------------------------------------------------------------------------------
@@ -279,6 +307,7 @@ Palettizer::Palettizer(std::shared_ptr<torch::nn::Module> model, PalettizerOptio
     : model_(std::move(model)), options_(std::move(options)) {
   TORCH_CHECK(model_, "edkm: Palettizer needs a module");
   PalettizerStateImpl::Layers selected;
+  std::vector<ClusterLayout> layouts;
   for (const auto& item : model_->named_modules(/*name_prefix=*/"", /*include_self=*/true)) {
     auto [member, type] = weight_member(*item.value());
     if (!member) continue;
@@ -306,7 +335,7 @@ Palettizer::Palettizer(std::shared_ptr<torch::nn::Module> model, PalettizerOptio
       continue;
     }
     try {
-      ClusterLayout::of(*param, *o);
+      layouts.push_back(ClusterLayout::of(*param, *o));
     } catch (const c10::Error& e) {
       TORCH_CHECK(false, "edkm: Palettizer: layer '", item.key(), "' (", type, " ", param->sizes(),
                   ") cannot be clustered with its options: ", e.what_without_backtrace());
@@ -320,7 +349,17 @@ Palettizer::Palettizer(std::shared_ptr<torch::nn::Module> model, PalettizerOptio
     layers_.push_back(std::move(l));
     selected.emplace_back(item.key(), *o);
   }
-  state_ = PalettizerState(std::move(selected));
+  std::vector<std::string> paths;
+  for (const auto& item : model_->named_modules(/*name_prefix=*/"", /*include_self=*/true)) paths.push_back(item.key());
+  for (const auto& pattern : options_.unmatched_patterns(paths))
+    TORCH_WARN("edkm: Palettizer: module_name pattern '", pattern,
+               "' matches no module path of the model (paths look like '", paths.size() > 1 ? paths[1] : "",
+               "'); the layers it was meant for take the type or global options");
+  if (selected.empty())
+    TORCH_WARN(
+        "edkm: Palettizer: no layer of the model is selected (supported types with a weight of more than "
+        "weight_threshold elements, not excluded): nothing will be clustered");
+  state_ = PalettizerState(std::move(selected), std::move(layouts));
   for (size_t i = 0; i < layers_.size(); ++i) layers_[i].dkm = state_->dkm(i);
   size_t registered = 0;
   try {
@@ -366,7 +405,14 @@ Palettizer::Scope::Scope(Palettizer* owner) : owner_(owner) {
   owner->throw_pending();
   owner->check_layers();
   owner->scope_open_ = true;
-  if (owner->finalized()) return;
+  if (owner->finalized()) {
+    // Evaluating is fine; training would move the weights off their palettes unnoticed until export.
+    if (owner->model_->is_training() && !std::exchange(owner->warned_training_after_finalize_, true))
+      TORCH_WARN(
+          "edkm: Palettizer: a clustered() scope after finalize() gives the finalized weights "
+          "themselves: training them moves them off their palettes (finalize() again before exporting)");
+    return;
+  }
   try {
     const bool training = owner->model_->is_training();
     for (auto& l : owner->layers_) {
@@ -450,6 +496,7 @@ const std::map<std::string, Palette>& Palettizer::finalize() {
   check_layers();
   at::NoGradGuard no_grad;
   palettes_.clear();
+  palettes_loads_ = state_->loads();
   for (auto& l : layers_) {
     Palette p;
     try {
@@ -466,6 +513,17 @@ const std::map<std::string, Palette>& Palettizer::finalize() {
 
 std::string Palettizer::tensor_name(const Layer& l) const { return l.path.empty() ? "weight" : l.path + ".weight"; }
 
+const std::map<std::string, Palette>& Palettizer::palettes() const {
+  static const std::map<std::string, Palette> none;
+  return palettes_loads_ == state_->loads() ? palettes_ : none;
+}
+
+const Palette* Palettizer::cached_palette(const Layer& l) const {
+  const auto& cached = palettes();
+  const auto it = cached.find(tensor_name(l));
+  return it == cached.end() ? nullptr : &it->second;
+}
+
 CompressedCheckpoint Palettizer::compressed_checkpoint() const {
   TORCH_CHECK(finalized(), "edkm: Palettizer: call finalize() before exporting a compressed checkpoint");
   CompressedCheckpoint ckpt;
@@ -474,18 +532,18 @@ CompressedCheckpoint Palettizer::compressed_checkpoint() const {
   // finalized has no palettes cached: they are the hard assignment of its (finalized) weights.
   for (const auto& l : layers_) {
     const at::Tensor w = l.parameter.detach();
-    auto it = palettes_.find(tensor_name(l));
+    const Palette* cached = cached_palette(l);
     Palette derived;
-    if (it == palettes_.end()) {
+    if (cached == nullptr) {
       DKM dkm = l.dkm;  // (finalize may initialise centroids: never here, a finalized state has them)
       derived = dkm->finalize(w);
     }
-    const Palette& p = it == palettes_.end() ? derived : it->second;
+    const Palette& p = cached == nullptr ? derived : *cached;
     TORCH_CHECK(at::equal(p.decompress().to(w.device()), w), "edkm: Palettizer: the weight of layer '", l.path,
                 "' is not on its palette (",
-                it == palettes_.end() ? "a finalized state was loaded with weights that "
-                                        "were not finalized"
-                                      : "it changed after finalize()",
+                cached == nullptr ? "a finalized state was loaded with weights that "
+                                    "were not finalized"
+                                  : "it changed after finalize()",
                 "); call finalize() again before exporting");
     ckpt.palettes[tensor_name(l)] = p;
   }
@@ -530,6 +588,7 @@ void Palettizer::load_state(const std::string& path) {
   } catch (const c10::Error& e) {
     TORCH_CHECK(false, "edkm: ", path, ": ", e.what_without_backtrace());
   }
+  palettes_.clear();  // derived from the loaded state from now on (palettes() is empty meanwhile)
   pending_error_.clear();
 }
 
@@ -555,9 +614,8 @@ PalettizerReport Palettizer::report() const {
                                                              static_cast<int>(o.bits()))) +
                        row.lut_size * static_cast<int64_t>(w.element_size()) +
                        (o.per_channel_scale() ? layout.rows * 4 : 0);
-    auto it = palettes_.find(tensor_name(l));
     at::Tensor hard;
-    if (finalized() && it != palettes_.end()) {
+    if (finalized() && cached_palette(l) != nullptr) {
       hard = w;
     } else if (l.dkm->centroids().numel()) {  // no side effect: the layer's own centroids, as they are
       const at::Tensor s = o.per_channel_scale() ? l.dkm->scale() : at::Tensor();

@@ -20,7 +20,10 @@ void GPTQOptions::validate() const {
   TORCH_CHECK(bits() >= 1 && bits() <= 8, "GPTQOptions: bits must be in 1..8, got ", bits());
   TORCH_CHECK(group_size() >= 0, "GPTQOptions: group_size must be >= 0 (0: one group per row), got ", group_size());
   TORCH_CHECK(lut_rows() >= 0, "GPTQOptions: lut_rows must be >= 0 (0: one LUT per tensor), got ", lut_rows());
-  TORCH_CHECK(std::isfinite(damp()) && damp() >= 0, "GPTQOptions: damp must be finite and >= 0, got ", damp());
+  // Relative to the mean of diag(H) (0.01 in GPTQ): past 1e3 the damping drowns the Hessian, and
+  // near the double range it overflows it.
+  TORCH_CHECK(std::isfinite(damp()) && damp() >= 0 && damp() <= 1e3,
+              "GPTQOptions: damp (relative to the mean of diag(H)) must be in [0, 1000], got ", damp());
   TORCH_CHECK(block_size() >= 1, "GPTQOptions: block_size must be >= 1, got ", block_size());
   TORCH_CHECK(min_samples() >= -1, "GPTQOptions: min_samples must be -1 (in_features) or >= 0, got ", min_samples());
 }
@@ -197,6 +200,11 @@ GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& hessian, c
   at::Tensor h = h0.clone();
   at::Tensor w = w0.clone();
   const at::Tensor dead = h.diagonal().eq(0);
+  // Every column dead: the layer's calibration inputs are all zero (or so small that x x^T
+  // underflowed); GPTQ would return a zero weight with error 0.
+  TORCH_CHECK(!dead.all().item<bool>(), "gptq_quantize: all ", cols,
+              " input features are zero in the calibration data (the Hessian is 0): there is nothing to weigh "
+              "the error by; check what the layer's inputs were");
   h.diagonal().masked_fill_(dead, 1.0);
   w.masked_fill_(dead.unsqueeze(0), 0.0);
 

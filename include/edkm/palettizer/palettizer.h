@@ -109,6 +109,9 @@ struct EDKM_API PalettizerOptions {
 
   /// The options of a layer at `path` of `type` ("Linear", ...); std::nullopt when excluded.
   std::optional<DKMOptions> resolve(const std::string& path, const std::string& type) const;
+  /// The module_name patterns that match none of `paths` (a typo leaves its layers as they were:
+  /// the Palettizer warns about each).
+  std::vector<std::string> unmatched_patterns(const std::vector<std::string>& paths) const;
 
   /// The module types the Palettizer can cluster.
   static const std::vector<std::string>& supported_types();
@@ -145,7 +148,9 @@ class EDKM_API PalettizerStateImpl : public torch::nn::Cloneable<PalettizerState
  public:
   /// (layer path, options) of every clustered layer, in module order.
   using Layers = std::vector<std::pair<std::string, DKMOptions>>;
-  explicit PalettizerStateImpl(Layers layers = {});
+  /// `layouts`, when given (one per layer, as the Palettizer passes them), let load() check the
+  /// file's centroids and scales against the layers' weight shapes.
+  explicit PalettizerStateImpl(Layers layers = {}, std::vector<ClusterLayout> layouts = {});
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
   void save(torch::serialize::OutputArchive& archive) const override;
@@ -166,9 +171,13 @@ class EDKM_API PalettizerStateImpl : public torch::nn::Cloneable<PalettizerState
   /// Advances the Palettizer's and every layer's step counter.
   void advance();
   void set_finalized(bool f);
+  /// Successful load() calls so far (what a Palettizer's cached palettes were derived before).
+  int64_t loads() const { return loads_; }
 
  private:
   Layers layers_;
+  std::vector<ClusterLayout> layouts_;
+  int64_t loads_ = 0;
   std::vector<DKM> dkms_;
   at::Tensor step_, finalized_;  // int64 / bool scalar buffers, mirrored on the host
   int64_t step_host_ = 0;
@@ -225,7 +234,8 @@ class EDKM_API Palettizer {
   /// ("<path>.weight").
   const std::map<std::string, Palette>& finalize();
   bool finalized() const { return state_->finalized(); }
-  const std::map<std::string, Palette>& palettes() const { return palettes_; }
+  /// The palettes of the last finalize() (empty when a state was loaded since).
+  const std::map<std::string, Palette>& palettes() const;
 
   /// The finalized model as a compressed checkpoint: palettes of the selected weights, every
   /// other parameter and buffer plainly. Requires finalize().
@@ -264,6 +274,8 @@ class EDKM_API Palettizer {
   const Layer& find(const std::string& layer) const;
   std::string tensor_name(const Layer& l) const;
   void check_layers() const;
+  /// The palette finalize() made for `l`, or nullptr (none, or a state was loaded since).
+  const Palette* cached_palette(const Layer& l) const;
   void throw_pending();
 
   std::shared_ptr<torch::nn::Module> model_;
@@ -271,7 +283,9 @@ class EDKM_API Palettizer {
   std::vector<Layer> layers_;
   PalettizerState state_{nullptr};
   std::map<std::string, Palette> palettes_;
+  int64_t palettes_loads_ = 0;  // state_->loads() when palettes_ were made: stale after a load
   bool scope_open_ = false;
+  bool warned_training_after_finalize_ = false;
   std::string pending_error_;  // found when a scope closed; thrown by the next call
 };
 
