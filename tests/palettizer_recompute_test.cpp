@@ -526,16 +526,11 @@ TEST(PalettizerRecompute, AutoFallingBackToDenseWarnsOnceNamingTheLayer) {
       PalettizerOptions(std::nullopt)
           .module_name("b1\\.0",
                        DKMOptions(2).engine(Engine::kDense).weight_threshold(0).cluster_dim(20).engine(Engine::kAuto)));
-  std::string warnings;
-  struct Capture : c10::WarningHandler {
-    std::string* out;
-    explicit Capture(std::string* o) : out(o) {}
-    void process(const c10::Warning& w) override { *out += w.msg() + "\n"; }
-  } capture(&warnings);
-  c10::WarningUtils::WarningHandlerGuard guard(&capture);
-  for (int i = 0; i < 3; ++i) {
-    auto s = pal.clustered();
-  }
+  const std::string warnings = warnings_of([&] {
+    for (int i = 0; i < 3; ++i) {
+      auto s = pal.clustered();
+    }
+  });
   EXPECT_NE(warnings.find("layer 'b1.0'"), std::string::npos) << warnings;
   EXPECT_NE(warnings.find("falls back to the dense engine"), std::string::npos) << warnings;
   EXPECT_NE(warnings.find("cluster_dim"), std::string::npos) << warnings;
