@@ -205,6 +205,27 @@ TEST(PalettizerRecompute, ListedClusteredTensorsAndFrozenLayersGetThePlainGradie
   }
 }
 
+// A checkpoint of l2 alone keeps no reference to l1's (trainable) clustered weight: it is freed
+// when the scope ends, not held by every checkpoint node until backward.
+TEST(PalettizerRecompute, CheckpointsKeepNoOtherLayersTrainableClusteredWeight) {
+  FrozenFirst model;
+  Palettizer pal(model, PalettizerOptions(DKMOptions(3).engine(Engine::kDense).weight_threshold(0)));
+  const at::Tensor x = at::randn({5, 32});
+  c10::weak_intrusive_ptr<c10::TensorImpl> l1_clustered(c10::intrusive_ptr<c10::TensorImpl>::reclaim(nullptr));
+  at::Tensor loss;
+  {
+    auto scope = pal.clustered();
+    l1_clustered = c10::weak_intrusive_ptr<c10::TensorImpl>(model->l1->weight.getIntrusivePtr());
+    auto l2 = model->l2;
+    loss = functional::checkpoint([l2](const at::Tensor& t) mutable { return l2->forward(t); }, x, l2->parameters())
+               .square()
+               .mean();
+  }
+  EXPECT_TRUE(l1_clustered.expired());
+  loss.backward();
+  EXPECT_GT(model->l2->named_parameters(false)["weight"].grad().abs().max().item<double>(), 0);
+}
+
 // l1 trainable but only l2's parameters listed: its gradient has nowhere to go.
 TEST(PalettizerRecompute, TrainableLayerLeftOutOfParamsIsNamed) {
   for (bool inside : {true, false}) {

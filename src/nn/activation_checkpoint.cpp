@@ -193,15 +193,16 @@ struct CheckpointFunction : public torch::autograd::Function<CheckpointFunction>
       }
     }
 
-    // Unlisted members: the forward's tensors, detached. One that needs a gradient is a target too,
-    // only to find out whether the callable read it: its gradient has no edge to flow into.
+    // Unlisted members: a frozen layer's clustered weight, detached. One that needs a gradient is a
+    // zero stand-in and a target, only to find out whether the callable read it (then backward
+    // throws: its gradient has no edge to flow into).
     const size_t n_targets = targets.size();
     std::vector<size_t> unlisted_targets;
     std::vector<at::Tensor> unlisted(state->bound.unlisted.size());
     for (size_t u = 0; u < unlisted.size(); ++u) {
-      const at::Tensor& v = state->bound.unlisted[u].value;
-      unlisted[u] = v.detach();
-      if (v.requires_grad()) {
+      const auto& m = state->bound.unlisted[u];
+      unlisted[u] = m.value.detach();
+      if (m.needs_grad) {
         unlisted[u].requires_grad_(true);
         targets.push_back(unlisted[u]);
         unlisted_targets.push_back(u);

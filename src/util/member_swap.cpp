@@ -1,5 +1,6 @@
 #include "util/member_swap.h"
 
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 #include <torch/nn/module.h>
 
@@ -64,7 +65,14 @@ BoundMembers bind_members(std::vector<at::Tensor>& params) {
       out.listed.push_back(MemberBinding{i, m.module, m.member});
       named = true;
     }
-    if (!named) out.unlisted.push_back(UnlistedMember{m.module, m.member, now, m.name});
+    if (named) continue;
+    // A frozen layer's clustered weight is kept for the recompute. One that needs a gradient is
+    // an error if the recompute reads it: a one-element stand-in of its shape finds that out
+    // without keeping every other layer's clustered weight alive (and on the device, past an
+    // Offloader) in every checkpoint node until backward.
+    const bool needs_grad = now.requires_grad();
+    at::Tensor kept = needs_grad ? at::zeros({}, now.options()).expand(now.sizes()) : now;
+    out.unlisted.push_back(UnlistedMember{m.module, m.member, std::move(kept), needs_grad, m.name});
   }
   // Bindings in param order (the registry's order is a hash map's).
   std::sort(out.listed.begin(), out.listed.end(),

@@ -55,7 +55,8 @@ struct MemberBinding {
 struct UnlistedMember {
   std::shared_ptr<torch::nn::Module> module;
   at::Tensor* member = nullptr;
-  at::Tensor value;  ///< what the member holds now
+  at::Tensor value;  ///< what the member holds now; a zero stand-in of its shape when needs_grad
+  bool needs_grad = false;
   std::string name;
 };
 
