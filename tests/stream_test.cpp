@@ -246,6 +246,28 @@ TEST(StreamingEngine, VectorisedCpuPathsMatchTheReferencePath) {
   }
 }
 
+// Centroids so far from the weights that every -D/tau overflows fp32: the dense engine's softmax is
+// NaN, and so is the streaming engine's on every path (the zero_threshold floor turned NaN into a
+// plausible zero_threshold * sum(c) before), so the Palettizer's NaN check can see it.
+TEST(StreamingEngine, OverflowedSoftmaxIsNaNOnEveryPathAsInTheDenseEngine) {
+  using kernels::StreamIsa;
+  struct Reset {
+    StreamIsa was = kernels::stream_isa();
+    ~Reset() { kernels::set_stream_isa(was); }
+  } reset;
+  const at::Tensor w = test::llm_like({16, 64}, 3);
+  const at::Tensor c = at::tensor({1e18f, 2e18f}).reshape({1, 2, 1});
+  const DKMOptions o = DKMOptions(1).max_iter(1);
+  EXPECT_TRUE(at::isnan(functional::dkm_cluster(w, c, DKMOptions(o).engine(Engine::kDense)).weight).all().item<bool>());
+  for (auto isa : {StreamIsa::kScalar, StreamIsa::kAvx2, StreamIsa::kAvx512}) {
+    if (isa > kernels::stream_isa_available()) continue;
+    kernels::set_stream_isa(isa);
+    const auto out = functional::dkm_cluster(w, c, DKMOptions(o).engine(Engine::kStreaming));
+    EXPECT_TRUE(at::isnan(out.weight).all().item<bool>()) << kernels::to_string(isa);
+    EXPECT_FALSE(at::isfinite(out.centroids).all().item<bool>()) << kernels::to_string(isa);
+  }
+}
+
 // The vectorised passes' inline exp (kernels/cpu/vec_exp.h) against fp64 exp rounded to fp32, on
 // every 7th float of [ln(FLT_MIN), ln(FLT_MAX)] (about 320 million values, each ISA): within 1 ulp,
 // as SLEEF's u10 exp it replaced (checked the same way here, on a sparser sweep); 0 below the

@@ -93,6 +93,13 @@ EDKM_HOST_DEVICE S stream_distance(const StreamParams& p, const S* x, const S* c
   return dkm_distance<S>(s, j, p.prune_threshold, blocked_row, p.blocked);
 }
 
+/// max(P, zero_threshold) that keeps a NaN P a NaN: an overflowed softmax (centroids ~1e18 away)
+/// must surface as NaN, as in the dense engine, not become a plausible zero_threshold.
+template <class S>
+EDKM_HOST_DEVICE S floor_zt(S prob, S zt) {
+  return prob < zt ? zt : prob;
+}
+
 /// prob[j] = softmax_j(-D_j / tau) (before the zero_threshold floor); returns min_j D_j.
 template <class S, int DIM>
 EDKM_HOST_DEVICE S stream_attention(const StreamParams& p, const S* x, const S* c, bool blocked_row, S* prob) {
@@ -137,7 +144,7 @@ EDKM_HOST_DEVICE void stream_backward_level(const StreamParams& p, const S* x, c
   }
   for (int j = 0; j < K; ++j) {
     const S dbar = (blocked_row && j == 0) ? S(0) : prob[j] * (aux[j] - s) * neg_inv_tau;
-    const S a_over_s = (prob[j] > zt ? prob[j] : zt) * inv_s[j];
+    const S a_over_s = floor_zt(prob[j], zt) * inv_s[j];
     for (int k = 0; k < d; ++k) {
       const S coef = 2 * (x[k] - c[j * d + k]) * dbar;
       if (xbar) xbar[k] += coef + gamma[j * d + k] * a_over_s;
@@ -182,7 +189,7 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
     case StreamPass::kStats: {
       const S dmin = stream_attention<S, DIM>(p, x, ch + p.level * ckd, blocked_row, prob);
       for (int j = 0; j < K; ++j) {
-        const double a = static_cast<double>(prob[j] > zt ? prob[j] : zt);
+        const double a = static_cast<double>(floor_zt(prob[j], zt));
         for (int k = 0; k < d; ++k) sink.add(j * d + k, a * static_cast<double>(x[k]));
         sink.add(ckd + j, a);
       }
@@ -195,7 +202,7 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
       S y[kStreamMaxDim];
       for (int k = 0; k < d; ++k) {
         y[k] = 0;
-        for (int j = 0; j < K; ++j) y[k] += (prob[j] > zt ? prob[j] : zt) * c[ckd + j * d + k];
+        for (int j = 0; j < K; ++j) y[k] += floor_zt(prob[j], zt) * c[ckd + j * d + k];
       }
       stream_store<S>(p, base, d, y, false, live);
       break;
@@ -203,7 +210,7 @@ EDKM_HOST_DEVICE void stream_vector(const StreamParams& p, int64_t g, int64_t i,
     case StreamPass::kGammaLast: {
       stream_attention<S, DIM>(p, x, ch + (T - 1) * ckd, blocked_row, prob);
       for (int j = 0; j < K; ++j) {
-        const double a = static_cast<double>(prob[j] > zt ? prob[j] : zt);
+        const double a = static_cast<double>(floor_zt(prob[j], zt));
         for (int k = 0; k < d; ++k) sink.add(j * d + k, a * static_cast<double>(gy[k]));
       }
       break;

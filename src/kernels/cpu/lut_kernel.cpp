@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/cpu/env_choice.h"
 #include "kernels/lut_math.h"
 
 namespace edkm::kernels {
@@ -44,13 +45,9 @@ LutIsa detect() {
     if (__builtin_cpu_supports("avx512vbmi")) best = LutIsa::kAvx512Vbmi;
   }
 #endif
-  if (const char* cap = std::getenv("EDKM_LUT_ISA")) {
-    LutIsa want = best;
-    if (std::strcmp(cap, "scalar") == 0) want = LutIsa::kScalar;
-    if (std::strcmp(cap, "avx2") == 0) want = LutIsa::kAvx2;
-    if (std::strcmp(cap, "avx512") == 0) want = LutIsa::kAvx512;  // without VBMI
-    best = std::min(best, want);
-  }
+  // avx512: without VBMI.
+  const int cap = env_choice("EDKM_LUT_ISA", {"scalar", "avx2", "avx512"});
+  if (cap >= 0) best = std::min(best, static_cast<LutIsa>(cap));
   return best;
 }
 }  // namespace

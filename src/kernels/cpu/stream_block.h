@@ -237,6 +237,10 @@ inline void block_window(const LevelView& v, const float* x, float w, int& lo, i
 // passes normalise as they read, one rounding as before); dmin = min_j D_j (kDmin: only the
 // statistics pass needs it). Centroid 0 (prune bias, keep-sparsity: `blocked` lanes) as
 // dkm_distance computes it; for j > 0 the plain square.
+// floor_zt (stream_math.h) for 16 lanes: x86 max returns its second operand when either is NaN,
+// so a NaN probability stays NaN.
+inline F16 floor_zt16(F16 prob, F16 zt) { return max16(zt, prob); }
+
 template <int KC, bool kDmin = false>
 inline F16 block_attention(const Scratch& s, F16 X, M16 blocked, const float* c, int lo, int hi, F16* prob,
                            F16* dmin = nullptr) {
@@ -297,7 +301,7 @@ inline void block_backward_level(const StreamParams& p, F16 X, F16 GY, M16 block
     if (j == 0) dbar2 = dbar2 * keep0;  // keep-sparsity: no gradient through the blocked distance
     // -coef = 2 (c_j - x) dbar_j: the partial accumulates -coef, dL/dx adds coef (exact negations).
     const F16 neg_coef = (set16(c[j]) - X) * dbar2;
-    if (xbar) xb = xb + (max16(pj, zt) * set16(gs[j]) - neg_coef);
+    if (xbar) xb = xb + (floor_zt16(pj, zt) * set16(gs[j]) - neg_coef);
     if (acc) acc[j] = fold_add(acc[j], full ? neg_coef : select16(live, neg_coef, zero));
   }
   if (xbar && (lo > 1 || hi < K))  // skipped pairs: A_j / S_j = zero_threshold / S_j
@@ -416,7 +420,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
       const F16 inv = block_attention<KC, true>(s, X, blocked, v.c.data(), lo, hi, prob, &dmin);
       const D16 XD = widen16(X);
       EDKM_POSITIONS(j, lo, hi) {
-        F16 a = max16(prob[j] * inv, zt);
+        F16 a = floor_zt16(prob[j] * inv, zt);
         if (!full) a = select16(live, a, zero);
         acc[j] = fold_mul_add(acc[j], a, XD);
         acc[K + j] = fold_add(acc[K + j], a);
@@ -434,7 +438,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
     case StreamPass::kOutput: {
       const F16 inv = block_attention<KC>(s, X, blocked, v.c.data(), lo, hi, prob);
       F16 y = zero;
-      EDKM_POSITIONS(j, lo, hi) y = fma16(max16(prob[j] * inv, zt), set16(v.cn[j]), y);
+      EDKM_POSITIONS(j, lo, hi) y = fma16(floor_zt16(prob[j] * inv, zt), set16(v.cn[j]), y);
       if (skipped) y = y + set16(static_cast<float>(static_cast<double>(s.zt) * outside(v.pre_cn.data(), lo, hi, K)));
       put_block(p.out, base, idx, count, p.kind, y, false);
       break;
@@ -442,7 +446,7 @@ inline void block_pass(const StreamParams& p, int64_t g, int64_t base, const int
     case StreamPass::kGammaLast: {
       const F16 inv = block_attention<KC>(s, X, blocked, v.c.data(), lo, hi, prob);
       const D16 G = widen16(full ? GY : select16(live, GY, zero));
-      EDKM_POSITIONS(j, lo, hi) acc[j] = fold_mul_add(acc[j], max16(prob[j] * inv, zt), G);
+      EDKM_POSITIONS(j, lo, hi) acc[j] = fold_mul_add(acc[j], floor_zt16(prob[j] * inv, zt), G);
       if (skipped) {
         double sg = 0;
         float gl[kLanes];

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/env_choice.h"
 #include "kernels/cpu/stream_isa.h"
 #include "kernels/stream_math.h"
 
@@ -48,13 +49,8 @@ StreamIsa detect() {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = StreamIsa::kAvx2;
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) best = StreamIsa::kAvx512;
 #endif
-  if (const char* cap = std::getenv("EDKM_STREAM_ISA")) {
-    StreamIsa want = best;
-    if (std::strcmp(cap, "scalar") == 0) want = StreamIsa::kScalar;
-    if (std::strcmp(cap, "avx2") == 0) want = StreamIsa::kAvx2;
-    if (std::strcmp(cap, "avx512") == 0) want = StreamIsa::kAvx512;
-    best = std::min(best, want);
-  }
+  const int cap = env_choice("EDKM_STREAM_ISA", {"scalar", "avx2", "avx512"});
+  if (cap >= 0) best = std::min(best, static_cast<StreamIsa>(cap));
   return best;
 }
 
@@ -65,10 +61,18 @@ std::atomic<int32_t>& chosen() {
 
 std::atomic<int32_t>& skipping() {
   static std::atomic<int32_t> mode{[] {
-    const char* env = std::getenv("EDKM_STREAM_SKIP");
     StreamSkip m = StreamSkip::kAuto;
-    if (env && (std::strcmp(env, "0") == 0 || std::strcmp(env, "off") == 0)) m = StreamSkip::kOff;
-    if (env && std::strcmp(env, "always") == 0) m = StreamSkip::kAlways;
+    switch (env_choice("EDKM_STREAM_SKIP", {"0", "off", "auto", "always"})) {
+      case 0:
+      case 1:
+        m = StreamSkip::kOff;
+        break;
+      case 3:
+        m = StreamSkip::kAlways;
+        break;
+      default:
+        break;
+    }
     return static_cast<int32_t>(m);
   }()};
   return mode;
