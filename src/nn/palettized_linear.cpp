@@ -256,8 +256,11 @@ at::Tensor lut_linear_input_grad(const at::Tensor& dy, const PackedWeight& w) {
   return dx;
 }
 
-struct PackedWeightHolder : torch::CustomClassHolder {
+// What backward needs: the packed weight (tensor handles, no copy) and the inputs' shapes and dtypes.
+struct LutLinearSaved : torch::CustomClassHolder {
   PackedWeight w;
+  std::vector<int64_t> x_shape, bias_shape;
+  at::ScalarType x_dtype = at::kFloat, bias_dtype = at::kFloat;
 };
 
 // The packed weight is fixed (a LUT and indices have no gradient); x and the bias get theirs, so a
@@ -265,31 +268,24 @@ struct PackedWeightHolder : torch::CustomClassHolder {
 struct LutLinearFunction : public torch::autograd::Function<LutLinearFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& bias,
                             const PackedWeight& w) {
-    auto holder = c10::make_intrusive<PackedWeightHolder>();
-    holder->w = w;
-    ctx->saved_data["w"] = c10::IValue::make_capsule(std::move(holder));
-    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
-    ctx->saved_data["x_shape"] = x.sizes().vec();
-    ctx->saved_data["bias_dtype"] = bias.defined() ? static_cast<int64_t>(bias.scalar_type()) : int64_t{-1};
-    ctx->saved_data["bias_shape"] = bias.defined() ? bias.sizes().vec() : std::vector<int64_t>{};
+    auto saved = c10::make_intrusive<LutLinearSaved>();
+    saved->w = w;
+    saved->x_shape = x.sizes().vec();
+    saved->x_dtype = x.scalar_type();
+    if (bias.defined()) {
+      saved->bias_shape = bias.sizes().vec();
+      saved->bias_dtype = bias.scalar_type();
+    }
+    ctx->saved_data["saved"] = c10::IValue::make_capsule(std::move(saved));
     return lut_linear_impl(x, w, bias);
   }
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    const auto holder = c10::static_intrusive_pointer_cast<PackedWeightHolder>(ctx->saved_data["w"].toCapsule());
-    const PackedWeight& w = holder->w;
-    const at::Tensor dy = grads[0].reshape({-1, w.out_features}).to(at::kFloat).contiguous();
+    const auto s = c10::static_intrusive_pointer_cast<LutLinearSaved>(ctx->saved_data["saved"].toCapsule());
+    const at::Tensor dy = grads[0].reshape({-1, s->w.out_features}).to(at::kFloat).contiguous();
     torch::autograd::variable_list out(3);
-    if (ctx->needs_input_grad(0)) {
-      out[0] = lut_linear_input_grad(dy, w)
-                   .reshape(ctx->saved_data["x_shape"].toIntVector())
-                   .to(static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()));
-    }
-    if (ctx->needs_input_grad(1)) {
-      out[1] = dy.sum(0)
-                   .reshape(ctx->saved_data["bias_shape"].toIntVector())
-                   .to(static_cast<at::ScalarType>(ctx->saved_data["bias_dtype"].toInt()));
-    }
+    if (ctx->needs_input_grad(0)) out[0] = lut_linear_input_grad(dy, s->w).reshape(s->x_shape).to(s->x_dtype);
+    if (ctx->needs_input_grad(1)) out[1] = dy.sum(0).reshape(s->bias_shape).to(s->bias_dtype);
     return out;
   }
 };
