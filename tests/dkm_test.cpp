@@ -191,6 +191,36 @@ TEST(DKMDense, LowPrecisionWeights) {
   }
 }
 
+// The centroid update sums a group's n weights: in fp32 it must not drift with n. With bmm (a
+// running fp32 sum, as coremltools' matmul) the fp32 centroids were 2.5e-4 off fp64 at n = 262,144
+// and the soft weights 2e-4 (8e-3 at 16.8M weights); summed in a tree, ~1e-7. Every engine here
+// against the fp64 dense engine: dense and streaming on fp32 weights, the table on bf16 ones.
+TEST(DKMDense, Fp32CentroidSumsDoNotDriftOnLargeGroups) {
+  auto w = at::randn({512, 512}, at::TensorOptions().dtype(at::kFloat)) * 0.02;
+  const auto o = DKMOptions(3).epsilon(0).max_iter(3);
+  const auto c = functional::init_centroids(w, o);
+  auto run = [&](const at::Tensor& weight, Engine e) {
+    auto wr = weight.clone().requires_grad_(true);
+    auto out =
+        functional::dkm_cluster(wr, e == Engine::kDense && weight.scalar_type() == at::kDouble ? c.to(at::kDouble) : c,
+                                DKMOptions(o).engine(e));
+    (out.weight.to(at::kDouble) * at::cos(at::arange(w.numel(), at::kDouble).view(w.sizes()))).sum().backward();
+    return std::make_tuple(out.weight.detach(), out.centroids, wr.grad());
+  };
+  for (const auto dt : {at::kFloat, at::kBFloat16}) {
+    const at::Tensor wd = w.to(dt);
+    const auto [w64, c64, g64] = run(wd.to(at::kDouble), Engine::kDense);
+    for (const Engine e : {Engine::kDense, Engine::kStreaming, Engine::kTable}) {
+      if (dt == at::kFloat && e == Engine::kTable) continue;  // clusters fp32 weights' bf16 rounding
+      const auto [ws, cs, gs] = run(wd, e);
+      const double tol = dt == at::kFloat ? 1e-6 : 1e-2;  // W_soft comes back in bf16
+      EXPECT_LT(max_rel(cs, c64), 1e-6) << to_string(e) << " " << dt;
+      EXPECT_LT(max_rel(ws, w64), tol) << to_string(e) << " " << dt;
+      EXPECT_LT(max_rel(gs, g64), dt == at::kFloat ? 1e-5 : 1e-2) << to_string(e) << " " << dt;
+    }
+  }
+}
+
 TEST(DKMDense, CudaMatchesCpu) {
   EDKM_SKIP_WITHOUT_GPU();
   auto w = llm_like({64, 48}, 8);

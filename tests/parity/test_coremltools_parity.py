@@ -12,11 +12,14 @@ relative to the max-abs of the reference.
   non-zero weight to the zero centroid, as the soft assignment both implement never does, while
   coremltools' hard assignment lacks that branch and prunes such weights; those positions are
   counted and must be exactly the non-zero weights coremltools sends to 0, ours going elsewhere.
-- fp32: forward and centroids agree to 1e-5; the weight gradient agrees to 1e-5 wherever the
-  reference's own fp32 gradient is within 1e-5 of its fp64 gradient. At tau = 1e-4 the gradient
-  is ill-conditioned (1/tau multiplies rounding errors) and the fp32 reference itself can be
-  3e-5 off its fp64 value; there, ours must be at least as close to the fp64 reference as the
-  fp32 reference is (within 25%).
+- fp32: forward and centroids agree to 1e-5, unless the reference's own fp32 values are more than
+  1e-5 off its fp64 values; there, ours must be within 1e-5 of the fp64 reference. That happens on
+  large groups: coremltools sums the centroid update sum_n A[n, k] w[n] with a matmul, whose fp32
+  running sum drifts with n (per_tensor_3bit_262k: its centroids ~2e-4 off fp64; edkm adds in a
+  tree). The weight gradient agrees to 1e-5 wherever the reference's own fp32 gradient is within
+  1e-5 of its fp64 gradient. At tau = 1e-4 the gradient is ill-conditioned (1/tau multiplies
+  rounding errors) and the fp32 reference itself can be 3e-5 off its fp64 value; there, ours must
+  be at least as close to the fp64 reference as the fp32 reference is (within 25%).
 Exit code 77 (ctest: skipped) when coremltools cannot be imported.
 """
 import argparse
@@ -150,13 +153,16 @@ def run_case(cli, work, name, case, seed):
     hard_ok = bool((differ == (pruned_by_ref if keep_sparsity else torch.zeros_like(differ))).all())
     if keep_sparsity:
         hard_ok = hard_ok and bool(((w.double() != 0) <= (ours_h != 0)).all())  # sparsity exact: only zeros at 0
-    floor = rel(r32[1], r64[1])          # the reference's own fp32 gradient error
-    ours_vs_exact = rel(o32[1], r64[1])  # ours, against the fp64 reference
-    grad_ok = e32[1] <= TOL or (floor > TOL and ours_vs_exact <= 1.25 * floor)
-    ok = all(e <= 1e-9 for e in e64) and e32[0] <= TOL and e32[2] <= TOL and grad_ok and hard_ok
+    # fp32 against the fp64 reference: [forward, gradient, centroids], ours and the reference's own
+    ours_exact = [rel(o, r) for o, r in zip(o32[:3], r64[:3])]
+    ref_exact = [rel(o, r) for o, r in zip(r32[:3], r64[:3])]
+    value_ok = [e32[i] <= TOL or (ref_exact[i] > TOL and ours_exact[i] <= TOL) for i in (0, 2)]
+    grad_ok = e32[1] <= TOL or (ref_exact[1] > TOL and ours_exact[1] <= 1.25 * ref_exact[1])
+    ok = all(e <= 1e-9 for e in e64) and all(value_ok) and grad_ok and hard_ok
     print(f"{'PASS' if ok else 'FAIL'} {name:30s} fp64: fwd {e64[0]:.1e} grad {e64[1]:.1e} cent {e64[2]:.1e} | "
-          f"fp32: fwd {e32[0]:.1e} grad {e32[1]:.1e} cent {e32[2]:.1e} | fp32 grad vs fp64 ref: "
-          f"ours {ours_vs_exact:.1e}, coremltools {floor:.1e} | finalize: {int(differ.sum())} of {differ.numel()} "
+          f"fp32: fwd {e32[0]:.1e} grad {e32[1]:.1e} cent {e32[2]:.1e} | fp32 vs fp64 ref (fwd, grad, cent): "
+          f"ours {ours_exact[0]:.1e} {ours_exact[1]:.1e} {ours_exact[2]:.1e}, coremltools {ref_exact[0]:.1e} "
+          f"{ref_exact[1]:.1e} {ref_exact[2]:.1e} | finalize: {int(differ.sum())} of {differ.numel()} "
           f"differ" + (f" (all non-zero weights coremltools prunes)" if keep_sparsity else ""))
     return ok
 
@@ -166,6 +172,7 @@ CASES = {
     "per_tensor_4bit_default": {"shape": [96, 40], "bits": 4},
     "per_tensor_2bit_no_early_stop": {"shape": [48, 32], "bits": 2, "epsilon": 0.0, "max_iter": 5},
     "per_tensor_1bit": {"shape": [32, 32], "bits": 1},
+    "per_tensor_3bit_262k": {"shape": [512, 512], "bits": 3, "epsilon": 0.0},
     "heavy_tailed_3bit": {"shape": [64, 64], "bits": 3, "heavy_tail": True},
     "grouped_3bit_g16": {"shape": [64, 32], "bits": 3, "group_size": 16},
     "grouped_2bit_g8_early_stop": {"shape": [32, 40], "bits": 2, "group_size": 8, "max_iter": 10},

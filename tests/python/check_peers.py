@@ -7,7 +7,7 @@ coremltools computes.
 Runs benchmarks/peers/run_peers.py on q_proj / 64 (64x64); checks that every edkm row and
 coremltools' default row were measured, that coremltools' eDKM options are either measured or
 reported with a reason, that in fp32 edkm's dense W_soft agrees with coremltools' within 1e-5
-(the parity test's tolerance), and that the Markdown and SVG were written (the SVG parses).
+(the parity test's tolerance) and with coremltools' fp64 result within 1e-6 (dL/dW 1e-5), and that the Markdown and SVG were written (the SVG parses).
 Exit code 77 (ctest: skipped) when coremltools or safetensors cannot be imported.
 """
 import json
@@ -54,6 +54,11 @@ def main():
     fp32 = [r for r in rows if r["side"] == "edkm" and r["dtype"] == "fp32"]
     check(len(fp32) == 1 and fp32[0]["agreement_soft"] <= 1e-5,
           f"fp32 dense W_soft within 1e-5 of coremltools ({fp32[0]['agreement_soft'] if fp32 else None})")
+    ref32 = [r for r in rows if r["side"] == "coremltools" and r["dtype"] == "fp32"]
+    check(len(fp32) == 1 and fp32[0].get("exact_soft", 1) <= 1e-6 and fp32[0].get("exact_dweight", 1) <= 1e-5
+          and len(ref32) == 1 and "exact_soft" in ref32[0],
+          f"fp32 rows compared with coremltools in fp64: dense W_soft {fp32[0].get('exact_soft') if fp32 else None}, "
+          f"dL/dW {fp32[0].get('exact_dweight') if fp32 else None}")
     check(all(r["step_peak_bytes"] >= 0 and r["step_seconds"] > 0 for r in rows if r["runnable"]),
           "every measured row has a step peak and a time")
     check("| edkm | table |" in open(out + ".md").read(), "Markdown written")
