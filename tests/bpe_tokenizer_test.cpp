@@ -338,7 +338,24 @@ TEST(BpeTokenizer, RejectsHostileTokenizerJson) {
   bad([](json& j) { j["model"]["vocab"] = "many"; }, {path, "no vocab"});
   bad([](json& j) { j["model"]["vocab"]["zz"] = "one"; }, {path, "'zz'", "not an integer"});
   edkm::write_text_file(path, "{\"model\": ");
-  edkm::test::expect_error([&] { edkm::BpeTokenizer::from_tokenizer_json(path); }, {path, "not a JSON object"});
+  edkm::test::expect_error([&] { edkm::BpeTokenizer::from_tokenizer_json(path); },
+                           {path, "not valid JSON", "unexpected end of input"});
+  // 100,000 nested pre-tokenizer Sequences: refused while parsing (copying such a value overflowed
+  // the stack: a crash, not an error).
+  std::string deep;
+  for (int i = 0; i < 100000; ++i) deep += "{\"type\": \"Sequence\", \"pretokenizers\": [";
+  deep += "{\"type\": \"ByteLevel\"}";
+  for (int i = 0; i < 100000; ++i) deep += "]}";
+  std::string text = tokenizer_json(v, false, byte_level()).dump();
+  const std::string key = "\"pre_tokenizer\":";
+  text.insert(text.find(key) + key.size(), deep + ", \"unused\":");
+  edkm::write_text_file(path, text);
+  edkm::test::expect_error([&] { edkm::BpeTokenizer::from_tokenizer_json(path); }, {path, "nested deeper than 64"});
+  // tokenizer_config.json's special tokens: a string or {"content": ...}, named in its file.
+  edkm::write_text_file(path, tokenizer_json(v, false, byte_level()).dump());
+  edkm::write_text_file(dir.path("tokenizer_config.json"), "{\"bos_token\": 5}");
+  edkm::test::expect_error([&] { edkm::BpeTokenizer::from_tokenizer_json(path); },
+                           {dir.path("tokenizer_config.json"), "bos_token is 5", "neither a string"});
   edkm::test::expect_error([&] { edkm::BpeTokenizer::from_tokenizer_json(dir.path("none.json")); }, {"none.json"});
 }
 

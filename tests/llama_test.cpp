@@ -385,6 +385,8 @@ TEST(LlamaIO, RejectsMalformedCheckpoints) {
   // Bad config: not JSON, missing key, wrong type, unsupported model, bad heads.
   write(d + "/config.json", "{\"hidden_size\": 32,");
   expect_error([&] { edkm::load_hf_llama(d); }, {"config.json", "not valid JSON"});
+  write(d + "/config.json", "{\"rope_scaling\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  expect_error([&] { edkm::load_hf_llama(d); }, {"config.json", "nested deeper than 64"});
   write(d + "/config.json",
         R"({"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4, "vocab_size": 50})");
   expect_error([&] { edkm::load_hf_llama(d); }, {"num_hidden_layers", "missing"});

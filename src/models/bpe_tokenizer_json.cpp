@@ -10,6 +10,7 @@
 #include "edkm/io/file_io.h"
 #include "edkm/models/tokenizer.h"
 #include "models/bpe_spec.h"
+#include "util/json_parse.h"
 
 namespace edkm {
 namespace {
@@ -89,7 +90,9 @@ int64_t special_id(const json& config, const char* key, const std::vector<std::s
                    const std::vector<bool>& present, const std::string& path) {
   if (!config.contains(key) || config[key].is_null()) return -1;
   const auto& v = config[key];
-  const std::string text = v.is_string() ? v.get<std::string>() : v.at("content").get<std::string>();
+  TORCH_CHECK(v.is_string() || (v.is_object() && v.contains("content") && v["content"].is_string()), path, ": ", key,
+              " is ", v.dump(), ", neither a string nor {\"content\": \"...\"}");
+  const std::string text = v.is_string() ? v.get<std::string>() : v["content"].get<std::string>();
   for (size_t id = 0; id < tokens.size(); ++id) {
     if (present[id] && tokens[id] == text) return static_cast<int64_t>(id);
   }
@@ -97,9 +100,8 @@ int64_t special_id(const json& config, const char* key, const std::vector<std::s
 }
 
 detail::BpeSpec spec_of_json(const std::string& path) {
-  const std::string text = read_text_file(path);
-  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  TORCH_CHECK(!j.is_discarded() && j.is_object(), path, ": not a JSON object (not a tokenizer.json)");
+  const json j = detail::parse_json_bounded(read_text_file(path), path);
+  TORCH_CHECK(j.is_object(), path, ": not a JSON object (not a tokenizer.json)");
   detail::BpeSpec s;
   s.source = path;
   s.kind = "tokenizer.json";
@@ -219,8 +221,8 @@ detail::BpeSpec spec_of_json(const std::string& path) {
   } catch (const c10::Error&) {
     return s;  // none: no BOS / EOS
   }
-  const json config = json::parse(config_text, nullptr, false);
-  TORCH_CHECK(!config.is_discarded() && config.is_object(), config_path, ": not a JSON object");
+  const json config = detail::parse_json_bounded(config_text, config_path);
+  TORCH_CHECK(config.is_object(), config_path, ": not a JSON object");
   s.bos_id = special_id(config, "bos_token", s.tokens, s.present, config_path);
   s.eos_id = special_id(config, "eos_token", s.tokens, s.present, config_path);
   return s;

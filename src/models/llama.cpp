@@ -26,6 +26,7 @@
 
 #include "edkm/nn/activation_checkpoint.h"
 #include "edkm/nn/glu.h"
+#include "util/json_parse.h"
 
 namespace edkm {
 
@@ -161,12 +162,7 @@ void parse_rope(const json& j, LlamaConfig& c) {
 }  // namespace
 
 LlamaConfig LlamaConfig::from_json(const std::string& text) {
-  json j;
-  try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    TORCH_CHECK(false, "config.json is not valid JSON: ", e.what());
-  }
+  const json j = detail::parse_json_bounded(text, "config.json");
   TORCH_CHECK(j.is_object(), "config.json must hold a JSON object");
   const auto type = get_or<std::string>(j, "model_type", "llama");
   TORCH_CHECK(type == "llama", "config.json: model_type '", type, "' is not supported (expected llama)");

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "io/torch_io.h"
+#include "util/json_parse.h"
 
 namespace edkm {
 
@@ -41,12 +42,7 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
   const std::string single = dir + "/model.safetensors", index = dir + "/model.safetensors.index.json";
   std::map<std::string, std::string> out;
   if (is_file(index)) {
-    json j;
-    try {
-      j = json::parse(read_text_file(index));
-    } catch (const json::exception& e) {
-      TORCH_CHECK(false, index, " is not valid JSON: ", e.what());
-    }
+    const json j = detail::parse_json_bounded(read_text_file(index), index);
     TORCH_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index,
                 ": expected an object with a \"weight_map\" object");
     for (const auto& [name, file] : j["weight_map"].items()) {

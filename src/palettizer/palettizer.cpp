@@ -22,6 +22,7 @@
 #include "io/safetensors_core.h"
 #include "io/torch_io.h"
 #include "util/format.h"
+#include "util/json_parse.h"
 #include "util/member_swap.h"
 #include "util/module_state.h"
 
@@ -238,7 +239,7 @@ void PalettizerStateImpl::load(torch::serialize::InputArchive& archive) {
               "torch::save(palettizer.state(), path))");
   json saved;
   try {
-    saved = json::parse(meta.toStringRef()).at("layers");
+    saved = detail::parse_json_bounded(meta.toStringRef(), "edkm: the Palettizer state's layer list").at("layers");
   } catch (const json::exception& e) {
     TORCH_CHECK(false, "edkm: the Palettizer state's layer list is malformed (", e.what(), ")");
   }
