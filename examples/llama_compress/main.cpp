@@ -230,7 +230,8 @@ int main(int argc, char** argv) try {
   app.add_option("--pretrain-lr", pretrain_lr)->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--weight-decay", weight_decay)->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--optimizer", optimizer,
-                 "adamw (8 B state/param) | adamw-bf16 (bf16 moments, 4 B/param) | sgd (no state)")
+                 "adamw (LibTorch's: moments in the weights' dtype, 8 B state/param in fp32) | adamw-bf16 (bf16 "
+                 "moments with stochastic rounding, 4 B/param; the default with --dtype bf16) | sgd (no state)")
       ->check(CLI::IsMember({"adamw", "adamw-bf16", "sgd"}))
       ->capture_default_str();
   app.add_option("--eval-tokens", eval_tokens, "tokens evaluated per held-out text (0: all)")->capture_default_str();
@@ -348,6 +349,17 @@ int main(int argc, char** argv) try {
   const auto t_start = Clock::now();
   at::manual_seed(seed);
   const at::ScalarType dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
+  // LibTorch's AdamW keeps its moments in the weights' dtype, rounded to nearest: in bf16 beta2's
+  // 0.1% decay per step is under half an ulp, so the second moment never decays (edkm/optim/adamw_bf16.h).
+  if (dtype == at::kBFloat16 && optimizer == "adamw") {
+    if (app.count("--optimizer") == 0) {
+      optimizer = "adamw-bf16";
+    } else {
+      std::cerr << "edkm_llama_compress: warning: --optimizer adamw with --dtype bf16 keeps LibTorch's AdamW moments "
+                   "in bf16 rounded to nearest, where the second moment cannot decay (beta2 moves it by less than "
+                   "half a bf16 ulp per step); --optimizer adamw-bf16 rounds them stochastically\n";
+    }
+  }
   const c10::Device device(device_name == "cuda" ? c10::kCUDA : c10::kCPU);
   // Every output directory, before any long work: it must be (or become) a directory we can write.
   for (const auto& [flag, dir] : {std::pair<const char*, std::string>{"--out", out_dir},

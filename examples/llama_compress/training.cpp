@@ -20,7 +20,7 @@ namespace llama_compress {
 Optimizer::Optimizer(const std::string& kind, const std::vector<at::Tensor>& params, double lr, double wd) {
   if (kind == "adamw") {
     torch_opt = std::make_unique<torch::optim::AdamW>(params, torch::optim::AdamWOptions(lr).weight_decay(wd));
-    state_bytes_per_param = 8;
+    state_bytes_per_param = params.empty() ? 8 : 2 * static_cast<int>(params[0].element_size());  // in p's dtype
   } else if (kind == "sgd") {
     torch_opt = std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(lr));
   } else {
