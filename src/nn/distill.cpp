@@ -29,8 +29,11 @@ at::Tensor distillation_kl_loss(const at::Tensor& student_logits, const at::Tens
               "edkm: distillation_kl_loss: logits must be floating point");
   const int64_t rows = student_logits.size(-1) ? student_logits.numel() / student_logits.size(-1) : 0;
   TORCH_CHECK(rows > 0, "edkm: distillation_kl_loss: logits are empty");
-  const at::Tensor log_p = at::log_softmax(teacher_logits.detach() / temperature, -1);
-  const at::Tensor log_q = at::log_softmax(student_logits / temperature, -1);
+  // 16-bit logits are upcast first: log-probabilities rounded to bf16 made the KL of close
+  // distributions 5% off and its gradient 20% (cosine 0.94 to fp64), 49,152 classes, T = 2.
+  const auto ct = at::promote_types(student_logits.scalar_type(), at::kFloat);
+  const at::Tensor log_p = at::log_softmax(teacher_logits.detach().to(ct) / temperature, -1);
+  const at::Tensor log_q = at::log_softmax(student_logits.to(ct) / temperature, -1);
   // A class the teacher gives probability 0 (a logit of -inf: a masked vocabulary entry) adds 0,
   // as 0 log 0 = 0 in at::kl_div; the plain product would be 0 * inf = NaN.
   const at::Tensor terms = at::where(log_p > -std::numeric_limits<double>::infinity(), log_p.exp() * (log_p - log_q),
@@ -43,7 +46,8 @@ at::Tensor hidden_state_mse_loss(const at::Tensor& student_hidden, const at::Ten
               "edkm: hidden_state_mse_loss: hidden states must be defined");
   TORCH_CHECK(student_hidden.sizes() == teacher_hidden.sizes(), "edkm: hidden_state_mse_loss: student hidden ",
               student_hidden.sizes(), " and teacher hidden ", teacher_hidden.sizes(), " must have one shape");
-  return at::mse_loss(student_hidden, teacher_hidden.detach());
+  const auto ct = at::promote_types(student_hidden.scalar_type(), at::kFloat);  // 16-bit: in fp32, as the KL
+  return at::mse_loss(student_hidden.to(ct), teacher_hidden.detach().to(ct));
 }
 
 }  // namespace functional

@@ -19,14 +19,16 @@ namespace functional {
 /// T^2 * KL(softmax(teacher / T) || softmax(student / T)) over the last dim (classes), summed
 /// over classes and averaged over the rows (all other dims): PyTorch's kl_div "batchmean" on
 /// log-probabilities, times T^2 so gradient magnitudes do not shrink with T. The teacher's
-/// logits are treated as constants (no gradient flows to them).
+/// logits are treated as constants (no gradient flows to them). 16-bit logits are computed in
+/// fp32 (the loss is fp32; the gradient reaches them in their dtype).
 ///
 /// Example:
 ///   auto loss = edkm::functional::distillation_kl_loss(student_logits, teacher_logits, 2.0);
 EDKM_API at::Tensor distillation_kl_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
                                          double temperature = 1.0);
 
-/// Mean squared error between hidden states of the same shape (teacher treated as constant).
+/// Mean squared error between hidden states of the same shape (teacher treated as constant;
+/// 16-bit states in fp32).
 EDKM_API at::Tensor hidden_state_mse_loss(const at::Tensor& student_hidden, const at::Tensor& teacher_hidden);
 
 }  // namespace functional
