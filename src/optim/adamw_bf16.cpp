@@ -1,11 +1,9 @@
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <torch/serialize/archive.h>
 
-#include <ATen/Parallel.h>
-
 #include <cmath>
-#include <cstring>
 
 #include "edkm/optim/adamw_bf16.h"
 
@@ -96,9 +94,7 @@ void check_options(const AdamWBf16Options& o) {
   TORCH_CHECK(0 <= b2 && b2 < 1, "edkm::optim::AdamWBf16: betas[1] must be in [0, 1), got ", b2);
   TORCH_CHECK(o.weight_decay() >= 0, "edkm::optim::AdamWBf16: weight_decay must be >= 0, got ", o.weight_decay());
 }
-}  // namespace
 
-namespace {
 // x (fp32) rounded stochastically into `out` (bf16, x's shape): the loop writes a contiguous CPU
 // `out` in place (no temporary: the optimizer's moments are rounded straight into their state).
 void round_into(const at::Tensor& x, uint64_t seed, int64_t offset, const at::Tensor& out) {
