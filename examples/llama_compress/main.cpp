@@ -578,9 +578,10 @@ int main(int argc, char** argv) try {
         dkm_options(embedding_bits).milestone(embedding_dkm ? milestone : std::numeric_limits<int64_t>::max());
     head_options->granularity(edkm::Granularity::kPerTensor).group_size(0);
   }
-  const auto pal_options = edkm::PalettizerOptions(dkm_options(bits))
-                               .module_type("Embedding", head_options)
-                               .module_name("lm_head", head_options);
+  auto pal_options = edkm::PalettizerOptions(dkm_options(bits)).module_type("Embedding", head_options);
+  // An untied head takes the embedding's options; a tied one is the embedding (no lm_head module,
+  // and a pattern matching nothing would warn).
+  if (!config.tie_word_embeddings()) pal_options.module_name("lm_head", head_options);
   auto select_layers = [&](edkm::LlamaForCausalLM& m) {
     std::vector<Layer> out;
     for (const auto& item : m->named_modules("", false)) {
