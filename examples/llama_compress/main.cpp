@@ -152,6 +152,7 @@ int main(int argc, char** argv) try {
   double lr = 1e-3, pretrain_lr = 3e-3, weight_decay = 0.0, distill_temperature = 2.0, distill_alpha = 0.5;
   double distill_hidden = 0.0, tau = 1e-4;
   bool offload = false, checkpoint_activations = false, distill = false, skip_baselines = false, embedding_dkm = false;
+  bool keep_host_memory = false;
   bool resume = false, baselines_only = false;
   int64_t offload_min_bytes = 1 << 16;
   uint64_t seed = 0;
@@ -285,6 +286,10 @@ int main(int argc, char** argv) try {
                  "CPU threads (default: 1 for the tiny preset, whose small matrices gain little from more and lose "
                  "much on a loaded machine; else LibTorch's default; 0: that default)")
       ->check(CLI::NonNegativeNumber);
+  app.add_flag("--keep-host-memory", keep_host_memory,
+               "keep freed host memory for the next step (glibc mallopt): a CPU step runs faster, page faults "
+               "avoided, and the process holds more resident memory (SmolLM2, batch 4 x 256: 15.0 instead of "
+               "18.9-23.5 s per step, peak RSS 7.8 instead of 5.4 GB)");
   CLI11_PARSE(app, argc, argv);
   std::cout << std::unitbuf;  // progress lines reach a log file as they happen
 
@@ -345,6 +350,7 @@ int main(int argc, char** argv) try {
   }
   if (threads < 0 && model_dir.empty() && preset == "tiny") threads = 1;
   edkm::examples::set_threads(threads);
+  if (keep_host_memory) edkm::examples::keep_freed_host_memory();
   edkm::MemoryMeter whole_run;
   const auto t_start = Clock::now();
   at::manual_seed(seed);
