@@ -95,12 +95,9 @@ void check_options(const AdamWBf16Options& o) {
   TORCH_CHECK(o.weight_decay() >= 0, "edkm::optim::AdamWBf16: weight_decay must be >= 0, got ", o.weight_decay());
 }
 
-// x (fp32) rounded stochastically into `out` (bf16, x's shape): the loop writes a contiguous CPU
+// x (fp32, checked by the caller) rounded stochastically into `out` (bf16, x's shape): the loop writes a contiguous CPU
 // `out` in place (no temporary: the optimizer's moments are rounded straight into their state).
 void round_into(const at::Tensor& x, uint64_t seed, int64_t offset, const at::Tensor& out) {
-  TORCH_CHECK(x.defined() && x.scalar_type() == at::kFloat, "edkm::optim::to_bf16_stochastic: x must be fp32, got ",
-              x.defined() ? c10::toString(x.scalar_type()) : "an undefined tensor");
-  TORCH_CHECK(offset >= 0, "edkm::optim::to_bf16_stochastic: offset must be >= 0, got ", offset);
   const uint32_t s = seed32(seed);
   const int64_t n = x.numel();
   if (x.is_cpu() && x.is_contiguous() && out.is_contiguous()) {
@@ -130,8 +127,10 @@ void round_into(const at::Tensor& x, uint64_t seed, int64_t offset, const at::Te
 }  // namespace
 
 at::Tensor to_bf16_stochastic(const at::Tensor& x, uint64_t seed, int64_t offset) {
-  at::Tensor out = at::empty(x.defined() ? x.sizes() : at::IntArrayRef{0},
-                             x.defined() ? x.options().dtype(at::kBFloat16) : at::TensorOptions(at::kBFloat16));
+  TORCH_CHECK(x.defined() && x.scalar_type() == at::kFloat, "edkm::optim::to_bf16_stochastic: x must be fp32, got ",
+              x.defined() ? c10::toString(x.scalar_type()) : "an undefined tensor");
+  TORCH_CHECK(offset >= 0, "edkm::optim::to_bf16_stochastic: offset must be >= 0, got ", offset);
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
   round_into(x, seed, offset, out);
   return out;
 }
