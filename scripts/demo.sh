@@ -25,5 +25,5 @@ out="${EDKM_DEMO_OUT:-demo_out}"
 exec "$build/examples/edkm_llama_compress" --model "$gguf" --bits 4 --group-size 16 --dkm-iters 1 \
   --steps 5 --batch 4 --seq-len 256 --lr 3e-4 --checkpoint-activations \
   --baselines uncompressed,rtn-g128,kmeans,gptq --baseline-bits 4 --calibration-tokens 4096 \
-  --eval-tokens 4096 --eval-seq-len 512 --generate 24 --threads "${EDKM_DEMO_THREADS:-2}" --keep-host-memory \
+  --eval-tokens 4096 --eval-seq-len 512 --generate 24 --threads "${EDKM_DEMO_THREADS:-2}" \
   --out "$out" --save-hf-compressed "$out/hf" "$@"

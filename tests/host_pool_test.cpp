@@ -221,6 +221,99 @@ TEST(HostMemoryPool, FallsBackToPageableMemoryWhenPinningFails) {
   EXPECT_EQ(freed_locked, locked);
 }
 
+// peak_bound: what the pool holds stays within a factor of the most it had in use; a miss first
+// returns the least recently released blocks; a repeating pattern is all hits after its first
+// round when the bound leaves room for its temporaries, and misses every round at 1.
+TEST(HostMemoryPool, BoundByPeakEvictsTheOldestBeforeAMiss) {
+  constexpr size_t MiB = size_t{1} << 20;
+  HostMemoryPool pool(HostMemoryPoolOptions().pinned(false).peak_bound(1));
+  auto a = pool.allocate(2 * MiB);
+  auto b = pool.allocate(4 * MiB);
+  void* pa = a.data();
+  a.release();  // released first: the oldest
+  b.release();
+  auto s = pool.stats();
+  EXPECT_EQ(s.cached_bytes, static_cast<int64_t>(6 * MiB));
+  EXPECT_EQ(s.peak_in_use_bytes, static_cast<int64_t>(6 * MiB));
+  // A 3 MiB miss: in use 3 MiB + cached may not pass 6 MiB, so 3 MiB of cache must go; the 2 MiB
+  // block is the oldest, then the 4 MiB one.
+  auto c = pool.allocate(3 * MiB);
+  s = pool.stats();
+  EXPECT_EQ(s.evictions, 2);
+  EXPECT_EQ(s.cached_bytes, 0);
+  EXPECT_EQ(s.reserved_bytes, static_cast<int64_t>(3 * MiB));
+  c.release();
+  // Within the peak nothing is evicted: 3 MiB cached + a 2 MiB miss = 5 MiB <= 6 MiB.
+  auto d = pool.allocate(2 * MiB);
+  s = pool.stats();
+  EXPECT_EQ(s.evictions, 2);
+  EXPECT_EQ(s.cached_bytes, static_cast<int64_t>(3 * MiB));
+  // Only 1 MiB left under the peak: the 3 MiB block goes.
+  auto e = pool.allocate(4 * MiB - 1);
+  s = pool.stats();
+  EXPECT_EQ(s.evictions, 3);
+  EXPECT_EQ(s.reserved_bytes, static_cast<int64_t>(6 * MiB));
+  (void)pa;
+  d.release();
+  e.release();
+
+  // empty_cache restarts the peak: afterwards a 1 MiB in-use pattern caches no more than 1 MiB.
+  pool.empty_cache();
+  auto f = pool.allocate(MiB);
+  f.release();
+  auto g = pool.allocate(2 * MiB);  // miss above the new peak: the cached 1 MiB block goes
+  s = pool.stats();
+  EXPECT_EQ(s.cached_bytes, 0);
+  EXPECT_EQ(s.reserved_bytes, static_cast<int64_t>(2 * MiB));
+}
+
+// One step (MiB, each its own size class): 3 5 3, free the first 3, 8 2 5; the peak in use is 23
+// MiB, but reusing blocks by size class needs both 3 MiB blocks besides 5 8 2 5: 26 MiB (glibc would
+// hand the freed 3 MiB to the 8).
+std::pair<int64_t, int64_t> run_steps(HostMemoryPool& pool) {
+  const std::vector<size_t> sizes = {3 << 20, 5 << 20, 3 << 20, 8 << 20, 2 << 20, 5 << 20};
+  int64_t max_reserved = 0, steady_misses = 0;
+  for (int step = 0; step < 4; ++step) {
+    const auto before = pool.stats();
+    std::vector<HostMemoryPool::Block> held;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      held.push_back(pool.allocate(sizes[i]));
+      std::memset(held.back().data(), static_cast<int>(step), sizes[i]);
+      if (i == 2) held.erase(held.begin());  // a temporary freed mid-step
+      max_reserved = std::max(max_reserved, pool.stats().reserved_bytes);
+    }
+    while (!held.empty()) held.pop_back();  // the backward frees in reverse
+    const auto after = pool.stats();
+    if (step > 0) steady_misses += after.misses - before.misses;
+    EXPECT_EQ(after.hits + after.misses - before.hits - before.misses, static_cast<int64_t>(sizes.size()));
+  }
+  return {max_reserved, steady_misses};
+}
+
+TEST(HostMemoryPool, PeakBoundServesARepeatingStepFromTheCache) {
+  constexpr int64_t MiB = int64_t{1} << 20;
+  {
+    HostMemoryPool pool(HostMemoryPoolOptions().pinned(false).peak_bound(1.25));
+    const auto [max_reserved, steady_misses] = run_steps(pool);
+    EXPECT_EQ(steady_misses, 0);
+    EXPECT_EQ(pool.stats().peak_in_use_bytes, 23 * MiB);
+    EXPECT_EQ(max_reserved, 26 * MiB);  // <= 1.25 x 23
+  }
+  {
+    HostMemoryPool pool(HostMemoryPoolOptions().pinned(false).peak_bound(1));
+    const auto [max_reserved, steady_misses] = run_steps(pool);
+    EXPECT_GT(steady_misses, 0);
+    EXPECT_LE(max_reserved, 23 * MiB);
+    EXPECT_GT(pool.stats().evictions, 0);
+  }
+  {
+    HostMemoryPool pool(HostMemoryPoolOptions().pinned(false));  // no bound
+    EXPECT_EQ(run_steps(pool).second, 0);
+    EXPECT_EQ(pool.stats().evictions, 0);
+  }
+  EXPECT_THROW(HostMemoryPool(HostMemoryPoolOptions().peak_bound(0.5)), c10::Error);
+}
+
 // MemoryMeter counts what the pools reserve (they allocate outside LibTorch's allocators).
 TEST(HostMemoryPool, MemoryReportCountsThePools) {
   MemoryMeter meter;

@@ -2,10 +2,12 @@
 // Options the example programs share.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <edkm/memory/memory.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 #include <thread>
 
 #if defined(__GLIBC__)
@@ -25,19 +27,36 @@ inline void set_threads(int64_t threads) {
 }
 
 // Keeps freed host memory in the process for the next step instead of handing it back to the
-// kernel (--keep-host-memory). glibc serves a block above its mmap threshold (128 KiB, rising to at
-// most 32 MiB) with a fresh mmap and unmaps it when freed, so every training step page-faults and
-// zeroes its activations again: on this 2-core VM that was half of a SmolLM2 fine-tuning step
-// (`perf`: 48.6% of the samples in the kernel's clear_page_erms). With these thresholds the step took
-// 15.0 s instead of 18.9-23.5 s, but the process's peak resident set grew from 5.4 to 7.8 GB
-// (freed blocks of other sizes stay in the heap): a trade, so an opt-in. MALLOC_MMAP_THRESHOLD_ /
-// MALLOC_TRIM_THRESHOLD_ in the environment take precedence.
+// kernel (--keep-host-memory), the route before --host-cache (enable_host_cache below). glibc serves
+// a block above its mmap threshold (128 KiB, rising to at most 32 MiB) with a fresh mmap and unmaps
+// it when freed, so every training step page-faults and zeroes its activations again. With these
+// thresholds a SmolLM2 step took 15.2 s instead of 23.3 s, but the peak resident set grew from 6.39
+// to 7.17 GB (freed blocks of other sizes stay in the heap); --host-cache 1.25 gave 12.6 s and 6.59
+// GB (benchmarks/results/smollm2_dkm_step_cpu.md). MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_
+// in the environment take precedence.
 inline void keep_freed_host_memory() {
 #if defined(__GLIBC__)
   if (std::getenv("MALLOC_MMAP_THRESHOLD_") || std::getenv("MALLOC_TRIM_THRESHOLD_")) return;
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, static_cast<int>((1u << 31) - 1));
 #endif
+}
+
+// --host-cache off|unbounded|B: edkm::enable_cpu_caching_allocator with peak_bound B (>= 1).
+inline void enable_host_cache(const std::string& spec) {
+  if (spec == "off") return;
+  double bound = 0;
+  if (spec != "unbounded") {
+    size_t used = 0;
+    try {
+      bound = std::stod(spec, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    TORCH_CHECK(used == spec.size() && used > 0 && bound >= 1,
+                "--host-cache must be 'off', 'unbounded' or a number >= 1, got '", spec, "'");
+  }
+  edkm::enable_cpu_caching_allocator(edkm::CpuCachingAllocatorOptions().peak_bound(bound));
 }
 
 }  // namespace edkm::examples

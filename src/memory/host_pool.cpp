@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <sstream>
@@ -37,10 +38,17 @@ struct HostPoolState {
   HostMemoryPoolOptions options;
   bool pinned = false;
   bool closed = false;  // the pool object is gone: released blocks go to the system
+  bool counted = true;  // in the process-wide count of host pool bytes
   mutable std::mutex mu;
-  std::map<size_t, std::vector<void*>> free_lists;  // capacity -> blocks
+  struct Cached {
+    void* p;
+    uint64_t released;  // release order, for peak_bound's evictions
+  };
+  std::map<size_t, std::deque<Cached>> free_lists;  // capacity -> blocks, most recently released last
   std::unordered_set<void*> pageable;               // a pinned pool's fallback blocks
   HostPoolStats stats;
+  uint64_t releases = 0;
+  int64_t high_water = 0;  // peak_bound: most bytes in use since the cache was last emptied
 
   // Page-locked memory, or nullptr when the allocator cannot give it (its error is swallowed:
   // the caller falls back).
@@ -67,11 +75,15 @@ struct HostPoolState {
     return nullptr;
   }
 
+  void count(int64_t delta) const {
+    if (counted) count_reserved(delta);
+  }
+
   void* system_alloc(size_t bytes) {
     if (pinned) {
       std::string why;
       if (void* p = pinned_alloc(bytes, why)) {
-        count_reserved(static_cast<int64_t>(bytes));
+        count(static_cast<int64_t>(bytes));
         return p;
       }
       TORCH_WARN_ONCE("edkm: HostMemoryPool: page-locked allocation of ", bytes, " bytes failed (", why,
@@ -82,17 +94,17 @@ struct HostPoolState {
       std::lock_guard<std::mutex> lock(mu);
       pageable.insert(p);
       ++stats.pinned_fallbacks;
-      count_reserved(static_cast<int64_t>(bytes));
+      count(static_cast<int64_t>(bytes));
       return p;
     }
     void* p = std::aligned_alloc(static_cast<size_t>(options.alignment()), bytes);
     TORCH_CHECK(p != nullptr, "edkm: HostMemoryPool: out of host memory allocating ", bytes, " bytes");
-    count_reserved(static_cast<int64_t>(bytes));
+    count(static_cast<int64_t>(bytes));
     return p;
   }
 
   void system_free(void* p, size_t bytes) {
-    count_reserved(-static_cast<int64_t>(bytes));
+    count(-static_cast<int64_t>(bytes));
     if (pinned && !is_fallback(p, /*forget=*/true)) {
       const auto& custom = options.pinned_allocator();
       if (custom.free) {
@@ -117,6 +129,34 @@ struct HostPoolState {
   void raise_peaks() {
     stats.peak_reserved_bytes = std::max(stats.peak_reserved_bytes, stats.reserved_bytes);
     stats.peak_in_use_bytes = std::max(stats.peak_in_use_bytes, stats.in_use_bytes);
+    high_water = std::max(high_water, stats.in_use_bytes);
+  }
+
+  // peak_bound, before a miss of `cap` bytes: takes the least recently released cached blocks out
+  // of the free lists until in use + cap + cached <= peak_bound x max(high water, in use + cap);
+  // the caller returns them to the system outside the lock. Called with `mu` held.
+  void evict_for(int64_t cap, std::vector<std::pair<void*, size_t>>& out) {
+    const int64_t after = stats.in_use_bytes + cap;
+    const auto bound = static_cast<int64_t>(options.peak_bound() * static_cast<double>(std::max(high_water, after)));
+    const int64_t allowed = bound - after;
+    while (stats.cached_bytes > allowed) {
+      auto oldest = free_lists.end();
+      for (auto it = free_lists.begin(); it != free_lists.end(); ++it) {
+        if (!it->second.empty() &&
+            (oldest == free_lists.end() || it->second.front().released < oldest->second.front().released))
+          oldest = it;
+      }
+      if (oldest == free_lists.end()) break;
+      out.emplace_back(oldest->second.front().p, oldest->first);
+      oldest->second.pop_front();
+      const auto c = static_cast<int64_t>(oldest->first);
+      stats.cached_bytes -= c;
+      stats.reserved_bytes -= c;
+      --stats.cached_blocks;
+      ++stats.system_frees;
+      ++stats.evictions;
+      if (oldest->second.empty()) free_lists.erase(oldest);
+    }
   }
 
   void give_back(void* p, size_t size, size_t capacity) {
@@ -128,7 +168,7 @@ struct HostPoolState {
     const bool keep =
         !closed && (options.max_cached_bytes() == 0 || stats.cached_bytes + cap <= options.max_cached_bytes());
     if (keep) {
-      free_lists[capacity].push_back(p);
+      free_lists[capacity].push_back(Cached{p, releases++});
       stats.cached_bytes += cap;
       ++stats.cached_blocks;
       return;
@@ -144,13 +184,14 @@ struct HostPoolState {
     {
       std::lock_guard<std::mutex> lock(mu);
       for (auto& [cap, list] : free_lists) {
-        for (void* p : list) blocks.emplace_back(p, cap);
+        for (const Cached& c : list) blocks.emplace_back(c.p, cap);
         stats.reserved_bytes -= static_cast<int64_t>(cap * list.size());
         stats.system_frees += static_cast<int64_t>(list.size());
       }
       free_lists.clear();
       stats.cached_bytes = 0;
       stats.cached_blocks = 0;
+      high_water = stats.in_use_bytes;
     }
     for (const auto& [p, cap] : blocks) system_free(p, cap);
   }
@@ -164,6 +205,8 @@ void HostMemoryPoolOptions::validate() const {
               "edkm: HostMemoryPoolOptions: alignment must be a power of two in [16, 65536], got ", a);
   TORCH_CHECK(max_cached_bytes() >= 0, "edkm: HostMemoryPoolOptions: max_cached_bytes must be >= 0, got ",
               max_cached_bytes());
+  TORCH_CHECK(peak_bound() == 0 || peak_bound() >= 1, "edkm: HostMemoryPoolOptions: peak_bound must be 0 or >= 1, got ",
+              peak_bound());
 }
 
 std::string HostPoolStats::to_string() const {
@@ -174,6 +217,7 @@ std::string HostPoolStats::to_string() const {
       "system frees {}",
       mib(reserved_bytes), mib(peak_reserved_bytes), mib(in_use_bytes), mib(peak_in_use_bytes), mib(requested_bytes),
       mib(cached_bytes), cached_blocks, hits, misses, system_frees);
+  if (evictions > 0) s += fmt::format(", {} evicted to stay within the peak", evictions);
   if (pinned_fallbacks > 0) s += fmt::format(", {} blocks not page-locked (allocation failed)", pinned_fallbacks);
   return s;
 }
@@ -255,19 +299,26 @@ HostMemoryPool::Block HostMemoryPool::allocate(size_t bytes) {
   const auto align = static_cast<size_t>(state_->options.alignment());
   const size_t cap = (size_class(bytes) + align - 1) / align * align;
   void* p = nullptr;
+  std::vector<std::pair<void*, size_t>> evicted;
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     auto it = state_->free_lists.find(cap);
     if (it != state_->free_lists.end() && !it->second.empty()) {
-      p = it->second.back();
+      p = it->second.back().p;
       it->second.pop_back();
+      if (it->second.empty()) state_->free_lists.erase(it);
       state_->stats.cached_bytes -= static_cast<int64_t>(cap);
       --state_->stats.cached_blocks;
       ++state_->stats.hits;
+    } else if (state_->options.peak_bound() > 0) {
+      state_->evict_for(static_cast<int64_t>(cap), evicted);
     }
   }
   const bool hit = p != nullptr;
-  if (!hit) p = state_->system_alloc(cap);  // outside the lock: cudaHostAlloc is slow
+  // Outside the lock: cudaHostAlloc is slow. The evicted blocks go first, so that the process
+  // does not hold both.
+  for (const auto& [q, c] : evicted) state_->system_free(q, c);
+  if (!hit) p = state_->system_alloc(cap);
   {
     std::lock_guard<std::mutex> lock(state_->mu);
     if (!hit) {
@@ -334,6 +385,12 @@ void HostMemoryPool::reset_peak_stats() {
 }
 
 bool HostMemoryPool::pinned() const { return state_->pinned; }
+
+void detail::HostPoolAccess::leave_out_of_host_pool_count(HostMemoryPool& pool) {
+  std::lock_guard<std::mutex> lock(pool.state_->mu);
+  TORCH_CHECK(pool.state_->stats.reserved_bytes == 0, "edkm: internal: the pool already holds memory");
+  pool.state_->counted = false;
+}
 
 const HostMemoryPoolOptions& HostMemoryPool::options() const { return state_->options; }
 

@@ -1,4 +1,4 @@
-// Counting CPU allocator and the RAII MemoryMeter.
+// Counting (and optionally caching) CPU allocator and the RAII MemoryMeter.
 //
 // Peaks nest without per-allocation bookkeeping of every meter: a meter resets the global peak
 // counters when it starts, after handing the peak seen so far to its enclosing meter, so an
@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <unordered_map>
@@ -30,19 +31,35 @@ namespace {
 std::atomic<int64_t> g_cpu_current{0};
 std::atomic<int64_t> g_cpu_peak{0};
 
-// Wraps LibTorch's CPU allocator. The DataPtr keeps context == data (a "simple" data pointer,
-// as copy-on-write storage expects); the wrapped allocation lives in a side table.
+// Wraps LibTorch's CPU allocator, counts what it hands out and, with caching enabled, serves
+// large requests from a HostMemoryPool. The DataPtr keeps context == data (a "simple" data
+// pointer, as copy-on-write storage expects); the wrapped allocation or pool block lives in a side
+// table.
 class CountingAllocator final : public c10::Allocator {
  public:
   explicit CountingAllocator(c10::Allocator* base) : base_(base) {}
 
   c10::DataPtr allocate(size_t n) override {
-    c10::DataPtr inner = base_->allocate(n);
-    void* data = inner.get();
-    if (n == 0 || data == nullptr) return inner;
+    if (n == 0) return base_->allocate(n);
+    std::shared_ptr<HostMemoryPool> cache;
+    if (caching_.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cache_ && n >= min_block_) cache = cache_;
+    }
+    Entry e;
+    e.bytes = n;
+    void* data = nullptr;
+    if (cache) {
+      e.block = cache->allocate(n);
+      data = e.block.data();
+    } else {
+      e.inner = base_->allocate(n);
+      data = e.inner.get();
+      if (data == nullptr) return std::move(e.inner);
+    }
     {
       std::lock_guard<std::mutex> lock(mu_);
-      live_.emplace(data, Entry{std::move(inner), n});
+      live_.emplace(data, std::move(e));
     }
     detail::add_to_current(g_cpu_current, g_cpu_peak, static_cast<int64_t>(n));
     return {data, data, &CountingAllocator::release, c10::Device(c10::kCPU)};
@@ -52,12 +69,30 @@ class CountingAllocator final : public c10::Allocator {
   // dropout's kernels, need it).
   c10::DeleterFnPtr raw_deleter() const override { return &CountingAllocator::release; }
 
+  // nullptr: no caching. The previous pool is emptied; its blocks in use go to the system when
+  // released (the pool object is gone).
+  void set_cache(std::shared_ptr<HostMemoryPool> cache, size_t min_block) {
+    std::shared_ptr<HostMemoryPool> old;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      old = std::move(cache_);
+      cache_ = std::move(cache);
+      min_block_ = min_block;
+      caching_.store(cache_ != nullptr, std::memory_order_release);
+    }
+  }
+  std::shared_ptr<HostMemoryPool> cache() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cache_;
+  }
+
   static CountingAllocator* instance;
 
  private:
   struct Entry {
-    c10::DataPtr inner;
-    size_t bytes;
+    c10::DataPtr inner;           // from the wrapped allocator, or
+    HostMemoryPool::Block block;  // from the cache
+    size_t bytes = 0;
   };
   static void release(void* data) {
     Entry e;
@@ -69,12 +104,16 @@ class CountingAllocator final : public c10::Allocator {
       instance->live_.erase(it);
     }
     g_cpu_current.fetch_sub(static_cast<int64_t>(e.bytes));
-    // e.inner frees the memory through the wrapped allocator when it goes out of scope
+    // e.inner frees the memory through the wrapped allocator, or e.block returns to its pool,
+    // when it goes out of scope (outside the lock)
   }
 
   c10::Allocator* base_;
   std::mutex mu_;
   std::unordered_map<void*, Entry> live_;
+  std::atomic<bool> caching_{false};
+  std::shared_ptr<HostMemoryPool> cache_;
+  size_t min_block_ = 0;
 };
 CountingAllocator* CountingAllocator::instance = nullptr;
 
@@ -134,6 +173,47 @@ void install_cpu_memory_counter() {
 }
 
 int64_t cpu_bytes_in_use() { return g_cpu_current.load(); }
+
+void CpuCachingAllocatorOptions::validate() const {
+  TORCH_CHECK(min_block_bytes() >= 0, "edkm: CpuCachingAllocatorOptions: min_block_bytes must be >= 0, got ",
+              min_block_bytes());
+  TORCH_CHECK(max_cached_bytes() >= 0, "edkm: CpuCachingAllocatorOptions: max_cached_bytes must be >= 0, got ",
+              max_cached_bytes());
+  TORCH_CHECK(peak_bound() == 0 || peak_bound() >= 1,
+              "edkm: CpuCachingAllocatorOptions: peak_bound must be 0 or >= 1, got ", peak_bound());
+}
+
+void enable_cpu_caching_allocator(CpuCachingAllocatorOptions options) {
+  options.validate();
+  install_cpu_memory_counter();
+  // 64-byte alignment, as LibTorch's CPU allocator gives.
+  auto pool = std::make_shared<HostMemoryPool>(HostMemoryPoolOptions()
+                                                   .pinned(false)
+                                                   .alignment(64)
+                                                   .max_cached_bytes(options.max_cached_bytes())
+                                                   .peak_bound(options.peak_bound()));
+  detail::HostPoolAccess::leave_out_of_host_pool_count(*pool);
+  CountingAllocator::instance->set_cache(std::move(pool),
+                                         static_cast<size_t>(std::max<int64_t>(1, options.min_block_bytes())));
+}
+
+void disable_cpu_caching_allocator() {
+  if (CountingAllocator::instance != nullptr) CountingAllocator::instance->set_cache(nullptr, 0);
+}
+
+bool cpu_caching_allocator_enabled() {
+  return CountingAllocator::instance != nullptr && CountingAllocator::instance->cache() != nullptr;
+}
+
+HostPoolStats cpu_caching_allocator_stats() {
+  auto cache = CountingAllocator::instance != nullptr ? CountingAllocator::instance->cache() : nullptr;
+  return cache ? cache->stats() : HostPoolStats{};
+}
+
+void cpu_caching_allocator_empty_cache() {
+  if (auto cache = CountingAllocator::instance != nullptr ? CountingAllocator::instance->cache() : nullptr)
+    cache->empty_cache();
+}
 
 MemoryMeter::MemoryMeter(int cuda_device) {
   install_cpu_memory_counter();

@@ -22,6 +22,7 @@ namespace edkm {
 
 namespace detail {
 struct HostPoolState;
+struct HostPoolAccess;
 }  // namespace detail
 
 /// A page-locking allocator: `alloc(bytes)` returns page-locked memory or nullptr (or throws)
@@ -47,6 +48,14 @@ struct EDKM_API HostMemoryPoolOptions {
   /// Most bytes kept in the free lists; a released block beyond this is returned to the system.
   /// 0: no limit. Default 0.
   TORCH_ARG(int64_t, max_cached_bytes) = 0;
+  /// When > 0, the bytes the pool holds (in use + cached) stay at most peak_bound x the most
+  /// bytes it has had in use (since it was built or its cache last emptied): before a miss takes a
+  /// new block from the system, the least recently released cached blocks go back to the system as
+  /// far as needed. 1: the cache costs no memory beyond the peak a process without it reaches too,
+  /// but a block freed before a larger one is needed cannot be kept (no splitting), so a repeating
+  /// pattern of such temporaries misses every round; a little above 1 keeps them. 0 or >= 1.
+  /// Default 0 (no bound: the offloader's pools keep what they cached, up to max_cached_bytes).
+  TORCH_ARG(double, peak_bound) = 0;
 
  public:
   /// Throws on a bad alignment or a negative max_cached_bytes.
@@ -64,6 +73,7 @@ struct EDKM_API HostPoolStats {
   int64_t hits = 0;                 ///< allocations served from a free list
   int64_t misses = 0;               ///< allocations that went to the system
   int64_t system_frees = 0;         ///< blocks returned to the system
+  int64_t evictions = 0;            ///< cached blocks returned to the system to stay within peak_bound
   int64_t blocks_in_use = 0;
   int64_t cached_blocks = 0;
   int64_t pinned_fallbacks = 0;  ///< blocks of a pinned pool that page-locked allocation could not give
@@ -132,7 +142,8 @@ class EDKM_API HostMemoryPool {
   /// at least that large; empty only for zero elements): the block returns to its pool when the
   /// tensor's storage dies. What `empty` does after `allocate`; use it to see `block.reused()`.
   static at::Tensor wrap(Block block, at::IntArrayRef sizes, at::ScalarType dtype);
-  /// Returns every cached block to the system.
+  /// Returns every cached block to the system (and restarts peak_bound's peak from the bytes in
+  /// use now).
   void empty_cache();
   HostPoolStats stats() const;
   /// Peaks restart from the current figures.
@@ -145,6 +156,7 @@ class EDKM_API HostMemoryPool {
   static size_t size_class(size_t bytes);
 
  private:
+  friend struct detail::HostPoolAccess;
   std::shared_ptr<detail::HostPoolState> state_;
 };
 

@@ -1,10 +1,13 @@
 #pragma once
 // Memory measurement over a scope: CPU (counting allocator), CUDA (caching allocator stats),
 // pinned host memory (CUDA host allocator stats), edkm's host memory pools.
+#include <torch/arg.h>
+
 #include <cstdint>
 #include <string>
 
 #include "edkm/export.h"
+#include "edkm/memory/host_pool.h"
 
 namespace edkm {
 
@@ -37,6 +40,51 @@ struct EDKM_API MemoryReport {
 EDKM_API void install_cpu_memory_counter();
 /// Bytes currently allocated through the counting CPU allocator.
 EDKM_API int64_t cpu_bytes_in_use();
+
+/// Options of the caching CPU allocator.
+struct EDKM_API CpuCachingAllocatorOptions {
+  /// Requests of at least this many bytes are cached; smaller ones go to LibTorch's allocator
+  /// (malloc keeps those in its heap anyway). Default 1 MiB.
+  TORCH_ARG(int64_t, min_block_bytes) = int64_t{1} << 20;
+  /// Most bytes kept cached; 0: no limit beyond peak_bound. Default 0.
+  TORCH_ARG(int64_t, max_cached_bytes) = 0;
+  /// Cached + in use stays at most this times the most bytes in use (HostMemoryPoolOptions::
+  /// peak_bound); 0: no bound. Default 1.25.
+  TORCH_ARG(double, peak_bound) = 1.25;
+
+ public:
+  /// Throws on a negative size or a peak_bound in (0, 1).
+  void validate() const;
+};
+
+/// Caches LibTorch's large CPU allocations for reuse instead of returning them to the system.
+///
+/// Why: malloc serves a large block (above its mmap threshold, 128 KiB rising to at most 32 MiB in
+/// glibc) with a fresh mapping and unmaps it when freed, so every training step page-faults and has
+/// the kernel zero its activations and gradients again. On a 2-core VM that was half of a SmolLM2-135M
+/// fine-tuning step (benchmarks/results/smollm2_dkm_step_cpu.md). Here the blocks of a step are reused
+/// by size class (HostMemoryPool::size_class: at most 1/8 of the size rounded up, as address space;
+/// pages are only touched as used) by the next step, and with peak_bound the cache holds no more than
+/// a quarter above the most the process had in use in such blocks.
+///
+/// Installs edkm's CPU allocator (install_cpu_memory_counter) and routes requests of at least
+/// min_block_bytes to a pool. Calling it again replaces the options (the old cache is emptied; its
+/// blocks in use return to the system when released). Thread-safe. CPU tensors and MemoryMeter's
+/// cpu figures are unchanged: a block handed out counts its requested bytes there, as before.
+///
+/// Example (at the top of a CPU training program):
+///   edkm::enable_cpu_caching_allocator();
+///   for (...) { step(); }
+///   std::cout << edkm::cpu_caching_allocator_stats().to_string();
+EDKM_API void enable_cpu_caching_allocator(CpuCachingAllocatorOptions options = {});
+/// Stops caching: new requests go to LibTorch's allocator; the cache is emptied; blocks in use
+/// return to the system when released. No-op when not enabled.
+EDKM_API void disable_cpu_caching_allocator();
+EDKM_API bool cpu_caching_allocator_enabled();
+/// Statistics of the cache (all zero when not enabled).
+EDKM_API HostPoolStats cpu_caching_allocator_stats();
+/// Returns the cached blocks to the system (blocks in use stay).
+EDKM_API void cpu_caching_allocator_empty_cache();
 
 /// RAII meter: peak and current bytes of CPU, CUDA and pinned memory over its lifetime.
 /// Meters nest (inner meters do not disturb the peaks of outer ones) when used from one
