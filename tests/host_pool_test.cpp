@@ -5,6 +5,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <set>
 #include <stdexcept>
 #include <thread>
@@ -312,6 +313,31 @@ TEST(HostMemoryPool, PeakBoundServesARepeatingStepFromTheCache) {
     EXPECT_EQ(pool.stats().evictions, 0);
   }
   EXPECT_THROW(HostMemoryPool(HostMemoryPoolOptions().peak_bound(0.5)), c10::Error);
+}
+
+// A request the system cannot serve first empties the cache, then fails by name; the pool stays usable.
+TEST(HostMemoryPool, OutOfMemoryEmptiesTheCacheThenFailsClearly) {
+  HostMemoryPool pool(HostMemoryPoolOptions().pinned(false).peak_bound(1.25));
+  pool.allocate(size_t{3} << 20).release();
+  ASSERT_EQ(pool.stats().cached_bytes, int64_t{3} << 20);
+  const size_t impossible = size_t{1} << 62;
+  try {
+    pool.allocate(impossible);
+    FAIL() << "an allocation of 2^62 bytes succeeded";
+  } catch (const c10::Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("out of host memory allocating"), std::string::npos) << what;
+    EXPECT_NE(what.find("cached bytes"), std::string::npos) << what;
+  }
+  const auto s = pool.stats();
+  EXPECT_EQ(s.cached_bytes, 0);
+  EXPECT_EQ(s.reserved_bytes, 0);
+  EXPECT_EQ(s.blocks_in_use, 0);
+  auto b = pool.allocate(1 << 20);
+  EXPECT_NE(b.data(), nullptr);
+  // Beyond 2^62 bytes (where the size classes would overflow) the request is refused up front.
+  EXPECT_THROW(pool.allocate(std::numeric_limits<size_t>::max()), c10::Error);
+  EXPECT_EQ(HostMemoryPool::size_class(std::numeric_limits<size_t>::max()), std::numeric_limits<size_t>::max());
 }
 
 // MemoryMeter counts what the pools reserve (they allocate outside LibTorch's allocators).

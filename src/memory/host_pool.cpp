@@ -89,17 +89,35 @@ struct HostPoolState {
       TORCH_WARN_ONCE("edkm: HostMemoryPool: page-locked allocation of ", bytes, " bytes failed (", why,
                       "); using ordinary host memory for such blocks: their copies to and from the GPU are "
                       "synchronous (HostPoolStats::pinned_fallbacks counts them)");
-      void* p = std::aligned_alloc(static_cast<size_t>(options.alignment()), bytes);
-      TORCH_CHECK(p != nullptr, "edkm: HostMemoryPool: out of host memory allocating ", bytes, " bytes");
+      void* p = pageable_alloc(bytes);
       std::lock_guard<std::mutex> lock(mu);
       pageable.insert(p);
       ++stats.pinned_fallbacks;
       count(static_cast<int64_t>(bytes));
       return p;
     }
-    void* p = std::aligned_alloc(static_cast<size_t>(options.alignment()), bytes);
-    TORCH_CHECK(p != nullptr, "edkm: HostMemoryPool: out of host memory allocating ", bytes, " bytes");
+    void* p = pageable_alloc(bytes);
     count(static_cast<int64_t>(bytes));
+    return p;
+  }
+
+  // Aligned host memory; when the system has none, the cached blocks go back to it and the request
+  // is tried once more before it fails. Called without `mu` held.
+  void* pageable_alloc(size_t bytes) {
+    const auto align = static_cast<size_t>(options.alignment());
+    void* p = std::aligned_alloc(align, bytes);
+    if (p != nullptr) return p;
+    int64_t cached = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      cached = stats.cached_bytes;
+    }
+    if (cached > 0) {
+      free_cached();
+      p = std::aligned_alloc(align, bytes);
+    }
+    TORCH_CHECK(p != nullptr, "edkm: HostMemoryPool: out of host memory allocating ", bytes, " bytes",
+                cached > 0 ? " (also after returning the pool's " + std::to_string(cached) + " cached bytes)" : "");
     return p;
   }
 
@@ -284,8 +302,9 @@ HostMemoryPool::~HostMemoryPool() {
 }
 
 size_t HostMemoryPool::size_class(size_t bytes) {
-  constexpr size_t kSmall = 512, kMedium = size_t{1} << 20;
+  constexpr size_t kSmall = 512, kMedium = size_t{1} << 20, kHuge = size_t{1} << 62;
   if (bytes <= kSmall) return kSmall;
+  if (bytes > kHuge) return bytes;  // no host has it (allocate refuses it); the doubling below would overflow
   size_t p = kSmall;
   while (p < bytes) p <<= 1;
   if (p <= kMedium) return p;
@@ -296,6 +315,8 @@ size_t HostMemoryPool::size_class(size_t bytes) {
 HostMemoryPool::Block HostMemoryPool::allocate(size_t bytes) {
   Block b;
   if (bytes == 0) return b;
+  TORCH_CHECK(bytes <= (size_t{1} << 62), "edkm: HostMemoryPool: a request of ", bytes,
+              " bytes is beyond any host memory");
   const auto align = static_cast<size_t>(state_->options.alignment());
   const size_t cap = (size_class(bytes) + align - 1) / align * align;
   void* p = nullptr;
