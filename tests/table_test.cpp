@@ -3,6 +3,7 @@
 #include <edkm/offload/offloader.h>
 #include <edkm/offload/saved_tensor_hooks.h>
 
+#include <cstring>
 #include <random>
 
 #include "kernels/table_math.h"
@@ -171,6 +172,14 @@ TEST(TableKernels, SharedMathMatchesC10Conversions) {
   }
   std::mt19937 rng(3);
   std::normal_distribution<float> n(0, 1);
+  // Infinities, the largest finite values, and NaNs whose rounding carry used to reach the sign
+  // bit (0x7FFFFFFF gave -0, 0xFFFFFFFF +0).
+  for (uint32_t u : {0x7F800000u, 0xFF800000u, 0x7F7FFFFFu, 0xFF7FFFFFu, 0x7F800001u, 0x7FC00000u, 0xFFC00000u,
+                     0x7FFF8000u, 0x7FFFFFFFu, 0xFFFF8000u, 0xFFFFFFFFu, 0x7F808000u}) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    ASSERT_EQ(kernels::bf16_round_bits(f), c10::BFloat16(f).x) << std::hex << u;
+  }
   for (int i = 0; i < 100000; ++i) {
     const float f = n(rng) * (i % 7 == 0 ? 1e-6f : 0.05f);
     ASSERT_EQ(kernels::bf16_round_bits(f), c10::BFloat16(f).x) << f;

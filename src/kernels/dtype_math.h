@@ -23,9 +23,12 @@ EDKM_HOST_DEVICE To bit_cast(From v) {
 EDKM_HOST_DEVICE uint32_t float_bits(float f) { return bit_cast<uint32_t>(f); }
 EDKM_HOST_DEVICE float bits_float(uint32_t u) { return bit_cast<float>(u); }
 
-/// bf16 pattern of a finite fp32 value, round to nearest even.
+/// bf16 pattern of an fp32 value, round to nearest even; every NaN gives 0x7FC0, as c10::BFloat16
+/// (the rounding add would carry a NaN whose top mantissa bits are all ones into the exponent and
+/// sign: 0x7FFFFFFF became -0, 0xFFFFFFFF +0).
 EDKM_HOST_DEVICE uint16_t bf16_round_bits(float f) {
   const uint32_t u = float_bits(f);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
   return static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
 }
 

@@ -192,7 +192,9 @@ at::Tensor AdamWBf16::step(LossClosure closure) {
         at::Tensor w = pf.narrow(0, off, n);
         at::Tensor wf = w.to(at::kFloat);
         if (o.weight_decay() > 0) wf.mul_(1 - o.lr() * o.weight_decay());  // decoupled, as torch's AdamW
-        wf.sub_((m / c1).div_((v / c2).sqrt_().add_(o.eps())), o.lr());
+        // x * float(1 / c), not x / c: ATen's CUDA division by a scalar multiplies by its reciprocal,
+        // the CPU divides; this way both devices compute the same bits.
+        wf.sub_(m.mul(1.0 / c1).div_(v.mul(1.0 / c2).sqrt_().add_(o.eps())), o.lr());
         if (w.scalar_type() == at::kBFloat16) {
           round_into(wf, seed(2), off, w);
         } else {
