@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <iomanip>
 #include <iostream>
@@ -37,6 +38,34 @@ void ProgressBar::finish() {
   draw(true);
 }
 
+std::string ProgressBar::format_rate(double r) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(1);
+  if (!(r > 0) || !std::isfinite(r)) {
+    s << "- it/s";
+  } else if (r < 1.0) {
+    s << 1.0 / r << " s/it";
+  } else {
+    s << r << " it/s";
+  }
+  return s.str();
+}
+
+std::string ProgressBar::format_duration(double seconds) {
+  if (!(seconds >= 0) || !std::isfinite(seconds)) return "?";
+  char buf[32];
+  if (seconds < 60) {
+    std::snprintf(buf, sizeof buf, "%.1fs", seconds);
+  } else if (seconds < 3600) {
+    const auto t = static_cast<int64_t>(seconds + 0.5);
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(t / 60), static_cast<long long>(t % 60));
+  } else {
+    const auto m = static_cast<int64_t>(seconds / 60 + 0.5);
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(m / 60), static_cast<long long>(m % 60));
+  }
+  return buf;
+}
+
 void ProgressBar::draw(bool final) {
   const auto now = std::chrono::steady_clock::now();
   const int decile = static_cast<int>(10 * done_ / total_);
@@ -52,7 +81,7 @@ void ProgressBar::draw(bool final) {
   const int filled = static_cast<int>(kWidth * std::min<int64_t>(done_, total_) / total_);
   std::ostringstream s;
   s << label_ << " [" << std::string(filled, '#') << std::string(kWidth - filled, '.') << "] " << done_ << "/" << total_
-    << " " << std::fixed << std::setprecision(1) << r << " it/s ETA " << eta << "s";
+    << " " << format_rate(r) << " ETA " << format_duration(eta);
   if (!note_.empty()) s << "  " << note_;
   if (tty_)
     *out_ << "\r" << s.str() << "\033[K" << (final ? "\n" : "") << std::flush;

@@ -10,7 +10,8 @@
 namespace edkm {
 
 /// Draws `label [#####.....] 40/100 12.3 it/s ETA 4.9s` on `out`, redrawn in place on a terminal,
-/// or one line per 10% otherwise (logs stay readable).
+/// or one line per 10% otherwise (logs stay readable). Below one item per second the rate reads
+/// `12.6 s/it`, and an ETA over a minute `3m07s` (over an hour `2h05m`).
 ///
 /// Example:
 ///   edkm::ProgressBar bar(steps, "finetune");
@@ -25,6 +26,10 @@ class EDKM_API ProgressBar {
   void finish();
   /// Items per second so far.
   double rate() const;
+  /// `12.3 it/s`, or `12.6 s/it` below one item per second (`- it/s` for none yet).
+  static std::string format_rate(double items_per_second);
+  /// `4.9s`, `3m07s`, `2h05m`.
+  static std::string format_duration(double seconds);
 
  private:
   void draw(bool final);
