@@ -3,6 +3,7 @@
 #include <edkm/memory/host_pool.h>
 #include <edkm/memory/memory.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -313,6 +314,12 @@ TEST(HostMemoryPool, PeakBoundServesARepeatingStepFromTheCache) {
     EXPECT_EQ(pool.stats().evictions, 0);
   }
   EXPECT_THROW(HostMemoryPool(HostMemoryPoolOptions().peak_bound(0.5)), c10::Error);
+  EXPECT_THROW(HostMemoryPool(HostMemoryPoolOptions().peak_bound(INFINITY)), c10::Error);
+  {  // a huge finite bound never evicts (and does not overflow)
+    HostMemoryPool pool(HostMemoryPoolOptions().pinned(false).peak_bound(1e300));
+    EXPECT_EQ(run_steps(pool).second, 0);
+    EXPECT_EQ(pool.stats().evictions, 0);
+  }
 }
 
 // A request the system cannot serve first empties the cache, then fails by name; the pool stays usable.

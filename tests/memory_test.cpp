@@ -3,6 +3,7 @@
 #include <edkm/memory/memory.h>
 
 #include <atomic>
+#include <cmath>
 #include <thread>
 #include <vector>
 
@@ -160,6 +161,8 @@ TEST(CpuCachingAllocator, TensorsOutliveDisablingAndThreadsShareIt) {
   EXPECT_THROW(enable_cpu_caching_allocator(CpuCachingAllocatorOptions().min_block_bytes(-1)), c10::Error);
   EXPECT_THROW(enable_cpu_caching_allocator(CpuCachingAllocatorOptions().max_cached_bytes(-5)), c10::Error);
   EXPECT_THROW(enable_cpu_caching_allocator(CpuCachingAllocatorOptions().peak_bound(0.9)), c10::Error);
+  EXPECT_THROW(enable_cpu_caching_allocator(CpuCachingAllocatorOptions().peak_bound(INFINITY)), c10::Error);
+  EXPECT_THROW(enable_cpu_caching_allocator(CpuCachingAllocatorOptions().peak_bound(NAN)), c10::Error);
   EXPECT_FALSE(cpu_caching_allocator_enabled());
 }
 

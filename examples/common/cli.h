@@ -5,6 +5,7 @@
 #include <edkm/memory/memory.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -53,7 +54,7 @@ inline void enable_host_cache(const std::string& spec) {
     } catch (const std::exception&) {
       used = 0;
     }
-    TORCH_CHECK(used == spec.size() && used > 0 && bound >= 1,
+    TORCH_CHECK(used == spec.size() && used > 0 && bound >= 1 && std::isfinite(bound),
                 "--host-cache must be 'off', 'unbounded' or a number >= 1, got '", spec, "'");
   }
   edkm::enable_cpu_caching_allocator(edkm::CpuCachingAllocatorOptions().peak_bound(bound));

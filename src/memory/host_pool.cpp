@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <deque>
 #include <map>
@@ -155,8 +156,9 @@ struct HostPoolState {
   // the caller returns them to the system outside the lock. Called with `mu` held.
   void evict_for(int64_t cap, std::vector<std::pair<void*, size_t>>& out) {
     const int64_t after = stats.in_use_bytes + cap;
-    const auto bound = static_cast<int64_t>(options.peak_bound() * static_cast<double>(std::max(high_water, after)));
-    const int64_t allowed = bound - after;
+    const double bound = options.peak_bound() * static_cast<double>(std::max(high_water, after));
+    if (bound >= 0x1p62) return;  // no host holds that much: nothing to evict
+    const int64_t allowed = static_cast<int64_t>(bound) - after;
     while (stats.cached_bytes > allowed) {
       auto oldest = free_lists.end();
       for (auto it = free_lists.begin(); it != free_lists.end(); ++it) {
@@ -223,8 +225,8 @@ void HostMemoryPoolOptions::validate() const {
               "edkm: HostMemoryPoolOptions: alignment must be a power of two in [16, 65536], got ", a);
   TORCH_CHECK(max_cached_bytes() >= 0, "edkm: HostMemoryPoolOptions: max_cached_bytes must be >= 0, got ",
               max_cached_bytes());
-  TORCH_CHECK(peak_bound() == 0 || peak_bound() >= 1, "edkm: HostMemoryPoolOptions: peak_bound must be 0 or >= 1, got ",
-              peak_bound());
+  TORCH_CHECK(peak_bound() == 0 || (peak_bound() >= 1 && std::isfinite(peak_bound())),
+              "edkm: HostMemoryPoolOptions: peak_bound must be 0 or a finite number >= 1, got ", peak_bound());
 }
 
 std::string HostPoolStats::to_string() const {

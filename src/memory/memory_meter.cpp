@@ -9,6 +9,7 @@
 #include <c10/util/Exception.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -179,8 +180,9 @@ void CpuCachingAllocatorOptions::validate() const {
               min_block_bytes());
   TORCH_CHECK(max_cached_bytes() >= 0, "edkm: CpuCachingAllocatorOptions: max_cached_bytes must be >= 0, got ",
               max_cached_bytes());
-  TORCH_CHECK(peak_bound() == 0 || peak_bound() >= 1,
-              "edkm: CpuCachingAllocatorOptions: peak_bound must be 0 or >= 1, got ", peak_bound());
+  TORCH_CHECK(peak_bound() == 0 || (peak_bound() >= 1 && std::isfinite(peak_bound())),
+              "edkm: CpuCachingAllocatorOptions: peak_bound must be 0 (no bound) or a finite number >= 1, got ",
+              peak_bound());
 }
 
 void enable_cpu_caching_allocator(CpuCachingAllocatorOptions options) {
