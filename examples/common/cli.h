@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <edkm/memory/memory.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <cmath>
@@ -41,6 +42,13 @@ inline void keep_freed_host_memory() {
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, static_cast<int>((1u << 31) - 1));
 #endif
+}
+
+// The process's peak resident set in bytes (getrusage; 0 where unavailable).
+inline int64_t peak_resident_bytes() {
+  struct rusage u {};
+  if (getrusage(RUSAGE_SELF, &u) != 0) return 0;
+  return static_cast<int64_t>(u.ru_maxrss) * 1024;  // KiB on Linux
 }
 
 // --host-cache off|unbounded|B: edkm::enable_cpu_caching_allocator with peak_bound B (>= 1).

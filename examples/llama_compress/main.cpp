@@ -1097,6 +1097,15 @@ int main(int argc, char** argv) try {
   rep.peak_host_bytes = mem.cpu.peak;
   rep.peak_host_bytes_step = step_peak_cpu;
   rep.peak_device_bytes_step = step_peak_cuda;
+  rep.peak_rss_bytes = edkm::examples::peak_resident_bytes();
+  if (edkm::cpu_caching_allocator_enabled()) {
+    const auto hc = edkm::cpu_caching_allocator_stats();
+    rep.host_cache = host_cache;
+    rep.host_cache_peak_bytes = hc.peak_reserved_bytes;
+    rep.host_cache_peak_in_use_bytes = hc.peak_in_use_bytes;
+    rep.host_cache_hits = hc.hits;
+    rep.host_cache_misses = hc.misses;
+  }
   rep.pretrain_tokens_per_s = pretrain_tok_s;
   rep.finetune_tokens_per_s = finetune_tok_s;
   rep.last_step_seconds = step_seconds;

@@ -54,8 +54,13 @@ std::string facts(const Report& r) {
       << " tokens; greedy tokens " << (p.same_tokens ? "equal" : "DIFFER from") << " the compressed model's\n";
   f << "- peak host memory (LibTorch CPU allocations): whole run " << mib(r.peak_host_bytes)
     << ", during DKM fine-tuning " << mib(r.peak_host_bytes_step)
-    << (r.cuda ? ", peak device memory of a step " + mib(r.peak_device_bytes_step) : "") << "\n"
-    << "- throughput: pre-training " << fixed(r.pretrain_tokens_per_s, 0) << " tok/s, DKM fine-tuning "
+    << (r.cuda ? ", peak device memory of a step " + mib(r.peak_device_bytes_step) : "") << "\n";
+  if (r.peak_rss_bytes > 0) f << "- peak resident set of the process (getrusage): " << mib(r.peak_rss_bytes) << "\n";
+  if (!r.host_cache.empty())
+    f << "- CPU caching allocator (--host-cache " << r.host_cache << "): held at most " << mib(r.host_cache_peak_bytes)
+      << " for at most " << mib(r.host_cache_peak_in_use_bytes) << " in use; " << r.host_cache_hits << " hits, "
+      << r.host_cache_misses << " misses\n";
+  f << "- throughput: pre-training " << fixed(r.pretrain_tokens_per_s, 0) << " tok/s, DKM fine-tuning "
     << fixed(r.finetune_tokens_per_s, 0) << " tok/s (last step " << fixed(r.last_step_seconds, 3) << " s), evaluation "
     << (r.rows.empty() ? std::string("-") : fixed(r.rows.back().evals[0].tokens_per_s, 0)) << " tok/s\n"
     << "- optimizer " << r.optimizer << ": " << r.optimizer_state_bytes_per_param
@@ -100,6 +105,13 @@ json results_json(const Report& r) {
             {"peak_host_bytes", r.peak_host_bytes},
             {"peak_host_bytes_step", r.peak_host_bytes_step},
             {"peak_device_bytes_step", r.peak_device_bytes_step},
+            {"peak_rss_bytes", r.peak_rss_bytes},
+            {"host_cache", r.host_cache.empty() ? json(nullptr)
+                                                : json{{"setting", r.host_cache},
+                                                       {"peak_reserved_bytes", r.host_cache_peak_bytes},
+                                                       {"peak_in_use_bytes", r.host_cache_peak_in_use_bytes},
+                                                       {"hits", r.host_cache_hits},
+                                                       {"misses", r.host_cache_misses}}},
             {"pretrain_tokens_per_s", r.pretrain_tokens_per_s},
             {"finetune_tokens_per_s", r.finetune_tokens_per_s},
             {"last_step_seconds", r.last_step_seconds},

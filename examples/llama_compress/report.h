@@ -60,6 +60,9 @@ struct Report {
   bool reloaded_matches = true;
   PackedRun packed_run;
   int64_t peak_host_bytes = 0, peak_host_bytes_step = 0, peak_device_bytes_step = 0;
+  int64_t peak_rss_bytes = 0;  // the process's peak resident set (getrusage), 0 when unknown
+  std::string host_cache;      // --host-cache; "" when off
+  int64_t host_cache_peak_bytes = 0, host_cache_peak_in_use_bytes = 0, host_cache_hits = 0, host_cache_misses = 0;
   double pretrain_tokens_per_s = 0, finetune_tokens_per_s = 0, last_step_seconds = 0, total_seconds = 0;
   std::string layer_table, gptq_facts, offload_facts;  // "" when none
   std::string profile_markdown;                        // "" without fine-tuning steps
