@@ -56,10 +56,15 @@ std::string facts(const Report& r) {
     << ", during DKM fine-tuning " << mib(r.peak_host_bytes_step)
     << (r.cuda ? ", peak device memory of a step " + mib(r.peak_device_bytes_step) : "") << "\n";
   if (r.peak_rss_bytes > 0) f << "- peak resident set of the process (getrusage): " << mib(r.peak_rss_bytes) << "\n";
-  if (!r.host_cache.empty())
-    f << "- CPU caching allocator (--host-cache " << r.host_cache << "): held at most " << mib(r.host_cache_peak_bytes)
-      << " for at most " << mib(r.host_cache_peak_in_use_bytes) << " in use; " << r.host_cache_hits << " hits, "
-      << r.host_cache_misses << " misses\n";
+  if (!r.host_cache.empty()) {
+    f << "- CPU caching allocator (--host-cache " << r.host_cache << "): ";
+    if (r.host_cache_hits + r.host_cache_misses == 0) {
+      f << "no CPU allocation reached its 1 MiB minimum\n";
+    } else {
+      f << "held at most " << mib(r.host_cache_peak_bytes) << " for at most " << mib(r.host_cache_peak_in_use_bytes)
+        << " in use; " << r.host_cache_hits << " hits, " << r.host_cache_misses << " misses\n";
+    }
+  }
   f << "- throughput: pre-training " << fixed(r.pretrain_tokens_per_s, 0) << " tok/s, DKM fine-tuning "
     << fixed(r.finetune_tokens_per_s, 0) << " tok/s (last step " << fixed(r.last_step_seconds, 3) << " s), evaluation "
     << (r.rows.empty() ? std::string("-") : fixed(r.rows.back().evals[0].tokens_per_s, 0)) << " tok/s\n"
