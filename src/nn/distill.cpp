@@ -1,12 +1,15 @@
 // Distillation losses and the teacher/student helper.
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/arange.h>
 #include <ATen/ops/cross_entropy_loss.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/mse_loss.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include "edkm/nn/distill.h"
 
@@ -50,7 +53,141 @@ at::Tensor hidden_state_mse_loss(const at::Tensor& student_hidden, const at::Ten
   return at::mse_loss(student_hidden.to(ct), teacher_hidden.detach().to(ct));
 }
 
+namespace {
+
+// The loss of lm_head_loss and its gradients, computed together a chunk of rows at a time (the
+// gradients in the forward: what the backward would recompute, it only scales).
+class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> {
+ public:
+  // The teacher's tensors are constants, passed beside the autograd inputs (an undefined tensor
+  // cannot be one).
+  struct Teacher {
+    at::Tensor hidden, weight;
+  };
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
+                            const at::Tensor& tokens, const Teacher* teacher_in, const LmHeadLossOptions* options) {
+    const at::Tensor& teacher_hidden = teacher_in->hidden;
+    const at::Tensor& teacher_weight = teacher_in->weight;
+    const auto& o = *options;
+    const int64_t B = hidden.size(0), S = hidden.size(1), D = hidden.size(2), V = weight.size(0);
+    const int64_t R = B * S, n_ce = B * (S - 1);
+    const bool teacher = teacher_hidden.defined();
+    const double alpha = teacher ? o.alpha() : 0.0, T = o.temperature();
+    const at::Tensor h = hidden.reshape({R, D});
+    const at::Tensor th = teacher ? teacher_hidden.reshape({R, D}) : at::Tensor();
+    const at::Tensor w = weight.to(at::kFloat);  // no copy for fp32
+    const at::Tensor tw = teacher ? teacher_weight.to(at::kFloat) : at::Tensor();
+    const at::Tensor tok = tokens.reshape({R});
+    const bool want_dw = weight.requires_grad();
+    at::Tensor dh = at::empty({R, D}, h.options().dtype(at::kFloat));
+    at::Tensor dw = want_dw ? at::zeros({V, D}, w.options()) : at::Tensor();
+    const auto f64 = h.options().dtype(at::kDouble);
+    at::Tensor ce_sum = at::zeros({}, f64), kl_sum = at::zeros({}, f64);
+    // Row r = b * S + s predicts token r + 1 when s < S - 1; the last row of a sequence has none
+    // (its rolled "next" is the next sequence's first token, a valid index, masked out).
+    const at::Tensor pos = at::arange(R, tok.options()).remainder(S);
+    const at::Tensor next_tok = tok.roll(-1);
+    for (int64_t r0 = 0; r0 < R; r0 += o.chunk()) {
+      const int64_t n = std::min(o.chunk(), R - r0);
+      const at::Tensor hc = h.narrow(0, r0, n).to(at::kFloat);
+      const at::Tensor s = hc.mm(w.t());  // [n, V]
+      at::Tensor g;                       // d loss / d s
+      if (alpha < 1.0) {
+        const at::Tensor hasf = pos.narrow(0, r0, n).lt(S - 1).to(at::kFloat).unsqueeze(1);
+        const at::Tensor target = next_tok.narrow(0, r0, n);
+        const at::Tensor lse = s.logsumexp(1, /*keepdim=*/true);
+        const at::Tensor picked = s.gather(1, target.unsqueeze(1));
+        ce_sum.add_(((lse - picked) * hasf).sum(at::kDouble));
+        g = (s - lse).exp_().mul_(hasf);  // softmax on rows with a target, 0 elsewhere
+        g.scatter_add_(1, target.unsqueeze(1), -hasf);
+        g.mul_((1.0 - alpha) / static_cast<double>(n_ce));
+      }
+      if (alpha > 0.0) {
+        const at::Tensor log_p = at::log_softmax(th.narrow(0, r0, n).to(at::kFloat).mm(tw.t()).div_(T), -1);
+        const at::Tensor log_q = at::log_softmax(s / T, -1);
+        const at::Tensor p = log_p.exp();
+        // As distillation_kl_loss: a class of teacher probability 0 adds 0 (not 0 * inf).
+        at::Tensor terms = (log_p - log_q).mul_(p);
+        terms.masked_fill_(p.eq(0), 0.0);
+        kl_sum.add_(terms.sum(at::kDouble));
+        terms.reset();
+        // d/ds of T^2 / R * sum p (log p - log q(s / T)) = T / R * (q - p).
+        at::Tensor gk = log_q.exp_().sub_(p).mul_(alpha * T / static_cast<double>(R));
+        g = g.defined() ? g.add_(gk) : gk;
+      }
+      dh.narrow(0, r0, n).copy_(g.mm(w));
+      if (want_dw) dw.addmm_(g.t(), hc);
+    }
+    at::Tensor loss = ce_sum * ((1.0 - alpha) / static_cast<double>(n_ce));
+    if (alpha > 0) loss = loss + kl_sum * (alpha * T * T / static_cast<double>(R));
+    ctx->saved_data["dh"] = dh.reshape(hidden.sizes()).to(hidden.scalar_type());
+    if (want_dw) ctx->saved_data["dw"] = dw.to(weight.scalar_type());
+    return loss.to(at::kFloat);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    // The loss is a scalar: its incoming gradient scales what the forward computed.
+    torch::autograd::variable_list out(5);
+    if (ctx->needs_input_grad(0)) {
+      const at::Tensor dh = ctx->saved_data["dh"].toTensor();
+      out[0] = dh * grads[0].to(dh.scalar_type());
+    }
+    if (ctx->needs_input_grad(1) && ctx->saved_data.count("dw")) {
+      const at::Tensor dw = ctx->saved_data["dw"].toTensor();
+      out[1] = dw * grads[0].to(dw.scalar_type());
+    }
+    return out;
+  }
+};
+
+}  // namespace
+
+at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& tokens,
+                        const at::Tensor& teacher_hidden, const at::Tensor& teacher_weight,
+                        const LmHeadLossOptions& options) {
+  options.validate();
+  TORCH_CHECK(hidden.defined() && weight.defined() && tokens.defined(),
+              "edkm: lm_head_loss: hidden, weight and "
+              "tokens must be defined");
+  TORCH_CHECK(hidden.dim() == 3 && weight.dim() == 2 && weight.size(1) == hidden.size(2),
+              "edkm: lm_head_loss: hidden must be [batch, seq, dim] and weight [vocab, dim], got ", hidden.sizes(),
+              " and ", weight.sizes());
+  TORCH_CHECK(hidden.is_floating_point() && weight.is_floating_point(),
+              "edkm: lm_head_loss: hidden and weight must be floating point");
+  TORCH_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 2 && tokens.size(0) == hidden.size(0) &&
+                  tokens.size(1) == hidden.size(1) && tokens.size(1) >= 2,
+              "edkm: lm_head_loss: tokens must be int64 [batch, seq >= 2] matching hidden ", hidden.sizes(), ", got ",
+              tokens.scalar_type(), " ", tokens.sizes());
+  TORCH_CHECK(hidden.device() == weight.device() && tokens.device() == hidden.device(),
+              "edkm: lm_head_loss: hidden, weight and tokens must be on one device");
+  TORCH_CHECK(teacher_hidden.defined() == teacher_weight.defined(),
+              "edkm: lm_head_loss: give both the teacher's hidden states and its head weight, or neither");
+  if (teacher_hidden.defined()) {
+    TORCH_CHECK(teacher_hidden.sizes() == hidden.sizes() && teacher_weight.size(0) == weight.size(0) &&
+                    teacher_weight.dim() == 2 && teacher_hidden.is_floating_point() &&
+                    teacher_weight.is_floating_point() && teacher_hidden.device() == hidden.device() &&
+                    teacher_weight.device() == hidden.device(),
+                "edkm: lm_head_loss: the teacher's hidden states ", teacher_hidden.sizes(), " and head ",
+                teacher_weight.sizes(), " must match the student's ", hidden.sizes(), " and ", weight.sizes(),
+                " (floating point, same device)");
+  }
+  const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < weight.size(0), "edkm: lm_head_loss: token ", lo < 0 ? lo : hi,
+              " outside the vocabulary 0..", weight.size(0) - 1);
+  const LmHeadLossFunction::Teacher teacher{teacher_hidden.defined() ? teacher_hidden.detach() : teacher_hidden,
+                                            teacher_weight.defined() ? teacher_weight.detach() : teacher_weight};
+  return LmHeadLossFunction::apply(hidden, weight, tokens, &teacher, &options);
+}
+
 }  // namespace functional
+
+void LmHeadLossOptions::validate() const {
+  TORCH_CHECK(chunk() >= 1, "edkm: LmHeadLossOptions: chunk must be >= 1, got ", chunk());
+  TORCH_CHECK(alpha() >= 0 && alpha() <= 1, "edkm: LmHeadLossOptions: alpha must be in [0, 1], got ", alpha());
+  TORCH_CHECK(temperature() > 0 && std::isfinite(temperature()),
+              "edkm: LmHeadLossOptions: temperature must be positive and finite, got ", temperature());
+}
 
 void DistillerOptions::validate() const {
   TORCH_CHECK(temperature() > 0 && std::isfinite(temperature()),

@@ -33,6 +33,46 @@ EDKM_API at::Tensor hidden_state_mse_loss(const at::Tensor& student_hidden, cons
 
 }  // namespace functional
 
+/// Options of functional::lm_head_loss.
+struct EDKM_API LmHeadLossOptions {
+  /// Rows (tokens) whose logits exist at a time: the peak holds a few [chunk, vocab] fp32
+  /// buffers instead of [tokens, vocab] ones. Default 256.
+  TORCH_ARG(int64_t, chunk) = 256;
+  /// Weight of the distillation KL (with a teacher); the cross entropy gets 1 - alpha. Default 0.5.
+  TORCH_ARG(double, alpha) = 0.5;
+  /// Temperature of the KL. Default 2.
+  TORCH_ARG(double, temperature) = 2.0;
+
+ public:
+  /// Throws on a chunk < 1, an alpha outside [0, 1] or a temperature that is not positive and finite.
+  void validate() const;
+};
+
+namespace functional {
+
+/// The language-model head and its loss in one, a chunk of tokens at a time: equal to
+///   logits = hidden W^T;  ce = causal_lm_loss(logits, tokens)          (edkm/models/llama.h)
+///   alpha * distillation_kl_loss(logits, teacher_hidden W_t^T, T) + (1 - alpha) * ce   (teacher given)
+/// or ce alone (no teacher), without ever holding the [batch x seq, vocab] logits, their
+/// log-probabilities or gradients: a chunk's logits, softmax and gradient are computed and
+/// dropped, and the gradients of hidden and W (fp32 [vocab, dim] when W requires grad) are kept
+/// for the backward. The cross entropy averages over the batch x (seq - 1) next-token positions,
+/// the KL over all batch x seq positions, as those functions do. Logits are computed in fp32
+/// (16-bit hidden states and weights are upcast per chunk). The teacher is a constant.
+///
+/// hidden [B, S, D], weight [V, D], tokens [B, S] int64; teacher_hidden [B, S, D] and
+/// teacher_weight [V, D], or both undefined.
+///
+/// Example (the tied head of a LLaMA, distilled from a frozen copy):
+///   auto h = model->model(tokens);
+///   auto loss = edkm::functional::lm_head_loss(h, model->model->embed_tokens->weight, tokens, t_hidden,
+///                                              teacher->model->embed_tokens->weight);
+EDKM_API at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& tokens,
+                                 const at::Tensor& teacher_hidden = {}, const at::Tensor& teacher_weight = {},
+                                 const LmHeadLossOptions& options = {});
+
+}  // namespace functional
+
 /// Options of Distiller.
 struct EDKM_API DistillerOptions {
   /// Softmax temperature T of the KL term; > 0. Default 2.
