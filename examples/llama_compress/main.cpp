@@ -154,6 +154,7 @@ int main(int argc, char** argv) try {
   bool offload = false, checkpoint_activations = false, distill = false, skip_baselines = false, embedding_dkm = false;
   bool keep_host_memory = false;
   std::string host_cache = "1.25";
+  std::string head_loss = "fused";
   bool resume = false, baselines_only = false;
   int64_t offload_min_bytes = 1 << 16;
   uint64_t seed = 0;
@@ -291,6 +292,11 @@ int main(int argc, char** argv) try {
                "keep freed host memory in glibc's heap (mallopt), the older route to what --host-cache does: "
                "SmolLM2, batch 4 x 256: 15.2 s per step and 7.17 GB peak RSS, against 12.6 s and 6.59 GB with "
                "--host-cache 1.25 and 23.3 s and 6.39 GB with neither");
+  app.add_option("--head-loss", head_loss,
+                 "fused: the LM head and its losses a chunk of 256 tokens at a time (edkm::functional::lm_head_loss; "
+                 "no [tokens, vocab] logits held); plain: logits, then causal_lm_loss / distillation_kl_loss")
+      ->check(CLI::IsMember({"fused", "plain"}))
+      ->capture_default_str();
   app.add_option("--host-cache", host_cache,
                  "cache LibTorch's CPU blocks of 1 MiB and more for the next step instead of returning them to the "
                  "system, which page-faults and zeroes them again (edkm::enable_cpu_caching_allocator): 'off', "
@@ -758,28 +764,45 @@ int main(int argc, char** argv) try {
   struct Teacher {
     at::Tensor hidden, logits;
   };
+  // The head's weight (lm_head, or the tied embedding: inside a Palettizer scope, what the module's
+  // member holds, the clustered weight); undefined for a head with a bias, which the fused loss
+  // does not take.
+  auto head_weight = [](edkm::LlamaForCausalLM& m) {
+    if (!m->lm_head) return m->model->embed_tokens->weight;
+    return m->lm_head->bias.defined() ? at::Tensor() : m->lm_head->weight;
+  };
+  const bool fused_head = head_loss == "fused" && head_weight(model).defined();
   auto teacher_forward = [&](const at::Tensor& x) {
     Teacher t;
     if (!teacher) return t;
     at::NoGradGuard ng;
     t.hidden = teacher->model(x);
-    t.logits = teacher->logits(t.hidden);
+    if (!fused_head) t.logits = teacher->logits(t.hidden);
     return t;
   };
   // The fine-tuning loss: next-token cross entropy, or (distill) KL to the teacher's logits mixed
-  // with it, plus the hidden-state MSE when --distill-hidden > 0.
-  auto finetune_loss = [&](const at::Tensor& hidden, const at::Tensor& logits, const at::Tensor& x, const Teacher& t) {
-    at::Tensor loss = edkm::functional::causal_lm_loss(logits, x);
-    if (!t.logits.defined()) return loss;
-    loss = distill_alpha * edkm::functional::distillation_kl_loss(logits, t.logits, distill_temperature) +
-           (1 - distill_alpha) * loss;
-    if (distill_hidden > 0) loss = loss + distill_hidden * (hidden - t.hidden).pow(2).mean();
+  // with it, plus the hidden-state MSE when --distill-hidden > 0. --head-loss fused computes the
+  // head and these losses a chunk of tokens at a time (edkm::functional::lm_head_loss): the same
+  // loss without the [tokens, vocab] logits of either model.
+  auto finetune_loss = [&](edkm::LlamaForCausalLM& m, const at::Tensor& hidden, const at::Tensor& x, const Teacher& t) {
+    at::Tensor loss;
+    if (fused_head) {
+      const auto o = edkm::LmHeadLossOptions().alpha(distill_alpha).temperature(distill_temperature);
+      loss = teacher ? edkm::functional::lm_head_loss(hidden, head_weight(m), x, t.hidden, head_weight(teacher), o)
+                     : edkm::functional::lm_head_loss(hidden, head_weight(m), x, {}, {}, o);
+    } else {
+      const at::Tensor logits = m->logits(hidden);
+      loss = edkm::functional::causal_lm_loss(logits, x);
+      if (t.logits.defined())
+        loss = distill_alpha * edkm::functional::distillation_kl_loss(logits, t.logits, distill_temperature) +
+               (1 - distill_alpha) * loss;
+    }
+    if (t.hidden.defined() && distill_hidden > 0) loss = loss + distill_hidden * (hidden - t.hidden).pow(2).mean();
     return loss;
   };
   auto model_loss = [&](edkm::LlamaForCausalLM& m, const at::Tensor& x) {
     const Teacher t = teacher_forward(x);
-    const at::Tensor h = m->model(x);
-    return finetune_loss(h, m->logits(h), x, t);
+    return finetune_loss(m, m->model(x), x, t);
   };
   if (wanted.count("control") && steps > 0) {
     auto control = std::dynamic_pointer_cast<edkm::LlamaForCausalLMImpl>(model->clone());
@@ -928,8 +951,7 @@ int main(int argc, char** argv) try {
         auto clustered = palettizer->clustered();
         profile.add("DKM forward (clustering every layer)", seconds_since(t));
         t = Clock::now();
-        const at::Tensor h = model->model(x);
-        loss = finetune_loss(h, model->logits(h), x, tch);
+        loss = finetune_loss(model, model->model(x), x, tch);
         profile.add("model forward + loss", seconds_since(t));
       }
       t = Clock::now();
