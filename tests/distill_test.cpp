@@ -1,9 +1,9 @@
 // edkm/nn/distill.h: the losses equal PyTorch's formulations; the teacher never enters autograd.
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/kl_div.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/softmax.h>
-#include <ATen/ops/linear.h>
 #include <edkm/memory/memory.h>
 #include <edkm/models/llama.h>
 #include <edkm/nn/distill.h>
@@ -251,10 +251,32 @@ TEST(LmHeadLoss, FrozenWeightBf16AndMemory) {
   std::cout << "lm_head_loss peak " << fused / 1048576.0 << " MiB, unfused " << unfused / 1048576.0 << " MiB\n";
 }
 
+// A teacher of another width (distilling a larger model), and the loss alone under no-grad.
+TEST(LmHeadLoss, WiderTeacherAndNoGrad) {
+  const auto c = head_case(2, 6, 8, 30, 5);
+  at::manual_seed(6);
+  const auto th = at::randn({2, 6, 24}), tw = at::randn({30, 24}) * 0.2;
+  auto h = c.h.clone().requires_grad_(true);
+  const auto o = LmHeadLossOptions().chunk(5).alpha(0.7).temperature(1.5);
+  const auto loss = functional::lm_head_loss(h, c.w, c.tok, th, tw, o);
+  const auto h64 = c.h.to(at::kDouble).requires_grad_(true);
+  const auto logits = at::linear(h64, c.w.to(at::kDouble));
+  const auto ref = 0.7 * functional::distillation_kl_loss(logits, at::linear(th, tw).to(at::kDouble), 1.5) +
+                   0.3 * functional::causal_lm_loss(logits, c.tok);
+  EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 2e-6 * std::abs(ref.item<double>()));
+  loss.backward();
+  ref.backward();
+  EXPECT_LT(test::max_rel(h.grad().to(at::kDouble), h64.grad()), 1e-5);
+  at::NoGradGuard ng;
+  const auto again = functional::lm_head_loss(h, c.w, c.tok, th, tw, o);
+  EXPECT_FALSE(again.requires_grad());
+  EXPECT_EQ(again.item<float>(), loss.item<float>());
+}
+
 TEST(LmHeadLoss, BadInput) {
   const auto c = head_case(2, 5, 8, 20, 4);
   EXPECT_THROW(functional::lm_head_loss(c.h, c.w, c.tok.clamp_max(5) + 20), c10::Error);  // beyond the vocabulary
-  EXPECT_THROW(functional::lm_head_loss(c.h, c.w.narrow(1, 0, 4), c.tok), c10::Error);   // dim mismatch
+  EXPECT_THROW(functional::lm_head_loss(c.h, c.w.narrow(1, 0, 4), c.tok), c10::Error);    // dim mismatch
   EXPECT_THROW(functional::lm_head_loss(c.h, c.w, c.tok.to(at::kInt)), c10::Error);
   EXPECT_THROW(functional::lm_head_loss(c.h, c.w, c.tok.narrow(1, 0, 1)), c10::Error);
   EXPECT_THROW(functional::lm_head_loss(c.h.narrow(1, 0, 1), c.w, c.tok.narrow(1, 0, 1)), c10::Error);  // seq 1

@@ -60,26 +60,28 @@ namespace {
 class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> {
  public:
   // The teacher's tensors are constants, passed beside the autograd inputs (an undefined tensor
-  // cannot be one).
-  struct Teacher {
-    at::Tensor hidden, weight;
+  // cannot be one), with which gradients the caller's autograd will ask for.
+  struct Extra {
+    at::Tensor teacher_hidden, teacher_weight;
+    bool grad_hidden = false, grad_weight = false;
   };
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                            const at::Tensor& tokens, const Teacher* teacher_in, const LmHeadLossOptions* options) {
-    const at::Tensor& teacher_hidden = teacher_in->hidden;
-    const at::Tensor& teacher_weight = teacher_in->weight;
+                            const at::Tensor& tokens, const Extra* extra, const LmHeadLossOptions* options) {
+    const at::Tensor& teacher_hidden = extra->teacher_hidden;
+    const at::Tensor& teacher_weight = extra->teacher_weight;
     const auto& o = *options;
     const int64_t B = hidden.size(0), S = hidden.size(1), D = hidden.size(2), V = weight.size(0);
+    const int64_t Dt = teacher_hidden.defined() ? teacher_hidden.size(2) : 0;
     const int64_t R = B * S, n_ce = B * (S - 1);
     const bool teacher = teacher_hidden.defined();
     const double alpha = teacher ? o.alpha() : 0.0, T = o.temperature();
     const at::Tensor h = hidden.reshape({R, D});
-    const at::Tensor th = teacher ? teacher_hidden.reshape({R, D}) : at::Tensor();
+    const at::Tensor th = teacher ? teacher_hidden.reshape({R, Dt}) : at::Tensor();
     const at::Tensor w = weight.to(at::kFloat);  // no copy for fp32
     const at::Tensor tw = teacher ? teacher_weight.to(at::kFloat) : at::Tensor();
     const at::Tensor tok = tokens.reshape({R});
-    const bool want_dw = weight.requires_grad();
-    at::Tensor dh = at::empty({R, D}, h.options().dtype(at::kFloat));
+    const bool want_dh = extra->grad_hidden, want_dw = extra->grad_weight;
+    at::Tensor dh = want_dh ? at::empty({R, D}, h.options().dtype(at::kFloat)) : at::Tensor();
     at::Tensor dw = want_dw ? at::zeros({V, D}, w.options()) : at::Tensor();
     const auto f64 = h.options().dtype(at::kDouble);
     at::Tensor ce_sum = at::zeros({}, f64), kl_sum = at::zeros({}, f64);
@@ -92,15 +94,18 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
       const at::Tensor hc = h.narrow(0, r0, n).to(at::kFloat);
       const at::Tensor s = hc.mm(w.t());  // [n, V]
       at::Tensor g;                       // d loss / d s
+      const bool want_g = want_dh || want_dw;
       if (alpha < 1.0) {
         const at::Tensor hasf = pos.narrow(0, r0, n).lt(S - 1).to(at::kFloat).unsqueeze(1);
         const at::Tensor target = next_tok.narrow(0, r0, n);
         const at::Tensor lse = s.logsumexp(1, /*keepdim=*/true);
         const at::Tensor picked = s.gather(1, target.unsqueeze(1));
         ce_sum.add_(((lse - picked) * hasf).sum(at::kDouble));
-        g = (s - lse).exp_().mul_(hasf);  // softmax on rows with a target, 0 elsewhere
-        g.scatter_add_(1, target.unsqueeze(1), -hasf);
-        g.mul_((1.0 - alpha) / static_cast<double>(n_ce));
+        if (want_g) {
+          g = (s - lse).exp_().mul_(hasf);  // softmax on rows with a target, 0 elsewhere
+          g.scatter_add_(1, target.unsqueeze(1), -hasf);
+          g.mul_((1.0 - alpha) / static_cast<double>(n_ce));
+        }
       }
       if (alpha > 0.0) {
         const at::Tensor log_p = at::log_softmax(th.narrow(0, r0, n).to(at::kFloat).mm(tw.t()).div_(T), -1);
@@ -111,16 +116,18 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
         terms.masked_fill_(p.eq(0), 0.0);
         kl_sum.add_(terms.sum(at::kDouble));
         terms.reset();
-        // d/ds of T^2 / R * sum p (log p - log q(s / T)) = T / R * (q - p).
-        at::Tensor gk = log_q.exp_().sub_(p).mul_(alpha * T / static_cast<double>(R));
-        g = g.defined() ? g.add_(gk) : gk;
+        if (want_g) {
+          // d/ds of T^2 / R * sum p (log p - log q(s / T)) = T / R * (q - p).
+          at::Tensor gk = log_q.exp_().sub_(p).mul_(alpha * T / static_cast<double>(R));
+          g = g.defined() ? g.add_(gk) : gk;
+        }
       }
-      dh.narrow(0, r0, n).copy_(g.mm(w));
+      if (want_dh) dh.narrow(0, r0, n).copy_(g.mm(w));
       if (want_dw) dw.addmm_(g.t(), hc);
     }
     at::Tensor loss = ce_sum * ((1.0 - alpha) / static_cast<double>(n_ce));
     if (alpha > 0) loss = loss + kl_sum * (alpha * T * T / static_cast<double>(R));
-    ctx->saved_data["dh"] = dh.reshape(hidden.sizes()).to(hidden.scalar_type());
+    if (want_dh) ctx->saved_data["dh"] = dh.reshape(hidden.sizes()).to(hidden.scalar_type());
     if (want_dw) ctx->saved_data["dw"] = dw.to(weight.scalar_type());
     return loss.to(at::kFloat);
   }
@@ -129,7 +136,7 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
                                                  torch::autograd::variable_list grads) {
     // The loss is a scalar: its incoming gradient scales what the forward computed.
     torch::autograd::variable_list out(5);
-    if (ctx->needs_input_grad(0)) {
+    if (ctx->needs_input_grad(0) && ctx->saved_data.count("dh")) {
       const at::Tensor dh = ctx->saved_data["dh"].toTensor();
       out[0] = dh * grads[0].to(dh.scalar_type());
     }
@@ -148,8 +155,7 @@ at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, cons
                         const LmHeadLossOptions& options) {
   options.validate();
   TORCH_CHECK(hidden.defined() && weight.defined() && tokens.defined(),
-              "edkm: lm_head_loss: hidden, weight and "
-              "tokens must be defined");
+              "edkm: lm_head_loss: hidden, weight and tokens must be defined");
   TORCH_CHECK(hidden.dim() == 3 && weight.dim() == 2 && weight.size(1) == hidden.size(2),
               "edkm: lm_head_loss: hidden must be [batch, seq, dim] and weight [vocab, dim], got ", hidden.sizes(),
               " and ", weight.sizes());
@@ -164,20 +170,26 @@ at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, cons
   TORCH_CHECK(teacher_hidden.defined() == teacher_weight.defined(),
               "edkm: lm_head_loss: give both the teacher's hidden states and its head weight, or neither");
   if (teacher_hidden.defined()) {
-    TORCH_CHECK(teacher_hidden.sizes() == hidden.sizes() && teacher_weight.size(0) == weight.size(0) &&
-                    teacher_weight.dim() == 2 && teacher_hidden.is_floating_point() &&
-                    teacher_weight.is_floating_point() && teacher_hidden.device() == hidden.device() &&
-                    teacher_weight.device() == hidden.device(),
+    TORCH_CHECK(teacher_hidden.dim() == 3 && teacher_hidden.size(0) == hidden.size(0) &&
+                    teacher_hidden.size(1) == hidden.size(1) && teacher_weight.dim() == 2 &&
+                    teacher_weight.size(0) == weight.size(0) && teacher_weight.size(1) == teacher_hidden.size(2) &&
+                    teacher_hidden.is_floating_point() && teacher_weight.is_floating_point() &&
+                    teacher_hidden.device() == hidden.device() && teacher_weight.device() == hidden.device(),
                 "edkm: lm_head_loss: the teacher's hidden states ", teacher_hidden.sizes(), " and head ",
-                teacher_weight.sizes(), " must match the student's ", hidden.sizes(), " and ", weight.sizes(),
-                " (floating point, same device)");
+                teacher_weight.sizes(), " must be [batch, seq, dim_t] and [vocab, dim_t] for the student's ",
+                hidden.sizes(), " and ", weight.sizes(), " (floating point, same device)");
   }
   const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
   TORCH_CHECK(lo >= 0 && hi < weight.size(0), "edkm: lm_head_loss: token ", lo < 0 ? lo : hi,
               " outside the vocabulary 0..", weight.size(0) - 1);
-  const LmHeadLossFunction::Teacher teacher{teacher_hidden.defined() ? teacher_hidden.detach() : teacher_hidden,
-                                            teacher_weight.defined() ? teacher_weight.detach() : teacher_weight};
-  return LmHeadLossFunction::apply(hidden, weight, tokens, &teacher, &options);
+  LmHeadLossFunction::Extra extra;
+  extra.teacher_hidden = teacher_hidden.defined() ? teacher_hidden.detach() : teacher_hidden;
+  extra.teacher_weight = teacher_weight.defined() ? teacher_weight.detach() : teacher_weight;
+  // Gradients only for what autograd will ask (none under no-grad: evaluation pays the loss alone).
+  const bool grad = at::GradMode::is_enabled();
+  extra.grad_hidden = grad && hidden.requires_grad();
+  extra.grad_weight = grad && weight.requires_grad();
+  return LmHeadLossFunction::apply(hidden, weight, tokens, &extra, &options);
 }
 
 }  // namespace functional

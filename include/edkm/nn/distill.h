@@ -60,8 +60,9 @@ namespace functional {
 /// the KL over all batch x seq positions, as those functions do. Logits are computed in fp32
 /// (16-bit hidden states and weights are upcast per chunk). The teacher is a constant.
 ///
-/// hidden [B, S, D], weight [V, D], tokens [B, S] int64; teacher_hidden [B, S, D] and
-/// teacher_weight [V, D], or both undefined.
+/// hidden [B, S, D], weight [V, D], tokens [B, S] int64; teacher_hidden [B, S, D_t] and
+/// teacher_weight [V, D_t] (the teacher may be wider), or both undefined. Gradients are computed
+/// only for what autograd will ask (none under no-grad, where the call costs the loss alone).
 ///
 /// Example (the tied head of a LLaMA, distilled from a frozen copy):
 ///   auto h = model->model(tokens);
