@@ -280,6 +280,7 @@ TEST(LmHeadLoss, BadInput) {
   EXPECT_THROW(functional::lm_head_loss(c.h, c.w, c.tok.to(at::kInt)), c10::Error);
   EXPECT_THROW(functional::lm_head_loss(c.h, c.w, c.tok.narrow(1, 0, 1)), c10::Error);
   EXPECT_THROW(functional::lm_head_loss(c.h.narrow(1, 0, 1), c.w, c.tok.narrow(1, 0, 1)), c10::Error);  // seq 1
+  EXPECT_THROW(functional::lm_head_loss(c.h.narrow(0, 0, 0), c.w, c.tok.narrow(0, 0, 0)), c10::Error);  // no rows
   EXPECT_THROW(functional::lm_head_loss(c.h, c.w, c.tok, c.th, {}), c10::Error);  // half a teacher
   EXPECT_THROW(functional::lm_head_loss(c.h, c.w, c.tok, c.th, c.tw.narrow(0, 0, 10)), c10::Error);
   EXPECT_THROW(functional::lm_head_loss(c.h, c.w, c.tok, {}, {}, LmHeadLossOptions().chunk(0)), c10::Error);

@@ -162,9 +162,9 @@ at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, cons
   TORCH_CHECK(hidden.is_floating_point() && weight.is_floating_point(),
               "edkm: lm_head_loss: hidden and weight must be floating point");
   TORCH_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 2 && tokens.size(0) == hidden.size(0) &&
-                  tokens.size(1) == hidden.size(1) && tokens.size(1) >= 2,
-              "edkm: lm_head_loss: tokens must be int64 [batch, seq >= 2] matching hidden ", hidden.sizes(), ", got ",
-              tokens.scalar_type(), " ", tokens.sizes());
+                  tokens.size(1) == hidden.size(1) && tokens.size(1) >= 2 && tokens.size(0) >= 1,
+              "edkm: lm_head_loss: tokens must be int64 [batch >= 1, seq >= 2] matching hidden ", hidden.sizes(),
+              ", got ", tokens.scalar_type(), " ", tokens.sizes());
   TORCH_CHECK(hidden.device() == weight.device() && tokens.device() == hidden.device(),
               "edkm: lm_head_loss: hidden, weight and tokens must be on one device");
   TORCH_CHECK(teacher_hidden.defined() == teacher_weight.defined(),
