@@ -273,6 +273,59 @@ TEST(LmHeadLoss, WiderTeacherAndNoGrad) {
   EXPECT_EQ(again.item<float>(), loss.item<float>());
 }
 
+// A padded batch: with its attention mask the loss is the one of the unpadded sequences (cross
+// entropy averaged over their next-token pairs, KL over their tokens), whatever the pads hold, and
+// the pads get no gradient.
+TEST(LmHeadLoss, AttentionMaskGivesTheLossOfTheUnpaddedSequences) {
+  const int64_t S = 7, D = 12, V = 40;
+  const std::vector<int64_t> lengths = {7, 4, 2};
+  const int64_t B = static_cast<int64_t>(lengths.size());
+  const auto c = head_case(B, S, D, V, 7);
+  auto tok = c.tok.clone(), mask = at::ones({B, S}, at::kLong);
+  auto h = c.h.clone(), th = c.th.clone();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t pad = S - lengths[b];
+    if (pad == 0) continue;
+    mask[b].narrow(0, lengths[b], pad).fill_(0);
+    tok[b].narrow(0, lengths[b], pad).fill_(-1);  // not a token: must not be read
+    h[b].narrow(0, lengths[b], pad).fill_(1e3);   // garbage
+  }
+  const double alpha = 0.4, T = 2.0;
+  // Reference: each sequence alone, in fp64, weighted back to the batch's averages.
+  auto h64 = h.to(at::kDouble).requires_grad_(true);
+  at::Tensor ce = at::zeros({}, at::kDouble), kl = at::zeros({}, at::kDouble);
+  int64_t pairs = 0, tokens = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t L = lengths[b];
+    const auto hb = h64[b].narrow(0, 0, L).unsqueeze(0);
+    const auto logits = at::linear(hb, c.w.to(at::kDouble));
+    const auto tl = at::linear(th[b].narrow(0, 0, L).unsqueeze(0).to(at::kDouble), c.tw.to(at::kDouble));
+    ce = ce + functional::causal_lm_loss(logits, tok[b].narrow(0, 0, L).unsqueeze(0)) * static_cast<double>(L - 1);
+    kl = kl + functional::distillation_kl_loss(logits, tl, T) * static_cast<double>(L);
+    pairs += L - 1;
+    tokens += L;
+  }
+  const auto ref = alpha * kl / static_cast<double>(tokens) + (1 - alpha) * ce / static_cast<double>(pairs);
+  ref.backward();
+  for (int64_t chunk : {3, 8, 100}) {
+    auto hf = h.clone().requires_grad_(true);
+    const auto loss = functional::lm_head_loss(hf, c.w, tok, th, c.tw,
+                                               LmHeadLossOptions().chunk(chunk).alpha(alpha).temperature(T), mask);
+    EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 2e-6 * std::abs(ref.item<double>())) << chunk;
+    loss.backward();
+    EXPECT_LT(test::max_rel(hf.grad().to(at::kDouble), h64.grad()), 1e-5) << chunk;
+    EXPECT_EQ(hf.grad()[2].narrow(0, 2, S - 2).abs().max().item<float>(), 0.0f) << chunk;
+  }
+  // Without the mask the same batch is refused by name: its pads hold -1.
+  EXPECT_THROW(functional::lm_head_loss(h, c.w, tok, th, c.tw), c10::Error);
+  // A mask that leaves no pair to predict (and a cross entropy to compute) is refused.
+  auto ones_only = at::zeros({B, S}, at::kLong);
+  ones_only.select(1, 0).fill_(1);
+  EXPECT_THROW(functional::lm_head_loss(h, c.w, tok, {}, {}, {}, ones_only), c10::Error);
+  EXPECT_THROW(functional::lm_head_loss(h, c.w, tok, {}, {}, {}, at::zeros({B, S}, at::kLong)), c10::Error);
+  EXPECT_THROW(functional::lm_head_loss(h, c.w, tok, {}, {}, {}, mask.to(at::kFloat)), c10::Error);
+}
+
 TEST(LmHeadLoss, BadInput) {
   const auto c = head_case(2, 5, 8, 20, 4);
   EXPECT_THROW(functional::lm_head_loss(c.h, c.w, c.tok.clamp_max(5) + 20), c10::Error);  // beyond the vocabulary

@@ -6,6 +6,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/log_softmax.h>
 #include <ATen/ops/mse_loss.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
@@ -64,6 +65,8 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
   struct Extra {
     at::Tensor teacher_hidden, teacher_weight;
     bool grad_hidden = false, grad_weight = false;
+    at::Tensor rows, targets;  // [R] fp32: 1 on rows in the KL / with a next-token target
+    double n_rows = 0, n_targets = 0;
   };
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
                             const at::Tensor& tokens, const Extra* extra, const LmHeadLossOptions* options) {
@@ -72,7 +75,8 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
     const auto& o = *options;
     const int64_t B = hidden.size(0), S = hidden.size(1), D = hidden.size(2), V = weight.size(0);
     const int64_t Dt = teacher_hidden.defined() ? teacher_hidden.size(2) : 0;
-    const int64_t R = B * S, n_ce = B * (S - 1);
+    const int64_t R = B * S;
+    const double n_ce = extra->n_targets, n_kl = extra->n_rows;
     const bool teacher = teacher_hidden.defined();
     const double alpha = teacher ? o.alpha() : 0.0, T = o.temperature();
     const at::Tensor h = hidden.reshape({R, D});
@@ -85,9 +89,8 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
     at::Tensor dw = want_dw ? at::zeros({V, D}, w.options()) : at::Tensor();
     const auto f64 = h.options().dtype(at::kDouble);
     at::Tensor ce_sum = at::zeros({}, f64), kl_sum = at::zeros({}, f64);
-    // Row r = b * S + s predicts token r + 1 when s < S - 1; the last row of a sequence has none
-    // (its rolled "next" is the next sequence's first token, a valid index, masked out).
-    const at::Tensor pos = at::arange(R, tok.options()).remainder(S);
+    // Row r predicts token r + 1 where extra->targets says so (not the last row of a sequence, whose
+    // rolled "next" is the next sequence's first token, a valid index, masked out; not a pad).
     const at::Tensor next_tok = tok.roll(-1);
     for (int64_t r0 = 0; r0 < R; r0 += o.chunk()) {
       const int64_t n = std::min(o.chunk(), R - r0);
@@ -96,7 +99,7 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
       at::Tensor g;                       // d loss / d s
       const bool want_g = want_dh || want_dw;
       if (alpha < 1.0) {
-        const at::Tensor hasf = pos.narrow(0, r0, n).lt(S - 1).to(at::kFloat).unsqueeze(1);
+        const at::Tensor hasf = extra->targets.narrow(0, r0, n).unsqueeze(1);
         const at::Tensor target = next_tok.narrow(0, r0, n);
         const at::Tensor lse = s.logsumexp(1, /*keepdim=*/true);
         const at::Tensor picked = s.gather(1, target.unsqueeze(1));
@@ -104,7 +107,7 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
         if (want_g) {
           g = (s - lse).exp_().mul_(hasf);  // softmax on rows with a target, 0 elsewhere
           g.scatter_add_(1, target.unsqueeze(1), -hasf);
-          g.mul_((1.0 - alpha) / static_cast<double>(n_ce));
+          g.mul_((1.0 - alpha) / n_ce);
         }
       }
       if (alpha > 0.0) {
@@ -112,21 +115,22 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
         const at::Tensor log_q = at::log_softmax(s / T, -1);
         const at::Tensor p = log_p.exp();
         // As distillation_kl_loss: a class of teacher probability 0 adds 0 (not 0 * inf).
+        const at::Tensor rowf = extra->rows.narrow(0, r0, n).unsqueeze(1);
         at::Tensor terms = (log_p - log_q).mul_(p);
         terms.masked_fill_(p.eq(0), 0.0);
-        kl_sum.add_(terms.sum(at::kDouble));
+        kl_sum.add_(terms.mul_(rowf).sum(at::kDouble));
         terms.reset();
         if (want_g) {
           // d/ds of T^2 / R * sum p (log p - log q(s / T)) = T / R * (q - p).
-          at::Tensor gk = log_q.exp_().sub_(p).mul_(alpha * T / static_cast<double>(R));
+          at::Tensor gk = log_q.exp_().sub_(p).mul_(rowf).mul_(alpha * T / n_kl);
           g = g.defined() ? g.add_(gk) : gk;
         }
       }
       if (want_dh) dh.narrow(0, r0, n).copy_(g.mm(w));
       if (want_dw) dw.addmm_(g.t(), hc);
     }
-    at::Tensor loss = ce_sum * ((1.0 - alpha) / static_cast<double>(n_ce));
-    if (alpha > 0) loss = loss + kl_sum * (alpha * T * T / static_cast<double>(R));
+    at::Tensor loss = ce_sum * ((1.0 - alpha) / n_ce);
+    if (alpha > 0) loss = loss + kl_sum * (alpha * T * T / n_kl);
     if (want_dh) ctx->saved_data["dh"] = dh.reshape(hidden.sizes()).to(hidden.scalar_type());
     if (want_dw) ctx->saved_data["dw"] = dw.to(weight.scalar_type());
     return loss.to(at::kFloat);
@@ -150,17 +154,18 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
 
 }  // namespace
 
-at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& tokens,
+at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& tokens_in,
                         const at::Tensor& teacher_hidden, const at::Tensor& teacher_weight,
-                        const LmHeadLossOptions& options) {
+                        const LmHeadLossOptions& options, const at::Tensor& attention_mask) {
   options.validate();
-  TORCH_CHECK(hidden.defined() && weight.defined() && tokens.defined(),
+  TORCH_CHECK(hidden.defined() && weight.defined() && tokens_in.defined(),
               "edkm: lm_head_loss: hidden, weight and tokens must be defined");
   TORCH_CHECK(hidden.dim() == 3 && weight.dim() == 2 && weight.size(1) == hidden.size(2),
               "edkm: lm_head_loss: hidden must be [batch, seq, dim] and weight [vocab, dim], got ", hidden.sizes(),
               " and ", weight.sizes());
   TORCH_CHECK(hidden.is_floating_point() && weight.is_floating_point(),
               "edkm: lm_head_loss: hidden and weight must be floating point");
+  const at::Tensor& tokens = tokens_in;
   TORCH_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 2 && tokens.size(0) == hidden.size(0) &&
                   tokens.size(1) == hidden.size(1) && tokens.size(1) >= 2 && tokens.size(0) >= 1,
               "edkm: lm_head_loss: tokens must be int64 [batch >= 1, seq >= 2] matching hidden ", hidden.sizes(),
@@ -179,7 +184,29 @@ at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, cons
                 teacher_weight.sizes(), " must be [batch, seq, dim_t] and [vocab, dim_t] for the student's ",
                 hidden.sizes(), " and ", weight.sizes(), " (floating point, same device)");
   }
-  const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+  // Rows in the KL, and rows with a next-token target: all but each sequence's last, or as the mask
+  // says (a pad neither predicts nor is predicted; its token may be anything, it is read as 0).
+  const int64_t B = hidden.size(0), S = hidden.size(1), R = B * S;
+  const auto f32 = hidden.options().dtype(at::kFloat);
+  at::Tensor rows = at::ones({R}, f32);
+  at::Tensor tok = tokens;
+  if (attention_mask.defined()) {
+    TORCH_CHECK(attention_mask.sizes() == tokens.sizes() && attention_mask.device() == tokens.device() &&
+                    !attention_mask.is_floating_point() && !attention_mask.is_complex(),
+                "edkm: lm_head_loss: attention_mask must be an integer or bool [batch, seq] tensor like the tokens ",
+                tokens.sizes(), ", got ", attention_mask.scalar_type(), " ", attention_mask.sizes());
+    const at::Tensor m = attention_mask.ne(0);
+    rows = m.reshape({R}).to(at::kFloat);
+    tok = tokens.masked_fill(m.logical_not(), 0);
+  }
+  const at::Tensor last = at::arange(R, tokens.options()).remainder(S).eq(S - 1).to(at::kFloat);
+  const at::Tensor targets = rows * rows.roll(-1) * (1 - last);
+  const double n_rows = rows.sum().item<double>(), n_targets = targets.sum().item<double>();
+  const bool teacher_given = teacher_hidden.defined();
+  TORCH_CHECK(n_rows > 0, "edkm: lm_head_loss: the attention mask leaves no token");
+  TORCH_CHECK(n_targets > 0 || (teacher_given && options.alpha() == 1.0),
+              "edkm: lm_head_loss: no token has a next token to predict (every sequence has length 1)");
+  const int64_t lo = tok.min().item<int64_t>(), hi = tok.max().item<int64_t>();
   TORCH_CHECK(lo >= 0 && hi < weight.size(0), "edkm: lm_head_loss: token ", lo < 0 ? lo : hi,
               " outside the vocabulary 0..", weight.size(0) - 1);
   LmHeadLossFunction::Extra extra;
@@ -189,7 +216,11 @@ at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, cons
   const bool grad = at::GradMode::is_enabled();
   extra.grad_hidden = grad && hidden.requires_grad();
   extra.grad_weight = grad && weight.requires_grad();
-  return LmHeadLossFunction::apply(hidden, weight, tokens, &extra, &options);
+  extra.rows = rows;
+  extra.targets = targets;
+  extra.n_rows = n_rows;
+  extra.n_targets = std::max(n_targets, 1.0);  // 0 only with alpha 1, where the CE is not computed
+  return LmHeadLossFunction::apply(hidden, weight, tok, &extra, &options);
 }
 
 }  // namespace functional

@@ -64,13 +64,18 @@ namespace functional {
 /// teacher_weight [V, D_t] (the teacher may be wider), or both undefined. Gradients are computed
 /// only for what autograd will ask (none under no-grad, where the call costs the loss alone).
 ///
+/// attention_mask [B, S] (integer or bool, e.g. edkm::PaddedBatch::attention_mask): a 0 is a pad.
+/// A pad is not predicted, predicts nothing and has no KL term; the averages are over the tokens
+/// (KL) and the (token, next token) pairs (cross entropy) the mask keeps, as Hugging Face's
+/// ignore_index does. A pad's token may be any value.
+///
 /// Example (the tied head of a LLaMA, distilled from a frozen copy):
 ///   auto h = model->model(tokens);
 ///   auto loss = edkm::functional::lm_head_loss(h, model->model->embed_tokens->weight, tokens, t_hidden,
 ///                                              teacher->model->embed_tokens->weight);
 EDKM_API at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& tokens,
                                  const at::Tensor& teacher_hidden = {}, const at::Tensor& teacher_weight = {},
-                                 const LmHeadLossOptions& options = {});
+                                 const LmHeadLossOptions& options = {}, const at::Tensor& attention_mask = {});
 
 }  // namespace functional
 
