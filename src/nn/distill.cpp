@@ -154,18 +154,17 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
 
 }  // namespace
 
-at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& tokens_in,
+at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& tokens,
                         const at::Tensor& teacher_hidden, const at::Tensor& teacher_weight,
                         const LmHeadLossOptions& options, const at::Tensor& attention_mask) {
   options.validate();
-  TORCH_CHECK(hidden.defined() && weight.defined() && tokens_in.defined(),
+  TORCH_CHECK(hidden.defined() && weight.defined() && tokens.defined(),
               "edkm: lm_head_loss: hidden, weight and tokens must be defined");
   TORCH_CHECK(hidden.dim() == 3 && weight.dim() == 2 && weight.size(1) == hidden.size(2),
               "edkm: lm_head_loss: hidden must be [batch, seq, dim] and weight [vocab, dim], got ", hidden.sizes(),
               " and ", weight.sizes());
   TORCH_CHECK(hidden.is_floating_point() && weight.is_floating_point(),
               "edkm: lm_head_loss: hidden and weight must be floating point");
-  const at::Tensor& tokens = tokens_in;
   TORCH_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 2 && tokens.size(0) == hidden.size(0) &&
                   tokens.size(1) == hidden.size(1) && tokens.size(1) >= 2 && tokens.size(0) >= 1,
               "edkm: lm_head_loss: tokens must be int64 [batch >= 1, seq >= 2] matching hidden ", hidden.sizes(),
@@ -225,17 +224,22 @@ at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, cons
 
 }  // namespace functional
 
+namespace {
+// The temperature and the KL / cross-entropy mix both option sets take.
+void check_kl_mix(const char* who, double temperature, double alpha) {
+  TORCH_CHECK(temperature > 0 && std::isfinite(temperature), "edkm: ", who,
+              ": temperature must be positive and finite, got ", temperature);
+  TORCH_CHECK(alpha >= 0 && alpha <= 1, "edkm: ", who, ": alpha must be in [0, 1], got ", alpha);
+}
+}  // namespace
+
 void LmHeadLossOptions::validate() const {
   TORCH_CHECK(chunk() >= 1, "edkm: LmHeadLossOptions: chunk must be >= 1, got ", chunk());
-  TORCH_CHECK(alpha() >= 0 && alpha() <= 1, "edkm: LmHeadLossOptions: alpha must be in [0, 1], got ", alpha());
-  TORCH_CHECK(temperature() > 0 && std::isfinite(temperature()),
-              "edkm: LmHeadLossOptions: temperature must be positive and finite, got ", temperature());
+  check_kl_mix("LmHeadLossOptions", temperature(), alpha());
 }
 
 void DistillerOptions::validate() const {
-  TORCH_CHECK(temperature() > 0 && std::isfinite(temperature()),
-              "edkm: DistillerOptions: temperature must be positive and finite, got ", temperature());
-  TORCH_CHECK(alpha() >= 0 && alpha() <= 1, "edkm: DistillerOptions: alpha must be in [0, 1], got ", alpha());
+  check_kl_mix("DistillerOptions", temperature(), alpha());
   TORCH_CHECK(hidden_weight() >= 0 && std::isfinite(hidden_weight()),
               "edkm: DistillerOptions: hidden_weight must be >= 0, got ", hidden_weight());
 }

@@ -2,9 +2,9 @@
 
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <cmath>
-#include <cstdio>
-#include <iomanip>
 #include <iostream>
 #include <sstream>
 
@@ -39,31 +39,19 @@ void ProgressBar::finish() {
 }
 
 std::string ProgressBar::format_rate(double r) {
-  std::ostringstream s;
-  s << std::fixed << std::setprecision(1);
-  if (!(r > 0) || !std::isfinite(r)) {
-    s << "- it/s";
-  } else if (r < 1.0) {
-    s << 1.0 / r << " s/it";
-  } else {
-    s << r << " it/s";
-  }
-  return s.str();
+  if (!(r > 0) || !std::isfinite(r)) return "- it/s";
+  return r < 1.0 ? fmt::format("{:.1f} s/it", 1.0 / r) : fmt::format("{:.1f} it/s", r);
 }
 
 std::string ProgressBar::format_duration(double seconds) {
   if (!(seconds >= 0) || !std::isfinite(seconds)) return "?";
-  char buf[32];
-  if (seconds < 60) {
-    std::snprintf(buf, sizeof buf, "%.1fs", seconds);
-  } else if (seconds < 3600) {
+  if (seconds < 60) return fmt::format("{:.1f}s", seconds);
+  if (seconds < 3600) {
     const auto t = static_cast<int64_t>(seconds + 0.5);
-    std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(t / 60), static_cast<long long>(t % 60));
-  } else {
-    const auto m = static_cast<int64_t>(seconds / 60 + 0.5);
-    std::snprintf(buf, sizeof buf, "%lldh%02lldm", static_cast<long long>(m / 60), static_cast<long long>(m % 60));
+    return fmt::format("{}m{:02}s", t / 60, t % 60);
   }
-  return buf;
+  const auto m = static_cast<int64_t>(seconds / 60 + 0.5);
+  return fmt::format("{}h{:02}m", m / 60, m % 60);
 }
 
 void ProgressBar::draw(bool final) {
