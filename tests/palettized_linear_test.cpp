@@ -252,6 +252,46 @@ TEST(PalettizedLinear, GradientsReachTheInputAndBiasOnEveryPath) {
   }
 }
 
+// lut_linear_out writes what lut_linear returns, bit for bit, on every path (one-pass GEMV, GEMV
+// in passes, LUT-GEMM, no rows) into the caller's tensor, and refuses what it cannot write into.
+TEST(PalettizedLinear, OutFormEqualsTheAllocatingFormAndRefusesBadBuffers) {
+  at::NoGradGuard no_grad;
+  for (int64_t bits : {3, 4, 8}) {
+    const Case c{40, 72, bits, 8, true};
+    const PackedWeight w = PackedWeight::from_palette(make_palette(c, 70 + bits));
+    auto g = at::make_generator<at::CPUGeneratorImpl>(bits);
+    const at::Tensor b = at::randn({c.out}, g);
+    for (int64_t m : {0, 1, 4, 9, 40, 64}) {
+      const at::Tensor x = at::randn({m, c.in}, g);
+      at::Tensor out = at::full({m, c.out}, std::nanf(""));
+      functional::lut_linear_out(out, x, w, b);
+      EXPECT_TRUE(at::equal(out, functional::lut_linear(x, w, b))) << "bits " << bits << ", m " << m;
+      functional::lut_linear_out(out, x, w);
+      EXPECT_TRUE(at::equal(out, functional::lut_linear(x, w))) << "bits " << bits << ", m " << m << ", no bias";
+    }
+  }
+  const PackedWeight w = PackedWeight::from_palette(make_palette({8, 16, 3, 0, false}, 3));
+  const at::Tensor x = at::randn({2, 16}), out = at::empty({2, 8});
+  test::expect_error([&] { functional::lut_linear_out(at::empty({2, 7}), x, w); }, {"out must be [2, 8]"});
+  test::expect_error([&] { functional::lut_linear_out(at::empty({8, 2}).t(), x, w); }, {"not contiguous"});
+  test::expect_error([&] { functional::lut_linear_out(out, at::randn({16, 2}).t(), w); }, {"not contiguous"});
+  test::expect_error([&] { functional::lut_linear_out(out, x.to(at::kDouble), w); }, {"contiguous fp32", "Double"});
+  test::expect_error([&] { functional::lut_linear_out(out.to(at::kBFloat16), x, w); }, {"out must be"});
+  test::expect_error([&] { functional::lut_linear_out(out, at::randn({2, 15}), w); }, {"input must be [rows, 16]"});
+  test::expect_error([&] { functional::lut_linear_out(out, x, w, at::zeros({7})); }, {"bias must hold 8"});
+  const at::Tensor shared = at::randn({2, 16});  // out over x's own memory
+  test::expect_error(
+      [&] {
+        functional::lut_linear_out(shared.view({-1}).narrow(0, 0, 16).view({2, 8}), shared, w);
+      },
+      {"single memory location"});
+  {
+    at::AutoGradMode on(true);
+    const at::Tensor xg = x.clone().requires_grad_(true);
+    test::expect_error([&] { functional::lut_linear_out(out, xg, w); }, {"records no gradient", "lut_linear"});
+  }
+}
+
 // The tiled CUDA GEMV unpacks a run of 32 indices from BITS aligned words: the same indices as
 // the byte-pair unpack every other path uses, for every width (checked here on the CPU).
 template <int BITS>

@@ -27,6 +27,15 @@ at::Tensor InferenceLinear::forward(const at::Tensor& x) const {
       .to(at::kFloat);
 }
 
+void InferenceLinear::forward_into(const at::Tensor& x, const at::Tensor& out) const {
+  if (packed) return functional::lut_linear_out(out, x, packed->packed, packed->bias);
+  out.copy_(forward(x));
+}
+
+int64_t InferenceLinear::out_features() const {
+  return packed ? packed->packed.out_features : (weight.defined() ? weight.size(0) : 0);
+}
+
 int64_t InferenceLinear::bytes() const {
   if (packed) return packed->packed.resident_bytes() + (packed->bias.defined() ? packed->bias.nbytes() : 0);
   return (weight.defined() ? weight.nbytes() : 0) + (bias.defined() ? bias.nbytes() : 0);
@@ -364,23 +373,26 @@ at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) cons
   const float* cos = cache.cos.data_ptr<float>() + pos * d;
   const float* sin = cache.sin.data_ptr<float>() + pos * d;
   float* xp = x.data_ptr<float>();
+  // The projections' outputs: one buffer each for the step, (re)made when a layer's width differs.
+  at::Tensor qkv, kt, vt, o, gate, up, down;
+  auto into = [](const InferenceLinear& lin, const at::Tensor& in, at::Tensor& buffer) {
+    if (!buffer.defined() || buffer.size(1) != lin.out_features())
+      buffer = at::empty({1, lin.out_features()}, at::kFloat);
+    lin.forward_into(in, buffer);
+    return buffer.data_ptr<float>();
+  };
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     rms_norm_row(xp, L.input_norm.data_ptr<float>(), D, eps, h.data_ptr<float>());
-    at::Tensor qkv, kt, vt;  // q, k, v: pointers into the stacked output, or three outputs
-    float *qp, *kp, *vp;
+    float *qp, *kp, *vp;  // q, k, v: pointers into the stacked output, or three outputs
     if (L.qkv.parts > 1) {
-      qkv = L.qkv.forward(h).contiguous();
-      qp = qkv.data_ptr<float>();
+      qp = into(L.qkv, h, qkv);
       kp = qp + H * d;
       vp = kp + KV * d;
     } else {
-      qkv = L.q.forward(h).contiguous();
-      kt = L.k.forward(h).contiguous();
-      vt = L.v.forward(h).contiguous();
-      qp = qkv.data_ptr<float>();
-      kp = kt.data_ptr<float>();
-      vp = vt.data_ptr<float>();
+      qp = into(L.q, h, qkv);
+      kp = into(L.k, h, kt);
+      vp = into(L.v, h, vt);
     }
     rotate_heads(qp, H, d, cos, sin);
     rotate_heads(kp, KV, d, cos, sin);
@@ -416,26 +428,24 @@ at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) cons
           attend(qp + hd * d, kc + at_head, vc + at_head, keys, d, scale, score.data(), ap + hd * d);
       }
     });
-    const at::Tensor o = L.o.forward(attn).contiguous();
-    const float* op = o.data_ptr<float>();
+    const float* op = into(L.o, attn, o);
     for (int64_t i = 0; i < D; ++i) xp[i] += op[i];
     rms_norm_row(xp, L.post_norm.data_ptr<float>(), D, eps, h.data_ptr<float>());
-    at::Tensor gate, up;  // silu(gate) * up, written over gate (the first half of a stacked output)
-    const float* upp;
+    // silu(gate) * up, written over gate (the first half of a stacked output)
+    float *gp, *upp;
+    int64_t mi;
     if (L.gate_up.parts > 1) {
-      const at::Tensor y = L.gate_up.forward(h).contiguous();
-      const int64_t mi = y.size(-1) / 2;
-      gate = y.narrow(-1, 0, mi);  // a [1, mi] prefix of a row: contiguous
-      upp = y.data_ptr<float>() + mi;
+      gp = into(L.gate_up, h, gate);
+      mi = gate.size(1) / 2;
+      upp = gp + mi;
     } else {
-      gate = L.gate.forward(h).contiguous();
-      up = L.up.forward(h).contiguous();
-      upp = up.data_ptr<float>();
+      gp = into(L.gate, h, gate);
+      upp = into(L.up, h, up);
+      mi = gate.size(1);
     }
-    float* gp = gate.data_ptr<float>();
-    for (int64_t i = 0, mi = gate.numel(); i < mi; ++i) gp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * upp[i];
-    const at::Tensor down = L.down.forward(gate).contiguous();
-    const float* dp = down.data_ptr<float>();
+    for (int64_t i = 0; i < mi; ++i) gp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * upp[i];
+    // The down projection reads the first mi values of gate's row (a [1, mi] prefix: contiguous).
+    const float* dp = into(L.down, gate.narrow(1, 0, mi), down);
     for (int64_t i = 0; i < D; ++i) xp[i] += dp[i];
   }
   cache.length = pos + 1;
@@ -603,20 +613,24 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& input, c
   at::Tensor logits = forward(at::tensor(input, at::kLong), cache, Logits::kLast).select(0, -1);
   while (static_cast<int64_t>(out.size()) < o.max_new_tokens()) {
     at::Tensor scores = logits.to(at::kDouble).contiguous();
-    // NaN logits would decode as token 0 forever (argmax) or fail deep in multinomial.
-    TORCH_CHECK(at::isfinite(scores).all().item<bool>(),
+    double* l = scores.data_ptr<double>();
+    const int64_t n = scores.numel();
+    // NaN logits would decode as token 0 forever (argmax) or fail deep in multinomial. One pass over
+    // the row, like the greedy choice below (LibTorch's isfinite + all took four).
+    bool finite = true;
+    for (int64_t i = 0; i < n; ++i) finite = finite && std::isfinite(l[i]);
+    TORCH_CHECK(finite,
                 "edkm: LlamaRuntime::generate: the model produced NaN or Inf "
                 "logits at generated token ",
                 out.size(),
                 " (non-finite weights, or activations that overflow the "
                 "cache dtype)");
     if (o.repetition_penalty() != 1) {
-      double* l = scores.data_ptr<double>();
       for (const int64_t t : seen) l[t] = l[t] > 0 ? l[t] / o.repetition_penalty() : l[t] * o.repetition_penalty();
     }
     int64_t next;
     if (o.temperature() == 0) {
-      next = scores.argmax().item<int64_t>();
+      next = std::max_element(l, l + n) - l;  // the first of equal maxima, as argmax
     } else {
       if (o.top_k() > 0 && o.top_k() < vocab) {
         const at::Tensor kth = std::get<0>(scores.topk(o.top_k())).min();

@@ -1,6 +1,7 @@
 #include "edkm/nn/palettized_linear.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <c10/util/accumulate.h>
@@ -213,6 +214,31 @@ void for_each_decoded_block(const PackedWeight& w, const at::TensorOptions& opti
   }
 }
 
+// y = xs W^T (+ b): xs [m, in] and y [m, out] contiguous fp32, b [out] contiguous fp32 or
+// undefined; checked inputs, no autograd.
+void lut_linear_into(const at::Tensor& xs, const PackedWeight& w, const at::Tensor& b, const at::Tensor& y) {
+  const int64_t m = xs.size(0);
+  if (m == 0 || w.out_features == 0) {
+    y.zero_();
+  } else if (m <= kGemvMaxRows) {
+    kernels::ops::lut_gemv(params_of(w, b), xs, y);
+  } else if (xs.is_cpu() && m <= cpu_gemv_max_rows(w.bits)) {
+    // A few rows more (a short prompt): the GEMV 4 rows of x at a time, each pass reading the packed
+    // weight once, beats decoding every weight to fp32 for a matmul (cpu_gemv_max_rows).
+    const kernels::LutParams p = params_of(w, b);
+    for (int64_t r = 0; r < m; r += kGemvMaxRows) {
+      const int64_t n = std::min(kGemvMaxRows, m - r);
+      kernels::ops::lut_gemv(p, xs.narrow(0, r, n), y.narrow(0, r, n));
+    }
+  } else {
+    // LUT-GEMM: blocks of rows decoded to fp32 (about 4 MiB each), multiplied by LibTorch's matmul.
+    for_each_decoded_block(w, xs.options(), [&](int64_t r0, int64_t r1, const at::Tensor& t) {
+      y.narrow(1, r0, r1 - r0).copy_(at::mm(xs, t.t()));
+    });
+    if (b.defined()) y.add_(b);
+  }
+}
+
 // y = x W^T (+ b), checked inputs, no autograd.
 at::Tensor lut_linear_impl(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias) {
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
@@ -221,29 +247,8 @@ at::Tensor lut_linear_impl(const at::Tensor& x, const PackedWeight& w, const at:
   const at::Tensor xs = x.reshape({m, w.in_features}).to(at::kFloat).contiguous();
   // Every path reads the bias as [out] (a [out, 1] bias would broadcast over rows in add_).
   const at::Tensor b = bias.defined() ? bias.reshape({-1}).to(at::kFloat).contiguous() : bias;
-  at::Tensor y;
-  if (m == 0 || w.out_features == 0) {
-    y = at::zeros({m, w.out_features}, xs.options());
-  } else if (m <= kGemvMaxRows) {
-    y = at::empty({m, w.out_features}, xs.options());
-    kernels::ops::lut_gemv(params_of(w, b), xs, y);
-  } else if (xs.is_cpu() && m <= cpu_gemv_max_rows(w.bits)) {
-    // A few rows more (a short prompt): the GEMV 4 rows of x at a time, each pass reading the packed
-    // weight once, beats decoding every weight to fp32 for a matmul (cpu_gemv_max_rows).
-    y = at::empty({m, w.out_features}, xs.options());
-    const kernels::LutParams p = params_of(w, b);
-    for (int64_t r = 0; r < m; r += kGemvMaxRows) {
-      const int64_t n = std::min(kGemvMaxRows, m - r);
-      kernels::ops::lut_gemv(p, xs.narrow(0, r, n), y.narrow(0, r, n));
-    }
-  } else {
-    // LUT-GEMM: blocks of rows decoded to fp32 (about 4 MiB each), multiplied by LibTorch's matmul.
-    y = at::empty({m, w.out_features}, xs.options());
-    for_each_decoded_block(w, xs.options(), [&](int64_t r0, int64_t r1, const at::Tensor& t) {
-      y.narrow(1, r0, r1 - r0).copy_(at::mm(xs, t.t()));
-    });
-    if (b.defined()) y.add_(b);
-  }
+  const at::Tensor y = at::empty({m, w.out_features}, xs.options());
+  lut_linear_into(xs, w, b, y);
   return y.reshape(out_shape).to(x.scalar_type());
 }
 
@@ -306,6 +311,30 @@ at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tens
   const bool grad = at::GradMode::is_enabled() && (x.requires_grad() || (bias.defined() && bias.requires_grad()));
   if (!grad) return lut_linear_impl(x, w, bias);
   return LutLinearFunction::apply(x, bias, w);
+}
+
+void lut_linear_out(const at::Tensor& out, const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias) {
+  check_packed(w);
+  TORCH_CHECK(
+      x.defined() && x.dim() == 2 && x.size(1) == w.in_features && x.scalar_type() == at::kFloat && x.is_contiguous(),
+      "edkm: lut_linear_out: input must be [rows, ", w.in_features, "] contiguous fp32, got ",
+      x.defined() ? x.sizes() : c10::IntArrayRef{}, " ", x.defined() ? x.scalar_type() : at::kFloat,
+      x.defined() && !x.is_contiguous() ? " (not contiguous)" : "");
+  TORCH_CHECK(out.defined() && out.dim() == 2 && out.size(0) == x.size(0) && out.size(1) == w.out_features &&
+                  out.scalar_type() == at::kFloat && out.is_contiguous(),
+              "edkm: lut_linear_out: out must be [", x.size(0), ", ", w.out_features, "] contiguous fp32, got ",
+              out.defined() ? out.sizes() : c10::IntArrayRef{},
+              out.defined() && !out.is_contiguous() ? " (not contiguous)" : "");
+  TORCH_CHECK(x.device() == w.lut.device() && out.device() == w.lut.device(), "edkm: lut_linear_out: input on ",
+              x.device(), ", out on ", out.device(), ", weight on ", w.lut.device());
+  TORCH_CHECK(!bias.defined() || (bias.numel() == w.out_features && bias.device() == x.device() &&
+                                  bias.scalar_type() == at::kFloat && bias.is_contiguous()),
+              "edkm: lut_linear_out: bias must hold ", w.out_features, " contiguous fp32 values on ", x.device());
+  TORCH_CHECK(!at::GradMode::is_enabled() ||
+                  !(x.requires_grad() || out.requires_grad() || (bias.defined() && bias.requires_grad())),
+              "edkm: lut_linear_out records no gradient: call lut_linear, or run it under at::NoGradGuard");
+  at::assert_no_overlap(out, x);
+  lut_linear_into(x, w, bias.defined() ? bias.reshape({-1}) : bias, out);
 }
 
 at::Tensor lut_embedding(const at::Tensor& ids, const PackedWeight& w) {

@@ -59,7 +59,11 @@ struct EDKM_API InferenceLinear {
   at::Tensor bias;                                ///< dense case only (a packed one holds its own)
   int64_t parts = 1;                              ///< projections stacked in it (q, k, v or gate, up run as one GEMV)
   at::Tensor forward(const at::Tensor& x) const;  ///< fp32 in, fp32 out
-  int64_t bytes() const;                          ///< resident bytes of the weight (and bias)
+  /// forward into out ([rows, out_features] contiguous fp32; x contiguous fp32, no gradient): a
+  /// packed weight runs functional::lut_linear_out, without allocating.
+  void forward_into(const at::Tensor& x, const at::Tensor& out) const;
+  int64_t out_features() const;
+  int64_t bytes() const;  ///< resident bytes of the weight (and bias)
 };
 
 class EDKM_API LlamaRuntime {

@@ -75,6 +75,12 @@ EDKM_API int64_t cpu_gemv_max_rows(int64_t bits);
 /// dtype, computed in fp32; bias holds out values (any shape). Differentiable in x and bias (dx =
 /// dy W, W decoded a block of rows at a time); the packed weight has no gradient.
 EDKM_API at::Tensor lut_linear(const at::Tensor& x, const PackedWeight& w, const at::Tensor& bias = {});
+/// The same into a tensor the caller keeps (a decode loop's buffers: no allocation, fewer
+/// LibTorch operations per call): out [m, out] = x [m, in] W^T (+ bias), x, out and bias
+/// contiguous fp32 on the weight's device, out not overlapping x. Records no gradient (refused
+/// when grad mode is on and an input requires one).
+EDKM_API void lut_linear_out(const at::Tensor& out, const at::Tensor& x, const PackedWeight& w,
+                             const at::Tensor& bias = {});
 /// Rows of W for token ids (any shape, int64) -> [..., in] fp32: a palettized embedding lookup.
 EDKM_API at::Tensor lut_embedding(const at::Tensor& ids, const PackedWeight& w);
 /// Which CPU path the LUT kernels take: "avx512vbmi" (AVX-512 with VBMI), "avx512", "avx2" or
