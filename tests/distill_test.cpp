@@ -288,7 +288,10 @@ TEST(LmHeadLoss, AttentionMaskGivesTheLossOfTheUnpaddedSequences) {
     if (pad == 0) continue;
     mask[b].narrow(0, lengths[b], pad).fill_(0);
     tok[b].narrow(0, lengths[b], pad).fill_(-1);  // not a token: must not be read
-    h[b].narrow(0, lengths[b], pad).fill_(1e3);   // garbage
+    // Garbage that must not reach a sum (a pad row read at all would poison it).
+    h[b].narrow(0, lengths[b], pad)
+        .fill_(b == 1 ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity());
+    th[b].narrow(0, lengths[b], pad).fill_(std::numeric_limits<float>::quiet_NaN());
   }
   const double alpha = 0.4, T = 2.0;
   // Reference: each sequence alone, in fp64, weighted back to the batch's averages.
@@ -315,6 +318,14 @@ TEST(LmHeadLoss, AttentionMaskGivesTheLossOfTheUnpaddedSequences) {
     loss.backward();
     EXPECT_LT(test::max_rel(hf.grad().to(at::kDouble), h64.grad()), 1e-5) << chunk;
     EXPECT_EQ(hf.grad()[2].narrow(0, 2, S - 2).abs().max().item<float>(), 0.0f) << chunk;
+    // The weight's gradient: as with the pads' rows zeroed, finite.
+    auto wf = c.w.clone().requires_grad_(true), wz = c.w.clone().requires_grad_(true);
+    const auto o = LmHeadLossOptions().chunk(chunk).alpha(alpha).temperature(T);
+    functional::lm_head_loss(h, wf, tok, th, c.tw, o, mask).backward();
+    const auto keep = mask.unsqueeze(-1).to(at::kBool);
+    functional::lm_head_loss(h.where(keep, 0.0), wz, tok, th.where(keep, 0.0), c.tw, o, mask).backward();
+    EXPECT_TRUE(wf.grad().isfinite().all().item<bool>()) << chunk;
+    EXPECT_TRUE(wf.grad().allclose(wz.grad(), 1e-6, 1e-7)) << chunk;
   }
   // Without the mask the same batch is refused by name: its pads hold -1.
   EXPECT_THROW(functional::lm_head_loss(h, c.w, tok, th, c.tw), c10::Error);

@@ -66,6 +66,7 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
     at::Tensor teacher_hidden, teacher_weight;
     bool grad_hidden = false, grad_weight = false;
     at::Tensor rows, targets;  // [R] fp32: 1 on rows in the KL / with a next-token target
+    at::Tensor pads;           // [R, 1] bool, true on pads (their hidden rows read as 0); undefined: none
     double n_rows = 0, n_targets = 0;
   };
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
@@ -94,7 +95,11 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
     const at::Tensor next_tok = tok.roll(-1);
     for (int64_t r0 = 0; r0 < R; r0 += o.chunk()) {
       const int64_t n = std::min(o.chunk(), R - r0);
-      const at::Tensor hc = h.narrow(0, r0, n).to(at::kFloat);
+      // A pad's hidden row is read as 0: whatever it holds (NaN, inf) must not reach the sums, where
+      // a multiplication by its 0 weight would keep a NaN.
+      const at::Tensor pad = extra->pads.defined() ? extra->pads.narrow(0, r0, n) : at::Tensor();
+      at::Tensor hc = h.narrow(0, r0, n).to(at::kFloat);
+      if (pad.defined()) hc = hc.masked_fill(pad, 0.0);
       const at::Tensor s = hc.mm(w.t());  // [n, V]
       at::Tensor g;                       // d loss / d s
       const bool want_g = want_dh || want_dw;
@@ -111,7 +116,9 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
         }
       }
       if (alpha > 0.0) {
-        const at::Tensor log_p = at::log_softmax(th.narrow(0, r0, n).to(at::kFloat).mm(tw.t()).div_(T), -1);
+        at::Tensor thc = th.narrow(0, r0, n).to(at::kFloat);
+        if (pad.defined()) thc = thc.masked_fill(pad, 0.0);
+        const at::Tensor log_p = at::log_softmax(thc.mm(tw.t()).div_(T), -1);
         const at::Tensor log_q = at::log_softmax(s / T, -1);
         const at::Tensor p = log_p.exp();
         // As distillation_kl_loss: a class of teacher probability 0 adds 0 (not 0 * inf).
@@ -217,6 +224,7 @@ at::Tensor lm_head_loss(const at::Tensor& hidden, const at::Tensor& weight, cons
   extra.grad_weight = grad && weight.requires_grad();
   extra.rows = rows;
   extra.targets = targets;
+  if (n_rows < static_cast<double>(R)) extra.pads = rows.eq(0).unsqueeze(1);
   extra.n_rows = n_rows;
   extra.n_targets = std::max(n_targets, 1.0);  // 0 only with alpha 1, where the CE is not computed
   return LmHeadLossFunction::apply(hidden, weight, tok, &extra, &options);

@@ -67,7 +67,7 @@ namespace functional {
 /// attention_mask [B, S] (integer or bool, e.g. edkm::PaddedBatch::attention_mask): a 0 is a pad.
 /// A pad is not predicted, predicts nothing and has no KL term; the averages are over the tokens
 /// (KL) and the (token, next token) pairs (cross entropy) the mask keeps, as Hugging Face's
-/// ignore_index does. A pad's token may be any value.
+/// ignore_index does. A pad's token may be any value, and its hidden rows are read as 0 (a NaN there stays out).
 ///
 /// Example (the tied head of a LLaMA, distilled from a frozen copy):
 ///   auto h = model->model(tokens);
