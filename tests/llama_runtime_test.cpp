@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <limits>
 #include <set>
+#include <tuple>
 
 #include "test_util.h"
 
@@ -253,6 +254,53 @@ TEST(LlamaRuntime, Bf16CacheAgreesAcrossPathsAndStaysCloseToFp32) {
   auto o16 = o;
   EXPECT_EQ(rt.generate({3, 4, 5}, o16.cache_dtype(at::kBFloat16)).size(), 6u);
   edkm::test::expect_error([&] { rt.new_cache(4, at::kHalf); }, {"fp32 or bf16"});
+}
+
+// Long contexts: the decode step splits the keys into parts (flash-decoding) and runs the query
+// heads of a key / value head together; each step's logits against the full forward, head_dim 64
+// (the vector blocks) and 48 (a 16-wide block, no 32), groups of 3 and 1, fp32 and bf16 caches,
+// over the position where the split starts (128 keys with 2 key / value heads).
+TEST(LlamaRuntime, LongContextDecodeSplitsTheKeysAndEqualsTheFullForward) {
+  at::set_num_threads(2);  // the split depends on the threads
+  for (const auto& [hidden, heads, kv] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{384, 6, 2}, {96, 2, 2}}) {
+    torch::manual_seed(hidden);
+    LlamaForCausalLM model(LlamaConfig::tiny()
+                               .vocab_size(61)
+                               .hidden_size(hidden)
+                               .intermediate_size(64)
+                               .num_hidden_layers(1)
+                               .num_attention_heads(heads)
+                               .num_key_value_heads(kv)
+                               .max_position_embeddings(320));
+    model->eval();
+    LlamaRuntime rt(model);
+    const int64_t n = 300;
+    const at::Tensor ids = at::randint(61, {n}, at::kLong);
+    at::Tensor full;
+    {
+      torch::NoGradGuard ng;
+      full = model(ids.unsqueeze(0)).squeeze(0);
+    }
+    for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+      auto prompt = rt.new_cache(n, dtype);
+      const at::Tensor first = rt.forward(ids.narrow(0, 0, 100), prompt);
+      auto steps = rt.new_cache(n, dtype);
+      rt.forward(ids.narrow(0, 0, 100), steps);
+      std::vector<at::Tensor> rows;
+      for (int64_t i = 100; i < n; ++i) rows.push_back(rt.forward(ids.narrow(0, i, 1), steps));
+      const at::Tensor got = at::cat(rows, 0);
+      const std::string what = "hidden " + std::to_string(hidden) + (dtype == at::kFloat ? ", fp32" : ", bf16");
+      if (dtype == at::kFloat) {
+        EXPECT_LE(edkm::test::max_rel(got, full.narrow(0, 100, n - 100)), 1e-5) << what;
+      } else {
+        // bf16 keys and values: against the same cache filled by one chunk.
+        auto chunk = rt.new_cache(n, dtype);
+        const at::Tensor all = rt.forward(ids, chunk);
+        EXPECT_LE(edkm::test::max_rel(got, all.narrow(0, 100, n - 100)), 1e-5) << what;
+      }
+      EXPECT_TRUE(first.isfinite().all().item<bool>()) << what;
+    }
+  }
 }
 
 TEST(LlamaRuntime, BadInputIsRefusedByName) {

@@ -77,54 +77,120 @@ inline float sum16(V16 v) {
   return v[0];
 }
 
-// One head's attention for one query: softmax(q . k_j * scale) over the `keys` cached positions
-// k, v (rows of d; fp32, or bf16 bits), into out (d); score: keys floats of scratch. Cloned for
-// AVX-512, AVX2 and the baseline and chosen when the library loads (this file is compiled for
-// baseline x86-64).
-template <class T>
-inline __attribute__((always_inline)) void attend_rows(const float* q, const T* k, const T* v, int64_t keys, int64_t d,
-                                                       float scale, float* score, float* out) {
+// The sums of the 16 lanes of a, b, c and e, into out[0..3]: the halves of a and b (then c and e)
+// added into one vector, their quarters into one, then the last two levels within it.
+inline void sum4x16(V16 a, V16 b, V16 c, V16 e, float* out) {
+  const I16 lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  const I16 hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  const V16 ab = __builtin_shuffle(a, b, lo8) + __builtin_shuffle(a, b, hi8);  // a's 8 | b's 8
+  const V16 ce = __builtin_shuffle(c, e, lo8) + __builtin_shuffle(c, e, hi8);
+  const I16 lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+  const I16 hi4 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+  V16 v = __builtin_shuffle(ab, ce, lo4) + __builtin_shuffle(ab, ce, hi4);  // 4 lanes each of a, b, c, e
+  v += __builtin_shuffle(v, I16{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+  v += __builtin_shuffle(v, I16{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+  out[0] = v[0];
+  out[1] = v[4];
+  out[2] = v[8];
+  out[3] = v[12];
+}
+
+// Part of the attention of G query heads that share one key / value head (grouped-query
+// attention), over `keys` cached positions k, v (rows of d; fp32, or bf16 bits): each key and value
+// row is loaded once for the G queries. Unnormalised, as flash-decoding splits the keys: for query
+// g, m[g] = max_j s_gj (s = q . k_j * scale), l[g] = sum_j exp(s_gj - m[g]), out[g] (d) =
+// sum_j exp(s_gj - m[g]) v_j; merge_parts combines the parts. score: G * keys floats of scratch.
+// G a compile-time constant so that the accumulators stay in vector registers (a float array did
+// not: each key's dot product went through the stack). Cloned for AVX-512, AVX2 and the baseline
+// and chosen when the library loads (this file is compiled for baseline x86-64).
+template <int G, class T>
+inline __attribute__((always_inline)) void attend_part(const float* q, const T* k, const T* v, int64_t keys, int64_t d,
+                                                       float scale, float* score, float* m, float* l, float* out) {
   const int64_t d16 = d / 16 * 16;
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < keys; ++j) {
-    const T* kj = k + j * d;
-    V16 acc = {};
-    for (int64_t i = 0; i < d16; i += 16) acc += load16(q + i) * load16(kj + i);
-    float s = sum16(acc);
-    for (int64_t i = d16; i < d; ++i) s += q[i] * as_float(kj[i]);
-    score[j] = s * scale;
-    mx = std::max(mx, score[j]);
+  float mx[G];
+  for (int g = 0; g < G; ++g) mx[g] = -std::numeric_limits<float>::infinity();
+  int64_t j = 0;
+  if (d16 == d) {
+    // Four keys at a time: their four lane vectors summed together (sum4x16), 13 vector operations
+    // instead of 4 x 8 for four separate tree sums.
+    for (; j + 4 <= keys; j += 4) {
+      const T* kj = k + j * d;
+      V16 acc[G][4] = {};
+      for (int64_t i = 0; i < d; i += 16) {
+        const V16 k0 = load16(kj + i), k1 = load16(kj + d + i), k2 = load16(kj + 2 * d + i),
+                  k3 = load16(kj + 3 * d + i);
+        for (int g = 0; g < G; ++g) {
+          const V16 qg = load16(q + g * d + i);
+          acc[g][0] += qg * k0;
+          acc[g][1] += qg * k1;
+          acc[g][2] += qg * k2;
+          acc[g][3] += qg * k3;
+        }
+      }
+      for (int g = 0; g < G; ++g) {
+        float s4[4];
+        sum4x16(acc[g][0], acc[g][1], acc[g][2], acc[g][3], s4);
+        for (int t = 0; t < 4; ++t) {
+          score[g * keys + j + t] = s4[t] * scale;
+          mx[g] = std::max(mx[g], s4[t] * scale);
+        }
+      }
+    }
   }
-  float sum = 0;
-  for (int64_t j = 0; j < keys; ++j) sum += (score[j] = std::exp(score[j] - mx));
-  for (int64_t j = 0; j < keys; ++j) score[j] /= sum;
-  // Columns of out in blocks of 64 held in four vector accumulators over the keys (head_dim 64 or
-  // 128), then 16, then one by one.
+  for (; j < keys; ++j) {
+    const T* kj = k + j * d;
+    V16 acc[G] = {};
+    for (int64_t i = 0; i < d16; i += 16) {
+      const V16 kv = load16(kj + i);
+      for (int g = 0; g < G; ++g) acc[g] += load16(q + g * d + i) * kv;
+    }
+    for (int g = 0; g < G; ++g) {
+      float s = sum16(acc[g]);
+      for (int64_t i = d16; i < d; ++i) s += q[g * d + i] * as_float(kj[i]);
+      score[g * keys + j] = s * scale;
+      mx[g] = std::max(mx[g], s * scale);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    float sum = 0;
+    float* sg = score + g * keys;
+    for (int64_t j = 0; j < keys; ++j) sum += (sg[j] = std::exp(sg[j] - mx[g]));
+    m[g] = mx[g];
+    l[g] = sum;
+  }
+  // Columns of out in blocks of 32 held in two vector accumulators per query over the keys (head_dim
+  // 64 or 128), then 16, then one by one.
   int64_t i0 = 0;
-  for (; i0 + 64 <= d; i0 += 64) {
-    V16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  for (; i0 + 32 <= d; i0 += 32) {
+    V16 a0[G] = {}, a1[G] = {};
     for (int64_t j = 0; j < keys; ++j) {
       const T* vj = v + j * d + i0;
-      const V16 p = V16{} + score[j];
-      a0 += p * load16(vj);
-      a1 += p * load16(vj + 16);
-      a2 += p * load16(vj + 32);
-      a3 += p * load16(vj + 48);
+      const V16 v0 = load16(vj), v1 = load16(vj + 16);
+      for (int g = 0; g < G; ++g) {
+        const V16 p = V16{} + score[g * keys + j];
+        a0[g] += p * v0;
+        a1[g] += p * v1;
+      }
     }
-    std::memcpy(out + i0, &a0, 64);
-    std::memcpy(out + i0 + 16, &a1, 64);
-    std::memcpy(out + i0 + 32, &a2, 64);
-    std::memcpy(out + i0 + 48, &a3, 64);
+    for (int g = 0; g < G; ++g) {
+      std::memcpy(out + g * d + i0, &a0[g], 64);
+      std::memcpy(out + g * d + i0 + 16, &a1[g], 64);
+    }
   }
   for (; i0 + 16 <= d; i0 += 16) {
-    V16 a = {};
-    for (int64_t j = 0; j < keys; ++j) a += (V16{} + score[j]) * load16(v + j * d + i0);
-    std::memcpy(out + i0, &a, 64);
+    V16 a[G] = {};
+    for (int64_t j = 0; j < keys; ++j) {
+      const V16 vj = load16(v + j * d + i0);
+      for (int g = 0; g < G; ++g) a[g] += (V16{} + score[g * keys + j]) * vj;
+    }
+    for (int g = 0; g < G; ++g) std::memcpy(out + g * d + i0, &a[g], 64);
   }
   for (; i0 < d; ++i0) {
-    float a = 0;
-    for (int64_t j = 0; j < keys; ++j) a += score[j] * as_float(v[j * d + i0]);
-    out[i0] = a;
+    for (int g = 0; g < G; ++g) {
+      float a = 0;
+      for (int64_t j = 0; j < keys; ++j) a += score[g * keys + j] * as_float(v[j * d + i0]);
+      out[g * d + i0] = a;
+    }
   }
 }
 
@@ -133,13 +199,55 @@ inline __attribute__((always_inline)) void attend_rows(const float* q, const T* 
 #else
 #define EDKM_ATTEND_CLONES
 #endif
-EDKM_ATTEND_CLONES void attend(const float* q, const float* k, const float* v, int64_t keys, int64_t d, float scale,
-                               float* score, float* out) {
-  attend_rows(q, k, v, keys, d, scale, score, out);
+// attend_part for any group size: compile-time G up to 8 (every LLaMA's), above that 8 at a time.
+template <class T>
+inline __attribute__((always_inline)) void attend_group(const float* q, int64_t group, const T* k, const T* v,
+                                                        int64_t keys, int64_t d, float scale, float* score, float* m,
+                                                        float* l, float* out) {
+  for (int64_t g0 = 0; g0 < group; g0 += 8) {
+    const int64_t n = std::min<int64_t>(8, group - g0);
+    const float* qg = q + g0 * d;
+    float *mg = m + g0, *lg = l + g0, *og = out + g0 * d;
+    switch (n) {
+#define EDKM_ATTEND_CASE(N)                                      \
+  case N:                                                        \
+    attend_part<N>(qg, k, v, keys, d, scale, score, mg, lg, og); \
+    break;
+      EDKM_ATTEND_CASE(1)
+      EDKM_ATTEND_CASE(2)
+      EDKM_ATTEND_CASE(3)
+      EDKM_ATTEND_CASE(4)
+      EDKM_ATTEND_CASE(5)
+      EDKM_ATTEND_CASE(6)
+      EDKM_ATTEND_CASE(7)
+      EDKM_ATTEND_CASE(8)
+#undef EDKM_ATTEND_CASE
+    }
+  }
 }
-EDKM_ATTEND_CLONES void attend(const float* q, const uint16_t* k, const uint16_t* v, int64_t keys, int64_t d,
-                               float scale, float* score, float* out) {
-  attend_rows(q, k, v, keys, d, scale, score, out);
+EDKM_ATTEND_CLONES void attend(const float* q, int64_t group, const float* k, const float* v, int64_t keys, int64_t d,
+                               float scale, float* score, float* m, float* l, float* out) {
+  attend_group(q, group, k, v, keys, d, scale, score, m, l, out);
+}
+EDKM_ATTEND_CLONES void attend(const float* q, int64_t group, const uint16_t* k, const uint16_t* v, int64_t keys,
+                               int64_t d, float scale, float* score, float* m, float* l, float* out) {
+  attend_group(q, group, k, v, keys, d, scale, score, m, l, out);
+}
+
+// out (d) = the softmax-weighted sum over all parts: part p holds m, l and its unnormalised sum
+// (attend_part) for one query.
+void merge_parts(int64_t parts, const float* m, const float* l, const float* acc, int64_t stride, int64_t d,
+                 float* out) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t p = 0; p < parts; ++p) mx = std::max(mx, m[p * stride]);
+  float total = 0;
+  for (int64_t p = 0; p < parts; ++p) total += l[p * stride] * std::exp(m[p * stride] - mx);
+  const float inv = 1.0f / total;
+  for (int64_t i = 0; i < d; ++i) {
+    float a = 0;
+    for (int64_t p = 0; p < parts; ++p) a += acc[p * stride * d + i] * std::exp(m[p * stride] - mx);
+    out[i] = a * inv;
+  }
 }
 
 InferenceLinear dense_linear(const torch::nn::Linear& l) {
@@ -375,6 +483,7 @@ at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) cons
   float* xp = x.data_ptr<float>();
   // The projections' outputs: one buffer each for the step, (re)made when a layer's width differs.
   at::Tensor qkv, kt, vt, o, gate, up, down;
+  std::vector<float> part_m, part_l, part_acc;  // the attention's parts: [part][head] (x d)
   auto into = [](const InferenceLinear& lin, const at::Tensor& in, at::Tensor& buffer) {
     if (!buffer.defined() || buffer.size(1) != lin.out_features())
       buffer = at::empty({1, lin.out_features()}, at::kFloat);
@@ -417,17 +526,33 @@ at::Tensor LlamaRuntime::decode_one(const at::Tensor& tokens, Cache& cache) cons
     }
     float* ap = attn.data_ptr<float>();
     const int64_t keys = pos + 1;
-    const int64_t grain = std::max<int64_t>(1, 65536 / (keys * d));
-    at::parallel_for(0, H, grain, [&](int64_t h0, int64_t h1) {
-      std::vector<float> score(static_cast<size_t>(keys));
-      for (int64_t hd = h0; hd < h1; ++hd) {
-        const int64_t at_head = (hd / group) * cap * d;
+    // Work items: (key / value head, part of the keys). Each part's G queries read its key and value
+    // rows once; the keys are split into parts (flash-decoding) when there are fewer heads than
+    // twice the threads, so that the threads share the work evenly; parts of at least 64 keys.
+    const int64_t threads = at::get_num_threads();
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>((2 * threads + KV - 1) / KV, keys / 64));
+    const int64_t span = (keys + parts - 1) / parts;
+    part_m.resize(static_cast<size_t>(parts * H));
+    part_l.resize(static_cast<size_t>(parts * H));
+    part_acc.resize(static_cast<size_t>(parts * H * d));
+    const int64_t grain = std::max<int64_t>(1, 65536 / (span * d * group));
+    at::parallel_for(0, KV * parts, grain, [&](int64_t t0, int64_t t1) {
+      std::vector<float> score(static_cast<size_t>(group * span));
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t g = t / parts, part = t % parts;
+        const int64_t j0 = part * span, n = std::min(keys, j0 + span) - j0;
+        const int64_t at_head = (g * cap + j0) * d, q0 = g * group;
+        float* pm = part_m.data() + part * H + q0;
+        float* pl = part_l.data() + part * H + q0;
+        float* pa = part_acc.data() + (part * H + q0) * d;
         if (bf16)
-          attend(qp + hd * d, kb + at_head, vb + at_head, keys, d, scale, score.data(), ap + hd * d);
+          attend(qp + q0 * d, group, kb + at_head, vb + at_head, n, d, scale, score.data(), pm, pl, pa);
         else
-          attend(qp + hd * d, kc + at_head, vc + at_head, keys, d, scale, score.data(), ap + hd * d);
+          attend(qp + q0 * d, group, kc + at_head, vc + at_head, n, d, scale, score.data(), pm, pl, pa);
       }
     });
+    for (int64_t hd = 0; hd < H; ++hd)
+      merge_parts(parts, part_m.data() + hd, part_l.data() + hd, part_acc.data() + hd * d, H, d, ap + hd * d);
     const float* op = into(L.o, attn, o);
     for (int64_t i = 0; i < D; ++i) xp[i] += op[i];
     rms_norm_row(xp, L.post_norm.data_ptr<float>(), D, eps, h.data_ptr<float>());
