@@ -261,6 +261,7 @@ TEST(LlamaRuntime, Bf16CacheAgreesAcrossPathsAndStaysCloseToFp32) {
 // (the vector blocks) and 48 (a 16-wide block, no 32), groups of 3 and 1, fp32 and bf16 caches,
 // over the position where the split starts (128 keys with 2 key / value heads).
 TEST(LlamaRuntime, LongContextDecodeSplitsTheKeysAndEqualsTheFullForward) {
+  const int threads = at::get_num_threads();
   at::set_num_threads(2);  // the split depends on the threads
   for (const auto& [hidden, heads, kv] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{384, 6, 2}, {96, 2, 2}}) {
     torch::manual_seed(hidden);
@@ -301,6 +302,7 @@ TEST(LlamaRuntime, LongContextDecodeSplitsTheKeysAndEqualsTheFullForward) {
       EXPECT_TRUE(first.isfinite().all().item<bool>()) << what;
     }
   }
+  at::set_num_threads(threads);
 }
 
 TEST(LlamaRuntime, BadInputIsRefusedByName) {
