@@ -167,7 +167,8 @@ TEST(StreamingKernels, CudaMatchesCpu) {
 
 // Small shapes for compute-sanitizer racecheck (scripts/gpu_check.sh), covering both ways the CUDA
 // kernel sums its partials: per-warp copies (width K * d + K + 1 <= 768) and, wider, one shared
-// copy with fp64 atomics (8 bits with cluster_dim 4: width 1,281; no other GPU test reaches it).
+// copy that each warp's lane 0 adds its warp's sum to with fp64 atomics (8 bits with cluster_dim 4:
+// width 1,281; no other GPU test reaches it).
 TEST(StreamingKernels, CudaSmallBothPartialSinks) {
   EDKM_SKIP_WITHOUT_GPU();
   for (int64_t dim : {1, 4}) {
