@@ -140,6 +140,7 @@ void save_tokenizer_beside(const edkm::Tokenizer& tok, const std::string& file, 
 int main(int argc, char** argv) try {
   CLI::App app{"edkm LLaMA compression: DKM clustering of every decoder Linear while fine-tuning"};
   std::string model_dir, preset = "tiny", corpus = "/usr/share/games/fortunes", tokenizer_spec, engine = "auto";
+  std::string teacher_dtype_name = "model";
   std::string init = "kmeans", optimizer = "adamw", out_dir = "llama_compress_out", dtype_name = "fp32",
               device_name = "cpu";
   std::string save_hf, save_hf_compressed, prompt = "The best thing about open source software is", loss_kind = "auto",
@@ -215,6 +216,11 @@ int main(int argc, char** argv) try {
   app.add_option("--distill-hidden", distill_hidden,
                  "weight of an MSE between the student's and the teacher's final hidden states (0: none)")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--teacher-dtype", teacher_dtype_name,
+                 "the distillation teacher's weights: model (the model's dtype) | bf16 (half the memory of an "
+                 "fp32 teacher, its forward in bf16; its hidden states and logits enter the losses in fp32)")
+      ->check(CLI::IsMember({"model", "bf16"}))
       ->capture_default_str();
   app.add_option("--steps", steps, "DKM fine-tuning steps")->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--pretrain-steps", pretrain_steps,
@@ -760,6 +766,7 @@ int main(int argc, char** argv) try {
     teacher = std::dynamic_pointer_cast<edkm::LlamaForCausalLMImpl>(model->clone());
     for (auto& p : teacher->parameters()) p.set_requires_grad(false);
     teacher->eval();
+    if (teacher_dtype_name == "bf16") teacher->to(at::kBFloat16);
   }
   struct Teacher {
     at::Tensor hidden, logits;
@@ -777,7 +784,7 @@ int main(int argc, char** argv) try {
     if (!teacher) return t;
     at::NoGradGuard ng;
     t.hidden = teacher->model(x);
-    if (!fused_head) t.logits = teacher->logits(t.hidden);
+    if (!fused_head) t.logits = teacher->logits(t.hidden).to(at::kFloat);  // a bf16 teacher's too
     return t;
   };
   // The fine-tuning loss: next-token cross entropy, or (distill) KL to the teacher's logits mixed
@@ -1086,6 +1093,7 @@ int main(int argc, char** argv) try {
   rep.layers = config.num_hidden_layers();
   rep.optimizer = optimizer;
   rep.loss_kind = loss_kind;
+  rep.teacher_dtype = !use_teacher ? "" : teacher_dtype_name == "bf16" ? "bf16" : dtype_name;
   rep.out_dir = out_dir;
   rep.parameters = n_params;
   rep.train_tokens = train_ids.numel();

@@ -69,7 +69,8 @@ std::string facts(const Report& r) {
     << fixed(r.finetune_tokens_per_s, 0) << " tok/s (last step " << fixed(r.last_step_seconds, 3) << " s), evaluation "
     << (r.rows.empty() ? std::string("-") : fixed(r.rows.back().evals[0].tokens_per_s, 0)) << " tok/s\n"
     << "- optimizer " << r.optimizer << ": " << r.optimizer_state_bytes_per_param
-    << " bytes of state per parameter; loss " << r.loss_kind << "\n"
+    << " bytes of state per parameter; loss " << r.loss_kind
+    << (r.teacher_dtype.empty() ? std::string() : " (teacher in " + r.teacher_dtype + ")") << "\n"
     << r.gptq_facts << "- total time " << fixed(r.total_seconds, 1) << " s\n";
   if (!r.offload_facts.empty()) f << "- offload: " << r.offload_facts << "\n";
   return f.str();
@@ -102,6 +103,7 @@ json results_json(const Report& r) {
             {"checkpoint_activations", r.checkpoint_activations},
             {"loss", r.loss_kind},
             {"distill", r.distill},
+            {"teacher_dtype", r.teacher_dtype},
             {"embedding_dkm", r.embedding_dkm},
             {"optimizer", r.optimizer},
             {"optimizer_state_bytes_per_param", r.optimizer_state_bytes_per_param},

@@ -44,7 +44,8 @@ struct PackedRun {
 struct Report {
   // What ran.
   std::string command, source, corpus, tokenizer, init, engine, optimizer, loss_kind, out_dir, dtype;
-  int64_t layers = 0;  // decoder layers kept (of the model's; --layers)
+  std::string teacher_dtype;  ///< the distillation teacher's weights ("" without one)
+  int64_t layers = 0;         // decoder layers kept (of the model's; --layers)
   int64_t parameters = 0, train_tokens = 0, train_documents = 0, eval_documents = 0, eval_seq_len = 0;
   int64_t seq_len = 0, batch = 0, steps = 0, pretrain_steps = 0, bits = 0, group_size = 0, embedding_bits = 0;
   double tau = 0, lr = 0;
