@@ -273,6 +273,27 @@ TEST(LmHeadLoss, WiderTeacherAndNoGrad) {
   EXPECT_EQ(again.item<float>(), loss.item<float>());
 }
 
+// A bf16 teacher (--teacher-dtype bf16): the loss of its values in fp32, its head converted a block
+// of 8,192 rows at a time, never whole (a vocabulary of three blocks here).
+TEST(LmHeadLoss, Bf16TeacherEqualsItsValuesInFp32WithoutAWholeFp32Head) {
+  const int64_t V = 2 * 8192 + 100, D = 64;
+  const auto c = head_case(2, 6, D, V, 9);
+  const auto th = c.th.to(at::kBFloat16), tw = c.tw.to(at::kBFloat16);
+  const auto o = LmHeadLossOptions().chunk(2).alpha(0.6).temperature(2.0);
+  auto h = c.h.clone().requires_grad_(true), h32 = c.h.clone().requires_grad_(true);
+  const auto loss = functional::lm_head_loss(h, c.w, c.tok, th, tw, o);
+  const auto want = functional::lm_head_loss(h32, c.w, c.tok, th.to(at::kFloat), tw.to(at::kFloat), o);
+  EXPECT_NEAR(loss.item<double>(), want.item<double>(), 1e-6 * std::abs(want.item<double>()));
+  loss.backward();
+  want.backward();
+  EXPECT_LT(test::max_rel(h.grad(), h32.grad()), 1e-5);
+  at::NoGradGuard ng;
+  MemoryMeter m;
+  functional::lm_head_loss(c.h, c.w, c.tok, th, tw, o);
+  const int64_t whole_fp32_head = V * D * 4;  // 4.2 MB; a block is 2 MB
+  EXPECT_LT(m.report().cpu.peak_delta(), whole_fp32_head) << m.report().cpu.peak_delta();
+}
+
 // A padded batch: with its attention mask the loss is the one of the unpadded sequences (cross
 // entropy averaged over their next-token pairs, KL over their tokens), whatever the pads hold, and
 // the pads get no gradient.

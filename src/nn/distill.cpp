@@ -83,7 +83,19 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
     const at::Tensor h = hidden.reshape({R, D});
     const at::Tensor th = teacher ? teacher_hidden.reshape({R, Dt}) : at::Tensor();
     const at::Tensor w = weight.to(at::kFloat);  // no copy for fp32
-    const at::Tensor tw = teacher ? teacher_weight.to(at::kFloat) : at::Tensor();
+    // The teacher's head in fp32: as it is, or (a bf16 teacher) converted a block of rows at a time
+    // inside teacher_logits, so that no fp32 copy of the whole head is held.
+    const at::Tensor tw = teacher ? teacher_weight.detach() : at::Tensor();
+    auto teacher_logits = [&](const at::Tensor& thc) {
+      if (tw.scalar_type() == at::kFloat) return thc.mm(tw.t());
+      const int64_t Vt = tw.size(0), block = 8192;
+      at::Tensor out = at::empty({thc.size(0), Vt}, thc.options());
+      for (int64_t v0 = 0; v0 < Vt; v0 += block) {
+        const int64_t nv = std::min(block, Vt - v0);
+        out.narrow(1, v0, nv).copy_(thc.mm(tw.narrow(0, v0, nv).to(at::kFloat).t()));
+      }
+      return out;
+    };
     const at::Tensor tok = tokens.reshape({R});
     const bool want_dh = extra->grad_hidden, want_dw = extra->grad_weight;
     at::Tensor dh = want_dh ? at::empty({R, D}, h.options().dtype(at::kFloat)) : at::Tensor();
@@ -118,7 +130,7 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
       if (alpha > 0.0) {
         at::Tensor thc = th.narrow(0, r0, n).to(at::kFloat);
         if (pad.defined()) thc = thc.masked_fill(pad, 0.0);
-        const at::Tensor log_p = at::log_softmax(thc.mm(tw.t()).div_(T), -1);
+        const at::Tensor log_p = at::log_softmax(teacher_logits(thc).div_(T), -1);
         const at::Tensor log_q = at::log_softmax(s / T, -1);
         const at::Tensor p = log_p.exp();
         // As distillation_kl_loss: a class of teacher probability 0 adds 0 (not 0 * inf).
