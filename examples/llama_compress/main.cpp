@@ -140,7 +140,7 @@ void save_tokenizer_beside(const edkm::Tokenizer& tok, const std::string& file, 
 int main(int argc, char** argv) try {
   CLI::App app{"edkm LLaMA compression: DKM clustering of every decoder Linear while fine-tuning"};
   std::string model_dir, preset = "tiny", corpus = "/usr/share/games/fortunes", tokenizer_spec, engine = "auto";
-  std::string teacher_dtype_name = "model";
+  std::string teacher_dtype_name = "model", autocast_name = "off";
   std::string init = "kmeans", optimizer = "adamw", out_dir = "llama_compress_out", dtype_name = "fp32",
               device_name = "cpu";
   std::string save_hf, save_hf_compressed, prompt = "The best thing about open source software is", loss_kind = "auto",
@@ -216,6 +216,11 @@ int main(int argc, char** argv) try {
   app.add_option("--distill-hidden", distill_hidden,
                  "weight of an MSE between the student's and the teacher's final hidden states (0: none)")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--autocast", autocast_name,
+                 "mixed precision for the model's forward and backward: off | bf16 (LibTorch autocast: matmuls "
+                 "in bf16, fp32 weights, gradients and losses; the DKM clustering stays in the weights' dtype)")
+      ->check(CLI::IsMember({"off", "bf16"}))
       ->capture_default_str();
   app.add_option("--teacher-dtype", teacher_dtype_name,
                  "the distillation teacher's weights: model (the model's dtype) | bf16 (half the memory of an "
@@ -807,9 +812,15 @@ int main(int argc, char** argv) try {
     if (t.hidden.defined() && distill_hidden > 0) loss = loss + distill_hidden * (hidden - t.hidden).pow(2).mean();
     return loss;
   };
+  // The student's final hidden states, under --autocast (the losses after it run in fp32).
+  auto student_hidden = [&](edkm::LlamaForCausalLM& m, const at::Tensor& x) {
+    Autocast amp(autocast_name == "bf16", device.type());
+    at::Tensor h = m->model(x);
+    return h.scalar_type() == at::kBFloat16 && dtype_name != "bf16" ? h.to(at::kFloat) : h;
+  };
   auto model_loss = [&](edkm::LlamaForCausalLM& m, const at::Tensor& x) {
     const Teacher t = teacher_forward(x);
-    return finetune_loss(m, m->model(x), x, t);
+    return finetune_loss(m, student_hidden(m, x), x, t);
   };
   if (wanted.count("control") && steps > 0) {
     auto control = std::dynamic_pointer_cast<edkm::LlamaForCausalLMImpl>(model->clone());
@@ -958,7 +969,7 @@ int main(int argc, char** argv) try {
         auto clustered = palettizer->clustered();
         profile.add("DKM forward (clustering every layer)", seconds_since(t));
         t = Clock::now();
-        loss = finetune_loss(model, model->model(x), x, tch);
+        loss = finetune_loss(model, student_hidden(model, x), x, tch);
         profile.add("model forward + loss", seconds_since(t));
       }
       t = Clock::now();
@@ -1093,6 +1104,7 @@ int main(int argc, char** argv) try {
   rep.layers = config.num_hidden_layers();
   rep.optimizer = optimizer;
   rep.loss_kind = loss_kind;
+  rep.autocast = autocast_name;
   rep.teacher_dtype = !use_teacher ? "" : teacher_dtype_name == "bf16" ? "bf16" : dtype_name;
   rep.out_dir = out_dir;
   rep.parameters = n_params;

@@ -70,7 +70,8 @@ std::string facts(const Report& r) {
     << (r.rows.empty() ? std::string("-") : fixed(r.rows.back().evals[0].tokens_per_s, 0)) << " tok/s\n"
     << "- optimizer " << r.optimizer << ": " << r.optimizer_state_bytes_per_param
     << " bytes of state per parameter; loss " << r.loss_kind
-    << (r.teacher_dtype.empty() ? std::string() : " (teacher in " + r.teacher_dtype + ")") << "\n"
+    << (r.teacher_dtype.empty() ? std::string() : " (teacher in " + r.teacher_dtype + ")")
+    << (r.autocast == "bf16" ? "; model forward and backward under bf16 autocast" : "") << "\n"
     << r.gptq_facts << "- total time " << fixed(r.total_seconds, 1) << " s\n";
   if (!r.offload_facts.empty()) f << "- offload: " << r.offload_facts << "\n";
   return f.str();
@@ -104,6 +105,7 @@ json results_json(const Report& r) {
             {"loss", r.loss_kind},
             {"distill", r.distill},
             {"teacher_dtype", r.teacher_dtype},
+            {"autocast", r.autocast},
             {"embedding_dkm", r.embedding_dkm},
             {"optimizer", r.optimizer},
             {"optimizer_state_bytes_per_param", r.optimizer_state_bytes_per_param},

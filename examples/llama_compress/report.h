@@ -45,6 +45,7 @@ struct Report {
   // What ran.
   std::string command, source, corpus, tokenizer, init, engine, optimizer, loss_kind, out_dir, dtype;
   std::string teacher_dtype;  ///< the distillation teacher's weights ("" without one)
+  std::string autocast;       ///< --autocast: off | bf16
   int64_t layers = 0;         // decoder layers kept (of the model's; --layers)
   int64_t parameters = 0, train_tokens = 0, train_documents = 0, eval_documents = 0, eval_seq_len = 0;
   int64_t seq_len = 0, batch = 0, steps = 0, pretrain_steps = 0, bits = 0, group_size = 0, embedding_bits = 0;

@@ -1,6 +1,7 @@
 #include "training.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 #include <edkm/nn/distill.h>
 #include <edkm/optim/adamw_bf16.h>
@@ -46,6 +47,22 @@ std::string Optimizer::save() const {
 void Optimizer::load(const std::string& bytes) {
   std::istringstream in(bytes);
   torch::load(*torch_opt, in);
+}
+
+Autocast::Autocast(bool enabled, c10::DeviceType device) : enabled_(enabled), device_(device) {
+  if (!enabled_) return;
+  was_enabled_ = at::autocast::is_autocast_enabled(device_);
+  was_dtype_ = at::autocast::get_autocast_dtype(device_);
+  at::autocast::set_autocast_enabled(device_, true);
+  at::autocast::set_autocast_dtype(device_, at::kBFloat16);
+  at::autocast::increment_nesting();
+}
+
+Autocast::~Autocast() {
+  if (!enabled_) return;
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(device_, was_enabled_);
+  at::autocast::set_autocast_dtype(device_, was_dtype_);
 }
 
 double schedule(double lr, int64_t step, int64_t steps) {

@@ -29,6 +29,23 @@ struct Optimizer {
   void load(const std::string& bytes);
 };
 
+/// Mixed precision for --autocast bf16 while alive: LibTorch's autocast on the device type (matmuls
+/// and linears in bf16, fp32 master weights and gradients), as torch.autocast does (nesting
+/// counted, the cast cache cleared on leaving the outermost region). Does nothing when disabled.
+/// edkm::checkpoint replays this state in its recompute.
+class Autocast {
+ public:
+  Autocast(bool enabled, c10::DeviceType device);
+  ~Autocast();
+  Autocast(const Autocast&) = delete;
+  Autocast& operator=(const Autocast&) = delete;
+
+ private:
+  bool enabled_, was_enabled_ = false;
+  c10::DeviceType device_;
+  at::ScalarType was_dtype_ = at::kBFloat16;
+};
+
 /// Linear warm-up over the first 10% of the steps, then cosine decay to 10% of the peak.
 double schedule(double lr, int64_t step, int64_t steps);
 
