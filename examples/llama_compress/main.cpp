@@ -320,6 +320,9 @@ int main(int argc, char** argv) try {
   if (distill) loss_kind = "distill";
   if (loss_kind == "auto") loss_kind = model_dir.empty() ? "ce" : "distill";
   const bool use_teacher = loss_kind == "distill";
+  if (!use_teacher && teacher_dtype_name != "model")
+    std::cerr << "edkm_llama_compress: warning: --teacher-dtype has no effect with --loss " << loss_kind
+              << " (no teacher)\n";
   if (skip_baselines) baselines = "none";
   std::set<std::string> wanted;
   for (const auto& b : split_list(baselines)) {
