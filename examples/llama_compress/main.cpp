@@ -812,14 +812,15 @@ int main(int argc, char** argv) try {
         loss = distill_alpha * edkm::functional::distillation_kl_loss(logits, t.logits, distill_temperature) +
                (1 - distill_alpha) * loss;
     }
-    if (t.hidden.defined() && distill_hidden > 0) loss = loss + distill_hidden * (hidden - t.hidden).pow(2).mean();
+    if (t.hidden.defined() && distill_hidden > 0)
+      loss = loss + distill_hidden * edkm::functional::hidden_state_mse_loss(hidden, t.hidden);
     return loss;
   };
   // The student's final hidden states, under --autocast (the losses after it run in fp32).
   auto student_hidden = [&](edkm::LlamaForCausalLM& m, const at::Tensor& x) {
     Autocast amp(autocast_name == "bf16", device.type());
-    at::Tensor h = m->model(x);
-    return h.scalar_type() == at::kBFloat16 && dtype_name != "bf16" ? h.to(at::kFloat) : h;
+    const at::Tensor h = m->model(x);
+    return dtype_name == "bf16" ? h : h.to(at::kFloat);
   };
   auto model_loss = [&](edkm::LlamaForCausalLM& m, const at::Tensor& x) {
     const Teacher t = teacher_forward(x);

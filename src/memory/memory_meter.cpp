@@ -185,6 +185,13 @@ void CpuCachingAllocatorOptions::validate() const {
               peak_bound());
 }
 
+namespace {
+// The caching allocator's pool, or nullptr when caching is off.
+std::shared_ptr<HostMemoryPool> current_cache() {
+  return CountingAllocator::instance != nullptr ? CountingAllocator::instance->cache() : nullptr;
+}
+}  // namespace
+
 void enable_cpu_caching_allocator(CpuCachingAllocatorOptions options) {
   options.validate();
   install_cpu_memory_counter();
@@ -203,18 +210,15 @@ void disable_cpu_caching_allocator() {
   if (CountingAllocator::instance != nullptr) CountingAllocator::instance->set_cache(nullptr, 0);
 }
 
-bool cpu_caching_allocator_enabled() {
-  return CountingAllocator::instance != nullptr && CountingAllocator::instance->cache() != nullptr;
-}
+bool cpu_caching_allocator_enabled() { return current_cache() != nullptr; }
 
 HostPoolStats cpu_caching_allocator_stats() {
-  auto cache = CountingAllocator::instance != nullptr ? CountingAllocator::instance->cache() : nullptr;
+  const auto cache = current_cache();
   return cache ? cache->stats() : HostPoolStats{};
 }
 
 void cpu_caching_allocator_empty_cache() {
-  if (auto cache = CountingAllocator::instance != nullptr ? CountingAllocator::instance->cache() : nullptr)
-    cache->empty_cache();
+  if (const auto cache = current_cache()) cache->empty_cache();
 }
 
 MemoryMeter::MemoryMeter(int cuda_device) {
