@@ -255,6 +255,39 @@ void bench_distill(int64_t layers, int64_t d, int64_t rows, int64_t classes, int
   record("distill", c.str(), "teacher with autograd", plain, "edkm::Distiller (teacher no-grad)", ours);
 }
 
+// The LM head and its losses (cross entropy + distillation KL against a teacher's head) at a
+// SmolLM2-135M step's shape: the logits of both models, log_softmax and autograd, against
+// edkm::functional::lm_head_loss (chunks of 256 tokens; matmul_dtype as given).
+void bench_head_loss(int64_t batch, int64_t seq, int64_t dim, int64_t vocab, at::ScalarType mm_dtype, int64_t repeats) {
+  auto w = (at::randn({vocab, dim}, fopts()) * 0.05).requires_grad_(true);
+  const auto tw = at::randn({vocab, dim}, fopts()) * 0.05;
+  auto h = at::randn({batch, seq, dim}, fopts()).requires_grad_(true);
+  const auto th = at::randn({batch, seq, dim}, fopts());
+  const auto tokens = at::randint(vocab, {batch, seq}, fopts().dtype(at::kLong));
+  auto plain = measure(
+      [&](Probe& p) {
+        const at::Tensor logits = at::matmul(h, w.t());
+        const at::Tensor t_logits = at::matmul(th, tw.t());
+        auto loss = 0.5 * edkm::functional::distillation_kl_loss(logits, t_logits, 2.0) +
+                    0.5 * edkm::functional::causal_lm_loss(logits, tokens);
+        p.forward_done();
+        loss.backward();
+      },
+      repeats);
+  const auto o = edkm::LmHeadLossOptions().alpha(0.5).temperature(2.0).gradient_matmul_dtype(mm_dtype);
+  auto ours = measure(
+      [&](Probe& p) {
+        auto loss = edkm::functional::lm_head_loss(h, w, tokens, th, tw, o);
+        p.forward_done();
+        loss.backward();
+      },
+      repeats);
+  std::ostringstream c;
+  c << batch << " x " << seq << " tokens, dim " << dim << ", vocab " << vocab << ", teacher, T 2, alpha 0.5, fwd+bwd";
+  if (mm_dtype != at::kFloat) c << ", " << c10::toString(mm_dtype) << " gradient matmuls";
+  record("head_loss", c.str(), "logits + log_softmax (autograd)", plain, "lm_head_loss (fused)", ours);
+}
+
 void bench_padding(int64_t sequences, int64_t max_len, int64_t batch, int64_t d, int64_t repeats) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(0);
   auto l = at::randint(16, max_len + 1, {sequences}, gen, at::kLong);
@@ -394,14 +427,14 @@ int main(int argc, char** argv) try {
   app.add_option("--repeats", repeats, "timed repetitions after one warm-up")->check(CLI::PositiveNumber);
   app.add_option("--only", only,
                  "comma-separated subset: checkpoint,glu,local_attention,prune,distill,padding,"
-                 "chunked,host_pool");
+                 "chunked,host_pool,head_loss");
   app.add_flag("--quick", quick, "small shapes (a smoke run)");
   int64_t threads = 0;
   app.add_option("--threads", threads, "intra-op threads (0: LibTorch's default)")->check(CLI::NonNegativeNumber);
   app.add_option("--out", out, "output path without extension (.json and .md are written)");
   CLI11_PARSE(app, argc, argv);
   for (const auto& name : edkm::bench::split(only)) {
-    const std::string known = ",checkpoint,glu,local_attention,prune,distill,padding,chunked,host_pool,";
+    const std::string known = ",checkpoint,glu,local_attention,prune,distill,padding,chunked,host_pool,head_loss,";
     if (known.find("," + name + ",") == std::string::npos)
       throw std::invalid_argument("--only: unknown part '" + name + "' (known: " + known.substr(1, known.size() - 2) +
                                   ")");
@@ -430,6 +463,10 @@ int main(int argc, char** argv) try {
   if (want("padding")) bench_padding(512, 1024 / s, 32, 128, repeats);
   if (want("chunked")) bench_chunked(32768 / s, 256, 2048 / s, repeats);
   if (want("host_pool")) bench_host_pool(quick ? 2 : 20, repeats);
+  if (want("head_loss")) {
+    bench_head_loss(4, 256 / s, 576 / s, 49152 / s, at::kFloat, repeats);
+    bench_head_loss(4, 256 / s, 576 / s, 49152 / s, at::kBFloat16, repeats);
+  }
 
   edkm::write_text_file(out + ".json", g_results.dump(2) + "\n");
   std::ostringstream md;

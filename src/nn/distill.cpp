@@ -13,6 +13,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "edkm/nn/distill.h"
+#include "kernels/cpu/head_loss_kernel.h"
 
 #include <cmath>
 #include <limits>
@@ -56,6 +57,10 @@ at::Tensor hidden_state_mse_loss(const at::Tensor& student_hidden, const at::Ten
 
 namespace {
 
+// Vocabulary rows of a head converted to another dtype at a time (a 16-bit teacher's head to fp32,
+// the head to gradient_matmul_dtype): no whole converted copy is held.
+constexpr int64_t kHeadBlock = 8192;
+
 // The loss of lm_head_loss and its gradients, computed together a chunk of rows at a time (the
 // gradients in the forward: what the backward would recompute, it only scales).
 class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> {
@@ -88,23 +93,29 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
     const at::Tensor tw = teacher ? teacher_weight.detach() : at::Tensor();
     auto teacher_logits = [&](const at::Tensor& thc) {
       if (tw.scalar_type() == at::kFloat) return thc.mm(tw.t());
-      const int64_t Vt = tw.size(0), block = 8192;
+      const int64_t Vt = tw.size(0);
       at::Tensor out = at::empty({thc.size(0), Vt}, thc.options());
-      for (int64_t v0 = 0; v0 < Vt; v0 += block) {
-        const int64_t nv = std::min(block, Vt - v0);
+      for (int64_t v0 = 0; v0 < Vt; v0 += kHeadBlock) {
+        const int64_t nv = std::min(kHeadBlock, Vt - v0);
         out.narrow(1, v0, nv).copy_(thc.mm(tw.narrow(0, v0, nv).to(at::kFloat).t()));
       }
       return out;
     };
     const at::Tensor tok = tokens.reshape({R});
-    const bool want_dh = extra->grad_hidden, want_dw = extra->grad_weight;
+    const bool want_dh = extra->grad_hidden, want_dw = extra->grad_weight, want_g = want_dh || want_dw;
     at::Tensor dh = want_dh ? at::empty({R, D}, h.options().dtype(at::kFloat)) : at::Tensor();
     at::Tensor dw = want_dw ? at::zeros({V, D}, w.options()) : at::Tensor();
+    // The gradient matmuls in gradient_matmul_dtype.
+    const at::ScalarType gdt = o.gradient_matmul_dtype();
+    const bool low = gdt != at::kFloat;
     const auto f64 = h.options().dtype(at::kDouble);
     at::Tensor ce_sum = at::zeros({}, f64), kl_sum = at::zeros({}, f64);
     // Row r predicts token r + 1 where extra->targets says so (not the last row of a sequence, whose
     // rolled "next" is the next sequence's first token, a valid index, masked out; not a pad).
     const at::Tensor next_tok = tok.roll(-1);
+    // The element-wise part fused on CPU (kernels/cpu/head_loss_kernel.h): 3 passes over a chunk's
+    // logits instead of ~15; elsewhere (CUDA, a CPU without AVX2) the ATen form below.
+    const bool fused = h.device().is_cpu() && kernels::head_loss_isa() != kernels::HeadLossIsa::kNone;
     for (int64_t r0 = 0; r0 < R; r0 += o.chunk()) {
       const int64_t n = std::min(o.chunk(), R - r0);
       // A pad's hidden row is read as 0: whatever it holds (NaN, inf) must not reach the sums, where
@@ -112,38 +123,81 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
       const at::Tensor pad = extra->pads.defined() ? extra->pads.narrow(0, r0, n) : at::Tensor();
       at::Tensor hc = h.narrow(0, r0, n).to(at::kFloat);
       if (pad.defined()) hc = hc.masked_fill(pad, 0.0);
-      const at::Tensor s = hc.mm(w.t());  // [n, V]
-      at::Tensor g;                       // d loss / d s
-      const bool want_g = want_dh || want_dw;
-      if (alpha < 1.0) {
-        const at::Tensor hasf = extra->targets.narrow(0, r0, n).unsqueeze(1);
-        const at::Tensor target = next_tok.narrow(0, r0, n);
-        const at::Tensor lse = s.logsumexp(1, /*keepdim=*/true);
-        const at::Tensor picked = s.gather(1, target.unsqueeze(1));
-        ce_sum.add_(((lse - picked) * hasf).sum(at::kDouble));
-        if (want_g) {
-          g = (s - lse).exp_().mul_(hasf);  // softmax on rows with a target, 0 elsewhere
-          g.scatter_add_(1, target.unsqueeze(1), -hasf);
-          g.mul_((1.0 - alpha) / n_ce);
-        }
-      }
+      at::Tensor s = hc.mm(w.t());  // [n, V]
+      at::Tensor tl;                // the teacher's logits [n, V]
       if (alpha > 0.0) {
         at::Tensor thc = th.narrow(0, r0, n).to(at::kFloat);
         if (pad.defined()) thc = thc.masked_fill(pad, 0.0);
-        const at::Tensor log_p = at::log_softmax(teacher_logits(thc).div_(T), -1);
-        const at::Tensor log_q = at::log_softmax(s / T, -1);
-        const at::Tensor p = log_p.exp();
-        // As distillation_kl_loss: a class of teacher probability 0 adds 0 (not 0 * inf).
-        const at::Tensor rowf = extra->rows.narrow(0, r0, n).unsqueeze(1);
-        at::Tensor terms = (log_p - log_q).mul_(p);
-        terms.masked_fill_(p.eq(0), 0.0);
-        kl_sum.add_(terms.mul_(rowf).sum(at::kDouble));
-        terms.reset();
-        if (want_g) {
-          // d/ds of T^2 / R * sum p (log p - log q(s / T)) = T / R * (q - p).
-          at::Tensor gk = log_q.exp_().sub_(p).mul_(rowf).mul_(alpha * T / n_kl);
-          g = g.defined() ? g.add_(gk) : gk;
+        tl = teacher_logits(thc);
+      }
+      at::Tensor g;  // d loss / d s
+      if (fused) {
+        const at::Tensor target = next_tok.narrow(0, r0, n).contiguous();
+        const at::Tensor ce_coef = extra->targets.narrow(0, r0, n) * static_cast<float>((1.0 - alpha) / n_ce);
+        const at::Tensor kl_coef = extra->rows.narrow(0, r0, n) * static_cast<float>(alpha * T / n_kl);
+        const at::Tensor ce_rows = at::empty({n}, f64), kl_rows = at::empty({n}, f64);
+        kernels::HeadLossRows q;
+        q.s = s.data_ptr<float>();
+        q.t = tl.defined() ? tl.data_ptr<float>() : nullptr;
+        q.rows = n;
+        q.vocab = V;
+        q.target = target.data_ptr<int64_t>();
+        q.ce_coef = ce_coef.data_ptr<float>();
+        q.kl_coef = kl_coef.data_ptr<float>();
+        q.temperature = static_cast<float>(T);
+        q.ce = alpha < 1.0;
+        q.kl = alpha > 0.0;
+        q.grad = want_g;
+        q.ce_out = ce_rows.data_ptr<double>();
+        q.kl_out = kl_rows.data_ptr<double>();
+        kernels::head_loss_rows(q);
+        if (q.ce) ce_sum.add_(ce_rows.sum());
+        if (q.kl) kl_sum.add_(kl_rows.sum());
+        if (want_g) g = s;
+      } else {
+        if (alpha < 1.0) {
+          const at::Tensor hasf = extra->targets.narrow(0, r0, n).unsqueeze(1);
+          const at::Tensor target = next_tok.narrow(0, r0, n);
+          const at::Tensor lse = s.logsumexp(1, /*keepdim=*/true);
+          const at::Tensor picked = s.gather(1, target.unsqueeze(1));
+          ce_sum.add_(((lse - picked) * hasf).sum(at::kDouble));
+          if (want_g) {
+            g = (s - lse).exp_().mul_(hasf);  // softmax on rows with a target, 0 elsewhere
+            g.scatter_add_(1, target.unsqueeze(1), -hasf);
+            g.mul_((1.0 - alpha) / n_ce);
+          }
         }
+        if (alpha > 0.0) {
+          const at::Tensor log_p = at::log_softmax(tl.div_(T), -1);
+          const at::Tensor log_q = at::log_softmax(s / T, -1);
+          const at::Tensor p = log_p.exp();
+          // As distillation_kl_loss: a class of teacher probability 0 adds 0 (not 0 * inf).
+          const at::Tensor rowf = extra->rows.narrow(0, r0, n).unsqueeze(1);
+          at::Tensor terms = (log_p - log_q).mul_(p);
+          terms.masked_fill_(p.eq(0), 0.0);
+          kl_sum.add_(terms.mul_(rowf).sum(at::kDouble));
+          terms.reset();
+          if (want_g) {
+            // d/ds of T^2 / R * sum p (log p - log q(s / T)) = T / R * (q - p).
+            at::Tensor gk = log_q.exp_().sub_(p).mul_(rowf).mul_(alpha * T / n_kl);
+            g = g.defined() ? g.add_(gk) : gk;
+          }
+        }
+      }
+      tl.reset();
+      s.reset();
+      if (want_g && low) {
+        // By blocks of 8,192 vocabulary rows, so that no 16-bit copy of the whole head (or of its
+        // gradient) is held: each block's products in gdt, summed into d hidden / d W in fp32.
+        const at::Tensor hl = want_dw ? hc.to(gdt) : at::Tensor();
+        at::Tensor dhc = want_dh ? dh.narrow(0, r0, n).zero_() : at::Tensor();
+        for (int64_t v0 = 0; v0 < V; v0 += kHeadBlock) {
+          const int64_t nv = std::min(kHeadBlock, V - v0);
+          const at::Tensor gb = g.narrow(1, v0, nv).to(gdt);
+          if (want_dh) dhc.add_(gb.mm(weight.detach().narrow(0, v0, nv).to(gdt)));
+          if (want_dw) dw.narrow(0, v0, nv).add_(gb.t().mm(hl));
+        }
+        continue;
       }
       if (want_dh) dh.narrow(0, r0, n).copy_(g.mm(w));
       if (want_dw) dw.addmm_(g.t(), hc);
@@ -256,6 +310,9 @@ void check_kl_mix(const char* who, double temperature, double alpha) {
 void LmHeadLossOptions::validate() const {
   TORCH_CHECK(chunk() >= 1, "edkm: LmHeadLossOptions: chunk must be >= 1, got ", chunk());
   check_kl_mix("LmHeadLossOptions", temperature(), alpha());
+  const at::ScalarType d = gradient_matmul_dtype();
+  TORCH_CHECK(d == at::kFloat || d == at::kBFloat16 || d == at::kHalf,
+              "edkm: LmHeadLossOptions: gradient_matmul_dtype must be Float, BFloat16 or Half, got ", d);
 }
 
 void DistillerOptions::validate() const {
