@@ -273,6 +273,32 @@ TEST(LmHeadLoss, GradientMatmulsIn16Bits) {
   EXPECT_THROW(LmHeadLossOptions().gradient_matmul_dtype(at::kDouble).validate(), c10::Error);
 }
 
+// On a GPU the ATen form runs (the fused rows are CPU code): the same loss and gradients as the CPU's
+// fused rows, with fp32 and bf16 gradient matmuls and a padded batch.
+TEST(LmHeadLoss, CudaEqualsTheCpu) {
+  EDKM_SKIP_WITHOUT_GPU();
+  const auto c = head_case(2, 9, 32, 9000, 6);
+  auto mask = at::ones({2, 9}, at::kLong);
+  mask[1].narrow(0, 6, 3).zero_();  // the second sequence padded after 6 tokens
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    SCOPED_TRACE(c10::toString(dtype));
+    std::vector<at::Tensor> out[2];
+    for (int gpu = 0; gpu < 2; ++gpu) {
+      const auto dev = gpu ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+      auto h = c.h.to(dev).requires_grad_(true), w = c.w.to(dev).requires_grad_(true);
+      const auto o = LmHeadLossOptions().chunk(7).gradient_matmul_dtype(dtype);
+      const auto loss = functional::lm_head_loss(h, w, c.tok.to(dev), c.th.to(dev), c.tw.to(dev), o, mask.to(dev));
+      loss.backward();
+      EXPECT_EQ(loss.device(), dev);
+      out[gpu] = {loss.cpu(), h.grad().cpu(), w.grad().cpu()};
+    }
+    EXPECT_NEAR(out[1][0].item<double>(), out[0][0].item<double>(), 2e-5 * std::abs(out[0][0].item<double>()));
+    const double tol = dtype == at::kFloat ? 1e-4 : 2e-2;
+    EXPECT_LT(test::max_rel(out[1][1], out[0][1]), tol);
+    EXPECT_LT(test::max_rel(out[1][2], out[0][2]), tol);
+  }
+}
+
 TEST(LmHeadLoss, FrozenWeightBf16AndMemory) {
   const auto c = head_case(2, 9, 32, 64, 2);
   // A frozen head: only the hidden states get a gradient.

@@ -139,9 +139,12 @@ void save_tokenizer_beside(const edkm::Tokenizer& tok, const std::string& file, 
 
 int main(int argc, char** argv) try {
   CLI::App app{"edkm LLaMA compression: DKM clustering of every decoder Linear while fine-tuning"};
+  // An option given twice takes its last value (CLI11 2.x refuses it by default): scripts/demo.sh
+  // passes its defaults first and the user's options after them.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   std::string model_dir, preset = "tiny", corpus = "/usr/share/games/fortunes", tokenizer_spec, engine = "auto";
   std::string teacher_dtype_name = "model", autocast_name = "off";
-  std::string init = "kmeans", optimizer = "adamw", out_dir = "llama_compress_out", dtype_name = "fp32",
+  std::string init = "auto", optimizer = "adamw", out_dir = "llama_compress_out", dtype_name = "fp32",
               device_name = "cpu";
   std::string save_hf, save_hf_compressed, prompt = "The best thing about open source software is", loss_kind = "auto",
                                            baselines = "uncompressed,rtn,kmeans,control", baseline_bits_list;
@@ -184,8 +187,9 @@ int main(int argc, char** argv) try {
   app.add_option("--init", init,
                  "starting LUTs and weights of the decoder Linears: kmeans (k-means on the pretrained weights) | gptq "
                  "(GPTQ onto LUTs at --bits and --group-size first, calibrated on the training split: the "
-                 "fine-tuning starts from the GPTQ model)")
-      ->check(CLI::IsMember({"kmeans", "gptq"}))
+                 "fine-tuning starts from the GPTQ model) | auto (gptq for a loaded model at 3 bits or fewer, "
+                 "where k-means starts thousands of perplexity points away; kmeans otherwise)")
+      ->check(CLI::IsMember({"auto", "kmeans", "gptq"}))
       ->capture_default_str();
   app.add_option("--tau", tau, "DKM softmax temperature")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--dkm-iters", dkm_iters,
@@ -454,7 +458,20 @@ int main(int argc, char** argv) try {
     TORCH_CHECK(e.ids.numel() >= eval_seq_len, "held-out text ", e.label, " has ", e.ids.numel(),
                 " tokens, fewer than one evaluation window of ", eval_seq_len, " (--eval-seq-len)");
   }
-  const bool init_gptq = init == "gptq" && !baselines_only && steps > 0;
+  // --init auto: GPTQ onto the LUTs for a pretrained model at <= 3 bits (SmolLM2 at 3 bits, 16 rows per
+  // LUT: k-means starts at perplexity 38,929 and reaches 181 in 16 steps, GPTQ starts at 126 and
+  // reaches 81; benchmarks/results/smollm2_quality.md), k-means otherwise; where the training split
+  // is too short for GPTQ's calibration, k-means with a warning.
+  const bool init_auto = init == "auto";
+  if (init_auto) {
+    init = !model_dir.empty() && bits <= 3 ? "gptq" : "kmeans";
+    if (init == "gptq" && train_ids.numel() < 4 * eval_seq_len) {
+      std::cerr << "warning: --init auto: the training split (" << train_ids.numel()
+                << " tokens) is too short for GPTQ's calibration; starting from k-means\n";
+      init = "kmeans";
+    }
+  }
+  bool init_gptq = init == "gptq" && !baselines_only && steps > 0;
   const bool want_gptq = wanted.count("gptq") || wanted.count("gptq-lut") || init_gptq;
   TORCH_CHECK(!want_gptq || train_ids.numel() >= 4 * eval_seq_len, "GPTQ calibration: the training split has ",
               train_ids.numel(), " tokens, fewer than 4 windows of ", eval_seq_len);
@@ -493,6 +510,15 @@ int main(int argc, char** argv) try {
   // GPTQ needs at least in_features calibration vectors per Linear (edkm/quant/gptq.h): said now, not
   // after the other baselines ran.
   if (want_gptq) {
+    const int64_t widest = std::max(config.hidden_size(), config.intermediate_size());
+    if (init_auto && init_gptq && calibration.numel() < widest) {
+      std::cerr << "warning: --init auto: " << calibration.numel() << " calibration tokens are fewer than the widest "
+                << "Linear input (" << widest << "), too few for GPTQ; starting from k-means\n";
+      init = "kmeans";
+      init_gptq = false;
+    }
+  }
+  if (want_gptq && (init_gptq || wanted.count("gptq") || wanted.count("gptq-lut"))) {
     const int64_t widest = std::max(config.hidden_size(), config.intermediate_size());
     TORCH_CHECK(calibration.numel() >= widest, "GPTQ calibration: ", calibration.numel(),
                 " tokens (--calibration-tokens ", calibration_tokens, " in windows of ", eval_seq_len,

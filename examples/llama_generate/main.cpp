@@ -60,6 +60,9 @@ struct TurnTimer {
 
 int main(int argc, char** argv) try {
   CLI::App app{"edkm: generate text from a compressed LLaMA, running its LUTs directly"};
+  // An option given twice takes its last value (CLI11 2.x refuses it by default): scripts/demo.sh
+  // passes its defaults first and the user's options after them.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   std::string compressed, config_path, tokenizer_spec, prompt = "The best thing about open source software is";
   int64_t max_new = 32, threads = -1;
   double temperature = 0.0, top_p = 1.0, repetition_penalty = 1.0;
