@@ -3,6 +3,7 @@
 #include "edkm/quant/gptq.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -227,11 +228,15 @@ GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& hessian, c
     const int64_t lr = options.lut_rows() > 0 ? options.lut_rows() : rows, lut_groups = rows / lr;
     r.luts = at::empty({lut_groups, k}, w.options());
     const at::Tensor sens = h0.diagonal().contiguous().repeat({lr});  // SqueezeLLM: weighted by diag(H)
-    for (int64_t g = 0; g < lut_groups; ++g) {
-      const at::Tensor vals = w.narrow(0, g * lr, lr).reshape({-1}).contiguous();
-      const auto c = weighted_lut(vals.data_ptr<double>(), sens.data_ptr<double>(), vals.numel(), k);
-      std::copy(c.begin(), c.end(), r.luts[g].data_ptr<double>());
-    }
+    // The groups' LUTs on the threads (each its own sort and k-means; the same LUTs as one by one).
+    const double* wv = w.data_ptr<double>();  // contiguous rows: group g's values are rows [g lr, (g + 1) lr)
+    double* lp = r.luts.data_ptr<double>();
+    at::parallel_for(0, lut_groups, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const auto c = weighted_lut(wv + g * lr * cols, sens.data_ptr<double>(), lr * cols, k);
+        std::copy(c.begin(), c.end(), lp + g * k);
+      }
+    });
   }
 
   at::Tensor perm;
@@ -284,28 +289,32 @@ GPTQResult gptq_quantize(const at::Tensor& weight, const GPTQHessian& hessian, c
       double* qi = qp + i * rows;
       uint8_t* ci = cp + i * rows;
       double* ei = ep + (i - i1) * rows;
-      for (int64_t r0 = 0; r0 < rows; ++r0) {
-        double q;
-        if (uniform) {
-          const double s = sp[r0 * groups + g], z = zp[r0 * groups + g];
-          const double level = std::min(std::max(std::nearbyint(wi[r0] / s) + z, 0.0), static_cast<double>(maxq));
-          q = s * (level - z);
-          ci[r0] = static_cast<uint8_t>(level);
-        } else {
-          const double* c = lut + (r0 / lut_rows) * k;
-          const int64_t idx = nearest_index(c, k, wi[r0]);
-          q = c[idx];
-          ci[r0] = static_cast<uint8_t>(idx);
+      // Every row is quantized on its own (GPTQ's updates run along a row), so the rows are split
+      // over the threads: the same arithmetic per element as one thread, so the same result.
+      at::parallel_for(0, rows, 256, [&](int64_t ra, int64_t rb) {
+        for (int64_t r0 = ra; r0 < rb; ++r0) {
+          double q;
+          if (uniform) {
+            const double s = sp[r0 * groups + g], z = zp[r0 * groups + g];
+            const double level = std::min(std::max(std::nearbyint(wi[r0] / s) + z, 0.0), static_cast<double>(maxq));
+            q = s * (level - z);
+            ci[r0] = static_cast<uint8_t>(level);
+          } else {
+            const double* c = lut + (r0 / lut_rows) * k;
+            const int64_t idx = nearest_index(c, k, wi[r0]);
+            q = c[idx];
+            ci[r0] = static_cast<uint8_t>(idx);
+          }
+          qi[r0] = q;
+          ei[r0] = (wi[r0] - q) / d;
         }
-        qi[r0] = q;
-        ei[r0] = (wi[r0] - q) / d;
-      }
-      // Error feedback inside the block.
-      for (int64_t j = i + 1; j < i2; ++j) {
-        const double f = up[i * cols + j];
-        double* wj = wp + j * rows;
-        for (int64_t r0 = 0; r0 < rows; ++r0) wj[r0] -= ei[r0] * f;
-      }
+        // Error feedback inside the block.
+        for (int64_t j = i + 1; j < i2; ++j) {
+          const double f = up[i * cols + j];
+          double* wj = wp + j * rows;
+          for (int64_t r0 = ra; r0 < rb; ++r0) wj[r0] -= ei[r0] * f;
+        }
+      });
     }
     // The block's update of every later column at once.
     if (i2 < cols) {
