@@ -258,7 +258,8 @@ void bench_distill(int64_t layers, int64_t d, int64_t rows, int64_t classes, int
 // The LM head and its losses (cross entropy + distillation KL against a teacher's head) at a
 // SmolLM2-135M step's shape: the logits of both models, log_softmax and autograd, against
 // edkm::functional::lm_head_loss (chunks of 256 tokens; matmul_dtype as given).
-void bench_head_loss(int64_t batch, int64_t seq, int64_t dim, int64_t vocab, at::ScalarType mm_dtype, int64_t repeats) {
+void bench_head_loss(int64_t batch, int64_t seq, int64_t dim, int64_t vocab, at::ScalarType mm_dtype,
+                     at::ScalarType logits_dtype, int64_t repeats) {
   auto w = (at::randn({vocab, dim}, fopts()) * 0.05).requires_grad_(true);
   const auto tw = at::randn({vocab, dim}, fopts()) * 0.05;
   auto h = at::randn({batch, seq, dim}, fopts()).requires_grad_(true);
@@ -274,7 +275,9 @@ void bench_head_loss(int64_t batch, int64_t seq, int64_t dim, int64_t vocab, at:
         loss.backward();
       },
       repeats);
-  const auto o = edkm::LmHeadLossOptions().alpha(0.5).temperature(2.0).gradient_matmul_dtype(mm_dtype);
+  const auto o =
+      edkm::LmHeadLossOptions().alpha(0.5).temperature(2.0).gradient_matmul_dtype(mm_dtype).logits_matmul_dtype(
+          logits_dtype);
   auto ours = measure(
       [&](Probe& p) {
         auto loss = edkm::functional::lm_head_loss(h, w, tokens, th, tw, o);
@@ -285,6 +288,7 @@ void bench_head_loss(int64_t batch, int64_t seq, int64_t dim, int64_t vocab, at:
   std::ostringstream c;
   c << batch << " x " << seq << " tokens, dim " << dim << ", vocab " << vocab << ", teacher, T 2, alpha 0.5, fwd+bwd";
   if (mm_dtype != at::kFloat) c << ", " << c10::toString(mm_dtype) << " gradient matmuls";
+  if (logits_dtype != at::kFloat) c << ", " << c10::toString(logits_dtype) << " logit matmuls";
   record("head_loss", c.str(), "logits + log_softmax (autograd)", plain, "lm_head_loss (fused)", ours);
 }
 
@@ -464,8 +468,9 @@ int main(int argc, char** argv) try {
   if (want("chunked")) bench_chunked(32768 / s, 256, 2048 / s, repeats);
   if (want("host_pool")) bench_host_pool(quick ? 2 : 20, repeats);
   if (want("head_loss")) {
-    bench_head_loss(4, 256 / s, 576 / s, 49152 / s, at::kFloat, repeats);
-    bench_head_loss(4, 256 / s, 576 / s, 49152 / s, at::kBFloat16, repeats);
+    bench_head_loss(4, 256 / s, 576 / s, 49152 / s, at::kFloat, at::kFloat, repeats);
+    bench_head_loss(4, 256 / s, 576 / s, 49152 / s, at::kBFloat16, at::kFloat, repeats);
+    bench_head_loss(4, 256 / s, 576 / s, 49152 / s, at::kBFloat16, at::kBFloat16, repeats);
   }
 
   edkm::write_text_file(out + ".json", g_results.dump(2) + "\n");

@@ -273,6 +273,30 @@ TEST(LmHeadLoss, GradientMatmulsIn16Bits) {
   EXPECT_THROW(LmHeadLossOptions().gradient_matmul_dtype(at::kDouble).validate(), c10::Error);
 }
 
+// logits_matmul_dtype: the logits of both heads from 16-bit products (rounded to 16 bits), the rest as
+// before: the loss and gradients within that rounding of the fp32 option's, a 16-bit teacher head
+// multiplied without conversion.
+TEST(LmHeadLoss, LogitMatmulsIn16Bits) {
+  const auto c = head_case(2, 9, 32, 9000, 7);
+  auto run = [&](at::ScalarType dtype, const at::Tensor& tw) {
+    auto h = c.h.clone().requires_grad_(true), w = c.w.clone().requires_grad_(true);
+    const auto o = LmHeadLossOptions().chunk(7).logits_matmul_dtype(dtype);
+    const auto loss = functional::lm_head_loss(h, w, c.tok, c.th, tw, o);
+    loss.backward();
+    return std::vector<at::Tensor>{loss, h.grad(), w.grad()};
+  };
+  const auto f = run(at::kFloat, c.tw);
+  for (const auto& tw : {c.tw, c.tw.to(at::kBFloat16)}) {
+    const auto l = run(at::kBFloat16, tw);
+    SCOPED_TRACE(c10::toString(tw.scalar_type()));
+    EXPECT_NE(l[0].item<float>(), f[0].item<float>());  // the products did run in bf16
+    EXPECT_NEAR(l[0].item<double>(), f[0].item<double>(), 1e-2 * std::abs(f[0].item<double>()));
+    EXPECT_LT(test::max_rel(l[1], f[1]), 5e-2);
+    EXPECT_LT(test::max_rel(l[2], f[2]), 5e-2);
+  }
+  EXPECT_THROW(LmHeadLossOptions().logits_matmul_dtype(at::kInt).validate(), c10::Error);
+}
+
 // On a GPU the ATen form runs (the fused rows are CPU code): the same loss and gradients as the CPU's
 // fused rows, with fp32 and bf16 gradient matmuls and a padded batch.
 TEST(LmHeadLoss, CudaEqualsTheCpu) {

@@ -828,12 +828,14 @@ int main(int argc, char** argv) try {
   auto finetune_loss = [&](edkm::LlamaForCausalLM& m, const at::Tensor& hidden, const at::Tensor& x, const Teacher& t) {
     at::Tensor loss;
     if (fused_head) {
-      // Under --autocast bf16 the head's two gradient matmuls run in bf16 too, as autocast runs a
-      // Linear's backward; its logits and losses stay fp32.
+      // Under --autocast bf16 the head's matmuls run in bf16 too, as autocast runs a Linear: the
+      // logits of both models rounded to bf16, then the softmaxes and losses in fp32.
+      const auto head_dtype = autocast_name == "bf16" ? at::kBFloat16 : at::kFloat;
       const auto o = edkm::LmHeadLossOptions()
                          .alpha(distill_alpha)
                          .temperature(distill_temperature)
-                         .gradient_matmul_dtype(autocast_name == "bf16" ? at::kBFloat16 : at::kFloat);
+                         .gradient_matmul_dtype(head_dtype)
+                         .logits_matmul_dtype(head_dtype);
       loss = teacher ? edkm::functional::lm_head_loss(hidden, head_weight(m), x, t.hidden, head_weight(teacher), o)
                      : edkm::functional::lm_head_loss(hidden, head_weight(m), x, {}, {}, o);
     } else {

@@ -61,6 +61,21 @@ namespace {
 // the head to gradient_matmul_dtype): no whole converted copy is held.
 constexpr int64_t kHeadBlock = 8192;
 
+// x W^T as fp32 [n, V] (x: fp32 [n, D]), the products in `dtype`: at once when W already is in it,
+// else with W converted kHeadBlock rows at a time, so that no converted copy of a whole head is held
+// (a bf16 teacher's head in fp32, an fp32 head in bf16).
+at::Tensor head_logits(const at::Tensor& x, const at::Tensor& W, at::ScalarType dtype) {
+  const at::Tensor xd = x.to(dtype);
+  if (W.scalar_type() == dtype) return xd.mm(W.t()).to(at::kFloat);
+  const int64_t V = W.size(0);
+  at::Tensor out = at::empty({x.size(0), V}, x.options().dtype(at::kFloat));
+  for (int64_t v0 = 0; v0 < V; v0 += kHeadBlock) {
+    const int64_t nv = std::min(kHeadBlock, V - v0);
+    out.narrow(1, v0, nv).copy_(xd.mm(W.narrow(0, v0, nv).to(dtype).t()));
+  }
+  return out;
+}
+
 // The loss of lm_head_loss and its gradients, computed together a chunk of rows at a time (the
 // gradients in the forward: what the backward would recompute, it only scales).
 class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> {
@@ -88,19 +103,8 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
     const at::Tensor h = hidden.reshape({R, D});
     const at::Tensor th = teacher ? teacher_hidden.reshape({R, Dt}) : at::Tensor();
     const at::Tensor w = weight.to(at::kFloat);  // no copy for fp32
-    // The teacher's head in fp32: as it is, or (a bf16 teacher) converted a block of rows at a time
-    // inside teacher_logits, so that no fp32 copy of the whole head is held.
     const at::Tensor tw = teacher ? teacher_weight.detach() : at::Tensor();
-    auto teacher_logits = [&](const at::Tensor& thc) {
-      if (tw.scalar_type() == at::kFloat) return thc.mm(tw.t());
-      const int64_t Vt = tw.size(0);
-      at::Tensor out = at::empty({thc.size(0), Vt}, thc.options());
-      for (int64_t v0 = 0; v0 < Vt; v0 += kHeadBlock) {
-        const int64_t nv = std::min(kHeadBlock, Vt - v0);
-        out.narrow(1, v0, nv).copy_(thc.mm(tw.narrow(0, v0, nv).to(at::kFloat).t()));
-      }
-      return out;
-    };
+    const at::ScalarType ldt = o.logits_matmul_dtype();
     const at::Tensor tok = tokens.reshape({R});
     const bool want_dh = extra->grad_hidden, want_dw = extra->grad_weight, want_g = want_dh || want_dw;
     at::Tensor dh = want_dh ? at::empty({R, D}, h.options().dtype(at::kFloat)) : at::Tensor();
@@ -123,12 +127,12 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
       const at::Tensor pad = extra->pads.defined() ? extra->pads.narrow(0, r0, n) : at::Tensor();
       at::Tensor hc = h.narrow(0, r0, n).to(at::kFloat);
       if (pad.defined()) hc = hc.masked_fill(pad, 0.0);
-      at::Tensor s = hc.mm(w.t());  // [n, V]
-      at::Tensor tl;                // the teacher's logits [n, V]
+      at::Tensor s = ldt == at::kFloat ? hc.mm(w.t()) : head_logits(hc, weight.detach(), ldt);  // [n, V] fp32
+      at::Tensor tl;  // the teacher's logits [n, V] fp32
       if (alpha > 0.0) {
         at::Tensor thc = th.narrow(0, r0, n).to(at::kFloat);
         if (pad.defined()) thc = thc.masked_fill(pad, 0.0);
-        tl = teacher_logits(thc);
+        tl = head_logits(thc, tw, ldt);
       }
       at::Tensor g;  // d loss / d s
       if (fused) {
@@ -310,9 +314,10 @@ void check_kl_mix(const char* who, double temperature, double alpha) {
 void LmHeadLossOptions::validate() const {
   TORCH_CHECK(chunk() >= 1, "edkm: LmHeadLossOptions: chunk must be >= 1, got ", chunk());
   check_kl_mix("LmHeadLossOptions", temperature(), alpha());
-  const at::ScalarType d = gradient_matmul_dtype();
-  TORCH_CHECK(d == at::kFloat || d == at::kBFloat16 || d == at::kHalf,
-              "edkm: LmHeadLossOptions: gradient_matmul_dtype must be Float, BFloat16 or Half, got ", d);
+  for (const auto& [name, d] : {std::make_pair("logits_matmul_dtype", logits_matmul_dtype()),
+                                std::make_pair("gradient_matmul_dtype", gradient_matmul_dtype())})
+    TORCH_CHECK(d == at::kFloat || d == at::kBFloat16 || d == at::kHalf, "edkm: LmHeadLossOptions: ", name,
+                " must be Float, BFloat16 or Half, got ", d);
 }
 
 void DistillerOptions::validate() const {

@@ -43,6 +43,11 @@ struct EDKM_API LmHeadLossOptions {
   TORCH_ARG(double, alpha) = 0.5;
   /// Temperature of the KL. Default 2.
   TORCH_ARG(double, temperature) = 2.0;
+  /// The dtype of the two logit matmuls (hidden W^T, and the teacher's): kFloat (default), or
+  /// kBFloat16 / kHalf as autocast runs a Linear: the inputs rounded to it, the logits in it, then
+  /// upcast to fp32 for the softmaxes and losses. Rounding logits of ~20 to bf16 moves them by up
+  /// to 0.06, so the default keeps them fp32 (LibTorch's CPU matmul has no bf16 x bf16 -> fp32 form).
+  TORCH_ARG(at::ScalarType, logits_matmul_dtype) = at::kFloat;
   /// The dtype of the two gradient matmuls (d hidden = G W, d W = G^T hidden, G = d loss / d
   /// logits): kFloat (default), or kBFloat16 / kHalf, as autocast runs a Linear's backward: G, W and
   /// hidden rounded to it, the products in it, d W summed over the chunks in fp32. The logits, the
@@ -52,7 +57,7 @@ struct EDKM_API LmHeadLossOptions {
 
  public:
   /// Throws on a chunk < 1, an alpha outside [0, 1], a temperature that is not positive and finite,
-  /// or a gradient_matmul_dtype other than kFloat, kBFloat16 and kHalf.
+  /// or a logits / gradient matmul dtype other than kFloat, kBFloat16 and kHalf.
   void validate() const;
 };
 
@@ -69,8 +74,9 @@ namespace functional {
 /// (16-bit hidden states and weights are upcast per chunk). The teacher is a constant. On an x86-64
 /// CPU with AVX2 or AVX-512 the element-wise part (both softmaxes, the losses, d loss / d logits)
 /// runs fused, three passes over a chunk's logits instead of ~15 ATen operations: on SmolLM2's
-/// head (1,024 tokens, 49,152 classes, a teacher) 2.49 -> 1.98 s and a peak of 542 -> 220 MiB
-/// (benchmarks/results/head_loss_cpu.md); EDKM_HEAD_LOSS_ISA=none|avx2|avx512 caps the choice.
+/// head (1,024 tokens, 49,152 classes, a teacher) 2.5 -> 1.7-2.0 s and a peak of 542 -> 220 MiB,
+/// 0.89 s with the options' bf16 matmuls (benchmarks/results/head_loss_cpu.md);
+/// EDKM_HEAD_LOSS_ISA=none|avx2|avx512 caps the choice.
 ///
 /// hidden [B, S, D], weight [V, D], tokens [B, S] int64; teacher_hidden [B, S, D_t] and
 /// teacher_weight [V, D_t] (the teacher may be wider), or both undefined. Gradients are computed
