@@ -294,6 +294,16 @@ TEST(LmHeadLoss, LogitMatmulsIn16Bits) {
     EXPECT_LT(test::max_rel(l[1], f[1]), 5e-2);
     EXPECT_LT(test::max_rel(l[2], f[2]), 5e-2);
   }
+  // A bf16 head with both matmuls in bf16 (no fp32 copy of the head is made): its gradient in bf16.
+  auto h = c.h.clone().requires_grad_(true), wb = c.w.to(at::kBFloat16).requires_grad_(true);
+  const auto both =
+      LmHeadLossOptions().chunk(7).logits_matmul_dtype(at::kBFloat16).gradient_matmul_dtype(at::kBFloat16);
+  const auto lb = functional::lm_head_loss(h, wb, c.tok, c.th, c.tw.to(at::kBFloat16), both);
+  lb.backward();
+  EXPECT_NEAR(lb.item<double>(), f[0].item<double>(), 1e-2 * std::abs(f[0].item<double>()));
+  EXPECT_EQ(wb.grad().scalar_type(), at::kBFloat16);
+  EXPECT_LT(test::max_rel(wb.grad(), f[2]), 5e-2);
+  EXPECT_LT(test::max_rel(h.grad(), f[1]), 5e-2);
   EXPECT_THROW(LmHeadLossOptions().logits_matmul_dtype(at::kInt).validate(), c10::Error);
 }
 

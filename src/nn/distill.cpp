@@ -58,7 +58,7 @@ at::Tensor hidden_state_mse_loss(const at::Tensor& student_hidden, const at::Ten
 namespace {
 
 // Vocabulary rows of a head converted to another dtype at a time (a 16-bit teacher's head to fp32,
-// the head to gradient_matmul_dtype): no whole converted copy is held.
+// the head to logits_matmul_dtype or gradient_matmul_dtype): no whole converted copy is held.
 constexpr int64_t kHeadBlock = 8192;
 
 // x W^T as fp32 [n, V] (x: fp32 [n, D]), the products in `dtype`: at once when W already is in it,
@@ -102,16 +102,16 @@ class LmHeadLossFunction : public torch::autograd::Function<LmHeadLossFunction> 
     const double alpha = teacher ? o.alpha() : 0.0, T = o.temperature();
     const at::Tensor h = hidden.reshape({R, D});
     const at::Tensor th = teacher ? teacher_hidden.reshape({R, Dt}) : at::Tensor();
-    const at::Tensor w = weight.to(at::kFloat);  // no copy for fp32
     const at::Tensor tw = teacher ? teacher_weight.detach() : at::Tensor();
-    const at::ScalarType ldt = o.logits_matmul_dtype();
     const at::Tensor tok = tokens.reshape({R});
     const bool want_dh = extra->grad_hidden, want_dw = extra->grad_weight, want_g = want_dh || want_dw;
     at::Tensor dh = want_dh ? at::empty({R, D}, h.options().dtype(at::kFloat)) : at::Tensor();
-    at::Tensor dw = want_dw ? at::zeros({V, D}, w.options()) : at::Tensor();
-    // The gradient matmuls in gradient_matmul_dtype.
-    const at::ScalarType gdt = o.gradient_matmul_dtype();
+    at::Tensor dw = want_dw ? at::zeros({V, D}, weight.options().dtype(at::kFloat)) : at::Tensor();
+    // The logit and gradient matmuls in their options' dtypes; the head in fp32 (no copy for an fp32
+    // head) only where one of them is fp32.
+    const at::ScalarType ldt = o.logits_matmul_dtype(), gdt = o.gradient_matmul_dtype();
     const bool low = gdt != at::kFloat;
+    const at::Tensor w = ldt == at::kFloat || (want_g && !low) ? weight.to(at::kFloat) : at::Tensor();
     const auto f64 = h.options().dtype(at::kDouble);
     at::Tensor ce_sum = at::zeros({}, f64), kl_sum = at::zeros({}, f64);
     // Row r predicts token r + 1 where extra->targets says so (not the last row of a sequence, whose
