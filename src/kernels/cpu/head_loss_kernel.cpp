@@ -12,25 +12,19 @@
 namespace edkm::kernels {
 namespace {
 
+// What this CPU and build have.
 HeadLossIsa detect() {
-  HeadLossIsa best = HeadLossIsa::kNone;
 #if defined(EDKM_HEAD_LOSS_SIMD)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = HeadLossIsa::kAvx2;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) best = HeadLossIsa::kAvx512;
+  return static_cast<HeadLossIsa>(cpu_vector_level());
+#else
+  return HeadLossIsa::kNone;
 #endif
-  return best;
-}
-
-// What this CPU and build have, capped by EDKM_HEAD_LOSS_ISA=none|avx2|avx512 (comparisons).
-HeadLossIsa initial() {
-  const HeadLossIsa best = detect();
-  const int cap = env_choice("EDKM_HEAD_LOSS_ISA", {"none", "avx2", "avx512"});
-  return cap >= 0 ? std::min(best, static_cast<HeadLossIsa>(cap)) : best;
 }
 
 std::atomic<int32_t>& chosen() {
-  static std::atomic<int32_t> isa{static_cast<int32_t>(initial())};
+  // capped by EDKM_HEAD_LOSS_ISA=none|avx2|avx512 (comparisons)
+  static std::atomic<int32_t> isa{
+      static_cast<int32_t>(capped_by_env(detect(), "EDKM_HEAD_LOSS_ISA", {"none", "avx2", "avx512"}))};
   return isa;
 }
 

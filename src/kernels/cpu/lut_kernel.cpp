@@ -46,9 +46,7 @@ LutIsa detect() {
   }
 #endif
   // avx512: without VBMI.
-  const int cap = env_choice("EDKM_LUT_ISA", {"scalar", "avx2", "avx512"});
-  if (cap >= 0) best = std::min(best, static_cast<LutIsa>(cap));
-  return best;
+  return capped_by_env(best, "EDKM_LUT_ISA", {"scalar", "avx2", "avx512"});
 }
 }  // namespace
 

@@ -44,14 +44,10 @@ void run_items(const StreamParams& p, StreamQueue& items) {
 
 StreamIsa detect() {
   StreamIsa best = StreamIsa::kScalar;
-#if defined(EDKM_WITH_SLEEF) && (defined(__x86_64__) || defined(__i386__))
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = StreamIsa::kAvx2;
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) best = StreamIsa::kAvx512;
+#if defined(EDKM_WITH_SLEEF)
+  best = static_cast<StreamIsa>(cpu_vector_level());
 #endif
-  const int cap = env_choice("EDKM_STREAM_ISA", {"scalar", "avx2", "avx512"});
-  if (cap >= 0) best = std::min(best, static_cast<StreamIsa>(cap));
-  return best;
+  return capped_by_env(best, "EDKM_STREAM_ISA", {"scalar", "avx2", "avx512"});
 }
 
 std::atomic<int32_t>& chosen() {
