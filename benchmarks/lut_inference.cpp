@@ -3,15 +3,20 @@
 // bf16 matmul on the dense weight, as time, GB/s and % of the memory bandwidth a copy probe
 // measures in the same run; and, for compressed LLaMA checkpoints, end-to-end decode tokens/s and
 // resident weight memory packed against the same checkpoint decompressed to fp32 (with the
-// greedy tokens of both compared).
+// greedy tokens of both compared); and decode of models of SmolLM2-135M's or LLaMA-7B's shapes with
+// random weights (LlamaRuntime::random: no checkpoint needed, e.g. on a GPU machine), packed at
+// each --bits and dense fp32 / bf16, against the bound the copy probe sets (bandwidth / bytes of
+// weights a step reads).
 //
 //   edkm_bench_lut_inference --out benchmarks/results/lut_inference \
 //       [--decode smollm2-4bit=out4/model.edkm.safetensors --decode smollm2-3bit=out3/model.edkm.safetensors]
 //   edkm_bench_lut_inference --device cuda --shapes 4096x4096,11008x4096,4096x11008 --out OUT
+//   edkm_bench_lut_inference --device cuda --shapes '' --decode-random smollm2,llama7b --bits 3,4 --out OUT
 //
 // --device cuda times the CUDA LUT-GEMV against cuBLAS (fp32, bf16 and fp16) with HBM bandwidth
 // from a device-to-device copy probe; every measurement launches a batch of calls and then
-// synchronises once (time per call = batch time / calls). Decode runs on the CPU only.
+// synchronises once (time per call = batch time / calls). Decode runs on the device too (each
+// step ends with its argmax read back, as a sampling loop does). --shapes '' runs no GEMVs.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <edkm/io/checkpoint.h>
@@ -92,13 +97,53 @@ double copy_bandwidth(double min_time, at::Device device) {
   return 2.0 * 4.0 * static_cast<double>(n) / s;
 }
 
+// SmolLM2-135M's config.json (HuggingFaceTB/SmolLM2-135M), the shapes that matter to decode speed.
+edkm::LlamaConfig smollm2_config() {
+  return edkm::LlamaConfig()
+      .vocab_size(49152)
+      .hidden_size(576)
+      .intermediate_size(1536)
+      .num_hidden_layers(30)
+      .num_attention_heads(9)
+      .num_key_value_heads(3)
+      .max_position_embeddings(8192)
+      .rope_theta(100000)
+      .rms_norm_eps(1e-5)
+      .tie_word_embeddings(true);
+}
+
+struct DecodeTiming {
+  double prefill = 0, tok_s = 0;
+  std::vector<int64_t> tokens;  // greedy
+};
+
+// Prefill `prompt`, then `steps` greedy one-token steps timed (each ends by reading its argmax back).
+DecodeTiming time_decode(const edkm::LlamaRuntime& rt, const std::vector<int64_t>& prompt, int64_t steps) {
+  DecodeTiming r;
+  auto cache = rt.new_cache(static_cast<int64_t>(prompt.size()) + steps);
+  auto t0 = Clock::now();
+  at::Tensor logits = rt.forward(at::tensor(prompt, at::kLong), cache, edkm::LlamaRuntime::Logits::kLast);
+  int64_t next = logits.select(0, -1).argmax().item<int64_t>();
+  r.prefill = seconds_since(t0);
+  t0 = Clock::now();
+  for (int64_t k = 0; k < steps; ++k) {
+    r.tokens.push_back(next);
+    if (k + 1 == steps) break;
+    next = rt.forward(at::tensor(std::vector<int64_t>{next}, at::kLong), cache).select(0, -1).argmax().item<int64_t>();
+  }
+  r.tok_s = static_cast<double>(steps - 1) / seconds_since(t0);
+  return r;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
   CLI::App app{"edkm: LUT-GEMV and packed decode against dense fp32 / bf16"};
   std::string shapes = "576x576,1536x576,576x1536,4096x4096,11008x4096,4096x11008", bits_list = "3,4,8", out;
   std::vector<std::string> decodes;
-  int64_t threads = -1, rows_per_lut = 0, decode_tokens = 32, prompt_tokens = 16;
+  std::string randoms, dense_list = "fp32,bf16";
+  int64_t threads = -1, rows_per_lut = 0, decode_tokens = 32, prompt_tokens = 16, random_layers = 0,
+          random_rows_per_lut = 16;
   double min_time = 0.5;
   app.add_option("--shapes", shapes, "out x in of the GEMVs")->capture_default_str();
   app.add_option("--bits", bits_list)->capture_default_str();
@@ -108,12 +153,23 @@ int main(int argc, char** argv) try {
   app.add_option("--decode", decodes,
                  "label=PATH of a compressed LLaMA checkpoint (config.json beside it): decode tokens/s, packed and "
                  "decompressed; repeatable");
+  app.add_option("--decode-random", randoms,
+                 "models with random weights, comma-separated: smollm2 (SmolLM2-135M's shapes), llama7b "
+                 "(LLaMA-7B's): decode packed at each --bits and dense (--decode-dense)");
+  app.add_option("--random-layers", random_layers, "decoder layers of the random models (0: the model's own)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--random-rows-per-lut", random_rows_per_lut, "rows sharing a LUT in the random models")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--decode-dense", dense_list, "dense baselines of the random models: fp32, bf16, fp16 or none")
+      ->capture_default_str();
   app.add_option("--decode-tokens", decode_tokens)->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--prompt-tokens", prompt_tokens)->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--min-time", min_time, "seconds per measurement")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--threads", threads, "LibTorch threads (default: all cores)")->check(CLI::PositiveNumber);
   std::string device_name = "cpu";
-  app.add_option("--device", device_name, "cpu or cuda (the GEMVs; decode runs on the CPU)")
+  app.add_option("--device", device_name, "cpu or cuda (the GEMVs and the decode)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   app.add_option("--out", out, "write OUT.json, OUT.md and OUT.svg")->required();
@@ -143,6 +199,21 @@ int main(int argc, char** argv) try {
                 r.path, " (", r.dir, "/config.json); edkm_llama_compress --out writes both");
     decode_runs.push_back(std::move(r));
   }
+  std::vector<std::pair<std::string, edkm::LlamaConfig>> random_models;
+  for (const auto& name : edkm::bench::split(randoms)) {
+    TORCH_CHECK(name == "smollm2" || name == "llama7b", "--decode-random: unknown model '", name,
+                "' (expected smollm2 or llama7b)");
+    edkm::LlamaConfig c = name == "llama7b" ? edkm::LlamaConfig::llama_7b() : smollm2_config();
+    if (random_layers > 0) c.num_hidden_layers(random_layers);
+    random_models.emplace_back(name, c);
+  }
+  std::vector<std::pair<std::string, at::ScalarType>> dense_baselines;
+  for (const auto& d : edkm::bench::split(dense_list)) {
+    if (d == "none") continue;
+    TORCH_CHECK(d == "fp32" || d == "bf16" || d == "fp16", "--decode-dense: expected fp32, bf16, fp16 or none, got '",
+                d, "'");
+    dense_baselines.emplace_back(d, d == "fp32" ? at::kFloat : d == "bf16" ? at::kBFloat16 : at::kHalf);
+  }
   edkm::bench::make_out_dir(out);
   if (threads > 0) at::set_num_threads(static_cast<int>(threads));
   at::NoGradGuard ng;
@@ -151,7 +222,6 @@ int main(int argc, char** argv) try {
     std::cerr << "edkm_bench_lut_inference: --device cuda, but no CUDA device is available\n";
     return 77;
   }
-  TORCH_CHECK(!g_cuda || decodes.empty(), "--decode runs on the CPU only; drop it with --device cuda");
   const at::Device device(g_cuda ? at::kCUDA : at::kCPU);
   const std::string isa = g_cuda ? "cuda" : edkm::functional::lut_kernel_isa();
 
@@ -265,23 +335,11 @@ int main(int argc, char** argv) try {
     std::vector<std::vector<int64_t>> tokens;
     double fp32_tok_s = 0;
     for (auto& [kind, rt] : runs) {
-      const auto o = edkm::GenerationOptions().max_new_tokens(decode_tokens);
-      auto cache = rt.new_cache(prompt_tokens + decode_tokens);
-      auto t0 = Clock::now();
-      at::Tensor logits = rt.forward(at::tensor(prompt, at::kLong), cache, edkm::LlamaRuntime::Logits::kLast);
-      const double prefill = seconds_since(t0);
-      std::vector<int64_t> gen;
-      t0 = Clock::now();
-      int64_t next = logits.select(0, -1).argmax().item<int64_t>();
-      for (int64_t k = 0; k < decode_tokens; ++k) {
-        gen.push_back(next);
-        if (k + 1 == decode_tokens) break;
-        next =
-            rt.forward(at::tensor(std::vector<int64_t>{next}, at::kLong), cache).select(0, -1).argmax().item<int64_t>();
-      }
-      const double tok_s = static_cast<double>(decode_tokens - 1) / seconds_since(t0);
+      rt.to(device);
+      const DecodeTiming timing = time_decode(rt, prompt, decode_tokens);
+      const double prefill = timing.prefill, tok_s = timing.tok_s;
       if (kind.rfind("fp32", 0) == 0) fp32_tok_s = tok_s;
-      tokens.push_back(gen);
+      tokens.push_back(timing.tokens);
       const bool same = tokens.size() < 2 || tokens[0] == tokens.back();
       decode.push_back({{"model", label},
                         {"weights", kind},
@@ -303,6 +361,60 @@ int main(int argc, char** argv) try {
     }
   }
 
+  // Decode of random models: packed at each --bits, dense baselines; against bandwidth / bytes read.
+  json random_decode = json::array();
+  std::ostringstream rmd;
+  if (!random_models.empty())
+    rmd << "| model | layers | weights | resident weight MiB | MiB read per step | decode tok/s | x first row"
+        << " | bound tok/s (copy probe / bytes read) | % of bound | prefill " << prompt_tokens
+        << " tokens, s |\n|---|---|---|---|---|---|---|---|---|---|\n";
+  for (const auto& [name, config] : random_models) {
+    std::vector<std::pair<std::string, edkm::RandomWeights>> kinds;
+    for (const auto& [label, dtype] : dense_baselines)
+      kinds.emplace_back(label + " dense", edkm::RandomWeights().bits(0).dense_dtype(dtype).device(device));
+    for (const auto& b : edkm::bench::split(bits_list))
+      kinds.emplace_back(
+          b + "-bit packed, " +
+              (random_rows_per_lut ? std::to_string(random_rows_per_lut) + " rows per LUT" : "one LUT per tensor"),
+          edkm::RandomWeights().bits(std::stoll(b)).rows_per_lut(random_rows_per_lut).device(device));
+    std::vector<int64_t> prompt;
+    for (int64_t t = 0; t < prompt_tokens; ++t) prompt.push_back((t * 7919 + 13) % config.vocab_size());
+    double first_tok_s = 0;
+    for (const auto& [kind, weights] : kinds) {
+      const double probe = copy_bandwidth(min_time, device);  // beside this row, as the GEMVs' rows
+      torch::manual_seed(0);
+      double tok_s = 0, prefill = 0;
+      int64_t resident = 0, read = 0;
+      {
+        const auto rt = edkm::LlamaRuntime::random(config, weights);
+        const DecodeTiming timing = time_decode(rt, prompt, decode_tokens);
+        tok_s = timing.tok_s;
+        prefill = timing.prefill;
+        resident = rt.weight_bytes();
+        read = rt.decode_bytes();
+      }  // freed before the next model is made
+      if (first_tok_s == 0) first_tok_s = tok_s;
+      const double bound = probe / static_cast<double>(read);
+      random_decode.push_back({{"model", name},
+                               {"layers", config.num_hidden_layers()},
+                               {"weights", kind},
+                               {"bits", weights.bits()},
+                               {"resident_weight_bytes", resident},
+                               {"bytes_read_per_step", read},
+                               {"decode_tokens_per_s", tok_s},
+                               {"speedup_vs_first", tok_s / first_tok_s},
+                               {"copy_bandwidth_bytes_per_s", probe},
+                               {"bound_tokens_per_s", bound},
+                               {"prefill_seconds", prefill}});
+      rmd << "| " << name << " | " << config.num_hidden_layers() << " | " << kind << " | " << mib(resident) << " | "
+          << mib(read) << " | " << fixed(tok_s, 1) << " | " << fixed(tok_s / first_tok_s, 2) << " | " << fixed(bound, 1)
+          << " | " << fixed(100 * tok_s / bound, 1) << "% | " << fixed(prefill, 3) << " |\n";
+      std::cout << name << " (" << config.num_hidden_layers() << " layers) " << kind << ": " << fixed(tok_s, 1)
+                << " tok/s, " << mib(read) << " MiB read per step, bound " << fixed(bound, 1) << " tok/s at "
+                << fixed(probe / 1e9, 2) << " GB/s\n";
+    }
+  }
+
   std::ostringstream cmd;
   for (int i = 0; i < argc; ++i) cmd << (i ? " " : "") << argv[i];
   const json doc = {{"machine", edkm::bench::machine_name()},
@@ -312,14 +424,16 @@ int main(int argc, char** argv) try {
                     {"lut_kernel_isa", isa},
                     {"copy_bandwidth_bytes_per_s", bandwidth},
                     {"gemv", gemv},
-                    {"decode", decode}};
+                    {"decode", decode},
+                    {"random_decode", random_decode}};
   edkm::write_text_file(out + ".json", doc.dump(2) + "\n");
   std::ostringstream full;
   full << "# Palettized weights run packed: LUT-GEMV and decode\n\nMachine: " << edkm::bench::machine_name() << ", "
        << (g_cuda ? std::string("GPU") : std::to_string(at::get_num_threads()) + " threads") << ", LUT kernels " << isa
        << ". Command: `" << cmd.str() << "`\n\nCopy probe: bytes read + written per second, "
        << (g_cuda ? "1 GiB buffers, device to device" : "256 MiB buffers") << "; " << fixed(bandwidth / 1e9, 2)
-       << " GB/s at the start, and again before each shape's GEMVs (its row's figure, which its % uses). GEMV bytes = "
+       << " GB/s at the start, and again before each shape's GEMVs and each decode row (its row's figure, which its % "
+          "uses). GEMV bytes = "
           "packed indices + LUTs + x + y; batch 1; the median of repeated calls, each on the "
           "next of enough copies of the weight (packed or dense) to fill "
        << (g_cuda ? "1 GiB" : "256 MiB")
@@ -328,16 +442,27 @@ int main(int argc, char** argv) try {
                ? "; on the GPU each repetition is " + std::to_string(kCudaBatch) +
                      " calls and one synchronisation, fp16 / bf16 / fp32 are LibTorch's cuBLAS GEMV on the dense weight"
                : std::string())
-       << ".\n\n"
-       << md.str();
+       << ".\n\n";
+  if (!gemv.empty()) full << md.str();
   if (!decodes.empty())
-    full << "\n## Decode (batch 1, greedy, KV cache)\n\nPrefill of " << prompt_tokens << " tokens, then "
-         << decode_tokens << " decode steps timed; resident weight memory = what the runtime holds (packed indices + "
+    full << "\n## Decode (batch 1, greedy, KV cache" << (g_cuda ? ", on the GPU" : "") << ")\n\nPrefill of "
+         << prompt_tokens << " tokens, then " << decode_tokens
+         << " decode steps timed; resident weight memory = what the runtime holds (packed indices + "
          << "LUTs + dense norms for the packed rows).\n\n"
          << dmd.str();
+  if (!random_models.empty())
+    full << "\n## Decode of models with random weights (batch 1, greedy, KV cache)\n\n"
+         << "LlamaRuntime::random: the model's shapes, weights drawn at random (norms 1), packed at each --bits "
+         << "(embedding and head too) or dense. Prefill of " << prompt_tokens << " tokens, then " << decode_tokens
+         << " one-token steps timed, each ending with its argmax read back"
+         << (g_cuda ? " (a device synchronisation)" : "")
+         << ". Bytes read per step = the weights but an untied embedding; bound = the copy probe measured before "
+         << "the row (bytes read + written per second) / those bytes; the KV cache and activations are not "
+         << "counted. x first row = tokens/s over the model's first row.\n\n"
+         << rmd.str();
   edkm::write_text_file(out + ".md", full.str());
-  chart.save(out + ".svg");
-  std::cout << "wrote " << out << ".json, .md, .svg\n";
+  if (!gemv.empty()) chart.save(out + ".svg");
+  std::cout << "wrote " << out << ".json, .md" << (gemv.empty() ? "" : ", .svg") << "\n";
   return 0;
 } catch (...) {
   return edkm::bench::error_exit("edkm_bench_lut_inference");

@@ -28,10 +28,10 @@ case " ${TORCH_CUDA_ARCH_LIST//;/ } " in
   *) die "TORCH_CUDA_ARCH_LIST='$TORCH_CUDA_ARCH_LIST' lacks 9.0: the H200 is sm_90" ;;
 esac
 
-tests=(dkm_test memory_test offload_test palettizer_test nn_test)   # every file with a GPU test
+tests=(dkm_test memory_test offload_test palettizer_test nn_test model_test)   # every binary with a GPU test
 benches=(edkm_bench_ablation edkm_bench_dkm_memory edkm_bench_kernels edkm_bench_lut_inference edkm_bench_utils_memory
   edkm_bench_chart)
-examples=(edkm_llama_compress)                                      # trains on --device cuda
+examples=(edkm_llama_compress edkm_llama_generate)                  # train / decode on --device cuda
 
 # EDKM_CUDA=ON: a build that silently fell back to CPU kernels would make the GPU check pointless.
 # Static libraries: the bundle runs from another path, where build-tree rpaths would not resolve.

@@ -6,7 +6,8 @@
 #
 # Steps, each under its own timeout: the GPU tests with EDKM_REQUIRE_GPU=1 (a skipped GPU test
 # fails), compute-sanitizer memcheck and racecheck on the CUDA kernel tests, the ablation on the
-# full LLaMA-7B decoder layer on cuda, dkm_memory and utils_memory on cuda, the LLaMA example
+# full LLaMA-7B decoder layer on cuda, decode of SmolLM2- and LLaMA-7B-shaped models (random weights,
+# packed and dense) on cuda, dkm_memory and utils_memory on cuda, the LLaMA example
 # trained on cuda, the CPU kernel benchmarks, coremltools side by side (only when importable).
 # OUT_DIR gets summary.md, env.txt, logs/<step>.log, tests/*.json, bench/*.{json,md,svg}.
 # Exit: 0 every step passed (or was skipped by design); 1 a step failed or ran out of time;
@@ -21,8 +22,8 @@ bin="$bundle/bin"
 py="${EDKM_GPU_PYTHON:-python3}"
 # Order: correctness first, then the short kernel benchmarks (the figures a first run must bring
 # back), then the sanitizers and the long benchmarks.
-steps=(gpu_tests kernels lut_inference memcheck racecheck ablation dkm_memory llama_compress utils_memory peers)
-declare -A budget=([gpu_tests]=80 [kernels]=60 [lut_inference]=50 [memcheck]=50 [racecheck]=100 [ablation]=120
+steps=(gpu_tests kernels lut_inference decode memcheck racecheck ablation dkm_memory llama_compress utils_memory peers)
+declare -A budget=([gpu_tests]=80 [kernels]=60 [lut_inference]=50 [decode]=60 [memcheck]=50 [racecheck]=100 [ablation]=120
   [dkm_memory]=40 [llama_compress]=40 [utils_memory]=45 [peers]=60)
 
 # --- steps: each runs in its own process under `timeout`; return 77 = skipped by design ----------
@@ -30,7 +31,7 @@ gpu_filter='*Cuda*:*CUDA*:*Gpu*:*GPU*:DKMBadInput.*'   # DKMBadInput: its device
 step_gpu_tests() {
   local t rc fail=0
   mkdir -p "$out/tests"
-  for t in dkm_test memory_test offload_test palettizer_test nn_test; do
+  for t in dkm_test memory_test offload_test palettizer_test nn_test model_test; do
     rc=0
     "$bin/$t" --gtest_filter="$gpu_filter" --gtest_output="json:$out/tests/$t.json" >"$out/tests/$t.log" 2>&1 || rc=$?
     echo "$t: exit $rc; $(grep -E '^\[  (PASSED|FAILED|SKIPPED) +\] [0-9]+ test' "$out/tests/$t.log" | tr '\n' ' ')"
@@ -88,6 +89,10 @@ step_llama_compress() {  # the llama_compress ctest's settings, on cuda: fails u
   "$bin/edkm_llama_compress" --device cuda --corpus "$bundle/data/GPL-3" --layers 1 --pretrain-steps 4 --steps 3 \
     --seq-len 32 --batch 2 --eval-tokens 512 --checkpoint-activations --offload --distill --offload-min-bytes 1024 \
     --optimizer adamw-bf16 --out "$out/llama_compress"
+  # the written checkpoint decoded on cuda (packed, LlamaRuntime::to): fails unless its greedy tokens
+  # equal the decompressed model's on the CPU
+  "$bin/edkm_llama_generate" --compressed "$out/llama_compress/model.edkm.safetensors" --device cuda \
+    --max-new-tokens 24 --check
 }
 step_utils_memory() { "$bin/edkm_bench_utils_memory" --device cuda --repeats 1 --out "$out/bench/utils_memory_cuda"; }
 step_kernels() {  # the CUDA kernels at % of the HBM bandwidth a copy probe measures; then this machine's CPU
@@ -102,6 +107,10 @@ step_lut_inference() {  # the CUDA LUT-GEMV at LLaMA-7B shapes (and its head) ag
     EDKM_LUT_CUDA_BLOCKS_PER_SM=$k "$bin/edkm_bench_lut_inference" --device cuda --shapes 11008x4096,32000x4096 \
       --bits 3,4 --min-time 0.05 --out "$out/bench/lut_inference_cuda_blocks_per_sm_$k"
   done
+}
+step_decode() {  # tokens/s of a step (LlamaRuntime on cuda) against HBM bandwidth / bytes read; SmolLM2 first
+  "$bin/edkm_bench_lut_inference" --device cuda --shapes '' --decode-random smollm2,llama7b --bits 3,4 \
+    --decode-dense fp32,bf16 --decode-tokens 64 --min-time 0.05 --out "$out/bench/decode_cuda"
 }
 step_peers() {
   if ! "$py" -c 'import coremltools.optimize.torch, safetensors' >/dev/null 2>&1; then

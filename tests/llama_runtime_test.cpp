@@ -2,6 +2,7 @@
 // token by token and in chunks; a palettized checkpoint run packed against the decompressed model
 // (logits and greedy tokens); sampling options (top-k, repetition penalty, stop tokens against a
 // reference loop); bad input.
+#include <ATen/record_function.h>
 #include <edkm/io/checkpoint.h>
 #include <edkm/models/llama.h>
 #include <edkm/models/llama_runtime.h>
@@ -44,6 +45,26 @@ std::vector<int64_t> greedy_reference(LlamaForCausalLM& m, std::vector<int64_t> 
   return out;
 }
 
+// A palettized checkpoint as the runtime tests use it: Linears at 3 bits, 8 rows per LUT; embedding
+// and head at 6 bits per tensor.
+edkm::CompressedCheckpoint palettized(LlamaForCausalLM& model) {
+  auto linear = edkm::DKMOptions(3)
+                    .engine(edkm::Engine::kDense)
+                    .weight_threshold(0)
+                    .granularity(edkm::Granularity::kPerGroupedChannel)
+                    .group_size(8);
+  auto head = edkm::DKMOptions(6).engine(edkm::Engine::kDense).weight_threshold(0);
+  edkm::Palettizer pal(model,
+                       edkm::PalettizerOptions(linear).module_type("Embedding", head).module_name("lm_head", head));
+  {
+    auto scope = pal.clustered();
+    torch::NoGradGuard ng;
+    model(at::randint(61, {1, 8}, at::kLong));
+  }
+  pal.finalize();
+  return pal.compressed_checkpoint();
+}
+
 TEST(LlamaRuntime, CachedForwardEqualsTheFullForward) {
   for (bool tied : {false, true}) {
     torch::manual_seed(3);
@@ -81,22 +102,7 @@ TEST(LlamaRuntime, PalettizedCheckpointRunsPackedAndGeneratesTheDecompressedMode
   for (bool tied : {true, false}) {
     torch::manual_seed(4);
     LlamaForCausalLM model(runtime_config(tied));
-    // Linears at 3 bits with 8 rows per LUT, embedding/head at 6 bits per tensor.
-    auto linear = edkm::DKMOptions(3)
-                      .engine(edkm::Engine::kDense)
-                      .weight_threshold(0)
-                      .granularity(edkm::Granularity::kPerGroupedChannel)
-                      .group_size(8);
-    auto head = edkm::DKMOptions(6).engine(edkm::Engine::kDense).weight_threshold(0);
-    edkm::Palettizer pal(model,
-                         edkm::PalettizerOptions(linear).module_type("Embedding", head).module_name("lm_head", head));
-    {
-      auto scope = pal.clustered();  // one DKM forward sets the centroids
-      torch::NoGradGuard ng;
-      model(at::randint(61, {1, 8}, at::kLong));
-    }
-    pal.finalize();
-    const edkm::CompressedCheckpoint ckpt = pal.compressed_checkpoint();
+    const edkm::CompressedCheckpoint ckpt = palettized(model);
     LlamaRuntime rt(model->config, ckpt);
     EXPECT_EQ(rt.packed_layers(), 2 * 7 + 1 + (tied ? 0 : 1));  // q, k, v and gate, up stacked, counted apart
     LlamaForCausalLM dense(model->config);                      // the decompressed model
@@ -305,6 +311,124 @@ TEST(LlamaRuntime, LongContextDecodeSplitsTheKeysAndEqualsTheFullForward) {
   at::set_num_threads(threads);
 }
 
+// Calls of LibTorch's scaled_dot_product_attention on this thread while `f` runs (the general path
+// uses it; the written-out decode step does not).
+template <class F>
+int64_t attention_calls(F&& f) {
+  static thread_local int64_t calls = 0;
+  calls = 0;
+  const auto handle = at::addThreadLocalCallback(
+      at::RecordFunctionCallback([](const at::RecordFunction& fn) -> std::unique_ptr<at::ObserverContext> {
+        if (std::string(fn.name()) == "aten::scaled_dot_product_attention") ++calls;
+        return nullptr;
+      }));
+  f();
+  at::removeCallback(handle);
+  return calls;
+}
+
+// Token by token through the general path (LibTorch operations and lut_linear: what a CUDA runtime
+// runs) against the written-out CPU decode step: packed and dense, fp32 and bf16 caches.
+TEST(LlamaRuntime, GeneralPathDecodesAsTheWrittenOutStep) {
+  torch::manual_seed(12);
+  LlamaForCausalLM model(runtime_config(false));
+  const edkm::CompressedCheckpoint ckpt = palettized(model);
+  LlamaForCausalLM dense(model->config);
+  edkm::load_tensors(*dense, ckpt.decompress());
+  dense->eval();
+  const at::Tensor ids = at::randint(61, {14}, at::kLong);
+  for (bool packed : {true, false}) {
+    LlamaRuntime fast = packed ? LlamaRuntime(model->config, ckpt) : LlamaRuntime(dense);
+    LlamaRuntime general = packed ? LlamaRuntime(model->config, ckpt) : LlamaRuntime(dense);
+    general.fast_decode(false);
+    EXPECT_EQ(general.device(), c10::Device(at::kCPU));
+    for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+      auto a = fast.new_cache(20, dtype), b = general.new_cache(20, dtype);
+      fast.forward(ids.narrow(0, 0, 4), a);
+      general.forward(ids.narrow(0, 0, 4), b);
+      for (int64_t i = 4; i < 14; ++i) {
+        at::Tensor want, got;
+        EXPECT_EQ(attention_calls([&] { want = fast.forward(ids.narrow(0, i, 1), a); }), 0);
+        EXPECT_EQ(attention_calls([&] { got = general.forward(ids.narrow(0, i, 1), b); }), 2) << "one per layer";
+        EXPECT_LE(edkm::test::max_rel(got, want), 1e-5) << "packed " << packed << ", step " << i;
+      }
+      EXPECT_EQ(b.tokens, a.tokens);
+    }
+    const auto o = edkm::GenerationOptions().max_new_tokens(12);
+    EXPECT_EQ(general.generate({3, 1, 4}, o), fast.generate({3, 1, 4}, o)) << "packed " << packed;
+  }
+}
+
+// LlamaRuntime::random: the config's shapes, packed or dense, with the bytes that follow from them;
+// it decodes (finite logits) and its options are checked by name.
+TEST(LlamaRuntime, RandomWeightsHaveTheConfigsShapesAndBytes) {
+  for (bool tied : {false, true}) {
+    const LlamaConfig c = runtime_config(tied).num_hidden_layers(2);
+    const int64_t h = 32, mi = 48, kv = 2 * 8, vocab = 61;
+    const int64_t params_per_layer = h * h * 2 + h * kv * 2 + 3 * h * mi;  // q, o; k, v; gate, up, down
+    const int64_t params = 2 * params_per_layer + vocab * h * (tied ? 1 : 2), norms = (2 * 2 + 1) * h * 4;
+    torch::manual_seed(1);
+    LlamaRuntime f32 = LlamaRuntime::random(c, edkm::RandomWeights().bits(0));
+    EXPECT_EQ(f32.weight_bytes(), params * 4 + norms);
+    EXPECT_EQ(f32.decode_bytes(), f32.weight_bytes() - (tied ? 0 : vocab * h * 4));
+    EXPECT_EQ(LlamaRuntime::random(c, edkm::RandomWeights().dense_dtype(at::kBFloat16)).weight_bytes(),
+              params * 2 + norms);
+    // 61 rows: one LUT per tensor for the embedding and the head.
+    LlamaRuntime p3 = LlamaRuntime::random(c, edkm::RandomWeights().bits(3).rows_per_lut(0));
+    EXPECT_EQ(p3.packed_layers(), 2 * 7 + 1 + (tied ? 0 : 1));
+    // Each weight: its packed stream + 16 pad bytes + one 8-entry fp32 LUT. gate and up (48 rows
+    // each) are stacked, one stream with two LUTs; q (32 rows) and k, v (16) are not: one LUT per
+    // tensor of other row counts.
+    auto bytes = [](int64_t n) { return (n * 3 + 7) / 8 + 16 + 32; };
+    const int64_t layer = 2 * bytes(h * h) + 2 * bytes(kv * h) + bytes(2 * mi * h) + 32 + bytes(mi * h);
+    EXPECT_EQ(p3.weight_bytes(), 2 * layer + bytes(vocab * h) * (tied ? 1 : 2) + norms) << "tied " << tied;
+    for (LlamaRuntime* rt : {&f32, &p3}) {
+      auto cache = rt->new_cache(12);
+      at::Tensor logits = rt->forward(at::tensor(std::vector<int64_t>{1, 2, 3}, at::kLong), cache);
+      for (int64_t t = 0; t < 4; ++t) logits = rt->forward(at::tensor(std::vector<int64_t>{t}, at::kLong), cache);
+      EXPECT_TRUE(logits.isfinite().all().item<bool>());
+      EXPECT_GT(logits.std().item<double>(), 0);
+    }
+  }
+  using edkm::test::expect_error;
+  const LlamaConfig c = runtime_config(false);
+  expect_error([&] { LlamaRuntime::random(c, edkm::RandomWeights().bits(9)); }, {"bits must be in 0..8"});
+  expect_error([&] { LlamaRuntime::random(c, edkm::RandomWeights().dense_dtype(at::kInt)); }, {"dense_dtype", "Int"});
+  expect_error([&] { LlamaRuntime::random(c, edkm::RandomWeights().bits(4).rows_per_lut(16)); },
+               {"rows_per_lut 16", "61 rows"});
+}
+
+// The CUDA runtime (general path, CUDA LUT kernels) against the CPU one on a palettized checkpoint:
+// logits of a prompt and of each step, greedy tokens, fp32 and bf16 caches; ids given on the CPU.
+TEST(LlamaRuntime, CudaDecodesAsTheCpu) {
+  EDKM_SKIP_WITHOUT_GPU();
+  torch::manual_seed(13);
+  LlamaForCausalLM model(runtime_config(false));
+  const edkm::CompressedCheckpoint ckpt = palettized(model);
+  LlamaRuntime cpu(model->config, ckpt);
+  LlamaRuntime gpu(model->config, ckpt);
+  gpu.to(at::kCUDA);
+  EXPECT_TRUE(gpu.device().is_cuda());
+  EXPECT_EQ(gpu.weight_bytes(), cpu.weight_bytes());
+  const at::Tensor ids = at::randint(61, {16}, at::kLong);
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    auto a = cpu.new_cache(20, dtype), b = gpu.new_cache(20, dtype);
+    EXPECT_TRUE(b.k[0].is_cuda() && b.cos.is_cuda());
+    EXPECT_LE(edkm::test::max_rel(gpu.forward(ids.narrow(0, 0, 6), b).cpu(), cpu.forward(ids.narrow(0, 0, 6), a)),
+              1e-4);
+    for (int64_t i = 6; i < 16; ++i) {
+      const at::Tensor got = gpu.forward(ids.narrow(0, i, 1), b);
+      EXPECT_TRUE(got.is_cuda());
+      EXPECT_LE(edkm::test::max_rel(got.cpu(), cpu.forward(ids.narrow(0, i, 1), a)), 1e-4) << "step " << i;
+    }
+  }
+  const auto o = edkm::GenerationOptions().max_new_tokens(20);
+  EXPECT_EQ(gpu.generate({1, 2, 3, 4, 5}, o), cpu.generate({1, 2, 3, 4, 5}, o));
+  auto host_cache = cpu.new_cache(8);
+  edkm::test::expect_error([&] { gpu.forward(ids.narrow(0, 0, 2), host_cache); }, {"the cache is on cpu", "cuda:0"});
+  EXPECT_EQ(gpu.to(at::kCPU).generate({1, 2, 3, 4, 5}, o), cpu.generate({1, 2, 3, 4, 5}, o)) << "moved back";
+}
+
 TEST(LlamaRuntime, BadInputIsRefusedByName) {
   torch::manual_seed(7);
   LlamaForCausalLM model(runtime_config(false));
@@ -333,6 +457,9 @@ TEST(LlamaRuntime, BadInputIsRefusedByName) {
       38u);
   auto cache = rt.new_cache(4);
   expect_error([&] { rt.forward(at::zeros({5}, at::kLong), cache); }, {"exceed the 4-position cache"});
+  LlamaRuntime meta(model);  // a cache made before the model moved is refused by where it is
+  meta.to(at::kMeta);
+  expect_error([&] { meta.forward(at::zeros({2}, at::kLong), cache); }, {"the cache is on cpu", "the model on meta"});
   expect_error([&] { rt.new_cache(41); }, {"max_position_embeddings 40"});
   edkm::CompressedCheckpoint ckpt;
   for (const auto& p : model->named_parameters()) ckpt.tensors[p.key()] = p.value().detach();

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 
@@ -175,6 +176,44 @@ TEST(PalettizedLinear, StackedRowBlocksEqualTheParts) {
   const auto a = PackedWeight::from_palette(make_palette({8, 13, 3, 4, false}, 1));
   const auto b = PackedWeight::from_palette(make_palette({8, 13, 3, 8, false}, 2));
   test::expect_error([&] { PackedWeight::concat_rows({a, b}); }, {"rows per LUT"});
+}
+
+// PackedWeight::random: a valid packed weight of the shape (indices in range, the stream's last
+// bits and the pad zero, LUT entries N(0, std^2)), repeatable under manual_seed, running the GEMV.
+TEST(PackedWeight, RandomIsAValidWeightOfTheShape) {
+  for (const auto& [out, in, bits, rows] :
+       std::vector<std::array<int64_t, 4>>{{24, 13, 3, 8}, {7, 5, 5, 0}, {16, 32, 8, 4}}) {
+    torch::manual_seed(5);
+    const PackedWeight w = PackedWeight::random(out, in, bits, rows, at::kCPU, 0.5);
+    torch::manual_seed(5);
+    const PackedWeight again = PackedWeight::random(out, in, bits, rows, at::kCPU, 0.5);
+    const std::string what = std::to_string(out) + "x" + std::to_string(in) + " at " + std::to_string(bits) + " bits";
+    EXPECT_TRUE(w.packed.equal(again.packed) && w.lut.equal(again.lut)) << what;
+    EXPECT_EQ(w.lut.sizes(), (std::vector<int64_t>{rows ? out / rows : 1, int64_t{1} << bits})) << what;
+    EXPECT_EQ(w.rows_per_lut, rows ? rows : out) << what;
+    const int64_t stream = (out * in * bits + 7) / 8;
+    ASSERT_EQ(w.packed.numel(), stream + kernels::kLutPadBytes) << what;
+    EXPECT_EQ(w.packed.narrow(0, stream, kernels::kLutPadBytes).count_nonzero().item<int64_t>(), 0) << what;
+    if (out * in * bits % 8)
+      EXPECT_EQ(w.packed[stream - 1].item<int64_t>() >> (out * in * bits % 8), 0)
+          << what << ": bits past the last index";
+    EXPECT_GT(w.packed.narrow(0, 0, stream).to(at::kFloat).std().item<double>(), 30) << what << ": random bytes";
+    const at::Tensor dense = w.decompress();
+    // Every weight is an entry of its rows' LUT.
+    for (int64_t r = 0; r < out; ++r) {
+      const at::Tensor lut = w.lut[r / w.rows_per_lut];
+      EXPECT_TRUE((dense[r].unsqueeze(1) == lut.unsqueeze(0)).any(1).all().item<bool>()) << what << " row " << r;
+    }
+    const at::Tensor x = at::randn({3, in});
+    expect_close(functional::lut_linear(x, w), at::matmul(x, dense.t()), in, what);
+  }
+  const double sd = PackedWeight::random(64, 1024, 4, 0).lut.std().item<double>();
+  EXPECT_NEAR(sd, 0.02, 0.015) << "default std";
+  using edkm::test::expect_error;
+  expect_error([] { PackedWeight::random(0, 4, 3); }, {"shape 0 x 4"});
+  expect_error([] { PackedWeight::random(4, 4, 9); }, {"bits must be in 1..8", "9"});
+  expect_error([] { PackedWeight::random(12, 4, 3, 8); }, {"rows_per_lut 8", "12 rows"});
+  expect_error([] { PackedWeight::random(8, 4, 3, 0, at::kCPU, -1); }, {"std"});
 }
 
 TEST(PalettizedEmbedding, LooksUpTheDecompressedRowsAndServesATiedHead) {

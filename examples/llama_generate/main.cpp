@@ -17,6 +17,7 @@
 #include <edkm/models/llama.h>
 #include <edkm/models/llama_runtime.h>
 #include <edkm/models/tokenizer.h>
+#include <torch/cuda.h>
 #include <CLI/CLI.hpp>
 
 #include <unistd.h>
@@ -101,10 +102,16 @@ int main(int argc, char** argv) try {
   app.add_option("--kv-cache", kv_cache, "key/value cache dtype: bf16 halves what a long context reads per token")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
+  std::string device_name = "cpu";
+  app.add_option("--device", device_name, "cpu | cuda: where the weights and the cache live")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   app.add_flag("--check", check,
                "also run the checkpoint decompressed to fp32 and fail unless the greedy tokens agree");
   CLI11_PARSE(app, argc, argv);
   edkm::examples::set_threads(threads);
+  TORCH_CHECK(device_name != "cuda" || torch::cuda::is_available(), "--device cuda: no CUDA device is available");
+  const c10::Device device(device_name == "cuda" ? c10::kCUDA : c10::kCPU);
   const auto slash = compressed.rfind('/');
   const std::string dir = slash == std::string::npos ? std::string(".") : compressed.substr(0, slash);
   if (config_path.empty()) config_path = dir + "/config.json";
@@ -132,9 +139,11 @@ int main(int argc, char** argv) try {
   };
   auto t0 = Clock::now();
   const auto ckpt = edkm::load_compressed(compressed);
-  const edkm::LlamaRuntime rt(config, ckpt);
+  edkm::LlamaRuntime rt(config, ckpt);
+  rt.to(device);
   std::cout << "loaded " << compressed << " in " << seconds_since(t0) << " s: " << rt.packed_layers()
-            << " layers kept packed, " << rt.weight_bytes() / 1048576.0 << " MiB of weights resident\n";
+            << " layers kept packed, " << rt.weight_bytes() / 1048576.0 << " MiB of weights resident on " << rt.device()
+            << "\n";
   auto options = edkm::GenerationOptions()
                      .max_new_tokens(max_new)
                      .temperature(temperature)
@@ -219,7 +228,7 @@ int main(int argc, char** argv) try {
     dense->eval();
     auto greedy = options;
     greedy.temperature(0);
-    const auto want = edkm::LlamaRuntime(dense).generate(ids, greedy);
+    const auto want = edkm::LlamaRuntime(dense).generate(ids, greedy);  // on the CPU, whatever --device
     const auto got = temperature == 0 ? out : rt.generate(ids, greedy);
     if (got != want) {
       std::cerr << "FAIL: the packed model's greedy tokens differ from the decompressed model's\n  packed:       "

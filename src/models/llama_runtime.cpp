@@ -353,6 +353,7 @@ void check_shape(const InferenceLinear& l, int64_t out, int64_t in, const std::s
 LlamaRuntime::LlamaRuntime(const LlamaForCausalLM& model) : config_(model->config) {
   auto& m = *model->model;
   embed_dense_ = m.embed_tokens->weight.detach();
+  device_ = embed_dense_.device();
   for (const auto& item : *m.layers) {
     auto* l = item->as<LlamaDecoderLayerImpl>();
     Layer L;
@@ -431,6 +432,97 @@ LlamaRuntime LlamaRuntime::load(const std::string& compressed_path, const std::s
 
 namespace {
 
+at::Tensor moved(const at::Tensor& t, c10::Device device) { return t.defined() ? t.to(device) : t; }
+
+InferenceLinear moved(const InferenceLinear& l, c10::Device device) {
+  InferenceLinear out = l;
+  out.weight = moved(l.weight, device);
+  out.bias = moved(l.bias, device);
+  if (l.packed) out.packed = PalettizedLinear(l.packed->packed.to(device), moved(l.packed->bias, device));
+  return out;
+}
+
+}  // namespace
+
+LlamaRuntime& LlamaRuntime::to(c10::Device device) {
+  if (device.is_cuda() && !device.has_index()) device = c10::Device(at::kCUDA, 0);
+  embed_dense_ = moved(embed_dense_, device);
+  if (embed_packed_) embed_packed_ = PalettizedEmbedding(embed_packed_->packed.to(device));
+  head_ = moved(head_, device);
+  for (Layer& L : layers_) {
+    for (InferenceLinear* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.qkv, &L.gate_up})
+      *p = moved(*p, device);
+    L.input_norm = moved(L.input_norm, device);
+    L.post_norm = moved(L.post_norm, device);
+  }
+  norm_ = moved(norm_, device);
+  device_ = device;
+  init_fast_decode();
+  return *this;
+}
+
+LlamaRuntime& LlamaRuntime::fast_decode(bool enabled) {
+  fast_decode_enabled_ = enabled;
+  init_fast_decode();
+  return *this;
+}
+
+LlamaRuntime LlamaRuntime::random(const LlamaConfig& config, const RandomWeights& w) {
+  config.validate();
+  TORCH_CHECK(w.bits() >= 0 && w.bits() <= 8, "edkm: LlamaRuntime::random: bits must be in 0..8 (0: dense), got ",
+              w.bits());
+  TORCH_CHECK(
+      w.bits() > 0 || w.dense_dtype() == at::kFloat || w.dense_dtype() == at::kBFloat16 || w.dense_dtype() == at::kHalf,
+      "edkm: LlamaRuntime::random: dense_dtype must be fp32, bf16 or fp16, got ", w.dense_dtype());
+  const double sd = 0.02;
+  const c10::Device device = w.device();
+  auto linear = [&](int64_t out, int64_t in, bool bias) {
+    InferenceLinear l;
+    const at::Tensor b = bias ? at::randn({out}, at::TensorOptions().device(device)) * sd : at::Tensor();
+    if (w.bits() > 0) {
+      l.packed = PalettizedLinear(PackedWeight::random(out, in, w.bits(), w.rows_per_lut(), device, sd), b);
+    } else {
+      l.weight = (at::randn({out, in}, at::TensorOptions().device(device)) * sd).to(w.dense_dtype());
+      l.bias = b;
+    }
+    return l;
+  };
+  LlamaRuntime rt;
+  rt.config_ = config;
+  rt.device_ = device;
+  const int64_t h = config.hidden_size(), mi = config.intermediate_size(), d = config.resolved_head_dim();
+  const int64_t qh = config.num_attention_heads() * d, kvh = config.num_key_value_heads() * d;
+  const at::Tensor ones = at::ones({h}, at::TensorOptions().device(device));
+  const InferenceLinear embedding = linear(config.vocab_size(), h, false);
+  if (embedding.packed)
+    rt.embed_packed_ = PalettizedEmbedding(embedding.packed->packed);
+  else
+    rt.embed_dense_ = embedding.weight;
+  for (int64_t i = 0; i < config.num_hidden_layers(); ++i) {
+    Layer L;
+    const bool ab = config.attention_bias(), mb = config.mlp_bias();
+    L.q = linear(qh, h, ab);
+    L.k = linear(kvh, h, ab);
+    L.v = linear(kvh, h, ab);
+    L.o = linear(h, qh, ab);
+    L.gate = linear(mi, h, mb);
+    L.up = linear(mi, h, mb);
+    L.down = linear(h, mi, mb);
+    L.input_norm = ones.clone();
+    L.post_norm = ones.clone();
+    stack({&L.q, &L.k, &L.v}, L.qkv);
+    stack({&L.gate, &L.up}, L.gate_up);
+    rt.layers_.push_back(std::move(L));
+  }
+  rt.norm_ = ones.clone();
+  rt.tied_ = config.tie_word_embeddings();
+  if (!rt.tied_) rt.head_ = linear(config.vocab_size(), h, false);
+  rt.init_fast_decode();
+  return rt;
+}
+
+namespace {
+
 // A CPU float tensor the decode step can read through a raw pointer.
 bool fp32_cpu(const at::Tensor& t) {
   return t.defined() && t.is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous();
@@ -461,7 +553,7 @@ void rotate_heads(float* x, int64_t heads, int64_t d, const float* cos, const fl
 
 void LlamaRuntime::init_fast_decode() {
   auto norm_ok = [](const at::Tensor& t) { return fp32_cpu(t) && t.dim() == 1; };
-  fast_decode_ = norm_ok(norm_);
+  fast_decode_ = fast_decode_enabled_ && device_.is_cpu() && norm_ok(norm_);
   for (const Layer& L : layers_) fast_decode_ = fast_decode_ && norm_ok(L.input_norm) && norm_ok(L.post_norm);
 }
 
@@ -588,7 +680,8 @@ LlamaRuntime::Cache LlamaRuntime::new_cache(int64_t capacity, at::ScalarType dty
   Cache c;
   set_rotary(c, capacity);
   for (size_t i = 0; i < layers_.size(); ++i) {
-    c.k.push_back(at::zeros({1, config_.num_key_value_heads(), capacity, config_.resolved_head_dim()}, dtype));
+    c.k.push_back(at::zeros({1, config_.num_key_value_heads(), capacity, config_.resolved_head_dim()},
+                            at::TensorOptions().dtype(dtype).device(device_)));
     c.v.push_back(at::zeros_like(c.k.back()));
   }
   return c;
@@ -598,7 +691,7 @@ LlamaRuntime::Cache LlamaRuntime::new_cache(int64_t capacity, at::ScalarType dty
 // would cost 8 * max_positions * head_dim bytes whatever the context used (a 1M-position config:
 // +1 GB), and rows per forward cost a dozen LibTorch ops per decoded token.
 void LlamaRuntime::set_rotary(Cache& cache, int64_t capacity) const {
-  auto [cos, sin] = functional::rotary_cos_sin(config_, capacity);
+  auto [cos, sin] = functional::rotary_cos_sin(config_, capacity, device_);
   cache.cos = cos.contiguous();
   cache.sin = sin.contiguous();
 }
@@ -639,6 +732,9 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
   TORCH_CHECK(
       cache.k.size() == layers_.size() && cache.cos.defined() && cache.cos.size(1) == config_.resolved_head_dim(),
       "edkm: LlamaRuntime::forward: the cache is not this model's (make it with new_cache)");
+  TORCH_CHECK(cache.k.empty() || (cache.k[0].device() == device_ && cache.cos.device() == device_),
+              "edkm: LlamaRuntime::forward: the cache is on ", cache.k.empty() ? device_ : cache.k[0].device(),
+              ", the model on ", device_, " (make the cache with new_cache after moving the model)");
   const int64_t n = tokens.numel(), pos = cache.length, capacity = cache.k.empty() ? 0 : cache.k[0].size(2);
   TORCH_CHECK(pos + n <= capacity, "edkm: LlamaRuntime::forward: ", pos, " cached + ", n, " new tokens exceed the ",
               capacity, "-position cache");
@@ -646,15 +742,17 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
     return t.is_cpu() && t.is_contiguous() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
   };
   if (n == 1 && fast_decode_ && !cache.k.empty() && cpu_cache(cache.k[0]) && cpu_cache(cache.v[0]))
-    return decode_one(tokens, cache);
+    return decode_one(tokens.to(device_), cache);
   at::NoGradGuard ng;
   const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(), d = config_.resolved_head_dim();
   const double eps = config_.rms_norm_eps();
-  at::Tensor x = embed(tokens).unsqueeze(0);  // [1, n, hidden]
+  const at::Tensor ids = tokens.to(device_);
+  // A packed embedding looks rows up from ids on the CPU: no copy to the device and back.
+  at::Tensor x = embed(embed_packed_ ? tokens : ids).unsqueeze(0);  // [1, n, hidden]
   const at::Tensor cos = cache.cos.narrow(0, pos, n), sin = cache.sin.narrow(0, pos, n);
   std::optional<at::Tensor> mask;
   if (n > 1)  // query i (position pos + i) sees keys 0..pos + i
-    mask = at::arange(pos + n, at::kLong).unsqueeze(0) <= (at::arange(n, at::kLong) + pos).unsqueeze(1);
+    mask = at::arange(pos + n, ids.options()).unsqueeze(0) <= (at::arange(n, ids.options()) + pos).unsqueeze(1);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     const at::Tensor h = functional::rms_norm(x, L.input_norm, eps);
@@ -687,8 +785,8 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
     }
   }
   cache.length = pos + n;
-  const at::Tensor ids = tokens.contiguous();
-  cache.tokens.insert(cache.tokens.end(), ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + n);
+  const at::Tensor host_ids = tokens.to(at::kCPU).contiguous();
+  cache.tokens.insert(cache.tokens.end(), host_ids.data_ptr<int64_t>(), host_ids.data_ptr<int64_t>() + n);
   if (which == Logits::kLast) x = x.narrow(1, n - 1, 1);
   return head(functional::rms_norm(x, norm_, eps)).squeeze(0);
 }
@@ -737,7 +835,7 @@ std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& input, c
   };
   at::Tensor logits = forward(at::tensor(input, at::kLong), cache, Logits::kLast).select(0, -1);
   while (static_cast<int64_t>(out.size()) < o.max_new_tokens()) {
-    at::Tensor scores = logits.to(at::kDouble).contiguous();
+    at::Tensor scores = logits.to(at::kCPU, at::kDouble).contiguous();
     double* l = scores.data_ptr<double>();
     const int64_t n = scores.numel();
     // NaN logits would decode as token 0 forever (argmax) or fail deep in multinomial. One pass over
@@ -789,6 +887,11 @@ int64_t LlamaRuntime::weight_bytes() const {
     n += L.input_norm.nbytes() + L.post_norm.nbytes();
   }
   return n + norm_.nbytes();
+}
+
+int64_t LlamaRuntime::decode_bytes() const {
+  if (tied_) return weight_bytes();
+  return weight_bytes() - (embed_packed_ ? embed_packed_->packed.resident_bytes() : embed_dense_.nbytes());
 }
 
 int64_t LlamaRuntime::packed_layers() const {

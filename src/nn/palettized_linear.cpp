@@ -8,6 +8,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <ostream>
 
@@ -96,6 +97,32 @@ PackedWeight PackedWeight::from_palette(const Palette& palette) {
   w.packed = w.packed.to(device);
   w.lut = palette.lut.reshape({groups, K}).to(at::kFloat).contiguous();
   if (palette.scale.defined()) w.scale = palette.scale.reshape({-1}).to(device, at::kFloat).contiguous();
+  check_packed(w);
+  return w;
+}
+
+PackedWeight PackedWeight::random(int64_t out_features, int64_t in_features, int64_t bits, int64_t rows_per_lut,
+                                  c10::Device device, double std) {
+  TORCH_CHECK(out_features > 0 && in_features > 0, "edkm: PackedWeight::random: shape ", out_features, " x ",
+              in_features, " must be positive");
+  TORCH_CHECK(bits >= 1 && bits <= 8, "edkm: PackedWeight::random: bits must be in 1..8, got ", bits);
+  if (rows_per_lut == 0) rows_per_lut = out_features;
+  TORCH_CHECK(rows_per_lut > 0 && out_features % rows_per_lut == 0, "edkm: PackedWeight::random: rows_per_lut ",
+              rows_per_lut, " does not divide the ", out_features, " rows");
+  TORCH_CHECK(std > 0 && std::isfinite(std), "edkm: PackedWeight::random: std must be finite and > 0, got ", std);
+  PackedWeight w;
+  w.out_features = out_features;
+  w.in_features = in_features;
+  w.bits = bits;
+  w.rows_per_lut = rows_per_lut;
+  const auto bytes =
+      static_cast<int64_t>(io::packed_bytes(static_cast<uint64_t>(out_features * in_features), static_cast<int>(bits)));
+  // Any byte stream is valid indices at any width; the bits past the last index and the pad stay 0.
+  w.packed = at::zeros({bytes + kernels::kLutPadBytes}, at::TensorOptions().dtype(at::kByte).device(device));
+  w.packed.narrow(0, 0, bytes).random_(0, 256);
+  const int64_t tail = out_features * in_features * bits % 8;
+  if (tail) w.packed[bytes - 1].bitwise_and_((1 << tail) - 1);
+  w.lut = at::randn({out_features / rows_per_lut, int64_t{1} << bits}, at::TensorOptions().device(device)) * std;
   check_packed(w);
   return w;
 }

@@ -3,7 +3,9 @@
 // dense or kept palettized (edkm/nn/palettized_linear.h), so a compressed checkpoint runs without
 // being decompressed. Batch 1; greedy, temperature, top-k and top-p sampling, a repetition
 // penalty, stop tokens; a conversation continued in one cache (generate with a Cache). Packed q, k, v (and gate,
-// up) with the same bits and rows per LUT are stacked into one weight and run as one GEMV.
+// up) with the same bits and rows per LUT are stacked into one weight and run as one GEMV. On the
+// CPU a one-token step runs a written-out decode step; on a GPU (to(at::kCUDA)) every step runs
+// LibTorch operations and the CUDA LUT kernels.
 //
 // Example:
 //   auto rt = edkm::LlamaRuntime::load("out/model.edkm.safetensors", "out/config.json");
@@ -52,6 +54,21 @@ struct EDKM_API GenerationOptions {
   TORCH_ARG(at::ScalarType, cache_dtype) = at::kFloat;
 };
 
+/// The weights of LlamaRuntime::random: a model of a config's shapes for speed and memory
+/// measurements without a checkpoint (its output is noise).
+struct EDKM_API RandomWeights {
+  /// Bits of every projection, the embedding and the head, kept packed with random indices and
+  /// LUTs; 0: dense weights of dense_dtype. Default 0.
+  TORCH_ARG(int64_t, bits) = 0;
+  /// Rows sharing one LUT (0: one per tensor); it must divide the rows of every projection, the
+  /// embedding and the head. Default 16 (what edkm_llama_compress's demo trains).
+  TORCH_ARG(int64_t, rows_per_lut) = 16;
+  /// The dense weights' dtype when bits is 0: kFloat, kBFloat16 or kHalf. Default kFloat.
+  TORCH_ARG(at::ScalarType, dense_dtype) = at::kFloat;
+  /// Where the weights are made (and the runtime runs). Default CPU.
+  TORCH_ARG(c10::Device, device) = at::kCPU;
+};
+
 /// A projection for inference: a dense weight (shared with a model, not copied) or a packed one.
 struct EDKM_API InferenceLinear {
   at::Tensor weight;  ///< dense out x in, or undefined
@@ -84,6 +101,20 @@ class EDKM_API LlamaRuntime {
   LlamaRuntime(const LlamaConfig& config, const CompressedCheckpoint& checkpoint);
   /// load_compressed(path) with the config.json at `config_path`.
   static LlamaRuntime load(const std::string& compressed_path, const std::string& config_path);
+  /// A model of `config`'s shapes with random weights (RandomWeights; LibTorch's default generator
+  /// of the device, so torch::manual_seed repeats it): norms 1, projections, embedding and head
+  /// N(0, 0.02^2) dense or packed, biases where the config has them.
+  static LlamaRuntime random(const LlamaConfig& config, const RandomWeights& weights = {});
+
+  /// Moves the weights to `device` and returns *this; caches from new_cache() live there too.
+  /// On a CUDA device every step runs LibTorch operations and the CUDA LUT kernels (a one-token
+  /// step is the general path, as fast_decode(false)); token ids may be given on the CPU, logits
+  /// come back on the device.
+  LlamaRuntime& to(c10::Device device);
+  c10::Device device() const { return device_; }
+  /// Whether a one-token step on the CPU runs the written-out decode step (default true) or the
+  /// general path of LibTorch operations (the path a CUDA runtime takes, for checking it on the CPU).
+  LlamaRuntime& fast_decode(bool enabled);
 
   /// capacity 0: max_position_embeddings; dtype kFloat or kBFloat16.
   Cache new_cache(int64_t capacity = 0, at::ScalarType dtype = at::kFloat) const;
@@ -109,6 +140,9 @@ class EDKM_API LlamaRuntime {
                                 const std::function<void(int64_t)>& on_token = {}) const;
   /// Resident bytes of the weights (packed indices + LUTs for palettized ones).
   int64_t weight_bytes() const;
+  /// Bytes of weights one decode step reads: weight_bytes() but an untied embedding (one row of it
+  /// is read). Decode at batch 1 is bounded by memory bandwidth / decode_bytes() tokens per second.
+  int64_t decode_bytes() const;
   /// Projections (embedding and head included) kept packed.
   int64_t packed_layers() const;
   const LlamaConfig& config() const { return config_; }
@@ -126,7 +160,10 @@ class EDKM_API LlamaRuntime {
   bool tied_ = false;
   std::vector<Layer> layers_;
   at::Tensor norm_;
-  bool fast_decode_ = false;  ///< one-token steps run decode_one (CPU, fp32 norms)
+  c10::Device device_ = at::kCPU;
+  bool fast_decode_ = false;         ///< one-token steps run decode_one (CPU, fp32 norms)
+  bool fast_decode_enabled_ = true;  ///< fast_decode(bool)
+  LlamaRuntime() = default;
   void init_fast_decode();
   void set_rotary(Cache& cache, int64_t capacity) const;
   at::Tensor decode_one(const at::Tensor& tokens, Cache& cache) const;
