@@ -141,7 +141,7 @@ int main(int argc, char** argv) try {
   CLI::App app{"edkm: LUT-GEMV and packed decode against dense fp32 / bf16"};
   std::string shapes = "576x576,1536x576,576x1536,4096x4096,11008x4096,4096x11008", bits_list = "3,4,8", out;
   std::vector<std::string> decodes;
-  std::string randoms, dense_list = "fp32,bf16";
+  std::string randoms, dense_list = "fp32,bf16", graphs_mode = "off";
   int64_t threads = -1, rows_per_lut = 0, decode_tokens = 32, prompt_tokens = 16, random_layers = 0,
           random_rows_per_lut = 16;
   double min_time = 0.5;
@@ -163,6 +163,10 @@ int main(int argc, char** argv) try {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--decode-dense", dense_list, "dense baselines of the random models: fp32, bf16, fp16 or none")
+      ->capture_default_str();
+  app.add_option("--decode-graphs", graphs_mode,
+                 "random models' steps as CUDA graphs (LlamaRuntime::step_graphs): off, on, or both (each row twice)")
+      ->check(CLI::IsMember({"off", "on", "both"}))
       ->capture_default_str();
   app.add_option("--decode-tokens", decode_tokens)->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--prompt-tokens", prompt_tokens)->check(CLI::PositiveNumber)->capture_default_str();
@@ -369,24 +373,37 @@ int main(int argc, char** argv) try {
         << " | bound tok/s (copy probe / bytes read) | % of bound | prefill " << prompt_tokens
         << " tokens, s |\n|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& [name, config] : random_models) {
-    std::vector<std::pair<std::string, edkm::RandomWeights>> kinds;
+    std::vector<std::pair<std::string, edkm::RandomWeights>> weight_kinds;
     for (const auto& [label, dtype] : dense_baselines)
-      kinds.emplace_back(label + " dense", edkm::RandomWeights().bits(0).dense_dtype(dtype).device(device));
+      weight_kinds.emplace_back(label + " dense", edkm::RandomWeights().bits(0).dense_dtype(dtype).device(device));
     for (const auto& b : edkm::bench::split(bits_list))
-      kinds.emplace_back(
+      weight_kinds.emplace_back(
           b + "-bit packed, " +
               (random_rows_per_lut ? std::to_string(random_rows_per_lut) + " rows per LUT" : "one LUT per tensor"),
           edkm::RandomWeights().bits(std::stoll(b)).rows_per_lut(random_rows_per_lut).device(device));
+    struct Kind {
+      std::string label;
+      edkm::RandomWeights weights;
+      bool graphs;
+    };
+    std::vector<Kind> kinds;
+    for (const auto& [label, weights] : weight_kinds) {
+      if (graphs_mode != "on") kinds.push_back({label, weights, false});
+      if (graphs_mode != "off")
+        kinds.push_back(
+            {label + (g_cuda ? ", CUDA graphs" : ", position steps (graphs' math, no graph)"), weights, true});
+    }
     std::vector<int64_t> prompt;
     for (int64_t t = 0; t < prompt_tokens; ++t) prompt.push_back((t * 7919 + 13) % config.vocab_size());
     double first_tok_s = 0;
-    for (const auto& [kind, weights] : kinds) {
+    for (const auto& [kind, weights, graphs] : kinds) {
       const double probe = copy_bandwidth(min_time, device);  // beside this row, as the GEMVs' rows
       torch::manual_seed(0);
       double tok_s = 0, prefill = 0;
       int64_t resident = 0, read = 0;
       {
-        const auto rt = edkm::LlamaRuntime::random(config, weights);
+        auto rt = edkm::LlamaRuntime::random(config, weights);
+        rt.step_graphs(graphs);
         const DecodeTiming timing = time_decode(rt, prompt, decode_tokens);
         tok_s = timing.tok_s;
         prefill = timing.prefill;
@@ -399,6 +416,7 @@ int main(int argc, char** argv) try {
                                {"layers", config.num_hidden_layers()},
                                {"weights", kind},
                                {"bits", weights.bits()},
+                               {"step_graphs", graphs},
                                {"resident_weight_bytes", resident},
                                {"bytes_read_per_step", read},
                                {"decode_tokens_per_s", tok_s},

@@ -89,10 +89,12 @@ step_llama_compress() {  # the llama_compress ctest's settings, on cuda: fails u
   "$bin/edkm_llama_compress" --device cuda --corpus "$bundle/data/GPL-3" --layers 1 --pretrain-steps 4 --steps 3 \
     --seq-len 32 --batch 2 --eval-tokens 512 --checkpoint-activations --offload --distill --offload-min-bytes 1024 \
     --optimizer adamw-bf16 --out "$out/llama_compress"
-  # the written checkpoint decoded on cuda (packed, LlamaRuntime::to): fails unless its greedy tokens
-  # equal the decompressed model's on the CPU
+  # the written checkpoint decoded on cuda (packed, LlamaRuntime::to), without and with CUDA graphs:
+  # fails unless its greedy tokens equal the decompressed model's on the CPU
   "$bin/edkm_llama_generate" --compressed "$out/llama_compress/model.edkm.safetensors" --device cuda \
     --max-new-tokens 24 --check
+  "$bin/edkm_llama_generate" --compressed "$out/llama_compress/model.edkm.safetensors" --device cuda \
+    --step-graphs --max-new-tokens 24 --check
 }
 step_utils_memory() { "$bin/edkm_bench_utils_memory" --device cuda --repeats 1 --out "$out/bench/utils_memory_cuda"; }
 step_kernels() {  # the CUDA kernels at % of the HBM bandwidth a copy probe measures; then this machine's CPU
@@ -110,7 +112,7 @@ step_lut_inference() {  # the CUDA LUT-GEMV at LLaMA-7B shapes (and its head) ag
 }
 step_decode() {  # tokens/s of a step (LlamaRuntime on cuda) against HBM bandwidth / bytes read; SmolLM2 first
   "$bin/edkm_bench_lut_inference" --device cuda --shapes '' --decode-random smollm2,llama7b --bits 3,4 \
-    --decode-dense fp32,bf16 --decode-tokens 64 --min-time 0.05 --out "$out/bench/decode_cuda"
+    --decode-dense fp32,bf16 --decode-graphs both --decode-tokens 64 --min-time 0.05 --out "$out/bench/decode_cuda"
 }
 step_peers() {
   if ! "$py" -c 'import coremltools.optimize.torch, safetensors' >/dev/null 2>&1; then

@@ -359,6 +359,57 @@ TEST(LlamaRuntime, GeneralPathDecodesAsTheWrittenOutStep) {
   }
 }
 
+// step_graphs(true): one-token steps whose position is a device tensor (rotary rows picked, keys
+// and values written by index, a bucket of 256 keys attended with the later ones masked; on a GPU
+// replayed as CUDA graphs, here run directly) against the written-out step, across the first
+// bucket's end, fp32 and bf16 caches, and after the cache regrows (its graphs made anew).
+TEST(LlamaRuntime, PositionStepsAcrossBucketsDecodeAsTheWrittenOutStep) {
+  torch::manual_seed(21);
+  LlamaForCausalLM model(LlamaConfig::tiny()
+                             .vocab_size(61)
+                             .hidden_size(64)
+                             .intermediate_size(48)
+                             .num_hidden_layers(2)
+                             .num_attention_heads(4)
+                             .num_key_value_heads(2)
+                             .max_position_embeddings(600));
+  model->eval();
+  LlamaRuntime fast(model), graphs(model), general(model);
+  graphs.step_graphs(true);
+  general.fast_decode(false);  // the same LibTorch operations, positions given by narrow
+  const at::Tensor ids = at::randint(61, {270}, at::kLong);
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    auto a = fast.new_cache(300, dtype), b = graphs.new_cache(300, dtype), c = general.new_cache(300, dtype);
+    fast.forward(ids.narrow(0, 0, 250), a);
+    graphs.forward(ids.narrow(0, 0, 250), b);
+    general.forward(ids.narrow(0, 0, 250), c);
+    EXPECT_FALSE(b.graphs) << "a prompt is not a one-token step";
+    for (int64_t i = 250; i < 270; ++i) {
+      if (i == 262) {  // regrow both: the captured storage is gone
+        fast.reserve(a, 400);
+        graphs.reserve(b, 400);
+        general.reserve(c, 400);
+      }
+      general.forward(ids.narrow(0, i, 1), c);
+      at::Tensor want, got;
+      EXPECT_EQ(attention_calls([&] { want = fast.forward(ids.narrow(0, i, 1), a); }), 0);
+      EXPECT_EQ(attention_calls([&] { got = graphs.forward(ids.narrow(0, i, 1), b); }), 2);
+      EXPECT_LE(edkm::test::max_rel(got, want), 1e-5) << "step " << i << (dtype == at::kFloat ? ", fp32" : ", bf16");
+      ASSERT_TRUE(b.graphs);
+    }
+    EXPECT_EQ(b.tokens, a.tokens);
+    EXPECT_EQ(b.length, 270);
+    // Layer 0's keys and values come before any attention: bit for bit. Later layers' follow an
+    // attention over the masked bucket, summed in another order than over the positions so far.
+    EXPECT_TRUE(b.k[0].narrow(2, 0, 270).equal(c.k[0].narrow(2, 0, 270)) &&
+                b.v[0].narrow(2, 0, 270).equal(c.v[0].narrow(2, 0, 270)))
+        << "keys and values written by index as by narrow";
+    if (dtype == at::kFloat) EXPECT_LE(edkm::test::max_rel(b.k[1], c.k[1]), 1e-5);
+  }
+  const auto o = edkm::GenerationOptions().max_new_tokens(10);
+  EXPECT_EQ(graphs.generate({5, 6, 7}, o), fast.generate({5, 6, 7}, o));
+}
+
 // LlamaRuntime::random: the config's shapes, packed or dense, with the bytes that follow from them;
 // it decodes (finite logits) and its options are checked by name.
 TEST(LlamaRuntime, RandomWeightsHaveTheConfigsShapesAndBytes) {
@@ -427,6 +478,34 @@ TEST(LlamaRuntime, CudaDecodesAsTheCpu) {
   auto host_cache = cpu.new_cache(8);
   edkm::test::expect_error([&] { gpu.forward(ids.narrow(0, 0, 2), host_cache); }, {"the cache is on cpu", "cuda:0"});
   EXPECT_EQ(gpu.to(at::kCPU).generate({1, 2, 3, 4, 5}, o), cpu.generate({1, 2, 3, 4, 5}, o)) << "moved back";
+}
+
+// The CUDA graphs of one-token steps against the CPU: past a bucket's end (positions 250..269),
+// fp32 and bf16 caches, greedy tokens; a step's logits stay the caller's after the next replay.
+TEST(LlamaRuntime, CudaStepGraphsDecodeAsTheCpu) {
+  EDKM_SKIP_WITHOUT_GPU();
+  torch::manual_seed(22);
+  LlamaForCausalLM model(runtime_config(false).num_hidden_layers(2).max_position_embeddings(600));
+  const edkm::CompressedCheckpoint ckpt = palettized(model);
+  LlamaRuntime cpu(model->config, ckpt);
+  LlamaRuntime gpu(model->config, ckpt);
+  gpu.to(at::kCUDA).step_graphs(true);
+  const at::Tensor ids = at::randint(61, {270}, at::kLong);
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    auto a = cpu.new_cache(300, dtype), b = gpu.new_cache(300, dtype);
+    cpu.forward(ids.narrow(0, 0, 250), a);
+    gpu.forward(ids.narrow(0, 0, 250), b);
+    at::Tensor previous;
+    for (int64_t i = 250; i < 270; ++i) {
+      const at::Tensor got = gpu.forward(ids.narrow(0, i, 1), b), want = cpu.forward(ids.narrow(0, i, 1), a);
+      EXPECT_TRUE(got.is_cuda());
+      EXPECT_LE(edkm::test::max_rel(got.cpu(), want), 1e-4) << "step " << i;
+      if (previous.defined()) EXPECT_FALSE(previous.equal(got)) << "a returned step overwritten by the next";
+      previous = got;
+    }
+  }
+  const auto o = edkm::GenerationOptions().max_new_tokens(20);
+  EXPECT_EQ(gpu.generate({1, 2, 3, 4, 5}, o), cpu.generate({1, 2, 3, 4, 5}, o));
 }
 
 TEST(LlamaRuntime, BadInputIsRefusedByName) {

@@ -8,10 +8,19 @@
 
 #include <ATen/Parallel.h>
 
+#if defined(EDKM_WITH_CUDA)
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <optional>
 #include <set>
 #include <type_traits>
 #include <vector>
@@ -461,6 +470,15 @@ LlamaRuntime& LlamaRuntime::to(c10::Device device) {
   return *this;
 }
 
+LlamaRuntime& LlamaRuntime::step_graphs(bool enabled) {
+#if !defined(EDKM_WITH_CUDA)
+  TORCH_CHECK(!enabled || !device_.is_cuda(), "edkm: LlamaRuntime::step_graphs: CUDA graphs need a CUDA build of edkm");
+#endif
+  step_graphs_ = enabled;
+  init_fast_decode();
+  return *this;
+}
+
 LlamaRuntime& LlamaRuntime::fast_decode(bool enabled) {
   fast_decode_enabled_ = enabled;
   init_fast_decode();
@@ -553,7 +571,7 @@ void rotate_heads(float* x, int64_t heads, int64_t d, const float* cos, const fl
 
 void LlamaRuntime::init_fast_decode() {
   auto norm_ok = [](const at::Tensor& t) { return fp32_cpu(t) && t.dim() == 1; };
-  fast_decode_ = fast_decode_enabled_ && device_.is_cpu() && norm_ok(norm_);
+  fast_decode_ = fast_decode_enabled_ && !step_graphs_ && device_.is_cpu() && norm_ok(norm_);
   for (const Layer& L : layers_) fast_decode_ = fast_decode_ && norm_ok(L.input_norm) && norm_ok(L.post_norm);
 }
 
@@ -725,6 +743,61 @@ at::Tensor LlamaRuntime::head(const at::Tensor& h) const {
   return at::linear(h.to(embed_dense_.scalar_type()), embed_dense_).to(at::kFloat);
 }
 
+// Where a step's n new positions go: their rotary rows, where their keys and values are written
+// (from `start` by narrow, or at the device position `index` by index_copy_: no host value, so
+// that a CUDA graph can replay the step), how many cached positions they attend to, and the mask.
+struct LlamaRuntime::Place {
+  at::Tensor cos, sin;  // [n, head_dim]
+  int64_t start = 0;
+  at::Tensor index;  // [1] int64 on the device, or undefined
+  int64_t keys = 0;
+  std::optional<at::Tensor> mask;
+};
+
+at::Tensor LlamaRuntime::run_layers(at::Tensor x, Cache& cache, const Place& at_) const {
+  const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(), d = config_.resolved_head_dim();
+  const int64_t n = x.size(1);
+  const double eps = config_.rms_norm_eps();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    const at::Tensor h = functional::rms_norm(x, L.input_norm, eps);
+    auto heads = [&](const at::Tensor& y, int64_t count) { return y.view({1, n, count, d}).transpose(1, 2); };
+    at::Tensor qp, kp, vp;
+    if (L.qkv.parts > 1) {
+      const at::Tensor y = L.qkv.forward(h);
+      qp = y.narrow(-1, 0, H * d);
+      kp = y.narrow(-1, H * d, KV * d);
+      vp = y.narrow(-1, (H + KV) * d, KV * d);
+    } else {
+      qp = L.q.forward(h);
+      kp = L.k.forward(h);
+      vp = L.v.forward(h);
+    }
+    const at::Tensor q = functional::apply_rotary_embedding(heads(qp, H), at_.cos, at_.sin);
+    const at::Tensor k = functional::apply_rotary_embedding(heads(kp, KV), at_.cos, at_.sin), v = heads(vp, KV);
+    if (at_.index.defined()) {
+      cache.k[l].index_copy_(2, at_.index, k.to(cache.k[l].scalar_type()));
+      cache.v[l].index_copy_(2, at_.index, v.to(cache.v[l].scalar_type()));
+    } else {
+      cache.k[l].narrow(2, at_.start, n).copy_(k);
+      cache.v[l].narrow(2, at_.start, n).copy_(v);
+    }
+    const at::Tensor a = at::scaled_dot_product_attention(
+        q, cache.k[l].narrow(2, 0, at_.keys).to(at::kFloat), cache.v[l].narrow(2, 0, at_.keys).to(at::kFloat), at_.mask,
+        0.0, /*is_causal=*/false, std::nullopt, /*enable_gqa=*/KV != H);
+    x = x + L.o.forward(a.transpose(1, 2).reshape({1, n, H * d}));
+    const at::Tensor h2 = functional::rms_norm(x, L.post_norm, eps);
+    if (L.gate_up.parts > 1) {
+      const at::Tensor y = L.gate_up.forward(h2);
+      const int64_t mi = y.size(-1) / 2;
+      x = x + L.down.forward(at::silu(y.narrow(-1, 0, mi)) * y.narrow(-1, mi, mi));
+    } else {
+      x = x + L.down.forward(at::silu(L.gate.forward(h2)) * L.up.forward(h2));
+    }
+  }
+  return x;
+}
+
 at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits which) const {
   TORCH_CHECK(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.numel() > 0,
               "edkm: LlamaRuntime::forward: expected a non-empty 1-D int64 tensor of tokens, got ",
@@ -743,52 +816,107 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
   };
   if (n == 1 && fast_decode_ && !cache.k.empty() && cpu_cache(cache.k[0]) && cpu_cache(cache.v[0]))
     return decode_one(tokens.to(device_), cache);
+  if (n == 1 && step_graphs_ && !cache.k.empty()) return graph_step(tokens, cache);
   at::NoGradGuard ng;
-  const int64_t H = config_.num_attention_heads(), KV = config_.num_key_value_heads(), d = config_.resolved_head_dim();
-  const double eps = config_.rms_norm_eps();
   const at::Tensor ids = tokens.to(device_);
   // A packed embedding looks rows up from ids on the CPU: no copy to the device and back.
   at::Tensor x = embed(embed_packed_ ? tokens : ids).unsqueeze(0);  // [1, n, hidden]
-  const at::Tensor cos = cache.cos.narrow(0, pos, n), sin = cache.sin.narrow(0, pos, n);
-  std::optional<at::Tensor> mask;
+  Place place;
+  place.cos = cache.cos.narrow(0, pos, n);
+  place.sin = cache.sin.narrow(0, pos, n);
+  place.start = pos;
+  place.keys = pos + n;
   if (n > 1)  // query i (position pos + i) sees keys 0..pos + i
-    mask = at::arange(pos + n, ids.options()).unsqueeze(0) <= (at::arange(n, ids.options()) + pos).unsqueeze(1);
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const Layer& L = layers_[l];
-    const at::Tensor h = functional::rms_norm(x, L.input_norm, eps);
-    auto heads = [&](const at::Tensor& y, int64_t count) { return y.view({1, n, count, d}).transpose(1, 2); };
-    at::Tensor qp, kp, vp;
-    if (L.qkv.parts > 1) {
-      const at::Tensor y = L.qkv.forward(h);
-      qp = y.narrow(-1, 0, H * d);
-      kp = y.narrow(-1, H * d, KV * d);
-      vp = y.narrow(-1, (H + KV) * d, KV * d);
-    } else {
-      qp = L.q.forward(h);
-      kp = L.k.forward(h);
-      vp = L.v.forward(h);
-    }
-    const at::Tensor q = functional::apply_rotary_embedding(heads(qp, H), cos, sin);
-    cache.k[l].narrow(2, pos, n).copy_(functional::apply_rotary_embedding(heads(kp, KV), cos, sin));
-    cache.v[l].narrow(2, pos, n).copy_(heads(vp, KV));
-    const at::Tensor a = at::scaled_dot_product_attention(q, cache.k[l].narrow(2, 0, pos + n).to(at::kFloat),
-                                                          cache.v[l].narrow(2, 0, pos + n).to(at::kFloat), mask, 0.0,
-                                                          /*is_causal=*/false, std::nullopt, /*enable_gqa=*/KV != H);
-    x = x + L.o.forward(a.transpose(1, 2).reshape({1, n, H * d}));
-    const at::Tensor h2 = functional::rms_norm(x, L.post_norm, eps);
-    if (L.gate_up.parts > 1) {
-      const at::Tensor y = L.gate_up.forward(h2);
-      const int64_t mi = y.size(-1) / 2;
-      x = x + L.down.forward(at::silu(y.narrow(-1, 0, mi)) * y.narrow(-1, mi, mi));
-    } else {
-      x = x + L.down.forward(at::silu(L.gate.forward(h2)) * L.up.forward(h2));
-    }
-  }
+    place.mask = at::arange(pos + n, ids.options()).unsqueeze(0) <= (at::arange(n, ids.options()) + pos).unsqueeze(1);
+  x = run_layers(x, cache, place);
   cache.length = pos + n;
   const at::Tensor host_ids = tokens.to(at::kCPU).contiguous();
   cache.tokens.insert(cache.tokens.end(), host_ids.data_ptr<int64_t>(), host_ids.data_ptr<int64_t>() + n);
   if (which == Logits::kLast) x = x.narrow(1, n - 1, 1);
-  return head(functional::rms_norm(x, norm_, eps)).squeeze(0);
+  return head(functional::rms_norm(x, norm_, config_.rms_norm_eps())).squeeze(0);
+}
+
+// The keys a graph step attends to: the positions so far rounded up to a bucket (a graph per
+// bucket), the later ones masked.
+constexpr int64_t kGraphBucket = 256;
+
+// One token whose position lives in a device tensor: the rotary rows picked, keys and values
+// written and the bucket's keys masked on the device, so that the same kernels serve every
+// position of a bucket. x [1, 1, hidden] fp32, pos [1] int64, both on the device.
+at::Tensor LlamaRuntime::position_step(const at::Tensor& x, const at::Tensor& pos, int64_t keys, Cache& cache) const {
+  Place place;
+  place.cos = cache.cos.index_select(0, pos);
+  place.sin = cache.sin.index_select(0, pos);
+  place.index = pos;
+  place.keys = keys;
+  place.mask = (at::arange(keys, pos.options()) <= pos).unsqueeze(0);  // [1 query, keys]
+  return head(functional::rms_norm(run_layers(x, cache, place), norm_, config_.rms_norm_eps())).squeeze(0);
+}
+
+struct LlamaRuntime::StepGraphs {
+  at::Tensor x, pos, logits;  // the graphs' input and output buffers
+  const void* k0 = nullptr;   // the cache storage they were captured on
+  int64_t capacity = 0;
+#if defined(EDKM_WITH_CUDA)
+  std::map<int64_t, std::unique_ptr<at::cuda::CUDAGraph>> graphs;  // by keys attended
+#endif
+};
+
+at::Tensor LlamaRuntime::graph_step(const at::Tensor& tokens, Cache& cache) const {
+  at::NoGradGuard ng;
+  const int64_t pos = cache.length, capacity = cache.k[0].size(2);
+  const int64_t keys = std::min(capacity, (pos + 1 + kGraphBucket - 1) / kGraphBucket * kGraphBucket);
+  auto& g = cache.graphs;
+  if (!g || g->k0 != cache.k[0].data_ptr() || g->capacity != capacity) {  // new, or the cache was regrown
+    g = std::make_shared<StepGraphs>();
+    g->x = at::empty({1, 1, config_.hidden_size()}, cache.cos.options());
+    g->pos = at::empty({1}, cache.cos.options().dtype(at::kLong));
+    g->k0 = cache.k[0].data_ptr();
+    g->capacity = capacity;
+  }
+  g->x.copy_(embed(tokens.to(embed_packed_ ? at::kCPU : device_)).reshape({1, 1, -1}));
+  g->pos.fill_(pos);
+  at::Tensor logits;
+  if (!device_.is_cuda()) {
+    logits = position_step(g->x, g->pos, keys, cache);  // the graph's kernels, run directly
+  } else {
+#if defined(EDKM_WITH_CUDA)
+    auto it = g->graphs.find(keys);
+    if (it == g->graphs.end()) {
+      // Captured on a side stream after one run there (LibTorch's warm-up: cuBLAS handles and
+      // workspaces made outside the capture); the run writes this position's keys and values as the
+      // replay will. One memory pool for all of a cache's graphs: they never run at once.
+      const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream();
+      const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+      at::cuda::CUDAEvent ready;
+      ready.record(current);
+      ready.block(side);
+      auto graph = std::make_unique<at::cuda::CUDAGraph>();
+      {
+        const c10::cuda::CUDAStreamGuard guard(side);
+        position_step(g->x, g->pos, keys, cache);
+        if (g->graphs.empty()) {
+          graph->capture_begin();
+        } else {
+          graph->capture_begin(g->graphs.begin()->second->pool());
+        }
+        g->logits = position_step(g->x, g->pos, keys, cache);
+        graph->capture_end();
+      }
+      at::cuda::CUDAEvent done;
+      done.record(side);
+      done.block(current);
+      it = g->graphs.emplace(keys, std::move(graph)).first;
+    }
+    it->second->replay();
+    logits = g->logits.clone();  // the next replay overwrites the buffer
+#else
+    TORCH_CHECK(false, "edkm: LlamaRuntime: CUDA graphs need a CUDA build of edkm");
+#endif
+  }
+  cache.length = pos + 1;
+  cache.tokens.push_back(tokens.to(at::kCPU).item<int64_t>());
+  return logits;
 }
 
 std::vector<int64_t> LlamaRuntime::generate(const std::vector<int64_t>& prompt, const GenerationOptions& o,

@@ -7,6 +7,7 @@
   tokens/s > 0, a bound > 0 and bytes read per step that follow from the shapes (bf16 half of fp32;
   packed rows at most bits/32 of fp32 plus their LUTs and padding); the tied embedding is read.
 - No GEMV was asked for (--shapes ''): the JSON has none, the Markdown has no GEMV table, no chart.
+- --decode-graphs both: every row twice, the second through the CUDA graphs' position steps.
 - Bad arguments are refused with a message naming them.
 Needs only Python's standard library.
 """
@@ -52,7 +53,18 @@ def main():
     assert "LUT-GEMV us" not in md, "a GEMV table without GEMVs"
     assert not os.path.exists(out + ".svg"), "a chart without GEMVs"
 
-    for args, words in [(["--decode-random", "gpt2"], ["--decode-random", "gpt2"]),
+    # --decode-graphs both: each row twice, the second through the position steps (on the CPU
+    # without a graph)
+    r = run([binary, "--shapes", "", "--decode-random", "smollm2", "--random-layers", "1", "--bits", "3",
+             "--decode-dense", "none", "--decode-graphs", "both", "--decode-tokens", "3", "--prompt-tokens", "2",
+             "--min-time", "0.01", "--threads", "1", "--out", out + "_graphs"])
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.load(open(out + "_graphs.json"))["random_decode"]
+    assert [row["step_graphs"] for row in rows] == [False, True], rows
+    assert "position steps" in rows[1]["weights"] and rows[1]["decode_tokens_per_s"] > 0, rows[1]
+
+    for args, words in [(["--decode-random", "smollm2", "--decode-graphs", "maybe"], ["--decode-graphs"]),
+                        (["--decode-random", "gpt2"], ["--decode-random", "gpt2"]),
                         (["--decode-random", "smollm2", "--decode-dense", "fp8"], ["--decode-dense", "fp8"])]:
         r = run([binary, "--shapes", "", "--out", os.path.join(work, "bad")] + args)
         assert r.returncode != 0, args

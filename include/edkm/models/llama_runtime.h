@@ -84,14 +84,17 @@ struct EDKM_API InferenceLinear {
 };
 
 class EDKM_API LlamaRuntime {
+  struct StepGraphs;
+
  public:
   /// The key/value cache of one sequence: per layer [1, kv_heads, capacity, head_dim] fp32 or bf16,
   /// and the ids of its first `length` positions.
   struct Cache {
     std::vector<at::Tensor> k, v;
     int64_t length = 0;
-    std::vector<int64_t> tokens;  ///< the ids fed so far (length of them)
-    at::Tensor cos, sin;          ///< rotary rows of its capacity's positions, [capacity, head_dim] fp32
+    std::vector<int64_t> tokens;         ///< the ids fed so far (length of them)
+    at::Tensor cos, sin;                 ///< rotary rows of its capacity's positions, [capacity, head_dim] fp32
+    std::shared_ptr<StepGraphs> graphs;  ///< step_graphs(true): the steps captured on this cache
   };
 
   /// A dense model's weights (shared, no copy).
@@ -115,6 +118,12 @@ class EDKM_API LlamaRuntime {
   /// Whether a one-token step on the CPU runs the written-out decode step (default true) or the
   /// general path of LibTorch operations (the path a CUDA runtime takes, for checking it on the CPU).
   LlamaRuntime& fast_decode(bool enabled);
+  /// One-token steps as CUDA graphs (default false): on a CUDA device each step replays a graph of
+  /// its ~40 operations per layer (launched by one call instead of one by one), captured on first
+  /// use per cache and per bucket of 256 positions; the step attends to the bucket's keys with the
+  /// later ones masked and takes its position from a device tensor. On the CPU the same step runs
+  /// without a graph (to check it). Not yet run on a GPU, hence off by default.
+  LlamaRuntime& step_graphs(bool enabled);
 
   /// capacity 0: max_position_embeddings; dtype kFloat or kBFloat16.
   Cache new_cache(int64_t capacity = 0, at::ScalarType dtype = at::kFloat) const;
@@ -163,6 +172,11 @@ class EDKM_API LlamaRuntime {
   c10::Device device_ = at::kCPU;
   bool fast_decode_ = false;         ///< one-token steps run decode_one (CPU, fp32 norms)
   bool fast_decode_enabled_ = true;  ///< fast_decode(bool)
+  bool step_graphs_ = false;         ///< step_graphs(bool)
+  struct Place;
+  at::Tensor run_layers(at::Tensor x, Cache& cache, const Place& place) const;
+  at::Tensor position_step(const at::Tensor& x, const at::Tensor& pos, int64_t keys, Cache& cache) const;
+  at::Tensor graph_step(const at::Tensor& tokens, Cache& cache) const;
   LlamaRuntime() = default;
   void init_fast_decode();
   void set_rotary(Cache& cache, int64_t capacity) const;
