@@ -539,6 +539,13 @@ TEST(LlamaRuntime, BadInputIsRefusedByName) {
   LlamaRuntime meta(model);  // a cache made before the model moved is refused by where it is
   meta.to(at::kMeta);
   expect_error([&] { meta.forward(at::zeros({2}, at::kLong), cache); }, {"the cache is on cpu", "the model on meta"});
+  // Moving a copy leaves the original's weights where they were (the modules are not moved in place).
+  const auto before = rt.generate({1, 2, 3}, edkm::GenerationOptions().max_new_tokens(5));
+  LlamaRuntime copy = rt;
+  copy.to(at::kMeta);
+  EXPECT_EQ(copy.device(), c10::Device(at::kMeta));
+  EXPECT_EQ(rt.device(), c10::Device(at::kCPU));
+  EXPECT_EQ(rt.generate({1, 2, 3}, edkm::GenerationOptions().max_new_tokens(5)), before);
   expect_error([&] { rt.new_cache(41); }, {"max_position_embeddings 40"});
   edkm::CompressedCheckpoint ckpt;
   for (const auto& p : model->named_parameters()) ckpt.tensors[p.key()] = p.value().detach();

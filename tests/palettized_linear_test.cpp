@@ -208,12 +208,12 @@ TEST(PackedWeight, RandomIsAValidWeightOfTheShape) {
     expect_close(functional::lut_linear(x, w), at::matmul(x, dense.t()), in, what);
   }
   const double sd = PackedWeight::random(64, 1024, 4, 0).lut.std().item<double>();
-  EXPECT_NEAR(sd, 0.02, 0.015) << "default std";
+  EXPECT_NEAR(sd, 0.02, 0.015) << "default stddev";
   using edkm::test::expect_error;
   expect_error([] { PackedWeight::random(0, 4, 3); }, {"shape 0 x 4"});
   expect_error([] { PackedWeight::random(4, 4, 9); }, {"bits must be in 1..8", "9"});
   expect_error([] { PackedWeight::random(12, 4, 3, 8); }, {"rows_per_lut 8", "12 rows"});
-  expect_error([] { PackedWeight::random(8, 4, 3, 0, at::kCPU, -1); }, {"std"});
+  expect_error([] { PackedWeight::random(8, 4, 3, 0, at::kCPU, -1); }, {"stddev", "-1"});
 }
 
 TEST(PalettizedEmbedding, LooksUpTheDecompressedRowsAndServesATiedHead) {

@@ -455,18 +455,22 @@ InferenceLinear moved(const InferenceLinear& l, c10::Device device) {
 
 LlamaRuntime& LlamaRuntime::to(c10::Device device) {
   if (device.is_cuda() && !device.has_index()) device = c10::Device(at::kCUDA, 0);
-  embed_dense_ = moved(embed_dense_, device);
-  if (embed_packed_) embed_packed_ = PalettizedEmbedding(embed_packed_->packed.to(device));
-  head_ = moved(head_, device);
-  for (Layer& L : layers_) {
+  // Moved into a copy (its holders replaced, the modules shared with *this untouched), then swapped
+  // in: a move that fails part way (out of device memory) leaves this runtime as it was.
+  LlamaRuntime m = *this;
+  m.embed_dense_ = moved(embed_dense_, device);
+  if (embed_packed_) m.embed_packed_ = PalettizedEmbedding(embed_packed_->packed.to(device));
+  m.head_ = moved(head_, device);
+  for (Layer& L : m.layers_) {
     for (InferenceLinear* p : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down, &L.qkv, &L.gate_up})
       *p = moved(*p, device);
     L.input_norm = moved(L.input_norm, device);
     L.post_norm = moved(L.post_norm, device);
   }
-  norm_ = moved(norm_, device);
-  device_ = device;
-  init_fast_decode();
+  m.norm_ = moved(norm_, device);
+  m.device_ = device;
+  m.init_fast_decode();
+  *this = std::move(m);
   return *this;
 }
 
@@ -854,11 +858,15 @@ at::Tensor LlamaRuntime::position_step(const at::Tensor& x, const at::Tensor& po
 }
 
 struct LlamaRuntime::StepGraphs {
-  at::Tensor x, pos, logits;  // the graphs' input and output buffers
-  const void* k0 = nullptr;   // the cache storage they were captured on
+  at::Tensor x, pos;         // the graphs' inputs
+  const void* k0 = nullptr;  // the cache storage they were captured on
   int64_t capacity = 0;
 #if defined(EDKM_WITH_CUDA)
-  std::map<int64_t, std::unique_ptr<at::cuda::CUDAGraph>> graphs;  // by keys attended
+  struct Captured {
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    at::Tensor logits;  // its output buffer
+  };
+  std::map<int64_t, Captured> graphs;  // by keys attended
 #endif
 };
 
@@ -885,31 +893,34 @@ at::Tensor LlamaRuntime::graph_step(const at::Tensor& tokens, Cache& cache) cons
     if (it == g->graphs.end()) {
       // Captured on a side stream after one run there (LibTorch's warm-up: cuBLAS handles and
       // workspaces made outside the capture); the run writes this position's keys and values as the
-      // replay will. One memory pool for all of a cache's graphs: they never run at once.
+      // replay will. One memory pool for all of a cache's graphs: they never run at once, each
+      // keeps its output buffer allocated (another's capture cannot take it), and a replay's output
+      // is copied out before any other graph runs.
       const c10::cuda::CUDAStream current = c10::cuda::getCurrentCUDAStream();
       const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
       at::cuda::CUDAEvent ready;
       ready.record(current);
       ready.block(side);
-      auto graph = std::make_unique<at::cuda::CUDAGraph>();
+      StepGraphs::Captured c;
+      c.graph = std::make_unique<at::cuda::CUDAGraph>();
       {
         const c10::cuda::CUDAStreamGuard guard(side);
         position_step(g->x, g->pos, keys, cache);
         if (g->graphs.empty()) {
-          graph->capture_begin();
+          c.graph->capture_begin();
         } else {
-          graph->capture_begin(g->graphs.begin()->second->pool());
+          c.graph->capture_begin(g->graphs.begin()->second.graph->pool());
         }
-        g->logits = position_step(g->x, g->pos, keys, cache);
-        graph->capture_end();
+        c.logits = position_step(g->x, g->pos, keys, cache);
+        c.graph->capture_end();
       }
       at::cuda::CUDAEvent done;
       done.record(side);
       done.block(current);
-      it = g->graphs.emplace(keys, std::move(graph)).first;
+      it = g->graphs.emplace(keys, std::move(c)).first;
     }
-    it->second->replay();
-    logits = g->logits.clone();  // the next replay overwrites the buffer
+    it->second.graph->replay();
+    logits = it->second.logits.clone();  // the next replay overwrites the buffer
 #else
     TORCH_CHECK(false, "edkm: LlamaRuntime: CUDA graphs need a CUDA build of edkm");
 #endif

@@ -102,14 +102,15 @@ PackedWeight PackedWeight::from_palette(const Palette& palette) {
 }
 
 PackedWeight PackedWeight::random(int64_t out_features, int64_t in_features, int64_t bits, int64_t rows_per_lut,
-                                  c10::Device device, double std) {
+                                  c10::Device device, double stddev) {
   TORCH_CHECK(out_features > 0 && in_features > 0, "edkm: PackedWeight::random: shape ", out_features, " x ",
               in_features, " must be positive");
   TORCH_CHECK(bits >= 1 && bits <= 8, "edkm: PackedWeight::random: bits must be in 1..8, got ", bits);
   if (rows_per_lut == 0) rows_per_lut = out_features;
   TORCH_CHECK(rows_per_lut > 0 && out_features % rows_per_lut == 0, "edkm: PackedWeight::random: rows_per_lut ",
               rows_per_lut, " does not divide the ", out_features, " rows");
-  TORCH_CHECK(std > 0 && std::isfinite(std), "edkm: PackedWeight::random: std must be finite and > 0, got ", std);
+  TORCH_CHECK(stddev > 0 && std::isfinite(stddev), "edkm: PackedWeight::random: stddev must be finite and > 0, got ",
+              stddev);
   PackedWeight w;
   w.out_features = out_features;
   w.in_features = in_features;
@@ -122,7 +123,7 @@ PackedWeight PackedWeight::random(int64_t out_features, int64_t in_features, int
   w.packed.narrow(0, 0, bytes).random_(0, 256);
   const int64_t tail = out_features * in_features * bits % 8;
   if (tail) w.packed[bytes - 1].bitwise_and_((1 << tail) - 1);
-  w.lut = at::randn({out_features / rows_per_lut, int64_t{1} << bits}, at::TensorOptions().device(device)) * std;
+  w.lut = at::randn({out_features / rows_per_lut, int64_t{1} << bits}, at::TensorOptions().device(device)) * stddev;
   check_packed(w);
   return w;
 }

@@ -50,12 +50,12 @@ struct EDKM_API PackedWeight {
   /// Throws c10::Error naming what is unsupported (other shapes, cluster_dim > 1, per-channel
   /// LUTs are grouped channels of 1 row and allowed).
   static PackedWeight from_palette(const Palette& palette);
-  /// out x in at `bits` with uniformly random indices and LUT entries drawn from N(0, std^2) (one
+  /// out x in at `bits` with uniformly random indices and LUT entries drawn from N(0, stddev^2) (one
   /// LUT per rows_per_lut rows; 0: one per tensor), made on `device` by LibTorch's default
   /// generator of that device (torch::manual_seed repeats it): a weight of a shape for speed and
   /// memory measurements without a checkpoint (LlamaRuntime::random).
   static PackedWeight random(int64_t out_features, int64_t in_features, int64_t bits, int64_t rows_per_lut = 0,
-                             c10::Device device = at::kCPU, double std = 0.02);
+                             c10::Device device = at::kCPU, double stddev = 0.02);
   /// The weight rebuilt: out x in fp32 (for checks; the kernels never build it).
   at::Tensor decompress() const;
   /// Rows [begin, end) rebuilt, fp32 (an embedding lookup decodes rows this way).
