@@ -280,7 +280,8 @@ TEST(LlamaRuntime, LongContextDecodeSplitsTheKeysAndEqualsTheFullForward) {
                                .num_key_value_heads(kv)
                                .max_position_embeddings(320));
     model->eval();
-    LlamaRuntime rt(model);
+    LlamaRuntime rt(model), general(model);
+    general.fast_decode(false);  // LibTorch's attention, a group's query heads as rows of one block
     const int64_t n = 300;
     const at::Tensor ids = at::randint(61, {n}, at::kLong);
     at::Tensor full;
@@ -293,9 +294,18 @@ TEST(LlamaRuntime, LongContextDecodeSplitsTheKeysAndEqualsTheFullForward) {
       const at::Tensor first = rt.forward(ids.narrow(0, 0, 100), prompt);
       auto steps = rt.new_cache(n, dtype);
       rt.forward(ids.narrow(0, 0, 100), steps);
-      std::vector<at::Tensor> rows;
-      for (int64_t i = 100; i < n; ++i) rows.push_back(rt.forward(ids.narrow(0, i, 1), steps));
+      auto general_steps = general.new_cache(n, dtype);
+      general.forward(ids.narrow(0, 0, 100), general_steps);
+      std::vector<at::Tensor> rows, general_rows;
+      for (int64_t i = 100; i < n; ++i) {
+        rows.push_back(rt.forward(ids.narrow(0, i, 1), steps));
+        general_rows.push_back(general.forward(ids.narrow(0, i, 1), general_steps));
+      }
       const at::Tensor got = at::cat(rows, 0);
+      // fp32: the two paths' roundings. bf16: their keys can round to neighbouring bf16 values (the
+      // rotary's fp32 products differ in the last bit, then one bf16 step is 2^-8 relative): 1e-3.
+      EXPECT_LE(edkm::test::max_rel(at::cat(general_rows, 0), got), dtype == at::kFloat ? 1e-5 : 1e-3)
+          << "general path, hidden " << hidden << (dtype == at::kFloat ? ", fp32" : ", bf16");
       const std::string what = "hidden " + std::to_string(hidden) + (dtype == at::kFloat ? ", fp32" : ", bf16");
       if (dtype == at::kFloat) {
         EXPECT_LE(edkm::test::max_rel(got, full.narrow(0, 100, n - 100)), 1e-5) << what;

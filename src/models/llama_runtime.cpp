@@ -766,19 +766,20 @@ at::Tensor LlamaRuntime::run_layers(at::Tensor x, Cache& cache, const Place& at_
     const Layer& L = layers_[l];
     const at::Tensor h = functional::rms_norm(x, L.input_norm, eps);
     auto heads = [&](const at::Tensor& y, int64_t count) { return y.view({1, n, count, d}).transpose(1, 2); };
-    at::Tensor qp, kp, vp;
+    at::Tensor q, k, v;
     if (L.qkv.parts > 1) {
+      // q and k side by side in the stacked output: rotated by one call (the same element-wise math)
       const at::Tensor y = L.qkv.forward(h);
-      qp = y.narrow(-1, 0, H * d);
-      kp = y.narrow(-1, H * d, KV * d);
-      vp = y.narrow(-1, (H + KV) * d, KV * d);
+      const at::Tensor qk =
+          functional::apply_rotary_embedding(heads(y.narrow(-1, 0, (H + KV) * d), H + KV), at_.cos, at_.sin);
+      q = qk.narrow(1, 0, H);
+      k = qk.narrow(1, H, KV);
+      v = heads(y.narrow(-1, (H + KV) * d, KV * d), KV);
     } else {
-      qp = L.q.forward(h);
-      kp = L.k.forward(h);
-      vp = L.v.forward(h);
+      q = functional::apply_rotary_embedding(heads(L.q.forward(h), H), at_.cos, at_.sin);
+      k = functional::apply_rotary_embedding(heads(L.k.forward(h), KV), at_.cos, at_.sin);
+      v = heads(L.v.forward(h), KV);
     }
-    const at::Tensor q = functional::apply_rotary_embedding(heads(qp, H), at_.cos, at_.sin);
-    const at::Tensor k = functional::apply_rotary_embedding(heads(kp, KV), at_.cos, at_.sin), v = heads(vp, KV);
     if (at_.index.defined()) {
       cache.k[l].index_copy_(2, at_.index, k.to(cache.k[l].scalar_type()));
       cache.v[l].index_copy_(2, at_.index, v.to(cache.v[l].scalar_type()));
@@ -786,9 +787,20 @@ at::Tensor LlamaRuntime::run_layers(at::Tensor x, Cache& cache, const Place& at_
       cache.k[l].narrow(2, at_.start, n).copy_(k);
       cache.v[l].narrow(2, at_.start, n).copy_(v);
     }
-    const at::Tensor a = at::scaled_dot_product_attention(
-        q, cache.k[l].narrow(2, 0, at_.keys).to(at::kFloat), cache.v[l].narrow(2, 0, at_.keys).to(at::kFloat), at_.mask,
-        0.0, /*is_causal=*/false, std::nullopt, /*enable_gqa=*/KV != H);
+    const at::Tensor keys = cache.k[l].narrow(2, 0, at_.keys).to(at::kFloat);
+    const at::Tensor values = cache.v[l].narrow(2, 0, at_.keys).to(at::kFloat);
+    at::Tensor a;
+    if (n == 1 && KV != H) {
+      // One token: the query heads that share a key / value head are rows of one query block
+      // ([1, KV, H / KV, d]; query head h reads key / value head h / (H / KV), as Hugging Face's
+      // repeat_kv), so the cached keys and values are read as they are, not repeated per query head.
+      a = at::scaled_dot_product_attention(q.reshape({1, KV, H / KV, d}), keys, values, at_.mask, 0.0,
+                                           /*is_causal=*/false)
+              .reshape({1, H, 1, d});
+    } else {
+      a = at::scaled_dot_product_attention(q, keys, values, at_.mask, 0.0, /*is_causal=*/false, std::nullopt,
+                                           /*enable_gqa=*/KV != H);
+    }
     x = x + L.o.forward(a.transpose(1, 2).reshape({1, n, H * d}));
     const at::Tensor h2 = functional::rms_norm(x, L.post_norm, eps);
     if (L.gate_up.parts > 1) {
