@@ -546,6 +546,13 @@ TEST(LlamaRuntime, BadInputIsRefusedByName) {
       38u);
   auto cache = rt.new_cache(4);
   expect_error([&] { rt.forward(at::zeros({5}, at::kLong), cache); }, {"exceed the 4-position cache"});
+  expect_error(
+      [&] {
+        rt.forward(at::tensor(std::vector<int64_t>{1, 61}, at::kLong), cache);
+      },
+      {"token 61", "vocabulary of 61"});
+  expect_error([&] { rt.forward(at::tensor(std::vector<int64_t>{-2}, at::kLong), cache); }, {"token -2"});
+  EXPECT_EQ(cache.length, 0) << "a refused call leaves the cache as it was";
   LlamaRuntime meta(model);  // a cache made before the model moved is refused by where it is
   meta.to(at::kMeta);
   expect_error([&] { meta.forward(at::zeros({2}, at::kLong), cache); }, {"the cache is on cpu", "the model on meta"});

@@ -827,6 +827,13 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
   const int64_t n = tokens.numel(), pos = cache.length, capacity = cache.k.empty() ? 0 : cache.k[0].size(2);
   TORCH_CHECK(pos + n <= capacity, "edkm: LlamaRuntime::forward: ", pos, " cached + ", n, " new tokens exceed the ",
               capacity, "-position cache");
+  // Checked on the host: on a GPU an id past the table would be a device-side assert, which ends
+  // the process's CUDA context, not an error the caller can catch.
+  const at::Tensor host_ids = tokens.to(at::kCPU).contiguous();
+  const int64_t* id = host_ids.data_ptr<int64_t>();
+  const auto [lo, hi] = std::minmax_element(id, id + n);
+  TORCH_CHECK(*lo >= 0 && *hi < config_.vocab_size(), "edkm: LlamaRuntime::forward: token ", *lo < 0 ? *lo : *hi,
+              " outside the vocabulary of ", config_.vocab_size());
   auto cpu_cache = [](const at::Tensor& t) {
     return t.is_cpu() && t.is_contiguous() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
   };
@@ -846,7 +853,6 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
     place.mask = at::arange(pos + n, ids.options()).unsqueeze(0) <= (at::arange(n, ids.options()) + pos).unsqueeze(1);
   x = run_layers(x, cache, place);
   cache.length = pos + n;
-  const at::Tensor host_ids = tokens.to(at::kCPU).contiguous();
   cache.tokens.insert(cache.tokens.end(), host_ids.data_ptr<int64_t>(), host_ids.data_ptr<int64_t>() + n);
   if (which == Logits::kLast) x = x.narrow(1, n - 1, 1);
   return head(functional::rms_norm(x, norm_, config_.rms_norm_eps())).squeeze(0);
