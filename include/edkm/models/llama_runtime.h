@@ -87,8 +87,8 @@ class EDKM_API LlamaRuntime {
   struct StepGraphs;
 
  public:
-  /// The key/value cache of one sequence: per layer [1, kv_heads, capacity, head_dim] fp32 or bf16,
-  /// and the ids of its first `length` positions.
+  /// The key/value cache of one sequence: per layer [1, kv_heads, capacity, head_dim] fp32 or bf16
+  /// on the runtime's device, and the ids of its first `length` positions.
   struct Cache {
     std::vector<at::Tensor> k, v;
     int64_t length = 0;
@@ -119,7 +119,7 @@ class EDKM_API LlamaRuntime {
   /// general path of LibTorch operations (the path a CUDA runtime takes, for checking it on the CPU).
   LlamaRuntime& fast_decode(bool enabled);
   /// One-token steps as CUDA graphs (default false): on a CUDA device each step replays a graph of
-  /// its ~40 operations per layer (launched by one call instead of one by one), captured on first
+  /// its 30-40 operations per layer (launched by one call instead of one by one), captured on first
   /// use per cache and per bucket of 256 positions; the step attends to the bucket's keys with the
   /// later ones masked and takes its position from a device tensor. On the CPU the same step runs
   /// without a graph (to check it). Not yet run on a GPU, hence off by default.
