@@ -111,8 +111,14 @@ step_lut_inference() {  # the CUDA LUT-GEMV at LLaMA-7B shapes (and its head) ag
   done
 }
 step_decode() {  # tokens/s of a step (LlamaRuntime on cuda) against HBM bandwidth / bytes read; SmolLM2 first
+  # Without graphs, then with them in a second run: a graph capture that fails keeps the first's figures.
+  local rc=0
   "$bin/edkm_bench_lut_inference" --device cuda --shapes '' --decode-random smollm2,llama7b --bits 3,4 \
-    --decode-dense fp32,bf16 --decode-graphs both --decode-tokens 64 --min-time 0.05 --out "$out/bench/decode_cuda"
+    --decode-dense fp32,bf16 --decode-tokens 64 --min-time 0.05 --out "$out/bench/decode_cuda" || rc=$?
+  "$bin/edkm_bench_lut_inference" --device cuda --shapes '' --decode-random smollm2,llama7b --bits 3,4 \
+    --decode-dense fp32,bf16 --decode-graphs on --decode-tokens 64 --min-time 0.05 \
+    --out "$out/bench/decode_cuda_graphs" || rc=$?
+  return "$rc"
 }
 step_peers() {
   if ! "$py" -c 'import coremltools.optimize.torch, safetensors' >/dev/null 2>&1; then
