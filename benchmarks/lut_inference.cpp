@@ -376,26 +376,24 @@ int main(int argc, char** argv) try {
         << " | bound tok/s (copy probe / bytes read) | % of bound | prefill " << prompt_tokens
         << " tokens, s |\n|---|---|---|---|---|---|---|---|---|---|\n";
   for (const auto& [name, config] : random_models) {
-    std::vector<std::pair<std::string, edkm::RandomWeights>> weight_kinds;
-    for (const auto& [label, dtype] : dense_baselines)
-      weight_kinds.emplace_back(label + " dense", edkm::RandomWeights().bits(0).dense_dtype(dtype).device(device));
-    for (const auto& b : edkm::bench::split(bits_list))
-      weight_kinds.emplace_back(
-          b + "-bit packed, " +
-              (random_rows_per_lut ? std::to_string(random_rows_per_lut) + " rows per LUT" : "one LUT per tensor"),
-          edkm::RandomWeights().bits(std::stoll(b)).rows_per_lut(random_rows_per_lut).device(device));
     struct Kind {
       std::string label;
       edkm::RandomWeights weights;
       bool graphs;
     };
-    std::vector<Kind> kinds;
-    for (const auto& [label, weights] : weight_kinds) {
+    std::vector<Kind> kinds;  // each weight kind without and / or with step graphs (--decode-graphs)
+    auto add = [&](const std::string& label, const edkm::RandomWeights& weights) {
       if (graphs_mode != "on") kinds.push_back({label, weights, false});
       if (graphs_mode != "off")
         kinds.push_back(
             {label + (g_cuda ? ", CUDA graphs" : ", position steps (graphs' math, no graph)"), weights, true});
-    }
+    };
+    for (const auto& [label, dtype] : dense_baselines)
+      add(label + " dense", edkm::RandomWeights().bits(0).dense_dtype(dtype).device(device));
+    for (const auto& b : edkm::bench::split(bits_list))
+      add(b + "-bit packed, " +
+              (random_rows_per_lut ? std::to_string(random_rows_per_lut) + " rows per LUT" : "one LUT per tensor"),
+          edkm::RandomWeights().bits(std::stoll(b)).rows_per_lut(random_rows_per_lut).device(device));
     std::vector<int64_t> prompt;
     for (int64_t t = 0; t < prompt_tokens; ++t) prompt.push_back((t * 7919 + 13) % config.vocab_size());
     double first_tok_s = 0;

@@ -736,9 +736,10 @@ void LlamaRuntime::reserve(Cache& cache, int64_t capacity) const {
     }
 }
 
+// ids on the host: a packed table looks rows up from them there, a dense one gets them on its device.
 at::Tensor LlamaRuntime::embed(const at::Tensor& ids) const {
   if (embed_packed_) return functional::lut_embedding(ids, embed_packed_->packed);
-  return at::embedding(embed_dense_, ids).to(at::kFloat);
+  return at::embedding(embed_dense_, ids.to(embed_dense_.device())).to(at::kFloat);
 }
 
 at::Tensor LlamaRuntime::head(const at::Tensor& h) const {
@@ -838,19 +839,18 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
     return t.is_cpu() && t.is_contiguous() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16);
   };
   if (n == 1 && fast_decode_ && !cache.k.empty() && cpu_cache(cache.k[0]) && cpu_cache(cache.v[0]))
-    return decode_one(tokens.to(device_), cache);
-  if (n == 1 && step_graphs_ && !cache.k.empty()) return graph_step(tokens, cache);
+    return decode_one(host_ids, cache);
+  if (n == 1 && step_graphs_ && !cache.k.empty()) return graph_step(host_ids, cache);
   at::NoGradGuard ng;
-  const at::Tensor ids = tokens.to(device_);
-  // A packed embedding looks rows up from ids on the CPU: no copy to the device and back.
-  at::Tensor x = embed(embed_packed_ ? tokens : ids).unsqueeze(0);  // [1, n, hidden]
+  at::Tensor x = embed(host_ids).unsqueeze(0);  // [1, n, hidden]
   Place place;
   place.cos = cache.cos.narrow(0, pos, n);
   place.sin = cache.sin.narrow(0, pos, n);
   place.start = pos;
   place.keys = pos + n;
+  const auto positions = at::TensorOptions().dtype(at::kLong).device(device_);
   if (n > 1)  // query i (position pos + i) sees keys 0..pos + i
-    place.mask = at::arange(pos + n, ids.options()).unsqueeze(0) <= (at::arange(n, ids.options()) + pos).unsqueeze(1);
+    place.mask = at::arange(pos + n, positions).unsqueeze(0) <= (at::arange(n, positions) + pos).unsqueeze(1);
   x = run_layers(x, cache, place);
   cache.length = pos + n;
   cache.tokens.insert(cache.tokens.end(), host_ids.data_ptr<int64_t>(), host_ids.data_ptr<int64_t>() + n);
@@ -900,7 +900,7 @@ at::Tensor LlamaRuntime::graph_step(const at::Tensor& tokens, Cache& cache) cons
     g->k0 = cache.k[0].data_ptr();
     g->capacity = capacity;
   }
-  g->x.copy_(embed(tokens.to(embed_packed_ ? at::kCPU : device_)).reshape({1, 1, -1}));
+  g->x.copy_(embed(tokens).reshape({1, 1, -1}));
   g->pos.fill_(pos);
   at::Tensor logits;
   if (!device_.is_cuda()) {
@@ -944,7 +944,7 @@ at::Tensor LlamaRuntime::graph_step(const at::Tensor& tokens, Cache& cache) cons
 #endif
   }
   cache.length = pos + 1;
-  cache.tokens.push_back(tokens.to(at::kCPU).item<int64_t>());
+  cache.tokens.push_back(tokens.item<int64_t>());
   return logits;
 }
 

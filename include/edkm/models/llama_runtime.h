@@ -176,12 +176,12 @@ class EDKM_API LlamaRuntime {
   struct Place;
   at::Tensor run_layers(at::Tensor x, Cache& cache, const Place& place) const;
   at::Tensor position_step(const at::Tensor& x, const at::Tensor& pos, int64_t keys, Cache& cache) const;
-  at::Tensor graph_step(const at::Tensor& tokens, Cache& cache) const;
+  at::Tensor graph_step(const at::Tensor& tokens, Cache& cache) const;  // tokens: [1] int64 on the host
   LlamaRuntime() = default;
   void init_fast_decode();
   void set_rotary(Cache& cache, int64_t capacity) const;
   at::Tensor decode_one(const at::Tensor& tokens, Cache& cache) const;
-  at::Tensor embed(const at::Tensor& ids) const;
+  at::Tensor embed(const at::Tensor& ids) const;  // ids on the host
   at::Tensor head(const at::Tensor& h) const;
 };
 
