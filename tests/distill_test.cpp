@@ -319,11 +319,12 @@ TEST(LmHeadLoss, CudaEqualsTheCpu) {
     std::vector<at::Tensor> out[2];
     for (int gpu = 0; gpu < 2; ++gpu) {
       const auto dev = gpu ? at::Device(at::kCUDA) : at::Device(at::kCPU);
-      auto h = c.h.to(dev).requires_grad_(true), w = c.w.to(dev).requires_grad_(true);
+      // Fresh leaves each time: to(kCPU) returns the case's own tensor, which must not collect gradients.
+      auto h = c.h.to(dev).detach().requires_grad_(true), w = c.w.to(dev).detach().requires_grad_(true);
       const auto o = LmHeadLossOptions().chunk(7).gradient_matmul_dtype(dtype);
       const auto loss = functional::lm_head_loss(h, w, c.tok.to(dev), c.th.to(dev), c.tw.to(dev), o, mask.to(dev));
       loss.backward();
-      EXPECT_EQ(loss.device(), dev);
+      EXPECT_EQ(loss.device().type(), dev.type());  // "cuda:0" where dev is "cuda"
       out[gpu] = {loss.cpu(), h.grad().cpu(), w.grad().cpu()};
     }
     EXPECT_NEAR(out[1][0].item<double>(), out[0][0].item<double>(), 2e-5 * std::abs(out[0][0].item<double>()));

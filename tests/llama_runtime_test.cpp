@@ -468,8 +468,12 @@ TEST(LlamaRuntime, CudaDecodesAsTheCpu) {
   const edkm::CompressedCheckpoint ckpt = palettized(model);
   LlamaRuntime cpu(model->config, ckpt);
   LlamaRuntime gpu(model->config, ckpt);
+  EXPECT_FALSE(gpu.step_graphs()) << "graphs are for CUDA devices";
   gpu.to(at::kCUDA);
   EXPECT_TRUE(gpu.device().is_cuda());
+  EXPECT_TRUE(gpu.step_graphs()) << "on by default on a CUDA device";
+  gpu.step_graphs(false);  // the operations launched one by one (CudaStepGraphsDecodeAsTheCpu: the graphs)
+  EXPECT_FALSE(gpu.to(at::kCPU).to(at::kCUDA).step_graphs()) << "an explicit choice holds across to()";
   EXPECT_EQ(gpu.weight_bytes(), cpu.weight_bytes());
   const at::Tensor ids = at::randint(61, {16}, at::kLong);
   for (const auto dtype : {at::kFloat, at::kBFloat16}) {
@@ -488,6 +492,15 @@ TEST(LlamaRuntime, CudaDecodesAsTheCpu) {
   auto host_cache = cpu.new_cache(8);
   edkm::test::expect_error([&] { gpu.forward(ids.narrow(0, 0, 2), host_cache); }, {"the cache is on cpu", "cuda:0"});
   EXPECT_EQ(gpu.to(at::kCPU).generate({1, 2, 3, 4, 5}, o), cpu.generate({1, 2, 3, 4, 5}, o)) << "moved back";
+  // Made on "cuda" (no index): the runtime names the device as its tensors and caches do ("cuda:0");
+  // the first GPU run refused its own caches.
+  for (const int bits : {0, 3}) {
+    LlamaRuntime rnd =
+        LlamaRuntime::random(runtime_config(false), edkm::RandomWeights().bits(bits).rows_per_lut(0).device(at::kCUDA));
+    EXPECT_EQ(rnd.device(), at::empty({0}, at::kCUDA).device());
+    auto cache = rnd.new_cache(8);
+    EXPECT_TRUE(rnd.forward(ids.narrow(0, 0, 3), cache).isfinite().all().item<bool>()) << bits << " bits";
+  }
 }
 
 // The CUDA graphs of one-token steps against the CPU: past a bucket's end (positions 250..269),

@@ -359,10 +359,10 @@ TEST(PalettizedLinear, WordAlignedUnpackMatchesTheByteStream) {
   expect_word_unpack_matches_stream<8>(bytes);
 }
 
-// The CUDA GEMV kernels (tiled: in % 32 == 0; warp: any shape, or forced by
-// EDKM_LUT_CUDA_KERNEL=warp; wide: opt-in, EDKM_LUT_CUDA_KERNEL=wide, in % 32 == 0, else the others
-// run) and the decode / GEMM path against the CPU kernels, every width;
-// 40 x 11008 with 4 rows stages 190 KB of x (past the 48 KB default: the opt-in limit).
+// The CUDA GEMV kernels (rows, the default, and tiled: in % 32 == 0 and x fits in shared memory;
+// warp: any shape; each forced by EDKM_LUT_CUDA_KERNEL=rows|tiled|warp where the shape allows) and the decode / GEMM
+// path against the CPU kernels, every width; 40 x 11008 with 4 rows stages 190 KB of x (past the 48 KB default: the
+// opt-in limit).
 TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
   EDKM_SKIP_WITHOUT_GPU();
   for (int64_t bits = 1; bits <= 8; ++bits) {
@@ -372,7 +372,7 @@ TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
       PalettizedLinear cpu(pal);
       PalettizedLinear gpu(pal);
       gpu->to(at::kCUDA);
-      for (const char* kernel : {"", "warp", "wide"}) {
+      for (const char* kernel : {"", "rows", "tiled", "warp"}) {
         ::setenv("EDKM_LUT_CUDA_KERNEL", kernel, 1);
         for (int64_t m : {1, 4, 7}) {
           const at::Tensor x = at::randn({m, c.in});
@@ -388,6 +388,29 @@ TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
       const at::Tensor ids = at::tensor(std::vector<int64_t>{0, c.out - 1, 5}, at::kLong);
       EXPECT_TRUE(at::equal(emb_gpu(ids.cuda()).cpu(), emb(ids)));
     }
+  }
+}
+
+// More row pairs than the rows kernel has resident warps (its grid is its resident blocks: a warp
+// prefetches its next pair's words during this pair's arithmetic), several steps per pair
+// (4128 = 129 runs of 32), an odd row count (the last pair's second row written nowhere). Apart
+// from CudaEqualsTheCpuKernels so that the sanitizer runs of that one stay short.
+TEST(PalettizedLinear, CudaManyRowPairsPerWarp) {
+  EDKM_SKIP_WITHOUT_GPU();
+  for (const int64_t bits : {3, 4, 8}) {
+    torch::manual_seed(bits);
+    const PackedWeight pw = PackedWeight::random(12801, 4128, bits, 0, at::kCPU, 0.5);
+    PalettizedLinear cpu(pw);
+    PalettizedLinear gpu(pw.to(at::kCUDA));
+    for (const char* kernel : {"", "tiled"}) {
+      ::setenv("EDKM_LUT_CUDA_KERNEL", kernel, 1);
+      for (int64_t m : {1, 3}) {
+        const at::Tensor x = at::randn({m, 4128});
+        expect_close(gpu(x.cuda()).cpu(), cpu(x), 4128,
+                     "12801x4128 bits " + std::to_string(bits) + " m " + std::to_string(m) + " kernel " + kernel);
+      }
+    }
+    ::unsetenv("EDKM_LUT_CUDA_KERNEL");
   }
 }
 

@@ -106,9 +106,12 @@ int main(int argc, char** argv) try {
   app.add_option("--device", device_name, "cpu | cuda: where the weights and the cache live")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
-  bool step_graphs = false;
-  app.add_flag("--step-graphs", step_graphs,
-               "with --device cuda: replay each one-token step as a CUDA graph (LlamaRuntime::step_graphs)");
+  std::string step_graphs = "auto";
+  app.add_option("--step-graphs", step_graphs,
+                 "on | off | auto (on for --device cuda): replay each one-token step as a CUDA graph "
+                 "(LlamaRuntime::step_graphs; on the CPU the graph's step runs without a graph, to check it)")
+      ->check(CLI::IsMember({"on", "off", "auto"}))
+      ->capture_default_str();
   app.add_flag("--check", check,
                "also run the checkpoint decompressed to fp32 and fail unless the greedy tokens agree");
   CLI11_PARSE(app, argc, argv);
@@ -143,7 +146,8 @@ int main(int argc, char** argv) try {
   auto t0 = Clock::now();
   const auto ckpt = edkm::load_compressed(compressed);
   edkm::LlamaRuntime rt(config, ckpt);
-  rt.to(device).step_graphs(step_graphs);
+  rt.to(device);
+  if (step_graphs != "auto") rt.step_graphs(step_graphs == "on");
   std::cout << "loaded " << compressed << " in " << seconds_since(t0) << " s: " << rt.packed_layers()
             << " layers kept packed, " << rt.weight_bytes() / 1048576.0 << " MiB of weights resident on " << rt.device()
             << "\n";

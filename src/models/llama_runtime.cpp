@@ -443,6 +443,12 @@ namespace {
 
 at::Tensor moved(const at::Tensor& t, c10::Device device) { return t.defined() ? t.to(device) : t; }
 
+// "cuda" names the current CUDA device; the tensors made there report it with its index ("cuda:0"),
+// and the runtime compares its device with its caches' by equality: so it keeps the indexed name.
+c10::Device resolved(c10::Device device) {
+  return device.is_cuda() && !device.has_index() ? at::empty({0}, at::TensorOptions().device(device)).device() : device;
+}
+
 InferenceLinear moved(const InferenceLinear& l, c10::Device device) {
   InferenceLinear out = l;
   out.weight = moved(l.weight, device);
@@ -454,7 +460,7 @@ InferenceLinear moved(const InferenceLinear& l, c10::Device device) {
 }  // namespace
 
 LlamaRuntime& LlamaRuntime::to(c10::Device device) {
-  if (device.is_cuda() && !device.has_index()) device = c10::Device(at::kCUDA, 0);
+  device = resolved(device);
   // Moved into a copy (its holders replaced, the modules shared with *this untouched), then swapped
   // in: a move that fails part way (out of device memory) leaves this runtime as it was.
   LlamaRuntime m = *this;
@@ -478,7 +484,7 @@ LlamaRuntime& LlamaRuntime::step_graphs(bool enabled) {
 #if !defined(EDKM_WITH_CUDA)
   TORCH_CHECK(!enabled || !device_.is_cuda(), "edkm: LlamaRuntime::step_graphs: CUDA graphs need a CUDA build of edkm");
 #endif
-  step_graphs_ = enabled;
+  step_graphs_choice_ = enabled ? 1 : 0;
   init_fast_decode();
   return *this;
 }
@@ -497,7 +503,7 @@ LlamaRuntime LlamaRuntime::random(const LlamaConfig& config, const RandomWeights
       w.bits() > 0 || w.dense_dtype() == at::kFloat || w.dense_dtype() == at::kBFloat16 || w.dense_dtype() == at::kHalf,
       "edkm: LlamaRuntime::random: dense_dtype must be fp32, bf16 or fp16, got ", w.dense_dtype());
   const double sd = 0.02;
-  const c10::Device device = w.device();
+  const c10::Device device = resolved(w.device());
   auto linear = [&](int64_t out, int64_t in, bool bias) {
     InferenceLinear l;
     const at::Tensor b = bias ? at::randn({out}, at::TensorOptions().device(device)) * sd : at::Tensor();
@@ -574,6 +580,12 @@ void rotate_heads(float* x, int64_t heads, int64_t d, const float* cos, const fl
 }  // namespace
 
 void LlamaRuntime::init_fast_decode() {
+#if defined(EDKM_WITH_CUDA)
+  const bool graphs_by_default = device_.is_cuda();
+#else
+  const bool graphs_by_default = false;  // a CPU-only build runs no CUDA graph
+#endif
+  step_graphs_ = step_graphs_choice_ < 0 ? graphs_by_default : step_graphs_choice_ == 1;
   auto norm_ok = [](const at::Tensor& t) { return fp32_cpu(t) && t.dim() == 1; };
   fast_decode_ = fast_decode_enabled_ && !step_graphs_ && device_.is_cpu() && norm_ok(norm_);
   for (const Layer& L : layers_) fast_decode_ = fast_decode_ && norm_ok(L.input_norm) && norm_ok(L.post_norm);

@@ -1,19 +1,15 @@
 // CUDA twin of kernels/cpu/lut_kernel.cpp: the LUT-GEMV and the decode of rows into a dense fp32
 // tile (the LUT-GEMM multiplies that tile with cuBLAS). No ATen here: raw pointers, a params
-// struct and a stream. Two GEMV kernels, both one warp per output row with the row's LUT in
-// shared memory:
+// struct and a stream. GEMV kernels, each with the LUTs of its rows in shared memory:
+//  - rows (the default where in % 32 == 0 and x fits in shared memory; below, with why): a warp
+//    per 2 rows, a step's packed words all loaded before its arithmetic, the next step's during it;
 //  - tiled (in % 32 == 0, x fits in shared memory): x staged once per block in shared memory, each
 //    lane loading a run of 32 indices as BITS aligned 32-bit words (a warp reads 128 * BITS
 //    contiguous bytes) and unpacking them in registers (lut_index_in_words, compile-time BITS);
 //  - warp (any shape): every lane unpacks its own indices two bytes at a time (lut_index_at).
-//  - wide (opt-in, EDKM_LUT_CUDA_KERNEL=wide; in % 32 == 0, x 16-byte aligned): no staging and no
-//    block barrier: a warp takes 2 rows, a lane loads the 32-index runs of both rows (BITS words
-//    each) before it unpacks any, reads x as float4 through the read-only cache (each x value
-//    serving both rows), and blocks are small (4 warps, 2 KiB-8 KiB of LUTs) so many are resident.
-//    Written after the H200 measurements (the tiled kernel at 8-19% of HBM bandwidth, where its
-//    16 resident warps per SM and 3 loads in flight per lane leave the memory latency exposed);
-//    not yet measured on a GPU, so not the default.
-// EDKM_LUT_CUDA_KERNEL=warp forces the second (benchmarks compare them).
+// EDKM_LUT_CUDA_KERNEL=rows|tiled|warp forces one (where the shape allows; benchmarks compare them).
+// A fourth, "wide" (2 rows per warp, x read through the read-only cache, no staging), ran on the
+// H100 at 37 us for 11008x4096 at 3 bits against the rows kernel's 20: removed.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -115,75 +111,200 @@ int launch_tiled(const LutParams& p, const float* x, int m, float* y, size_t sme
   return static_cast<int>(cudaGetLastError());
 }
 
-constexpr int kWideWarps = 4;
-constexpr int kWideRows = 2;  // rows per warp
+// --- rows: the default where in % 32 == 0 ----------------------------------------------------------
+// Measured first on an H100 (benchmarks/results/gpu_h100/): the tiled and wide kernels run at
+// ~1.2 T weights/s whatever the bits (3-bit 11008x4096 in 42 / 37 us, 13% of HBM bandwidth), and
+// their SASS shows why: the compiler issues a lane's BITS word loads one by one, each just before
+// its first use, so every 32-index run waits for DRAM up to BITS times, and with m a runtime value
+// the predicated-off x reads and FMAs of the other batch rows take issue slots too. This kernel:
+//  - a warp takes R = 2 rows (each x read from shared memory serves both) and each lane U runs of
+//    32 indices per row per step (R * U * BITS words, 8-24), loaded by volatile PTX loads that stay
+//    where they are written: all of a step's words are issued together, and the next step's (the
+//    same rows further on, or the warp's next row pair) before this step's arithmetic;
+//  - the batch size M is a template parameter: no predicated-off work;
+//  - x staged once per block (float4 loads when aligned) in the padded layout of the tiled kernel
+//    (conflict-free column reads), the grid sized to the resident blocks so that staging is paid
+//    once per block, not once per row pair.
+// Per weight and batch row: a shift and a mask (a funnel shift where an index straddles two
+// words), the LUT read from shared memory, the FMA, and half an x read. Measured on an H100 at
+// 11008x4096, 3 bits: 20.4 us (2.1x the tiled kernel, 1.7x cuBLAS bf16); Nsight Compute there:
+// 80 registers (24 resident warps per SM), 67% of issue slots used, L1 / shared-memory pipe at 62%,
+// DRAM at 21%: bound by instruction issue and shared-memory reads, no longer by memory latency.
+constexpr int kRowsWarps = 8;
+constexpr int kRowsPerWarp = 2;
 
-template <int BITS>
-__global__ void __launch_bounds__(kWideWarps * 32)
-    lut_gemv_wide_kernel(LutParams p, const float* __restrict__ x, int m, float* __restrict__ y) {
-  constexpr int K = 1 << BITS;
-  __shared__ float s_lut[kWideWarps][kWideRows][K];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t runs = p.in / 32;  // 32-index runs per row, BITS words each
-  const uint32_t* packed = reinterpret_cast<const uint32_t*>(p.packed);
-  const int64_t pairs = (p.out + kWideRows - 1) / kWideRows;
-  for (int64_t pr = int64_t(blockIdx.x) * kWideWarps + warp; pr < pairs; pr += int64_t(gridDim.x) * kWideWarps) {
-    int64_t rows[kWideRows];  // a row past the end repeats the last one and writes nothing
-#pragma unroll
-    for (int i = 0; i < kWideRows; ++i) rows[i] = min(pr * kWideRows + i, p.out - 1);
-    __syncwarp();
-#pragma unroll
-    for (int i = 0; i < kWideRows; ++i) {
-      const float* lut = p.lut + (rows[i] / p.rows_per_lut) * p.lut_stride;
-      for (int k = lane; k < K; k += 32) s_lut[warp][i][k] = lut[k];
-    }
-    __syncwarp();
-    float acc[kWideRows][4] = {};
-    for (int64_t run = lane; run < runs; run += 32) {
-      uint32_t w[kWideRows][BITS];
-#pragma unroll
-      for (int i = 0; i < kWideRows; ++i)
-#pragma unroll
-        for (int b = 0; b < BITS; ++b) w[i][b] = __ldg(packed + (rows[i] * runs + run) * BITS + b);
-#pragma unroll
-      for (int q = 0; q < 8; ++q) {  // columns 32 run + 4q .. + 3
-        float4 xv[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          if (j < m) xv[j] = __ldg(reinterpret_cast<const float4*>(x + j * p.in + run * 32) + q);
-#pragma unroll
-        for (int i = 0; i < kWideRows; ++i) {
-#pragma unroll
-          for (int t = 0; t < 4; ++t) {
-            const float wt = s_lut[warp][i][lut_index_in_words<BITS>(w[i], 4 * q + t)];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              if (j >= m) continue;
-              const float xs = t == 0 ? xv[j].x : t == 1 ? xv[j].y : t == 2 ? xv[j].z : xv[j].w;
-              acc[i][j] = __fmaf_rn(wt, xs, acc[i][j]);
-            }
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kWideRows; ++i) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        float v = acc[i][j];
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0 && j < m && pr * kWideRows + i < p.out) y[j * p.out + rows[i]] = lut_finish(p, rows[i], v);
-      }
-    }
-  }
+__device__ __forceinline__ uint32_t ldg_stream(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
 }
 
 template <int BITS>
-int launch_wide(const LutParams& p, const float* x, int m, float* y, cudaStream_t stream) {
-  const int64_t pairs = (p.out + kWideRows - 1) / kWideRows;
-  const int64_t blocks = std::min<int64_t>((pairs + kWideWarps - 1) / kWideWarps, int64_t{1} << 20);
-  lut_gemv_wide_kernel<BITS><<<static_cast<unsigned>(blocks), kWideWarps * 32, 0, stream>>>(p, x, m, y);
+__device__ __forceinline__ uint32_t index_of(const uint32_t* w, int j) {  // j compile-time after unrolling
+  const int bit = j * BITS, word = bit >> 5, off = bit & 31;
+  const uint32_t v = off + BITS > 32 ? __funnelshift_r(w[word], w[word + 1], off) : w[word] >> off;
+  return v & ((1u << BITS) - 1u);
+}
+
+// Runs of 32 indices per lane and step (R * U * BITS words in each of the two buffers).
+template <int BITS>
+__host__ __device__ constexpr int rows_runs_per_step() {
+  return BITS <= 3 ? 4 : BITS <= 6 ? 2 : 1;
+}
+
+// The LUTs' static shared memory (counted with the dynamic x in the 48 KiB a launch may use without
+// opting in).
+template <int BITS>
+constexpr size_t rows_lut_bytes() {
+  return sizeof(float) * kRowsWarps * kRowsPerWarp * (size_t{1} << BITS);
+}
+
+template <int BITS, int M>
+__global__ void __launch_bounds__(kRowsWarps * 32)
+    lut_gemv_rows_kernel(LutParams p, const float* __restrict__ x, float* __restrict__ y) {
+  constexpr int K = 1 << BITS, R = kRowsPerWarp, U = rows_runs_per_step<BITS>();
+  extern __shared__ float s_x[];  // M x xs, padded
+  __shared__ float s_lut[kRowsWarps][R][K];
+  const int xs = static_cast<int>(padded_column(p.in));  // floats per staged row of x
+  const int in = static_cast<int>(p.in);
+  if ((reinterpret_cast<uintptr_t>(x) & 15) == 0) {  // float4 loads: 4 columns of one 32-run
+    const int n4 = M * in / 4;
+    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
+      const int j = (4 * i) / in, c = 4 * i - j * in;
+      float* d = s_x + j * xs + c + (c >> 5);
+      d[0] = v.x, d[1] = v.y, d[2] = v.z, d[3] = v.w;
+    }
+  } else {
+    for (int i = threadIdx.x; i < M * in; i += blockDim.x) {
+      const int j = i / in, c = i - j * in;
+      s_x[j * xs + c + (c >> 5)] = x[i];
+    }
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t runs = p.in / 32, steps = (runs + 32 * U - 1) / (32 * U);
+  const int64_t pairs = (p.out + R - 1) / R, stride = int64_t(gridDim.x) * kRowsWarps;
+  int64_t pr = int64_t(blockIdx.x) * kRowsWarps + warp;
+  if (pr >= pairs) return;  // whole warps; no block barrier follows
+  const uint32_t* packed = reinterpret_cast<const uint32_t*>(p.packed);
+  // Words of step `st` of row pair `q`: a row past the end repeats the last row (written nowhere),
+  // a run past the end loads nothing (its words stay 0 and its arithmetic is skipped).
+  auto load = [&](uint32_t(&buf)[R][U][BITS], int64_t q, int64_t st) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const int64_t r = min(q * R + i, p.out - 1);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t run = (st * U + u) * 32 + lane;
+#pragma unroll
+        for (int b = 0; b < BITS; ++b)
+          buf[i][u][b] = run < runs ? ldg_stream(packed + (r * runs + run) * BITS + b) : 0u;
+      }
+    }
+  };
+  auto stage_luts = [&](int64_t q) {
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+      const float* lut = p.lut + (min(q * R + i, p.out - 1) / p.rows_per_lut) * p.lut_stride;
+      for (int k = lane; k < K; k += 32) s_lut[warp][i][k] = __ldg(lut + k);
+    }
+    __syncwarp();
+  };
+  uint32_t cur[R][U][BITS], nxt[R][U][BITS];
+  load(cur, pr, 0);
+  stage_luts(pr);
+  float acc[R][M] = {};
+  for (int64_t st = 0;;) {
+    int64_t npr = pr, nst = st + 1;
+    if (nst == steps) npr = pr + stride, nst = 0;
+    const bool more = npr < pairs;
+    if (more) load(nxt, npr, nst);  // in flight during this step's arithmetic
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int run = static_cast<int>((st * U + u) * 32 + lane);
+      if (run >= runs) continue;
+      const float* xr = s_x + run * 33;  // padded_column(32 run)
+#pragma unroll
+      for (int j = 0; j < 32; ++j) {
+        float xv[M];
+#pragma unroll
+        for (int q = 0; q < M; ++q) xv[q] = xr[q * xs + j];
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+          const float wt = s_lut[warp][i][index_of<BITS>(cur[i][u], j)];
+#pragma unroll
+          for (int q = 0; q < M; ++q) acc[i][q] = __fmaf_rn(wt, xv[q], acc[i][q]);
+        }
+      }
+    }
+    if (nst == 0) {  // the pair's last step: its rows are done
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+#pragma unroll
+        for (int q = 0; q < M; ++q) {
+          float v = acc[i][q];
+          for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+          const int64_t r = pr * R + i;
+          if (lane == 0 && r < p.out) y[q * p.out + r] = lut_finish(p, r, v);
+          acc[i][q] = 0.f;
+        }
+      }
+    }
+    if (!more) break;
+    if (npr != pr) stage_luts(npr);
+    pr = npr, st = nst;
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int b = 0; b < BITS; ++b) cur[i][u][b] = nxt[i][u][b];
+  }
+}
+
+template <int BITS, int M>
+int launch_rows(const LutParams& p, const float* x, float* y, size_t smem, int device, int sms, cudaStream_t stream) {
+  auto kernel = lut_gemv_rows_kernel<BITS, M>;
+  // Without opting in, a launch may use 48 KiB of shared memory, the static LUTs counted: the first
+  // GPU run failed 4096x11008 at 8 bits (45 KiB of x + 16 KiB of LUTs). Set on every such launch:
+  // the attribute is the function's, process-wide, and another thread may have lowered it.
+  if (smem + rows_lut_bytes<BITS>() > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    if (e != cudaSuccess) return static_cast<int>(e);
+  }
+  // Resident blocks per SM for this shared-memory size, asked once per (kernel, size, device).
+  struct Seen {
+    size_t smem;
+    int device, per_sm;
+  };
+  static thread_local Seen seen{0, -1, 0};
+  if (seen.smem != smem || seen.device != device) {
+    int per_sm = 0;
+    const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowsWarps * 32, smem);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    seen = Seen{smem, device, std::max(per_sm, 1)};
+  }
+  const int64_t pairs = (p.out + kRowsPerWarp - 1) / kRowsPerWarp;
+  const int64_t blocks = std::min<int64_t>((pairs + kRowsWarps - 1) / kRowsWarps, int64_t{seen.per_sm} * sms);
+  kernel<<<static_cast<unsigned>(blocks), kRowsWarps * 32, smem, stream>>>(p, x, y);
   return static_cast<int>(cudaGetLastError());
+}
+
+template <int BITS>
+int launch_rows_m(const LutParams& p, const float* x, int m, float* y, size_t smem, int device, int sms,
+                  cudaStream_t stream) {
+  switch (m) {
+    case 1:
+      return launch_rows<BITS, 1>(p, x, y, smem, device, sms, stream);
+    case 2:
+      return launch_rows<BITS, 2>(p, x, y, smem, device, sms, stream);
+    case 3:
+      return launch_rows<BITS, 3>(p, x, y, smem, device, sms, stream);
+    default:
+      return launch_rows<BITS, 4>(p, x, y, smem, device, sms, stream);
+  }
 }
 
 bool kernel_forced(const char* name) {
@@ -191,15 +312,40 @@ bool kernel_forced(const char* name) {
   return k && std::strcmp(k, name) == 0;
 }
 
-// The wide kernel when asked for (EDKM_LUT_CUDA_KERNEL=wide) and the shape allows it; -1 otherwise.
-int try_wide(const LutParams& p, const float* x, int64_t m, float* y, cudaStream_t stream) {
-  if (!kernel_forced("wide") || p.in % 32 != 0 || reinterpret_cast<uintptr_t>(p.packed) % 4 != 0 ||
-      reinterpret_cast<uintptr_t>(x) % 16 != 0 || p.bits < 1 || p.bits > 8 || p.lut_stride != (int64_t{1} << p.bits))
+// The current device, its multiprocessors and opt-in shared memory per block; false if CUDA cannot say.
+bool device_limits(int& device, int& sms, int& smem_max) {
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  struct Seen {
+    int device = -1, sms = 0, smem_max = 0;
+  };
+  static thread_local Seen seen;
+  if (seen.device != device) {
+    Seen now;
+    now.device = device;
+    if (cudaDeviceGetAttribute(&now.smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&now.sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+      return false;
+    seen = now;
+  }
+  sms = seen.sms, smem_max = seen.smem_max;
+  return true;
+}
+
+// The rows kernel (the default) when the shape and the device allow it; -1 when they do not.
+int try_rows(const LutParams& p, const float* x, int64_t m, float* y, cudaStream_t stream) {
+  if (p.in % 32 != 0 || reinterpret_cast<uintptr_t>(p.packed) % 4 != 0 || p.bits < 1 || p.bits > 8 ||
+      p.lut_stride != (int64_t{1} << p.bits) || m < 1 || m > 4 || p.in > (int64_t{1} << 24))
     return -1;
-  using Launch = int (*)(const LutParams&, const float*, int, float*, cudaStream_t);
-  static constexpr Launch kByBits[8] = {launch_wide<1>, launch_wide<2>, launch_wide<3>, launch_wide<4>,
-                                        launch_wide<5>, launch_wide<6>, launch_wide<7>, launch_wide<8>};
-  return kByBits[p.bits - 1](p, x, static_cast<int>(m), y, stream);
+  if (kernel_forced("tiled") || kernel_forced("warp")) return -1;
+  int device = 0, sms = 0, smem_max = 0;
+  if (!device_limits(device, sms, smem_max)) return -1;
+  const size_t lut_smem = sizeof(float) * kRowsWarps * kRowsPerWarp << p.bits;  // rows_lut_bytes<bits>()
+  const size_t smem = sizeof(float) * static_cast<size_t>(m * padded_column(p.in));
+  if (smem + lut_smem > static_cast<size_t>(smem_max)) return -1;
+  using Launch = int (*)(const LutParams&, const float*, int, float*, size_t, int, int, cudaStream_t);
+  static constexpr Launch kByBits[8] = {launch_rows_m<1>, launch_rows_m<2>, launch_rows_m<3>, launch_rows_m<4>,
+                                        launch_rows_m<5>, launch_rows_m<6>, launch_rows_m<7>, launch_rows_m<8>};
+  return kByBits[p.bits - 1](p, x, static_cast<int>(m), y, smem, device, sms, stream);
 }
 
 // The tiled kernel when the shape and the device allow it; -1 when they do not.
@@ -207,11 +353,8 @@ int try_tiled(const LutParams& p, const float* x, int64_t m, float* y, cudaStrea
   if (p.in % 32 != 0 || reinterpret_cast<uintptr_t>(p.packed) % 4 != 0 || p.bits < 1 || p.bits > 8 ||
       p.lut_stride != (int64_t{1} << p.bits) || kernel_forced("warp"))
     return -1;
-  int device = 0, smem_max = 0, sms = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&smem_max, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
-    return -1;
+  int device = 0, sms = 0, smem_max = 0;
+  if (!device_limits(device, sms, smem_max)) return -1;
   const size_t smem = sizeof(float) * static_cast<size_t>(m * padded_column(p.in) + kTiledWarps * 256);
   if (smem > static_cast<size_t>(smem_max)) return -1;
   // A few blocks per SM, each walking rows grid-stride: x is staged once per block.
@@ -239,8 +382,8 @@ __global__ void lut_decode_kernel(LutParams p, int64_t r0, int64_t r1, float* __
 
 int lut_gemv_cuda(const LutParams& p, const float* x, int64_t m, float* y, void* stream) {
   if (p.out == 0) return 0;
-  const int wide = try_wide(p, x, m, y, static_cast<cudaStream_t>(stream));
-  if (wide >= 0) return wide;
+  const int rows = try_rows(p, x, m, y, static_cast<cudaStream_t>(stream));
+  if (rows >= 0) return rows;
   const int tiled = try_tiled(p, x, m, y, static_cast<cudaStream_t>(stream));
   if (tiled >= 0) return tiled;
   const int64_t blocks = std::min<int64_t>((p.out + kWarps - 1) / kWarps, int64_t{1} << 20);
