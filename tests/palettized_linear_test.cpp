@@ -374,7 +374,7 @@ TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
       gpu->to(at::kCUDA);
       for (const char* kernel : {"", "rows", "tiled", "warp"}) {
         ::setenv("EDKM_LUT_CUDA_KERNEL", kernel, 1);
-        for (int64_t m : {1, 4, 7}) {
+        for (int64_t m : {1, 4, 7, 19}) {  // 7: GEMV passes; 19: past kCudaGemvMaxRows, the decoded GEMM
           const at::Tensor x = at::randn({m, c.in});
           expect_close(gpu(x.cuda()).cpu(), cpu(x), c.in,
                        "cuda bits " + std::to_string(bits) + " " + std::to_string(c.out) + "x" + std::to_string(c.in) +
@@ -393,7 +393,8 @@ TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
 
 // More row pairs than the rows kernel has resident warps (its grid is its resident blocks: a warp
 // prefetches its next pair's words during this pair's arithmetic), several steps per pair
-// (4128 = 129 runs of 32), an odd row count (the last pair's second row written nowhere). Apart
+// (4128 = 129 runs of 32), an odd row count (the last pair's second row written nowhere); and the
+// GEMM path past kCudaGemvMaxRows rows of x over several decoded blocks. Apart
 // from CudaEqualsTheCpuKernels so that the sanitizer runs of that one stay short.
 TEST(PalettizedLinear, CudaManyRowPairsPerWarp) {
   EDKM_SKIP_WITHOUT_GPU();
@@ -404,7 +405,7 @@ TEST(PalettizedLinear, CudaManyRowPairsPerWarp) {
     PalettizedLinear gpu(pw.to(at::kCUDA));
     for (const char* kernel : {"", "tiled"}) {
       ::setenv("EDKM_LUT_CUDA_KERNEL", kernel, 1);
-      for (int64_t m : {1, 3}) {
+      for (int64_t m : {1, 3, 19}) {  // 19: the GEMM over 4 blocks of 64 MiB decoded
         const at::Tensor x = at::randn({m, 4128});
         expect_close(gpu(x.cuda()).cpu(), cpu(x), 4128,
                      "12801x4128 bits " + std::to_string(bits) + " m " + std::to_string(m) + " kernel " + kernel);

@@ -10,8 +10,8 @@
 //   scale   out fp32 per-channel scale, or undefined
 // W[r, c] = lut[r / rows_per_lut, index(r * in + c)] * scale[r].
 //
-// Kernels: batch rows up to kGemvMaxRows run the LUT-GEMV (on the CPU up to cpu_gemv_max_rows in
-// passes of kGemvMaxRows; indices unpacked in registers, LUT in
+// Kernels: batch rows up to kGemvMaxRows run the LUT-GEMV (on the CPU up to cpu_gemv_max_rows, on a
+// GPU up to kCudaGemvMaxRows, in passes of kGemvMaxRows; indices unpacked in registers, LUT in
 // registers for bits <= 5 and from L1 above; AVX-512 or AVX2 chosen at run time, scalar
 // otherwise; multi-threaded over output rows); more rows run the LUT-GEMM (blocks of rows
 // decoded to fp32 and multiplied by LibTorch's matmul). CUDA: the GEMV with the LUTs in shared
@@ -77,6 +77,12 @@ constexpr int64_t kGemvMaxRows = 4;
 /// 2.1-4.2x less time than the GEMM on SmolLM2 and LLaMA-7B shapes, and break even near 32-48
 /// rows at 3 and 4 bits, 24-32 at 8 bits.
 EDKM_API int64_t cpu_gemv_max_rows(int64_t bits);
+/// On a CUDA device, rows of x up to this many run the GEMV 4 rows at a time; more decode W to fp32
+/// in blocks of 64 MiB (4 MiB on the CPU) for one cuBLAS matmul each. Chosen, not yet measured: on
+/// an H100 the GEMV reads 11008x4096 at 3 bits in 20 us a pass, where decoding it writes 180 MB of
+/// fp32 that the matmul reads back (~130 us at the copy probe's rate); the decode in 4 MiB blocks,
+/// as on the CPU, took 16 prompt tokens of a 7B model 0.27 s (224 matmuls of ~40 launches each).
+constexpr int64_t kCudaGemvMaxRows = 16;
 /// y = x W^T (+ bias) with W packed: x [..., in] (any strides, fp32 or bf16) -> [..., out] in x's
 /// dtype, computed in fp32; bias holds out values (any shape). Differentiable in x and bias (dx =
 /// dy W, W decoded a block of rows at a time); the packed weight has no gradient.

@@ -13,7 +13,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -383,7 +385,22 @@ __global__ void lut_decode_kernel(LutParams p, int64_t r0, int64_t r1, float* __
 int lut_gemv_cuda(const LutParams& p, const float* x, int64_t m, float* y, void* stream) {
   if (p.out == 0) return 0;
   const int rows = try_rows(p, x, m, y, static_cast<cudaStream_t>(stream));
-  if (rows >= 0) return rows;
+  if (rows == cudaErrorInvalidValue && !kernel_forced("rows")) {
+    // A launch configuration this device refused (run 2 on the H100 found one: shared memory past
+    // 48 KiB without the opt-in, since fixed). Not a sticky error: the tiled kernel takes the shape,
+    // and the refusal is told once; forced (EDKM_LUT_CUDA_KERNEL=rows, as the tests run it) it is
+    // returned.
+    static std::atomic<bool> told{false};
+    if (!told.exchange(true)) {
+      std::fprintf(stderr,
+                   "edkm: the rows LUT-GEMV kernel could not launch for %lldx%lld at %d bits, %lld rows of x "
+                   "(invalid argument); the tiled kernel runs instead (told once)\n",
+                   static_cast<long long>(p.out), static_cast<long long>(p.in), static_cast<int>(p.bits),
+                   static_cast<long long>(m));
+    }
+  } else if (rows >= 0) {
+    return rows;
+  }
   const int tiled = try_tiled(p, x, m, y, static_cast<cudaStream_t>(stream));
   if (tiled >= 0) return tiled;
   const int64_t blocks = std::min<int64_t>((p.out + kWarps - 1) / kWarps, int64_t{1} << 20);
