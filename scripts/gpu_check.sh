@@ -125,8 +125,8 @@ step_profile() {  # Nsight Compute on the LUT-GEMV kernels at a LLaMA-7B shape: 
   ncu="$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)"
   [ -n "$ncu" ] || { echo "skipped: ncu not found"; return 77; }
   mkdir -p "$out/profile"
-  for k in rows tiled; do
-    EDKM_LUT_CUDA_KERNEL=$k "$ncu" --kernel-name "regex:lut_gemv_${k}_kernel" --launch-skip 5 --launch-count 1 \
+  for k in rows rows2 tiled; do
+    EDKM_LUT_CUDA_KERNEL=$k "$ncu" --kernel-name "regex:lut_gemv_${k%2}_kernel" --launch-skip 5 --launch-count 1 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section SchedulerStats \
       --section Occupancy --section LaunchStats "$bin/edkm_bench_lut_inference" --device cuda --shapes 11008x4096 \
       --bits 3 --min-time 0.001 --out "$out/profile/bench_$k" >"$out/profile/ncu_$k.txt" 2>&1

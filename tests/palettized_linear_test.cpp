@@ -360,7 +360,8 @@ TEST(PalettizedLinear, WordAlignedUnpackMatchesTheByteStream) {
 }
 
 // The CUDA GEMV kernels (rows, the default, and tiled: in % 32 == 0 and x fits in shared memory;
-// warp: any shape; each forced by EDKM_LUT_CUDA_KERNEL=rows|tiled|warp where the shape allows) and the decode / GEMM
+// warp: any shape; each forced by EDKM_LUT_CUDA_KERNEL=rows|tiled|warp where the shape allows;
+// rows2: the tuned rows kernel, opt-in) and the decode / GEMM
 // path against the CPU kernels, every width; 40 x 11008 with 4 rows stages 190 KB of x (past the 48 KB default: the
 // opt-in limit).
 TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
@@ -372,7 +373,7 @@ TEST(PalettizedLinear, CudaEqualsTheCpuKernels) {
       PalettizedLinear cpu(pal);
       PalettizedLinear gpu(pal);
       gpu->to(at::kCUDA);
-      for (const char* kernel : {"", "rows", "tiled", "warp"}) {
+      for (const char* kernel : {"", "rows", "rows2", "tiled", "warp"}) {
         ::setenv("EDKM_LUT_CUDA_KERNEL", kernel, 1);
         for (int64_t m : {1, 4, 7, 19}) {  // 7: GEMV passes; 19: past kCudaGemvMaxRows, the decoded GEMM
           const at::Tensor x = at::randn({m, c.in});
@@ -403,7 +404,7 @@ TEST(PalettizedLinear, CudaManyRowPairsPerWarp) {
     const PackedWeight pw = PackedWeight::random(12801, 4128, bits, 0, at::kCPU, 0.5);
     PalettizedLinear cpu(pw);
     PalettizedLinear gpu(pw.to(at::kCUDA));
-    for (const char* kernel : {"", "tiled"}) {
+    for (const char* kernel : {"", "rows2", "tiled"}) {
       ::setenv("EDKM_LUT_CUDA_KERNEL", kernel, 1);
       for (int64_t m : {1, 3, 19}) {  // 19: the GEMM over 4 blocks of 64 MiB decoded
         const at::Tensor x = at::randn({m, 4128});

@@ -86,8 +86,9 @@ void lut_decode_cpu(const LutParams& p, int64_t r0, int64_t r1, float* out);
 
 #if defined(EDKM_WITH_CUDA)
 // CUDA (kernels/cuda/lut_kernel.cu); return a cudaError_t value (0 = success). The GEMV takes the
-// tiled kernel (word-aligned unpack, x staged in shared memory) when in % 32 == 0 and x fits in
-// shared memory, else the warp-per-row kernel; EDKM_LUT_CUDA_KERNEL=warp forces the latter.
+// rows kernel (2 rows per warp, each step's index words loaded ahead) when in % 32 == 0 and x fits
+// in shared memory, else the warp-per-row kernel; EDKM_LUT_CUDA_KERNEL=rows|rows2|tiled|warp
+// forces one where the shape allows (rows2: tuned, opt-in; tiled: the default before the H100 run).
 int lut_gemv_cuda(const LutParams& p, const float* x, int64_t m, float* y, void* stream);
 int lut_decode_cuda(const LutParams& p, int64_t r0, int64_t r1, float* out, void* stream);
 #endif

@@ -7,7 +7,8 @@
 //    lane loading a run of 32 indices as BITS aligned 32-bit words (a warp reads 128 * BITS
 //    contiguous bytes) and unpacking them in registers (lut_index_in_words, compile-time BITS);
 //  - warp (any shape): every lane unpacks its own indices two bytes at a time (lut_index_at).
-// EDKM_LUT_CUDA_KERNEL=rows|tiled|warp forces one (where the shape allows; benchmarks compare them).
+// EDKM_LUT_CUDA_KERNEL=rows|tiled|warp forces one (where the shape allows; benchmarks compare them);
+// rows2 opts into a tuned rows kernel not yet run on a GPU (below).
 // A fourth, "wide" (2 rows per warp, x read through the read-only cache, no staging), ran on the
 // H100 at 37 us for 11008x4096 at 3 bits against the rows kernel's 20: removed.
 #include <cuda_runtime.h>
@@ -148,39 +149,89 @@ __device__ __forceinline__ uint32_t index_of(const uint32_t* w, int j) {  // j c
   return v & ((1u << BITS) - 1u);
 }
 
-// Runs of 32 indices per lane and step (R * U * BITS words in each of the two buffers).
-template <int BITS>
+// rows2 (TUNED, opt-in: EDKM_LUT_CUDA_KERNEL=rows2; written after run 2 from the sm_90 SASS, not yet
+// run on a GPU): the same kernel with three changes that the SASS says take ~4.2 instead of ~5.4
+// instructions per weight and batch row: the LUT address is the index's shift and mask ORed into a
+// LUT base aligned to the LUT's size (no add; the read is PTX ld.shared on the 32-bit address),
+// x is staged with runs padded to 36 floats and read as float4 (a quarter of the x reads, still
+// conflict-free: 8 lanes of a quarter-warp hit banks 4 L .. 4 L + 3), and registers are capped
+// (64 at 1-4 bits: 32 resident warps per SM instead of 24) with fewer runs per step so that
+// nothing spills at one batch row.
+
+// Runs of 32 indices per lane and step (R * U * BITS words in each of the two buffers), and the
+// resident blocks the register budget is set for (0: no cap).
+template <int BITS, bool TUNED>
 __host__ __device__ constexpr int rows_runs_per_step() {
+  if (TUNED) return BITS == 1 ? 4 : BITS <= 3 ? 2 : 1;
   return BITS <= 3 ? 4 : BITS <= 6 ? 2 : 1;
 }
+template <int BITS, bool TUNED>
+__host__ __device__ constexpr int rows_min_blocks() {
+  return TUNED ? (BITS <= 4 ? 4 : 3) : 0;
+}
+// Floats a staged 32-run of x takes (33: conflict-free scalar reads; 36: 16-byte aligned float4).
+template <bool TUNED>
+__host__ __device__ constexpr int rows_run_floats() {
+  return TUNED ? 36 : 33;
+}
+
+// This warp's 2 LUTs; TUNED: each at a multiple of its size (2^BITS floats), for the OR.
+template <int BITS, bool TUNED>
+struct alignas(TUNED ? 1024 : 4) RowsLuts {
+  float v[kRowsWarps][kRowsPerWarp][1 << BITS];
+};
 
 // The LUTs' static shared memory (counted with the dynamic x in the 48 KiB a launch may use without
 // opting in).
-template <int BITS>
+template <int BITS, bool TUNED>
 constexpr size_t rows_lut_bytes() {
-  return sizeof(float) * kRowsWarps * kRowsPerWarp * (size_t{1} << BITS);
+  return sizeof(RowsLuts<BITS, TUNED>);
 }
 
-template <int BITS, int M>
-__global__ void __launch_bounds__(kRowsWarps * 32)
+__device__ __forceinline__ float lds_f32(uint32_t address) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(address));
+  return v;
+}
+
+// 4 * index j (0..31) of a run packed in BITS words (j compile-time after unrolling): its byte
+// offset in the LUT.
+template <int BITS>
+__device__ __forceinline__ uint32_t index4_of(const uint32_t* w, int j) {
+  constexpr uint32_t mask4 = ((1u << BITS) - 1u) << 2;
+  const int bit = j * BITS, word = bit >> 5, off = bit & 31;
+  if (off + BITS > 32) return __funnelshift_r(w[word], w[word + 1], off - 2) & mask4;  // off >= 25
+  return (off >= 2 ? w[word] >> (off - 2) : w[word] << (2 - off)) & mask4;
+}
+
+template <int BITS, int M, bool TUNED>
+__global__ void __launch_bounds__(kRowsWarps * 32, rows_min_blocks<BITS, TUNED>())
     lut_gemv_rows_kernel(LutParams p, const float* __restrict__ x, float* __restrict__ y) {
-  constexpr int K = 1 << BITS, R = kRowsPerWarp, U = rows_runs_per_step<BITS>();
-  extern __shared__ float s_x[];  // M x xs, padded
-  __shared__ float s_lut[kRowsWarps][R][K];
-  const int xs = static_cast<int>(padded_column(p.in));  // floats per staged row of x
+  constexpr int K = 1 << BITS, R = kRowsPerWarp, U = rows_runs_per_step<BITS, TUNED>();
+  constexpr int RUN = rows_run_floats<TUNED>();
+  extern __shared__ float4 s_x4[];  // M x xs floats: run k of batch row q at q * xs + RUN k
+  float* s_x = reinterpret_cast<float*>(s_x4);
+  __shared__ RowsLuts<BITS, TUNED> s_lut;
   const int in = static_cast<int>(p.in);
+  const int xs = TUNED ? in / 32 * RUN : static_cast<int>(padded_column(p.in));  // floats per staged row of x
+  // Where column c of batch row j is staged (RUN 33: c + c / 32, the tiled kernel's layout).
+  auto staged = [&](int j, int c) { return j * xs + (TUNED ? (c >> 5) * RUN + (c & 31) : c + (c >> 5)); };
   if ((reinterpret_cast<uintptr_t>(x) & 15) == 0) {  // float4 loads: 4 columns of one 32-run
     const int n4 = M * in / 4;
     for (int i = threadIdx.x; i < n4; i += blockDim.x) {
       const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
-      const int j = (4 * i) / in, c = 4 * i - j * in;
-      float* d = s_x + j * xs + c + (c >> 5);
-      d[0] = v.x, d[1] = v.y, d[2] = v.z, d[3] = v.w;
+      const int j = (4 * i) / in, c = 4 * i - j * in, at = staged(j, c);
+      if constexpr (TUNED) {
+        s_x4[at / 4] = v;
+      } else {
+        float* d = s_x + at;
+        d[0] = v.x, d[1] = v.y, d[2] = v.z, d[3] = v.w;
+      }
     }
   } else {
     for (int i = threadIdx.x; i < M * in; i += blockDim.x) {
       const int j = i / in, c = i - j * in;
-      s_x[j * xs + c + (c >> 5)] = x[i];
+      s_x[staged(j, c)] = x[i];
     }
   }
   __syncthreads();
@@ -210,10 +261,15 @@ __global__ void __launch_bounds__(kRowsWarps * 32)
 #pragma unroll
     for (int i = 0; i < R; ++i) {
       const float* lut = p.lut + (min(q * R + i, p.out - 1) / p.rows_per_lut) * p.lut_stride;
-      for (int k = lane; k < K; k += 32) s_lut[warp][i][k] = __ldg(lut + k);
+      for (int k = lane; k < K; k += 32) s_lut.v[warp][i][k] = __ldg(lut + k);
     }
     __syncwarp();
   };
+  uint32_t lut_at[R] = {};  // TUNED: shared-window addresses of this warp's LUTs, aligned to 4 K bytes
+  if constexpr (TUNED) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) lut_at[i] = static_cast<uint32_t>(__cvta_generic_to_shared(&s_lut.v[warp][i][0]));
+  }
   uint32_t cur[R][U][BITS], nxt[R][U][BITS];
   load(cur, pr, 0);
   stage_luts(pr);
@@ -227,17 +283,39 @@ __global__ void __launch_bounds__(kRowsWarps * 32)
     for (int u = 0; u < U; ++u) {
       const int run = static_cast<int>((st * U + u) * 32 + lane);
       if (run >= runs) continue;
-      const float* xr = s_x + run * 33;  // padded_column(32 run)
+      if constexpr (TUNED) {
+        const float4* xr = s_x4 + run * (RUN / 4);
 #pragma unroll
-      for (int j = 0; j < 32; ++j) {
-        float xv[M];
+        for (int t = 0; t < 8; ++t) {  // columns 4t .. 4t + 3 of the run
+          float4 xv[M];
 #pragma unroll
-        for (int q = 0; q < M; ++q) xv[q] = xr[q * xs + j];
+          for (int q = 0; q < M; ++q) xv[q] = xr[q * (xs / 4) + t];
 #pragma unroll
-        for (int i = 0; i < R; ++i) {
-          const float wt = s_lut[warp][i][index_of<BITS>(cur[i][u], j)];
+          for (int e = 0; e < 4; ++e) {
 #pragma unroll
-          for (int q = 0; q < M; ++q) acc[i][q] = __fmaf_rn(wt, xv[q], acc[i][q]);
+            for (int i = 0; i < R; ++i) {
+              const float wt = lds_f32(lut_at[i] | index4_of<BITS>(cur[i][u], 4 * t + e));
+#pragma unroll
+              for (int q = 0; q < M; ++q) {
+                const float xe = e == 0 ? xv[q].x : e == 1 ? xv[q].y : e == 2 ? xv[q].z : xv[q].w;
+                acc[i][q] = __fmaf_rn(wt, xe, acc[i][q]);
+              }
+            }
+          }
+        }
+      } else {
+        const float* xr = s_x + run * RUN;
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          float xv[M];
+#pragma unroll
+          for (int q = 0; q < M; ++q) xv[q] = xr[q * xs + j];
+#pragma unroll
+          for (int i = 0; i < R; ++i) {
+            const float wt = s_lut.v[warp][i][index_of<BITS>(cur[i][u], j)];
+#pragma unroll
+            for (int q = 0; q < M; ++q) acc[i][q] = __fmaf_rn(wt, xv[q], acc[i][q]);
+          }
         }
       }
     }
@@ -266,13 +344,13 @@ __global__ void __launch_bounds__(kRowsWarps * 32)
   }
 }
 
-template <int BITS, int M>
+template <int BITS, int M, bool TUNED>
 int launch_rows(const LutParams& p, const float* x, float* y, size_t smem, int device, int sms, cudaStream_t stream) {
-  auto kernel = lut_gemv_rows_kernel<BITS, M>;
+  auto kernel = lut_gemv_rows_kernel<BITS, M, TUNED>;
   // Without opting in, a launch may use 48 KiB of shared memory, the static LUTs counted: the first
   // GPU run failed 4096x11008 at 8 bits (45 KiB of x + 16 KiB of LUTs). Set on every such launch:
   // the attribute is the function's, process-wide, and another thread may have lowered it.
-  if (smem + rows_lut_bytes<BITS>() > 48 * 1024) {
+  if (smem + rows_lut_bytes<BITS, TUNED>() > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     if (e != cudaSuccess) return static_cast<int>(e);
   }
@@ -294,18 +372,18 @@ int launch_rows(const LutParams& p, const float* x, float* y, size_t smem, int d
   return static_cast<int>(cudaGetLastError());
 }
 
-template <int BITS>
+template <int BITS, bool TUNED>
 int launch_rows_m(const LutParams& p, const float* x, int m, float* y, size_t smem, int device, int sms,
                   cudaStream_t stream) {
   switch (m) {
     case 1:
-      return launch_rows<BITS, 1>(p, x, y, smem, device, sms, stream);
+      return launch_rows<BITS, 1, TUNED>(p, x, y, smem, device, sms, stream);
     case 2:
-      return launch_rows<BITS, 2>(p, x, y, smem, device, sms, stream);
+      return launch_rows<BITS, 2, TUNED>(p, x, y, smem, device, sms, stream);
     case 3:
-      return launch_rows<BITS, 3>(p, x, y, smem, device, sms, stream);
+      return launch_rows<BITS, 3, TUNED>(p, x, y, smem, device, sms, stream);
     default:
-      return launch_rows<BITS, 4>(p, x, y, smem, device, sms, stream);
+      return launch_rows<BITS, 4, TUNED>(p, x, y, smem, device, sms, stream);
   }
 }
 
@@ -341,13 +419,19 @@ int try_rows(const LutParams& p, const float* x, int64_t m, float* y, cudaStream
   if (kernel_forced("tiled") || kernel_forced("warp")) return -1;
   int device = 0, sms = 0, smem_max = 0;
   if (!device_limits(device, sms, smem_max)) return -1;
-  const size_t lut_smem = sizeof(float) * kRowsWarps * kRowsPerWarp << p.bits;  // rows_lut_bytes<bits>()
-  const size_t smem = sizeof(float) * static_cast<size_t>(m * padded_column(p.in));
+  const bool tuned = kernel_forced("rows2");
+  const size_t lut_smem = tuned ? std::max<size_t>(1024, sizeof(float) * kRowsWarps * kRowsPerWarp << p.bits)
+                                : sizeof(float) * kRowsWarps * kRowsPerWarp << p.bits;  // rows_lut_bytes
+  const size_t smem = sizeof(float) * static_cast<size_t>(m * (p.in / 32) *
+                                                          (tuned ? rows_run_floats<true>() : rows_run_floats<false>()));
   if (smem + lut_smem > static_cast<size_t>(smem_max)) return -1;
   using Launch = int (*)(const LutParams&, const float*, int, float*, size_t, int, int, cudaStream_t);
-  static constexpr Launch kByBits[8] = {launch_rows_m<1>, launch_rows_m<2>, launch_rows_m<3>, launch_rows_m<4>,
-                                        launch_rows_m<5>, launch_rows_m<6>, launch_rows_m<7>, launch_rows_m<8>};
-  return kByBits[p.bits - 1](p, x, static_cast<int>(m), y, smem, device, sms, stream);
+  static constexpr Launch kByBits[2][8] = {
+      {launch_rows_m<1, false>, launch_rows_m<2, false>, launch_rows_m<3, false>, launch_rows_m<4, false>,
+       launch_rows_m<5, false>, launch_rows_m<6, false>, launch_rows_m<7, false>, launch_rows_m<8, false>},
+      {launch_rows_m<1, true>, launch_rows_m<2, true>, launch_rows_m<3, true>, launch_rows_m<4, true>,
+       launch_rows_m<5, true>, launch_rows_m<6, true>, launch_rows_m<7, true>, launch_rows_m<8, true>}};
+  return kByBits[tuned][p.bits - 1](p, x, static_cast<int>(m), y, smem, device, sms, stream);
 }
 
 // The tiled kernel when the shape and the device allow it; -1 when they do not.
@@ -385,7 +469,7 @@ __global__ void lut_decode_kernel(LutParams p, int64_t r0, int64_t r1, float* __
 int lut_gemv_cuda(const LutParams& p, const float* x, int64_t m, float* y, void* stream) {
   if (p.out == 0) return 0;
   const int rows = try_rows(p, x, m, y, static_cast<cudaStream_t>(stream));
-  if (rows == cudaErrorInvalidValue && !kernel_forced("rows")) {
+  if (rows == cudaErrorInvalidValue && !kernel_forced("rows") && !kernel_forced("rows2")) {
     // A launch configuration this device refused (run 2 on the H100 found one: shared memory past
     // 48 KiB without the opt-in, since fixed). Not a sticky error: the tiled kernel takes the shape,
     // and the refusal is told once; forced (EDKM_LUT_CUDA_KERNEL=rows, as the tests run it) it is
