@@ -443,6 +443,15 @@ namespace {
 
 at::Tensor moved(const at::Tensor& t, c10::Device device) { return t.defined() ? t.to(device) : t; }
 
+// RMSNorm on the general path: LibTorch's rms_norm where the weight has the activations' dtype (on
+// a GPU one fused kernel, _fused_rms_norm, where functional::rms_norm launches six: square, mean,
+// add, rsqrt and two products; the same math composed on the CPU), functional::rms_norm otherwise.
+at::Tensor norm_of(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  if (weight.dim() == 1 && weight.scalar_type() == x.scalar_type())
+    return at::rms_norm(x, {weight.size(0)}, weight, eps);
+  return functional::rms_norm(x, weight, eps);
+}
+
 // "cuda" names the current CUDA device; the tensors made there report it with its index ("cuda:0"),
 // and the runtime compares its device with its caches' by equality: so it keeps the indexed name.
 c10::Device resolved(c10::Device device) {
@@ -777,7 +786,7 @@ at::Tensor LlamaRuntime::run_layers(at::Tensor x, Cache& cache, const Place& at_
   const double eps = config_.rms_norm_eps();
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
-    const at::Tensor h = functional::rms_norm(x, L.input_norm, eps);
+    const at::Tensor h = norm_of(x, L.input_norm, eps);
     auto heads = [&](const at::Tensor& y, int64_t count) { return y.view({1, n, count, d}).transpose(1, 2); };
     at::Tensor q, k, v;
     if (L.qkv.parts > 1) {
@@ -815,7 +824,7 @@ at::Tensor LlamaRuntime::run_layers(at::Tensor x, Cache& cache, const Place& at_
                                            /*enable_gqa=*/KV != H);
     }
     x = x + L.o.forward(a.transpose(1, 2).reshape({1, n, H * d}));
-    const at::Tensor h2 = functional::rms_norm(x, L.post_norm, eps);
+    const at::Tensor h2 = norm_of(x, L.post_norm, eps);
     if (L.gate_up.parts > 1) {
       const at::Tensor y = L.gate_up.forward(h2);
       const int64_t mi = y.size(-1) / 2;
@@ -867,7 +876,7 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
   cache.length = pos + n;
   cache.tokens.insert(cache.tokens.end(), host_ids.data_ptr<int64_t>(), host_ids.data_ptr<int64_t>() + n);
   if (which == Logits::kLast) x = x.narrow(1, n - 1, 1);
-  return head(functional::rms_norm(x, norm_, config_.rms_norm_eps())).squeeze(0);
+  return head(norm_of(x, norm_, config_.rms_norm_eps())).squeeze(0);
 }
 
 // The keys a graph step attends to: the positions so far rounded up to a bucket (a graph per
@@ -884,7 +893,7 @@ at::Tensor LlamaRuntime::position_step(const at::Tensor& x, const at::Tensor& po
   place.index = pos;
   place.keys = keys;
   place.mask = (at::arange(keys, pos.options()) <= pos).unsqueeze(0);  // [1 query, keys]
-  return head(functional::rms_norm(run_layers(x, cache, place), norm_, config_.rms_norm_eps())).squeeze(0);
+  return head(norm_of(run_layers(x, cache, place), norm_, config_.rms_norm_eps())).squeeze(0);
 }
 
 struct LlamaRuntime::StepGraphs {
