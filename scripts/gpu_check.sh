@@ -10,7 +10,8 @@
 # packed and dense) on cuda, dkm_memory and utils_memory on cuda, the LLaMA example
 # trained on cuda, coremltools side by side (only when importable), Nsight Compute on the LUT-GEMV
 # kernels (profile/ncu_*.txt).
-# OUT_DIR gets summary.md, env.txt, logs/<step>.log, tests/*.json, bench/*.{json,md,svg}.
+# OUT_DIR gets summary.md, env.txt, logs/<step>.log, tests/*.json, bench/*.{json,md,svg},
+# profile/ncu_*.txt; OUT_DIR.tgz beside it packs all of them.
 # Exit: 0 every step passed (or was skipped by design); 1 a step failed or ran out of time;
 # 77 no usable GPU (no driver, torch sees no device, driver too old, GPU older than the kernels);
 # 2 cannot run (usage, no bundle, torch missing or of another version than the bundle's).
@@ -262,4 +263,7 @@ for s in "${steps[@]}"; do
 done
 if [ "$failed" = 0 ]; then verdict="PASS"; else verdict="FAIL"; fi
 summary
+# Everything in one file beside OUT_DIR (OUT_DIR.tgz): a machine that hands back a few files only
+# (the device tool: 8) gets every log and result through it.
+tar czf "$out.tgz" -C "$(dirname "$out")" "$(basename "$out")" && echo "packed: $out.tgz"
 exit "$failed"
