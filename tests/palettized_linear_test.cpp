@@ -331,7 +331,8 @@ TEST(PalettizedLinear, OutFormEqualsTheAllocatingFormAndRefusesBadBuffers) {
   }
 }
 
-// The tiled CUDA GEMV unpacks a run of 32 indices from BITS aligned words: the same indices as
+// The tiled CUDA GEMV unpacks a run of 32 indices from BITS aligned words (and rows2 their byte
+// offsets): the same indices as
 // the byte-pair unpack every other path uses, for every width (checked here on the CPU).
 template <int BITS>
 void expect_word_unpack_matches_stream(const std::vector<uint8_t>& bytes) {
@@ -339,10 +340,14 @@ void expect_word_unpack_matches_stream(const std::vector<uint8_t>& bytes) {
   std::memcpy(words.data(), bytes.data(), words.size() * 4);
   const int64_t runs = static_cast<int64_t>(words.size() / BITS) - 1;
   for (int64_t run = 0; run < runs; ++run)
-    for (int j = 0; j < 32; ++j)
-      ASSERT_EQ(kernels::lut_index_in_words<BITS>(words.data() + run * BITS, j),
-                kernels::lut_index_at(bytes.data(), static_cast<uint64_t>(run * 32 + j) * BITS, BITS))
+    for (int j = 0; j < 32; ++j) {
+      const uint32_t index = kernels::lut_index_at(bytes.data(), static_cast<uint64_t>(run * 32 + j) * BITS, BITS);
+      ASSERT_EQ(kernels::lut_index_in_words<BITS>(words.data() + run * BITS, j), index)
           << BITS << " bits, run " << run << ", index " << j;
+      // rows2's byte offset (its funnel shift emulated on the host)
+      ASSERT_EQ(kernels::lut_index4_in_words<BITS>(words.data() + run * BITS, j), 4 * index)
+          << BITS << " bits, run " << run << ", index " << j;
+    }
 }
 
 TEST(PalettizedLinear, WordAlignedUnpackMatchesTheByteStream) {

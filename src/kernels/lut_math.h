@@ -46,6 +46,24 @@ EDKM_HOST_DEVICE uint32_t lut_index_in_words(const uint32_t* words, int j) {
   return v & ((1u << BITS) - 1u);
 }
 
+/// 4 * index j (0..31) of such a run: the index's byte offset in an fp32 LUT, which the tuned CUDA
+/// GEMV (rows2) ORs into the LUT's shared-memory address (the LUT aligned to its size). An index
+/// straddling two words is taken by one funnel shift.
+template <int BITS>
+EDKM_HOST_DEVICE uint32_t lut_index4_in_words(const uint32_t* words, int j) {
+  constexpr uint32_t mask4 = ((1u << BITS) - 1u) << 2;
+  const int bit = j * BITS, word = bit >> 5, off = bit & 31;
+  if (off + BITS > 32) {  // off >= 25: bits off .. of words[word + 1]:words[word], shifted to bit 2
+#if defined(__CUDA_ARCH__)
+    return __funnelshift_r(words[word], words[word + 1], off - 2) & mask4;
+#else
+    const uint64_t pair = (static_cast<uint64_t>(words[word + 1]) << 32) | words[word];
+    return static_cast<uint32_t>(pair >> (off - 2)) & mask4;
+#endif
+  }
+  return (off >= 2 ? words[word] >> (off - 2) : words[word] << (2 - off)) & mask4;
+}
+
 /// W[r, c] without the scale.
 EDKM_HOST_DEVICE float lut_weight(const LutParams& p, int64_t r, int64_t c) {
   const uint64_t bit = (static_cast<uint64_t>(r) * static_cast<uint64_t>(p.in) + static_cast<uint64_t>(c)) *

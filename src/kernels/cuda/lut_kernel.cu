@@ -194,16 +194,6 @@ __device__ __forceinline__ float lds_f32(uint32_t address) {
   return v;
 }
 
-// 4 * index j (0..31) of a run packed in BITS words (j compile-time after unrolling): its byte
-// offset in the LUT.
-template <int BITS>
-__device__ __forceinline__ uint32_t index4_of(const uint32_t* w, int j) {
-  constexpr uint32_t mask4 = ((1u << BITS) - 1u) << 2;
-  const int bit = j * BITS, word = bit >> 5, off = bit & 31;
-  if (off + BITS > 32) return __funnelshift_r(w[word], w[word + 1], off - 2) & mask4;  // off >= 25
-  return (off >= 2 ? w[word] >> (off - 2) : w[word] << (2 - off)) & mask4;
-}
-
 template <int BITS, int M, bool TUNED>
 __global__ void __launch_bounds__(kRowsWarps * 32, rows_min_blocks<BITS, TUNED>())
     lut_gemv_rows_kernel(LutParams p, const float* __restrict__ x, float* __restrict__ y) {
@@ -294,7 +284,7 @@ __global__ void __launch_bounds__(kRowsWarps * 32, rows_min_blocks<BITS, TUNED>(
           for (int e = 0; e < 4; ++e) {
 #pragma unroll
             for (int i = 0; i < R; ++i) {
-              const float wt = lds_f32(lut_at[i] | index4_of<BITS>(cur[i][u], 4 * t + e));
+              const float wt = lds_f32(lut_at[i] | lut_index4_in_words<BITS>(cur[i][u], 4 * t + e));
 #pragma unroll
               for (int q = 0; q < M; ++q) {
                 const float xe = e == 0 ? xv[q].x : e == 1 ? xv[q].y : e == 2 ? xv[q].z : xv[q].w;
