@@ -452,6 +452,21 @@ at::Tensor norm_of(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return functional::rms_norm(x, weight, eps);
 }
 
+// The rotary rows of a step for rotate(): sin's first half negated once per step, so that each
+// layer's rotation is three kernels on a GPU (a product, a concatenation, an addcmul) where
+// functional::apply_rotary_embedding launches five (the negation and the sum too).
+at::Tensor signed_sin(const at::Tensor& sin) {
+  const int64_t half = sin.size(-1) / 2;
+  return at::cat({-sin.narrow(-1, 0, half), sin.narrow(-1, half, half)}, -1);
+}
+
+// functional::apply_rotary_embedding(x, cos, sin) with signed = signed_sin(sin):
+// x cos + [-x2, x1] sin = x cos + [x2, x1] [-sin1, sin2].
+at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& signed_sin) {
+  const int64_t half = x.size(-1) / 2;
+  return at::addcmul(x * cos, at::cat({x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1), signed_sin);
+}
+
 // "cuda" names the current CUDA device; the tensors made there report it with its index ("cuda:0"),
 // and the runtime compares its device with its caches' by equality: so it keeps the indexed name.
 c10::Device resolved(c10::Device device) {
@@ -773,7 +788,7 @@ at::Tensor LlamaRuntime::head(const at::Tensor& h) const {
 // (from `start` by narrow, or at the device position `index` by index_copy_: no host value, so
 // that a CUDA graph can replay the step), how many cached positions they attend to, and the mask.
 struct LlamaRuntime::Place {
-  at::Tensor cos, sin;  // [n, head_dim]
+  at::Tensor cos, sin;  // [n, head_dim]: sin with its first half negated (see rotate below)
   int64_t start = 0;
   at::Tensor index;  // [1] int64 on the device, or undefined
   int64_t keys = 0;
@@ -792,14 +807,13 @@ at::Tensor LlamaRuntime::run_layers(at::Tensor x, Cache& cache, const Place& at_
     if (L.qkv.parts > 1) {
       // q and k side by side in the stacked output: rotated by one call (the same element-wise math)
       const at::Tensor y = L.qkv.forward(h);
-      const at::Tensor qk =
-          functional::apply_rotary_embedding(heads(y.narrow(-1, 0, (H + KV) * d), H + KV), at_.cos, at_.sin);
+      const at::Tensor qk = rotate(heads(y.narrow(-1, 0, (H + KV) * d), H + KV), at_.cos, at_.sin);
       q = qk.narrow(1, 0, H);
       k = qk.narrow(1, H, KV);
       v = heads(y.narrow(-1, (H + KV) * d, KV * d), KV);
     } else {
-      q = functional::apply_rotary_embedding(heads(L.q.forward(h), H), at_.cos, at_.sin);
-      k = functional::apply_rotary_embedding(heads(L.k.forward(h), KV), at_.cos, at_.sin);
+      q = rotate(heads(L.q.forward(h), H), at_.cos, at_.sin);
+      k = rotate(heads(L.k.forward(h), KV), at_.cos, at_.sin);
       v = heads(L.v.forward(h), KV);
     }
     if (at_.index.defined()) {
@@ -866,7 +880,7 @@ at::Tensor LlamaRuntime::forward(const at::Tensor& tokens, Cache& cache, Logits 
   at::Tensor x = embed(host_ids).unsqueeze(0);  // [1, n, hidden]
   Place place;
   place.cos = cache.cos.narrow(0, pos, n);
-  place.sin = cache.sin.narrow(0, pos, n);
+  place.sin = signed_sin(cache.sin.narrow(0, pos, n));
   place.start = pos;
   place.keys = pos + n;
   const auto positions = at::TensorOptions().dtype(at::kLong).device(device_);
@@ -889,7 +903,7 @@ constexpr int64_t kGraphBucket = 256;
 at::Tensor LlamaRuntime::position_step(const at::Tensor& x, const at::Tensor& pos, int64_t keys, Cache& cache) const {
   Place place;
   place.cos = cache.cos.index_select(0, pos);
-  place.sin = cache.sin.index_select(0, pos);
+  place.sin = signed_sin(cache.sin.index_select(0, pos));
   place.index = pos;
   place.keys = keys;
   place.mask = (at::arange(keys, pos.options()) <= pos).unsqueeze(0);  // [1 query, keys]
