@@ -280,12 +280,10 @@ int main(int argc, char** argv) try {
       // tiled (the default before the first H100 run) and warp-per-row (any shape).
       double t_rows2 = 0, t_tiled = 0, t_warp = 0;
       if (g_cuda) {
-        ::setenv("EDKM_LUT_CUDA_KERNEL", "rows2", 1);
-        t_rows2 = time_it(cycled(fc->packed.packed, lut_gemv), min_time);
-        ::setenv("EDKM_LUT_CUDA_KERNEL", "tiled", 1);
-        t_tiled = time_it(cycled(fc->packed.packed, lut_gemv), min_time);
-        ::setenv("EDKM_LUT_CUDA_KERNEL", "warp", 1);
-        t_warp = time_it(cycled(fc->packed.packed, lut_gemv), min_time);
+        for (auto [kernel, seconds] : {std::pair{"rows2", &t_rows2}, {"tiled", &t_tiled}, {"warp", &t_warp}}) {
+          ::setenv("EDKM_LUT_CUDA_KERNEL", kernel, 1);
+          *seconds = time_it(cycled(fc->packed.packed, lut_gemv), min_time);
+        }
         ::unsetenv("EDKM_LUT_CUDA_KERNEL");
       }
       const double bytes = static_cast<double>(fc->packed.resident_bytes() + 4 * (i + o));

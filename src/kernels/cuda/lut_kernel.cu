@@ -362,9 +362,13 @@ int launch_rows(const LutParams& p, const float* x, float* y, size_t smem, int d
   return static_cast<int>(cudaGetLastError());
 }
 
+// The rows kernel for m (1..4) rows of x; -1 (not an error) where x staged and the LUTs would pass
+// the device's shared memory per block (smem_max).
 template <int BITS, bool TUNED>
-int launch_rows_m(const LutParams& p, const float* x, int m, float* y, size_t smem, int device, int sms,
+int launch_rows_m(const LutParams& p, const float* x, int m, float* y, int device, int sms, int smem_max,
                   cudaStream_t stream) {
+  const size_t smem = sizeof(float) * static_cast<size_t>(m * (p.in / 32) * rows_run_floats<TUNED>());
+  if (smem + rows_lut_bytes<BITS, TUNED>() > static_cast<size_t>(smem_max)) return -1;
   switch (m) {
     case 1:
       return launch_rows<BITS, 1, TUNED>(p, x, y, smem, device, sms, stream);
@@ -410,18 +414,13 @@ int try_rows(const LutParams& p, const float* x, int64_t m, float* y, cudaStream
   int device = 0, sms = 0, smem_max = 0;
   if (!device_limits(device, sms, smem_max)) return -1;
   const bool tuned = kernel_forced("rows2");
-  const size_t lut_smem = tuned ? std::max<size_t>(1024, sizeof(float) * kRowsWarps * kRowsPerWarp << p.bits)
-                                : sizeof(float) * kRowsWarps * kRowsPerWarp << p.bits;  // rows_lut_bytes
-  const size_t smem = sizeof(float) * static_cast<size_t>(m * (p.in / 32) *
-                                                          (tuned ? rows_run_floats<true>() : rows_run_floats<false>()));
-  if (smem + lut_smem > static_cast<size_t>(smem_max)) return -1;
-  using Launch = int (*)(const LutParams&, const float*, int, float*, size_t, int, int, cudaStream_t);
+  using Launch = int (*)(const LutParams&, const float*, int, float*, int, int, int, cudaStream_t);
   static constexpr Launch kByBits[2][8] = {
       {launch_rows_m<1, false>, launch_rows_m<2, false>, launch_rows_m<3, false>, launch_rows_m<4, false>,
        launch_rows_m<5, false>, launch_rows_m<6, false>, launch_rows_m<7, false>, launch_rows_m<8, false>},
       {launch_rows_m<1, true>, launch_rows_m<2, true>, launch_rows_m<3, true>, launch_rows_m<4, true>,
        launch_rows_m<5, true>, launch_rows_m<6, true>, launch_rows_m<7, true>, launch_rows_m<8, true>}};
-  return kByBits[tuned][p.bits - 1](p, x, static_cast<int>(m), y, smem, device, sms, stream);
+  return kByBits[tuned][p.bits - 1](p, x, static_cast<int>(m), y, device, sms, smem_max, stream);
 }
 
 // The tiled kernel when the shape and the device allow it; -1 when they do not.
